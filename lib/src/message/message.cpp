@@ -1,0 +1,120 @@
+#include "message/message.hpp"
+
+#include <fmt/format.h>
+
+#include <cstring>
+
+namespace shmbus::detail {
+
+namespace {
+constexpr std::size_t kWord = sizeof(capnp::word);
+constexpr std::size_t kFirstZeroedChunkWords = 128;  // 1 KiB: a small message zeroes little
+}  // namespace
+
+RingMessageBuilder::RingMessageBuilder(RingProducer& producer, Claim& claim, std::size_t offset)
+    : producer_(producer),
+      claim_(claim),
+      offset_(offset),
+      cursor_(offset + sizeof(MessageTable)),
+      nextChunkWords_(kFirstZeroedChunkWords) {
+  SHMBUS_ASSERT(offset % kWord == 0, "message offset must be word aligned");
+  SHMBUS_ASSERT(cursor_ <= claim.bodyCapacity, "claim smaller than the message table");
+  if (producer_.zeroOnClaim()) std::memset(claim_.body + offset_, 0, sizeof(MessageTable));
+}
+
+kj::ArrayPtr<capnp::word> RingMessageBuilder::allocateSegment(capnp::uint minimumSize) {
+  if (count_ == kMaxSegments) {
+    throw ClaimExhausted(ErrorCode::TooLarge, fmt::format("message needs more than {} segments", kMaxSegments));
+  }
+  std::size_t words = 0;
+  const std::size_t available = (claim_.bodyCapacity - cursor_) / kWord;
+  if (producer_.zeroOnClaim()) {
+    words = std::max<std::size_t>(minimumSize, nextChunkWords_);
+    nextChunkWords_ *= 2;
+  } else {
+    words = std::max<std::size_t>(minimumSize, available);  // free space is already zero
+  }
+  if (words > available && !producer_.extend(claim_, cursor_ + words * kWord)) {
+    if (minimumSize <= available) {
+      words = available;
+    } else {
+      const std::size_t need = cursor_ + minimumSize * kWord + sizeof(RecordHeader);
+      const bool tooLarge = need > producer_.geometry().maxRecord;
+      throw ClaimExhausted(tooLarge ? ErrorCode::TooLarge : ErrorCode::Full,
+                           fmt::format("message needs at least {} bytes; {}", need,
+                                       tooLarge ? fmt::format("the ring's maximum record is {} bytes",
+                                                              producer_.geometry().maxRecord)
+                                                : std::string("the ring has no more contiguous room now")));
+    }
+  }
+  auto* start = reinterpret_cast<capnp::word*>(claim_.body + cursor_);
+  if (producer_.zeroOnClaim()) std::memset(start, 0, words * kWord);
+  starts_[count_] = start;
+  sizes_[count_] = static_cast<std::uint32_t>(words);
+  ++count_;
+  cursor_ += words * kWord;
+  return kj::arrayPtr(start, words);
+}
+
+std::size_t RingMessageBuilder::finish() {
+  auto segs = getSegmentsForOutput();
+  SHMBUS_ASSERT(segs.size() == count_, "segment count mismatch");
+  auto* table = reinterpret_cast<MessageTable*>(claim_.body + offset_);
+  table->segmentCount = count_;
+  for (std::uint32_t i = 0; i < count_; ++i) table->segmentWords[i] = sizes_[i];
+  if (count_ == 0) return offset_ + sizeof(MessageTable);
+  // The last segment is trimmed to what was used; the unused words after it stay zero and are
+  // not part of the record. Earlier segments keep their allocated size (they are contiguous).
+  table->segmentWords[count_ - 1] = static_cast<std::uint32_t>(segs[count_ - 1].size());
+  const auto* end = segs[count_ - 1].end();
+  return static_cast<std::size_t>(reinterpret_cast<const std::uint8_t*>(end) - claim_.body);
+}
+
+capnp::ReaderOptions readerOptionsFor(std::size_t messageWords) {
+  capnp::ReaderOptions o;
+  o.traversalLimitInWords = messageWords * 8 + (64u << 10);
+  o.nestingLimit = 64;
+  return o;
+}
+
+Result<void> InPlaceMessage::parse(const std::uint8_t* data, std::size_t bytes) {
+  reader_.reset();
+  count_ = 0;
+  words_ = 0;
+  if (bytes < sizeof(MessageTable) || (reinterpret_cast<std::uintptr_t>(data) % kWord) != 0) {
+    return makeError(ErrorCode::InvalidMessage, fmt::format("message of {} bytes has no segment table", bytes));
+  }
+  MessageTable table;
+  std::memcpy(&table, data, sizeof table);  // copy before use: the producer may be hostile
+  if (table.segmentCount > kMaxSegments) {
+    return makeError(ErrorCode::InvalidMessage, fmt::format("message claims {} segments (max {})",
+                                                            table.segmentCount, kMaxSegments));
+  }
+  const auto* words = reinterpret_cast<const capnp::word*>(data + sizeof(MessageTable));
+  const std::size_t availableWords = (bytes - sizeof(MessageTable)) / kWord;
+  std::size_t at = 0;
+  for (std::uint32_t i = 0; i < table.segmentCount; ++i) {
+    const std::size_t n = table.segmentWords[i];
+    if (n > availableWords - at) {
+      return makeError(ErrorCode::InvalidMessage,
+                       fmt::format("message segment {} of {} words overruns the record ({} words left)", i, n,
+                                   availableWords - at));
+    }
+    segments_[i] = kj::arrayPtr(words + at, n);
+    at += n;
+  }
+  if (table.segmentCount > 0 && segments_[0].size() == 0) {
+    return makeError(ErrorCode::InvalidMessage, "message segment 0 is empty");
+  }
+  count_ = table.segmentCount;
+  words_ = at;
+  if (count_ > 0) reader_.emplace(kj::arrayPtr(segments_.data(), count_), readerOptionsFor(at));
+  return {};
+}
+
+capnp::MessageReader& InPlaceMessage::reader() {
+  SHMBUS_REQUIRE(reader_.has_value(), "the message is empty");
+  return *reader_;
+}
+
+}  // namespace shmbus::detail

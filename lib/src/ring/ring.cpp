@@ -1,0 +1,221 @@
+#include "ring/ring.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace shmbus::detail {
+
+namespace {
+constexpr std::size_t kHeader = sizeof(RecordHeader);
+
+RecordHeader* headerAt(std::uint8_t* data, std::uint64_t index) {
+  return reinterpret_cast<RecordHeader*>(data + index);
+}
+}  // namespace
+
+Result<void> validateGeometry(const RingGeometry& g) {
+  if (g.capacity < 4096 || (g.capacity & (g.capacity - 1)) != 0 || g.capacity > (1ull << 30)) {
+    return makeError(ErrorCode::InvalidMessage,
+                     fmt::format("ring capacity {} bytes must be a power of two in [4 KiB, 1 GiB]", g.capacity));
+  }
+  if (g.maxRecord < 64 || g.maxRecord > g.capacity / 2 || g.maxRecord % kRecordAlign != 0) {
+    return makeError(ErrorCode::InvalidMessage,
+                     fmt::format("ring max record {} bytes must be a multiple of 8 in [64, capacity/2 = {}]",
+                                 g.maxRecord, g.capacity / 2));
+  }
+  return {};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Producer
+
+RingProducer::RingProducer(RingControl* control, std::uint8_t* data, RingGeometry geometry, bool zeroOnClaim,
+                           int notifyEventFd)
+    : control_(control),
+      data_(data),
+      geometry_(geometry),
+      mask_(geometry.capacity - 1),
+      zeroOnClaim_(zeroOnClaim),
+      notifyEventFd_(notifyEventFd) {
+  SHMBUS_REQUIRE(validateGeometry(geometry).ok(), validateGeometry(geometry).error().message);
+  // acquire: SYNC POINT "head"; a producer attaching to a ring in use starts where it stands.
+  headCache_ = control_->head.load(std::memory_order_acquire);
+  // relaxed: informational index, written only by this producer.
+  tail_ = control_->tail.load(std::memory_order_relaxed);
+  if (tail_ < headCache_ || tail_ - headCache_ > geometry_.capacity) tail_ = headCache_;
+}
+
+Result<void> RingProducer::refreshHead() {
+  // acquire: SYNC POINT "head" pairs with RingConsumer::releaseTo's release store, so the zeroes
+  // the consumer wrote before publishing head are visible before we write over them.
+  const std::uint64_t h = control_->head.load(std::memory_order_acquire);
+  if (h < headCache_ || h > tail_ || (h & (kRecordAlign - 1)) != 0) {
+    return makeError(ErrorCode::Corrupt,
+                     fmt::format("ring head {} is impossible (cached head {}, tail {})", h, headCache_, tail_));
+  }
+  headCache_ = h;
+  return {};
+}
+
+Result<Claim> RingProducer::tryClaim(std::size_t bodyBytes) {
+  SHMBUS_ASSERT(control_ != nullptr, "producer not attached");
+  if (bodyBytes > geometry_.maxRecord - kHeader) {
+    return makeError(ErrorCode::TooLarge, fmt::format("record of {} bytes exceeds the ring's maximum of {} bytes",
+                                                      bodyBytes + kHeader, geometry_.maxRecord));
+  }
+  const std::size_t recordBytes = alignUp(kHeader + bodyBytes, kRecordAlign);
+  const std::uint64_t index = tail_ & mask_;
+  const std::size_t toEnd = geometry_.capacity - index;
+  const std::size_t padBytes = recordBytes > toEnd ? toEnd : 0;
+  const std::size_t total = padBytes + recordBytes;
+  if (tail_ + total - headCache_ > geometry_.capacity) {
+    if (auto r = refreshHead(); !r) return r.error();
+    if (tail_ + total - headCache_ > geometry_.capacity) {
+      return makeError(ErrorCode::Full,
+                       fmt::format("ring full: {} bytes needed, {} free", total, freeBytesCached()));
+    }
+  }
+  Claim c;
+  c.pos = tail_ + padBytes;
+  c.padBytes = padBytes;
+  c.body = data_ + (c.pos & mask_) + kHeader;
+  c.bodyCapacity = recordBytes - kHeader;
+  c.active = true;
+  return c;
+}
+
+Result<Claim> RingProducer::tryClaimUpTo(std::size_t minBody, std::size_t maxBody) {
+  maxBody = std::min(maxBody, geometry_.maxRecord - kHeader);
+  if (minBody > maxBody) return tryClaim(minBody);  // reports TooLarge
+  auto c = tryClaim(minBody);
+  if (!c) return c;
+  // Grow to what is free and contiguous after the record (records never wrap).
+  const std::uint64_t index = c->pos & mask_;
+  const std::size_t toEnd = geometry_.capacity - index - kHeader;
+  const std::size_t free = geometry_.capacity - (c->pos - headCache_) - kHeader;
+  const std::size_t room = std::min({maxBody, toEnd, free}) & ~std::size_t{kRecordAlign - 1};
+  if (room > c->bodyCapacity) c->bodyCapacity = room;
+  return c;
+}
+
+bool RingProducer::extend(Claim& c, std::size_t bodyBytes) {
+  SHMBUS_ASSERT(c.active, "extend of an inactive claim");
+  if (bodyBytes <= c.bodyCapacity) return true;
+  if (bodyBytes > geometry_.maxRecord - kHeader) return false;
+  const std::size_t recordBytes = alignUp(kHeader + bodyBytes, kRecordAlign);
+  if ((c.pos & mask_) + recordBytes > geometry_.capacity) return false;  // records never wrap
+  const std::uint64_t end = c.pos + recordBytes;
+  if (end - headCache_ > geometry_.capacity) {
+    if (!refreshHead()) return false;
+    if (end - headCache_ > geometry_.capacity) return false;
+  }
+  c.bodyCapacity = recordBytes - kHeader;
+  return true;
+}
+
+void RingProducer::commit(Claim& c, std::size_t bodyBytes) {
+  SHMBUS_ASSERT(c.active, "commit of an inactive claim");
+  SHMBUS_ASSERT(bodyBytes <= c.bodyCapacity, "commit larger than the claim");
+  if (c.padBytes != 0) {
+    RecordHeader* pad = headerAt(data_, tail_ & mask_);
+    pad->type = kRecordPadding;
+    // release: SYNC POINT "record" (pairs with RingConsumer::tryRead's acquire load).
+    pad->length.store(static_cast<std::int32_t>(c.padBytes), std::memory_order_release);
+  }
+  RecordHeader* h = headerAt(data_, c.pos & mask_);
+  h->type = kRecordData;
+  // release: SYNC POINT "record": the body and type written above become visible to a consumer
+  // that reads this length with acquire.
+  h->length.store(static_cast<std::int32_t>(kHeader + bodyBytes), std::memory_order_release);
+  tail_ = c.pos + alignUp(kHeader + bodyBytes, kRecordAlign);
+  // relaxed: informational only (fill level); nobody derives record visibility from it.
+  control_->tail.store(tail_, std::memory_order_relaxed);
+  c.active = false;
+}
+
+void RingProducer::abort(Claim& c, std::size_t touchedBytes) {
+  SHMBUS_ASSERT(c.active, "abort of an inactive claim");
+  c.active = false;
+  // Nothing was published (not even the wrap padding: the next claim recomputes it), so restoring
+  // the invariant "free space is zero" over what was written is all an abort needs.
+  std::memset(c.body, 0, std::min(touchedBytes, c.bodyCapacity));
+}
+
+void RingProducer::notifyConsumer() noexcept { notify(control_->dataReady, notifyEventFd_); }
+
+// ---------------------------------------------------------------------------------------------
+// Consumer
+
+RingConsumer::RingConsumer(RingControl* control, std::uint8_t* data, RingGeometry geometry)
+    : control_(control), data_(data), geometry_(geometry), mask_(geometry.capacity - 1) {
+  SHMBUS_REQUIRE(validateGeometry(geometry).ok(), validateGeometry(geometry).error().message);
+  // relaxed: we are the only writer of head; a consumer attaching to a used ring resumes there.
+  head_ = readPos_ = control_->head.load(std::memory_order_relaxed) & ~std::uint64_t{kRecordAlign - 1};
+}
+
+bool RingConsumer::hasData() const noexcept {
+  if (readPos_ - head_ >= geometry_.capacity) return false;  // everything held: no room for news
+  const RecordHeader* h = headerAt(data_, readPos_ & mask_);
+  // acquire: SYNC POINT "record".
+  return h->length.load(std::memory_order_acquire) != 0;
+}
+
+Result<std::optional<RecordView>> RingConsumer::tryRead() {
+  for (;;) {
+    if (readPos_ - head_ >= geometry_.capacity) return std::optional<RecordView>{};
+    const std::uint64_t index = readPos_ & mask_;
+    RecordHeader* h = headerAt(data_, index);
+    // acquire: SYNC POINT "record" pairs with RingProducer::commit's release store; the body
+    // and type written before it are visible now. Read once: the producer may be hostile.
+    const std::int32_t length = h->length.load(std::memory_order_acquire);
+    if (length == 0) return std::optional<RecordView>{};
+    const std::uint32_t type = h->type;
+    const std::size_t toEnd = geometry_.capacity - index;
+    if (type == kRecordPadding) {
+      if (static_cast<std::size_t>(length) != toEnd || length < 0) {
+        return makeError(ErrorCode::Corrupt, fmt::format("padding record of {} bytes at offset {} must run to the "
+                                                         "end of the ring ({} bytes)", length, index, toEnd));
+      }
+      readPos_ += toEnd;
+      continue;
+    }
+    if (type != kRecordData) {
+      return makeError(ErrorCode::Corrupt, fmt::format("record type {} at offset {} is unknown", type, index));
+    }
+    const std::size_t aligned = alignUp(static_cast<std::size_t>(length), kRecordAlign);
+    if (length < static_cast<std::int32_t>(kHeader) || static_cast<std::size_t>(length) > geometry_.maxRecord ||
+        aligned > toEnd) {
+      return makeError(ErrorCode::Corrupt,
+                       fmt::format("record length {} at offset {} is out of bounds (max {}, {} bytes to the end)",
+                                   length, index, geometry_.maxRecord, toEnd));
+    }
+    RecordView v;
+    v.pos = readPos_;
+    v.end = readPos_ + aligned;
+    v.body = data_ + index + kHeader;
+    v.bodyBytes = static_cast<std::size_t>(length) - kHeader;
+    readPos_ = v.end;
+    if (v.bodyBytes == 0) continue;  // an aborted claim: nothing to deliver
+    return std::optional<RecordView>{v};
+  }
+}
+
+void RingConsumer::releaseTo(std::uint64_t pos) noexcept {
+  if (pos <= head_ || pos > readPos_) return;
+  // Zero [head_, pos) so the producer finds free space zeroed (its records' lengths read 0 until
+  // committed). The range may wrap once.
+  const std::uint64_t from = head_ & mask_;
+  const std::uint64_t n = pos - head_;
+  const std::uint64_t first = std::min<std::uint64_t>(n, geometry_.capacity - from);
+  std::memset(data_ + from, 0, first);
+  if (n > first) std::memset(data_, 0, n - first);
+  head_ = pos;
+  // release: SYNC POINT "head" pairs with RingProducer::refreshHead's acquire load: the zeroes
+  // above are visible before the producer may reuse the space.
+  control_->head.store(pos, std::memory_order_release);
+  notify(control_->spaceReady);
+}
+
+}  // namespace shmbus::detail

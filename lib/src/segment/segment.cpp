@@ -1,0 +1,110 @@
+#include "segment/segment.hpp"
+
+#include <dirent.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <boost/interprocess/exceptions.hpp>
+#include <boost/interprocess/permissions.hpp>
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstring>
+#include <random>
+
+namespace bip = boost::interprocess;
+
+namespace shmbus::detail {
+
+Result<void> validateBusName(std::string_view bus) {
+  bool ok = !bus.empty() && bus.size() <= 64;
+  for (char c : bus) {
+    ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-');
+  }
+  if (!ok) return makeError(ErrorCode::InvalidMessage, fmt::format("bus name '{}' must be 1-64 of [A-Za-z0-9_-]", bus));
+  return {};
+}
+
+Result<Segment> Segment::create(const std::string& name, std::size_t bytes) {
+  SHMBUS_REQUIRE(bytes >= sizeof(SegmentHeader), "segment smaller than its header");
+  try {
+    bip::permissions perm(0600);
+    bip::shared_memory_object shm(bip::create_only, name.c_str(), bip::read_write, perm);
+    shm.truncate(static_cast<bip::offset_t>(bytes));
+    Segment s;
+    s.name_ = name;
+    s.region_ = bip::mapped_region(shm, bip::read_write, 0, bytes);
+    auto* h = reinterpret_cast<SegmentHeader*>(s.base());
+    h->magic = kSegmentMagic;
+    h->version = kSegmentVersion;
+    h->creatorPid = static_cast<std::int32_t>(::getpid());
+    h->totalBytes = bytes;
+    return s;
+  } catch (const bip::interprocess_exception& e) {
+    unlink(name);
+    return makeError(ErrorCode::SystemError, fmt::format("cannot create segment '{}' ({} bytes): {}", name, bytes, e.what()));
+  }
+}
+
+Result<Segment> Segment::open(const std::string& name) {
+  try {
+    bip::shared_memory_object shm(bip::open_only, name.c_str(), bip::read_write);
+    bip::offset_t size = 0;
+    if (!shm.get_size(size) || size < static_cast<bip::offset_t>(sizeof(SegmentHeader))) {
+      return makeError(ErrorCode::SystemError, fmt::format("segment '{}' is too small ({} bytes)", name, size));
+    }
+    Segment s;
+    s.name_ = name;
+    s.region_ = bip::mapped_region(shm, bip::read_write, 0, static_cast<std::size_t>(size));
+    return s;
+  } catch (const bip::interprocess_exception& e) {
+    return makeError(ErrorCode::SystemError, fmt::format("cannot open segment '{}': {}", name, e.what()));
+  }
+}
+
+bool Segment::unlink(const std::string& name) noexcept {
+  return bip::shared_memory_object::remove(name.c_str());
+}
+
+std::string Segment::makeName(std::string_view bus, std::uint64_t id) {
+  static thread_local std::mt19937_64 rng{std::random_device{}() ^ (static_cast<std::uint64_t>(::getpid()) << 32)};
+  return fmt::format("shmbus.{}.{}.{:016x}", bus, id, rng());
+}
+
+namespace {
+template <typename F>
+void forEachName(std::string_view bus, F&& f) {
+  const std::string prefix = fmt::format("shmbus.{}.", bus);
+  DIR* d = ::opendir("/dev/shm");
+  if (d == nullptr) return;
+  while (dirent* e = ::readdir(d)) {
+    if (std::strncmp(e->d_name, prefix.c_str(), prefix.size()) == 0) f(std::string(e->d_name));
+  }
+  ::closedir(d);
+}
+}  // namespace
+
+std::size_t Segment::removeStale(std::string_view bus) {
+  std::size_t removed = 0;
+  forEachName(bus, [&](const std::string& name) {
+    bool stale = true;
+    const int fd = ::shm_open(name.c_str(), O_RDONLY, 0);
+    if (fd < 0) return;
+    SegmentHeader h{};
+    if (::pread(fd, &h, sizeof h, 0) == static_cast<ssize_t>(sizeof h) && h.magic == kSegmentMagic && h.creatorPid > 0) {
+      stale = ::kill(h.creatorPid, 0) != 0 && errno == ESRCH;
+    }
+    ::close(fd);
+    if (stale && unlink(name)) ++removed;
+  });
+  return removed;
+}
+
+std::size_t Segment::countNames(std::string_view bus) {
+  std::size_t n = 0;
+  forEachName(bus, [&](const std::string&) { ++n; });
+  return n;
+}
+
+}  // namespace shmbus::detail

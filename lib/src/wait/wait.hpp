@@ -1,0 +1,121 @@
+// Spin-then-park waiting on a futex word that lives in shared memory.
+//
+// Algorithm (the classic futex "event count", Drepper, "Futexes Are Tricky", 2011, §5, and the
+// waiter-count guard of cameron314/readerwriterqueue's LightweightSemaphore):
+//
+//   waiter                                   notifier
+//   ------                                   --------
+//   s = seq.load(acquire)                    publish(data)            (release store)
+//   waiters.fetch_add(1, seq_cst)   [W]      fence(seq_cst)           [W]
+//   if ready(): done                         if waiters.load(): seq.fetch_add(1); futex_wake(seq)
+//   futex_wait(seq, s, timeout)
+//
+// The seq_cst fetch_add and the seq_cst fence form a store-buffer (Dekker) pair: either the waiter's
+// re-check sees the published data, or the notifier sees `waiters != 0` and bumps `seq` after the
+// waiter read `s`, so FUTEX_WAIT returns at once (EAGAIN) or is woken. No wake-up is lost, and a
+// notifier with no waiter issues no syscall at all.
+//
+// The futex is the shared (non-PRIVATE) variant, so it works between processes that map the same
+// segment at different addresses (the kernel keys it on the page's inode and offset).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+
+namespace shmbus::detail {
+
+/// A futex word and its waiter count, laid out for shared memory. Plain data: both fields start
+/// at zero in a freshly zeroed segment; no constructor runs in shared memory.
+struct WaitWord {
+  std::atomic<std::uint32_t> seq;      ///< futex word; bumped by every notify that finds a waiter
+  std::atomic<std::uint32_t> waiters;  ///< number of threads between [W] and the end of their park
+};
+static_assert(sizeof(WaitWord) == 8);
+static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
+
+/// CLOCK_MONOTONIC now, in ns. About 20-40 ns (vDSO).
+std::int64_t monotonicNowNs() noexcept;
+
+/// Deadline value meaning "wait forever".
+inline constexpr std::int64_t kNoDeadline = INT64_MAX;
+
+/// One architectural pause (x86 `pause`), for spin loops.
+inline void cpuRelax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+/// FUTEX_WAIT (shared) on `word` while it equals `expected`, for at most `timeoutNs` (< 0: forever).
+/// Returns 0 when woken, or an errno value (EAGAIN: the word changed; ETIMEDOUT; EINTR).
+int futexWait(std::atomic<std::uint32_t>* word, std::uint32_t expected, std::int64_t timeoutNs) noexcept;
+
+/// FUTEX_WAKE (shared) of up to `count` waiters. Returns the number woken, or -errno.
+int futexWake(std::atomic<std::uint32_t>* word, int count) noexcept;
+
+/// How long a waiter spins before it parks. Default 4 µs: about the cost of one futex
+/// round trip's user-visible latency saved when a partner answers fast, small enough that an idle
+/// endpoint costs nothing (TOOLCHAIN.md: with 2 cores, long spins starve the partner). Measured by
+/// bench/ring_bench (PingPong/ring_spin vs ring_parked).
+struct SpinPolicy {
+  std::chrono::nanoseconds spin{std::chrono::microseconds(4)};
+};
+
+/// Result of a wait.
+enum class WaitStatus { Ready, Timeout };
+
+/// Waits until `ready()` returns true, spinning for `policy.spin`, then parking on `word.seq`.
+/// `deadlineNs` is absolute CLOCK_MONOTONIC ns (kNoDeadline: forever). `ready` must be a cheap
+/// acquire-load predicate; it is called again after every wake-up (spurious wake-ups are fine).
+/// Thread contract: any number of threads or processes may wait on one word concurrently.
+template <typename Ready>
+WaitStatus spinThenPark(WaitWord& word, Ready&& ready, const SpinPolicy& policy,
+                        std::int64_t deadlineNs) {
+  if (ready()) return WaitStatus::Ready;
+  if (policy.spin.count() > 0) {
+    const std::int64_t spinEnd = monotonicNowNs() + policy.spin.count();
+    for (unsigned i = 1;; ++i) {
+      cpuRelax();
+      if (ready()) return WaitStatus::Ready;
+      // Reading the clock costs ~30 pause-free iterations; check it every 16 iterations.
+      if ((i & 15u) == 0 && monotonicNowNs() >= spinEnd) break;
+    }
+  }
+  for (;;) {
+    // SYNC POINT seq: acquire pairs with the notifier's release fetch_add, so a changed seq is
+    // observed no earlier than the data published before it.
+    const std::uint32_t s = word.seq.load(std::memory_order_acquire);
+    // SYNC POINT W: seq_cst RMW pairs with notify()'s seq_cst fence (store-buffer pattern).
+    word.waiters.fetch_add(1, std::memory_order_seq_cst);
+    if (ready()) {
+      // relaxed: the count is only a hint for notifiers; a stale non-zero costs one spare wake.
+      word.waiters.fetch_sub(1, std::memory_order_relaxed);
+      return WaitStatus::Ready;
+    }
+    std::int64_t timeout = -1;
+    if (deadlineNs != kNoDeadline) {
+      timeout = deadlineNs - monotonicNowNs();
+      if (timeout <= 0) {
+        word.waiters.fetch_sub(1, std::memory_order_relaxed);  // relaxed: hint, as above
+        return ready() ? WaitStatus::Ready : WaitStatus::Timeout;
+      }
+    }
+    futexWait(&word.seq, s, timeout);
+    word.waiters.fetch_sub(1, std::memory_order_relaxed);  // relaxed: hint, as above
+    if (ready()) return WaitStatus::Ready;
+  }
+}
+
+/// Producer side: after publishing data with a release store, wakes the waiters of `word` if
+/// any are parked. Costs one fence and one load when nobody waits (no syscall).
+/// If `eventFd >= 0` the wake-up is an eventfd write instead of FUTEX_WAKE (for a consumer that
+/// waits in epoll, like the supervisor). Thread contract: any thread or process.
+void notify(WaitWord& word, int eventFd = -1) noexcept;
+
+/// Unconditional wake of every waiter on `word` (shutdown, peer death): bumps seq and wakes all.
+void wakeAll(WaitWord& word) noexcept;
+
+}  // namespace shmbus::detail

@@ -1,0 +1,60 @@
+# The bus's own frame payloads (DESIGN.md §3, §5, §7).
+@0x8d4b661f13117418;
+
+$import "/capnp/c++.capnp".namespace("shmbus::schema");
+
+struct ErrorInfo {
+  # Payload of an Error frame: the failure of a call, delivered to the caller.
+  code @0 :UInt16;          # shmbus::ErrorCode
+  message @1 :Text;         # names the channel and the target
+  remoteType @2 :Text;      # HandlerError: the remote exception's type
+  remoteMessage @3 :Text;   # HandlerError: the remote exception's message
+  remoteStack @4 :Text;     # HandlerError: stack text given by the handler, if any
+}
+
+struct Intern {
+  # Payload of an Intern frame: the name behind a 64-bit channel or role id, sent once per id
+  # so the supervisor can name channels in errors and stats (names never travel per message).
+  id @0 :UInt64;
+  name @1 :Text;
+  isRole @2 :Bool;
+}
+
+struct WindowEvent {
+  # Payload of the "window-opened" / "window-closed" events pushed to subscribed windows.
+  windowId @0 :UInt32;
+  role @1 :Text;
+  pid @2 :Int32;
+  reason @3 :Text;          # why it closed: "exit", "disconnected", "bad message: ..."
+}
+
+struct Hello {
+  # Control socket: first message of a window that connects by path.
+  role @0 :Text;
+  pid @1 :Int32;
+  inboxBytes @2 :UInt32;    # requested ring capacities (0 = supervisor default)
+  outboxBytes @3 :UInt32;
+  spawnToken @4 :UInt64;    # non-zero for windows started by Supervisor::spawn
+}
+
+struct Welcome {
+  # Control socket: the supervisor's answer to Hello.
+  ok @0 :Bool;
+  error @1 :ErrorInfo;
+  windowId @2 :UInt32;
+  role @3 :Text;
+  segmentName @4 :Text;     # unlinked by the supervisor once the window confirms it mapped it
+  segmentBytes @5 :UInt64;
+  inboxOffset @6 :UInt64;
+  inboxCapacity @7 :UInt32;
+  outboxOffset @8 :UInt64;
+  outboxCapacity @9 :UInt32;
+  maxRecord @10 :UInt32;
+  busName @11 :Text;
+}
+
+struct Cancel {
+  # Payload of a Cancel frame (caller → supervisor → target): the call's request id is in the
+  # frame header; the reason is informational.
+  reason @0 :Text;
+}
