@@ -41,10 +41,14 @@ RingProducer::RingProducer(RingControl* control, std::uint8_t* data, RingGeometr
       notifyEventFd_(notifyEventFd) {
   SHMBUS_REQUIRE(validateGeometry(geometry).ok(), validateGeometry(geometry).error().message);
   // acquire: SYNC POINT "head"; a producer attaching to a ring in use starts where it stands.
-  headCache_ = control_->head.load(std::memory_order_acquire);
+  // Both indices come from shared memory: a misaligned one would put a record header across the
+  // end of the buffer (a wrap padding header at capacity - 4), so start on a record boundary.
+  headCache_ = control_->head.load(std::memory_order_acquire) & ~std::uint64_t{kRecordAlign - 1};
   // relaxed: informational index, written only by this producer.
   tail_ = control_->tail.load(std::memory_order_relaxed);
-  if (tail_ < headCache_ || tail_ - headCache_ > geometry_.capacity) tail_ = headCache_;
+  if (tail_ < headCache_ || tail_ - headCache_ > geometry_.capacity || (tail_ & (kRecordAlign - 1)) != 0) {
+    tail_ = headCache_;
+  }
 }
 
 Result<void> RingProducer::refreshHead() {
@@ -92,12 +96,31 @@ Result<Claim> RingProducer::tryClaimUpTo(std::size_t minBody, std::size_t maxBod
   auto c = tryClaim(minBody);
   if (!c) return c;
   // Grow to what is free and contiguous after the record (records never wrap).
-  const std::uint64_t index = c->pos & mask_;
-  const std::size_t toEnd = geometry_.capacity - index - kHeader;
-  const std::size_t free = geometry_.capacity - (c->pos - headCache_) - kHeader;
-  const std::size_t room = std::min({maxBody, toEnd, free}) & ~std::size_t{kRecordAlign - 1};
-  if (room > c->bodyCapacity) c->bodyCapacity = room;
+  c->bodyCapacity = std::max(c->bodyCapacity, roomAt(c->pos, maxBody));
+  // When the end of the buffer cuts the room short, the claim can never grow past it: a message
+  // larger than that room would fail with Full even in an empty ring (waiting frees nothing). If a
+  // wrap leaves more room, pad to the end and claim from offset 0 instead.
+  if (c->padBytes == 0 && geometry_.capacity - (c->pos & mask_) - kHeader < maxBody) {
+    if (auto r = refreshHead(); !r) return r.error();
+    c->bodyCapacity = std::max(c->bodyCapacity, roomAt(c->pos, maxBody));
+    const std::size_t pad = geometry_.capacity - (tail_ & mask_);
+    if (tail_ + pad + kHeader - headCache_ <= geometry_.capacity) {
+      const std::size_t wrapped = roomAt(tail_ + pad, maxBody);
+      if (wrapped > c->bodyCapacity) {
+        c->pos = tail_ + pad;
+        c->padBytes = pad;
+        c->body = data_ + kHeader;
+        c->bodyCapacity = wrapped;
+      }
+    }
+  }
   return c;
+}
+
+std::size_t RingProducer::roomAt(std::uint64_t pos, std::size_t maxBody) const noexcept {
+  const std::size_t toEnd = geometry_.capacity - (pos & mask_) - kHeader;
+  const std::size_t free = geometry_.capacity - (pos - headCache_) - kHeader;
+  return std::min({maxBody, toEnd, free}) & ~std::size_t{kRecordAlign - 1};
 }
 
 bool RingProducer::extend(Claim& c, std::size_t bodyBytes) {

@@ -57,7 +57,8 @@ class RingProducer {
 
   /// Reserves the largest contiguous space between `minBody` and `maxBody` body bytes (clamped to
   /// the maximum record), for a record whose final size is not known yet (a Cap'n Proto message
-  /// built in place). Same errors as tryClaim(minBody).
+  /// built in place). That space may lie after a wrap (the claim then carries padding), so in an
+  /// empty ring the claim always reaches the maximum. Same errors as tryClaim(minBody).
   Result<Claim> tryClaimUpTo(std::size_t minBody, std::size_t maxBody);
 
   /// Like tryClaim, but on Full spins then parks on the ring's space word until `deadlineNs`
@@ -92,9 +93,14 @@ class RingProducer {
   bool zeroOnClaim() const noexcept { return zeroOnClaim_; }
   bool valid() const noexcept { return control_ != nullptr; }
   std::uint64_t tail() const noexcept { return tail_; }
+  /// The shared control block (its spaceReady word is where a producer waits for room).
+  RingControl* control() const noexcept { return control_; }
 
  private:
   Result<void> refreshHead();
+  /// Body bytes a record at `pos` can hold: up to `maxBody`, the buffer end and the cached head.
+  /// Requires `pos - headCache_ + kHeader <= capacity`.
+  std::size_t roomAt(std::uint64_t pos, std::size_t maxBody) const noexcept;
 
   RingControl* control_ = nullptr;
   std::uint8_t* data_ = nullptr;

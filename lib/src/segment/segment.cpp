@@ -28,9 +28,11 @@ Result<void> validateBusName(std::string_view bus) {
 
 Result<Segment> Segment::create(const std::string& name, std::size_t bytes) {
   SHMBUS_REQUIRE(bytes >= sizeof(SegmentHeader), "segment smaller than its header");
+  bool created = false;
   try {
     bip::permissions perm(0600);
     bip::shared_memory_object shm(bip::create_only, name.c_str(), bip::read_write, perm);
+    created = true;
     shm.truncate(static_cast<bip::offset_t>(bytes));
     Segment s;
     s.name_ = name;
@@ -42,7 +44,8 @@ Result<Segment> Segment::create(const std::string& name, std::size_t bytes) {
     h->totalBytes = bytes;
     return s;
   } catch (const bip::interprocess_exception& e) {
-    unlink(name);
+    // Only a name this call created: when it already existed (EEXIST) it is someone else's segment.
+    if (created) unlink(name);
     return makeError(ErrorCode::SystemError, fmt::format("cannot create segment '{}' ({} bytes): {}", name, bytes, e.what()));
   }
 }
@@ -68,7 +71,14 @@ bool Segment::unlink(const std::string& name) noexcept {
 }
 
 std::string Segment::makeName(std::string_view bus, std::uint64_t id) {
-  static thread_local std::mt19937_64 rng{std::random_device{}() ^ (static_cast<std::uint64_t>(::getpid()) << 32)};
+  // Reseeded in a forked child: it would otherwise inherit the generator and repeat the parent's
+  // nonces (and a create of a repeated name fails with EEXIST).
+  static thread_local std::mt19937_64 rng;
+  static thread_local pid_t seededFor = 0;
+  if (const pid_t pid = ::getpid(); pid != seededFor) {
+    rng.seed(std::random_device{}() ^ (static_cast<std::uint64_t>(pid) << 32));
+    seededFor = pid;
+  }
   return fmt::format("shmbus.{}.{}.{:016x}", bus, id, rng());
 }
 

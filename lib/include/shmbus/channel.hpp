@@ -1,0 +1,54 @@
+// libshmbus — naming channels and call targets.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace shmbus {
+
+/// 64-bit FNV-1a of a name: the wire id of an untyped channel or of a role (names never travel
+/// per message; DESIGN.md §1). Never 0.
+constexpr std::uint64_t nameId(std::string_view name) noexcept {
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (char c : name) {
+    h ^= static_cast<std::uint8_t>(c);
+    h *= 0x100000001b3ull;
+  }
+  return h == 0 ? 1 : h;
+}
+
+/// A channel: its wire id, its name (for errors, stats, traces) and, for typed contracts, the
+/// fingerprint of its payload schema (0 = untyped: no check). Implicit from a name.
+/// The name must outlive the call it is passed to (string literals and generated constants do).
+struct Channel {
+  std::uint64_t id = 0;
+  std::string_view name;
+  std::uint64_t schemaId = 0;       ///< fingerprint of the request/message struct; 0 = unchecked
+  std::uint64_t replySchemaId = 0;  ///< fingerprint of the reply struct; 0 = unchecked
+
+  constexpr Channel(std::string_view n) noexcept : id(nameId(n)), name(n) {}  // NOLINT: implicit by design
+  constexpr Channel(const char* n) noexcept : Channel(std::string_view(n)) {}  // NOLINT
+  constexpr Channel(const std::string& n) noexcept : Channel(std::string_view(n)) {}  // NOLINT
+  constexpr Channel(std::uint64_t channelId, std::string_view n, std::uint64_t schema = 0,
+                    std::uint64_t replySchema = 0) noexcept
+      : id(channelId), name(n), schemaId(schema), replySchemaId(replySchema) {}
+};
+
+/// Who receives a push or a call: the main process, a role (the first registered live window with
+/// that role answers), or a window id.
+struct Target {
+  std::uint32_t windowId = 0;  ///< 0 with an empty role = the main process
+  std::string role;
+
+  Target() = default;  ///< the main process
+  Target(std::string_view r) : role(r) {}  // NOLINT: implicit by design
+  Target(const char* r) : role(r) {}        // NOLINT
+  Target(std::uint32_t id) : windowId(id) {}  // NOLINT
+  static Target main() { return Target(); }
+  bool isMain() const noexcept { return windowId == 0 && role.empty(); }
+  /// "role 'dashboard'", "window 3" or "main", for messages.
+  std::string describe() const;
+};
+
+}  // namespace shmbus

@@ -1,0 +1,182 @@
+// libshmbus — messages, call context, call options and the asynchronous call handle.
+#pragma once
+
+#include <capnp/message.h>
+#include <kj/exception.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+#include "shmbus/error.hpp"
+
+namespace shmbus {
+
+namespace detail {
+class InPlaceMessage;
+struct CallState;
+struct HeldMessage;
+}  // namespace detail
+
+/// The builder a build callback fills: a capnp::MessageBuilder whose segments are ring space
+/// (requests, sends, pushes: built in place, zero copy) or a process-local scratch arena (handler
+/// replies; see Window::handle). Call `initRoot<T>()` once. A message that outgrows the ring's
+/// maximum record makes the operation fail with TooLarge; one that outgrows the free space, Full.
+using Builder = capnp::MessageBuilder;
+
+/// A build callback: fills the payload of an outgoing message. It runs synchronously inside the
+/// call that takes it, on the calling thread, while the ring space is reserved: it must not send
+/// on the same endpoint itself.
+using BuildFn = std::function<void(Builder&)>;
+
+/// A received Cap'n Proto message, read in place from an inbox or outbox record (zero copy).
+/// In `on`/`handle` callbacks the Message is valid until the callback returns. A Message that
+/// holds a call's reply (Call::get) keeps its record reserved until the Message is destroyed; the
+/// ring cannot reuse that space meanwhile, so drop replies when done with them.
+/// Thread contract: reading from several threads is fine; destruction from any thread.
+class Message {
+ public:
+  Message() = default;
+
+  /// True when the message carries no payload (an empty build or a void reply).
+  bool empty() const noexcept;
+
+  /// The root as struct type T (a capnpc-generated type). Throws kj::Exception when the payload is
+  /// malformed (Cap'n Proto validates lazily, within bounded ReaderOptions) and UsageError on an
+  /// empty message.
+  template <typename T>
+  typename T::Reader root() const {
+    return reader().template getRoot<T>();
+  }
+
+  /// Like root(), but malformed or empty payloads come back as InvalidMessage.
+  template <typename T>
+  Result<typename T::Reader> tryRoot() const {
+    if (empty()) return makeError(ErrorCode::InvalidMessage, "the message has no payload");
+    try {
+      auto r = reader().template getRoot<T>();
+      return r;
+    } catch (const kj::Exception& e) {
+      return makeError(ErrorCode::InvalidMessage, std::string("malformed payload: ") + e.getDescription().cStr());
+    }
+  }
+
+  /// The underlying reader (UsageError when empty).
+  capnp::MessageReader& reader() const;
+
+  /// Size of the Cap'n Proto payload in 8-byte words.
+  std::size_t words() const noexcept;
+
+  /// Fingerprint of the payload's schema set by typed senders (0 = untyped).
+  std::uint64_t schemaId() const noexcept { return schemaId_; }
+
+  // Internal: a view of an in-place message (callbacks) or an owning holder (replies).
+  Message(detail::InPlaceMessage* view, std::uint64_t schemaId) noexcept : view_(view), schemaId_(schemaId) {}
+  Message(std::shared_ptr<detail::HeldMessage> held, std::uint64_t schemaId) noexcept;
+
+ private:
+  detail::InPlaceMessage* view_ = nullptr;
+  std::shared_ptr<detail::HeldMessage> held_;
+  std::uint64_t schemaId_ = 0;
+};
+
+/// What a handler or listener learns about the message it got (DESIGN.md §2).
+/// Valid during the callback; copy the fields you keep. Thread contract: read on the callback's thread;
+/// cancelled() may be polled from any thread.
+struct CallContext {
+  std::uint32_t sourceWindowId = 0;  ///< sender's window id; 0 = the main process (supervisor)
+  std::string_view sourceRole;       ///< sender's role; "main" for the supervisor
+  std::string_view channel;          ///< channel name (empty when only the id is known)
+  std::uint64_t channelId = 0;       ///< 64-bit channel id
+  std::uint64_t requestId = 0;       ///< request id of an invoke; 0 for one-way messages
+  std::int64_t deadlineNs = 0;       ///< absolute CLOCK_MONOTONIC ns by which the caller wants the reply; 0 = none
+  const std::atomic<bool>* cancelFlag = nullptr;
+
+  /// True once the caller cancelled the call or its deadline passed: a long handler should stop.
+  bool cancelled() const noexcept;
+  /// Time left until the deadline (zero when passed; a large value when none).
+  std::chrono::nanoseconds remaining() const noexcept;
+};
+
+/// Options of one invoke.
+struct CallOptions {
+  /// Timeout; zero means the channel's default (Supervisor::setChannelTimeout), else 5000 ms.
+  std::chrono::milliseconds timeout{0};
+  /// Optional size hint of the request in bytes (0 = claim as much contiguous ring space as is free,
+  /// up to the maximum record). Only matters for rings that are nearly full.
+  std::size_t sizeHint = 0;
+};
+
+/// The default call timeout (DESIGN.md §3).
+inline constexpr std::chrono::milliseconds kDefaultTimeout{5000};
+
+/// Handle of an asynchronous call (invoke, invokeIn, Supervisor::invoke). Copyable; all copies refer
+/// to the same call. Exactly one result is ever produced: the reply, or one Error.
+/// Thread contract: any method from any thread. Callbacks (then) run on the endpoint's dispatch
+/// thread, or immediately on the calling thread when the result is already there.
+class Call {
+ public:
+  Call() = default;
+
+  /// Blocks until the result is there. On the endpoint's dispatch thread (inside a handler, or when no
+  /// other thread dispatches) it keeps dispatching meanwhile, so handlers may call each other and a
+  /// cycle A→B→A completes or times out but never deadlocks. Errors: every code of DESIGN.md §3.
+  Result<Message> get();
+
+  /// True when the result is there (get() will not block).
+  bool ready() const;
+
+  /// Runs `cb` with the result once it is there (see thread contract). Replaces an earlier callback.
+  void then(std::function<void(Result<Message>)> cb);
+
+  /// Gives up the call: the result becomes Cancelled (unless it is already there) and the target is
+  /// told, so ctx.cancelled() turns true in its handler. A late reply is dropped and counted.
+  void cancel();
+
+  /// The caller-side request id (unique per endpoint).
+  std::uint64_t requestId() const;
+
+  explicit Call(std::shared_ptr<detail::CallState> s) : state_(std::move(s)) {}
+
+ private:
+  std::shared_ptr<detail::CallState> state_;
+};
+
+/// A registered handler or listener. Destroying it (or calling reset()) unregisters it. Move-only.
+/// Thread contract: reset from any thread; after reset returns the callback is not started again.
+class Registration {
+ public:
+  Registration() = default;
+  explicit Registration(std::function<void()> undo) : undo_(std::move(undo)) {}
+  Registration(Registration&& o) noexcept : undo_(std::exchange(o.undo_, nullptr)) {}
+  Registration& operator=(Registration&& o) noexcept {
+    if (this != &o) { reset(); undo_ = std::exchange(o.undo_, nullptr); }
+    return *this;
+  }
+  Registration(const Registration&) = delete;
+  Registration& operator=(const Registration&) = delete;
+  ~Registration() { reset(); }
+  /// Unregisters now (idempotent).
+  void reset() { if (auto u = std::exchange(undo_, nullptr)) u(); }
+  /// Keeps the registration for the endpoint's lifetime (the handle no longer undoes it).
+  void release() noexcept { undo_ = nullptr; }
+  /// Same as reset(): the Electron-style cleanup call.
+  void operator()() { reset(); }
+
+ private:
+  std::function<void()> undo_;
+};
+
+/// Listener callback: the message and its context.
+using Listener = std::function<void(const Message&, const CallContext&)>;
+
+/// Handler callback: reads the request, fills the reply builder (leave it empty for a void reply),
+/// may throw to fail the call with HandlerError (type, message and stack text travel to the caller).
+using Handler = std::function<void(const Message& request, Builder& reply, const CallContext& ctx)>;
+
+}  // namespace shmbus

@@ -1,0 +1,8 @@
+// libshmbus — umbrella header.
+#pragma once
+
+#include "shmbus/channel.hpp"
+#include "shmbus/error.hpp"
+#include "shmbus/message.hpp"
+#include "shmbus/supervisor.hpp"
+#include "shmbus/window.hpp"

@@ -1,0 +1,168 @@
+// libshmbus — the supervisor: the main process's side of the bus (DESIGN.md §1, §2, §5).
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "shmbus/channel.hpp"
+#include "shmbus/error.hpp"
+#include "shmbus/message.hpp"
+
+namespace shmbus {
+
+/// Log verbosity of the supervisor (to stderr).
+enum class LogLevel { Silent = 0, Error = 1, Warn = 2, Info = 3, Debug = 4 };
+
+struct SupervisorOptions {
+  std::string bus;  ///< bus name, 1-64 of [A-Za-z0-9_-]
+  /// Roles a window connecting by socket path may claim; empty = any role (same uid only).
+  /// Spawned windows get their role from spawn() and are not limited by this list.
+  std::vector<std::string> allowedRoles;
+  std::string socketPath;                   ///< empty = runtime dir / shmbus-<bus>.sock
+  std::uint32_t inboxBytes = 1u << 20;      ///< default inbox capacity per window (power of two)
+  std::uint32_t outboxBytes = 1u << 20;     ///< default outbox capacity per window (power of two)
+  std::uint32_t maxRecordBytes = 1u << 18;  ///< largest record (frame header + message), bytes
+  /// Spin budget of the dispatch loop before it parks in epoll, ns. 0 = park at once.
+  std::chrono::nanoseconds spin{std::chrono::microseconds(4)};
+  LogLevel logLevel = LogLevel::Warn;
+};
+
+/// A registered window.
+struct WindowInfo {
+  std::uint32_t id = 0;
+  std::string role;
+  pid_t pid = 0;
+  bool spawned = false;  ///< started by spawn() (role pre-authenticated)
+};
+
+/// Roles a broadcast goes to: all windows, or only `roles`, minus `excludeRoles`.
+struct BroadcastOptions {
+  std::vector<std::string> roles;
+  std::vector<std::string> excludeRoles;
+};
+
+/// What a broadcast did: windows reached, and the ones whose inbox refused (Full) it.
+struct BroadcastReport {
+  std::size_t delivered = 0;
+  std::vector<std::pair<std::uint32_t, Error>> failed;
+};
+
+/// Access policy of one channel: the roles that may send or invoke it (empty = every role).
+struct ChannelPolicy {
+  std::vector<std::string> callers;
+};
+
+/// Snapshot of the supervisor's router (Supervisor::stats()).
+struct RouterStats {
+  struct Pending {
+    std::string channel;
+    std::uint32_t sourceId = 0;
+    std::string sourceRole;
+    std::uint32_t targetId = 0;
+    std::string targetRole;
+    double waitingMs = 0;
+  };
+  struct ChannelStats {
+    std::string channel;
+    std::uint64_t calls = 0;        ///< invokes routed or handled (window→main, window→window, main→window)
+    std::uint64_t messages = 0;     ///< one-way sends, pushes and broadcast deliveries
+    std::map<std::string, std::uint64_t> errors;  ///< by error code name
+    std::uint64_t lateReplies = 0;  ///< replies that came after the call ended (dropped)
+    double p50Ms = 0;               ///< latency of completed calls, over the last 4096
+    double p99Ms = 0;
+  };
+  std::vector<Pending> pending;
+  std::vector<ChannelStats> channels;
+  std::uint64_t lateReplies = 0;
+  std::uint64_t spoofedReplies = 0;   ///< replies from a window the call was not routed to (dropped)
+  std::uint64_t undeliverable = 0;    ///< one-way messages that found no target or no listener
+  std::uint64_t badMessages = 0;      ///< windows disconnected for corrupt rings or malformed frames
+};
+
+/// The supervisor. Create one per bus in the main process.
+///
+/// Thread contract: every method may be called from any thread. Callbacks (on/once/handle, Call::then)
+/// run on the dispatch thread (run()/poll()/startDispatchThread(), or a thread blocked in Call::get()
+/// while nobody else dispatches). The router itself only works while something dispatches.
+class Supervisor {
+ public:
+  /// Listens on the bus socket and removes stale segment names of dead supervisors of this bus.
+  /// Errors: InvalidMessage (bad bus name or ring sizes), SystemError.
+  static Result<std::unique_ptr<Supervisor>> create(SupervisorOptions options);
+
+  ~Supervisor();
+  Supervisor(const Supervisor&) = delete;
+  Supervisor& operator=(const Supervisor&) = delete;
+
+  const std::string& bus() const noexcept;
+  const std::string& socketPath() const noexcept;
+
+  /// Starts `argv` (argv[0] is looked up in PATH) as a window with `role`, over a
+  /// pre-authenticated socket ($SHMBUS_FD, $SHMBUS_BUS, $SHMBUS_ROLE); `env` entries "K=V" are
+  /// added. Returns at once with the window's id and pid; the window is live once it connects
+  /// (waitForRole). Errors: SystemError (fork/exec).
+  Result<WindowInfo> spawn(const std::string& role, const std::vector<std::string>& argv,
+                           const std::vector<std::string>& env = {});
+
+  /// Dispatches until a live window with `role` exists or `timeout` passes. Errors: Timeout.
+  Result<WindowInfo> waitForRole(const std::string& role, std::chrono::milliseconds timeout);
+
+  /// Registered live windows, in registration order.
+  std::vector<WindowInfo> windows() const;
+  /// The window with `id`, if live.
+  std::optional<WindowInfo> window(std::uint32_t id) const;
+
+  /// Listener for Window::send (listeners accumulate).
+  Registration on(const Channel& channel, Listener listener);
+  /// Like on(), removed before its first run.
+  Registration once(const Channel& channel, Listener listener);
+  /// Handler for Window::invoke; the last registered wins. The reply is built in a scratch arena
+  /// and copied once into the caller's inbox when the handler returns.
+  Registration handle(const Channel& channel, Handler handler);
+
+  /// Push to one window (by id or role). Built in place in its inbox. Errors: NoTarget, Full,
+  /// TooLarge, BusClosed (supervisor stopped).
+  Result<void> send(const Target& target, const Channel& channel, const BuildFn& build = {});
+
+  /// Push to every live window matching `options` (built once, copied to each inbox).
+  /// A full inbox fails for that window only (reported). Errors: TooLarge.
+  Result<BroadcastReport> broadcast(const Channel& channel, const BuildFn& build = {},
+                                    const BroadcastOptions& options = {});
+
+  /// Call a window's handler (`Window::handle`). Errors through the Call, as Window::invoke.
+  Call invoke(const Target& target, const Channel& channel, const BuildFn& build = {}, CallOptions options = {});
+
+  /// Who may send/invoke `channel` (routed and to main). Others get Denied.
+  void setPolicy(const Channel& channel, ChannelPolicy policy);
+
+  /// Default timeout of calls on `channel` when the caller gives none.
+  void setChannelTimeout(const Channel& channel, std::chrono::milliseconds timeout);
+
+  /// Router snapshot: pending calls and per-channel counters and latency percentiles.
+  RouterStats stats() const;
+
+  /// Dispatches until stop().
+  void run();
+  /// Dispatches what is ready, waiting up to `timeout` for the first event.
+  Result<void> poll(std::chrono::milliseconds timeout);
+  /// Runs run() on a background thread until stop().
+  void startDispatchThread();
+  /// Stops dispatching, disconnects every window (their calls fail with BusClosed) and removes the
+  /// socket. Idempotent; the destructor calls it.
+  void stop();
+
+  struct Impl;
+
+ private:
+  explicit Supervisor(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace shmbus

@@ -1,0 +1,108 @@
+// libshmbus — a window: a client process on the bus (DESIGN.md §1, §2).
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "shmbus/channel.hpp"
+#include "shmbus/error.hpp"
+#include "shmbus/message.hpp"
+
+namespace shmbus {
+
+/// How a window connects.
+struct WindowOptions {
+  std::string bus;         ///< bus name; empty = $SHMBUS_BUS (set for spawned windows)
+  std::string role;        ///< role to claim (connect by path); ignored for spawned windows
+  std::string socketPath;  ///< empty = the bus's default socket (runtime dir)
+  std::uint32_t inboxBytes = 0;   ///< requested inbox ring capacity in bytes (0 = supervisor default)
+  std::uint32_t outboxBytes = 0;  ///< requested outbox ring capacity in bytes (0 = supervisor default)
+  /// Spin budget before parking on a futex, in ns (DESIGN.md §4). 0 = park at once.
+  std::chrono::nanoseconds spin{std::chrono::microseconds(4)};
+  /// Give up waiting for the supervisor's welcome after this long.
+  std::chrono::milliseconds connectTimeout{5000};
+};
+
+/// One window. Created by connect() or fromSpawn(); closed by close() or destruction (the
+/// supervisor then reports `window-closed` with reason "exit").
+///
+/// Thread contract: every method may be called from any thread. Callbacks (on/once/handle/then)
+/// run on the dispatch thread: the thread inside run()/poll(), the background thread of
+/// startDispatchThread(), or a thread blocked in Call::get() while nobody else dispatches.
+/// Process contract: one Window per connection; a forked child must not use its parent's Window.
+class Window {
+ public:
+  /// Connects by socket path and claims `options.role`. Errors: BusClosed (no supervisor),
+  /// Denied (role not allowed), Timeout (no welcome in time), SystemError.
+  static Result<std::unique_ptr<Window>> connect(WindowOptions options);
+
+  /// Connects over the pre-authenticated socket a Supervisor::spawn handed down ($SHMBUS_FD); the
+  /// role is the one the supervisor gave. Errors: as connect(); UsageError when not spawned.
+  static Result<std::unique_ptr<Window>> fromSpawn(WindowOptions options = {});
+
+  /// True when this process was started by Supervisor::spawn.
+  static bool spawned() noexcept;
+
+  ~Window();
+  Window(const Window&) = delete;
+  Window& operator=(const Window&) = delete;
+
+  std::uint32_t id() const noexcept;          ///< window id given by the supervisor (> 0)
+  const std::string& role() const noexcept;
+  const std::string& bus() const noexcept;
+
+  /// One-way message to the main process (`Supervisor::on`). Built in place in the outbox.
+  /// Errors: Full (outbox full; nothing written), TooLarge, BusClosed. Returns once written.
+  Result<void> send(const Channel& channel, const BuildFn& build = {});
+
+  /// One-way message to another window, routed by the supervisor (`Window::on` there).
+  /// Routing failures (no such window, denied) are counted by the supervisor and logged.
+  Result<void> sendTo(const Target& target, const Channel& channel, const BuildFn& build = {});
+
+  /// Request to the main process (`Supervisor::handle`). Never throws for bus errors: they come
+  /// back through the Call (NoHandler, Timeout, HandlerError, BusClosed, Full, TooLarge, ...).
+  Call invoke(const Channel& channel, const BuildFn& build = {}, CallOptions options = {});
+
+  /// Request to another window by role or id, routed and timed by the supervisor (DESIGN.md §2).
+  Call invokeIn(const Target& target, const Channel& channel, const BuildFn& build = {}, CallOptions options = {});
+
+  /// Adds a listener for pushes and routed sends on `channel` (listeners accumulate), and for
+  /// the bus events "window-opened" / "window-closed" (payload bus.capnp WindowEvent).
+  Registration on(const Channel& channel, Listener listener);
+
+  /// Like on(), but the listener removes itself before it runs the first time.
+  Registration once(const Channel& channel, Listener listener);
+
+  /// Handles calls on `channel` (Supervisor::invoke and routed invokeIn). The last registered
+  /// handler wins; the returned Registration removes this one (the previous one does not return).
+  /// The reply is built in a process-local arena and copied once into the outbox when the handler
+  /// returns, so a handler may itself send and invoke (re-entrant dispatch).
+  Registration handle(const Channel& channel, Handler handler);
+
+  /// Dispatches until close() or the supervisor's death (then returns).
+  void run();
+
+  /// Dispatches what is ready, waiting up to `timeout` for the first message. Errors: BusClosed.
+  Result<void> poll(std::chrono::milliseconds timeout);
+
+  /// Starts a background thread that runs run(). Stops at close().
+  void startDispatchThread();
+
+  /// Closes the connection: pending calls fail with BusClosed, run() returns. Idempotent.
+  void close();
+
+  /// True after close() or once the supervisor is gone.
+  bool closed() const noexcept;
+
+  struct Impl;
+
+ private:
+  explicit Window(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace shmbus

@@ -1,0 +1,58 @@
+// Call state shared by a Call handle and the endpoint (Window or Supervisor) that completes it,
+// plus the holders behind Message.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "message/message.hpp"
+#include "shmbus/message.hpp"
+
+namespace shmbus::detail {
+
+/// The endpoint side of a call: how to wait for it and how to cancel it.
+struct CallOwner {
+  virtual ~CallOwner() = default;
+  /// Blocks until `s` is complete (dispatching meanwhile where the thread may); returns its result.
+  virtual Result<Message> waitFor(const std::shared_ptr<CallState>& s) = 0;
+  /// Cancels `s` (completes it with Cancelled and tells the target).
+  virtual void cancel(const std::shared_ptr<CallState>& s) = 0;
+};
+
+struct CallState {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::optional<Result<Message>> result;             // guarded by mu
+  std::function<void(Result<Message>)> then;         // guarded by mu
+  CallOwner* owner = nullptr;                        // guarded by mu; null once the owner closed
+  std::uint64_t requestId = 0;
+  std::int64_t deadlineNs = 0;                       // absolute CLOCK_MONOTONIC, for the local fallback timer
+  std::string what;                                  // "invoke 'ch' to role 'x'", for messages
+};
+
+/// Completes `s` once: stores the result, wakes waiters, runs the then-callback on this thread.
+/// Returns false (and drops `r`) when `s` was already complete.
+bool completeCall(const std::shared_ptr<CallState>& s, Result<Message> r);
+
+/// A message that outlives its callback: either an in-place view whose record stays reserved
+/// until `release` runs (window replies, zero copy), or an owned copy (`storage`).
+struct HeldMessage {
+  InPlaceMessage msg;
+  std::vector<capnp::word> storage;
+  std::function<void()> release;
+  ~HeldMessage() {
+    if (release) release();
+  }
+};
+
+/// Builds a HeldMessage that owns a copy of `bytes` (a MessageTable + segments span).
+/// Errors: InvalidMessage.
+Result<std::shared_ptr<HeldMessage>> copyMessage(const std::uint8_t* bytes, std::size_t n);
+
+}  // namespace shmbus::detail

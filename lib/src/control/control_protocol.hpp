@@ -1,0 +1,31 @@
+// Control-socket packets between a window and the supervisor (DESIGN.md §5).
+// Every packet starts with a ControlHeader; Hello and Welcome carry a Cap'n Proto flat array
+// (bus.capnp) after it. The supervisor treats every packet as hostile: sizes are checked, the
+// flat array is read with bounded ReaderOptions.
+#pragma once
+
+#include <cstdint>
+
+namespace shmbus::detail {
+
+enum class ControlType : std::uint32_t {
+  Hello = 1,    ///< window → supervisor: bus.capnp Hello
+  Welcome = 2,  ///< supervisor → window: bus.capnp Welcome (+ the doorbell eventfd)
+  Mapped = 3,   ///< window → supervisor: segment mapped; the supervisor unlinks its name
+  Cancel = 4,   ///< supervisor → window: `value` = request id whose caller gave up (or timed out)
+};
+
+struct ControlHeader {
+  std::uint32_t type;   ///< ControlType
+  std::uint32_t reserved;
+  std::uint64_t value;
+};
+static_assert(sizeof(ControlHeader) == 16);
+
+/// Layout of a window's segment, computed by the supervisor and sent in Welcome:
+/// [SegmentHeader 64 B][inbox RingControl][inbox data][outbox RingControl][outbox data].
+inline constexpr const char* kEnvFd = "SHMBUS_FD";
+inline constexpr const char* kEnvBus = "SHMBUS_BUS";
+inline constexpr const char* kEnvRole = "SHMBUS_ROLE";
+
+}  // namespace shmbus::detail

@@ -1,0 +1,72 @@
+// Control-plane sockets: Unix domain SOCK_SEQPACKET (DESIGN.md §5). Datagrams keep message
+// boundaries, so a control message is one Cap'n Proto flat array per datagram; file descriptors
+// travel as SCM_RIGHTS. Hang-up of the socket is the death signal of either side.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "shmbus/error.hpp"
+
+namespace shmbus::detail {
+
+/// An owned file descriptor (closes on destruction). Move-only.
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) noexcept : fd_(fd) {}
+  Fd(Fd&& o) noexcept : fd_(o.release()) {}
+  Fd& operator=(Fd&& o) noexcept;
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd();
+  int get() const noexcept { return fd_; }
+  int release() noexcept { int f = fd_; fd_ = -1; return f; }
+  explicit operator bool() const noexcept { return fd_ >= 0; }
+  void reset(int fd = -1) noexcept;
+
+ private:
+  int fd_ = -1;
+};
+
+/// Directory of bus sockets: $XDG_RUNTIME_DIR, else /tmp/shmbus-<uid>/ (created mode 0700; an
+/// existing one must be ours and not accessible by others). Errors: SystemError.
+Result<std::string> runtimeDir();
+
+/// Socket path of `bus` (runtimeDir()/shmbus-<bus>.sock).
+Result<std::string> socketPath(const std::string& bus);
+
+/// Listening SOCK_SEQPACKET socket at `path` (an existing stale socket file is replaced),
+/// non-blocking, close-on-exec. Errors: SystemError.
+Result<Fd> listenSeqpacket(const std::string& path);
+
+/// Connects to `path`. Errors: BusClosed (nobody listens), SystemError.
+Result<Fd> connectSeqpacket(const std::string& path);
+
+/// A connected SOCK_SEQPACKET pair (close-on-exec on both).
+Result<std::pair<Fd, Fd>> seqpacketPair();
+
+/// Peer credentials (SO_PEERCRED).
+struct PeerCred {
+  pid_t pid = 0;
+  uid_t uid = 0;
+};
+Result<PeerCred> peerCred(int fd);
+
+/// Sends one datagram with optional descriptors. Errors: BusClosed (peer gone), SystemError.
+Result<void> sendPacket(int fd, const void* data, std::size_t bytes, const std::vector<int>& fds = {});
+
+/// Receives one datagram (up to 64 KiB) and any descriptors (owned by the caller). Returns an
+/// empty vector on orderly hang-up (the caller treats it as the peer's death).
+/// Errors: Full (EAGAIN on a non-blocking socket), SystemError.
+struct Packet {
+  std::vector<std::uint8_t> bytes;
+  std::vector<Fd> fds;
+  bool hangup = false;
+};
+Result<Packet> recvPacket(int fd);
+
+}  // namespace shmbus::detail

@@ -1,0 +1,75 @@
+// The frame: the fixed POD header at the start of every ring record (DESIGN.md §4), followed by a
+// Cap'n Proto message in the layout of message/message.hpp. The supervisor routes on the header
+// alone and never decodes user payloads.
+//
+//   0       2       4               8                               16
+//   +-------+-------+---------------+-------------------------------+
+//   | kind  | flags |    status     |          channel id           |
+//   +-------+-------+---------------+-------------------------------+
+//   |          request id           |    source     |    target     |
+//   +-------------------------------+---------------+---------------+
+//   |       role id (target/src)    |   deadline (CLOCK_MONOTONIC)  |
+//   +-------------------------------+-------------------------------+
+//   |           trace id            |     schema id (0 = untyped)   |
+//   +-------------------------------+-------------------------------+  64 bytes
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+#include "shmbus/channel.hpp"
+
+namespace shmbus::detail {
+
+enum class FrameKind : std::uint16_t {
+  Send = 1,         ///< one-way message: window → main, or routed window → window (target != 0)
+  Invoke = 2,       ///< request expecting exactly one Reply or Error with the same request id
+  Reply = 3,        ///< successful response; payload = the handler's results
+  Error = 4,        ///< failed response; payload = bus.capnp ErrorInfo; status = ErrorCode
+  Cancel = 5,       ///< caller → supervisor: the caller gave up on request id
+  HandlerAdd = 6,   ///< window → supervisor: this window handles `channel` from now on
+  HandlerRemove = 7,///< window → supervisor: this window no longer handles `channel`
+  Intern = 8,       ///< the name behind an id (bus.capnp Intern); sent once per id and peer
+  Listen = 9,       ///< window → supervisor: deliver bus events on `channel` (window-opened/closed)
+};
+inline constexpr std::uint16_t kMaxFrameKind = 9;
+
+/// Frame flags.
+enum FrameFlags : std::uint16_t {
+  kFlagNone = 0,
+};
+
+/// `target` values: 0 is the supervisor (main); kTargetByRole means "resolve `role`".
+inline constexpr std::uint32_t kTargetMain = 0;
+inline constexpr std::uint32_t kTargetByRole = 0xffffffffu;
+
+struct FrameHeader {
+  std::uint16_t kind;        ///< FrameKind
+  std::uint16_t flags;       ///< FrameFlags
+  std::uint32_t status;      ///< ErrorCode of an Error frame; 0 otherwise
+  std::uint64_t channel;     ///< channel id
+  std::uint64_t requestId;   ///< Invoke/Reply/Error/Cancel; 0 for one-way frames
+  std::uint32_t source;      ///< sender window id, 0 = main; always overwritten by the supervisor
+  std::uint32_t target;      ///< window id, kTargetMain, or kTargetByRole
+  std::uint64_t role;        ///< target role id (kTargetByRole) on the way in; source role id on delivery
+  std::int64_t deadlineNs;   ///< absolute CLOCK_MONOTONIC ns; 0 = none
+  std::uint64_t traceId;     ///< correlates the hops of one call in traces
+  std::uint64_t schemaId;    ///< typed contracts: fingerprint of the payload struct; 0 = untyped
+};
+static_assert(sizeof(FrameHeader) == 64);
+static_assert(alignof(FrameHeader) == 8);
+
+/// Channel id of method `ordinal` of the Cap'n Proto interface `interfaceId` (typed contracts).
+constexpr std::uint64_t methodChannelId(std::uint64_t interfaceId, std::uint16_t ordinal) noexcept {
+  std::uint64_t x = interfaceId ^ (0x9e3779b97f4a7c15ull * (static_cast<std::uint64_t>(ordinal) + 1));
+  x ^= x >> 31;  // splitmix64 finaliser
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  return x == 0 ? 1 : x;
+}
+
+/// Reserved channels of bus events (pushed to windows that listen).
+inline constexpr std::string_view kWindowOpened = "window-opened";
+inline constexpr std::string_view kWindowClosed = "window-closed";
+
+}  // namespace shmbus::detail

@@ -1,0 +1,175 @@
+#include "protocol/frame_io.hpp"
+
+#include <cxxabi.h>
+#include <kj/debug.h>
+
+#include <fmt/format.h>
+
+#include <cstring>
+#include <typeinfo>
+
+#include "bus.capnp.h"
+
+namespace shmbus::detail {
+
+namespace {
+Error claimError(ErrorCode code, const std::string& m) { return makeError(code, m); }
+
+Result<Claim> claimFor(RingProducer& p, std::size_t bodyBytes) {
+  auto c = p.tryClaim(bodyBytes);
+  if (!c) return c.error();
+  return c;
+}
+}  // namespace
+
+Result<void> writeFrame(RingProducer& p, const FrameHeader& header, const BuildFn& build, std::size_t sizeHint,
+                        bool notify) {
+  // Claim the free contiguous space (a message's final size is known only once it is built); a
+  // hint bounds it so a small message does not need the room of the largest record.
+  const std::size_t maxBody = sizeHint != 0 ? kMinFrameBody + sizeHint + 64 : SIZE_MAX;
+  auto claim = p.tryClaimUpTo(kMinFrameBody + 64, maxBody);
+  if (!claim) return claim.error();
+  Claim& c = *claim;
+  std::memcpy(c.body, &header, sizeof header);
+  std::size_t used = kMinFrameBody;
+  if (build) {
+    RingMessageBuilder mb(p, c, sizeof(FrameHeader));
+    try {
+      build(mb);
+    } catch (const ClaimExhausted& e) {
+      p.abort(c, mb.touched());
+      return claimError(e.code, e.what());
+    } catch (...) {
+      p.abort(c, mb.touched());
+      throw;
+    }
+    used = mb.finish();
+  } else {
+    std::memset(c.body + sizeof(FrameHeader), 0, sizeof(MessageTable));
+  }
+  p.commit(c, used);
+  if (notify) p.notifyConsumer();
+  return {};
+}
+
+Result<void> writeFrameSegments(RingProducer& p, const FrameHeader& header,
+                                kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments, bool notify) {
+  if (segments.size() > kMaxSegments) {
+    return makeError(ErrorCode::TooLarge, fmt::format("message of {} segments (max {})", segments.size(), kMaxSegments));
+  }
+  std::size_t words = 0;
+  for (auto s : segments) words += s.size();
+  const std::size_t body = kMinFrameBody + words * sizeof(capnp::word);
+  auto claim = claimFor(p, body);
+  if (!claim) return claim.error();
+  Claim& c = *claim;
+  std::memcpy(c.body, &header, sizeof header);
+  MessageTable table{};
+  table.segmentCount = static_cast<std::uint32_t>(segments.size());
+  std::uint8_t* out = c.body + kMinFrameBody;
+  for (std::size_t i = 0; i < segments.size(); ++i) {
+    table.segmentWords[i] = static_cast<std::uint32_t>(segments[i].size());
+    std::memcpy(out, segments[i].begin(), segments[i].size() * sizeof(capnp::word));
+    out += segments[i].size() * sizeof(capnp::word);
+  }
+  std::memcpy(c.body + sizeof(FrameHeader), &table, sizeof table);
+  p.commit(c, body);
+  if (notify) p.notifyConsumer();
+  return {};
+}
+
+Result<void> writeFrameCopy(RingProducer& p, const FrameHeader& header, const std::uint8_t* payload,
+                            std::size_t payloadBytes, bool notify) {
+  auto claim = claimFor(p, sizeof(FrameHeader) + payloadBytes);
+  if (!claim) return claim.error();
+  Claim& c = *claim;
+  std::memcpy(c.body, &header, sizeof header);
+  std::memcpy(c.body + sizeof(FrameHeader), payload, payloadBytes);
+  p.commit(c, sizeof(FrameHeader) + payloadBytes);
+  if (notify) p.notifyConsumer();
+  return {};
+}
+
+void buildErrorInfo(capnp::MessageBuilder& b, const Error& e) {
+  auto info = b.initRoot<schema::ErrorInfo>();
+  info.setCode(static_cast<std::uint16_t>(e.code));
+  info.setMessage(e.message);
+  if (!e.remoteType.empty()) info.setRemoteType(e.remoteType);
+  if (!e.remoteMessage.empty()) info.setRemoteMessage(e.remoteMessage);
+  if (!e.remoteStack.empty()) info.setRemoteStack(e.remoteStack);
+}
+
+Result<void> writeErrorFrame(RingProducer& p, FrameHeader header, const Error& error, bool notify) {
+  header.kind = static_cast<std::uint16_t>(FrameKind::Error);
+  header.status = static_cast<std::uint32_t>(error.code);
+  header.schemaId = 0;
+  // Bound the message so a hostile or huge remote text cannot exceed a record.
+  Error bounded = error;
+  const std::size_t cap = std::max<std::size_t>(256, p.geometry().maxRecord / 8);
+  for (std::string* s : {&bounded.message, &bounded.remoteType, &bounded.remoteMessage, &bounded.remoteStack}) {
+    if (s->size() > cap) s->resize(cap);
+  }
+  return writeFrame(p, header, [&](capnp::MessageBuilder& b) { buildErrorInfo(b, bounded); }, 0, notify);
+}
+
+Error decodeError(const FrameHeader& header, InPlaceMessage& payload) {
+  Error e;
+  e.code = static_cast<ErrorCode>(header.status);
+  if (header.status == 0 || header.status > static_cast<std::uint32_t>(ErrorCode::SystemError)) {
+    e.code = ErrorCode::InvalidMessage;
+  }
+  try {
+    if (!payload.empty()) {
+      auto info = payload.reader().getRoot<schema::ErrorInfo>();
+      e.message = info.getMessage();
+      e.remoteType = info.getRemoteType();
+      e.remoteMessage = info.getRemoteMessage();
+      e.remoteStack = info.getRemoteStack();
+    }
+  } catch (const kj::Exception& ex) {
+    e.message = std::string("(malformed error payload: ") + ex.getDescription().cStr() + ")";
+  }
+  return e;
+}
+
+Result<FrameView> parseFrame(const RecordView& record) {
+  if (record.bodyBytes < kMinFrameBody) {
+    return makeError(ErrorCode::InvalidMessage,
+                     fmt::format("frame of {} bytes is shorter than its header and table ({} bytes)",
+                                 record.bodyBytes, kMinFrameBody));
+  }
+  FrameView f;
+  std::memcpy(&f.header, record.body, sizeof f.header);  // copy before use: the writer may be hostile
+  if (f.header.kind == 0 || f.header.kind > kMaxFrameKind) {
+    return makeError(ErrorCode::InvalidMessage, fmt::format("frame kind {} is unknown", f.header.kind));
+  }
+  f.payload = record.body + sizeof(FrameHeader);
+  f.payloadBytes = record.bodyBytes - sizeof(FrameHeader);
+  f.end = record.end;
+  return f;
+}
+
+Error handlerError(const std::string& what, std::exception_ptr ex) {
+  Error e;
+  e.code = ErrorCode::HandlerError;
+  try {
+    std::rethrow_exception(ex);
+  } catch (const kj::Exception& k) {
+    e.remoteType = "kj::Exception";
+    e.remoteMessage = k.getDescription().cStr();
+    e.remoteStack = fmt::format("at {}:{}\n{}", k.getFile(), k.getLine(), kj::getStackTrace().cStr());
+  } catch (const std::exception& s) {
+    int status = 0;
+    char* name = abi::__cxa_demangle(typeid(s).name(), nullptr, nullptr, &status);
+    e.remoteType = status == 0 && name != nullptr ? name : typeid(s).name();
+    std::free(name);
+    e.remoteMessage = s.what();
+    e.remoteStack = kj::getStackTrace().cStr();
+  } catch (...) {
+    e.remoteType = "unknown exception";
+  }
+  e.message = fmt::format("{} failed in the handler: {}: {}", what, e.remoteType, e.remoteMessage);
+  return e;
+}
+
+}  // namespace shmbus::detail

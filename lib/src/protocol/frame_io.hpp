@@ -1,0 +1,61 @@
+// Writing frames into a ring and reading them back: the one place that knows the record body
+// layout [FrameHeader][MessageTable][segments] (frame.hpp, message/message.hpp).
+#pragma once
+
+#include <capnp/message.h>
+
+#include <cstdint>
+#include <string>
+
+#include "message/message.hpp"
+#include "protocol/frame.hpp"
+#include "ring/ring.hpp"
+#include "shmbus/message.hpp"
+
+namespace shmbus::detail {
+
+/// Smallest record body: a frame header and an empty message table.
+inline constexpr std::size_t kMinFrameBody = sizeof(FrameHeader) + sizeof(MessageTable);
+
+/// Claims space, writes `header`, builds the payload in place with `build` (empty: no payload)
+/// and commits; notifies the consumer when `notify`. Errors: TooLarge, Full, Corrupt.
+/// Exceptions thrown by `build` abort the claim and propagate.
+Result<void> writeFrame(RingProducer& p, const FrameHeader& header, const BuildFn& build, std::size_t sizeHint = 0,
+                        bool notify = true);
+
+/// Writes `header` followed by a copy of the segments of `segments` (a heap-built message).
+Result<void> writeFrameSegments(RingProducer& p, const FrameHeader& header,
+                                kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments, bool notify = true);
+
+/// Writes `header` followed by a copy of `payload` (a MessageTable + segments span from another
+/// ring: the supervisor's one routing copy).
+Result<void> writeFrameCopy(RingProducer& p, const FrameHeader& header, const std::uint8_t* payload,
+                            std::size_t payloadBytes, bool notify = true);
+
+/// Writes an Error frame (kind Error, status = code) whose payload is bus.capnp ErrorInfo.
+Result<void> writeErrorFrame(RingProducer& p, FrameHeader header, const Error& error, bool notify = true);
+
+/// Decodes an Error frame's payload into an Error (a malformed payload still yields an Error
+/// with the frame's status code).
+Error decodeError(const FrameHeader& header, InPlaceMessage& payload);
+
+/// A frame read from a ring: a copy of its header and a view of its payload bytes.
+struct FrameView {
+  FrameHeader header;
+  const std::uint8_t* payload = nullptr;  ///< MessageTable + segments, in the ring
+  std::size_t payloadBytes = 0;
+  std::uint64_t end = 0;                  ///< ring position after the record (for release)
+};
+
+/// Splits a record into header copy and payload view. Errors: InvalidMessage (too short, or an
+/// unknown kind).
+Result<FrameView> parseFrame(const RecordView& record);
+
+/// Builds the ErrorInfo of `e` into `b` (used for frames and for HandlerError replies).
+void buildErrorInfo(capnp::MessageBuilder& b, const Error& e);
+
+/// Error for an exception escaping a handler: HandlerError with the exception's type, message
+/// and, where known, stack text.
+Error handlerError(const std::string& what, std::exception_ptr ex);
+
+}  // namespace shmbus::detail
