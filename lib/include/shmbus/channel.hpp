@@ -18,6 +18,16 @@ constexpr std::uint64_t nameId(std::string_view name) noexcept {
   return h == 0 ? 1 : h;
 }
 
+/// Channel id of method `ordinal` of the Cap'n Proto interface `interfaceId` (typed contracts;
+/// splitmix64 finaliser over the pair, so ids of one interface do not collide). Never 0.
+constexpr std::uint64_t methodChannelId(std::uint64_t interfaceId, std::uint16_t ordinal) noexcept {
+  std::uint64_t x = interfaceId ^ (0x9e3779b97f4a7c15ull * (static_cast<std::uint64_t>(ordinal) + 1));
+  x ^= x >> 31;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  return x == 0 ? 1 : x;
+}
+
 /// A channel: its wire id, its name (for errors, stats, traces) and, for typed contracts, the
 /// fingerprint of its payload schema (0 = untyped: no check). Implicit from a name.
 /// The name must outlive the call it is passed to (string literals and generated constants do).

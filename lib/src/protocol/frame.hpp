@@ -59,15 +59,6 @@ struct FrameHeader {
 static_assert(sizeof(FrameHeader) == 64);
 static_assert(alignof(FrameHeader) == 8);
 
-/// Channel id of method `ordinal` of the Cap'n Proto interface `interfaceId` (typed contracts).
-constexpr std::uint64_t methodChannelId(std::uint64_t interfaceId, std::uint16_t ordinal) noexcept {
-  std::uint64_t x = interfaceId ^ (0x9e3779b97f4a7c15ull * (static_cast<std::uint64_t>(ordinal) + 1));
-  x ^= x >> 31;  // splitmix64 finaliser
-  x *= 0xbf58476d1ce4e5b9ull;
-  x ^= x >> 27;
-  return x == 0 ? 1 : x;
-}
-
 /// Reserved channels of bus events (pushed to windows that listen).
 inline constexpr std::string_view kWindowOpened = "window-opened";
 inline constexpr std::string_view kWindowClosed = "window-closed";
