@@ -114,6 +114,11 @@ class Supervisor {
   /// Dispatches until a live window with `role` exists or `timeout` passes. Errors: Timeout.
   Result<WindowInfo> waitForRole(const std::string& role, std::chrono::milliseconds timeout);
 
+  /// Dispatches until a live window with `role` handles `channel` (its handler registration has
+  /// reached the supervisor) or `timeout` passes. Use it before the first call to a freshly spawned
+  /// window: calls to a window without a handler fail fast with NoHandler. Errors: Timeout.
+  Result<WindowInfo> waitForHandler(const std::string& role, const Channel& channel, std::chrono::milliseconds timeout);
+
   /// Registered live windows, in registration order.
   std::vector<WindowInfo> windows() const;
   /// The window with `id`, if live.

@@ -346,7 +346,25 @@ struct Supervisor::Impl final : CallOwner {
     for (auto& [id, c] : conns) {
       if (!c->doomed.empty()) ids.push_back(id);
     }
-    for (auto id : ids) disconnect(id);
+    for (auto id : ids) {
+      auto it = conns.find(id);
+      // A window that closed (not one that misbehaved) gets what it wrote before closing
+      // delivered first: sends and replies committed before the hang-up are never lost.
+      if (it != conns.end() && !it->second->bad && it->second->state == Conn::State::Live) drainClosing(*it->second);
+      disconnect(id);
+    }
+  }
+
+  void drainClosing(Conn& c) {
+    for (std::size_t n = 0; n < (1u << 20); ++n) {
+      auto r = c.outbox.tryRead();
+      if (!r || !*r) break;
+      const std::string reason = std::exchange(c.doomed, std::string());  // live while it drains
+      process(c, **r);
+      if (c.doomed.empty()) c.doomed = reason;
+      if (c.bad) break;
+    }
+    c.outbox.releaseAll();
   }
 
   /// Removes a window: every call pending on it fails with TargetGone, calls it made are
@@ -591,7 +609,10 @@ struct Supervisor::Impl final : CallOwner {
     const FrameHeader& h = f->header;
     switch (static_cast<FrameKind>(h.kind)) {
       case FrameKind::Intern: return onIntern(w, *f);
-      case FrameKind::HandlerAdd: w.handled.insert(h.channel); return;
+      case FrameKind::HandlerAdd:
+        w.handled.insert(h.channel);
+        registryCv.notify_all();
+        return;
       case FrameKind::HandlerRemove: w.handled.erase(h.channel); return;
       case FrameKind::Listen: w.listens.insert(h.channel); return;
       case FrameKind::Send: return onSend(w, *f);
@@ -895,6 +916,37 @@ struct Supervisor::Impl final : CallOwner {
     drain();
   }
 
+  /// Dispatches (or, when another thread dispatches, waits on the registry) until a live window
+  /// with `role` exists (that handles `channel`, when given) or `timeout` passes.
+  Result<WindowInfo> waitForWindow(const std::string& role, const Channel* channel, std::chrono::milliseconds timeout) {
+    const std::int64_t deadline = monotonicNowNs() + std::chrono::nanoseconds(timeout).count();
+    const std::uint64_t roleId = nameId(role);
+    for (;;) {
+      {
+        std::lock_guard lk(mu);
+        for (auto& [id, c] : conns) {
+          if (c->roleId != roleId || c->state != Conn::State::Live || !c->doomed.empty()) continue;
+          if (channel != nullptr && c->handled.count(channel->id) == 0) continue;
+          return WindowInfo{c->id, c->role, c->pid, c->spawned};
+        }
+      }
+      if (monotonicNowNs() >= deadline) {
+        return makeError(ErrorCode::Timeout,
+                         channel == nullptr
+                             ? fmt::format("no window with role '{}' registered within {} ms", role, timeout.count())
+                             : fmt::format("no window with role '{}' handles '{}' within {} ms", role, channel->name,
+                                           timeout.count()));
+      }
+      if (gate.try_lock()) {
+        dispatchOnce(deadline);
+        gate.unlock();
+      } else {
+        std::unique_lock lk(mu);
+        registryCv.wait_for(lk, std::chrono::milliseconds(10));
+      }
+    }
+  }
+
   Result<Message> waitFor(const std::shared_ptr<CallState>& s) override {
     for (;;) {
       {
@@ -1051,24 +1103,12 @@ Result<WindowInfo> Supervisor::spawn(const std::string& role, const std::vector<
 }
 
 Result<WindowInfo> Supervisor::waitForRole(const std::string& role, std::chrono::milliseconds timeout) {
-  const std::int64_t deadline = monotonicNowNs() + std::chrono::nanoseconds(timeout).count();
-  for (;;) {
-    {
-      std::lock_guard lk(impl_->mu);
-      if (auto* c = impl_->resolve(Target(role))) return WindowInfo{c->id, c->role, c->pid, c->spawned};
-    }
-    if (monotonicNowNs() >= deadline) {
-      return makeError(ErrorCode::Timeout, fmt::format("no window with role '{}' registered within {} ms", role,
-                                                       timeout.count()));
-    }
-    if (impl_->gate.try_lock()) {
-      impl_->dispatchOnce(deadline);
-      impl_->gate.unlock();
-    } else {
-      std::unique_lock lk(impl_->mu);
-      impl_->registryCv.wait_for(lk, std::chrono::milliseconds(10));
-    }
-  }
+  return impl_->waitForWindow(role, nullptr, timeout);
+}
+
+Result<WindowInfo> Supervisor::waitForHandler(const std::string& role, const Channel& channel,
+                                              std::chrono::milliseconds timeout) {
+  return impl_->waitForWindow(role, &channel, timeout);
 }
 
 std::vector<WindowInfo> Supervisor::windows() const {
