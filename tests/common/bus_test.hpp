@@ -1,80 +1,379 @@
-// Helpers for tests that run a supervisor and windows in real processes.
+// Helpers for tests that run a supervisor and windows in real processes (tests/multiproc/bus,
+// tests/stress/bus). Built on shm_test.hpp: Child (fork, join with a timeout, kill on scope
+// exit), childCheck, uniqueBus, awaitCondition.
+//
+// Synchronisation is by events only: a Link (a SOCK_SEQPACKET pair) between the test process and
+// a child, a Mailbox that collects what a supervisor listener hears (the bus itself), waitpid.
+// A child that registers handlers announces itself with a "ready" send to main after the
+// registrations: its outbox is one ordered ring, so the supervisor knows the handlers before it
+// hears "ready".
 #pragma once
 
 #include <capnp/message.h>
+#include <dirent.h>
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
-#include <sys/wait.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
-#include <atomic>
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <fstream>
 #include <functional>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "bus.capnp.h"
+#include "message/message.hpp"
+#include "protocol/frame.hpp"
+#include "ring/ring.hpp"
+#include "segment/segment.hpp"
+#include "shm_test.hpp"
 #include "shmbus/shmbus.hpp"
 #include "test.capnp.h"
+#include "wait/wait.hpp"
 
 namespace shmbus::test {
 
-/// A bus name unique to this process and call (tests run in parallel).
-inline std::string uniqueBus(const char* what) {
-  static std::atomic<int> n{0};
-  return std::string("t") + what + "-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
+using namespace std::chrono_literals;
+
+/// CLOCK_MONOTONIC now in ns. The clock is system-wide, so stamps taken in different processes
+/// compare (a child reports when a result arrived; the parent knows when it killed).
+inline std::int64_t nowNs() { return detail::monotonicNowNs(); }
+inline double msSince(std::int64_t startNs) { return static_cast<double>(nowNs() - startNs) / 1e6; }
+
+/// Whitespace-separated words of `s` (the messages tests pass around are "key value ..." lines).
+inline std::vector<std::string> words(const std::string& s) {
+  std::istringstream in(s);
+  std::vector<std::string> out;
+  for (std::string w; in >> w;) out.push_back(w);
+  return out;
 }
 
-/// Forks a child that runs `fn` and exits with its return value (0 = success). The child never
-/// returns into doctest. Returns the child's pid.
-inline pid_t forkChild(const std::function<int()>& fn) {
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    int rc = 99;
-    try {
-      rc = fn();
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "child %d threw: %s\n", ::getpid(), e.what());
-      rc = 98;
+/// Median and maximum of samples (ms), for MESSAGE reports.
+struct Spread {
+  double min = 0, median = 0, max = 0;
+};
+inline Spread spreadOf(std::vector<double> v) {
+  if (v.empty()) return {};
+  std::sort(v.begin(), v.end());
+  return {v.front(), v[v.size() / 2], v.back()};
+}
+
+/// A two-way message link between the test process and one forked child: a SOCK_SEQPACKET pair,
+/// so each send is one whole message. Create it before forking; the parent talks through
+/// tellChild/hearChild, the child through tellParent/hearParent. A hear that times out throws
+/// (a failed test in the parent, exit status 1 in a child).
+class Link {
+ public:
+  Link() {
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds_) != 0) {
+      throw std::runtime_error(std::string("socketpair: ") + std::strerror(errno));
     }
-    std::fflush(stderr);
-    ::_exit(rc);
   }
-  return pid;
-}
+  Link(const Link&) = delete;
+  Link& operator=(const Link&) = delete;
+  ~Link() {
+    ::close(fds_[0]);
+    ::close(fds_[1]);
+  }
 
-/// Waits for a child; returns its exit code, or 128 + signal.
-inline int waitChild(pid_t pid) {
-  int status = 0;
-  if (::waitpid(pid, &status, 0) != pid) return -1;
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return -1;
-}
+  void tellChild(std::string_view m) const { put(fds_[0], m); }
+  void tellParent(std::string_view m) const { put(fds_[1], m); }
+  std::string hearChild(std::chrono::milliseconds timeout = 10s) const { return get(fds_[0], timeout, "child"); }
+  std::string hearParent(std::chrono::milliseconds timeout = 10s) const { return get(fds_[1], timeout, "parent"); }
+  /// True when the parent sent something not heard yet (does not wait).
+  bool parentSpoke() const {
+    pollfd p{fds_[1], POLLIN, 0};
+    return ::poll(&p, 1, 0) == 1;
+  }
 
-/// Connects a window to `bus` with `role`, retrying while the supervisor is not listening yet
-/// (the socket appears when Supervisor::create returns; children may start first).
-inline std::unique_ptr<Window> connectWindow(const std::string& bus, const std::string& role,
-                                             WindowOptions base = {}) {
-  base.bus = bus;
-  base.role = role;
-  for (int i = 0; i < 2000; ++i) {
-    auto w = Window::connect(base);
-    if (w) return std::move(*w);
-    if (w.code() != ErrorCode::BusClosed) {
-      std::fprintf(stderr, "connect %s as %s: %s\n", bus.c_str(), role.c_str(), w.error().toString().c_str());
-      return nullptr;
+ private:
+  static void put(int fd, std::string_view m) {
+    while (::send(fd, m.data(), m.size(), MSG_NOSIGNAL) < 0 && errno == EINTR) {
     }
-    ::usleep(1000);  // allowed: polling for the supervisor's socket to appear (no event to wait on)
   }
-  return nullptr;
-}
+  static std::string get(int fd, std::chrono::milliseconds timeout, const char* who) {
+    pollfd p{fd, POLLIN, 0};
+    int r;
+    do {
+      r = ::poll(&p, 1, static_cast<int>(timeout.count()));
+    } while (r < 0 && errno == EINTR);
+    if (r != 1) throw std::runtime_error(std::string("no message from the ") + who + " within " +
+                                         std::to_string(timeout.count()) + " ms");
+    char buf[4096];
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n < 0) throw std::runtime_error(std::string("recv from the ") + who + ": " + std::strerror(errno));
+    return std::string(buf, static_cast<std::size_t>(n));
+  }
 
-/// Builds a test.capnp Text payload.
+  int fds_[2] = {-1, -1};
+};
+
+/// Builds a test.capnp TestMessage with `s` as its text.
 inline BuildFn text(std::string s) {
-  return [s = std::move(s)](Builder& b) { b.initRoot<shmbus::test::TestMessage>().setText(s); };
+  return [s = std::move(s)](Builder& b) { b.initRoot<TestMessage>().setText(s); };
 }
 
-inline std::string textOf(const Message& m) {
-  return m.root<shmbus::test::TestMessage>().getText();
+/// The text of a TestMessage ("" for an empty message).
+inline std::string textOf(const Message& m) { return m.empty() ? std::string() : std::string(m.root<TestMessage>().getText()); }
+
+/// A handler that replies with `fn(request text, ctx)` as text.
+inline Handler textHandler(std::function<std::string(const std::string&, const CallContext&)> fn) {
+  return [fn = std::move(fn)](const Message& req, Builder& reply, const CallContext& ctx) {
+    reply.initRoot<TestMessage>().setText(fn(textOf(req), ctx));
+  };
 }
+
+/// In a child: fails the child (childCheck) unless `r` is ok, naming `what` and the error.
+template <typename R>
+void expectOk(const R& r, const std::string& what) {
+  childCheck(r.ok(), what + ": " + r.error().toString());
+}
+
+/// In a child: the text of a call's reply (fails the child on an error).
+inline std::string replyText(Call call, const std::string& what) {
+  auto r = call.get();
+  expectOk(r, what);
+  return textOf(*r);
+}
+
+/// Connects a window; fails the calling child when it cannot (the supervisor exists already:
+/// tests fork their windows after Supervisor::create).
+inline std::unique_ptr<Window> connectWindow(const std::string& bus, const std::string& role,
+                                             WindowOptions options = {}) {
+  options.bus = bus;
+  options.role = role;
+  auto w = Window::connect(options);
+  expectOk(w, "connect '" + role + "' to bus '" + bus + "'");
+  return std::move(*w);
+}
+
+/// In a child: starts the window's dispatch thread and announces "ready" (text: the role) to
+/// main, after whatever handlers and listeners the caller registered (see the file comment).
+inline void announceReady(Window& w) {
+  w.startDispatchThread();
+  expectOk(w.send("ready", text(w.role())), "send ready");
+}
+
+/// What a supervisor listener heard: sender and text.
+struct Heard {
+  std::uint32_t windowId = 0;
+  std::string role;
+  std::string text;
+  std::vector<std::string> words() const { return test::words(text); }
+};
+
+/// Collects what the supervisor's listener on `channel` hears, for the test thread to wait on
+/// (listeners run on the dispatch thread).
+class Mailbox {
+ public:
+  Mailbox(Supervisor& sup, const Channel& channel)
+      : reg_(sup.on(channel, [this](const Message& m, const CallContext& ctx) {
+          {
+            std::lock_guard lk(mu_);
+            q_.push_back({ctx.sourceWindowId, std::string(ctx.sourceRole), textOf(m)});
+          }
+          cv_.notify_all();
+        })) {}
+
+  /// The next message, waiting at most `timeout` (throws on timeout: a failed test).
+  Heard next(std::chrono::milliseconds timeout = 10s) {
+    std::unique_lock lk(mu_);
+    if (!cv_.wait_for(lk, timeout, [&] { return !q_.empty(); })) {
+      throw std::runtime_error("the supervisor heard nothing within " + std::to_string(timeout.count()) + " ms");
+    }
+    Heard h = std::move(q_.front());
+    q_.pop_front();
+    return h;
+  }
+
+  /// The next message from window `id`, skipping (and keeping) messages from others.
+  Heard nextFrom(std::uint32_t id, std::chrono::milliseconds timeout = 10s) {
+    std::unique_lock lk(mu_);
+    auto it = q_.end();
+    if (!cv_.wait_for(lk, timeout, [&] {
+          it = std::find_if(q_.begin(), q_.end(), [&](const Heard& h) { return h.windowId == id; });
+          return it != q_.end();
+        })) {
+      throw std::runtime_error("window " + std::to_string(id) + " said nothing within " +
+                               std::to_string(timeout.count()) + " ms");
+    }
+    Heard h = std::move(*it);
+    q_.erase(it);
+    return h;
+  }
+
+  std::size_t size() {
+    std::lock_guard lk(mu_);
+    return q_.size();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Heard> q_;
+  Registration reg_;  // last: unregistered before the queue goes
+};
+
+/// A supervisor on a fresh bus name with its dispatch thread running (start it after forking
+/// children that must not inherit a running thread, or at once), plus the "ready" mailbox.
+/// On destruction it stops the supervisor and checks that no segment name is left behind.
+struct TestBus {
+  explicit TestBus(std::string_view tag, SupervisorOptions options = {}, bool dispatch = true) {
+    options.bus = uniqueBus(tag);
+    auto s = Supervisor::create(options);
+    REQUIRE_MESSAGE(s.ok(), s.error().toString());
+    sup = std::move(*s);
+    bus = options.bus;
+    ready = std::make_unique<Mailbox>(*sup, "ready");
+    if (dispatch) sup->startDispatchThread();
+  }
+  TestBus(const TestBus&) = delete;
+  TestBus& operator=(const TestBus&) = delete;
+  ~TestBus() {
+    ready.reset();
+    sup->stop();
+    CHECK(detail::Segment::countNames(bus) == 0);
+  }
+
+  Supervisor* operator->() const { return sup.get(); }
+
+  /// Waits for the "ready" of the window with `role` (see announceReady); returns its id.
+  std::uint32_t awaitReady(const std::string& role, std::chrono::milliseconds timeout = 10s) {
+    const Heard h = ready->next(timeout);
+    REQUIRE_MESSAGE(h.role == role, "expected ready from '" << role << "', got it from '" << h.role << "'");
+    return h.windowId;
+  }
+
+  std::string bus;
+  std::unique_ptr<Supervisor> sup;
+  std::unique_ptr<Mailbox> ready;
+};
+
+/// Open file descriptors of this process (/proc/self/fd), for leak checks.
+inline std::size_t openFdCount() {
+  std::size_t n = 0;
+  if (DIR* d = ::opendir("/proc/self/fd")) {
+    while (dirent* e = ::readdir(d)) {
+      if (e->d_name[0] != '.') ++n;
+    }
+    ::closedir(d);
+  }
+  return n - 1;  // the directory stream's own descriptor
+}
+
+/// CPU time (user + system) a process has used so far, in clock ticks (/proc/<pid>/stat fields
+/// 14 and 15; all its threads).
+inline long long cpuTicks(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const auto close = s.rfind(')');  // the command name may hold spaces
+  if (close == std::string::npos) return -1;
+  std::istringstream in(s.substr(close + 2));
+  std::string field;
+  long long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && in >> field; ++i) {
+    if (i == 14) utime = std::stoll(field);
+    if (i == 15) stime = std::stoll(field);
+  }
+  return utime + stime;
+}
+
+/// Writes raw records into a window's outbox through this process's own mapping of its segment,
+/// as a hostile window would: found as the `/dev/shm/shmbus.<bus>.<id>.*` entry of
+/// /proc/self/maps. Layout (supervisor.cpp onHello): [SegmentHeader][inbox RingControl][inbox
+/// data][outbox RingControl][outbox data]. Use only while the Window itself writes nothing (no
+/// dispatch thread, no sends): the raw producer starts at the outbox's published tail.
+class RawOutbox {
+ public:
+  /// `inboxBytes`/`outboxBytes` as the window asked for them; `maxRecord` as the supervisor
+  /// computed it (min(its maximum, the smaller ring / 2)).
+  RawOutbox(const std::string& bus, std::uint32_t windowId, std::size_t inboxBytes, std::size_t outboxBytes,
+            std::size_t maxRecord) {
+    const std::string needle = "/dev/shm/shmbus." + bus + "." + std::to_string(windowId) + ".";
+    std::ifstream maps("/proc/self/maps");
+    std::uintptr_t base = 0;
+    for (std::string line; std::getline(maps, line);) {
+      if (line.find(needle) != std::string::npos) {
+        base = std::stoull(line.substr(0, line.find('-')), nullptr, 16);
+        break;
+      }
+    }
+    childCheck(base != 0, "no mapping of " + needle + "* in /proc/self/maps");
+    auto* seg = reinterpret_cast<std::uint8_t*>(base);
+    const std::size_t outOff = sizeof(detail::SegmentHeader) + detail::ringFootprint(inboxBytes);
+    control_ = reinterpret_cast<detail::RingControl*>(seg + outOff);
+    data_ = seg + outOff + sizeof(detail::RingControl);
+    geometry_ = {outboxBytes, maxRecord};
+    producer_ = detail::RingProducer(control_, data_, geometry_);
+  }
+
+  /// Commits one record whose body is `body` (any bytes: the ring framing stays valid).
+  void record(const void* body, std::size_t bytes) {
+    auto c = producer_.tryClaim(bytes);
+    expectOk(c, "raw claim");
+    std::memcpy(c->body, body, bytes);
+    producer_.commit(*c, bytes);
+  }
+
+  /// Commits a frame: `header` followed by an empty message table.
+  void frame(const detail::FrameHeader& header) {
+    std::uint8_t body[sizeof header + sizeof(detail::MessageTable)] = {};
+    std::memcpy(body, &header, sizeof header);
+    record(body, sizeof body);
+  }
+
+  /// Overwrites the next record position with `bytes` random bytes whose record header has an
+  /// impossible type and a non-zero length: garbage the supervisor must reject as a corrupt ring.
+  void garbage(std::size_t bytes, unsigned seed) {
+    const std::size_t at = producer_.tail() & (geometry_.capacity - 1);
+    bytes = std::min(bytes, geometry_.capacity - at);
+    std::uint32_t x = seed * 2654435761u + 1;
+    for (std::size_t i = 8; i < bytes; ++i) {
+      x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+      data_[at + i] = static_cast<std::uint8_t>(x);
+    }
+    auto* h = reinterpret_cast<detail::RecordHeader*>(data_ + at);
+    h->type = 0xbad0000u | (x & 0xffu);
+    // release: SYNC POINT "record" (ring_layout.hpp): the bytes above are visible with the length.
+    h->length.store(static_cast<std::int32_t>((x % 60000u) + 1), std::memory_order_release);
+  }
+
+  /// Wakes the supervisor: writes to every eventfd of this process (the window's doorbell, and
+  /// any inherited from a parent that runs the supervisor: both only wake it).
+  static void ringDoorbell() {
+    DIR* d = ::opendir("/proc/self/fd");
+    if (d == nullptr) return;
+    while (dirent* e = ::readdir(d)) {
+      char target[64] = {};
+      const std::string link = std::string("/proc/self/fd/") + e->d_name;
+      if (::readlink(link.c_str(), target, sizeof target - 1) > 0 && std::strcmp(target, "anon_inode:[eventfd]") == 0) {
+        const std::uint64_t one = 1;
+        [[maybe_unused]] auto n = ::write(std::atoi(e->d_name), &one, sizeof one);
+      }
+    }
+    ::closedir(d);
+  }
+
+ private:
+  detail::RingControl* control_ = nullptr;
+  std::uint8_t* data_ = nullptr;
+  detail::RingGeometry geometry_{};
+  detail::RingProducer producer_;
+};
 
 }  // namespace shmbus::test

@@ -54,6 +54,7 @@ struct Target {
   Target() = default;  ///< the main process
   Target(std::string_view r) : role(r) {}  // NOLINT: implicit by design
   Target(const char* r) : role(r) {}        // NOLINT
+  Target(const std::string& r) : role(r) {}  // NOLINT: a role held in a string (string → string_view → Target is two conversions)
   Target(std::uint32_t id) : windowId(id) {}  // NOLINT
   static Target main() { return Target(); }
   bool isMain() const noexcept { return windowId == 0 && role.empty(); }

@@ -22,7 +22,8 @@ enum class LogLevel { Silent = 0, Error = 1, Warn = 2, Info = 3, Debug = 4 };
 
 struct SupervisorOptions {
   std::string bus;  ///< bus name, 1-64 of [A-Za-z0-9_-]
-  /// Roles a window connecting by socket path may claim; empty = any role (same uid only).
+  /// Roles a window connecting by socket path may claim; empty = any role (same uid only). The
+  /// role "main" names the main process and is never given to a window (connect: Denied).
   /// Spawned windows get their role from spawn() and are not limited by this list.
   std::vector<std::string> allowedRoles;
   std::string socketPath;                   ///< empty = runtime dir / shmbus-<bus>.sock
@@ -157,7 +158,8 @@ class Supervisor {
   void run();
   /// Dispatches what is ready, waiting up to `timeout` for the first event.
   Result<void> poll(std::chrono::milliseconds timeout);
-  /// Runs run() on a background thread until stop().
+  /// Runs run() on a background thread until stop(). Returns once that thread dispatches: from
+  /// then on callbacks run on it only. Not from inside a callback.
   void startDispatchThread();
   /// Stops dispatching, disconnects every window (their calls fail with BusClosed) and removes the
   /// socket. Idempotent; the destructor calls it.

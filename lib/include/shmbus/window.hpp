@@ -89,7 +89,8 @@ class Window {
   /// Dispatches what is ready, waiting up to `timeout` for the first message. Errors: BusClosed.
   Result<void> poll(std::chrono::milliseconds timeout);
 
-  /// Starts a background thread that runs run(). Stops at close().
+  /// Starts a background thread that runs run(). Stops at close(). Returns once that thread
+  /// dispatches: from then on callbacks run on it only. Not from inside a callback.
   void startDispatchThread();
 
   /// Closes the connection: pending calls fail with BusClosed, run() returns. Idempotent.

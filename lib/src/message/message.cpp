@@ -38,13 +38,7 @@ kj::ArrayPtr<capnp::word> RingMessageBuilder::allocateSegment(capnp::uint minimu
     if (minimumSize <= available) {
       words = available;
     } else {
-      const std::size_t need = cursor_ + minimumSize * kWord + sizeof(RecordHeader);
-      const bool tooLarge = need > producer_.geometry().maxRecord;
-      throw ClaimExhausted(tooLarge ? ErrorCode::TooLarge : ErrorCode::Full,
-                           fmt::format("message needs at least {} bytes; {}", need,
-                                       tooLarge ? fmt::format("the ring's maximum record is {} bytes",
-                                                              producer_.geometry().maxRecord)
-                                                : std::string("the ring has no more contiguous room now")));
+      throwExhausted(minimumSize);
     }
   }
   auto* start = reinterpret_cast<capnp::word*>(claim_.body + cursor_);
@@ -54,6 +48,24 @@ kj::ArrayPtr<capnp::word> RingMessageBuilder::allocateSegment(capnp::uint minimu
   ++count_;
   cursor_ += words * kWord;
   return kj::arrayPtr(start, words);
+}
+
+void RingMessageBuilder::throwExhausted(std::size_t minimumSize) {
+  // TooLarge only when no claim could hold the message: the words Cap'n Proto has used plus the
+  // new segment exceed the maximum record, or this claim already spans the maximum record (a new
+  // claim would be laid out the same way). Otherwise Full: the space handed out but unused at the
+  // end of the earlier segments does not count, and a larger claim made once the consumer has
+  // freed space may hold the message.
+  std::size_t usedWords = minimumSize;
+  for (auto segment : getSegmentsForOutput()) usedWords += segment.size();
+  const std::size_t maxRecord = producer_.geometry().maxRecord;
+  const std::size_t need = sizeof(RecordHeader) + offset_ + sizeof(MessageTable) + usedWords * kWord;
+  if (need > maxRecord || sizeof(RecordHeader) + claim_.bodyCapacity >= maxRecord) {
+    throw ClaimExhausted(ErrorCode::TooLarge, fmt::format("message needs at least {} bytes; the ring's maximum "
+                                                          "record is {} bytes", need, maxRecord));
+  }
+  throw ClaimExhausted(ErrorCode::Full, fmt::format("message needs at least {} bytes; the ring has no more "
+                                                    "contiguous room now", need));
 }
 
 std::size_t RingMessageBuilder::finish() {

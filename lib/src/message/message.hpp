@@ -62,6 +62,10 @@ class RingMessageBuilder final : public capnp::MessageBuilder {
   std::size_t touched() const noexcept { return cursor_; }
 
  private:
+  /// Throws ClaimExhausted for a segment of `minimumSize` words the claim cannot give: TooLarge
+  /// when no claim could hold the message, else Full.
+  [[noreturn]] void throwExhausted(std::size_t minimumSize);
+
   RingProducer& producer_;
   Claim& claim_;
   std::size_t offset_;

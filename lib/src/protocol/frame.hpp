@@ -46,7 +46,8 @@ inline constexpr std::uint32_t kTargetByRole = 0xffffffffu;
 struct FrameHeader {
   std::uint16_t kind;        ///< FrameKind
   std::uint16_t flags;       ///< FrameFlags
-  std::uint32_t status;      ///< ErrorCode of an Error frame; 0 otherwise
+  std::uint32_t status;      ///< ErrorCode of an Error frame; of an Invoke, the caller's timeout in ms (0 = the
+                             ///< channel's default), so a Timeout states what the caller asked for; 0 otherwise
   std::uint64_t channel;     ///< channel id
   std::uint64_t requestId;   ///< Invoke/Reply/Error/Cancel; 0 for one-way frames
   std::uint32_t source;      ///< sender window id, 0 = main; always overwritten by the supervisor

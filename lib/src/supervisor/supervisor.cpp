@@ -16,6 +16,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <map>
+#include <future>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -42,6 +43,9 @@ namespace {
 constexpr int kBatch = 64;
 constexpr std::size_t kMaxNames = 1u << 16;
 constexpr std::size_t kLatencySamples = 4096;
+// How long after a call's deadline a waiter gives up by itself when the dispatcher cannot.
+constexpr std::int64_t kLocalGraceNs = 20'000'000;
+constexpr std::string_view kMainRole = "main";  // the main process's role; no window may hold it
 
 enum EpollTag : std::uint64_t { kTagListen = 1, kTagDoorbell = 2, kTagTimer = 3, kTagWake = 4, kTagConn = 5 };
 std::uint64_t tag(EpollTag t, std::uint32_t id = 0) { return (static_cast<std::uint64_t>(t) << 32) | id; }
@@ -67,6 +71,11 @@ struct Supervisor::Impl final : CallOwner {
     std::unordered_set<std::uint64_t> knownRoles;
     std::string doomed;  // non-empty: disconnect after the current batch, with this reason
     bool bad = false;
+    // Re-entrant dispatch (a main handler that blocks in Call::get() keeps dispatching): while a
+    // record of this outbox is being processed, nested rounds may read further records but must
+    // not release (zero) the one in progress, and must not free the Conn under it.
+    int pinDepth = 0;
+    std::uint64_t pinPos = 0;  // ring position of the outermost record in progress
   };
 
   struct Pending {
@@ -249,6 +258,15 @@ struct Supervisor::Impl final : CallOwner {
         sendWelcomeError(c, makeError(ErrorCode::Denied, fmt::format("role '{}' is not a valid role name", role)));
         return doom(c, "invalid role", false);
       }
+      // "main" names the main process in every context (CallContext::sourceRole, frames'
+      // role ids): a window holding it would pass for the supervisor to a handler that checks
+      // the caller's role. No window may claim it, whatever allowedRoles says.
+      if (role == kMainRole) {
+        sendWelcomeError(c, makeError(ErrorCode::Denied, fmt::format("role '{}' is reserved for the main process of "
+                                                                     "bus '{}'", role, opts.bus)));
+        log(LogLevel::Warn, "denied role '{}' (pid {}): reserved", role, c.pid);
+        return doom(c, "denied", false);
+      }
       if (!opts.allowedRoles.empty() &&
           std::find(opts.allowedRoles.begin(), opts.allowedRoles.end(), role) == opts.allowedRoles.end()) {
         sendWelcomeError(c, makeError(ErrorCode::Denied, fmt::format("role '{}' may not connect to bus '{}' by path "
@@ -344,7 +362,7 @@ struct Supervisor::Impl final : CallOwner {
   void reapDoomed() {
     std::vector<std::uint32_t> ids;
     for (auto& [id, c] : conns) {
-      if (!c->doomed.empty()) ids.push_back(id);
+      if (!c->doomed.empty() && c->pinDepth == 0) ids.push_back(id);
     }
     for (auto id : ids) {
       auto it = conns.find(id);
@@ -585,7 +603,10 @@ struct Supervisor::Impl final : CallOwner {
 
   std::int64_t deadlineFor(const FrameHeader& h, std::int64_t now, std::int64_t& timeoutMs) const {
     if (h.deadlineNs != 0) {
-      timeoutMs = std::max<std::int64_t>(0, (h.deadlineNs - now + 500'000) / 1'000'000);
+      // The caller's own figure when it sent one (what it waited since it called, not since the
+      // frame got here); else what is left of it.
+      timeoutMs = h.status != 0 ? static_cast<std::int64_t>(h.status)
+                                : std::max<std::int64_t>(0, (h.deadlineNs - now + 500'000) / 1'000'000);
       return h.deadlineNs;
     }
     auto it = channelTimeoutMs.find(h.channel);
@@ -839,10 +860,13 @@ struct Supervisor::Impl final : CallOwner {
           break;
         }
         if (!*r) break;
+        if (c->pinDepth++ == 0) c->pinPos = (*r)->pos;
         process(*c, **r);
+        --c->pinDepth;
         ++n;
       }
-      if (n > 0) c->outbox.releaseAll();
+      // Batch release (one head publication per batch); never past a record still in progress.
+      if (n > 0) c->pinDepth > 0 ? c->outbox.releaseTo(c->pinPos) : c->outbox.releaseAll();
       total += static_cast<std::size_t>(n);
     }
     reapDoomed();
@@ -966,8 +990,22 @@ struct Supervisor::Impl final : CallOwner {
         if (s->result) return *s->result;
         return makeError(ErrorCode::BusClosed, s->what + ": the supervisor stopped");
       }
-      std::unique_lock lk(s->mu);
-      s->cv.wait_for(lk, std::chrono::milliseconds(10), [&] { return s->result.has_value(); });
+      // Another thread dispatches: wait for the result, re-checking now and then in case that
+      // thread stops dispatching (then this thread takes over).
+      const std::int64_t left = s->deadlineNs - monotonicNowNs();
+      {
+        std::unique_lock lk(s->mu);
+        const auto slice = std::chrono::nanoseconds(std::clamp<std::int64_t>(left, 0, 10'000'000));
+        if (s->cv.wait_for(lk, slice, [&] { return s->result.has_value(); })) return *s->result;
+      }
+      // The dispatching thread may be the reason no answer comes (stuck in a handler that waits
+      // for this thread: a cycle whose return leg cannot run). End the wait at the deadline
+      // without the router lock that thread may hold; the pending entry expires there later
+      // (its completion is then a no-op).
+      if (s->deadlineNs != 0 && left <= 0) {
+        completeCall(s, makeError(ErrorCode::Timeout, s->what + " timed out (the dispatching thread never got to "
+                                                                "the answer)"));
+      }
     }
   }
 
@@ -1067,6 +1105,7 @@ Result<WindowInfo> Supervisor::spawn(const std::string& role, const std::vector<
                                      const std::vector<std::string>& env) {
   SHMBUS_REQUIRE(!argv.empty(), "spawn needs argv[0]");
   SHMBUS_REQUIRE(Impl::validRole(role), "spawn needs a valid role name");
+  SHMBUS_REQUIRE(role != kMainRole, "the role 'main' is reserved for the main process");
   auto pair = seqpacketPair();
   if (!pair) return pair.error();
   auto [mine, theirs] = std::move(*pair);
@@ -1215,6 +1254,8 @@ Call Supervisor::invoke(const Target& target, const Channel& channel, const Buil
   h.schemaId = channel.schemaId;
   h.deadlineNs = options.timeout.count() > 0 ? p.start + std::chrono::nanoseconds(options.timeout).count() : 0;
   p.deadline = impl_->deadlineFor(h, p.start, p.timeoutMs);
+  // The waiter's own give-up time, in case the dispatching thread cannot expire the call (waitFor).
+  s->deadlineNs = p.deadline + kLocalGraceNs;
   p.state = s;
   h.deadlineNs = p.deadline;
   h.target = t->id;
@@ -1294,7 +1335,15 @@ Result<void> Supervisor::poll(std::chrono::milliseconds timeout) {
 
 void Supervisor::startDispatchThread() {
   SHMBUS_REQUIRE(!impl_->dispatcher.joinable(), "the dispatch thread is already running");
-  impl_->dispatcher = std::thread([this] { run(); });
+  // Return only once the thread holds the dispatch gate (see Window::startDispatchThread).
+  std::promise<void> started;
+  auto isStarted = started.get_future();
+  impl_->dispatcher = std::thread([this, &started] {
+    std::lock_guard g(impl_->gate);  // recursive: run() takes it again
+    started.set_value();
+    run();
+  });
+  isStarted.wait();
 }
 
 void Supervisor::stop() { impl_->stop(); }

@@ -7,10 +7,12 @@
 #include <capnp/serialize.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <future>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -108,6 +110,10 @@ struct Window::Impl final : CallOwner {
 
   /// Sends the name behind `id` once (caller holds outMu).
   void internLocked(std::uint64_t nameIdValue, std::string_view name, bool isRole) {
+    // Nothing is written once closed (the call fails with BusClosed in writeOut): the supervisor
+    // reads this ring no more, and after a disconnect for a corrupt ring its space is not free.
+    // acquire: pairs with markClosed's release store.
+    if (closed.load(std::memory_order_acquire)) return;
     if (name.empty() || !interned.insert(nameIdValue).second) return;
     FrameHeader h{};
     h.kind = static_cast<std::uint16_t>(FrameKind::Intern);
@@ -166,6 +172,7 @@ struct Window::Impl final : CallOwner {
     // uses the library default.
     const std::int64_t now = monotonicNowNs();
     h.deadlineNs = timeout.count() > 0 ? now + std::chrono::nanoseconds(timeout).count() : 0;
+    h.status = static_cast<std::uint32_t>(std::min<std::int64_t>(timeout.count(), UINT32_MAX));
     s->deadlineNs = (h.deadlineNs != 0 ? h.deadlineNs : now + std::chrono::nanoseconds(kDefaultTimeout).count() * 12) +
                     kLocalGraceNs;
     {
@@ -258,8 +265,16 @@ struct Window::Impl final : CallOwner {
       }
       // Another thread dispatches: wait for completion; re-check now and then in case that
       // thread stops dispatching (then this thread takes over).
-      std::unique_lock lk(s->mu);
-      s->cv.wait_for(lk, std::chrono::milliseconds(10), [&] { return s->result.has_value(); });
+      const std::int64_t left = s->deadlineNs - monotonicNowNs();
+      {
+        std::unique_lock lk(s->mu);
+        const auto slice = std::chrono::nanoseconds(std::clamp<std::int64_t>(left, 0, 10'000'000));
+        if (s->cv.wait_for(lk, slice, [&] { return s->result.has_value(); })) return *s->result;
+      }
+      // The dispatching thread may be the reason no answer comes (a handler blocked on something
+      // this thread holds: a cycle whose return leg cannot run). Give up at the local deadline as
+      // a dispatcher would, so the wait never outlives it.
+      if (left <= 0) expireLocal(monotonicNowNs());
     }
   }
 
@@ -750,7 +765,17 @@ Result<void> Window::poll(std::chrono::milliseconds timeout) {
 
 void Window::startDispatchThread() {
   SHMBUS_REQUIRE(!impl_->dispatcher.joinable(), "the dispatch thread is already running");
-  impl_->dispatcher = std::thread([this] { run(); });
+  // Return only once the thread holds the dispatch gate: otherwise a Call::get() right after this
+  // could take the gate first and run callbacks on the calling thread (a handler that needs a
+  // lock the caller holds would then deadlock on that thread instead of timing the call out).
+  std::promise<void> started;
+  auto isStarted = started.get_future();
+  impl_->dispatcher = std::thread([this, &started] {
+    std::lock_guard g(impl_->gate);  // recursive: run() takes it again
+    started.set_value();
+    run();
+  });
+  isStarted.wait();
 }
 
 void Window::close() { impl_->close(fmt::format("window {} is closed", impl_->id)); }
