@@ -5,6 +5,9 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -43,6 +46,7 @@ namespace {
 constexpr int kBatch = 64;
 constexpr std::size_t kMaxNames = 1u << 16;
 constexpr std::size_t kLatencySamples = 4096;
+constexpr int kSpawnedExitGraceMs = 2000;
 // How long after a call's deadline a waiter gives up by itself when the dispatcher cannot.
 constexpr std::int64_t kLocalGraceNs = 20'000'000;
 constexpr std::string_view kMainRole = "main";  // the main process's role; no window may hold it
@@ -1045,7 +1049,20 @@ struct Supervisor::Impl final : CallOwner {
     }
     ::unlink(path.c_str());
     listenFd.reset();
-    for (pid_t pid : children) ::waitpid(pid, nullptr, 0);
+    // Spawned windows saw their socket hang up (BusClosed) and should exit; give each
+    // kSpawnedExitGraceMs to do so, then kill it: a spawned window belongs to its supervisor.
+    for (pid_t pid : children) {
+      Fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+      if (pidfd) {
+        pollfd p{pidfd.get(), POLLIN, 0};
+        if (::poll(&p, 1, kSpawnedExitGraceMs) == 0) {
+          log(LogLevel::Warn, "spawned window pid {} did not exit {} ms after the bus closed: killing it", pid,
+              kSpawnedExitGraceMs);
+          ::kill(pid, SIGKILL);
+        }
+      }
+      ::waitpid(pid, nullptr, 0);
+    }
     children.clear();
   }
 };
