@@ -36,6 +36,9 @@ namespace {
 // The caller's own give-up time after a deadline, in case the supervisor cannot answer (it
 // answers Timeout itself at the deadline; its death is noticed at once through the socket).
 constexpr std::int64_t kLocalGraceNs = 20'000'000;
+// Local fallback for calls without a timeout of their own: the supervisor applies the channel's
+// default (5 s unless configured); this only bounds a wait on a supervisor that is alive but wedged.
+constexpr std::int64_t kUnknownDeadlineFallbackNs = 60'000'000'000;
 constexpr int kBatch = 64;
 }  // namespace
 
@@ -168,13 +171,12 @@ struct Window::Impl final : CallOwner {
     s->what = fmt::format("invoke '{}' to {}", ch.name, t.describe());
     const auto timeout = o.timeout.count() > 0 ? o.timeout : std::chrono::milliseconds(0);
     FrameHeader h = headerFor(FrameKind::Invoke, t, ch);
-    // A zero timeout asks the supervisor for the channel's default; the local fallback then
-    // uses the library default.
+    // A zero timeout asks the supervisor for the channel's default (Supervisor::setChannelTimeout),
+    // which this window does not know; its local fallback then waits kUnknownDeadlineFallbackNs.
     const std::int64_t now = monotonicNowNs();
     h.deadlineNs = timeout.count() > 0 ? now + std::chrono::nanoseconds(timeout).count() : 0;
     h.status = static_cast<std::uint32_t>(std::min<std::int64_t>(timeout.count(), UINT32_MAX));
-    s->deadlineNs = (h.deadlineNs != 0 ? h.deadlineNs : now + std::chrono::nanoseconds(kDefaultTimeout).count() * 12) +
-                    kLocalGraceNs;
+    s->deadlineNs = (h.deadlineNs != 0 ? h.deadlineNs : now + kUnknownDeadlineFallbackNs) + kLocalGraceNs;
     {
       std::lock_guard lk(callMu);
       s->requestId = h.requestId = nextRequestId++;
