@@ -18,6 +18,7 @@ using namespace shmbus;
 using namespace std::chrono_literals;
 
 int main() {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // one ordered transcript, also through a pipe
   const std::string bus = fmt::format("dashboard-demo-{}", ::getpid());
   auto created = Supervisor::create({.bus = bus, .logLevel = LogLevel::Warn});
   if (!created) {
@@ -49,13 +50,18 @@ int main() {
   sup.startDispatchThread();
 
   const std::string exe = demo::exeDir() + "/dashboard-window";
-  for (const char* role : {"dashboard", "editor", "settings"}) {
+  // Each window is ready once its first handler registration reached the supervisor (a call
+  // before that would fail fast with NoHandler).
+  const std::pair<const char*, Channel> windows[] = {{"dashboard", demo::DashboardChannels::getDashboardData()},
+                                                     {"editor", demo::EditorChannels::updateChart()},
+                                                     {"settings", demo::SettingsChannels::getWindowState()}};
+  for (const auto& [role, channel] : windows) {
     auto w = sup.spawn(role, {exe});
     if (!w) {
       fmt::print(stderr, "spawn {}: {}\n", role, w.error().toString());
       return 2;
     }
-    auto live = sup.waitForRole(role, 5s);
+    auto live = sup.waitForHandler(role, channel, 5s);
     if (!live) {
       fmt::print(stderr, "{}\n", live.error().toString());
       return 2;

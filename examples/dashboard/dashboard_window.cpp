@@ -122,7 +122,7 @@ int runSettings(Window& w) {
   });
   auto exp = demo::SettingsHandlers::handleExportSettings(w, [&](auto, auto results, const CallContext& ctx) {
     // Tell main we started; the demo's supervisor kills this window right then (TargetGone).
-    (void)demo::EventsClient(w).exportStarted([](auto p) { p.setPid(::getpid()); });
+    (void)demo::EventsClient(w).exportStarted(Target::main(), [](auto p) { p.setPid(::getpid()); });
     while (!ctx.cancelled()) {
     }
     results.setPath("/tmp/settings.json");
@@ -270,7 +270,7 @@ int runMain(Window& w) {
          d = fmt::format("total={}", r->reader().getTotal());
          return r->reader().getTotal() == 384;
        });
-  (void)demo::EventsClient(w).scenarioDone([&](auto p) {
+  (void)demo::EventsClient(w).scenarioDone(Target::main(), [&](auto p) {
     p.setOk(failures == 0);
     p.setFailures(static_cast<std::uint32_t>(failures));
   });

@@ -19,7 +19,6 @@
 #include <condition_variable>
 #include <cstring>
 #include <map>
-#include <future>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -45,11 +44,12 @@ using namespace detail;
 namespace {
 constexpr int kBatch = 64;
 constexpr std::size_t kMaxNames = 1u << 16;
+constexpr std::size_t kMaxOwnNames = 1u << 12;  // per window (Conn::ownNames)
 constexpr std::size_t kLatencySamples = 4096;
 constexpr int kSpawnedExitGraceMs = 2000;
 // How long after a call's deadline a waiter gives up by itself when the dispatcher cannot.
 constexpr std::int64_t kLocalGraceNs = 20'000'000;
-constexpr std::string_view kMainRole = "main";  // the main process's role; no window may hold it
+constexpr std::string_view kMainRole = "main";  // the main process's role; only spawn() may give it to a window
 
 enum EpollTag : std::uint64_t { kTagListen = 1, kTagDoorbell = 2, kTagTimer = 3, kTagWake = 4, kTagConn = 5 };
 std::uint64_t tag(EpollTag t, std::uint32_t id = 0) { return (static_cast<std::uint64_t>(t) << 32) | id; }
@@ -73,6 +73,10 @@ struct Supervisor::Impl final : CallOwner {
     std::unordered_set<std::uint64_t> handled;
     std::unordered_set<std::uint64_t> listens;
     std::unordered_set<std::uint64_t> knownRoles;
+    // Names this window gave ids that do not hash to them (typed channels: methodChannelId cannot
+    // be checked against a name). Unverified, so they name channels only in this window's own
+    // errors (nameOf(id, this id)), never in other windows' messages or in stats.
+    std::unordered_map<std::uint64_t, std::string> ownNames;
     std::string doomed;  // non-empty: disconnect after the current batch, with this reason
     bool bad = false;
     // Re-entrant dispatch (a main handler that blocks in Call::get() keeps dispatching): while a
@@ -118,6 +122,9 @@ struct Supervisor::Impl final : CallOwner {
   std::map<std::uint32_t, std::unique_ptr<Conn>> conns;  // by id: registration order
   std::uint32_t nextId = 1;
   std::unordered_map<std::uint64_t, std::string> names;
+  // Display labels of typed channel ids for stats() only (first claim wins; a window cannot
+  // rename a channel in other windows' error messages through them).
+  std::unordered_map<std::uint64_t, std::string> statLabels;
   std::unordered_map<std::uint64_t, Pending> pending;
   std::map<std::pair<std::uint32_t, std::uint64_t>, std::uint64_t> byCaller;
   std::set<std::pair<std::int64_t, std::uint64_t>> deadlines;
@@ -144,11 +151,18 @@ struct Supervisor::Impl final : CallOwner {
                fmt::format(f, std::forward<A>(a)...));
   }
 
-  std::string nameOf(std::uint64_t id) const {
+  /// Name of channel `id`: a verified one (interned names that hash to their id, or the main
+  /// process's own), else the name window `callerId` gave it itself (for messages to that window),
+  /// else its id in hex.
+  std::string nameOf(std::uint64_t id, std::uint32_t callerId = 0) const {
     auto it = names.find(id);
     if (it != names.end()) return it->second;
     auto n = callbacks->name(id);
-    return n.empty() ? fmt::format("#{:016x}", id) : n;
+    if (!n.empty()) return n;
+    if (auto c = conns.find(callerId); callerId != 0 && c != conns.end()) {
+      if (auto own = c->second->ownNames.find(id); own != c->second->ownNames.end()) return own->second;
+    }
+    return fmt::format("#{:016x}", id);
   }
 
   std::string describe(const Conn& c) const { return fmt::format("role '{}' (window {})", c.role, c.id); }
@@ -263,8 +277,10 @@ struct Supervisor::Impl final : CallOwner {
         return doom(c, "invalid role", false);
       }
       // "main" names the main process in every context (CallContext::sourceRole, frames'
-      // role ids): a window holding it would pass for the supervisor to a handler that checks
-      // the caller's role. No window may claim it, whatever allowedRoles says.
+      // role ids): a window claiming it by path would pass for the supervisor to a handler that
+      // checks the caller's role. No window may claim it by path, whatever allowedRoles says; the
+      // application's own main window (DESIGN.md §1, Electron's mainWindow registered as 'main')
+      // gets it only through spawn(), which the supervisor itself authenticates.
       if (role == kMainRole) {
         sendWelcomeError(c, makeError(ErrorCode::Denied, fmt::format("role '{}' is reserved for the main process of "
                                                                      "bus '{}'", role, opts.bus)));
@@ -414,8 +430,9 @@ struct Supervisor::Impl final : CallOwner {
       Pending p = takePending(rid);
       if (p.targetId == id) {
         failCaller(p, makeError(ErrorCode::TargetGone,
-                                fmt::format("invoke '{}' to {}: the target {} before replying ({})", nameOf(p.channel),
-                                            describe(*c), c->bad ? "was disconnected" : "closed", c->doomed)));
+                                fmt::format("invoke '{}' to {}: the target {} before replying ({})",
+                                            nameOf(p.channel, p.callerId), describe(*c),
+                                            c->bad ? "was disconnected" : "closed", c->doomed)));
       } else {
         sendCancel(p.targetId, p.routeId);
       }
@@ -563,7 +580,7 @@ struct Supervisor::Impl final : CallOwner {
       Conn* t = live(p.targetId);
       const std::string target = t ? describe(*t) : fmt::format("window {}", p.targetId);
       failCaller(p, makeError(ErrorCode::Timeout, fmt::format("invoke '{}' to {} timed out after {} ms",
-                                                              nameOf(p.channel), target, p.timeoutMs)));
+                                                              nameOf(p.channel, p.callerId), target, p.timeoutMs)));
       sendCancel(p.targetId, p.routeId);
     }
     armedAt = -1;
@@ -656,7 +673,13 @@ struct Supervisor::Impl final : CallOwner {
       std::string name = i.getName();
       if (name.size() > 256) return doom(w, "intern name longer than 256 bytes", true);
       const std::uint64_t expect = nameId(name);
-      if (i.getId() != expect) return;  // ignore names that do not hash to their id (typed ids are named by stubs)
+      if (i.getId() != expect) {
+        // Typed channel ids do not hash from their names: keep the name for this window's own
+        // messages only (see Conn::ownNames).
+        if (!i.getIsRole() && statLabels.size() < kMaxNames) statLabels.emplace(i.getId(), name);
+        if (!i.getIsRole() && w.ownNames.size() < kMaxOwnNames) w.ownNames.emplace(i.getId(), std::move(name));
+        return;
+      }
       if (names.size() < kMaxNames) names.emplace(i.getId(), std::move(name));
     } catch (const kj::Exception& e) {
       doom(w, std::string("malformed intern frame: ") + e.getDescription().cStr(), true);
@@ -723,18 +746,18 @@ struct Supervisor::Impl final : CallOwner {
     const std::int64_t now = monotonicNowNs();
     if (!allowed(h.channel, w.roleId)) {
       return replyError(w, h, makeError(ErrorCode::Denied, fmt::format("invoke '{}' from {}: denied by policy",
-                                                                       nameOf(h.channel), describe(w))));
+                                                                       nameOf(h.channel, w.id), describe(w))));
     }
     if (h.target == kTargetMain) return invokeMain(w, f, now);
     Conn* t = resolve(h.target, h.role);
     if (t == nullptr) {
       return replyError(w, h, makeError(ErrorCode::NoTarget, fmt::format("invoke '{}': no live window with {}",
-                                                                         nameOf(h.channel),
+                                                                         nameOf(h.channel, w.id),
                                                                          describeTarget(h.target, h.role))));
     }
     if (t->handled.count(h.channel) == 0) {
       return replyError(w, h, makeError(ErrorCode::NoHandler, fmt::format("invoke '{}' to {}: no handler",
-                                                                          nameOf(h.channel), describe(*t))));
+                                                                          nameOf(h.channel, w.id), describe(*t))));
     }
     Pending p;
     p.callerId = w.id;
@@ -754,14 +777,14 @@ struct Supervisor::Impl final : CallOwner {
     auto r = writeToWindow(*t, [&] { return writeFrameCopy(t->inbox, out, f.payload, f.payloadBytes); });
     if (!r) {
       Pending gone = takePending(rid);
-      failCaller(gone, Error{r.code(), fmt::format("invoke '{}' to {}: {}", nameOf(h.channel), describe(*t),
+      failCaller(gone, Error{r.code(), fmt::format("invoke '{}' to {}: {}", nameOf(h.channel, w.id), describe(*t),
                                                    r.error().message)});
     }
   }
 
   void invokeMain(Conn& w, const FrameView& f, std::int64_t now) {
     const FrameHeader& h = f.header;
-    const std::string chName = nameOf(h.channel);
+    const std::string chName = nameOf(h.channel, w.id);
     auto slot = callbacks->handler(h.channel);
     const std::string what = fmt::format("invoke '{}' to main", chName);
     if (!slot) return replyError(w, h, makeError(ErrorCode::NoHandler, what + ": no handler"));
@@ -836,8 +859,8 @@ struct Supervisor::Impl final : CallOwner {
     out.requestId = p.callerReq;
     auto r = writeToWindow(*caller, [&] { return writeFrameCopy(caller->inbox, out, f.payload, f.payloadBytes); });
     if (!r) {
-      Error e{r.code(), fmt::format("invoke '{}' to {}: the reply could not be delivered: {}", nameOf(p.channel),
-                                    describe(w), r.error().message)};
+      Error e{r.code(), fmt::format("invoke '{}' to {}: the reply could not be delivered: {}",
+                                    nameOf(p.channel, p.callerId), describe(w), r.error().message)};
       failCaller(p, std::move(e));
     }
   }
@@ -1122,7 +1145,6 @@ Result<WindowInfo> Supervisor::spawn(const std::string& role, const std::vector<
                                      const std::vector<std::string>& env) {
   SHMBUS_REQUIRE(!argv.empty(), "spawn needs argv[0]");
   SHMBUS_REQUIRE(Impl::validRole(role), "spawn needs a valid role name");
-  SHMBUS_REQUIRE(role != kMainRole, "the role 'main' is reserved for the main process");
   auto pair = seqpacketPair();
   if (!pair) return pair.error();
   auto [mine, theirs] = std::move(*pair);
@@ -1318,6 +1340,9 @@ RouterStats Supervisor::stats() const {
   for (auto& [ch, c] : impl_->counters) {
     RouterStats::ChannelStats cs;
     cs.channel = impl_->nameOf(ch);
+    if (auto l = impl_->statLabels.find(ch); cs.channel.starts_with("#") && l != impl_->statLabels.end()) {
+      cs.channel = l->second;
+    }
     cs.calls = c.calls;
     cs.messages = c.messages;
     cs.lateReplies = c.late;
@@ -1352,15 +1377,7 @@ Result<void> Supervisor::poll(std::chrono::milliseconds timeout) {
 
 void Supervisor::startDispatchThread() {
   SHMBUS_REQUIRE(!impl_->dispatcher.joinable(), "the dispatch thread is already running");
-  // Return only once the thread holds the dispatch gate (see Window::startDispatchThread).
-  std::promise<void> started;
-  auto isStarted = started.get_future();
-  impl_->dispatcher = std::thread([this, &started] {
-    std::lock_guard g(impl_->gate);  // recursive: run() takes it again
-    started.set_value();
-    run();
-  });
-  isStarted.wait();
+  impl_->dispatcher = startDispatcher(impl_->gate, [this] { run(); });
 }
 
 void Supervisor::stop() { impl_->stop(); }
