@@ -63,7 +63,7 @@ inline std::vector<std::string> words(const std::string& s) {
   return out;
 }
 
-/// Median and maximum of samples (ms), for MESSAGE reports.
+/// Minimum, median and maximum of samples (ms), for MESSAGE reports.
 struct Spread {
   double min = 0, median = 0, max = 0;
 };
@@ -129,7 +129,9 @@ inline BuildFn text(std::string s) {
 }
 
 /// The text of a TestMessage ("" for an empty message).
-inline std::string textOf(const Message& m) { return m.empty() ? std::string() : std::string(m.root<TestMessage>().getText()); }
+inline std::string textOf(const Message& m) {
+  return m.empty() ? std::string() : std::string(m.root<TestMessage>().getText());
+}
 
 /// A handler that replies with `fn(request text, ctx)` as text.
 inline Handler textHandler(std::function<std::string(const std::string&, const CallContext&)> fn) {
@@ -262,6 +264,51 @@ struct TestBus {
   std::string bus;
   std::unique_ptr<Supervisor> sup;
   std::unique_ptr<Mailbox> ready;
+};
+
+/// A handler that replies with the request's text.
+inline Handler echoHandler() {
+  return textHandler([](const std::string& request, const CallContext&) { return request; });
+}
+
+/// A handler that always replies `answer` as text.
+inline Handler replyWith(std::string answer) {
+  return textHandler([answer = std::move(answer)](const std::string&, const CallContext&) { return answer; });
+}
+
+/// A window in a forked child that serves: `setup` registers its handlers and listeners (it keeps
+/// the Registrations in the vector it gets; its lambdas may capture the Window by reference),
+/// then the child announces "ready" and dispatches until finish(). The constructor returns once
+/// the supervisor heard "ready", so the handlers are known to it (see the file comment).
+class ServedWindow {
+ public:
+  using Setup = std::function<void(Window&, std::vector<Registration>&)>;
+
+  ServedWindow(TestBus& tb, const std::string& role, const Setup& setup, WindowOptions options = {}) {
+    child_ = Child::fork([&] {
+      auto w = connectWindow(tb.bus, role, options);
+      std::vector<Registration> regs;
+      if (setup) setup(*w, regs);
+      announceReady(*w);
+      link_.hearParent(120s);
+    });
+    id_ = tb.awaitReady(role);
+  }
+
+  std::uint32_t id() const noexcept { return id_; }
+  pid_t pid() const noexcept { return child_.pid(); }
+
+  /// Lets the window close and its process exit; returns the exit status (0 = every check in it
+  /// held; 128 + signal for a process the test killed).
+  int finish(std::chrono::milliseconds timeout = 10s) {
+    link_.tellChild("done");
+    return child_.join(timeout);
+  }
+
+ private:
+  Link link_;
+  Child child_;
+  std::uint32_t id_ = 0;
 };
 
 /// Open file descriptors of this process (/proc/self/fd), for leak checks.

@@ -90,6 +90,10 @@ WaitStatus spinThenPark(WaitWord& word, Ready&& ready, const SpinPolicy& policy,
     const std::uint32_t s = word.seq.load(std::memory_order_acquire);
     // SYNC POINT W: seq_cst RMW pairs with notify()'s seq_cst fence (store-buffer pattern).
     word.waiters.fetch_add(1, std::memory_order_seq_cst);
+    // The predicate's loads are acquire, not seq_cst: this fence makes the store-buffer pairing
+    // with notify()'s fence hold by the C++ model itself, not only on x86-64 / ARMv8 (the
+    // RMW above already is a full barrier there, so it costs nothing on the slow path that parks).
+    std::atomic_thread_fence(std::memory_order_seq_cst);
     if (ready()) {
       // relaxed: the count is only a hint for notifiers; a stale non-zero costs one spare wake.
       word.waiters.fetch_sub(1, std::memory_order_relaxed);

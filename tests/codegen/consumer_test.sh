@@ -1,0 +1,37 @@
+#!/bin/sh
+# Builds tests/consumer, a standalone meson project, against this build installed into a scratch
+# prefix (meson install --destdir), the way an application uses an installed libshmbus: shmbus.pc
+# through pkg-config, capnpc-shmbus through PATH, shmbus.capnp from the installed headers.
+#
+# usage: consumer_test.sh <shmbus build dir> <consumer source dir>
+set -eu
+build=$1
+src=$2
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/shmbus-consumer.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+
+# The build is up to date (meson test built it); --no-rebuild keeps this from racing ninja.
+meson install -C "$build" --destdir "$tmp/stage" --no-rebuild --quiet
+
+plugin=$(find "$tmp/stage" -path '*/bin/capnpc-shmbus' -type f)
+pc=$(find "$tmp/stage" -name shmbus.pc -type f)
+root=$(dirname "$(dirname "$plugin")")
+fail() { echo "consumer_test: $*" >&2; exit 1; }
+[ -x "$plugin" ] || fail "capnpc-shmbus is not installed"
+[ -f "$pc" ] || fail "shmbus.pc is not installed"
+[ -f "$root/include/shmbus/schemas/shmbus.capnp" ] || fail "shmbus.capnp is not installed"
+for h in shmbus.hpp typed.hpp channel.hpp message.hpp window.hpp supervisor.hpp error.hpp; do
+  [ -f "$root/include/shmbus/$h" ] || fail "shmbus/$h is not installed"
+done
+
+# The .pc file names the configured prefix; point it at the staged copy.
+sed -i "s|^prefix=.*|prefix=$root|" "$pc"
+export PKG_CONFIG_PATH="$(dirname "$pc")"
+export PATH="$root/bin:$PATH"
+export LD_LIBRARY_PATH="$(dirname "$(dirname "$pc")")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+cp -R "$src" "$tmp/consumer"
+meson setup "$tmp/build" "$tmp/consumer" --wrap-mode=nodownload >"$tmp/setup.log" 2>&1 || { cat "$tmp/setup.log"; fail "meson setup"; }
+ninja -C "$tmp/build" -j2 >"$tmp/build.log" 2>&1 || { cat "$tmp/build.log"; fail "build"; }
+grep -q 'class BasicGreeterClient' "$tmp/build/greeter.shmbus.h" || fail "no generated client"
+"$tmp/build/consumer"

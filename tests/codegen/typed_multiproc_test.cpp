@@ -1,0 +1,390 @@
+// Generated stubs (golden.capnp) across real processes: the test process runs the Supervisor,
+// forked children are the windows. Every pattern of DESIGN.md §2 through the typed layer,
+// contract-version mismatches against a program compiled from golden_v2.capnp, and zero copy.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <fstream>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bus_test.hpp"
+#include "golden.shmbus.h"
+
+using namespace shmbus;
+using namespace shmbus::golden;
+using namespace shmbus::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+/// True when `p` lies in a mapping of a shmbus segment (/dev/shm/shmbus.*; unlinked once
+/// mapped, so /proc/self/maps shows it "(deleted)").
+bool inSharedSegment(const void* p) {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  std::ifstream maps("/proc/self/maps");
+  for (std::string line; std::getline(maps, line);) {
+    if (line.find("/dev/shm/shmbus.") == std::string::npos) continue;
+    unsigned long lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx", &lo, &hi) == 2 && a >= lo && a < hi) return true;
+  }
+  return false;
+}
+
+double shapeArea(Shape::Reader s) {
+  switch (s.which()) {
+    case Shape::CIRCLE: return M_PI * s.getCircle().getRadius() * s.getCircle().getRadius();
+    case Shape::POLYGON: {  // shoelace formula
+      auto pts = s.getPolygon();
+      double twice = 0;
+      for (unsigned i = 0; i < pts.size(); ++i) {
+        auto a = pts[i], b = pts[(i + 1) % pts.size()];
+        twice += static_cast<double>(a.getX()) * b.getY() - static_cast<double>(b.getX()) * a.getY();
+      }
+      return std::abs(twice) / 2;
+    }
+    case Shape::EMPTY: return 0;
+  }
+  return -1;
+}
+
+/// The studio window (a forked child): typed handlers for every Studio method and for the
+/// nested-scope interfaces, then "ready" to main; serves until the parent says "done".
+void runStudio(const TestBus& tb, const Link& link) {
+  auto w = connectWindow(tb.bus, "studio");
+  auto echo = StudioHandlers::handleEcho(*w, [](auto params, auto results, const CallContext& ctx) {
+    // Zero copy on the request side: the params are read where the caller built them.
+    const bool inPlace = inSharedSegment(params.getText().begin());
+    results.setText(std::string(params.getText().cStr()) + (inPlace ? "" : " (copied!)") + " from " +
+                    std::string(ctx.sourceRole));
+    results.setLength(params.getText().size());
+  });
+  auto ping = StudioHandlers::handlePing(*w, [](auto, auto) {});  // the form without a context
+  auto describe = StudioHandlers::handleDescribe(*w, [](auto params, auto results, const CallContext& ctx) {
+    auto shape = params.getShape();
+    results.setArea(shapeArea(shape));
+    std::string summary = std::string(shape.getName().cStr()) + ":";
+    for (auto t : shape.getTags()) summary += std::string(" ") + t.cStr();
+    summary += " stroke=" + std::to_string(shape.getStyle().getStroke()) + " color=" + shape.getStyle().getColor().cStr();
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(ctx.remaining()).count();
+    results.setSummary(summary + " remaining<=" + std::to_string(left));
+    if (shape.isPolygon()) {  // the points, mirrored
+      auto in = shape.getPolygon();
+      auto out = results.initPoints(in.size());
+      for (unsigned i = 0; i < in.size(); ++i) {
+        out[i].setX(in[i].getY());
+        out[i].setY(in[i].getX());
+      }
+    }
+  });
+  auto store = StudioHandlers::handleStore(*w, [](Shape::Reader shape, Point::Builder at, const CallContext&) {
+    at.setX(static_cast<std::int32_t>(shape.getTags().size()));
+    at.setY(shape.getStyle().getStroke());
+  });
+  auto del = StudioHandlers::handleDelete(*w, [](auto params, auto results) {
+    if (params.getKey() == "boom") throw std::runtime_error("cannot delete boom");
+    results.setRemoved(params.getKey() == "present");
+  });
+  auto slow = StudioHandlers::handleSlow(*w, [&](auto params, auto results, const CallContext& ctx) {
+    // Tells the caller it started and how many ms it had left (the deadline the call carried),
+    // then runs until the caller cancels or the deadline passes: ctx.cancelled() is the event.
+    if (params.getSpinUntilCancelled()) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(ctx.remaining()).count();
+      expectOk(StudioClient(*w).notify(ctx.sourceWindowId, [&](auto p) {
+        p.setMessage("slow started");
+        p.setSeq(static_cast<std::uint64_t>(left));
+      }), "started");
+    }
+    while (!ctx.cancelled()) std::this_thread::yield();
+    results.setDone(true);
+  });
+  auto hello = Scope_InnerHandlers::handleHello(*w, [](auto params, auto results) {
+    results.setGreeting(std::string("hello, ") + params.getName().cStr());
+  });
+  auto depth = Scope_Inner_DeeperHandlers::handleDepth(*w, [](auto, auto results) { results.setLevel(3); });
+  announceReady(*w);
+  link.hearParent(120s);
+}
+
+/// The studio window of one test: forked and ready (its handlers registered) once constructed;
+/// finish() lets it go and returns its exit status.
+class StudioWindow {
+ public:
+  explicit StudioWindow(TestBus& tb) : child_(Child::fork([&] { runStudio(tb, link_); })) { tb.awaitReady("studio"); }
+  int finish() {
+    link_.tellChild("done");
+    return child_.join(10s);
+  }
+
+ private:
+  Link link_;  // before child_: the pair must exist before the fork
+  Child child_;
+};
+
+/// Lines that callbacks on the dispatch thread collect, for the test thread to wait on.
+class Lines {
+ public:
+  void add(std::string s) {
+    {
+      std::lock_guard lk(mu_);
+      lines_.push_back(std::move(s));
+    }
+    cv_.notify_all();
+  }
+  /// The first `n` lines, sorted, once they are there (throws after `timeout`).
+  std::vector<std::string> await(std::size_t n, std::chrono::milliseconds timeout = 10s) {
+    std::unique_lock lk(mu_);
+    if (!cv_.wait_for(lk, timeout, [&] { return lines_.size() >= n; })) {
+      throw std::runtime_error("only " + std::to_string(lines_.size()) + " of " + std::to_string(n) + " lines came");
+    }
+    std::vector<std::string> v(lines_.begin(), lines_.begin() + static_cast<std::ptrdiff_t>(n));
+    std::sort(v.begin(), v.end());
+    return v;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::string> lines_;
+};
+
+}  // namespace
+
+TEST_CASE("typed calls from the main process reach a window's typed handlers and read the reply in place") {
+  TestBus tb("typed-main");
+  StudioWindow studio(tb);
+  StudioMainClient c(*tb.sup);
+
+  auto echo = c.echo([](auto p) { p.setText("from main"); }).get();  // $target: role "studio"
+  REQUIRE_MESSAGE(echo.ok(), echo.error().toString());
+  CHECK(std::string(echo->reader().getText().cStr()) == "from main from main");
+  CHECK(echo->reader().getLength() == 9);
+  CHECK((*echo)->getLength() == 9);
+  CHECK(echo->message().schemaId() == StudioChannels::echo().replySchemaId);
+
+  CHECK(c.ping().get().ok());  // void params, void results
+  CHECK(c.ping(Target("studio")).get().ok());
+
+  auto stored = c.store(Target("studio"), [](Shape::Builder shape) {  // a named params struct
+    shape.initTags(2);
+    shape.initStyle().setStroke(7);
+  }).get();
+  REQUIRE(stored.ok());
+  CHECK(stored->reader().getX() == 2);
+  CHECK(stored->reader().getY() == 7);
+
+  auto removed = c.delete_([](auto p) { p.setKey("present"); }).get();
+  REQUIRE(removed.ok());
+  CHECK(removed->reader().getRemoved());
+  auto thrown = c.delete_([](auto p) { p.setKey("boom"); }).get();
+  CHECK(thrown.code() == ErrorCode::HandlerError);
+  CHECK(thrown.error().remoteMessage == "cannot delete boom");
+
+  // Interfaces in nested scopes, on an explicit target.
+  auto hello = Scope_InnerMainClient(*tb.sup).hello(Target("studio"), [](auto p) { p.setName("nested"); }).get();
+  REQUIRE(hello.ok());
+  CHECK(std::string(hello->reader().getGreeting().cStr()) == "hello, nested");
+  auto depth = Scope_Inner_DeeperMainClient(*tb.sup).depth(Target("studio")).get();
+  REQUIRE(depth.ok());
+  CHECK(depth->reader().getLevel() == 3);
+  // Scope.Inner's $target is role "inner", which no window has: fails fast.
+  CHECK(Scope_InnerMainClient(*tb.sup).hello().get().code() == ErrorCode::NoTarget);
+
+  CHECK(studio.finish() == 0);
+}
+
+TEST_CASE("typed calls between windows are routed, a window calls the main process, $timeoutMs applies") {
+  TestBus tb("typed-routed");
+  auto report = HubHandlers::handleReport(*tb.sup, [](auto params, auto results, const CallContext& ctx) {
+    results.setTotal(params.getValue() * 2 + (ctx.sourceRole == "client" ? 1 : 0));
+  });
+  StudioWindow studio(tb);
+
+  Child client = Child::fork([&] {
+    auto w = connectWindow(tb.bus, "client");
+    StudioClient studio(*w);
+    // invokeIn to the $target role, then to a role named by the caller.
+    auto echo = studio.echo([](auto p) { p.setText("routed"); }).get();
+    expectOk(echo, "echo");
+    childCheck(std::string(echo->reader().getText().cStr()) == "routed from client", echo->reader().getText().cStr());
+    childCheck(echo->reader().getLength() == 6, "length");
+    expectOk(studio.echo("studio", [](auto p) { p.setText("named"); }, {.timeout = 2s}).get(), "echo to a role");
+
+    // Nested structs, a union and lists both ways.
+    auto tri = studio.describe([](auto p) {
+      auto shape = p.initShape();
+      shape.setName("tri");
+      auto pts = shape.initPolygon(3);
+      pts[1].setX(4);
+      pts[2].setY(3);
+      auto tags = shape.initTags(2);
+      tags.set(0, "a");
+      tags.set(1, "b");
+      shape.initStyle().setColor("red");
+    }).get();
+    expectOk(tri, "describe");
+    childCheck(tri->reader().getArea() == 6.0, "area " + std::to_string(tri->reader().getArea()));
+    const std::string summary = tri->reader().getSummary().cStr();
+    childCheck(summary.starts_with("tri: a b stroke=0 color=red remaining<="), summary);
+    // $timeoutMs(2500): the handler had at most 2500 ms left.
+    childCheck(std::stoi(summary.substr(summary.find("<=") + 2)) <= 2500, summary);
+    auto pts = tri->reader().getPoints();
+    childCheck(pts.size() == 3 && pts[1].getX() == 0 && pts[1].getY() == 4, "points");
+    auto circle = studio.describe([](auto p) { p.initShape().initCircle().setRadius(1); }).get();
+    childCheck(circle.ok() && std::abs(circle->reader().getArea() - M_PI) < 1e-9, "circle");
+
+    // Window to main: Hub has no $target, so the target-less form is the invoke to main.
+    HubClient hub(*w);
+    auto total = hub.report([](auto p) { p.setValue(20); }).get();
+    childCheck(total.ok() && total->reader().getTotal() == 41, "report");
+    auto total2 = hub.report(Target::main(), [](auto p) { p.setValue(1); }).get();
+    childCheck(total2.ok() && total2->reader().getTotal() == 3, "report to Target::main()");
+
+    // Studio.slow, when asked to spin, tells this window how many ms it had left at its start.
+    std::optional<std::uint64_t> leftMs;
+    auto onStarted = StudioHandlers::onNotify(*w, [&](auto p) {
+      if (p.getMessage() == "slow started") leftMs = p.getSeq();
+    });
+    auto awaitStart = [&] {
+      for (int i = 0; i < 10 && !leftMs; ++i) expectOk(w->poll(1s), "poll");
+      childCheck(leftMs.has_value(), "the slow handler did not start");
+      return *std::exchange(leftMs, std::nullopt);
+    };
+    const auto spin = [](auto p) { p.setSpinUntilCancelled(true); };
+
+    // $timeoutMs(150) is Studio.slow's default timeout; an explicit one overrides it. (Who
+    // reports the Timeout, the supervisor or the window's own backstop, depends on the load.)
+    auto slow = studio.slow(spin).get();
+    childCheck(slow.code() == ErrorCode::Timeout, "slow: " + slow.error().toString());
+    childCheck(awaitStart() <= 150, "the $timeoutMs default was not applied");
+    auto slow2 = studio.slow(Target("studio"), spin, {.timeout = 60ms}).get();
+    childCheck(slow2.code() == ErrorCode::Timeout, "slow: " + slow2.error().toString());
+    childCheck(awaitStart() <= 60, "the explicit timeout did not override $timeoutMs");
+
+    // then(): the typed result comes on the dispatch thread (here this one, in poll()).
+    bool done = false;
+    std::string got;
+    studio.echo([](auto p) { p.setText("later"); }).then([&](Result<Typed<Studio::EchoResults>> r) {
+      got = r ? r->reader().getText().cStr() : r.error().toString();
+      done = true;
+    });
+    while (!done) expectOk(w->poll(5s), "poll");
+    childCheck(got == "later from client", got);
+
+    // cancel(): the result is Cancelled and the running handler sees ctx.cancelled() and returns
+    // (the cancel waits for the handler's start, so it is the running handler that must see it).
+    auto call = studio.slow(Target("studio"), spin, {.timeout = 30s});
+    childCheck(awaitStart() > 150, "the 30 s timeout was not applied");
+    call.cancel();
+    childCheck(call.get().code() == ErrorCode::Cancelled, "cancel");
+    expectOk(studio.ping().get(), "ping after the cancel");
+  });
+  CHECK(client.join(30s) == 0);
+  CHECK(studio.finish() == 0);
+}
+
+TEST_CASE("typed one-way messages: send to main, sendTo a window, push, broadcast, once listeners") {
+  TestBus tb("typed-oneway");
+  Lines atMain;
+  auto status = HubHandlers::onStatus(*tb.sup, [&](Hub::StatusParams::Reader p, const CallContext& ctx) {
+    atMain.add(std::string(ctx.sourceRole) + ":" + p.getText().cStr() + (p.getLevel() == Hub::Level::WARNING ? "!" : ""));
+  });
+  // The studio collects notes and ticks and, after the fourth note, reports them to main.
+  Child studio = Child::fork([&] {
+    auto w = connectWindow(tb.bus, "studio");
+    Lines notes;
+    int ticks = 0;
+    auto onNote = StudioHandlers::onNotify(*w, [&](auto p, const CallContext& ctx) {
+      notes.add(std::string(p.getMessage().cStr()) + "#" + std::to_string(p.getSeq()) + "@" + std::string(ctx.sourceRole));
+    });
+    auto onTick = StudioHandlers::onceTick(*w, [&](auto) { ++ticks; });
+    announceReady(*w);
+    std::string all;
+    for (const auto& n : notes.await(4)) all += n + " ";
+    // The main process pushed both ticks before its last note: both were dispatched by now.
+    expectOk(HubClient(*w).status([&](auto s) { s.setText(all + "ticks=" + std::to_string(ticks)); }), "status");
+  });
+  tb.awaitReady("studio");
+  Child sender = Child::fork([&] {
+    auto w = connectWindow(tb.bus, "sender");
+    expectOk(HubClient(*w).status([](auto p) {
+      p.setText("hi");
+      p.setLevel(Hub::Level::WARNING);
+    }), "send to main");
+    StudioClient studio(*w);
+    expectOk(studio.notify([](auto p) { p.setMessage("sendTo-default"), p.setSeq(1); }), "sendTo the $target role");
+    expectOk(studio.notify("studio", [](auto p) { p.setMessage("sendTo-role"), p.setSeq(2); }), "sendTo a role");
+  });
+  StudioMainClient main(*tb.sup);
+  REQUIRE(main.tick().ok());           // a push to the $target role: the once listener counts it
+  REQUIRE(main.broadcastTick().ok());  // the once listener is gone by now
+  auto bc = main.broadcastNotify([](auto p) { p.setMessage("broadcast"), p.setSeq(3); }, {.roles = {"studio"}});
+  REQUIRE(bc.ok());
+  CHECK(bc->delivered == 1);
+  REQUIRE(main.notify(Target("studio"), [](auto p) { p.setMessage("push"), p.setSeq(4); }).ok());
+
+  CHECK(atMain.await(2) == std::vector<std::string>{
+                               "sender:hi!",
+                               "studio:broadcast#3@main push#4@main sendTo-default#1@sender sendTo-role#2@sender ticks=1"});
+  CHECK(sender.join(10s) == 0);
+  CHECK(studio.join(10s) == 0);
+}
+
+TEST_CASE("a typed reply is read in place: its text lies in the calling window's shared segment") {
+  TestBus tb("typed-zero-copy");
+  StudioWindow studio(tb);
+  Child reader = Child::fork([&] {
+    auto w = connectWindow(tb.bus, "reader");
+    const std::string big(4000, 'z');
+    auto r = StudioClient(*w).echo([&](auto p) { p.setText(big); }).get();
+    expectOk(r, "echo");
+    const char* text = r->reader().getText().cStr();
+    // The studio found its params in shared memory too (it appends " (copied!)" otherwise).
+    childCheck(std::string(text) == big + " from reader", std::string(text).substr(big.size()));
+    childCheck(inSharedSegment(text), "the reply's text is not in a shmbus segment");
+    childCheck(!inSharedSegment(big.data()), "the segment check accepts heap memory");
+  });
+  CHECK(reader.join(10s) == 0);
+  CHECK(studio.finish() == 0);
+}
+
+TEST_CASE("peers compiled from another version of a contract get InvalidMessage naming the mismatch") {
+  TestBus tb("typed-version");
+  // Version 1 handlers in the main process; the v2 peer calls them.
+  auto check = VersionedHandlers::handleCheck(*tb.sup, [](auto p, auto r) { r.setEcho(p.getValue()); });
+  auto reply = VersionedHandlers::handleReply(*tb.sup, [](auto p, auto r) { r.setEcho(p.getValue()); });
+  Lines reports;
+  auto onReport = VersionedHandlers::onReport(*tb.sup, [&](auto p) {
+    reports.add(std::string(p.getOk() ? "ok: " : "FAILED: ") + p.getDetail().cStr());
+  });
+  int notes = 0;  // the v2 note must never reach this v1 listener
+  auto onNote = VersionedHandlers::onNote(*tb.sup, [&](auto) { ++notes; });
+  auto peer = tb->spawn("v2", {SHMBUS_V2_PEER});
+  REQUIRE_MESSAGE(peer.ok(), peer.error().toString());
+  REQUIRE(tb->waitForHandler("v2", VersionedChannels::reply(), 10s).ok());
+
+  VersionedMainClient v1(*tb.sup);
+  // Request side: the params layouts differ; the library refuses before the v2 handler runs.
+  auto c = v1.check("v2", [](auto p) { p.setValue(7); }).get();
+  REQUIRE(c.code() == ErrorCode::InvalidMessage);
+  CHECK(c.error().message.find("Versioned.check") != std::string::npos);
+  CHECK(c.error().message.find(detail::hex64(VersionedChannels::check().schemaId)) != std::string::npos);
+  // Reply side: the params agree and the v2 handler runs, but its results do not match v1's.
+  auto r = v1.reply("v2", [](auto p) { p.setValue(7); }).get();
+  REQUIRE(r.code() == ErrorCode::InvalidMessage);
+  CHECK(r.error().message.find("reply of 'Versioned.reply' from role 'v2'") != std::string::npos);
+  CHECK(r.error().message.find(detail::hex64(VersionedChannels::reply().replySchemaId)) != std::string::npos);
+  CHECK(r.error().message.find("different contract versions") != std::string::npos);
+
+  // The peer made the same two calls against the v1 handlers and reports what it got. It sent
+  // its note before the report, over the same ordered outbox: the note was refused by now.
+  const auto got = reports.await(1);
+  CHECK_MESSAGE(got[0].starts_with("ok: "), got[0]);
+  CHECK(notes == 0);
+}

@@ -1,0 +1,144 @@
+// Hostile windows (DESIGN.md §5): a window that writes garbage into its outbox or sends malformed
+// frames is disconnected with a logged reason, while two good windows keep invoking unaffected.
+// The hostile child is a normal Window that then writes raw bytes into its own outbox through its
+// mapping of the segment (RawOutbox).
+#include <doctest/doctest.h>
+
+#include <map>
+#include <mutex>
+
+#include "bus_test.hpp"
+
+using namespace shmbus;
+using namespace shmbus::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr std::uint32_t kRing = 65536;
+constexpr std::uint32_t kMaxRecord = kRing / 2;  // min(the supervisor's maximum, smaller ring / 2)
+
+/// A good window: calls `target`'s `channel` in a loop until the parent speaks, then reports
+/// "<calls> <failures> <first failure>" to main.
+void goodCaller(const std::string& bus, const char* role, const Link& link, const Target& target,
+                const char* channel) {
+  auto w = connectWindow(bus, role);
+  auto h = w->handle("echo", echoHandler());
+  announceReady(*w);
+  long calls = 0, failures = 0;
+  std::string firstFailure = "-";
+  while (!link.parentSpoke()) {
+    auto r = target.isMain() ? w->invoke(channel, text("x")).get() : w->invokeIn(target, channel, text("x")).get();
+    ++calls;
+    if (!r || textOf(*r) != "x") {
+      if (failures++ == 0) firstFailure = r ? "wrong reply" : r.error().toString();
+    }
+  }
+  link.tellParent(std::to_string(calls) + " " + std::to_string(failures) + " " + firstFailure);
+}
+
+enum class Attack { Garbage, UnknownKind, ShortFrame, MalformedPayload };
+
+const char* attackName(Attack a) {
+  switch (a) {
+    case Attack::Garbage: return "random bytes over the outbox";
+    case Attack::UnknownKind: return "a frame of an unknown kind";
+    case Attack::ShortFrame: return "a frame shorter than its header";
+    case Attack::MalformedPayload: return "a send whose message table overruns the record";
+  }
+  return "";
+}
+
+void attack(RawOutbox& out, Attack a, unsigned seed) {
+  detail::FrameHeader f{};
+  switch (a) {
+    case Attack::Garbage: out.garbage(8192, seed); break;
+    case Attack::UnknownKind:
+      f.kind = 200;
+      out.frame(f);
+      break;
+    case Attack::ShortFrame: {
+      const std::uint64_t junk[2] = {0x1234, 0x5678};
+      out.record(junk, sizeof junk);
+      break;
+    }
+    case Attack::MalformedPayload: {
+      f.kind = static_cast<std::uint16_t>(detail::FrameKind::Send);
+      f.channel = nameId("note");
+      std::uint8_t body[sizeof f + sizeof(detail::MessageTable)] = {};
+      detail::MessageTable t{};
+      t.segmentCount = 1;
+      t.segmentWords[0] = 1u << 20;  // far past the end of the record
+      std::memcpy(body, &f, sizeof f);
+      std::memcpy(body + sizeof f, &t, sizeof t);
+      out.record(body, sizeof body);
+      break;
+    }
+  }
+  RawOutbox::ringDoorbell();
+}
+
+}  // namespace
+
+TEST_CASE("a window writing garbage or malformed frames into its outbox is disconnected; good windows keep working") {
+  TestBus tb("hostile");
+  auto echo = tb->handle("echo", echoHandler());
+  auto note = tb->on("note", [](const Message&, const CallContext&) {});  // so a send to main is decoded
+  std::mutex mu;
+  std::condition_variable cv;
+  std::map<std::uint32_t, std::string> closedReasons;
+  auto closed = tb->on("window-closed", [&](const Message& m, const CallContext&) {
+    auto e = m.root<schema::WindowEvent>();
+    {
+      std::lock_guard lk(mu);
+      closedReasons[e.getWindowId()] = e.getReason();
+    }
+    cv.notify_all();
+  });
+  Link toG1, toG2;
+  Child g1 = Child::fork([&] { goodCaller(tb.bus, "dashboard", toG1, Target::main(), "echo"); });
+  tb.awaitReady("dashboard");
+  Child g2 = Child::fork([&] { goodCaller(tb.bus, "editor", toG2, Target("dashboard"), "echo"); });
+  tb.awaitReady("editor");
+
+  unsigned seed = 1;
+  std::uint64_t bad = 0;
+  for (Attack a : {Attack::Garbage, Attack::UnknownKind, Attack::ShortFrame, Attack::MalformedPayload,
+                   Attack::Garbage, Attack::Garbage}) {
+    const std::string what = attackName(a);
+    CAPTURE(what);
+    Link toH;
+    Child h = Child::fork([&] {
+      auto w = connectWindow(tb.bus, "intruder", {.inboxBytes = kRing, .outboxBytes = kRing});
+      toH.tellParent(std::to_string(w->id()));
+      RawOutbox out(tb.bus, w->id(), kRing, kRing, kMaxRecord);
+      attack(out, a, seed);
+      // The supervisor hangs up on us: our calls fail with BusClosed from then on, and write
+      // nothing (after the garbage, the ring's free space is not zero any more).
+      childCheck(awaitCondition([&] { return w->closed(); }, 10s), "still connected after the attack");
+      childCheck(w->invoke("echo").get().code() == ErrorCode::BusClosed, "calls after the disconnect");
+    });
+    const auto id = static_cast<std::uint32_t>(std::stoul(toH.hearChild()));
+    {
+      std::unique_lock lk(mu);
+      REQUIRE(cv.wait_for(lk, 10s, [&] { return closedReasons.count(id) != 0; }));
+      MESSAGE(what << ": window " << id << " closed: " << closedReasons[id]);
+      CHECK(closedReasons[id].starts_with("bad message: "));
+    }
+    CHECK(tb->stats().badMessages == ++bad);
+    CHECK(h.join(10s) == 0);
+    ++seed;
+  }
+  CHECK(tb->windows().size() == 2);  // only the good ones are left
+  toG1.tellChild("stop");
+  toG2.tellChild("stop");
+  for (const Link* l : {&toG1, &toG2}) {
+    const auto r = words(l->hearChild());
+    REQUIRE(r.size() >= 3);
+    MESSAGE("good window: " << r[0] << " calls, " << r[1] << " failed");
+    CHECK(std::stol(r[0]) > 0);
+    CHECK(r[1] == "0");
+  }
+  CHECK(g1.join(10s) == 0);
+  CHECK(g2.join(10s) == 0);
+}
