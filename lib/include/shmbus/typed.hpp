@@ -1,0 +1,279 @@
+// libshmbus — typed contracts: the runtime half of the code capnpc-shmbus generates (DESIGN.md §6).
+//
+// A contract is a Cap'n Proto `interface`. For each method capnpc-shmbus emits a *method
+// descriptor*, a struct with
+//
+//     using Params = ...;                       // the params struct (capnpc-c++ type)
+//     using Results = ...;                      // the results struct
+//     static constexpr Channel channel();       // wire id + name + params/results fingerprints
+//     static constexpr std::chrono::milliseconds defaultTimeout;  // $timeoutMs, 0 = none
+//     static constexpr bool oneway;             // $oneway: a send/push/broadcast, no reply
+//
+// and thin client and registration functions that forward to the templates below. Everything
+// here is a layer over the untyped API (Window / Supervisor): the same records, the same
+// routing, no extra copy. Builders write straight into ring space; readers read in place.
+//
+// Contract checks: every typed message carries the fingerprint of its struct (Channel::schemaId
+// on requests and sends, Channel::replySchemaId on replies). The library refuses a request whose
+// fingerprint differs from the handler's (InvalidMessage reply); this header refuses a reply or
+// a one-way message whose fingerprint differs from the one the receiver was compiled with, and a
+// payload that is not a valid message of the expected struct.
+#pragma once
+
+#include <capnp/message.h>
+#include <kj/exception.h>
+
+#include <chrono>
+#include <concepts>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+#include "shmbus/channel.hpp"
+#include "shmbus/error.hpp"
+#include "shmbus/message.hpp"
+#include "shmbus/supervisor.hpp"
+#include "shmbus/window.hpp"
+
+namespace shmbus {
+
+/// A received typed message: the `T::Reader` of a reply, together with the Message that owns the
+/// record it reads. Zero copy: reader() points into the inbox record, which stays reserved while
+/// this Typed (or any copy of it) lives; a reader or a Text/Data/List view taken from it must not
+/// outlive it. Drop it when done (the ring cannot reuse the record meanwhile).
+/// Thread contract: as Message (read from any thread; destroy from any thread).
+template <class T>
+class Typed {
+ public:
+  using Reader = typename T::Reader;
+
+  Typed(Message message, Reader reader) noexcept : message_(std::move(message)), reader_(reader) {}
+
+  /// The typed reader (valid while this Typed lives).
+  Reader reader() const noexcept { return reader_; }
+  /// Field access through the reader: `typed->getTitle()`.
+  const Reader* operator->() const noexcept { return &reader_; }
+  /// The untyped message (its schemaId(), words(), ...).
+  const Message& message() const noexcept { return message_; }
+
+ private:
+  Message message_;  // keeps the record alive: reader_ points into it
+  Reader reader_;
+};
+
+/// The build callable a typed client passes when the caller gives none: sets no field, so the
+/// receiver reads every field's default.
+struct NoParams {
+  template <class B>
+  void operator()(B&&) const noexcept {}
+};
+
+/// A build callable for method descriptor `M`: called once with an lvalue `M::Params::Builder`
+/// (take it as `auto p`, `auto& p` or `Params::Builder p`), on the calling thread, while the
+/// record is reserved (it must not send on the same endpoint).
+template <class F, class M>
+concept ParamsBuilder = std::invocable<F&, typename M::Params::Builder&>;
+
+/// The two endpoints of a bus: a window, or the supervisor in the main process.
+template <class E>
+concept Endpoint = std::same_as<E, Window> || std::same_as<E, Supervisor>;
+
+namespace detail {
+
+/// "0123456789abcdef": a fingerprint as 16 hex digits, for error messages.
+inline std::string hex64(std::uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+/// Reads `m` as struct T after checking its fingerprint against `expected` (skipped when either
+/// is 0, i.e. an untyped peer). An empty message reads as T's defaults (Cap'n Proto's meaning of
+/// an empty message). Errors: InvalidMessage (contract mismatch, or a malformed root). Cap'n
+/// Proto validates nested pointers lazily: a deeper malformation throws kj::Exception on access.
+template <class T>
+Result<typename T::Reader> readChecked(const Message& m, std::uint64_t expected) {
+  if (expected != 0 && m.schemaId() != 0 && m.schemaId() != expected) {
+    return makeError(ErrorCode::InvalidMessage,
+                     "payload schema " + hex64(m.schemaId()) + " does not match the expected " + hex64(expected) +
+                         " (the two sides were compiled from different contract versions)");
+  }
+  if (m.empty()) return typename T::Reader();
+  return m.tryRoot<T>();
+}
+
+/// `e` with "<what>: " in front of its message (built only on the error path).
+inline Error inContext(Error e, const std::string& what) {
+  e.message = what + ": " + e.message;
+  return e;
+}
+
+/// The reply of a typed call, checked against the method's results fingerprint.
+template <class Results>
+Result<Typed<Results>> typedReply(Result<Message> reply, const Channel& channel, const Target& target) {
+  if (!reply) return reply.error();
+  auto r = readChecked<Results>(*reply, channel.replySchemaId);
+  if (!r) return inContext(r.error(), "reply of '" + std::string(channel.name) + "' from " + target.describe());
+  return Typed<Results>(std::move(*reply), *r);
+}
+
+}  // namespace detail
+
+/// Handle of a typed call (generated clients return it): a shmbus::Call whose reply is read as
+/// `Results`. Copyable; all copies refer to the same call. Errors: every code of Call::get, plus
+/// InvalidMessage when the reply's fingerprint is not `Results`' (the handler was compiled from
+/// another contract version) or the reply is malformed.
+/// Thread contract: as Call (any method from any thread; `then` runs on the dispatch thread).
+template <class Results>
+class TypedCall {
+ public:
+  TypedCall() = default;
+  /// Wraps `call` made on `channel` (its replySchemaId is the expected reply fingerprint) to
+  /// `target` (named in errors).
+  TypedCall(Call call, const Channel& channel, Target target)
+      : call_(std::move(call)), channel_(channel), target_(std::move(target)) {}
+
+  /// Blocks until the reply is there (dispatching meanwhile, as Call::get) and reads it in place.
+  Result<Typed<Results>> get() { return detail::typedReply<Results>(call_.get(), channel_, target_); }
+
+  /// True when the result is there (get() will not block).
+  bool ready() const { return call_.ready(); }
+
+  /// Runs `cb` with the typed result once it is there (see Call::then). Replaces an earlier callback.
+  void then(std::function<void(Result<Typed<Results>>)> cb) {
+    call_.then([cb = std::move(cb), channel = channel_, target = target_](Result<Message> r) {
+      cb(detail::typedReply<Results>(std::move(r), channel, target));
+    });
+  }
+
+  /// Gives up the call (Call::cancel): the result becomes Cancelled unless it is already there.
+  void cancel() { call_.cancel(); }
+
+  /// The caller-side request id.
+  std::uint64_t requestId() const { return call_.requestId(); }
+
+  /// The untyped call (for code that works on Call).
+  const Call& untyped() const noexcept { return call_; }
+
+ private:
+  Call call_;
+  Channel channel_{std::uint64_t{0}, std::string_view()};
+  Target target_;
+};
+
+namespace detail {
+
+/// `CallOptions` with the method's default timeout filled in when the caller gave none.
+inline CallOptions withTimeout(CallOptions options, std::chrono::milliseconds methodDefault) noexcept {
+  if (options.timeout.count() == 0) options.timeout = methodDefault;
+  return options;
+}
+
+/// The untyped build callback for a typed one. Captures `build` by reference: a BuildFn runs
+/// synchronously inside the call that takes it, so the reference outlives every use (and the
+/// std::function needs no allocation).
+template <class M, class F>
+BuildFn buildFn(F& build) {
+  return [&build](Builder& b) {
+    auto params = b.initRoot<typename M::Params>();
+    build(params);
+  };
+}
+
+/// Typed request (method descriptor M) from a window: to the main process for Target::main()
+/// (Window::invoke), else routed (Window::invokeIn).
+template <class M, class F>
+TypedCall<typename M::Results> invoke(Window& w, const Target& target, F& build, CallOptions options) {
+  static_assert(!M::oneway, "a $oneway method has no reply: use send/push/broadcast");
+  const Channel ch = M::channel();
+  options = withTimeout(options, M::defaultTimeout);
+  Call c = target.isMain() ? w.invoke(ch, buildFn<M>(build), options) : w.invokeIn(target, ch, buildFn<M>(build), options);
+  return {std::move(c), ch, target};
+}
+
+/// Typed request (method descriptor M) from the main process to a window (Supervisor::invoke).
+template <class M, class F>
+TypedCall<typename M::Results> invoke(Supervisor& s, const Target& target, F& build, CallOptions options) {
+  static_assert(!M::oneway, "a $oneway method has no reply: use send/push/broadcast");
+  const Channel ch = M::channel();
+  return {s.invoke(target, ch, buildFn<M>(build), withTimeout(options, M::defaultTimeout)), ch, target};
+}
+
+/// Typed one-way message from a window: to main (Window::send) or to a window (Window::sendTo).
+template <class M, class F>
+Result<void> send(Window& w, const Target& target, F& build) {
+  static_assert(M::oneway, "only $oneway methods are sent; call the others");
+  return target.isMain() ? w.send(M::channel(), buildFn<M>(build)) : w.sendTo(target, M::channel(), buildFn<M>(build));
+}
+
+/// Typed push from the main process to one window (Supervisor::send).
+template <class M, class F>
+Result<void> send(Supervisor& s, const Target& target, F& build) {
+  static_assert(M::oneway, "only $oneway methods are pushed; call the others");
+  return s.send(target, M::channel(), buildFn<M>(build));
+}
+
+/// Typed broadcast from the main process (Supervisor::broadcast).
+template <class M, class F>
+Result<BroadcastReport> broadcast(Supervisor& s, F& build, const BroadcastOptions& options) {
+  static_assert(M::oneway, "only $oneway methods are broadcast; call the others");
+  return s.broadcast(M::channel(), buildFn<M>(build), options);
+}
+
+/// Registers a typed handler: fn(Params::Reader, Results::Builder, const CallContext&), or the
+/// same without the context. The results builder is the root of the reply message; the library
+/// checks the request's fingerprint before fn runs (InvalidMessage reply on a mismatch) and
+/// stamps the reply with the results fingerprint. A request whose payload is malformed fails the
+/// call with HandlerError (the kj::Exception's text), as any exception fn throws.
+template <class M, Endpoint E, class F>
+Registration handle(E& endpoint, F&& fn) {
+  using P = typename M::Params;
+  using R = typename M::Results;
+  using Fn = std::decay_t<F>;
+  constexpr bool withContext = std::is_invocable_v<Fn&, typename P::Reader&, typename R::Builder&, const CallContext&>;
+  static_assert(withContext || std::is_invocable_v<Fn&, typename P::Reader&, typename R::Builder&>,
+                "a typed handler takes (Params::Reader, Results::Builder[, const shmbus::CallContext&])");
+  return endpoint.handle(M::channel(), [fn = Fn(std::forward<F>(fn))](const Message& req, Builder& reply,
+                                                                      const CallContext& ctx) mutable {
+    typename P::Reader params = req.empty() ? typename P::Reader() : req.root<P>();
+    typename R::Builder results = reply.initRoot<R>();
+    if constexpr (withContext) {
+      fn(params, results, ctx);
+    } else {
+      fn(params, results);
+    }
+  });
+}
+
+/// Registers a typed listener for a $oneway method: fn(Params::Reader, const CallContext&), or the
+/// same without the context; `once` removes it before its first run. A message whose fingerprint
+/// or payload does not match is not delivered: the endpoint logs it as the listener's failure.
+template <class M, Endpoint E, class F>
+Registration listen(E& endpoint, F&& fn, bool once) {
+  static_assert(M::oneway, "listeners receive $oneway methods; the others are handled");
+  using P = typename M::Params;
+  using Fn = std::decay_t<F>;
+  constexpr bool withContext = std::is_invocable_v<Fn&, typename P::Reader&, const CallContext&>;
+  static_assert(withContext || std::is_invocable_v<Fn&, typename P::Reader&>,
+                "a typed listener takes (Params::Reader[, const shmbus::CallContext&])");
+  Listener l = [fn = Fn(std::forward<F>(fn))](const Message& m, const CallContext& ctx) mutable {
+    auto params = readChecked<P>(m, M::channel().schemaId);
+    if (!params) {  // the endpoint logs what the listener throws and goes on
+      throw std::runtime_error(inContext(params.error(), "message on '" + std::string(M::channel().name) + "'").toString());
+    }
+    if constexpr (withContext) {
+      fn(*params, ctx);
+    } else {
+      fn(*params);
+    }
+  };
+  return once ? endpoint.once(M::channel(), std::move(l)) : endpoint.on(M::channel(), std::move(l));
+}
+
+}  // namespace detail
+}  // namespace shmbus
