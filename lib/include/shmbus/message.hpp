@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -172,11 +173,24 @@ class Registration {
   std::function<void()> undo_;
 };
 
+/// Thrown by a handler to fail the call with `error` itself (its code, e.g. InvalidMessage or
+/// Denied, and message) instead of the HandlerError any other exception becomes. The message is
+/// prefixed with the call's description on the way to the caller.
+class CallFailure : public std::runtime_error {
+ public:
+  explicit CallFailure(Error e) : std::runtime_error(e.message), error_(std::move(e)) {}
+  const Error& error() const noexcept { return error_; }
+
+ private:
+  Error error_;
+};
+
 /// Listener callback: the message and its context.
 using Listener = std::function<void(const Message&, const CallContext&)>;
 
 /// Handler callback: reads the request, fills the reply builder (leave it empty for a void reply),
-/// may throw to fail the call with HandlerError (type, message and stack text travel to the caller).
+/// may throw to fail the call with HandlerError (type, message and stack text travel to the caller),
+/// or throw CallFailure to fail it with a code of its choice.
 using Handler = std::function<void(const Message& request, Builder& reply, const CallContext& ctx)>;
 
 }  // namespace shmbus

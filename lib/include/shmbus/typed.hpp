@@ -228,8 +228,9 @@ Result<BroadcastReport> broadcast(Supervisor& s, F& build, const BroadcastOption
 /// Registers a typed handler: fn(Params::Reader, Results::Builder, const CallContext&), or the
 /// same without the context. The results builder is the root of the reply message; the library
 /// checks the request's fingerprint before fn runs (InvalidMessage reply on a mismatch) and
-/// stamps the reply with the results fingerprint. A request whose payload is malformed fails the
-/// call with HandlerError (the kj::Exception's text), as any exception fn throws.
+/// stamps the reply with the results fingerprint. A request whose root is malformed fails the call
+/// with InvalidMessage; an exception fn throws (a kj::Exception from a malformed field included)
+/// fails it with HandlerError.
 template <class M, Endpoint E, class F>
 Registration handle(E& endpoint, F&& fn) {
   using P = typename M::Params;
@@ -240,7 +241,11 @@ Registration handle(E& endpoint, F&& fn) {
                 "a typed handler takes (Params::Reader, Results::Builder[, const shmbus::CallContext&])");
   return endpoint.handle(M::channel(), [fn = Fn(std::forward<F>(fn))](const Message& req, Builder& reply,
                                                                       const CallContext& ctx) mutable {
-    typename P::Reader params = req.empty() ? typename P::Reader() : req.root<P>();
+    // The library checked the request's fingerprint already; a malformed payload fails the call
+    // with InvalidMessage (not HandlerError: the handler never ran).
+    auto read = readChecked<P>(req, 0);
+    if (!read) throw CallFailure(inContext(read.error(), "request of '" + std::string(M::channel().name) + "'"));
+    typename P::Reader params = *read;
     typename R::Builder results = reply.initRoot<R>();
     if constexpr (withContext) {
       fn(params, results, ctx);

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "message/message.hpp"
@@ -33,6 +34,7 @@ struct CallState {
   CallOwner* owner = nullptr;                        // guarded by mu; null once the owner closed
   std::uint64_t requestId = 0;
   std::int64_t deadlineNs = 0;                       // absolute CLOCK_MONOTONIC, for the local fallback timer
+  std::int64_t timeoutMs = 0;                        // the caller's timeout; 0 = the channel's default
   std::string what;                                  // "invoke 'ch' to role 'x'", for messages
 };
 
@@ -50,6 +52,13 @@ struct HeldMessage {
     if (release) release();
   }
 };
+
+/// Starts the dispatch thread of an endpoint: a thread that takes `gate` (the endpoint's dispatch
+/// gate, recursive, so `run` may take it again) and then runs `run`. Returns once the thread holds
+/// the gate: otherwise a Call::get() right after the start could take the gate first and run
+/// callbacks on the calling thread (and a handler needing a lock that caller holds would deadlock
+/// there instead of timing the call out). Not from a thread that holds `gate`.
+std::thread startDispatcher(std::recursive_mutex& gate, std::function<void()> run);
 
 /// Builds a HeldMessage that owns a copy of `bytes` (a MessageTable + segments span).
 /// Errors: InvalidMessage.

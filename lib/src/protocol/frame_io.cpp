@@ -1,6 +1,7 @@
 #include "protocol/frame_io.hpp"
 
 #include <cxxabi.h>
+#include <execinfo.h>
 #include <kj/debug.h>
 
 #include <fmt/format.h>
@@ -149,22 +150,59 @@ Result<FrameView> parseFrame(const RecordView& record) {
   return f;
 }
 
+namespace {
+/// Stack text a reader in another process can use: one frame per line, "module(function+offset)"
+/// (backtrace_symbols, C++ names demangled). Raw addresses alone mean nothing outside the process
+/// that took them. Frames of the catching machinery itself are skipped (`skip`).
+std::string stackText(void* const* frames, int count, int skip = 0) {
+  if (count <= skip) return {};
+  char** lines = ::backtrace_symbols(frames + skip, count - skip);
+  if (lines == nullptr) return {};
+  std::string out;
+  for (int i = 0; i < count - skip; ++i) {
+    std::string line = lines[i];
+    // "module(_ZN...+0x1c) [0x...]": demangle the name between '(' and '+'.
+    const auto open = line.find('('), plus = line.find('+', open);
+    if (open != std::string::npos && plus != std::string::npos && plus > open + 1) {
+      int status = 0;
+      char* name = abi::__cxa_demangle(line.substr(open + 1, plus - open - 1).c_str(), nullptr, nullptr, &status);
+      if (status == 0 && name != nullptr) line = line.substr(0, open + 1) + name + line.substr(plus);
+      std::free(name);
+    }
+    out += line;
+    out += '\n';
+  }
+  std::free(lines);
+  return out;
+}
+}  // namespace
+
 Error handlerError(const std::string& what, std::exception_ptr ex) {
   Error e;
   e.code = ErrorCode::HandlerError;
   try {
     std::rethrow_exception(ex);
+  } catch (const CallFailure& f) {
+    Error chosen = f.error();
+    chosen.message = fmt::format("{}: {}", what, chosen.message);
+    return chosen;
   } catch (const kj::Exception& k) {
     e.remoteType = "kj::Exception";
     e.remoteMessage = k.getDescription().cStr();
-    e.remoteStack = fmt::format("at {}:{}\n{}", k.getFile(), k.getLine(), kj::getStackTrace().cStr());
+    // The exception's own trace: where it was thrown.
+    const auto trace = k.getStackTrace();
+    e.remoteStack = fmt::format("at {}:{}\n{}", k.getFile(), k.getLine(),
+                                stackText(trace.begin(), static_cast<int>(trace.size())));
   } catch (const std::exception& s) {
     int status = 0;
     char* name = abi::__cxa_demangle(typeid(s).name(), nullptr, nullptr, &status);
     e.remoteType = status == 0 && name != nullptr ? name : typeid(s).name();
     std::free(name);
     e.remoteMessage = s.what();
-    e.remoteStack = kj::getStackTrace().cStr();
+    // A std::exception carries no trace: this is where the handler was called from (the
+    // dispatch path of the window or supervisor that ran it), minus this function's own frame.
+    void* frames[32];
+    e.remoteStack = stackText(frames, ::backtrace(frames, 32), 1);
   } catch (...) {
     e.remoteType = "unknown exception";
   }
