@@ -1,0 +1,339 @@
+// Bus-level benchmarks (issues 3, 4, 5), each against a baseline measured in the same run:
+//
+//   PingPong/ring_spin|ring_parked/<bytes>         the foundation's ring round trip (baseline)
+//   Invoke/window_to_main/<bytes>/spin|parked      Window::invoke → Supervisor::handle (2 processes)
+//   Invoke/window_to_window_routed/<bytes>/spin|parked
+//                                                  Window::invokeIn → supervisor → Window::handle (3 processes)
+//   Invoke/window_to_main_typed/<bytes>/parked     the same call through capnpc-shmbus stubs, vs
+//   Invoke/window_to_main_untyped/<bytes>/parked   the untyped API with the same payload struct
+//   Message/build_read_in_place/1024               build a ~1 KiB struct in a ring claim and read it in place
+//   Message/build_read_malloc_copy/1024            MallocMessageBuilder + flat-array copy + reader
+//
+// Counters: p50_ns, p99_ns (per round trip), msgs_per_s. Processes are pinned: the caller to
+// CPU 0, the supervisor to CPU 1, a routed call's target to CPU 0 (the caller is parked while
+// the target works). bench/compare.py prints the ratios.
+#include <benchmark/benchmark.h>
+#include <capnp/serialize.h>
+
+#include <fmt/format.h>
+
+#include <cstring>
+#include <optional>
+#include <string>
+
+#include "bench_support.hpp"
+#include "bus_bench.capnp.h"
+#include "bus_bench.shmbus.h"
+#include "control/socket.hpp"
+#include "message/message.hpp"
+#include "ring/ring.hpp"
+#include "segment/segment.hpp"
+#include "shmbus/shmbus.hpp"
+
+using namespace shmbus;
+using namespace shmbus::bench;
+using detail::RingConsumer;
+using detail::RingGeometry;
+using detail::RingProducer;
+
+namespace {
+
+constexpr std::chrono::nanoseconds kSpinLong = std::chrono::milliseconds(20);  // never parks between calls
+constexpr std::chrono::nanoseconds kParkNow{0};
+
+std::string uniqueName(const char* what) {
+  static int n = 0;
+  return fmt::format("bench-{}-{}-{}", what, ::getpid(), n++);
+}
+
+void finish(benchmark::State& state, std::vector<std::uint64_t>& ticks, double totalNs) {
+  const Percentiles p = percentiles(ticks);
+  state.counters["p50_ns"] = p.p50Ns;
+  state.counters["p99_ns"] = p.p99Ns;
+  state.counters["msgs_per_s"] = totalNs > 0 ? static_cast<double>(ticks.size()) * 1e9 / totalNs : 0;
+}
+
+/// Times `roundTrip()` per iteration (manual time).
+template <typename F>
+void timeLoop(benchmark::State& state, F&& roundTrip) {
+  std::vector<std::uint64_t> ticks;
+  ticks.reserve(1 << 20);
+  for (int i = 0; i < 200; ++i) roundTrip();  // warm-up: page faults, caches, first wake-ups
+  const double nsTick = nsPerTick();
+  double total = 0;
+  for (auto _ : state) {
+    const std::uint64_t t0 = ticksNow();
+    roundTrip();
+    const std::uint64_t dt = ticksNow() - t0;
+    ticks.push_back(dt);
+    const double ns = static_cast<double>(dt) * nsTick;
+    total += ns;
+    state.SetIterationTime(ns / 1e9);
+  }
+  finish(state, ticks, total);
+}
+
+// ---- baseline: the foundation's ring ping-pong (one record each way)
+
+void ringPingPong(benchmark::State& state, std::size_t bytes, detail::SpinPolicy policy) {
+  const RingGeometry g{1u << 20, 1u << 18};
+  const std::string name = detail::Segment::makeName(uniqueName("ring"), 0);
+  auto seg = detail::Segment::create(name, 2 * detail::ringFootprint(g.capacity) + 4096);
+  if (!seg) return state.SkipWithError(seg.error().message.c_str());
+  detail::Segment::unlink(name);
+  std::uint8_t* base = seg->base() + 4096;  // after the header, cache-line aligned
+  auto* ctlA = reinterpret_cast<detail::RingControl*>(base);
+  auto* ctlB = reinterpret_cast<detail::RingControl*>(base + detail::ringFootprint(g.capacity));
+  auto* dataA = base + sizeof(detail::RingControl);
+  auto* dataB = base + detail::ringFootprint(g.capacity) + sizeof(detail::RingControl);
+  const std::int64_t total = static_cast<std::int64_t>(state.max_iterations) + 200;
+  Partner echo = Partner::spawn(kPartnerCpu, [&] {
+    RingConsumer in(ctlA, dataA, g);
+    RingProducer out(ctlB, dataB, g);
+    for (std::int64_t i = 0; i < total; ++i) {
+      while (!in.hasData()) in.wait(detail::kNoDeadline, policy, [] { return false; });
+      auto r = in.tryRead();
+      if (!r || !*r) fatal("ring echo: read failed");
+      auto c = out.tryClaim((*r)->bodyBytes);
+      if (!c) fatal("ring echo: claim failed");
+      std::memcpy(c->body, (*r)->body, (*r)->bodyBytes);
+      out.publish(*c, (*r)->bodyBytes);
+      in.releaseAll();
+    }
+  });
+  ScopedPin pin(kMainCpu);
+  RingProducer out(ctlA, dataA, g);
+  RingConsumer in(ctlB, dataB, g);
+  std::vector<std::uint8_t> payload = touchedBuffer(bytes, 0x5a);
+  timeLoop(state, [&] {
+    auto c = out.tryClaim(bytes);
+    if (!c) fatal("ring ping: claim failed");
+    std::memcpy(c->body, payload.data(), bytes);
+    out.publish(*c, bytes);
+    while (!in.hasData()) in.wait(detail::kNoDeadline, policy, [] { return false; });
+    auto r = in.tryRead();
+    if (!r || !*r) fatal("ring ping: read failed");
+    benchmark::DoNotOptimize((*r)->body[0]);
+    in.releaseAll();
+  });
+}
+
+// ---- bus processes
+
+/// A supervisor in a pinned partner process, echoing `echo` calls (typed and untyped handlers
+/// share the channel's payload struct), until killed.
+Partner spawnSupervisor(const std::string& bus, std::chrono::nanoseconds spin, Handshake& hs) {
+  return Partner::spawn(kPartnerCpu, [&, bus, spin] {
+    SupervisorOptions o;
+    o.bus = bus;
+    o.spin = spin;
+    o.logLevel = LogLevel::Error;
+    auto sup = Supervisor::create(o);
+    if (!sup) fatal("supervisor create failed");
+    auto untyped = (*sup)->handle("echo-untyped", [](const Message& req, Builder& reply, const CallContext&) {
+      reply.initRoot<benchschema::Echo::EchoResults>().setData(req.root<benchschema::Echo::EchoParams>().getData());
+    });
+    auto typed = benchschema::EchoHandlers::handleEcho(**sup, [](auto params, auto results) {
+      results.setData(params.getData());
+    });
+    hs.ready.store(1, std::memory_order_release);  // pairs with Partner::awaitReady's acquire
+    (*sup)->run();
+  });
+}
+
+/// The target window of a routed call, in its own process (pinned to the caller's CPU).
+Partner spawnTarget(const std::string& bus, std::chrono::nanoseconds spin, Handshake& hs) {
+  return Partner::spawn(kMainCpu, [&, bus, spin] {
+    WindowOptions o;
+    o.bus = bus;
+    o.role = "echo";
+    o.spin = spin;
+    std::unique_ptr<Window> w;
+    for (int i = 0; i < 5000 && !w; ++i) {
+      auto c = Window::connect(o);
+      if (c) w = std::move(*c);
+    }
+    if (!w) fatal("target window connect failed");
+    auto h = w->handle("echo-untyped", [](const Message& req, Builder& reply, const CallContext&) {
+      reply.initRoot<benchschema::Echo::EchoResults>().setData(req.root<benchschema::Echo::EchoParams>().getData());
+    });
+    (void)w->send("target-ready");
+    hs.done.store(1, std::memory_order_release);  // pairs with the caller's acquire wait below
+    w->run();
+  });
+}
+
+enum class Route { ToMain, Routed, Typed };
+
+void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono::nanoseconds spin) {
+  const std::string bus = uniqueName("bus");
+  SharedMemory shared(4096);
+  auto& hs = *new (shared.base()) Handshake{};
+  Partner sup = spawnSupervisor(bus, spin, hs);
+  if (!sup.awaitReady(hs)) return state.SkipWithError("supervisor failed to start");
+  std::optional<Partner> target;
+  if (route == Route::Routed) {
+    target.emplace(spawnTarget(bus, spin, hs));
+    while (hs.done.load(std::memory_order_acquire) == 0) detail::cpuRelax();  // pairs with spawnTarget's release
+  }
+  ScopedPin pin(kMainCpu);
+  WindowOptions o;
+  o.bus = bus;
+  o.role = "caller";
+  o.spin = spin;
+  auto w = Window::connect(o);
+  if (!w) return state.SkipWithError(w.error().toString().c_str());
+  Window& win = **w;
+  std::vector<std::uint8_t> payload = touchedBuffer(bytes, 0x5a);
+  auto build = [&](Builder& b) {
+    b.initRoot<benchschema::Echo::EchoParams>().setData(kj::arrayPtr(payload.data(), bytes));
+  };
+  benchschema::EchoClient client(win);
+  bool failed = false;
+  // A routed call may race the target's handler registration: wait until it answers.
+  if (route == Route::Routed) {
+    while (win.invokeIn("echo", "echo-untyped", build).get().code() == ErrorCode::NoHandler) {
+    }
+  }
+  timeLoop(state, [&] {
+    switch (route) {
+      case Route::ToMain: {
+        auto r = win.invoke("echo-untyped", build).get();
+        failed |= !r;
+        break;
+      }
+      case Route::Routed: {
+        auto r = win.invokeIn("echo", "echo-untyped", build).get();
+        failed |= !r;
+        break;
+      }
+      case Route::Typed: {
+        auto r = client.echo(Target::main(), [&](auto p) { p.setData(kj::arrayPtr(payload.data(), bytes)); }).get();
+        failed |= !r;
+        if (r) benchmark::DoNotOptimize(r->reader().getData().size());
+        break;
+      }
+    }
+  });
+  if (failed) state.SkipWithError("a call failed");
+  win.close();
+  if (auto path = detail::socketPath(bus)) ::unlink(path->c_str());
+}
+
+// ---- message build + read
+
+void fillRecord(benchschema::Record::Builder r) {
+  r.setId(42);
+  r.setName("quarterly-revenue-by-region");
+  auto tags = r.initTags(8);
+  for (unsigned i = 0; i < 8; ++i) tags.set(i, "tag-number");
+  auto values = r.initValues(32);
+  for (unsigned i = 0; i < 32; ++i) values.set(i, i * 1.5);
+  auto nested = r.initNested(12);
+  for (unsigned i = 0; i < 12; ++i) {
+    nested[i].setKey("region-key");
+    nested[i].setValue(i);
+  }
+}
+
+double readRecord(benchschema::Record::Reader r) {
+  double acc = static_cast<double>(r.getId()) + r.getName().size();
+  for (auto t : r.getTags()) acc += t.size();
+  for (double v : r.getValues()) acc += v;
+  for (auto n : r.getNested()) acc += static_cast<double>(n.getValue()) + n.getKey().size();
+  return acc;
+}
+
+void buildReadInPlace(benchmark::State& state) {
+  const RingGeometry g{1u << 20, 1u << 18};
+  const std::string name = detail::Segment::makeName(uniqueName("msg"), 0);
+  auto seg = detail::Segment::create(name, detail::ringFootprint(g.capacity) + 4096);
+  if (!seg) return state.SkipWithError(seg.error().message.c_str());
+  detail::Segment::unlink(name);
+  auto* ctl = reinterpret_cast<detail::RingControl*>(seg->base() + 4096);
+  RingProducer p(ctl, seg->base() + 4096 + sizeof(detail::RingControl), g);
+  RingConsumer c(ctl, seg->base() + 4096 + sizeof(detail::RingControl), g);
+  std::size_t bytes = 0;
+  std::vector<std::uint64_t> ticks;
+  double total = 0;
+  for (auto _ : state) {
+    const std::uint64_t t0 = ticksNow();
+    auto claim = p.tryClaimUpTo(256, 4096);
+    if (!claim) fatal("claim failed");
+    detail::RingMessageBuilder mb(p, *claim, 0);
+    fillRecord(mb.initRoot<benchschema::Record>());
+    bytes = mb.finish();
+    p.commit(*claim, bytes);
+    auto r = c.tryRead();
+    detail::InPlaceMessage m;
+    if (!r || !*r || !m.parse((*r)->body, (*r)->bodyBytes)) fatal("read failed");
+    benchmark::DoNotOptimize(readRecord(m.reader().getRoot<benchschema::Record>()));
+    c.releaseAll();
+    const std::uint64_t dt = ticksNow() - t0;
+    ticks.push_back(dt);
+    total += static_cast<double>(dt) * nsPerTick();
+  }
+  state.counters["message_bytes"] = static_cast<double>(bytes);
+  finish(state, ticks, total);
+}
+
+void buildReadMallocCopy(benchmark::State& state) {
+  std::vector<std::uint8_t> ring(1 << 16);  // where the copy lands (a stand-in for a ring slot)
+  std::size_t bytes = 0;
+  std::vector<std::uint64_t> ticks;
+  double total = 0;
+  for (auto _ : state) {
+    const std::uint64_t t0 = ticksNow();
+    capnp::MallocMessageBuilder mb;
+    fillRecord(mb.initRoot<benchschema::Record>());
+    auto flat = capnp::messageToFlatArray(mb);
+    bytes = flat.asBytes().size();
+    std::memcpy(ring.data(), flat.begin(), bytes);
+    capnp::FlatArrayMessageReader reader(kj::arrayPtr(reinterpret_cast<const capnp::word*>(ring.data()), bytes / 8));
+    benchmark::DoNotOptimize(readRecord(reader.getRoot<benchschema::Record>()));
+    const std::uint64_t dt = ticksNow() - t0;
+    ticks.push_back(dt);
+    total += static_cast<double>(dt) * nsPerTick();
+  }
+  state.counters["message_bytes"] = static_cast<double>(bytes);
+  finish(state, ticks, total);
+}
+
+benchmark::internal::Benchmark* manual(benchmark::internal::Benchmark* b) {
+  return b->UseManualTime()->MinTime(0.3)->Unit(benchmark::kMicrosecond);
+}
+
+void registerAll() {
+  for (std::size_t bytes : {std::size_t{64}, std::size_t{1024}, std::size_t{65536}}) {
+    for (bool spin : {true, false}) {
+      const auto policy = spin ? detail::SpinPolicy{kSpinLong} : detail::SpinPolicy{kParkNow};
+      const char* mode = spin ? "spin" : "parked";
+      manual(benchmark::RegisterBenchmark(fmt::format("PingPong/ring_{}/{}", mode, bytes).c_str(),
+                                          [=](benchmark::State& s) { ringPingPong(s, bytes, policy); }));
+      const auto wspin = spin ? kSpinLong : kParkNow;
+      manual(benchmark::RegisterBenchmark(fmt::format("Invoke/window_to_main/{}/{}", bytes, mode).c_str(),
+                                          [=](benchmark::State& s) { invoke(s, Route::ToMain, bytes, wspin); }));
+      manual(benchmark::RegisterBenchmark(fmt::format("Invoke/window_to_window_routed/{}/{}", bytes, mode).c_str(),
+                                          [=](benchmark::State& s) { invoke(s, Route::Routed, bytes, wspin); }));
+    }
+  }
+  for (std::size_t bytes : {std::size_t{64}, std::size_t{1024}}) {
+    manual(benchmark::RegisterBenchmark(fmt::format("Invoke/window_to_main_untyped/{}/parked", bytes).c_str(),
+                                        [=](benchmark::State& s) { invoke(s, Route::ToMain, bytes, kParkNow); }));
+    manual(benchmark::RegisterBenchmark(fmt::format("Invoke/window_to_main_typed/{}/parked", bytes).c_str(),
+                                        [=](benchmark::State& s) { invoke(s, Route::Typed, bytes, kParkNow); }));
+  }
+  benchmark::RegisterBenchmark("Message/build_read_in_place/1024", buildReadInPlace)->MinTime(0.3);
+  benchmark::RegisterBenchmark("Message/build_read_malloc_copy/1024", buildReadMallocCopy)->MinTime(0.3);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  registerAll();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
