@@ -28,7 +28,8 @@ struct WindowOptions {
 };
 
 /// One window. Created by connect() or fromSpawn(); closed by close() or destruction (the
-/// supervisor then reports `window-closed` with reason "exit").
+/// supervisor then reports `window-closed` with reason "closed", as for a process that died; a
+/// window disconnected for corrupting its rings gets "bad message: <what>").
 ///
 /// Thread contract: every method may be called from any thread. Callbacks (on/once/handle/then)
 /// run on the dispatch thread: the thread inside run()/poll(), the background thread of

@@ -1,6 +1,7 @@
 #include "call/call.hpp"
 
 #include <cstring>
+#include <future>
 
 #include "shmbus/channel.hpp"
 #include "wait/wait.hpp"
@@ -104,6 +105,19 @@ bool completeCall(const std::shared_ptr<CallState>& s, Result<Message> r) {
   s->cv.notify_all();
   if (cb) cb(*s->result);  // result is immutable once set
   return true;
+}
+
+std::thread startDispatcher(std::recursive_mutex& gate, std::function<void()> run) {
+  std::promise<void> started;
+  auto isStarted = started.get_future();
+  // The thread owns the promise: the caller may return (and drop the future) the moment it is set.
+  std::thread t([&gate, started = std::move(started), run = std::move(run)]() mutable {
+    std::lock_guard g(gate);
+    started.set_value();
+    run();
+  });
+  isStarted.wait();
+  return t;
 }
 
 Result<std::shared_ptr<HeldMessage>> copyMessage(const std::uint8_t* bytes, std::size_t n) {

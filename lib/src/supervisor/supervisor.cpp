@@ -571,16 +571,20 @@ struct Supervisor::Impl final : CallOwner {
     }
   }
 
+  Error timeoutError(const Pending& p) {
+    Conn* t = live(p.targetId);
+    const std::string target = t ? describe(*t) : fmt::format("window {}", p.targetId);
+    return makeError(ErrorCode::Timeout, fmt::format("invoke '{}' to {} timed out after {} ms",
+                                                     nameOf(p.channel, p.callerId), target, p.timeoutMs));
+  }
+
   void expireDeadlines() {
     std::uint64_t expirations = 0;
     [[maybe_unused]] auto n = ::read(timerFd.get(), &expirations, sizeof expirations);
     const std::int64_t now = monotonicNowNs();
     while (!deadlines.empty() && deadlines.begin()->first <= now) {
       Pending p = takePending(deadlines.begin()->second);
-      Conn* t = live(p.targetId);
-      const std::string target = t ? describe(*t) : fmt::format("window {}", p.targetId);
-      failCaller(p, makeError(ErrorCode::Timeout, fmt::format("invoke '{}' to {} timed out after {} ms",
-                                                              nameOf(p.channel, p.callerId), target, p.timeoutMs)));
+      failCaller(p, timeoutError(p));
       sendCancel(p.targetId, p.routeId);
     }
     armedAt = -1;
@@ -812,7 +816,15 @@ struct Supervisor::Impl final : CallOwner {
     } catch (...) {
       err = handlerError(what, std::current_exception());
     }
-    counters[h.channel].sample(static_cast<double>(monotonicNowNs() - now) / 1e6);
+    const std::int64_t done = monotonicNowNs();
+    counters[h.channel].sample(static_cast<double>(done - now) / 1e6);
+    if (done >= ctx.deadlineNs) {
+      // The handler outran the caller's deadline: the call has timed out (DESIGN.md §3), and
+      // what it produced is a late reply, dropped and counted.
+      ++lateReplies;
+      ++counters[h.channel].late;
+      return replyError(w, h, makeError(ErrorCode::Timeout, fmt::format("{} timed out after {} ms", what, timeoutMs)));
+    }
     if (err) return replyError(w, h, std::move(*err));
     FrameHeader r{};
     r.kind = static_cast<std::uint16_t>(FrameKind::Reply);
@@ -838,9 +850,19 @@ struct Supervisor::Impl final : CallOwner {
           describe(w), it->second.targetId);
       return;
     }
+    const std::int64_t now = monotonicNowNs();
+    if (now >= it->second.deadline) {
+      // The deadline passed before this reply was read (the timer had not had its turn yet): the
+      // call has timed out all the same, and the reply is late (DESIGN.md §3). The target has
+      // answered, so it needs no Cancel.
+      Pending p = takePending(h.requestId);
+      ++lateReplies;
+      ++counters[p.channel].late;
+      return failCaller(p, timeoutError(p));
+    }
     Pending p = takePending(h.requestId);
     auto& cc = counters[p.channel];
-    cc.sample(static_cast<double>(monotonicNowNs() - p.start) / 1e6);
+    cc.sample(static_cast<double>(now - p.start) / 1e6);
     const bool isError = h.kind == static_cast<std::uint16_t>(FrameKind::Error);
     if (p.state) {  // a call made by the main process
       auto held = copyMessage(f.payload, f.payloadBytes);

@@ -12,8 +12,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
-#include <future>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -74,6 +74,11 @@ struct Window::Impl final : CallOwner {
 
   std::mutex runMu;
   std::unordered_map<std::uint64_t, std::shared_ptr<std::atomic<bool>>> running;  // handler cancel flags
+  // A Cancel (control socket) can overtake its Invoke (inbox ring). Request ids reach this inbox
+  // in increasing order (the supervisor numbers routes as it writes them), so a Cancel for an id
+  // above the last one started is for a call still on its way: its handler starts cancelled.
+  std::set<std::uint64_t> earlyCancels;  // guarded by runMu
+  std::uint64_t lastStarted = 0;         // guarded by runMu
 
   std::unordered_map<std::uint64_t, std::string> roleNames;  // dispatcher only
 
@@ -169,6 +174,7 @@ struct Window::Impl final : CallOwner {
     auto s = std::make_shared<CallState>();
     s->owner = this;
     s->what = fmt::format("invoke '{}' to {}", ch.name, t.describe());
+    s->timeoutMs = o.timeout.count();
     const auto timeout = o.timeout.count() > 0 ? o.timeout : std::chrono::milliseconds(0);
     FrameHeader h = headerFor(FrameKind::Invoke, t, ch);
     // A zero timeout asks the supervisor for the channel's default (Supervisor::setChannelTimeout),
@@ -237,7 +243,9 @@ struct Window::Impl final : CallOwner {
       nextExpiryNs.store(next, std::memory_order_relaxed);
     }
     for (auto& s : expired) {
-      completeCall(s, makeError(ErrorCode::Timeout, fmt::format("{} timed out (no answer from the supervisor)", s->what)));
+      completeCall(s, makeError(ErrorCode::Timeout,
+                                fmt::format("{} timed out after {} ms (no answer from the supervisor)", s->what,
+                                            s->timeoutMs > 0 ? s->timeoutMs : kUnknownDeadlineFallbackNs / 1'000'000)));
     }
   }
 
@@ -456,6 +464,11 @@ struct Window::Impl final : CallOwner {
     {
       std::lock_guard lk(runMu);
       running[h.requestId] = flag;
+      lastStarted = std::max(lastStarted, h.requestId);
+      // relaxed: the flag is published to this thread's handler by program order; other readers
+      // (none yet) would take runMu.
+      if (earlyCancels.erase(h.requestId) != 0) flag->store(true, std::memory_order_relaxed);
+      earlyCancels.erase(earlyCancels.begin(), earlyCancels.lower_bound(h.requestId));
     }
     ctx.cancelFlag = flag.get();
     capnp::MallocMessageBuilder replyBuilder;
@@ -572,8 +585,12 @@ struct Window::Impl final : CallOwner {
         if (ch.type == static_cast<std::uint32_t>(ControlType::Cancel)) {
           std::lock_guard lk(runMu);
           auto it = running.find(ch.value);
-          // release: pairs with CallContext::cancelled()'s acquire load.
-          if (it != running.end()) it->second->store(true, std::memory_order_release);
+          if (it != running.end()) {
+            // release: pairs with CallContext::cancelled()'s acquire load.
+            it->second->store(true, std::memory_order_release);
+          } else if (ch.value > lastStarted && earlyCancels.size() < 4096) {
+            earlyCancels.insert(ch.value);  // its Invoke is still in the inbox (see earlyCancels)
+          }
         }
       }
     }
@@ -767,17 +784,7 @@ Result<void> Window::poll(std::chrono::milliseconds timeout) {
 
 void Window::startDispatchThread() {
   SHMBUS_REQUIRE(!impl_->dispatcher.joinable(), "the dispatch thread is already running");
-  // Return only once the thread holds the dispatch gate: otherwise a Call::get() right after this
-  // could take the gate first and run callbacks on the calling thread (a handler that needs a
-  // lock the caller holds would then deadlock on that thread instead of timing the call out).
-  std::promise<void> started;
-  auto isStarted = started.get_future();
-  impl_->dispatcher = std::thread([this, &started] {
-    std::lock_guard g(impl_->gate);  // recursive: run() takes it again
-    started.set_value();
-    run();
-  });
-  isStarted.wait();
+  impl_->dispatcher = startDispatcher(impl_->gate, [this] { run(); });
 }
 
 void Window::close() { impl_->close(fmt::format("window {} is closed", impl_->id)); }

@@ -340,6 +340,11 @@ TEST_CASE("a request whose schema does not match the handler's fails with Invali
 TEST_CASE("a call without a reply fails with Timeout naming the channel, the target and the milliseconds") {
   TestBus tb("timeout");
   tb->setChannelTimeout("slow-default", 150ms);
+  // Handlers that return as soon as the deadline passes by their own clock: their replies race
+  // the supervisor's timer and must lose all the same (a reply after the deadline is late).
+  auto slowMain = tb->handle("slow-main", [](const Message&, Builder&, const CallContext& ctx) {
+    awaitCondition([&] { return ctx.cancelled(); }, 10s);
+  });
   ServedWindow dashboard(tb, "dashboard", [](Window& w, auto& regs) {
     auto hang = [](const Message&, Builder&, const CallContext& ctx) {
       childCheck(awaitCondition([&] { return ctx.cancelled(); }, 10s), "the handler never saw the deadline pass");
@@ -365,6 +370,9 @@ TEST_CASE("a call without a reply fails with Timeout naming the channel, the tar
                 {"'Studio.hang'", "100 ms"}, false);
     expectError(timed([&] { return w->invokeIn("dashboard", kTypedMissing); }), ErrorCode::NoHandler,
                 {"'Studio.missing'"}, true);
+    // A main handler that outruns the deadline: the caller gets Timeout, not its late reply.
+    expectError(timed([&] { return w->invoke("slow-main", {}, {.timeout = 50ms}); }), ErrorCode::Timeout,
+                {"'slow-main'", "main", "50 ms"}, false);
     link.tellParent(t.result.error().message);
   });
   MESSAGE(link.hearChild());
