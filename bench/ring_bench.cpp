@@ -60,12 +60,6 @@ using detail::SpinPolicy;
 constexpr std::size_t kLine = 64;
 constexpr std::size_t kPage = 4096;
 constexpr std::size_t kStreamBytes = 64;
-/// The reply buffer starts half a page after a page boundary relative to the request buffer. The
-/// echoer copies request -> reply at the same offset in each; at a distance that is a multiple
-/// of 4 KiB, loads and stores alias in the store-forwarding check (4K aliasing) and this CPU's
-/// `rep movsb` copy of 64 KiB ran 5x slower (20 us instead of 4 us). Real traffic has no such
-/// fixed distance, so every transport here keeps its two directions skewed by kSkew.
-constexpr std::size_t kSkew = 2048;
 /// Ring geometry for every ring benchmark: the library default (1 MiB, 256 KiB max record). The
 /// Stream floor's slot ring and the pipe/queue depths are sized to the same bytes.
 constexpr RingGeometry kGeometry{};
@@ -78,7 +72,7 @@ constexpr SpinPolicy kSpinForever{std::chrono::hours(24)};
 /// ring_parked: no spin; every wait that finds nothing parks on the futex.
 constexpr SpinPolicy kParkAlways{std::chrono::nanoseconds(0)};
 /// Stream/ring_*: the producer notifies once per this many records; the consumer releases (zeroes
-/// and publishes head) once per batch of at most this many records read.
+/// and publishes head) once per this many records read.
 constexpr unsigned kStreamBatch = 64;
 
 constexpr auto kNeverStop = [] { return false; };
@@ -134,7 +128,7 @@ std::uint64_t nextRunId() {
 }
 
 /// Shared bytes of a floor: a page holding the two flag lines, then the two payload buffers.
-std::size_t bufferBytes(std::size_t payload) { return kPage + 2 * roundUp(payload, kPage) + kSkew; }
+std::size_t bufferBytes(std::size_t payload) { return kPage + 2 * roundUp(payload, kPage); }
 
 // =============================================================================================
 // PingPong transports. Each is constructed in the parent before fork (shared resources), then
@@ -142,15 +136,17 @@ std::size_t bufferBytes(std::size_t payload) { return kPage + 2 * roundUp(payloa
 // parent once the partner has attached (unlink names). ping() = one round trip from the parent;
 // echo() = the partner's half. `seq` (1, 2, ...) lets the floors know which flag value to await.
 
-/// floor_spin: a flag on its own cache line per direction, the payload memcpy'd through a
-/// shared buffer. The least any spinning shared-memory transport can do.
+/// floor_spin: a flag on its own cache line per direction, the payload memcpy'd through a fixed
+/// shared buffer: the same few lines ping-pong between the two cores' L1s. Meant as the least any
+/// spinning shared-memory transport can do; at 64 KiB it is not (README: rewriting lines the other
+/// core holds Shared is slow on this CPU, and the ring's consumer-side zeroing avoids that state).
 class FloorSpinPingPong {
  public:
   explicit FloorSpinPingPong(std::size_t bytes) : bytes_(bytes), mem_(bufferBytes(bytes)) {
     ping_ = mem_.as<std::atomic<std::uint64_t>>(0);
     pong_ = mem_.as<std::atomic<std::uint64_t>>(kLine);
     pingBuf_ = mem_.base() + kPage;
-    pongBuf_ = pingBuf_ + roundUp(bytes, kPage) + kSkew;
+    pongBuf_ = pingBuf_ + roundUp(bytes, kPage);
   }
   void attachChild() { SharedMemory::prefault(mem_.base(), bufferBytes(bytes_)); }
   void attachParent() {}
@@ -185,7 +181,7 @@ class FutexFloorPingPong {
     ping_ = mem_.as<std::atomic<std::uint32_t>>(0);
     pong_ = mem_.as<std::atomic<std::uint32_t>>(kLine);
     pingBuf_ = mem_.base() + kPage;
-    pongBuf_ = pingBuf_ + roundUp(bytes, kPage) + kSkew;
+    pongBuf_ = pingBuf_ + roundUp(bytes, kPage);
   }
   void attachChild() { SharedMemory::prefault(mem_.base(), bufferBytes(bytes_)); }
   void attachParent() {}
@@ -332,7 +328,7 @@ class BoostMqPingPong {
 };
 
 /// Two rings (A: parent -> partner, B: partner -> parent) in one real Segment, laid out as a
-/// window's segment is (header, then control block + data per ring; ring B's data skewed by kSkew). The parent
+/// window's segment is (header, then control block + data per ring, page aligned). The parent
 /// creates it; the partner opens it by name (its own mapping, at another address, so the shared
 /// futex is exercised across mappings); the parent unlinks the name once the partner has mapped it.
 class RingSegment {
@@ -344,7 +340,7 @@ class RingSegment {
   static constexpr std::size_t kCtrlA = kPage;
   static constexpr std::size_t kDataA = 2 * kPage;
   static constexpr std::size_t kCtrlB = kDataA + kGeometry.capacity;
-  static constexpr std::size_t kDataB = kCtrlB + kPage + kSkew;
+  static constexpr std::size_t kDataB = kCtrlB + kPage;
   static constexpr std::size_t kTotal = kDataB + kGeometry.capacity;
   static_assert(sizeof(RingControl) <= kPage);
 
