@@ -13,6 +13,7 @@ Ratios are only meaningful between numbers from the same run: give one JSON file
 
 import argparse
 import json
+import signal
 import statistics
 import sys
 
@@ -34,6 +35,7 @@ def load(path):
         doc = json.load(f)
     runs = {}        # key -> list of per-repetition counter dicts
     medians = {}     # key -> counter dict from a "median" aggregate
+    reps = 1
     for b in doc.get("benchmarks", []):
         if b.get("error_occurred"):
             continue
@@ -42,20 +44,22 @@ def load(path):
             continue
         key = (parts[0], parts[1], int(parts[2]))
         values = {c: float(b[c]) for c in COUNTERS if c in b}
+        reps = max(reps, int(b.get("repetitions", 1)))
         if b.get("run_type") == "aggregate":
             if b.get("aggregate_name") == "median":
                 medians[key] = values
         else:
             runs.setdefault(key, []).append(values)
     result = {}
-    for key, reps in runs.items():
+    for key, samples in runs.items():
         if key in medians:
             result[key] = medians[key]
         else:
-            result[key] = {c: statistics.median(r[c] for r in reps) for c in COUNTERS if all(c in r for r in reps)}
+            result[key] = {c: statistics.median(r[c] for r in samples) for c in COUNTERS
+                           if all(c in r for r in samples)}
     for key, values in medians.items():
         result.setdefault(key, values)
-    return result, doc.get("context", {})
+    return result, doc.get("context", {}), reps
 
 
 def fmt_ns(v):
@@ -84,7 +88,7 @@ def main():
     ap.add_argument("--check", action="store_true", help="exit with status 1 if a target is missed")
     args = ap.parse_args()
 
-    data, context = load(args.json_file)
+    data, context, reps = load(args.json_file)
     if not data:
         print(f"{args.json_file}: no PingPong/ or Stream/ results", file=sys.stderr)
         return 2
@@ -92,6 +96,8 @@ def main():
     out = []
     ctx = ", ".join(f"{k}: {context[k]}" for k in ("date", "host_name", "num_cpus", "mhz_per_cpu", "pinning")
                     if k in context)
+    if reps > 1:
+        ctx += f"{', ' if ctx else ''}values: median of {reps} repetitions"
     if ctx:
         out.append(f"Run: {ctx}\n")
 
@@ -146,4 +152,5 @@ def main():
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `compare.py out.json | head` ends quietly
     sys.exit(main())
