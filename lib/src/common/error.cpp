@@ -26,7 +26,7 @@ const char* errorCodeName(ErrorCode code) noexcept {
 
 std::string Error::toString() const {
   std::string s = fmt::format("{}: {}", errorCodeName(code), message);
-  if (code == ErrorCode::HandlerError && !remoteType.empty()) {
+  if (code == ErrorCode::HandlerError && !remoteType.empty() && message.find(remoteMessage) == std::string::npos) {
     s += fmt::format(" [{}: {}]", remoteType, remoteMessage);
   }
   return s;
