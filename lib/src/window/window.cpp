@@ -448,16 +448,17 @@ struct Window::Impl final : CallOwner {
     auto slot = callbacks->handler(h.channel);
     std::string name;
     CallContext ctx = contextFor(h, name);
-    const std::string what = fmt::format("invoke '{}' on window {} (role '{}')", name, id, role);
+    // Only error paths name the call: format it on demand, not once per call.
+    auto what = [&] { return fmt::format("invoke '{}' on window {} (role '{}')", name, id, role); };
     if (!slot) {
-      reply(h, makeError(ErrorCode::NoHandler, fmt::format("{}: no handler", what)));
+      reply(h, makeError(ErrorCode::NoHandler, fmt::format("{}: no handler", what())));
       return;
     }
     if (slot->schemaId != 0 && h.schemaId != 0 && slot->schemaId != h.schemaId) {
       reply(h, makeError(ErrorCode::InvalidMessage,
                          fmt::format("{}: request schema {:016x} does not match the handler's {:016x} "
                                      "(the two sides were compiled from different contract versions)",
-                                     what, h.schemaId, slot->schemaId)));
+                                     what(), h.schemaId, slot->schemaId)));
       return;
     }
     auto flag = std::make_shared<std::atomic<bool>>(false);
@@ -476,7 +477,7 @@ struct Window::Impl final : CallOwner {
     try {
       slot->fn(Message(&msg, h.schemaId), replyBuilder, ctx);
     } catch (...) {
-      err = handlerError(what, std::current_exception());
+      err = handlerError(what(), std::current_exception());
     }
     {
       std::lock_guard lk(runMu);
@@ -501,7 +502,7 @@ struct Window::Impl final : CallOwner {
           waitForSpace(h.deadlineNs != 0 ? h.deadlineNs : monotonicNowNs() + 1'000'000'000) == WaitStatus::Timeout) {
         // The reply cannot be sent (too large, or the outbox stayed full): fail the call instead.
         Error e = w.error();
-        e.message = fmt::format("{}: the reply could not be written: {}", what, e.message);
+        e.message = fmt::format("{}: the reply could not be written: {}", what(), e.message);
         (void)writeErrorFrame(out, r, e);
         return;
       }
