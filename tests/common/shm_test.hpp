@@ -240,7 +240,7 @@ struct RingArea {
 /// inherit the object by fork leave with _exit and never run the destructor.
 class RingSegment {
  public:
-  static constexpr std::size_t kMaxRings = 15;
+  static constexpr std::size_t kMaxRings = 7;
 
   /// Creates a segment under a fresh unique bus name.
   static RingSegment create(detail::RingGeometry geometry, std::size_t rings = 1, std::string_view tag = "") {
@@ -299,6 +299,7 @@ class RingSegment {
   std::uint8_t* scratch() const noexcept {
     return segment_.base() + sizeof(detail::SegmentHeader) + kMaxRings * sizeof(detail::RingControl);
   }
+  static_assert(sizeof(detail::SegmentHeader) + kMaxRings * sizeof(detail::RingControl) < 4096);
   static constexpr std::size_t kScratchBytes =
       4096 - sizeof(detail::SegmentHeader) - kMaxRings * sizeof(detail::RingControl);
 

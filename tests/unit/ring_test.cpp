@@ -540,3 +540,94 @@ TEST_CASE("the consumer's wait times out on an empty ring and wakes when a recor
   CHECK(status == WaitStatus::Ready);
   CHECK(f.drain().size() == 1);
 }
+
+TEST_CASE("restartWindow: a producer that finds the ring empty past the window restarts at offset 0") {
+  RingFixture f({4096, 1024, 512});
+  // 6 records of 100 bytes (112 with the header) reach 672 >= 512: the 6th claim is past the
+  // window's first check point, so the claim after it checks head.
+  for (int i = 0; i < 5; ++i) f.put(100);
+  CHECK(f.drain().size() == 5);
+  f.consumer.releaseAll();
+  const std::uint64_t before = f.producer.tail();
+  REQUIRE((before & f.mask()) >= 512);
+  auto c = f.producer.tryClaim(100);
+  REQUIRE(c.ok());
+  CHECK((c->pos & f.mask()) == 0);                          // restarted
+  CHECK(c->padBytes == f.ring.geometry.capacity - (before & f.mask()));
+  std::memset(c->body, 0x5a, 100);
+  f.producer.commit(*c, 100);
+  auto out = f.drain();
+  REQUIRE(out.size() == 1);
+  CHECK(out[0].body[0] == 0x5a);
+  CHECK((out[0].pos & f.mask()) == 0);
+  f.consumer.releaseAll();
+  CHECK(f.ring.allZero());  // the padding's header was zeroed; its body was never written
+}
+
+TEST_CASE("restartWindow: no restart while the consumer still holds records") {
+  RingFixture f({4096, 1024, 512});
+  for (int i = 0; i < 5; ++i) f.put(100);
+  auto held = f.drain();
+  REQUIRE(held.size() == 5);
+  f.consumer.releaseTo(held[3].end);  // one record still held: not empty
+  auto c = f.producer.tryClaim(100);
+  REQUIRE(c.ok());
+  CHECK(c->padBytes == 0);
+  CHECK(c->pos == f.producer.tail());
+  f.producer.abort(*c, 0);
+}
+
+TEST_CASE("restartWindow: a bad window is rejected") {
+  CHECK(validateGeometry({4096, 1024, 512}).ok());
+  CHECK_FALSE(validateGeometry({4096, 1024, 12}).ok());    // below 64
+  CHECK_FALSE(validateGeometry({4096, 1024, 3000}).ok());  // above capacity / 2
+  CHECK_FALSE(validateGeometry({4096, 1024, 100}).ok());   // not a multiple of 8
+}
+
+TEST_CASE("a batch consumer reads only below the tail the producer published") {
+  RingFixture f;
+  f.put(40, 1);
+  f.put(40, 2);
+  auto none = f.consumer.tryReadPublished();
+  REQUIRE(none.ok());
+  CHECK_FALSE(none->has_value());  // committed, not yet published
+  CHECK_FALSE(f.consumer.hasPublished());
+  CHECK(f.consumer.hasData());     // a latency consumer would see them already
+  f.producer.notifyConsumer();
+  CHECK(f.consumer.hasPublished());
+  for (std::uint8_t fill : {1, 2}) {
+    auto r = f.consumer.tryReadPublished();
+    REQUIRE(r.ok());
+    REQUIRE(r->has_value());
+    CHECK((*r)->body[0] == fill);
+  }
+  f.put(40, 3);  // committed after the publication
+  auto after = f.consumer.tryReadPublished();
+  REQUIRE(after.ok());
+  CHECK_FALSE(after->has_value());
+  f.consumer.releaseAll();
+}
+
+TEST_CASE("a batch consumer reports Corrupt for an impossible published tail or a hole below it") {
+  RingFixture f;
+  SUBCASE("tail beyond the ring") {
+    f.ring.control->tail.store(f.ring.geometry.capacity + 64);
+    auto r = f.consumer.tryReadPublished();
+    CHECK(r.code() == ErrorCode::Corrupt);
+  }
+  SUBCASE("tail past an uncommitted record") {
+    f.ring.control->tail.store(64);
+    auto r = f.consumer.tryReadPublished();
+    CHECK(r.code() == ErrorCode::Corrupt);
+  }
+}
+
+TEST_CASE("a producer attaching after unpublished commits resumes after them, not at the stale tail") {
+  RingFixture f;
+  f.put(40);
+  f.producer.notifyConsumer();  // tail published after the first record only
+  f.put(40);
+  f.put(40);
+  RingProducer again = f.ring.producer();
+  CHECK(again.tail() == f.producer.tail());
+}

@@ -25,6 +25,12 @@ Result<void> validateGeometry(const RingGeometry& g) {
                      fmt::format("ring max record {} bytes must be a multiple of 8 in [64, capacity/2 = {}]",
                                  g.maxRecord, g.capacity / 2));
   }
+  if (g.restartWindow != 0 &&
+      (g.restartWindow < 64 || g.restartWindow > g.capacity / 2 || g.restartWindow % kRecordAlign != 0)) {
+    return makeError(ErrorCode::InvalidMessage,
+                     fmt::format("ring restart window {} bytes must be 0 or a multiple of 8 in [64, capacity/2 = {}]",
+                                 g.restartWindow, g.capacity / 2));
+  }
   return {};
 }
 
@@ -49,6 +55,23 @@ RingProducer::RingProducer(RingControl* control, std::uint8_t* data, RingGeometr
   if (tail_ < headCache_ || tail_ - headCache_ > geometry_.capacity || (tail_ & (kRecordAlign - 1)) != 0) {
     tail_ = headCache_;
   }
+  // The published tail lags the last commit by up to one batch (commit does not publish it), so
+  // walk forward over records committed after it: writing there would overwrite unread records.
+  // Bounded by the ring; stops at the first free (zero) header or anything that is not a record.
+  while (tail_ - headCache_ < geometry_.capacity) {
+    const std::uint64_t index = tail_ & mask_;
+    const RecordHeader* h = headerAt(data_, index);
+    // acquire: SYNC POINT "record" (a previous producer's commit).
+    const std::int32_t length = h->length.load(std::memory_order_acquire);
+    const std::size_t toEnd = geometry_.capacity - index;
+    const std::size_t aligned = alignUp(static_cast<std::uint32_t>(length), kRecordAlign);
+    if (length < static_cast<std::int32_t>(kHeader) || aligned > toEnd ||
+        aligned > geometry_.capacity - (tail_ - headCache_)) {
+      break;
+    }
+    tail_ += aligned;
+  }
+  if (geometry_.restartWindow != 0) nextRestartCheck_ = tail_ + geometry_.restartWindow;
 }
 
 Result<void> RingProducer::refreshHead() {
@@ -63,7 +86,7 @@ Result<void> RingProducer::refreshHead() {
   return {};
 }
 
-Result<Claim> RingProducer::tryClaim(std::size_t bodyBytes) {
+Result<Claim> RingProducer::claimSlow(std::size_t bodyBytes) {
   SHMBUS_ASSERT(control_ != nullptr, "producer not attached");
   if (bodyBytes > geometry_.maxRecord - kHeader) {
     return makeError(ErrorCode::TooLarge, fmt::format("record of {} bytes exceeds the ring's maximum of {} bytes",
@@ -72,7 +95,15 @@ Result<Claim> RingProducer::tryClaim(std::size_t bodyBytes) {
   const std::size_t recordBytes = alignUp(kHeader + bodyBytes, kRecordAlign);
   const std::uint64_t index = tail_ & mask_;
   const std::size_t toEnd = geometry_.capacity - index;
-  const std::size_t padBytes = recordBytes > toEnd ? toEnd : 0;
+  std::size_t padBytes = recordBytes > toEnd ? toEnd : 0;
+  if (tail_ >= nextRestartCheck_) {
+    // Restart (RingGeometry::restartWindow): at most one check per window of bytes produced.
+    nextRestartCheck_ = tail_ + geometry_.restartWindow;
+    if (padBytes == 0 && index >= geometry_.restartWindow && recordBytes <= index) {
+      if (auto r = refreshHead(); !r) return r.error();
+      if (headCache_ == tail_) padBytes = toEnd;  // empty: pad to the end, claim at offset 0
+    }
+  }
   const std::size_t total = padBytes + recordBytes;
   if (tail_ + total - headCache_ > geometry_.capacity) {
     if (auto r = refreshHead(); !r) return r.error();
@@ -138,24 +169,12 @@ bool RingProducer::extend(Claim& c, std::size_t bodyBytes) {
   return true;
 }
 
-void RingProducer::commit(Claim& c, std::size_t bodyBytes) {
-  SHMBUS_ASSERT(c.active, "commit of an inactive claim");
-  SHMBUS_ASSERT(bodyBytes <= c.bodyCapacity, "commit larger than the claim");
-  if (c.padBytes != 0) {
-    RecordHeader* pad = headerAt(data_, tail_ & mask_);
-    pad->type = kRecordPadding;
-    // release: SYNC POINT "record" (pairs with RingConsumer::tryRead's acquire load).
-    pad->length.store(static_cast<std::int32_t>(c.padBytes), std::memory_order_release);
-  }
-  RecordHeader* h = headerAt(data_, c.pos & mask_);
-  h->type = kRecordData;
-  // release: SYNC POINT "record": the body and type written above become visible to a consumer
-  // that reads this length with acquire.
-  h->length.store(static_cast<std::int32_t>(kHeader + bodyBytes), std::memory_order_release);
-  tail_ = c.pos + alignUp(kHeader + bodyBytes, kRecordAlign);
-  // relaxed: informational only (fill level); nobody derives record visibility from it.
-  control_->tail.store(tail_, std::memory_order_relaxed);
-  c.active = false;
+void RingProducer::commitPadding(const Claim& c) noexcept {
+  RecordHeader* pad = headerAt(data_, tail_ & mask_);
+  pad->type = kRecordPadding;
+  // release: SYNC POINT "record" (pairs with RingConsumer::tryRead's acquire load). Only the
+  // header is written: the padding's body is free space and stays zero.
+  pad->length.store(static_cast<std::int32_t>(c.padBytes), std::memory_order_release);
 }
 
 void RingProducer::abort(Claim& c, std::size_t touchedBytes) {
@@ -165,8 +184,6 @@ void RingProducer::abort(Claim& c, std::size_t touchedBytes) {
   // the invariant "free space is zero" over what was written is all an abort needs.
   std::memset(c.body, 0, std::min(touchedBytes, c.bodyCapacity));
 }
-
-void RingProducer::notifyConsumer() noexcept { notify(control_->dataReady, notifyEventFd_); }
 
 // ---------------------------------------------------------------------------------------------
 // Consumer
@@ -178,67 +195,94 @@ RingConsumer::RingConsumer(RingControl* control, std::uint8_t* data, RingGeometr
   head_ = readPos_ = control_->head.load(std::memory_order_relaxed) & ~std::uint64_t{kRecordAlign - 1};
 }
 
-bool RingConsumer::hasData() const noexcept {
-  if (readPos_ - head_ >= geometry_.capacity) return false;  // everything held: no room for news
-  const RecordHeader* h = headerAt(data_, readPos_ & mask_);
-  // acquire: SYNC POINT "record".
-  return h->length.load(std::memory_order_acquire) != 0;
+Result<std::optional<RecordView>> RingConsumer::step(std::int32_t length) {
+  const std::uint64_t index = readPos_ & mask_;
+  const RecordHeader* h = headerAt(data_, index);
+  const std::uint32_t type = h->type;
+  const std::size_t toEnd = geometry_.capacity - index;
+  if (type == kRecordPadding) {
+    if (length < 0 || static_cast<std::size_t>(length) != toEnd) {
+      return makeError(ErrorCode::Corrupt, fmt::format("padding record of {} bytes at offset {} must run to the "
+                                                       "end of the ring ({} bytes)", length, index, toEnd));
+    }
+    padPos_ = readPos_;
+    readPos_ += toEnd;
+    return std::optional<RecordView>{};
+  }
+  if (type != kRecordData) {
+    return makeError(ErrorCode::Corrupt, fmt::format("record type {} at offset {} is unknown", type, index));
+  }
+  const std::size_t aligned = alignUp(static_cast<std::uint32_t>(length), kRecordAlign);
+  if (length < static_cast<std::int32_t>(kHeader) || static_cast<std::size_t>(length) > geometry_.maxRecord ||
+      aligned > toEnd) {
+    return makeError(ErrorCode::Corrupt,
+                     fmt::format("record length {} at offset {} is out of bounds (max {}, {} bytes to the end)",
+                                 length, index, geometry_.maxRecord, toEnd));
+  }
+  RecordView v;
+  v.pos = readPos_;
+  v.end = readPos_ + aligned;
+  v.body = data_ + index + kHeader;
+  v.bodyBytes = static_cast<std::size_t>(length) - kHeader;
+  readPos_ = v.end;
+  if (v.bodyBytes == 0) return std::optional<RecordView>{};  // an aborted claim: nothing to deliver
+  return std::optional<RecordView>{v};
 }
 
-Result<std::optional<RecordView>> RingConsumer::tryRead() {
+Result<std::optional<RecordView>> RingConsumer::readSlow() {
   for (;;) {
     if (readPos_ - head_ >= geometry_.capacity) return std::optional<RecordView>{};
-    const std::uint64_t index = readPos_ & mask_;
-    RecordHeader* h = headerAt(data_, index);
-    // acquire: SYNC POINT "record" pairs with RingProducer::commit's release store; the body
-    // and type written before it are visible now. Read once: the producer may be hostile.
-    const std::int32_t length = h->length.load(std::memory_order_acquire);
+    // acquire: SYNC POINT "record" pairs with RingProducer::commit's / commitPadding's release
+    // store. Read once: the producer may be hostile.
+    const std::int32_t length = headerAt(data_, readPos_ & mask_)->length.load(std::memory_order_acquire);
     if (length == 0) return std::optional<RecordView>{};
-    const std::uint32_t type = h->type;
-    const std::size_t toEnd = geometry_.capacity - index;
-    if (type == kRecordPadding) {
-      if (static_cast<std::size_t>(length) != toEnd || length < 0) {
-        return makeError(ErrorCode::Corrupt, fmt::format("padding record of {} bytes at offset {} must run to the "
-                                                         "end of the ring ({} bytes)", length, index, toEnd));
-      }
-      readPos_ += toEnd;
-      continue;
-    }
-    if (type != kRecordData) {
-      return makeError(ErrorCode::Corrupt, fmt::format("record type {} at offset {} is unknown", type, index));
-    }
-    const std::size_t aligned = alignUp(static_cast<std::size_t>(length), kRecordAlign);
-    if (length < static_cast<std::int32_t>(kHeader) || static_cast<std::size_t>(length) > geometry_.maxRecord ||
-        aligned > toEnd) {
-      return makeError(ErrorCode::Corrupt,
-                       fmt::format("record length {} at offset {} is out of bounds (max {}, {} bytes to the end)",
-                                   length, index, geometry_.maxRecord, toEnd));
-    }
-    RecordView v;
-    v.pos = readPos_;
-    v.end = readPos_ + aligned;
-    v.body = data_ + index + kHeader;
-    v.bodyBytes = static_cast<std::size_t>(length) - kHeader;
-    readPos_ = v.end;
-    if (v.bodyBytes == 0) continue;  // an aborted claim: nothing to deliver
-    return std::optional<RecordView>{v};
+    auto r = step(length);
+    if (!r || r->has_value()) return r;
   }
 }
 
-void RingConsumer::releaseTo(std::uint64_t pos) noexcept {
-  if (pos <= head_ || pos > readPos_) return;
-  // Zero [head_, pos) so the producer finds free space zeroed (its records' lengths read 0 until
-  // committed). The range may wrap once.
-  const std::uint64_t from = head_ & mask_;
-  const std::uint64_t n = pos - head_;
-  const std::uint64_t first = std::min<std::uint64_t>(n, geometry_.capacity - from);
-  std::memset(data_ + from, 0, first);
+Result<std::optional<RecordView>> RingConsumer::tryReadPublished() {
+  for (;;) {
+    if (readPos_ >= tailCache_) {
+      // acquire: SYNC POINT "tail" pairs with RingProducer::notifyConsumer's release store: every
+      // record below it is committed and its bytes are visible.
+      const std::uint64_t t = control_->tail.load(std::memory_order_acquire);
+      if (t <= readPos_) return std::optional<RecordView>{};
+      if (t - head_ > geometry_.capacity) {
+        return makeError(ErrorCode::Corrupt, fmt::format("published tail {} is impossible (head {}, capacity {})", t,
+                                                         head_, geometry_.capacity));
+      }
+      tailCache_ = t;
+    }
+    if (readPos_ - head_ >= geometry_.capacity) return std::optional<RecordView>{};
+    // acquire: SYNC POINT "record" (as in readSlow; below the published tail it is committed).
+    const std::int32_t length = headerAt(data_, readPos_ & mask_)->length.load(std::memory_order_acquire);
+    if (length == 0) {
+      return makeError(ErrorCode::Corrupt, fmt::format("no record at offset {} below the published tail {}",
+                                                       readPos_ & mask_, tailCache_));
+    }
+    auto r = step(length);
+    if (!r || r->has_value()) return r;
+  }
+}
+
+void RingConsumer::zero(std::uint64_t from, std::uint64_t to) noexcept {
+  const std::uint64_t index = from & mask_;
+  const std::uint64_t n = to - from;
+  const std::uint64_t first = std::min<std::uint64_t>(n, geometry_.capacity - index);
+  std::memset(data_ + index, 0, first);
   if (n > first) std::memset(data_, 0, n - first);
-  head_ = pos;
-  // release: SYNC POINT "head" pairs with RingProducer::refreshHead's acquire load: the zeroes
-  // above are visible before the producer may reuse the space.
-  control_->head.store(pos, std::memory_order_release);
-  notify(control_->spaceReady);
+}
+
+void RingConsumer::zeroSlow(std::uint64_t pos) noexcept {
+  // A padding record in the range keeps its body: the producer wrote only its header, so the rest
+  // is still zero (a restart pads most of the ring; zeroing it would cost a sweep of the buffer).
+  if (padPos_ >= head_ && padPos_ < pos) {
+    zero(head_, padPos_ + kHeader);
+    zero(padPos_ + (geometry_.capacity - (padPos_ & mask_)), pos);
+  } else {
+    zero(head_, pos);
+  }
 }
 
 }  // namespace shmbus::detail

@@ -29,6 +29,11 @@
 namespace shmbus::detail {
 
 inline constexpr std::size_t kCacheLine = 64;
+/// Spacing of the control block's words: two cache lines, because x86 cores prefetch lines in
+/// adjacent pairs (Intel's spatial prefetcher; AMD's L2 "adjacent line" prefetch), so two words
+/// written by different cores 64 bytes apart still trade their lines (folly's
+/// hardware_destructive_interference_size and crossbeam's CachePadded use 128 for this reason).
+inline constexpr std::size_t kFalseSharingRange = 128;
 inline constexpr std::size_t kRecordAlign = 8;
 
 /// Record types (the `Type` word). Anything else is corruption.
@@ -45,25 +50,26 @@ struct RecordHeader {
 static_assert(sizeof(RecordHeader) == 8);
 static_assert(std::atomic<std::int32_t>::is_always_lock_free);
 
-/// Per-ring control block, in shared memory. Each index on its own cache line so the producer's
-/// and consumer's writes never share a line (false sharing); each wait word on its own line.
+/// Per-ring control block, in shared memory. Each index on its own pair of cache lines so the
+/// producer's and consumer's writes never share a line or an adjacent-line prefetch pair (false
+/// sharing); each wait word likewise.
 struct RingControl {
   /// Consumer position in bytes (monotonic, never wraps in practice: 2^64 bytes). Written only
   /// by the consumer, after it zeroed everything before it; read by the producer.
-  alignas(kCacheLine) std::atomic<std::uint64_t> head;
+  alignas(kFalseSharingRange) std::atomic<std::uint64_t> head;
   /// Producer position in bytes, published after each commit batch. Informational (fill level for
   /// stats and the inspector); the consumer does not trust or need it to find records.
-  alignas(kCacheLine) std::atomic<std::uint64_t> tail;
+  alignas(kFalseSharingRange) std::atomic<std::uint64_t> tail;
   /// The consumer parks here waiting for data; the producer notifies after committing.
-  alignas(kCacheLine) WaitWord dataReady;
+  alignas(kFalseSharingRange) WaitWord dataReady;
   /// The producer parks here waiting for space; the consumer notifies after publishing head.
-  alignas(kCacheLine) WaitWord spaceReady;
+  alignas(kFalseSharingRange) WaitWord spaceReady;
 };
-static_assert(sizeof(RingControl) == 4 * kCacheLine);
+static_assert(sizeof(RingControl) == 4 * kFalseSharingRange);
 static_assert(offsetof(RingControl, head) == 0);
-static_assert(offsetof(RingControl, tail) == kCacheLine);
-static_assert(offsetof(RingControl, dataReady) == 2 * kCacheLine);
-static_assert(offsetof(RingControl, spaceReady) == 3 * kCacheLine);
+static_assert(offsetof(RingControl, tail) == kFalseSharingRange);
+static_assert(offsetof(RingControl, dataReady) == 2 * kFalseSharingRange);
+static_assert(offsetof(RingControl, spaceReady) == 3 * kFalseSharingRange);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 
 /// Bytes a ring with `capacity` data bytes occupies: control block + data, cache-line aligned.

@@ -942,18 +942,24 @@ struct Supervisor::Impl final : CallOwner {
       }
     }
     std::vector<RingControl*> armed;
+    std::vector<WaitWord*> words;
     for (auto& [id, c] : conns) {
       if (c->state != Conn::State::Live) continue;
-      // SYNC POINT W (wait.hpp): seq_cst RMW pairs with notify()'s fence in the window.
+      // SYNC POINT W (wait.hpp): seq_cst RMW pairs with notify() in the window.
       c->outbox.control()->dataReady.waiters.fetch_add(1, std::memory_order_seq_cst);
       armed.push_back(c->outbox.control());
+      words.push_back(&c->outbox.control()->dataReady);
     }
+    // SYNC POINT W, the waiter's half for every armed outbox at once (one membarrier call).
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    const bool newMark = waiterBarrier(words.data(), words.size());
     const bool ready = anyData();
     int timeoutMs = -1;
     if (deadline != kNoDeadline) {
       const std::int64_t left = deadline - monotonicNowNs();
       timeoutMs = left <= 0 ? 0 : static_cast<int>(std::min<std::int64_t>((left + 999'999) / 1'000'000, 1 << 30));
     }
+    if (newMark && (timeoutMs < 0 || timeoutMs > 1)) timeoutMs = 1;  // see waiterBarrier()
     epoll_event evs[32];
     int n = 0;
     if (!ready && !stopping.load(std::memory_order_acquire)) {

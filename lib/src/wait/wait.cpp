@@ -1,6 +1,8 @@
 #include "wait/wait.hpp"
 
 #include <linux/futex.h>
+#include <linux/membarrier.h>
+#include <pthread.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -9,6 +11,51 @@
 #include <ctime>
 
 namespace shmbus::detail {
+
+namespace {
+long membarrier(int cmd) noexcept { return syscall(SYS_membarrier, cmd, 0u, 0); }
+
+bool gHeavyAvailable = false;
+
+/// Queries membarrier(2) and registers this process for GLOBAL_EXPEDITED. Idempotent.
+bool registerAsymmetric() noexcept {
+  const long cmds = membarrier(MEMBARRIER_CMD_QUERY);
+  gHeavyAvailable = cmds > 0 && (cmds & MEMBARRIER_CMD_GLOBAL_EXPEDITED) != 0;
+  return cmds > 0 && (cmds & MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) != 0 &&
+         membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) == 0;
+}
+
+bool initAsymmetric() noexcept {
+  // A fork child gets a fresh registration (exec starts over through this initializer anyway).
+  pthread_atfork(nullptr, nullptr, [] { wait_state::gLightNotify = registerAsymmetric(); });
+  return registerAsymmetric();
+}
+}  // namespace
+
+namespace wait_state {
+bool gLightNotify = initAsymmetric();
+}  // namespace wait_state
+
+bool lightNotifyEnabled() noexcept { return wait_state::gLightNotify; }
+bool heavyBarrierAvailable() noexcept { return gHeavyAvailable; }
+
+bool waiterBarrier(WaitWord& word) noexcept {
+  WaitWord* w = &word;
+  return waiterBarrier(&w, 1);
+}
+
+bool waiterBarrier(WaitWord* const* words, std::size_t n) noexcept {
+  if (gHeavyAvailable && membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0) return false;
+  bool newMark = false;
+  for (std::size_t i = 0; i < n; ++i) {
+    // relaxed load / seq_cst store: set once; every notifier fences from its next notify on.
+    if (words[i]->fenceNeeded.load(std::memory_order_relaxed) == 0) {
+      words[i]->fenceNeeded.store(1, std::memory_order_seq_cst);
+      newMark = true;
+    }
+  }
+  return newMark;
+}
 
 std::int64_t monotonicNowNs() noexcept {
   timespec ts{};
@@ -36,11 +83,7 @@ int futexWake(std::atomic<std::uint32_t>* word, int count) noexcept {
   return r >= 0 ? static_cast<int>(r) : -errno;
 }
 
-void notify(WaitWord& word, int eventFd) noexcept {
-  // SYNC POINT W: pairs with the waiter's seq_cst fetch_add on `waiters` (see wait.hpp).
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  // relaxed: ordered by the fence above.
-  if (word.waiters.load(std::memory_order_relaxed) == 0) return;
+void wakeWaiters(WaitWord& word, int eventFd) noexcept {
   // SYNC POINT seq: release pairs with the waiter's acquire load of seq.
   word.seq.fetch_add(1, std::memory_order_release);
   if (eventFd >= 0) {

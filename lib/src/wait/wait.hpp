@@ -6,14 +6,16 @@
 //   waiter                                   notifier
 //   ------                                   --------
 //   s = seq.load(acquire)                    publish(data)            (release store)
-//   waiters.fetch_add(1, seq_cst)   [W]      fence(seq_cst)           [W]
-//   if ready(): done                         if waiters.load(): seq.fetch_add(1); futex_wake(seq)
+//   waiters.fetch_add(1, seq_cst)   [W]      barrier                  [W]
+//   membarrier(GLOBAL_EXPEDITED)    [W]      if waiters.load(): seq.fetch_add(1); futex_wake(seq)
+//   if ready(): done
 //   futex_wait(seq, s, timeout)
 //
-// The seq_cst fetch_add and the seq_cst fence form a store-buffer (Dekker) pair: either the waiter's
-// re-check sees the published data, or the notifier sees `waiters != 0` and bumps `seq` after the
-// waiter read `s`, so FUTEX_WAIT returns at once (EAGAIN) or is woken. No wake-up is lost, and a
-// notifier with no waiter issues no syscall at all.
+// The two [W] sides form a store-buffer (Dekker) pair: either the waiter's re-check sees the
+// published data, or the notifier sees `waiters != 0` and bumps `seq` after the waiter read `s`,
+// so FUTEX_WAIT returns at once (EAGAIN) or is woken. No wake-up is lost, and a notifier with no
+// waiter issues no syscall at all. The notifier's barrier is a full fence, or only a compiler
+// barrier when the waiter's membarrier() makes up for it (asymmetric barriers, below).
 //
 // The futex is the shared (non-PRIVATE) variant, so it works between processes that map the same
 // segment at different addresses (the kernel keys it on the page's inode and offset).
@@ -21,17 +23,22 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 
 namespace shmbus::detail {
 
-/// A futex word and its waiter count, laid out for shared memory. Plain data: both fields start
+/// A futex word and its waiter count, laid out for shared memory. Plain data: every field starts
 /// at zero in a freshly zeroed segment; no constructor runs in shared memory.
 struct WaitWord {
   std::atomic<std::uint32_t> seq;      ///< futex word; bumped by every notify that finds a waiter
   std::atomic<std::uint32_t> waiters;  ///< number of threads between [W] and the end of their park
+  /// Set (never cleared) by a waiter process that cannot issue asymmetric barriers (membarrier
+  /// unavailable, e.g. filtered by seccomp): notifiers of this word then use a full fence.
+  std::atomic<std::uint32_t> fenceNeeded;
+  std::uint32_t reserved;
 };
-static_assert(sizeof(WaitWord) == 8);
+static_assert(sizeof(WaitWord) == 16);
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 
 /// CLOCK_MONOTONIC now, in ns. About 20-40 ns (vDSO).
@@ -39,6 +46,32 @@ std::int64_t monotonicNowNs() noexcept;
 
 /// Deadline value meaning "wait forever".
 inline constexpr std::int64_t kNoDeadline = INT64_MAX;
+
+/// Asymmetric barriers (the "fast side / slow side" pattern of membarrier(2); folly's
+/// asymmetricLightBarrier/asymmetricHeavyBarrier): notify() runs on every publish and needs only
+/// a compiler barrier when this process is registered for MEMBARRIER_CMD_GLOBAL_EXPEDITED; a waiter
+/// about to park (rare) issues membarrier(GLOBAL_EXPEDITED), which makes every running thread of
+/// every registered process pass a full barrier. A locked instruction per publish would drain the
+/// store buffer while the record's cache lines are still in flight to the other core
+/// (bench/ring_bench: about +80 ns per spinning round trip).
+/// True when this process is registered (decided once, at load and again in a fork child).
+bool lightNotifyEnabled() noexcept;
+/// True when this process can issue MEMBARRIER_CMD_GLOBAL_EXPEDITED.
+bool heavyBarrierAvailable() noexcept;
+namespace wait_state {
+/// lightNotifyEnabled(), cached for the inline notify(); written only at load and in a fork child.
+extern bool gLightNotify;
+}  // namespace wait_state
+
+/// The waiter's half of the asymmetric pair, after it announced itself in `waiters` and before it
+/// re-checks its predicate: membarrier(GLOBAL_EXPEDITED) when available; otherwise marks `word`
+/// fenceNeeded so its notifiers fence. Returns true when that mark was new: a notifier may have
+/// skipped its fence just before, so the caller parks for at most kFirstMarkParkNs this time.
+bool waiterBarrier(WaitWord& word) noexcept;
+/// The same for several words at once (one system call): the supervisor's epoll wait.
+bool waiterBarrier(WaitWord* const* words, std::size_t n) noexcept;
+/// Bound on the one park that follows a new fenceNeeded mark (see waiterBarrier), ns.
+inline constexpr std::int64_t kFirstMarkParkNs = 1'000'000;
 
 /// One architectural pause (x86 `pause`), for spin loops.
 inline void cpuRelax() noexcept {
@@ -76,12 +109,20 @@ WaitStatus spinThenPark(WaitWord& word, Ready&& ready, const SpinPolicy& policy,
                         std::int64_t deadlineNs) {
   if (ready()) return WaitStatus::Ready;
   if (policy.spin.count() > 0) {
-    const std::int64_t spinEnd = monotonicNowNs() + policy.spin.count();
+    // Reading the clock costs ~30 pause-free iterations: read it first after 16 iterations (a
+    // partner that answers within them never pays for it), then every 16.
+    std::int64_t spinEnd = 0;
     for (unsigned i = 1;; ++i) {
       cpuRelax();
       if (ready()) return WaitStatus::Ready;
-      // Reading the clock costs ~30 pause-free iterations; check it every 16 iterations.
-      if ((i & 15u) == 0 && monotonicNowNs() >= spinEnd) break;
+      if ((i & 15u) == 0) {
+        const std::int64_t now = monotonicNowNs();
+        if (spinEnd == 0) {
+          spinEnd = now + policy.spin.count();
+        } else if (now >= spinEnd) {
+          break;
+        }
+      }
     }
   }
   for (;;) {
@@ -91,9 +132,11 @@ WaitStatus spinThenPark(WaitWord& word, Ready&& ready, const SpinPolicy& policy,
     // SYNC POINT W: seq_cst RMW pairs with notify()'s seq_cst fence (store-buffer pattern).
     word.waiters.fetch_add(1, std::memory_order_seq_cst);
     // The predicate's loads are acquire, not seq_cst: this fence makes the store-buffer pairing
-    // with notify()'s fence hold by the C++ model itself, not only on x86-64 / ARMv8 (the
+    // with a fencing notify() hold by the C++ model itself, not only on x86-64 / ARMv8 (the
     // RMW above already is a full barrier there, so it costs nothing on the slow path that parks).
     std::atomic_thread_fence(std::memory_order_seq_cst);
+    // SYNC POINT W, asymmetric half: pairs with notify()'s compiler-only barrier.
+    const bool newMark = waiterBarrier(word);
     if (ready()) {
       // relaxed: the count is only a hint for notifiers; a stale non-zero costs one spare wake.
       word.waiters.fetch_sub(1, std::memory_order_relaxed);
@@ -107,17 +150,35 @@ WaitStatus spinThenPark(WaitWord& word, Ready&& ready, const SpinPolicy& policy,
         return ready() ? WaitStatus::Ready : WaitStatus::Timeout;
       }
     }
+    if (newMark && (timeout < 0 || timeout > kFirstMarkParkNs)) timeout = kFirstMarkParkNs;
     futexWait(&word.seq, s, timeout);
     word.waiters.fetch_sub(1, std::memory_order_relaxed);  // relaxed: hint, as above
     if (ready()) return WaitStatus::Ready;
   }
 }
 
+/// The slow half of notify(): bumps seq and wakes the parked waiters (FUTEX_WAKE, or an eventfd
+/// write when `eventFd >= 0`). Call only after notify()'s fence found `waiters != 0`.
+void wakeWaiters(WaitWord& word, int eventFd) noexcept;
+
 /// Producer side: after publishing data with a release store, wakes the waiters of `word` if
-/// any are parked. Costs one fence and one load when nobody waits (no syscall).
+/// any are parked. Costs one fence and one load when nobody waits (no syscall); inline.
 /// If `eventFd >= 0` the wake-up is an eventfd write instead of FUTEX_WAKE (for a consumer that
 /// waits in epoll, like the supervisor). Thread contract: any thread or process.
-void notify(WaitWord& word, int eventFd = -1) noexcept;
+inline void notify(WaitWord& word, int eventFd = -1) noexcept {
+  // SYNC POINT W (store-buffer pair with the waiter's announce-then-recheck): the data store
+  // before this call must not pass the load of `waiters` below.
+  // relaxed: fenceNeeded is set once, by a waiter, before that waiter's first park.
+  if (wait_state::gLightNotify && word.fenceNeeded.load(std::memory_order_relaxed) == 0) [[likely]] {
+    // Compiler barrier only: the waiter's membarrier(GLOBAL_EXPEDITED) supplies the hardware
+    // barrier on this thread when it matters (asymmetric Dekker; see lightNotifyEnabled()).
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  } else {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+  }
+  // relaxed: ordered by the barrier above.
+  if (word.waiters.load(std::memory_order_relaxed) != 0) [[unlikely]] wakeWaiters(word, eventFd);
+}
 
 /// Unconditional wake of every waiter on `word` (shutdown, peer death): bumps seq and wakes all.
 void wakeAll(WaitWord& word) noexcept;
