@@ -241,7 +241,7 @@ Result<std::optional<RecordView>> RingConsumer::readSlow() {
   }
 }
 
-Result<std::optional<RecordView>> RingConsumer::tryReadPublished() {
+Result<std::optional<RecordView>> RingConsumer::readPublishedSlow() {
   for (;;) {
     if (readPos_ >= tailCache_) {
       // acquire: SYNC POINT "tail" pairs with RingProducer::notifyConsumer's release store: every

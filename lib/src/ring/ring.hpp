@@ -206,6 +206,11 @@ class RingConsumer {
  private:
   /// tryRead's rare cases: padding, an aborted record, a record that fails validation.
   Result<std::optional<RecordView>> readSlow();
+  /// tryReadPublished's rare cases: a new published tail, padding, validation failures.
+  Result<std::optional<RecordView>> readPublishedSlow();
+  /// The common case of both reads: a non-empty data record of `length` bytes at readPos_,
+  /// within the bounds, returned and stepped over. Returns false (nothing changed) otherwise.
+  bool takeData(std::int32_t length, std::optional<RecordView>& out) noexcept;
   /// Validates the record header at readPos_ (`length` != 0 was read with acquire) and advances
   /// past it; nullopt for padding or an aborted record (the caller reads on).
   Result<std::optional<RecordView>> step(std::int32_t length);
@@ -298,26 +303,43 @@ inline bool RingConsumer::hasPublished() const noexcept {
   return control_->tail.load(std::memory_order_acquire) > readPos_;
 }
 
-inline Result<std::optional<RecordView>> RingConsumer::tryRead() {
+inline bool RingConsumer::takeData(std::int32_t length, std::optional<RecordView>& out) noexcept {
   const std::uint64_t index = readPos_ & mask_;
+  const auto* h = reinterpret_cast<const RecordHeader*>(data_ + index);
+  const std::size_t aligned = alignUp(static_cast<std::uint32_t>(length), kRecordAlign);
+  // A non-empty data record inside the bounds (everything else goes the slow way).
+  if (h->type == kRecordData && length > static_cast<std::int32_t>(kRecordHeaderBytes) &&
+      static_cast<std::size_t>(length) <= geometry_.maxRecord && aligned <= geometry_.capacity - index) [[likely]] {
+    const std::uint64_t pos = readPos_;
+    readPos_ = pos + aligned;
+    out.emplace(RecordView{data_ + index + kRecordHeaderBytes, static_cast<std::size_t>(length) - kRecordHeaderBytes,
+                           pos, pos + aligned});
+    return true;
+  }
+  return false;
+}
+
+inline Result<std::optional<RecordView>> RingConsumer::tryRead() {
   if (readPos_ - head_ < geometry_.capacity) [[likely]] {
-    const auto* h = reinterpret_cast<const RecordHeader*>(data_ + index);
+    const auto* h = reinterpret_cast<const RecordHeader*>(data_ + (readPos_ & mask_));
     // acquire: SYNC POINT "record" pairs with RingProducer::commit's release store; the body
     // and type written before it are visible now. Read once: the producer may be hostile.
     const std::int32_t length = h->length.load(std::memory_order_acquire);
-    if (length == 0) return std::optional<RecordView>{};
-    const std::size_t aligned = alignUp(static_cast<std::uint32_t>(length), kRecordAlign);
-    // The common case: a non-empty data record inside the bounds (everything else: readSlow).
-    if (h->type == kRecordData && length > static_cast<std::int32_t>(kRecordHeaderBytes) &&
-        static_cast<std::size_t>(length) <= geometry_.maxRecord && aligned <= geometry_.capacity - index) [[likely]] {
-      const std::uint64_t pos = readPos_;
-      readPos_ = pos + aligned;
-      return Result<std::optional<RecordView>>(
-          std::in_place, RecordView{data_ + index + kRecordHeaderBytes,
-                                    static_cast<std::size_t>(length) - kRecordHeaderBytes, pos, pos + aligned});
-    }
+    Result<std::optional<RecordView>> r(std::in_place);
+    if (length == 0 || takeData(length, *r)) [[likely]] return r;
   }
   return readSlow();
+}
+
+inline Result<std::optional<RecordView>> RingConsumer::tryReadPublished() {
+  if (readPos_ < tailCache_ && readPos_ - head_ < geometry_.capacity) [[likely]] {
+    const auto* h = reinterpret_cast<const RecordHeader*>(data_ + (readPos_ & mask_));
+    // acquire: SYNC POINT "record" (below the published tail it is committed; read once).
+    const std::int32_t length = h->length.load(std::memory_order_acquire);
+    Result<std::optional<RecordView>> r(std::in_place);
+    if (length != 0 && takeData(length, *r)) [[likely]] return r;
+  }
+  return readPublishedSlow();
 }
 
 template <typename Stop>
