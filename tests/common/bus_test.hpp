@@ -234,6 +234,12 @@ class Mailbox {
 /// A supervisor on a fresh bus name with its dispatch thread running (start it after forking
 /// children that must not inherit a running thread, or at once), plus the "ready" mailbox.
 /// On destruction it stops the supervisor and checks that no segment name is left behind.
+///
+/// Fork children before the dispatch thread runs: a child forked while another thread of this
+/// process holds an allocator lock can hang (so it is with ASan's allocator). Construct with
+/// dispatch = false, fork every child (GatedChild and ServedWindow::deferred for the ones that
+/// must connect after others), then call tb->startDispatchThread(). A window's connect waits in
+/// the listen backlog until the supervisor dispatches.
 struct TestBus {
   explicit TestBus(std::string_view tag, SupervisorOptions options = {}, bool dispatch = true) {
     options.bus = uniqueBus(tag);
@@ -276,23 +282,53 @@ inline Handler replyWith(std::string answer) {
   return textHandler([answer = std::move(answer)](const std::string&, const CallContext&) { return answer; });
 }
 
+/// A child forked now whose body waits for the parent's go() before it runs: lets a test fork
+/// every child before the dispatch thread starts (see TestBus) while a window still connects only
+/// after others did. The body may take the text go() sends (e.g. an id known only later). A
+/// child never released is killed on destruction.
+class GatedChild {
+ public:
+  explicit GatedChild(const std::function<void(const std::string&)>& body)
+      : child_(Child::fork([&] { body(gate_.hearParent(120s)); })) {}
+  explicit GatedChild(const std::function<void()>& body)
+      : GatedChild(std::function<void(const std::string&)>([&](const std::string&) { body(); })) {}
+  GatedChild(const GatedChild&) = delete;
+  GatedChild& operator=(const GatedChild&) = delete;
+
+  /// Lets the body run, with `word` as its argument.
+  void go(std::string_view word = "go") const { gate_.tellChild(word); }
+  int join(std::chrono::milliseconds timeout) { return child_.join(timeout); }
+  pid_t pid() const noexcept { return child_.pid(); }
+
+ private:
+  Link gate_;  // before child_: the child uses it
+  Child child_;
+};
+
 /// A window in a forked child that serves: `setup` registers its handlers and listeners (it keeps
 /// the Registrations in the vector it gets; its lambdas may capture the Window by reference),
 /// then the child announces "ready" and dispatches until finish(). The constructor returns once
 /// the supervisor heard "ready", so the handlers are known to it (see the file comment).
+/// ServedWindow(ServedWindow::deferred, ...) forks the child but lets it connect only at start(),
+/// which then returns once the supervisor heard "ready" (for forking before the dispatch thread
+/// runs, see TestBus).
 class ServedWindow {
  public:
   using Setup = std::function<void(Window&, std::vector<Registration>&)>;
+  struct Deferred {};
+  static constexpr Deferred deferred{};
 
-  ServedWindow(TestBus& tb, const std::string& role, const Setup& setup, WindowOptions options = {}) {
-    child_ = Child::fork([&] {
-      auto w = connectWindow(tb.bus, role, options);
-      std::vector<Registration> regs;
-      if (setup) setup(*w, regs);
-      announceReady(*w);
-      link_.hearParent(120s);
-    });
+  ServedWindow(TestBus& tb, const std::string& role, const Setup& setup, WindowOptions options = {})
+      : ServedWindow(deferred, tb, role, setup, std::move(options), false) {
     id_ = tb.awaitReady(role);
+  }
+  ServedWindow(Deferred, TestBus& tb, const std::string& role, const Setup& setup, WindowOptions options = {})
+      : ServedWindow(deferred, tb, role, setup, std::move(options), true) {}
+
+  /// Lets a deferred window connect; returns once the supervisor heard its "ready".
+  void start() {
+    link_.tellChild("go");
+    id_ = tb_.awaitReady(role_);
   }
 
   std::uint32_t id() const noexcept { return id_; }
@@ -306,6 +342,21 @@ class ServedWindow {
   }
 
  private:
+  ServedWindow(Deferred, TestBus& tb, const std::string& role, const Setup& setup, WindowOptions options,
+               bool gated)
+      : tb_(tb), role_(role) {
+    child_ = Child::fork([&] {
+      if (gated && link_.hearParent(120s) != "go") return;  // finished before start()
+      auto w = connectWindow(tb.bus, role, options);
+      std::vector<Registration> regs;
+      if (setup) setup(*w, regs);
+      announceReady(*w);
+      link_.hearParent(120s);
+    });
+  }
+
+  TestBus& tb_;
+  std::string role_;
   Link link_;
   Child child_;
   std::uint32_t id_ = 0;

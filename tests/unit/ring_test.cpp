@@ -564,17 +564,35 @@ TEST_CASE("restartWindow: a producer that finds the ring empty past the window r
   CHECK(f.ring.allZero());  // the padding's header was zeroed; its body was never written
 }
 
-TEST_CASE("restartWindow: no restart while the consumer still holds records") {
+TEST_CASE("restartWindow: no restart while the unreleased records would not fit before the offset") {
   RingFixture f({4096, 1024, 512});
   for (int i = 0; i < 5; ++i) f.put(100);
   auto held = f.drain();
-  REQUIRE(held.size() == 5);
-  f.consumer.releaseTo(held[3].end);  // one record still held: not empty
+  REQUIRE(held.size() == 5);  // 560 bytes held at offset 560: 560 + 112 > 560
   auto c = f.producer.tryClaim(100);
   REQUIRE(c.ok());
   CHECK(c->padBytes == 0);
   CHECK(c->pos == f.producer.tail());
   f.producer.abort(*c, 0);
+}
+
+TEST_CASE("restartWindow: a restart with one record still held keeps that record readable") {
+  RingFixture f({4096, 1024, 512});
+  for (int i = 0; i < 5; ++i) f.put(100, static_cast<std::uint8_t>(i));
+  auto first = f.drain();
+  REQUIRE(first.size() == 5);
+  f.consumer.releaseTo(first[3].end);  // the last record (fill 4) is still held
+  auto c = f.producer.tryClaim(100);
+  REQUIRE(c.ok());
+  CHECK((c->pos & f.mask()) == 0);  // restarted: 112 held + 112 new fit before offset 560
+  std::memset(c->body, 9, 100);
+  f.producer.commit(*c, 100);
+  CHECK(first[4].body[0] == 4);  // the held record is untouched
+  auto next = f.drain();
+  REQUIRE(next.size() == 1);
+  CHECK(next[0].body[0] == 9);
+  f.consumer.releaseAll();
+  CHECK(f.ring.allZero());
 }
 
 TEST_CASE("restartWindow: a bad window is rejected") {

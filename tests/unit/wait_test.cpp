@@ -169,3 +169,41 @@ TEST_CASE("notify is a compiler barrier when membarrier is registered, and a wai
     CHECK_FALSE(waiterBarrier(w));  // marked once
   }
 }
+
+TEST_CASE("two threads hand off 20000 times through parked waits, with asymmetric barriers and without") {
+  // Each side parks at once (no spin) on every wait, so every handoff goes through the
+  // announce / barrier / re-check protocol; a lost wake-up would stall until the 10 s deadline.
+  for (const bool asymmetric : {true, false}) {
+    CAPTURE(asymmetric);
+    useAsymmetricBarriers(asymmetric);
+    WaitWord ping{}, pong{};
+    std::atomic<std::uint64_t> pings{0}, pongs{0};
+    constexpr std::uint64_t kRounds = 20000;
+    const std::int64_t deadline = deadlineIn(20s);
+    std::atomic<bool> stalled{false};
+    std::thread echo([&] {
+      for (std::uint64_t i = 1; i <= kRounds; ++i) {
+        if (spinThenPark(ping, [&] { return pings.load(std::memory_order_acquire) >= i; }, kParkAtOnce, deadline) !=
+            WaitStatus::Ready) {
+          stalled = true;
+          return;
+        }
+        pongs.store(i, std::memory_order_release);
+        notify(pong);
+      }
+    });
+    for (std::uint64_t i = 1; i <= kRounds && !stalled; ++i) {
+      pings.store(i, std::memory_order_release);
+      notify(ping);
+      if (spinThenPark(pong, [&] { return pongs.load(std::memory_order_acquire) >= i; }, kParkAtOnce, deadline) !=
+          WaitStatus::Ready) {
+        stalled = true;
+      }
+    }
+    echo.join();
+    CHECK_FALSE(stalled.load());
+    CHECK(pongs.load() == kRounds);
+    if (!asymmetric) CHECK((ping.fenceNeeded.load() == 1 || pong.fenceNeeded.load() == 1));
+  }
+  useAsymmetricBarriers(true);
+}

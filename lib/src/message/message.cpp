@@ -24,7 +24,15 @@ RingMessageBuilder::RingMessageBuilder(RingProducer& producer, Claim& claim, std
 
 kj::ArrayPtr<capnp::word> RingMessageBuilder::allocateSegment(capnp::uint minimumSize) {
   if (count_ == kMaxSegments) {
-    throw ClaimExhausted(ErrorCode::TooLarge, fmt::format("message needs more than {} segments", kMaxSegments));
+    // Out of segment slots. When the claim already spans the maximum record no claim can do
+    // better: TooLarge. Otherwise the claim grew in small steps (extend() succeeding a little at
+    // a time while the consumer freed space) and a fresh, larger claim may hold the message:
+    // Full, so the caller waits for space and builds again.
+    if (sizeof(RecordHeader) + claim_.bodyCapacity >= producer_.geometry().maxRecord) {
+      throw ClaimExhausted(ErrorCode::TooLarge, fmt::format("message needs more than {} segments", kMaxSegments));
+    }
+    throw ClaimExhausted(ErrorCode::Full, fmt::format("message needs more than {} segments of this claim; a larger "
+                                                      "claim may hold it once the ring has more room", kMaxSegments));
   }
   std::size_t words = 0;
   const std::size_t available = (claim_.bodyCapacity - cursor_) / kWord;

@@ -9,6 +9,8 @@ namespace shmbus::detail {
 
 namespace {
 constexpr std::size_t kHeader = sizeof(RecordHeader);
+/// Unreleased bytes a restart tolerates (RingGeometry::restartWindow): about one record in flight.
+constexpr std::uint64_t kRestartSlack = 4096;
 
 RecordHeader* headerAt(std::uint8_t* data, std::uint64_t index) {
   return reinterpret_cast<RecordHeader*>(data + index);
@@ -101,7 +103,10 @@ Result<Claim> RingProducer::claimSlow(std::size_t bodyBytes) {
     nextRestartCheck_ = tail_ + geometry_.restartWindow;
     if (padBytes == 0 && index >= geometry_.restartWindow && recordBytes <= index) {
       if (auto r = refreshHead(); !r) return r.error();
-      if (headCache_ == tail_) padBytes = toEnd;  // empty: pad to the end, claim at offset 0
+      // Restart when what is still unreleased plus this record fits before the current offset
+      // (so the padding costs no space the ring would otherwise have): "nearly empty", which a
+      // request/response ring is whenever its consumer has not yet released the last request.
+      if ((tail_ - headCache_) + recordBytes <= index && tail_ - headCache_ <= kRestartSlack) padBytes = toEnd;
     }
   }
   const std::size_t total = padBytes + recordBytes;

@@ -39,7 +39,8 @@ struct RingGeometry {
   std::size_t capacity = 1u << 20;    ///< data bytes; a power of two, >= 4 KiB
   std::size_t maxRecord = 1u << 18;   ///< largest record, header included; <= capacity / 2
   /// Producer-only knob, bytes (0 = off; else a multiple of 8 in [64, capacity / 2]). When the
-  /// producer's tail is at least this far into the buffer and the ring is empty (checked at most
+  /// producer's tail is at least this far into the buffer and the ring is nearly empty (what is
+  /// unreleased, at most 4 KiB, plus the new record fits before the tail's offset; checked at most
   /// once per `restartWindow` bytes produced, one load of head), it pads to the end of the buffer
   /// and restarts at offset 0. Request/response traffic then keeps reusing the same few KiB of
   /// cache lines, hot in both cores, instead of sweeping the whole buffer (measured in

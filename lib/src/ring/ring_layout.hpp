@@ -56,15 +56,23 @@ static_assert(std::atomic<std::int32_t>::is_always_lock_free);
 struct RingControl {
   /// Consumer position in bytes (monotonic, never wraps in practice: 2^64 bytes). Written only
   /// by the consumer, after it zeroed everything before it; read by the producer.
-  alignas(kFalseSharingRange) std::atomic<std::uint64_t> head;
-  /// Producer position in bytes, published after each commit batch. Informational (fill level for
-  /// stats and the inspector); the consumer does not trust or need it to find records.
-  alignas(kFalseSharingRange) std::atomic<std::uint64_t> tail;
+  alignas(kCacheLine) std::atomic<std::uint64_t> head;
+  std::uint8_t padHead[kFalseSharingRange - sizeof(std::atomic<std::uint64_t>)];
+  /// Producer position in bytes, published (release) once per batch by notifyConsumer(). Batch
+  /// consumers read below it (tryReadPublished); latency consumers do not need it (they find
+  /// records by their committed length); it also tells the fill level.
+  std::atomic<std::uint64_t> tail;
+  std::uint8_t padTail[kFalseSharingRange - sizeof(std::atomic<std::uint64_t>)];
   /// The consumer parks here waiting for data; the producer notifies after committing.
-  alignas(kFalseSharingRange) WaitWord dataReady;
+  WaitWord dataReady;
+  std::uint8_t padData[kFalseSharingRange - sizeof(WaitWord)];
   /// The producer parks here waiting for space; the consumer notifies after publishing head.
-  alignas(kFalseSharingRange) WaitWord spaceReady;
+  WaitWord spaceReady;
+  std::uint8_t padSpace[kFalseSharingRange - sizeof(WaitWord)];
 };
+// Alignment stays one cache line (a segment places control blocks at 64-byte offsets); the
+// 128-byte spacing keeps the words on distinct adjacent-line pairs wherever the block starts.
+static_assert(alignof(RingControl) == kCacheLine);
 static_assert(sizeof(RingControl) == 4 * kFalseSharingRange);
 static_assert(offsetof(RingControl, head) == 0);
 static_assert(offsetof(RingControl, tail) == kFalseSharingRange);

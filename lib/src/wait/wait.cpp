@@ -37,6 +37,15 @@ bool gLightNotify = initAsymmetric();
 }  // namespace wait_state
 
 bool lightNotifyEnabled() noexcept { return wait_state::gLightNotify; }
+
+void useAsymmetricBarriers(bool enable) noexcept {
+  if (enable) {
+    wait_state::gLightNotify = registerAsymmetric();
+  } else {
+    wait_state::gLightNotify = false;
+    gHeavyAvailable = false;
+  }
+}
 bool heavyBarrierAvailable() noexcept { return gHeavyAvailable; }
 
 bool waiterBarrier(WaitWord& word) noexcept {

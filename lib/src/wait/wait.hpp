@@ -58,6 +58,10 @@ inline constexpr std::int64_t kNoDeadline = INT64_MAX;
 bool lightNotifyEnabled() noexcept;
 /// True when this process can issue MEMBARRIER_CMD_GLOBAL_EXPEDITED.
 bool heavyBarrierAvailable() noexcept;
+/// Tests only: `false` makes this process behave as if membarrier were unavailable (notifiers
+/// fence, waiters mark fenceNeeded); `true` restores what the kernel offers. Call while no other
+/// thread of this process notifies or waits.
+void useAsymmetricBarriers(bool enable) noexcept;
 namespace wait_state {
 /// lightNotifyEnabled(), cached for the inline notify(); written only at load and in a fork child.
 extern bool gLightNotify;

@@ -28,17 +28,17 @@ void checkWindow(const std::vector<double>& ms, const std::string& what) {
 }  // namespace
 
 TEST_CASE("a 50 ms timeout answers between 50 and 60 ms, routed and from main") {
-  TestBus tb("deadline");
+  TestBus tb("deadline", {}, /*dispatch=*/false);
   // The target's first call holds its dispatch thread until the end, so every call times out.
   Link holdB;
-  ServedWindow dashboard(tb, "dashboard", [&](Window& w, auto& regs) {
+  ServedWindow dashboard(ServedWindow::deferred, tb, "dashboard", [&](Window& w, auto& regs) {
     regs.push_back(w.handle("GetDashboardData", [&holdB, first = true](const Message&, Builder&,
                                                                       const CallContext&) mutable {
       if (std::exchange(first, false)) holdB.hearParent(60s);
     }));
   });
   Link toA;
-  Child a = Child::fork([&] {
+  GatedChild a([&] {
     auto w = connectWindow(tb.bus, "editor");
     std::string out;
     for (int i = 0; i < kRounds; ++i) {
@@ -50,6 +50,9 @@ TEST_CASE("a 50 ms timeout answers between 50 and 60 ms, routed and from main") 
     }
     toA.tellParent(out);
   });
+  tb->startDispatchThread();
+  dashboard.start();
+  a.go();
   std::vector<double> routed;
   for (const auto& w : words(toA.hearChild(30s))) routed.push_back(std::stod(w));
   CHECK(a.join(10s) == 0);

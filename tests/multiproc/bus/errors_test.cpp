@@ -51,7 +51,7 @@ struct ChartError : std::runtime_error {
 }  // namespace
 
 TEST_CASE("calls to a role or window id with no live window fail fast with NoTarget") {
-  TestBus tb("no-target");
+  TestBus tb("no-target", {}, /*dispatch=*/false);
   Link link;
   Child a = Child::fork([&] {
     auto w = connectWindow(tb.bus, "editor");
@@ -64,6 +64,7 @@ TEST_CASE("calls to a role or window id with no live window fail fast with NoTar
                              ErrorCode::NoTarget, {"GetDashboardData", "window 4242"}, true);
     link.tellParent(out);
   });
+  tb->startDispatchThread();
   const auto report = words(link.hearChild());
   CHECK(a.join(10s) == 0);
   REQUIRE(report.size() == 4);
@@ -78,10 +79,10 @@ TEST_CASE("calls to a role or window id with no live window fail fast with NoTar
 }
 
 TEST_CASE("calls to a target without a handler for the channel fail fast with NoHandler") {
-  TestBus tb("no-handler");
-  ServedWindow settings(tb, "settings", nullptr);
+  TestBus tb("no-handler", {}, /*dispatch=*/false);
+  ServedWindow settings(ServedWindow::deferred, tb, "settings", nullptr);
   Link link;
-  Child a = Child::fork([&] {
+  GatedChild a([&] {
     auto w = connectWindow(tb.bus, "editor");
     std::string out;
     out += expectError(timed([&] { return w->invokeIn("settings", "GetWindowState", {}, {.timeout = kTimeout}); }),
@@ -90,6 +91,9 @@ TEST_CASE("calls to a target without a handler for the channel fail fast with No
                              ErrorCode::NoHandler, {"GetWindowState", "main"}, true);
     link.tellParent(out);
   });
+  tb->startDispatchThread();
+  settings.start();
+  a.go();
   const auto report = words(link.hearChild());
   CHECK(a.join(10s) == 0);
   REQUIRE(report.size() == 4);
@@ -104,22 +108,26 @@ TEST_CASE("calls to a target without a handler for the channel fail fast with No
 }
 
 TEST_CASE("a target that exits before replying fails the call with TargetGone") {
-  TestBus tb("target-gone");
+  TestBus tb("target-gone", {}, /*dispatch=*/false);
   const ServedWindow::Setup exitInHandler = [](Window& w, auto& regs) {
     regs.push_back(w.handle("GetDashboardData", [](const Message&, Builder&, const CallContext&) { std::_Exit(0); }));
   };
-  ServedWindow b(tb, "dashboard", exitInHandler);
+  ServedWindow b(ServedWindow::deferred, tb, "dashboard", exitInHandler);
   Link link;
-  Child a = Child::fork([&] {
+  GatedChild a([&] {
     auto w = connectWindow(tb.bus, "editor");
     const Timed t = timed([&] { return w->invokeIn("dashboard", "GetDashboardData", {}, {.timeout = kTimeout}); });
     link.tellParent(expectError(t, ErrorCode::TargetGone, {"GetDashboardData", "dashboard"}, true));
   });
+  ServedWindow b2(ServedWindow::deferred, tb, "dashboard", exitInHandler);  // connects once b is gone
+  tb->startDispatchThread();
+  b.start();
+  a.go();
   MESSAGE("routed TargetGone after " << words(link.hearChild())[1] << " ms");
   CHECK(a.join(10s) == 0);
   CHECK(b.finish() == 0);
 
-  ServedWindow b2(tb, "dashboard", exitInHandler);
+  b2.start();
   auto r = tb->invoke("dashboard", "GetDashboardData", {}, {.timeout = kTimeout}).get();
   CHECK(r.code() == ErrorCode::TargetGone);
   CHECK(r.error().message.find("GetDashboardData") != std::string::npos);
@@ -127,18 +135,18 @@ TEST_CASE("a target that exits before replying fails the call with TargetGone") 
 }
 
 TEST_CASE("a handler that throws fails the call with HandlerError carrying the remote type, message and stack") {
-  TestBus tb("handler-error");
+  TestBus tb("handler-error", {}, /*dispatch=*/false);
   auto h = tb->handle("open-file", [](const Message&, Builder&, const CallContext&) {
     throw std::invalid_argument("no such file: /nope");
   });
-  ServedWindow editor(tb, "editor", [](Window& w, auto& regs) {
+  ServedWindow editor(ServedWindow::deferred, tb, "editor", [](Window& w, auto& regs) {
     regs.push_back(w.handle("UpdateChart", [](const Message& req, Builder&, const CallContext&) {
       throw ChartError("unknown chart id " + textOf(req));
     }));
     regs.push_back(w.handle("kj", [](const Message&, Builder&, const CallContext&) { KJ_FAIL_REQUIRE("kj says no"); }));
   });
   Link link;
-  Child a = Child::fork([&] {
+  GatedChild a([&] {
     auto w = connectWindow(tb.bus, "dashboard");
     auto r = w->invokeIn("editor", "UpdateChart", text("42")).get();
     childCheck(r.code() == ErrorCode::HandlerError, "routed: " + r.error().toString());
@@ -161,6 +169,9 @@ TEST_CASE("a handler that throws fails the call with HandlerError carrying the r
     childCheck(r.error().message.find("open-file") != std::string::npos, "message " + r.error().message);
     link.tellParent(e.remoteType + "\n" + e.remoteStack.substr(0, 600));
   });
+  tb->startDispatchThread();
+  editor.start();
+  a.go();
   MESSAGE("remote type and stack: " << link.hearChild());
   CHECK(a.join(10s) == 0);
   auto r = tb->invoke("editor", "UpdateChart", text("7")).get();
@@ -170,17 +181,17 @@ TEST_CASE("a handler that throws fails the call with HandlerError carrying the r
 }
 
 TEST_CASE("a channel policy denies sends and calls from other roles with Denied") {
-  TestBus tb("denied");
+  TestBus tb("denied", {}, /*dispatch=*/false);
   tb->setPolicy("set-title", {.callers = {"main-window"}});
   tb->setPolicy("GetWindowState", {.callers = {"main-window"}});
   auto h = tb->handle("set-title", replyWith("ok"));
   std::atomic<int> titles{0};
   auto l = tb->on("set-title", [&](const Message&, const CallContext&) { ++titles; });
-  ServedWindow settings(tb, "settings", [](Window& w, auto& regs) {
+  ServedWindow settings(ServedWindow::deferred, tb, "settings", [](Window& w, auto& regs) {
     regs.push_back(w.handle("GetWindowState", replyWith("state")));
   });
   auto caller = [&](const char* role, bool allowed) {
-    return Child::fork([&tb, role, allowed] {
+    return std::make_unique<GatedChild>([&tb, role, allowed] {
       auto w = connectWindow(tb.bus, role);
       for (auto call : {std::function<Call()>([&] { return w->invoke("set-title", text("t")); }),
                         std::function<Call()>([&] { return w->invokeIn("settings", "GetWindowState"); })}) {
@@ -196,10 +207,15 @@ TEST_CASE("a channel policy denies sends and calls from other roles with Denied"
       childCheck(w->invoke("sync").get().code() == ErrorCode::NoHandler, "round trip");
     });
   };
-  Child intruder = caller("editor", false);
-  CHECK(intruder.join(10s) == 0);
-  Child owner = caller("main-window", true);
-  CHECK(owner.join(10s) == 0);
+  // Both forked before the dispatch thread runs; each connects once released.
+  auto intruder = caller("editor", false);
+  auto owner = caller("main-window", true);
+  tb->startDispatchThread();
+  settings.start();
+  intruder->go();
+  CHECK(intruder->join(10s) == 0);
+  owner->go();
+  CHECK(owner->join(10s) == 0);
   CHECK(titles.load() == 1);  // only main-window's send got through
   const RouterStats s = tb->stats();
   for (const auto& c : s.channels) {
@@ -209,7 +225,7 @@ TEST_CASE("a channel policy denies sends and calls from other roles with Denied"
 }
 
 TEST_CASE("a window may connect by path only with a role the supervisor allows, and never as main") {
-  TestBus tb("allowed-roles", {.allowedRoles = {"editor", "main"}});
+  TestBus tb("allowed-roles", {.allowedRoles = {"editor", "main"}}, /*dispatch=*/false);
   Child child = Child::fork([&] {
     WindowOptions o;
     o.bus = tb.bus;
@@ -223,15 +239,16 @@ TEST_CASE("a window may connect by path only with a role the supervisor allows, 
     r = Window::connect(o);
     childCheck(r.code() == ErrorCode::Denied, "role main: " + r.error().toString());
   });
+  tb->startDispatchThread();
   CHECK(child.join(10s) == 0);
   CHECK(tb->windows().empty());
 }
 
 TEST_CASE("a target whose inbox is full makes the call fail fast with Full, and others are not delayed") {
-  TestBus tb("full");
+  TestBus tb("full", {}, /*dispatch=*/false);
   Mailbox stuck(*tb.sup, "stuck");
   Link holdB;
-  ServedWindow dashboard(tb, "dashboard", [&](Window& w, auto& regs) {
+  ServedWindow dashboard(ServedWindow::deferred, tb, "dashboard", [&](Window& w, auto& regs) {
     regs.push_back(w.handle("GetDashboardData", [&w, &holdB, first = true](const Message&, Builder&,
                                                                           const CallContext&) mutable {
       if (!std::exchange(first, false)) return;
@@ -239,11 +256,11 @@ TEST_CASE("a target whose inbox is full makes the call fail fast with Full, and 
       holdB.hearParent(30s);  // stuck until the parent lets go
     }));
   }, {.inboxBytes = 4096});
-  ServedWindow settings(tb, "settings", [](Window& w, auto& regs) {
+  ServedWindow settings(ServedWindow::deferred, tb, "settings", [](Window& w, auto& regs) {
     regs.push_back(w.handle("GetWindowState", replyWith("state")));
   });
   Link link;
-  Child a = Child::fork([&] {
+  GatedChild a([&] {
     auto w = connectWindow(tb.bus, "editor");
     std::vector<Call> calls;
     calls.push_back(w->invokeIn("dashboard", "GetDashboardData", {}, {.timeout = 20000ms}));
@@ -276,6 +293,10 @@ TEST_CASE("a target whose inbox is full makes the call fail fast with Full, and 
     link.hearParent();
     for (auto& call : calls) (void)call.get();  // answered or failed once the target is free
   });
+  tb->startDispatchThread();
+  dashboard.start();
+  settings.start();
+  a.go();
   stuck.next();
   link.tellChild("stuck");
   const auto report = words(link.hearChild(30s));
@@ -295,11 +316,12 @@ TEST_CASE("a target whose inbox is full makes the call fail fast with Full, and 
 }
 
 TEST_CASE("a message larger than the ring's maximum record fails with TooLarge before anything is written") {
-  TestBus tb("too-large", {.maxRecordBytes = 64 * 1024});
+  TestBus tb("too-large", {.maxRecordBytes = 64 * 1024}, /*dispatch=*/false);
   auto h = tb->handle("echo", echoHandler());
   const std::string huge(100 * 1024, 'z');
-  ServedWindow editor(tb, "editor", [](Window& w, auto& regs) { regs.push_back(w.handle("echo", echoHandler())); });
-  Child a = Child::fork([&] {
+  ServedWindow editor(ServedWindow::deferred, tb, "editor",
+                      [](Window& w, auto& regs) { regs.push_back(w.handle("echo", echoHandler())); });
+  GatedChild a([&] {
     auto w = connectWindow(tb.bus, "dashboard");
     expectError(timed([&] { return w->invoke("echo", text(huge)); }), ErrorCode::TooLarge, {"echo"}, true);
     expectError(timed([&] { return w->invokeIn("editor", "echo", text(huge)); }), ErrorCode::TooLarge, {"echo"}, true);
@@ -308,6 +330,9 @@ TEST_CASE("a message larger than the ring's maximum record fails with TooLarge b
     // Nothing was written: the window goes on working.
     childCheck(replyText(w->invokeIn("editor", "echo", text("small")), "after TooLarge") == "small", "echo");
   });
+  tb->startDispatchThread();
+  editor.start();
+  a.go();
   CHECK(a.join(10s) == 0);
   CHECK(tb->send("editor", "echo", text(huge)).code() == ErrorCode::TooLarge);
   CHECK(tb->invoke("editor", "echo", text(huge)).get().code() == ErrorCode::TooLarge);
@@ -319,12 +344,13 @@ TEST_CASE("a message larger than the ring's maximum record fails with TooLarge b
 }
 
 TEST_CASE("a request whose schema does not match the handler's fails with InvalidMessage") {
-  TestBus tb("invalid");
+  TestBus tb("invalid", {}, /*dispatch=*/false);
   const Channel handled(nameId("typed"), "typed", 0x1111, 0);
   const Channel other(nameId("typed"), "typed", 0x2222, 0);
   auto h = tb->handle(handled, replyWith("ok"));
-  ServedWindow editor(tb, "editor", [&](Window& w, auto& regs) { regs.push_back(w.handle(handled, replyWith("ok"))); });
-  Child a = Child::fork([&] {
+  ServedWindow editor(ServedWindow::deferred, tb, "editor",
+                      [&](Window& w, auto& regs) { regs.push_back(w.handle(handled, replyWith("ok"))); });
+  GatedChild a([&] {
     auto w = connectWindow(tb.bus, "dashboard");
     expectError(timed([&] { return w->invoke(other); }), ErrorCode::InvalidMessage, {"typed", "main"}, true);
     expectError(timed([&] { return w->invokeIn("editor", other); }), ErrorCode::InvalidMessage, {"typed"}, true);
@@ -332,20 +358,23 @@ TEST_CASE("a request whose schema does not match the handler's fails with Invali
     // Reading a payload that is not there is InvalidMessage too.
     childCheck(Message().tryRoot<TestMessage>().code() == ErrorCode::InvalidMessage, "empty message");
   });
+  tb->startDispatchThread();
+  editor.start();
+  a.go();
   CHECK(a.join(10s) == 0);
   CHECK(tb->invoke("editor", other).get().code() == ErrorCode::InvalidMessage);
   CHECK(editor.finish() == 0);
 }
 
 TEST_CASE("a call without a reply fails with Timeout naming the channel, the target and the milliseconds") {
-  TestBus tb("timeout");
+  TestBus tb("timeout", {}, /*dispatch=*/false);
   tb->setChannelTimeout("slow-default", 150ms);
   // Handlers that return as soon as the deadline passes by their own clock: their replies race
   // the supervisor's timer and must lose all the same (a reply after the deadline is late).
   auto slowMain = tb->handle("slow-main", [](const Message&, Builder&, const CallContext& ctx) {
     awaitCondition([&] { return ctx.cancelled(); }, 10s);
   });
-  ServedWindow dashboard(tb, "dashboard", [](Window& w, auto& regs) {
+  ServedWindow dashboard(ServedWindow::deferred, tb, "dashboard", [](Window& w, auto& regs) {
     auto hang = [](const Message&, Builder&, const CallContext& ctx) {
       childCheck(awaitCondition([&] { return ctx.cancelled(); }, 10s), "the handler never saw the deadline pass");
     };
@@ -353,13 +382,13 @@ TEST_CASE("a call without a reply fails with Timeout naming the channel, the tar
       regs.push_back(w.handle(ch, hang));
     }
   });
-  const std::uint32_t bId = dashboard.id();
+  // The caller connects once the dashboard is registered; go() tells it the dashboard's id.
   Link link;
-  Child a = Child::fork([&] {
+  GatedChild a([&](const std::string& bId) {
     auto w = connectWindow(tb.bus, "editor");
     const Timed t = timed([&] { return w->invokeIn("dashboard", "GetDashboardData", {}, {.timeout = 200ms}); });
-    expectError(t, ErrorCode::Timeout,
-                {"'GetDashboardData'", "role 'dashboard'", "window " + std::to_string(bId), "200 ms"}, false);
+    expectError(t, ErrorCode::Timeout, {"'GetDashboardData'", "role 'dashboard'", "window " + bId, "200 ms"},
+                false);
     childCheck(t.ms >= 200 && t.ms < 400, "timed out after " + std::to_string(t.ms) + " ms");
     // No timeout given: the channel's default from setChannelTimeout.
     const Timed d = timed([&] { return w->invokeIn("dashboard", "slow-default"); });
@@ -375,6 +404,9 @@ TEST_CASE("a call without a reply fails with Timeout naming the channel, the tar
                 {"'slow-main'", "main", "50 ms"}, false);
     link.tellParent(t.result.error().message);
   });
+  tb->startDispatchThread();
+  dashboard.start();
+  a.go(std::to_string(dashboard.id()));
   MESSAGE(link.hearChild());
   CHECK(a.join(10s) == 0);
   const std::int64_t t0 = nowNs();
@@ -387,7 +419,7 @@ TEST_CASE("a call without a reply fails with Timeout naming the channel, the tar
 }
 
 TEST_CASE("when the supervisor stops, pending and later calls fail with BusClosed and run() returns") {
-  TestBus tb("bus-closed");
+  TestBus tb("bus-closed", {}, /*dispatch=*/false);
   // The target registers first (the lower window id), so the supervisor disconnects it first: the
   // caller must still see BusClosed, not TargetGone.
   Child b = Child::fork([&] {
@@ -399,10 +431,9 @@ TEST_CASE("when the supervisor stops, pending and later calls fail with BusClose
     expectOk(w->send("ready", text("dashboard")), "ready");
     w->run();  // returns when the supervisor goes
   });
-  tb.awaitReady("dashboard");
   Mailbox started(*tb.sup, "started");
   Link link;
-  Child a = Child::fork([&] {
+  GatedChild a([&] {
     auto w = connectWindow(tb.bus, "editor");
     Call pending = w->invokeIn("dashboard", "GetDashboardData", {}, {.timeout = 10000ms});
     link.tellParent("invoked");
@@ -415,6 +446,9 @@ TEST_CASE("when the supervisor stops, pending and later calls fail with BusClose
     childCheck(w->send("later").code() == ErrorCode::BusClosed, "send after");
     childCheck(w->poll(0ms).code() == ErrorCode::BusClosed, "poll after");
   });
+  tb->startDispatchThread();
+  tb.awaitReady("dashboard");
+  a.go();  // connects after the dashboard: the higher window id
   link.hearChild();
   started.next();
   tb->stop();
@@ -425,16 +459,16 @@ TEST_CASE("when the supervisor stops, pending and later calls fail with BusClose
 }
 
 TEST_CASE("a window's own close fails its pending and later calls with BusClosed and cancels them at the target") {
-  TestBus tb("self-closed");
+  TestBus tb("self-closed", {}, /*dispatch=*/false);
   Mailbox started(*tb.sup, "started"), sawCancel(*tb.sup, "saw-cancel");
-  ServedWindow dashboard(tb, "dashboard", [](Window& w, auto& regs) {
+  ServedWindow dashboard(ServedWindow::deferred, tb, "dashboard", [](Window& w, auto& regs) {
     regs.push_back(w.handle("GetDashboardData", [&w](const Message&, Builder&, const CallContext& ctx) {
       (void)w.send("started");
       (void)w.send("saw-cancel", text(awaitCondition([&] { return ctx.cancelled(); }, 8s) ? "yes" : "no"));
     }));
   });
   Link link;
-  Child a = Child::fork([&] {
+  GatedChild a([&] {
     auto w = connectWindow(tb.bus, "editor");
     Call pending = w->invokeIn("dashboard", "GetDashboardData", {}, {.timeout = 10000ms});
     link.hearParent();
@@ -444,6 +478,9 @@ TEST_CASE("a window's own close fails its pending and later calls with BusClosed
     childCheck(w->invoke("x").get().code() == ErrorCode::BusClosed, "later");
     childCheck(w->closed(), "closed()");
   });
+  tb->startDispatchThread();
+  dashboard.start();
+  a.go();
   started.next();
   link.tellChild("close");
   CHECK(a.join(10s) == 0);
@@ -452,9 +489,9 @@ TEST_CASE("a window's own close fails its pending and later calls with BusClosed
 }
 
 TEST_CASE("a cancelled call yields Cancelled and the target's handler sees ctx.cancelled() turn true") {
-  TestBus tb("cancelled");
+  TestBus tb("cancelled", {}, /*dispatch=*/false);
   Mailbox started(*tb.sup, "started"), sawCancel(*tb.sup, "saw-cancel"), atStart(*tb.sup, "at-start");
-  ServedWindow worker(tb, "worker", [](Window& w, auto& regs) {
+  ServedWindow worker(ServedWindow::deferred, tb, "worker", [](Window& w, auto& regs) {
     regs.push_back(w.handle("at-start", [&w](const Message&, Builder&, const CallContext& ctx) {
       (void)w.send("at-start", text(ctx.cancelled() ? "cancelled at start" : "not cancelled"));
     }));
@@ -466,7 +503,7 @@ TEST_CASE("a cancelled call yields Cancelled and the target's handler sees ctx.c
     }));
   });
   Link link;
-  Child a = Child::fork([&] {
+  GatedChild a([&] {
     auto w = connectWindow(tb.bus, "editor");
     Call call = w->invokeIn("worker", "long-job", {}, {.timeout = 10000ms});
     link.hearParent();
@@ -476,15 +513,9 @@ TEST_CASE("a cancelled call yields Cancelled and the target's handler sees ctx.c
     childCheck(r.error().message.find("long-job") != std::string::npos, "names the channel");
     link.tellParent("cancelled");
   });
-  started.next();
-  link.tellChild("cancel");
-  CHECK(link.hearChild() == "cancelled");
-  CHECK(a.join(10s) == 0);
-  CHECK(sawCancel.next().text != "never");
-
   // A call cancelled while it waits in the target's inbox (the handler is busy with the one
   // before): its handler starts with ctx.cancelled() already true.
-  Child a2 = Child::fork([&] {
+  GatedChild a2([&] {
     auto w = connectWindow(tb.bus, "editor");
     Call busy = w->invokeIn("worker", "long-job", {}, {.timeout = 10000ms});
     Call queued = w->invokeIn("worker", "at-start", {}, {.timeout = 10000ms});
@@ -495,6 +526,17 @@ TEST_CASE("a cancelled call yields Cancelled and the target's handler sees ctx.c
     link.hearParent();
     busy.cancel();
   });
+  tb->startDispatchThread();
+  worker.start();
+  a.go();
+  started.next();
+  link.tellChild("cancel");
+  CHECK(link.hearChild() == "cancelled");
+  CHECK(a.join(10s) == 0);
+  CHECK(sawCancel.next().text != "never");
+
+  // The second caller (a2, forked above).
+  a2.go();
   started.next();
   link.tellChild("cancel");
   CHECK(link.hearChild() == "cancelled");

@@ -4,6 +4,8 @@
 // mapping of the segment (RawOutbox).
 #include <doctest/doctest.h>
 
+#include <array>
+#include <deque>
 #include <map>
 #include <mutex>
 
@@ -81,7 +83,7 @@ void attack(RawOutbox& out, Attack a, unsigned seed) {
 }  // namespace
 
 TEST_CASE("a window writing garbage or malformed frames into its outbox is disconnected; good windows keep working") {
-  TestBus tb("hostile");
+  TestBus tb("hostile", {}, /*dispatch=*/false);
   auto echo = tb->handle("echo", echoHandler());
   auto note = tb->on("note", [](const Message&, const CallContext&) {});  // so a send to main is decoded
   std::mutex mu;
@@ -95,22 +97,22 @@ TEST_CASE("a window writing garbage or malformed frames into its outbox is disco
     }
     cv.notify_all();
   });
+  // Every child is forked before the dispatch thread runs (see TestBus); the editor calls the
+  // dashboard, so it connects once the dashboard is ready, and each intruder once released.
   Link toG1, toG2;
   Child g1 = Child::fork([&] { goodCaller(tb.bus, "dashboard", toG1, Target::main(), "echo"); });
-  tb.awaitReady("dashboard");
-  Child g2 = Child::fork([&] { goodCaller(tb.bus, "editor", toG2, Target("dashboard"), "echo"); });
-  tb.awaitReady("editor");
-
-  unsigned seed = 1;
-  std::uint64_t bad = 0;
-  for (Attack a : {Attack::Garbage, Attack::UnknownKind, Attack::ShortFrame, Attack::MalformedPayload,
-                   Attack::Garbage, Attack::Garbage}) {
-    const std::string what = attackName(a);
-    CAPTURE(what);
-    Link toH;
-    Child h = Child::fork([&] {
+  GatedChild g2([&] { goodCaller(tb.bus, "editor", toG2, Target("dashboard"), "echo"); });
+  constexpr std::array kAttacks{Attack::Garbage,          Attack::UnknownKind, Attack::ShortFrame,
+                                Attack::MalformedPayload, Attack::Garbage,     Attack::Garbage};
+  std::array<Link, kAttacks.size()> toH;
+  std::deque<GatedChild> intruders;
+  for (std::size_t i = 0; i < kAttacks.size(); ++i) {
+    const Attack a = kAttacks[i];
+    const unsigned seed = static_cast<unsigned>(i) + 1;
+    const Link& link = toH[i];
+    intruders.emplace_back([&tb, &link, a, seed] {
       auto w = connectWindow(tb.bus, "intruder", {.inboxBytes = kRing, .outboxBytes = kRing});
-      toH.tellParent(std::to_string(w->id()));
+      link.tellParent(std::to_string(w->id()));
       RawOutbox out(tb.bus, w->id(), kRing, kRing, kMaxRecord);
       attack(out, a, seed);
       // The supervisor hangs up on us: our calls fail with BusClosed from then on, and write
@@ -118,7 +120,19 @@ TEST_CASE("a window writing garbage or malformed frames into its outbox is disco
       childCheck(awaitCondition([&] { return w->closed(); }, 10s), "still connected after the attack");
       childCheck(w->invoke("echo").get().code() == ErrorCode::BusClosed, "calls after the disconnect");
     });
-    const auto id = static_cast<std::uint32_t>(std::stoul(toH.hearChild()));
+  }
+  tb->startDispatchThread();
+  tb.awaitReady("dashboard");
+  g2.go();
+  tb.awaitReady("editor");
+
+  std::uint64_t bad = 0;
+  for (std::size_t i = 0; i < kAttacks.size(); ++i) {
+    const std::string what = attackName(kAttacks[i]);
+    CAPTURE(what);
+    GatedChild& h = intruders[i];
+    h.go();
+    const auto id = static_cast<std::uint32_t>(std::stoul(toH[i].hearChild()));
     {
       std::unique_lock lk(mu);
       REQUIRE(cv.wait_for(lk, 10s, [&] { return closedReasons.count(id) != 0; }));
@@ -127,7 +141,6 @@ TEST_CASE("a window writing garbage or malformed frames into its outbox is disco
     }
     CHECK(tb->stats().badMessages == ++bad);
     CHECK(h.join(10s) == 0);
-    ++seed;
   }
   CHECK(tb->windows().size() == 2);  // only the good ones are left
   // The editor calls the dashboard: it stops first.

@@ -46,7 +46,7 @@ std::string describeContext(const std::string& body, const CallContext& ctx) {
 }  // namespace
 
 TEST_CASE("a window's send reaches every supervisor listener; a once listener runs for the first send only") {
-  TestBus tb("send");
+  TestBus tb("send", {}, /*dispatch=*/false);
   std::vector<std::string> a, b, once;
   std::mutex mu;
   std::condition_variable cv;
@@ -70,6 +70,7 @@ TEST_CASE("a window's send reaches every supervisor listener; a once listener ru
     expectOk(w->send("note", text("two")), "second send");
     link.hearParent();
   });
+  tb->startDispatchThread();
   const std::string id = link.hearChild();
   {
     std::unique_lock lk(mu);
@@ -84,7 +85,7 @@ TEST_CASE("a window's send reaches every supervisor listener; a once listener ru
 }
 
 TEST_CASE("a window's invoke gets the reply of the supervisor's handler, with the caller in the context") {
-  TestBus tb("invoke-main");
+  TestBus tb("invoke-main", {}, /*dispatch=*/false);
   std::string seen;
   auto h = tb->handle("describe", textHandler([&](const std::string& body, const CallContext& ctx) {
     seen = describeContext(body, ctx);
@@ -97,6 +98,7 @@ TEST_CASE("a window's invoke gets the reply of the supervisor's handler, with th
     childCheck(replyText(w->invoke("describe", text("hi"), {.timeout = 3000ms}), "invoke") == "main saw hi", "reply");
     link.tellParent(std::to_string(w->id()) + " " + std::to_string(before) + " " + std::to_string(nowNs()));
   });
+  tb->startDispatchThread();
   const auto ids = words(link.hearChild());
   CHECK(child.join(10s) == 0);
   const auto ctx = words(seen);
@@ -112,7 +114,7 @@ TEST_CASE("a window's invoke gets the reply of the supervisor's handler, with th
 }
 
 TEST_CASE("the supervisor's send by window id and by role reaches the window's listeners and its once listener") {
-  TestBus tb("push");
+  TestBus tb("push", {}, /*dispatch=*/false);
   Child child = Child::fork([&] {
     auto w = connectWindow(tb.bus, "dashboard");
     Inbox first, second, once;
@@ -127,6 +129,7 @@ TEST_CASE("the supervisor's send by window id and by role reaches the window's l
     expectOk(w->send("report", text(once.await(1))), "report");
   });
   Mailbox report(*tb.sup, "report");
+  tb->startDispatchThread();
   const std::uint32_t id = tb.awaitReady("dashboard");
   REQUIRE(tb->send(id, "counter", text("1")).ok());
   REQUIRE(tb->send("dashboard", "counter", text("2")).ok());
@@ -177,10 +180,12 @@ TEST_CASE("a broadcast reaches the windows of the listed roles and skips the exc
 }
 
 TEST_CASE("the supervisor's invoke calls a window's handler by id and by role, with main as the source") {
-  TestBus tb("invoke-window");
-  ServedWindow settings(tb, "settings", [](Window& w, auto& regs) {
+  TestBus tb("invoke-window", {}, /*dispatch=*/false);
+  ServedWindow settings(ServedWindow::deferred, tb, "settings", [](Window& w, auto& regs) {
     regs.push_back(w.handle("GetWindowState", textHandler(describeContext)));
   });
+  tb->startDispatchThread();
+  settings.start();
   for (const Target& target : {Target(settings.id()), Target("settings")}) {
     const std::int64_t before = nowNs();
     auto r = tb->invoke(target, "GetWindowState", text("state?"), {.timeout = 2000ms}).get();
@@ -199,12 +204,13 @@ TEST_CASE("the supervisor's invoke calls a window's handler by id and by role, w
 }
 
 TEST_CASE("invokeIn by role and by window id reaches the other window's handler with the caller's context") {
-  TestBus tb("invoke-in");
-  ServedWindow dashboard(tb, "dashboard", [](Window& w, auto& regs) {
+  TestBus tb("invoke-in", {}, /*dispatch=*/false);
+  ServedWindow dashboard(ServedWindow::deferred, tb, "dashboard", [](Window& w, auto& regs) {
     regs.push_back(w.handle("GetDashboardData", textHandler(describeContext)));
   });
-  const std::uint32_t bId = dashboard.id();
-  Child a = Child::fork([&] {
+  // The caller connects once the dashboard is registered; go() tells it the dashboard's id.
+  GatedChild a([&](const std::string& dashboardId) {
+    const std::uint32_t bId = static_cast<std::uint32_t>(std::stoul(dashboardId));
     auto w = connectWindow(tb.bus, "editor");
     for (const Target& target : {Target("dashboard"), Target(bId)}) {
       const std::int64_t before = nowNs();
@@ -221,12 +227,15 @@ TEST_CASE("invokeIn by role and by window id reaches the other window's handler 
       childCheck(deadline >= before + 3'000'000'000 && deadline <= after + 3'000'000'000, "deadline");
     }
   });
+  tb->startDispatchThread();
+  dashboard.start();
+  a.go(std::to_string(dashboard.id()));
   CHECK(a.join(10s) == 0);
   CHECK(dashboard.finish() == 0);
 }
 
 TEST_CASE("sendTo by role and by window id reaches the other window's listeners with the sender's id and role") {
-  TestBus tb("send-to");
+  TestBus tb("send-to", {}, /*dispatch=*/false);
   Mailbox report(*tb.sup, "report");
   Child b = Child::fork([&] {
     auto w = connectWindow(tb.bus, "editor");
@@ -237,15 +246,18 @@ TEST_CASE("sendTo by role and by window id reaches the other window's listeners 
     announceReady(*w);
     expectOk(w->send("report", text(got.await(2))), "report");
   });
-  const std::uint32_t bId = tb.awaitReady("editor");
+  // The sender connects once the editor is ready; go() tells it the editor's id.
   Link toA;
-  Child a = Child::fork([&] {
+  GatedChild a([&](const std::string& editorId) {
+    const std::uint32_t bId = static_cast<std::uint32_t>(std::stoul(editorId));
     auto w = connectWindow(tb.bus, "dashboard");
     toA.tellParent(std::to_string(w->id()));
     expectOk(w->sendTo("editor", "UpdateChart", text("by-role")), "sendTo role");
     expectOk(w->sendTo(bId, "UpdateChart", text("by-id")), "sendTo id");
     toA.hearParent();
   });
+  tb->startDispatchThread();
+  a.go(std::to_string(tb.awaitReady("editor")));
   const std::string aId = toA.hearChild();
   CHECK(report.next().text == "by-role@dashboard#" + aId + ",by-id@dashboard#" + aId);
   toA.tellChild("done");
@@ -254,7 +266,7 @@ TEST_CASE("sendTo by role and by window id reaches the other window's listeners 
 }
 
 TEST_CASE("the last registered window handler wins; its cleanup handle removes it and the older one stays gone") {
-  TestBus tb("handler-window");
+  TestBus tb("handler-window", {}, /*dispatch=*/false);
   Mailbox ack(*tb.sup, "ack");
   Link link;
   Child child = Child::fork([&] {
@@ -270,6 +282,7 @@ TEST_CASE("the last registered window handler wins; its cleanup handle removes i
     expectOk(w->send("ack"), "ack 2");
     link.hearParent();
   });
+  tb->startDispatchThread();
   tb.awaitReady("worker");
   auto which = [&] { return tb->invoke("worker", "which", {}, {.timeout = 2000ms}).get(); };
   auto r = which();
@@ -288,7 +301,7 @@ TEST_CASE("the last registered window handler wins; its cleanup handle removes i
 }
 
 TEST_CASE("the last registered supervisor handler wins; its cleanup handle leaves NoHandler") {
-  TestBus tb("handler-main");
+  TestBus tb("handler-main", {}, /*dispatch=*/false);
   Registration first = tb->handle("which", replyWith("first"));
   Registration second = tb->handle("which", replyWith("second"));
   Link link;
@@ -303,6 +316,7 @@ TEST_CASE("the last registered supervisor handler wins; its cleanup handle leave
     auto r = w->invoke("which").get();
     childCheck(r.code() == ErrorCode::NoHandler, "after cleanup: " + r.error().toString());
   });
+  tb->startDispatchThread();
   link.hearChild();
   first.reset();
   link.tellChild("go");
@@ -313,7 +327,7 @@ TEST_CASE("the last registered supervisor handler wins; its cleanup handle leave
 }
 
 TEST_CASE("window-opened and window-closed events reach listening windows and main listeners") {
-  TestBus tb("events");
+  TestBus tb("events", {}, /*dispatch=*/false);
   Mailbox report(*tb.sup, "report");
   Mailbox mainOpened(*tb.sup, "window-opened"), mainClosed(*tb.sup, "window-closed");
   auto eventText = [](const Message& m) {
@@ -328,7 +342,7 @@ TEST_CASE("window-opened and window-closed events reach listening windows and ma
     std::lock_guard lk(mu);
     mainEvents.push_back(eventText(m));
   });
-  ServedWindow watcher(tb, "main-window", [&](Window& w, auto& regs) {
+  ServedWindow watcher(ServedWindow::deferred, tb, "main-window", [&](Window& w, auto& regs) {
     auto forward = [&w, eventText](const char* what) {
       return [&w, what, eventText](const Message& m, const CallContext& ctx) {
         childCheck(ctx.sourceWindowId == 0, "events come from main");
@@ -338,13 +352,17 @@ TEST_CASE("window-opened and window-closed events reach listening windows and ma
     regs.push_back(w.on("window-opened", forward("opened")));
     regs.push_back(w.on("window-closed", forward("closed")));
   });
+  // The editor connects once the watcher listens, so the watcher hears it open.
   Link toB;
-  Child b = Child::fork([&] {
+  GatedChild b([&] {
     auto w = connectWindow(tb.bus, "editor");
     toB.tellParent(std::to_string(w->id()));
     toB.hearParent();
     w->close();
   });
+  tb->startDispatchThread();
+  watcher.start();
+  b.go();
   const std::string bId = toB.hearChild();
   const std::string bPid = std::to_string(b.pid());
   const auto opened = report.next().words();

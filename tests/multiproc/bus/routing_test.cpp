@@ -36,17 +36,16 @@ const RouterStats::ChannelStats* channelStats(const RouterStats& s, const std::s
 }  // namespace
 
 TEST_CASE("reply frames with guessed request ids from another window never complete a call") {
-  TestBus tb("spoof");
+  TestBus tb("spoof", {}, /*dispatch=*/false);
   Link holdB;
-  ServedWindow dashboard(tb, "dashboard", heldHandler("GetDashboardData", holdB));
+  ServedWindow dashboard(ServedWindow::deferred, tb, "dashboard", heldHandler("GetDashboardData", holdB));
   Link toA;
-  Child a = Child::fork([&] {
+  GatedChild a([&] {
     auto w = connectWindow(tb.bus, "editor");
     toA.tellParent(replyText(w->invokeIn("dashboard", "GetDashboardData", {}, {.timeout = 20000ms}), "invokeIn"));
   });
-  CHECK(holdB.hearChild() == "in-handler");
   Link toH;
-  Child h = Child::fork([&] {
+  GatedChild h([&] {
     auto w = connectWindow(tb.bus, "intruder", {.inboxBytes = 65536, .outboxBytes = 65536});
     RawOutbox out(tb.bus, w->id(), 65536, 65536, 32768);
     detail::FrameHeader f{};
@@ -59,6 +58,11 @@ TEST_CASE("reply frames with guessed request ids from another window never compl
     RawOutbox::ringDoorbell();
     toH.hearParent(20s);
   });
+  tb->startDispatchThread();
+  dashboard.start();
+  a.go();
+  CHECK(holdB.hearChild() == "in-handler");
+  h.go();  // the intruder connects while the real call is pending
   // The supervisor reads an outbox in batches: wait until all 256 forged replies were judged.
   REQUIRE(awaitCondition([&] {
     const RouterStats st = tb->stats();
@@ -77,11 +81,11 @@ TEST_CASE("reply frames with guessed request ids from another window never compl
 }
 
 TEST_CASE("a reply that comes after the call timed out is dropped and counted as late") {
-  TestBus tb("late");
+  TestBus tb("late", {}, /*dispatch=*/false);
   Link holdB;
-  ServedWindow dashboard(tb, "dashboard", heldHandler("GetDashboardData", holdB));
+  ServedWindow dashboard(ServedWindow::deferred, tb, "dashboard", heldHandler("GetDashboardData", holdB));
   Link toA;
-  Child a = Child::fork([&] {
+  GatedChild a([&] {
     auto w = connectWindow(tb.bus, "editor");
     auto r = w->invokeIn("dashboard", "GetDashboardData", {}, {.timeout = 100ms}).get();
     childCheck(r.code() == ErrorCode::Timeout, r.error().toString());
@@ -90,6 +94,9 @@ TEST_CASE("a reply that comes after the call timed out is dropped and counted as
     // The late reply never surfaces: the next call gets its own answer.
     childCheck(replyText(w->invokeIn("dashboard", "GetDashboardData"), "next") == "real", "next reply");
   });
+  tb->startDispatchThread();
+  dashboard.start();
+  a.go();
   CHECK(holdB.hearChild() == "in-handler");
   CHECK(toA.hearChild() == "timed-out");
   holdB.tellChild("reply");
@@ -107,7 +114,7 @@ TEST_CASE("a reply that comes after the call timed out is dropped and counted as
 }
 
 TEST_CASE("a call cycle A→B→A→... completes by re-entrant dispatch, with or without a dispatch thread") {
-  TestBus tb("cycle");
+  TestBus tb("cycle", {}, /*dispatch=*/false);
   auto bouncer = [](Window& w, const char* other) {
     // bounce(n): 0 ends the cycle; otherwise the other window is asked for n - 1 (from inside
     // this handler, so each hop waits on its dispatch thread), and the answer grows by one.
@@ -118,10 +125,11 @@ TEST_CASE("a call cycle A→B→A→... completes by re-entrant dispatch, with o
       return std::to_string(std::stoi(inner) + 1);
     }));
   };
-  ServedWindow beta(tb, "beta", [&](Window& w, auto& regs) { regs.push_back(bouncer(w, "alpha")); });
-  for (const bool dispatchThread : {true, false}) {
-    CAPTURE(dispatchThread);
-    Child a = Child::fork([&] {
+  ServedWindow beta(ServedWindow::deferred, tb, "beta",
+                    [&](Window& w, auto& regs) { regs.push_back(bouncer(w, "alpha")); });
+  // One alpha per mode, forked before the dispatch thread runs; each connects once released.
+  auto alpha = [&](bool dispatchThread) {
+    return std::make_unique<GatedChild>([&, dispatchThread] {
       auto w = connectWindow(tb.bus, "alpha");
       auto h = bouncer(*w, "beta");
       // Without a dispatch thread, the blocked get() below is what dispatches the inner hops.
@@ -129,21 +137,29 @@ TEST_CASE("a call cycle A→B→A→... completes by re-entrant dispatch, with o
       childCheck(replyText(w->invokeIn("beta", "bounce", text("9"), {.timeout = 5000ms}), "cycle") == "9",
                  "ten hops");
     });
-    CHECK(a.join(20s) == 0);
+  };
+  std::vector<std::pair<bool, std::unique_ptr<GatedChild>>> alphas;
+  for (const bool dispatchThread : {true, false}) alphas.emplace_back(dispatchThread, alpha(dispatchThread));
+  tb->startDispatchThread();
+  beta.start();
+  for (auto& [dispatchThread, a] : alphas) {
+    CAPTURE(dispatchThread);
+    a->go();
+    CHECK(a->join(20s) == 0);
   }
   CHECK(beta.finish() == 0);
 }
 
 TEST_CASE("a cycle whose return leg cannot be dispatched ends in Timeout, never a deadlock") {
-  TestBus tb("cycle-timeout");
-  ServedWindow beta(tb, "beta", [](Window& w, auto& regs) {
+  TestBus tb("cycle-timeout", {}, /*dispatch=*/false);
+  ServedWindow beta(ServedWindow::deferred, tb, "beta", [](Window& w, auto& regs) {
     regs.push_back(w.handle("ping", textHandler([&w](const std::string&, const CallContext&) {
       auto r = w.invokeIn("alpha", "pong", {}, {.timeout = 150ms}).get();
       return r.ok() ? std::string("pong") : std::string(errorCodeName(r.code()));
     })));
   });
   Link toA;
-  Child a = Child::fork([&] {
+  GatedChild a([&] {
     auto w = connectWindow(tb.bus, "alpha");
     // The dispatch thread runs "pong", which needs the lock the calling thread holds while it
     // waits for "ping": the return leg can never run until the caller gives up.
@@ -164,13 +180,16 @@ TEST_CASE("a cycle whose return leg cannot be dispatched ends in Timeout, never 
     // Once the lock is free everything flows again.
     childCheck(replyText(w->invokeIn("beta", "ping", {}, {.timeout = 2000ms}), "ping again") == "pong", "pong");
   });
+  tb->startDispatchThread();
+  beta.start();
+  a.go();
   MESSAGE("the blocked caller gave up after " << toA.hearChild() << " ms");
   CHECK(a.join(20s) == 0);
   CHECK(beta.finish() == 0);
 }
 
 TEST_CASE("a main → window → main cycle whose return leg cannot be dispatched ends in Timeout") {
-  TestBus tb("cycle-main");
+  TestBus tb("cycle-main", {}, /*dispatch=*/false);
   // main's "pong" handler runs on the dispatch thread and needs the lock the test thread holds
   // while it waits for "ping".
   std::mutex m;
@@ -178,12 +197,14 @@ TEST_CASE("a main → window → main cycle whose return leg cannot be dispatche
     std::lock_guard lk(m);
     return std::string("pong");
   }));
-  ServedWindow beta(tb, "beta", [](Window& w, auto& regs) {
+  ServedWindow beta(ServedWindow::deferred, tb, "beta", [](Window& w, auto& regs) {
     regs.push_back(w.handle("ping", textHandler([&w](const std::string&, const CallContext&) {
       auto r = w.invoke("pong", {}, {.timeout = 150ms}).get();
       return r.ok() ? textOf(*r) : std::string(errorCodeName(r.code()));
     })));
   });
+  tb->startDispatchThread();
+  beta.start();
   {
     std::unique_lock held(m);
     const std::int64_t t0 = nowNs();
@@ -201,15 +222,14 @@ TEST_CASE("a main → window → main cycle whose return leg cannot be dispatche
 }
 
 TEST_CASE("a stuck target delays no calls between other windows; stats show the pending call and counters") {
-  TestBus tb("stuck");
+  TestBus tb("stuck", {}, /*dispatch=*/false);
   Link holdB;
-  ServedWindow dashboard(tb, "dashboard", heldHandler("GetDashboardData", holdB));
-  const std::uint32_t bId = dashboard.id();
-  ServedWindow settings(tb, "settings", [](Window& w, auto& regs) {
+  ServedWindow dashboard(ServedWindow::deferred, tb, "dashboard", heldHandler("GetDashboardData", holdB));
+  ServedWindow settings(ServedWindow::deferred, tb, "settings", [](Window& w, auto& regs) {
     regs.push_back(w.handle("GetWindowState", replyWith("state")));
   });
   Link toA;
-  Child a = Child::fork([&] {
+  GatedChild a([&] {
     auto w = connectWindow(tb.bus, "editor");
     auto round = [&] {
       std::vector<double> ms;
@@ -230,6 +250,11 @@ TEST_CASE("a stuck target delays no calls between other windows; stats show the 
     toA.hearParent();
     childCheck(replyText(stuck, "the stuck call") == "real", "answered once free");
   });
+  tb->startDispatchThread();
+  dashboard.start();
+  const std::uint32_t bId = dashboard.id();
+  settings.start();
+  a.go();
   const std::uint32_t aId = static_cast<std::uint32_t>(std::stoul(toA.hearChild()));
   CHECK(holdB.hearChild() == "in-handler");
   // The router's view of the stuck call.

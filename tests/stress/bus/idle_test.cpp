@@ -35,15 +35,18 @@ std::int64_t cpuNs(pid_t pid) {
 }  // namespace
 
 TEST_CASE("an idle bus of a supervisor and 8 windows uses almost no CPU") {
-  TestBus tb("idle");
+  TestBus tb("idle", {}, /*dispatch=*/false);
   // Each window: a dispatch thread parked in its inbox wait, a watchdog thread in poll().
+  const ServedWindow::Setup setup = [](Window& w, auto& regs) {
+    regs.push_back(w.handle("echo", echoHandler()));
+    regs.push_back(w.on("window-closed", [](const Message&, const CallContext&) {}));
+  };
   std::vector<std::unique_ptr<ServedWindow>> windows;
   for (int i = 0; i < kWindows; ++i) {
-    windows.push_back(std::make_unique<ServedWindow>(tb, "w" + std::to_string(i), [](Window& w, auto& regs) {
-      regs.push_back(w.handle("echo", echoHandler()));
-      regs.push_back(w.on("window-closed", [](const Message&, const CallContext&) {}));
-    }));
+    windows.push_back(std::make_unique<ServedWindow>(ServedWindow::deferred, tb, "w" + std::to_string(i), setup));
   }
+  tb->startDispatchThread();
+  for (auto& w : windows) w->start();
   // One round trip each, so every window has been through a full wake and park cycle.
   for (int i = 0; i < kWindows; ++i) {
     auto r = tb->invoke("w" + std::to_string(i), "echo", text("x")).get();

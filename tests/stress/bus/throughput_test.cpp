@@ -14,14 +14,14 @@ constexpr std::uint64_t kBatch = 250;  // divides kCalls
 }  // namespace
 
 TEST_CASE("one million routed calls between two windows, every reply matched to its request") {
-  TestBus tb("million");
-  ServedWindow dashboard(tb, "dashboard", [](Window& w, auto& regs) {
+  TestBus tb("million", {}, /*dispatch=*/false);
+  ServedWindow dashboard(ServedWindow::deferred, tb, "dashboard", [](Window& w, auto& regs) {
     regs.push_back(w.handle("next", [](const Message& req, Builder& reply, const CallContext&) {
       reply.initRoot<TestMessage>().setSeq(req.root<TestMessage>().getSeq() + 1);
     }));
   });
   Link toA;
-  Child a = Child::fork([&] {
+  GatedChild a([&] {
     auto w = connectWindow(tb.bus, "editor");
     std::vector<Call> calls(kBatch);
     const std::int64_t t0 = nowNs();
@@ -44,6 +44,9 @@ TEST_CASE("one million routed calls between two windows, every reply matched to 
     const double seconds = msSince(t0) / 1000;
     toA.tellParent(std::to_string(matched) + " " + std::to_string(seconds));
   });
+  tb->startDispatchThread();
+  dashboard.start();
+  a.go();
   const auto r = words(toA.hearChild(170s));
   REQUIRE(r.size() == 2);
   const double seconds = std::stod(r[1]);
