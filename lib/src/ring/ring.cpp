@@ -11,6 +11,8 @@ namespace {
 constexpr std::size_t kHeader = sizeof(RecordHeader);
 /// Unreleased bytes a restart tolerates (RingGeometry::restartWindow): about one record in flight.
 constexpr std::uint64_t kRestartSlack = 4096;
+/// Records between two restart checks at least (each check loads head: a cache-line transfer).
+constexpr std::uint64_t kRestartEveryRecords = 4;
 
 RecordHeader* headerAt(std::uint8_t* data, std::uint64_t index) {
   return reinterpret_cast<RecordHeader*>(data + index);
@@ -99,8 +101,9 @@ Result<Claim> RingProducer::claimSlow(std::size_t bodyBytes) {
   const std::size_t toEnd = geometry_.capacity - index;
   std::size_t padBytes = recordBytes > toEnd ? toEnd : 0;
   if (tail_ >= nextRestartCheck_) {
-    // Restart (RingGeometry::restartWindow): at most one check per window of bytes produced.
-    nextRestartCheck_ = tail_ + geometry_.restartWindow;
+    // Restart (RingGeometry::restartWindow): at most one check (one load of head, a cache-line
+    // transfer) per window of bytes produced and per kRestartEveryRecords records of this size.
+    nextRestartCheck_ = tail_ + std::max<std::uint64_t>(geometry_.restartWindow, kRestartEveryRecords * recordBytes);
     if (padBytes == 0 && index >= geometry_.restartWindow && recordBytes <= index) {
       if (auto r = refreshHead(); !r) return r.error();
       // Restart when what is still unreleased plus this record fits before the current offset
