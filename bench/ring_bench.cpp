@@ -64,9 +64,10 @@ constexpr std::size_t kStreamBytes = 64;
 /// Stream floor's slot ring and the pipe/queue depths are sized to the same bytes.
 constexpr RingGeometry kGeometry{};
 /// PingPong/ring_*: the same rings configured for request/response (RingGeometry::restartWindow):
-/// a producer that finds its ring empty restarts at offset 0 at most once per 4 KiB, so a round
-/// trip reuses a few hot lines instead of sweeping the 1 MiB buffer.
-constexpr RingGeometry kRequestResponseGeometry{kGeometry.capacity, kGeometry.maxRecord, 4096};
+/// a producer that finds its ring nearly empty restarts at offset 0 (checked at most once per
+/// 256 bytes and per 4 records), so a round trip reuses a few hot lines instead of sweeping the
+/// 1 MiB buffer.
+constexpr RingGeometry kRequestResponseGeometry{kGeometry.capacity, kGeometry.maxRecord, 256};
 /// Round trips done before timing starts (caches, TLB and branch predictors warm, partner running):
 /// about 0.5 ms of work for the spinning transports and 5 ms for the sleeping ones.
 constexpr std::uint64_t kWarmupSpin = 2000;

@@ -103,7 +103,6 @@ Result<Claim> RingProducer::claimSlow(std::size_t bodyBytes) {
   if (tail_ >= nextRestartCheck_) {
     // Restart (RingGeometry::restartWindow): at most one check (one load of head, a cache-line
     // transfer) per window of bytes produced and per kRestartEveryRecords records of this size.
-    nextRestartCheck_ = tail_ + std::max<std::uint64_t>(geometry_.restartWindow, kRestartEveryRecords * recordBytes);
     if (padBytes == 0 && index >= geometry_.restartWindow && recordBytes <= index) {
       if (auto r = refreshHead(); !r) return r.error();
       // Restart when what is still unreleased plus this record fits before the current offset
@@ -111,6 +110,8 @@ Result<Claim> RingProducer::claimSlow(std::size_t bodyBytes) {
       // request/response ring is whenever its consumer has not yet released the last request.
       if ((tail_ - headCache_) + recordBytes <= index && tail_ - headCache_ <= kRestartSlack) padBytes = toEnd;
     }
+    // Counted from where this record starts (after the padding, if any).
+    nextRestartCheck_ = tail_ + padBytes + std::max<std::uint64_t>(geometry_.restartWindow, kRestartEveryRecords * recordBytes);
   }
   const std::size_t total = padBytes + recordBytes;
   if (tail_ + total - headCache_ > geometry_.capacity) {

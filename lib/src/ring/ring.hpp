@@ -41,13 +41,14 @@ struct RingGeometry {
   /// Producer-only knob, bytes (0 = off; else a multiple of 8 in [64, capacity / 2]). When the
   /// producer's tail is at least this far into the buffer and the ring is nearly empty (what is
   /// unreleased, at most 4 KiB, plus the new record fits before the tail's offset; checked at most
-  /// once per `restartWindow` bytes produced, one load of head), it pads to the end of the buffer
-  /// and restarts at offset 0. Request/response traffic then keeps reusing the same few KiB of
-  /// cache lines, hot in both cores, instead of sweeping the whole buffer (measured in
-  /// bench/ring_bench: PingPong/ring_spin/1024 about 1.4x faster with 4 KiB). The price: until
-  /// the consumer reads past that padding, only the bytes before it are free, so a producer that
-  /// bursts into a sleeping consumer meets Full after about `restartWindow` bytes instead of
-  /// `capacity`. Suits rings whose producer waits for space (claim()) and whose consumer is prompt.
+  /// once per `restartWindow` bytes and per 4 records produced, one load of head each), it pads to
+  /// the end of the buffer and restarts at offset 0. Request/response traffic then keeps reusing
+  /// the same few cache lines, hot in both cores, instead of sweeping the whole buffer
+  /// (bench/ring_bench, 256: PingPong/ring_spin/64 281 -> 173 ns, /1024 577 -> 333 ns, together
+  /// with the other changes of bench/README.md). The price: until the consumer reads past that
+  /// padding, only the bytes before it are free, so a producer that bursts into a sleeping
+  /// consumer meets Full after about the restart offset instead of `capacity` bytes. Suits rings
+  /// whose producer waits for space (claim()) and whose consumer is prompt.
   std::size_t restartWindow = 0;
 };
 
