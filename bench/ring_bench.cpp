@@ -222,63 +222,49 @@ class FutexFloorPingPong {
   std::uint8_t* pongBuf_;
 };
 
-/// pipe: one pipe per direction, blocking read/write of the whole payload.
-class PipePingPong {
+/// pipe / uds: blocking write / read of the whole payload through file descriptors: one pipe per
+/// direction (pipe), or a connected AF_UNIX SOCK_STREAM socketpair (uds).
+class FdPingPong {
  public:
-  explicit PipePingPong(std::size_t bytes) : bytes_(bytes), scratch_(touchedBuffer(bytes, 0)) {
-    if (::pipe(toChild_) != 0 || ::pipe(toParent_) != 0) fatal("pipe failed");
-    // A 64 KiB message must fit whole (the default capacity is exactly 64 KiB).
-    ::fcntl(toChild_[1], F_SETPIPE_SZ, 1 << 20);
-    ::fcntl(toParent_[1], F_SETPIPE_SZ, 1 << 20);
+  FdPingPong(std::size_t bytes, bool socket) : bytes_(bytes), scratch_(touchedBuffer(bytes, 0)) {
+    if (socket) {
+      if (::socketpair(AF_UNIX, SOCK_STREAM, 0, a_) != 0) fatal("socketpair failed");
+      parentTx_ = parentRx_ = a_[0];
+      childTx_ = childRx_ = a_[1];
+    } else {
+      if (::pipe(a_) != 0 || ::pipe(b_) != 0) fatal("pipe failed");
+      // A 64 KiB message must fit whole (the default capacity is exactly 64 KiB).
+      ::fcntl(a_[1], F_SETPIPE_SZ, 1 << 20);
+      ::fcntl(b_[1], F_SETPIPE_SZ, 1 << 20);
+      parentTx_ = a_[1];
+      childRx_ = a_[0];
+      childTx_ = b_[1];
+      parentRx_ = b_[0];
+    }
   }
-  ~PipePingPong() {
-    for (int fd : {toChild_[0], toChild_[1], toParent_[0], toParent_[1]}) ::close(fd);
+  ~FdPingPong() {
+    for (int fd : {a_[0], a_[1], b_[0], b_[1]}) {
+      if (fd >= 0) ::close(fd);
+    }
   }
   void attachChild() {}
   void attachParent() {}
   void afterReady() {}
   void ping(std::uint64_t, const std::uint8_t* src, std::uint8_t* dst) {
-    writeAll(toChild_[1], src, bytes_);
-    readAll(toParent_[0], dst, bytes_);
+    writeAll(parentTx_, src, bytes_);
+    readAll(parentRx_, dst, bytes_);
   }
   void echo(std::uint64_t) {
-    readAll(toChild_[0], scratch_.data(), bytes_);
-    writeAll(toParent_[1], scratch_.data(), bytes_);
+    readAll(childRx_, scratch_.data(), bytes_);
+    writeAll(childTx_, scratch_.data(), bytes_);
   }
 
  private:
   std::size_t bytes_;
   std::vector<std::uint8_t> scratch_;
-  int toChild_[2]{-1, -1};
-  int toParent_[2]{-1, -1};
-};
-
-/// uds: a connected AF_UNIX SOCK_STREAM socketpair, blocking read/write of the whole payload.
-class UdsPingPong {
- public:
-  explicit UdsPingPong(std::size_t bytes) : bytes_(bytes), scratch_(touchedBuffer(bytes, 0)) {
-    if (::socketpair(AF_UNIX, SOCK_STREAM, 0, sv_) != 0) fatal("socketpair failed");
-  }
-  ~UdsPingPong() {
-    ::close(sv_[0]);
-    ::close(sv_[1]);
-  }
-  void attachChild() {}
-  void attachParent() {}
-  void afterReady() {}
-  void ping(std::uint64_t, const std::uint8_t* src, std::uint8_t* dst) {
-    writeAll(sv_[0], src, bytes_);
-    readAll(sv_[0], dst, bytes_);
-  }
-  void echo(std::uint64_t) {
-    readAll(sv_[1], scratch_.data(), bytes_);
-    writeAll(sv_[1], scratch_.data(), bytes_);
-  }
-
- private:
-  std::size_t bytes_;
-  std::vector<std::uint8_t> scratch_;
-  int sv_[2]{-1, -1};
+  int a_[2]{-1, -1};  // the socketpair, or the parent -> child pipe
+  int b_[2]{-1, -1};  // the child -> parent pipe (unused for a socketpair)
+  int parentTx_ = -1, parentRx_ = -1, childTx_ = -1, childRx_ = -1;
 };
 
 /// boost_mq: two Boost.Interprocess message_queues (process-shared mutex + condition variables
@@ -767,8 +753,8 @@ void registerAll() {
   for (std::size_t bytes : {std::size_t{64}, std::size_t{1024}, std::size_t{64 * 1024}}) {
     addPingPong<FloorSpinPingPong>("floor_spin", bytes, [](std::size_t b) { return FloorSpinPingPong(b); });
     addPingPong<FutexFloorPingPong>("futex_floor", bytes, [](std::size_t b) { return FutexFloorPingPong(b); });
-    addPingPong<PipePingPong>("pipe", bytes, [](std::size_t b) { return PipePingPong(b); });
-    addPingPong<UdsPingPong>("uds", bytes, [](std::size_t b) { return UdsPingPong(b); });
+    addPingPong<FdPingPong>("pipe", bytes, [](std::size_t b) { return FdPingPong(b, false); });
+    addPingPong<FdPingPong>("uds", bytes, [](std::size_t b) { return FdPingPong(b, true); });
     addPingPong<BoostMqPingPong>("boost_mq", bytes, [](std::size_t b) { return BoostMqPingPong(b, 4); });
     addPingPong<RingPingPong>("ring_spin", bytes, [](std::size_t b) { return RingPingPong(b, kSpinForever); });
     addPingPong<RingPingPong>("ring_parked", bytes, [](std::size_t b) { return RingPingPong(b, kParkAlways); });

@@ -14,9 +14,6 @@ constexpr std::uint64_t kRestartSlack = 4096;
 /// Records between two restart checks at least (each check loads head: a cache-line transfer).
 constexpr std::uint64_t kRestartEveryRecords = 4;
 
-RecordHeader* headerAt(std::uint8_t* data, std::uint64_t index) {
-  return reinterpret_cast<RecordHeader*>(data + index);
-}
 }  // namespace
 
 Result<void> validateGeometry(const RingGeometry& g) {
@@ -205,9 +202,10 @@ RingConsumer::RingConsumer(RingControl* control, std::uint8_t* data, RingGeometr
 }
 
 Result<std::optional<RecordView>> RingConsumer::step(std::int32_t length) {
+  Result<std::optional<RecordView>> r(std::in_place);
+  if (takeData(length, *r)) return r;  // a plain data record
   const std::uint64_t index = readPos_ & mask_;
-  const RecordHeader* h = headerAt(data_, index);
-  const std::uint32_t type = h->type;
+  const std::uint32_t type = headerAt(data_, index)->type;
   const std::size_t toEnd = geometry_.capacity - index;
   if (type == kRecordPadding) {
     if (length < 0 || static_cast<std::size_t>(length) != toEnd) {
@@ -216,26 +214,18 @@ Result<std::optional<RecordView>> RingConsumer::step(std::int32_t length) {
     }
     padPos_ = readPos_;
     readPos_ += toEnd;
-    return std::optional<RecordView>{};
+    return r;
   }
   if (type != kRecordData) {
     return makeError(ErrorCode::Corrupt, fmt::format("record type {} at offset {} is unknown", type, index));
   }
-  const std::size_t aligned = alignUp(static_cast<std::uint32_t>(length), kRecordAlign);
-  if (length < static_cast<std::int32_t>(kHeader) || static_cast<std::size_t>(length) > geometry_.maxRecord ||
-      aligned > toEnd) {
+  if (length != static_cast<std::int32_t>(kHeader)) {
     return makeError(ErrorCode::Corrupt,
                      fmt::format("record length {} at offset {} is out of bounds (max {}, {} bytes to the end)",
                                  length, index, geometry_.maxRecord, toEnd));
   }
-  RecordView v;
-  v.pos = readPos_;
-  v.end = readPos_ + aligned;
-  v.body = data_ + index + kHeader;
-  v.bodyBytes = static_cast<std::size_t>(length) - kHeader;
-  readPos_ = v.end;
-  if (v.bodyBytes == 0) return std::optional<RecordView>{};  // an aborted claim: nothing to deliver
-  return std::optional<RecordView>{v};
+  readPos_ += kHeader;  // an aborted claim (empty body): nothing to deliver
+  return r;
 }
 
 Result<std::optional<RecordView>> RingConsumer::readSlow() {

@@ -250,7 +250,7 @@ inline Result<Claim> RingProducer::tryClaim(std::size_t bodyBytes) {
 inline void RingProducer::commit(Claim& c, std::size_t bodyBytes) {
   SHMBUS_ASSERT(c.active && bodyBytes <= c.bodyCapacity, "commit of an inactive claim or beyond its capacity");
   if (c.padBytes != 0) [[unlikely]] commitPadding(c);
-  auto* h = reinterpret_cast<RecordHeader*>(data_ + (c.pos & mask_));
+  RecordHeader* h = headerAt(data_, c.pos & mask_);
   h->type = kRecordData;
   // release: SYNC POINT "record": the body and type written above become visible to a consumer
   // that reads this length with acquire (RingConsumer::tryRead / step).
@@ -268,7 +268,7 @@ inline void RingProducer::notifyConsumer() noexcept {
 
 inline bool RingConsumer::hasData() const noexcept {
   if (readPos_ - head_ >= geometry_.capacity) return false;  // everything held: no room for news
-  const auto* h = reinterpret_cast<const RecordHeader*>(data_ + (readPos_ & mask_));
+  const auto* h = headerAt(data_, readPos_ & mask_);
   // acquire: SYNC POINT "record".
   return h->length.load(std::memory_order_acquire) != 0;
 }
@@ -279,16 +279,18 @@ inline void RingConsumer::releaseTo(std::uint64_t pos) noexcept {
   // committed). Common case: one contiguous range with no padding record in it.
   const std::uint64_t index = head_ & mask_;
   const std::uint64_t n = pos - head_;
-  if (n <= 512 && n <= geometry_.capacity - index && !(padPos_ >= head_ && padPos_ < pos)) [[likely]] {
+  const bool contiguous = n <= geometry_.capacity - index && !(padPos_ >= head_ && padPos_ < pos);
+  if (contiguous && n <= 512) [[likely]] {
     // A small release (one request or reply): 8-byte stores, not a call to libc's memset, whose
-    // 64-byte vector stores straddle the lines this record shares with its neighbours.
+    // 64-byte vector stores straddle the lines this record shares with its neighbours. Plain
+    // stores, published by the head store below; the empty asm keeps GCC from turning the loop
+    // back into a memset call.
     auto* p = reinterpret_cast<std::uint64_t*>(data_ + index);
     for (std::uint64_t i = 0; i < n / 8; ++i) {
-      // relaxed atomic-sized plain stores; an asm barrier keeps GCC from turning the loop into memset.
       p[i] = 0;
       asm volatile("" ::: "memory");
     }
-  } else if (n <= geometry_.capacity - index && !(padPos_ >= head_ && padPos_ < pos)) {
+  } else if (contiguous) {
     std::memset(data_ + index, 0, n);
   } else {
     zeroSlow(pos);
@@ -307,7 +309,7 @@ inline bool RingConsumer::hasPublished() const noexcept {
 
 inline bool RingConsumer::takeData(std::int32_t length, std::optional<RecordView>& out) noexcept {
   const std::uint64_t index = readPos_ & mask_;
-  const auto* h = reinterpret_cast<const RecordHeader*>(data_ + index);
+  const auto* h = headerAt(data_, index);
   const std::size_t aligned = alignUp(static_cast<std::uint32_t>(length), kRecordAlign);
   // A non-empty data record inside the bounds (everything else goes the slow way).
   if (h->type == kRecordData && length > static_cast<std::int32_t>(kRecordHeaderBytes) &&
@@ -323,7 +325,7 @@ inline bool RingConsumer::takeData(std::int32_t length, std::optional<RecordView
 
 inline Result<std::optional<RecordView>> RingConsumer::tryRead() {
   if (readPos_ - head_ < geometry_.capacity) [[likely]] {
-    const auto* h = reinterpret_cast<const RecordHeader*>(data_ + (readPos_ & mask_));
+    const auto* h = headerAt(data_, readPos_ & mask_);
     // acquire: SYNC POINT "record" pairs with RingProducer::commit's release store; the body
     // and type written before it are visible now. Read once: the producer may be hostile.
     const std::int32_t length = h->length.load(std::memory_order_acquire);
@@ -335,7 +337,7 @@ inline Result<std::optional<RecordView>> RingConsumer::tryRead() {
 
 inline Result<std::optional<RecordView>> RingConsumer::tryReadPublished() {
   if (readPos_ < tailCache_ && readPos_ - head_ < geometry_.capacity) [[likely]] {
-    const auto* h = reinterpret_cast<const RecordHeader*>(data_ + (readPos_ & mask_));
+    const auto* h = headerAt(data_, readPos_ & mask_);
     // acquire: SYNC POINT "record" (below the published tail it is committed; read once).
     const std::int32_t length = h->length.load(std::memory_order_acquire);
     Result<std::optional<RecordView>> r(std::in_place);

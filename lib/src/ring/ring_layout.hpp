@@ -48,6 +48,11 @@ struct RecordHeader {
   std::uint32_t type;                ///< RecordType
 };
 static_assert(sizeof(RecordHeader) == 8);
+
+/// The record header at buffer offset `index` (< capacity, 8-byte aligned) of a ring's data.
+inline RecordHeader* headerAt(std::uint8_t* data, std::uint64_t index) noexcept {
+  return reinterpret_cast<RecordHeader*>(data + index);
+}
 static_assert(std::atomic<std::int32_t>::is_always_lock_free);
 
 /// Per-ring control block, in shared memory. Each index on its own pair of cache lines so the

@@ -129,6 +129,8 @@ struct Supervisor::Impl final : CallOwner {
   std::map<std::pair<std::uint32_t, std::uint64_t>, std::uint64_t> byCaller;
   std::set<std::pair<std::int64_t, std::uint64_t>> deadlines;
   std::int64_t armedAt = 0;
+  // dispatchOnce(): the outboxes' data words armed for one park (whoever holds `gate`; reused).
+  std::vector<WaitWord*> armed;
   std::uint64_t nextRoute = 1;
   std::unordered_map<std::uint64_t, std::unordered_set<std::uint64_t>> policies;
   std::unordered_map<std::uint64_t, std::int64_t> channelTimeoutMs;
@@ -941,25 +943,23 @@ struct Supervisor::Impl final : CallOwner {
         cpuRelax();
       }
     }
-    std::vector<RingControl*> armed;
-    std::vector<WaitWord*> words;
+    armed.clear();  // reused: no allocation per park once it has grown
     for (auto& [id, c] : conns) {
       if (c->state != Conn::State::Live) continue;
       // SYNC POINT W (wait.hpp): seq_cst RMW pairs with notify() in the window.
       c->outbox.control()->dataReady.waiters.fetch_add(1, std::memory_order_seq_cst);
-      armed.push_back(c->outbox.control());
-      words.push_back(&c->outbox.control()->dataReady);
+      armed.push_back(&c->outbox.control()->dataReady);
     }
     // SYNC POINT W, the waiter's half for every armed outbox at once (one membarrier call).
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    const bool newMark = waiterBarrier(words.data(), words.size());
+    const bool newMark = waiterBarrier(armed.data(), armed.size());
     const bool ready = anyData();
     int timeoutMs = -1;
     if (deadline != kNoDeadline) {
       const std::int64_t left = deadline - monotonicNowNs();
       timeoutMs = left <= 0 ? 0 : static_cast<int>(std::min<std::int64_t>((left + 999'999) / 1'000'000, 1 << 30));
     }
-    if (newMark && (timeoutMs < 0 || timeoutMs > 1)) timeoutMs = 1;  // see waiterBarrier()
+    constexpr int kFirstMarkParkMs = static_cast<int>(kFirstMarkParkNs / 1'000'000);
+    if (newMark && (timeoutMs < 0 || timeoutMs > kFirstMarkParkMs)) timeoutMs = kFirstMarkParkMs;  // waiterBarrier()
     epoll_event evs[32];
     int n = 0;
     if (!ready && !stopping.load(std::memory_order_acquire)) {
@@ -967,10 +967,10 @@ struct Supervisor::Impl final : CallOwner {
       n = ::epoll_wait(epollFd.get(), evs, 32, timeoutMs);
       lk.lock();
     }
-    for (RingControl* ctl : armed) {
+    for (WaitWord* word : armed) {
       // relaxed: a hint for notifiers; a stale value costs one spurious doorbell write. Only this
       // thread disconnects windows, and not before this loop, so every block is still mapped.
-      ctl->dataReady.waiters.fetch_sub(1, std::memory_order_relaxed);
+      word->waiters.fetch_sub(1, std::memory_order_relaxed);
     }
     for (int i = 0; i < n; ++i) {
       const auto t = static_cast<EpollTag>(evs[i].data.u64 >> 32);

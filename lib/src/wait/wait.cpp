@@ -54,6 +54,9 @@ bool waiterBarrier(WaitWord& word) noexcept {
 }
 
 bool waiterBarrier(WaitWord* const* words, std::size_t n) noexcept {
+  // SYNC POINT W with a fencing notify() (see wait.hpp); on x86-64 and ARMv8 the caller's
+  // seq_cst RMW already is a full barrier, so this costs nothing more on the path that parks.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
   if (gHeavyAvailable && membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0) return false;
   bool newMark = false;
   for (std::size_t i = 0; i < n; ++i) {

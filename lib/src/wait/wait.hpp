@@ -67,10 +67,13 @@ namespace wait_state {
 extern bool gLightNotify;
 }  // namespace wait_state
 
-/// The waiter's half of the asymmetric pair, after it announced itself in `waiters` and before it
-/// re-checks its predicate: membarrier(GLOBAL_EXPEDITED) when available; otherwise marks `word`
-/// fenceNeeded so its notifiers fence. Returns true when that mark was new: a notifier may have
-/// skipped its fence just before, so the caller parks for at most kFirstMarkParkNs this time.
+/// The waiter's half of SYNC POINT W, after it announced itself in `waiters` (seq_cst RMW) and
+/// before it re-checks its predicate: a seq_cst fence (pairs with a fencing notify() by the C++
+/// model itself, since predicates load with acquire only), then membarrier(GLOBAL_EXPEDITED) when
+/// available (pairs with a light notify()); otherwise it marks `word` fenceNeeded so its notifiers
+/// fence from then on. Returns true when that mark was new: a notifier may have skipped its fence
+/// just before, so the caller parks for at most kFirstMarkParkNs this time. One system call when
+/// membarrier is available (the caller is about to park anyway). Any thread or process.
 bool waiterBarrier(WaitWord& word) noexcept;
 /// The same for several words at once (one system call): the supervisor's epoll wait.
 bool waiterBarrier(WaitWord* const* words, std::size_t n) noexcept;
@@ -133,13 +136,8 @@ WaitStatus spinThenPark(WaitWord& word, Ready&& ready, const SpinPolicy& policy,
     // SYNC POINT seq: acquire pairs with the notifier's release fetch_add, so a changed seq is
     // observed no earlier than the data published before it.
     const std::uint32_t s = word.seq.load(std::memory_order_acquire);
-    // SYNC POINT W: seq_cst RMW pairs with notify()'s seq_cst fence (store-buffer pattern).
+    // SYNC POINT W: announce, then the waiter's barrier (store-buffer pattern with notify()).
     word.waiters.fetch_add(1, std::memory_order_seq_cst);
-    // The predicate's loads are acquire, not seq_cst: this fence makes the store-buffer pairing
-    // with a fencing notify() hold by the C++ model itself, not only on x86-64 / ARMv8 (the
-    // RMW above already is a full barrier there, so it costs nothing on the slow path that parks).
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    // SYNC POINT W, asymmetric half: pairs with notify()'s compiler-only barrier.
     const bool newMark = waiterBarrier(word);
     if (ready()) {
       // relaxed: the count is only a hint for notifiers; a stale non-zero costs one spare wake.
@@ -162,11 +160,13 @@ WaitStatus spinThenPark(WaitWord& word, Ready&& ready, const SpinPolicy& policy,
 }
 
 /// The slow half of notify(): bumps seq and wakes the parked waiters (FUTEX_WAKE, or an eventfd
-/// write when `eventFd >= 0`). Call only after notify()'s fence found `waiters != 0`.
+/// write when `eventFd >= 0`). Call only after notify()'s barrier found `waiters != 0`.
 void wakeWaiters(WaitWord& word, int eventFd) noexcept;
 
 /// Producer side: after publishing data with a release store, wakes the waiters of `word` if
-/// any are parked. Costs one fence and one load when nobody waits (no syscall); inline.
+/// any are parked. Inline; when nobody waits it costs two loads and a compiler barrier (a full
+/// fence instead when this process is not registered for membarrier or a waiter of `word` asked
+/// for it), and no system call.
 /// If `eventFd >= 0` the wake-up is an eventfd write instead of FUTEX_WAKE (for a consumer that
 /// waits in epoll, like the supervisor). Thread contract: any thread or process.
 inline void notify(WaitWord& word, int eventFd = -1) noexcept {
