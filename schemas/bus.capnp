@@ -51,6 +51,7 @@ struct Welcome {
   outboxCapacity @9 :UInt32;
   maxRecord @10 :UInt32;
   busName @11 :Text;
+  cancelBoardOffset @12 :UInt64;  # the window's CancelBoard (wire/cancel_board.hpp)
 }
 
 struct Cancel {

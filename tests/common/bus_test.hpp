@@ -45,6 +45,7 @@
 #include "shmbus/shmbus.hpp"
 #include "test.capnp.h"
 #include "wait/wait.hpp"
+#include "wire/handshake.hpp"
 
 namespace shmbus::test {
 
@@ -413,7 +414,8 @@ class RawOutbox {
     }
     childCheck(base != 0, "no mapping of " + needle + "* in /proc/self/maps");
     auto* seg = reinterpret_cast<std::uint8_t*>(base);
-    const std::size_t outOff = sizeof(detail::SegmentHeader) + detail::ringFootprint(inboxBytes);
+    const std::size_t outOff = detail::segmentLayout(static_cast<std::uint32_t>(inboxBytes),
+                                                     static_cast<std::uint32_t>(outboxBytes)).outboxOffset;
     control_ = reinterpret_cast<detail::RingControl*>(seg + outOff);
     data_ = seg + outOff + sizeof(detail::RingControl);
     geometry_ = {outboxBytes, maxRecord};

@@ -22,6 +22,12 @@ namespace detail {
 class InPlaceMessage;
 struct CallState;
 struct HeldMessage;
+struct ResponderState;
+/// Tells whether a running handler's call was cancelled (endpoint/handler_run.hpp).
+struct CancelProbe {
+  virtual ~CancelProbe() = default;
+  virtual bool cancelled() const noexcept = 0;
+};
 }  // namespace detail
 
 /// The builder a build callback fills: a capnp::MessageBuilder whose segments are ring space
@@ -76,6 +82,11 @@ class Message {
   /// Fingerprint of the payload's schema set by typed senders (0 = untyped).
   std::uint64_t schemaId() const noexcept { return schemaId_; }
 
+  /// An owned copy of this message (heap, one memcpy of its words) that stays valid after the
+  /// callback returns and releases no ring space: for requests an async handler keeps.
+  /// Errors: none (an empty message copies to an empty one).
+  Message copy() const;
+
   // Internal: a view of an in-place message (callbacks) or an owning holder (replies).
   Message(detail::InPlaceMessage* view, std::uint64_t schemaId) noexcept : view_(view), schemaId_(schemaId) {}
   Message(std::shared_ptr<detail::HeldMessage> held, std::uint64_t schemaId) noexcept;
@@ -96,9 +107,10 @@ struct CallContext {
   std::uint64_t channelId = 0;       ///< 64-bit channel id
   std::uint64_t requestId = 0;       ///< request id of an invoke; 0 for one-way messages
   std::int64_t deadlineNs = 0;       ///< absolute CLOCK_MONOTONIC ns by which the caller wants the reply; 0 = none
-  const std::atomic<bool>* cancelFlag = nullptr;
+  const detail::CancelProbe* cancelProbe = nullptr;  ///< internal: how cancelled() learns of a Cancel
 
-  /// True once the caller cancelled the call or its deadline passed: a long handler should stop.
+  /// True once the caller cancelled the call, its deadline passed, or this endpoint's bus closed:
+  /// a long handler should stop. Cheap (a few loads); poll it from any thread.
   bool cancelled() const noexcept;
   /// Time left until the deadline (zero when passed; a large value when none).
   std::chrono::nanoseconds remaining() const noexcept;
@@ -134,6 +146,10 @@ class Call {
 
   /// Runs `cb` with the result once it is there (see thread contract). Replaces an earlier callback.
   void then(std::function<void(Result<Message>)> cb);
+
+  /// Like then(), but when the result is already there returns false and does not run `cb`
+  /// (co_await's await_suspend uses it: the caller then goes on without suspending).
+  bool thenIfPending(std::function<void(Result<Message>)> cb);
 
   /// Gives up the call: the result becomes Cancelled (unless it is already there) and the target is
   /// told, so ctx.cancelled() turns true in its handler. A late reply is dropped and counted.
@@ -185,6 +201,41 @@ class CallFailure : public std::runtime_error {
   Error error_;
 };
 
+/// The reply of one call, owned by the handler that got it (Window::handleAsync,
+/// Supervisor::handleAsync): reply later, from any thread, after the handler returned. Copies refer
+/// to the same call; exactly one reply or fail() counts. When the last copy is destroyed without a
+/// reply, the call is counted as unanswered (RouterStats::unansweredCalls, a warning in the log)
+/// and the caller gets Timeout at its deadline: never a hang.
+/// Thread contract: every method from any thread.
+class Responder {
+ public:
+  Responder() = default;
+  explicit Responder(std::shared_ptr<detail::ResponderState> s) noexcept : state_(std::move(s)) {}
+
+  /// Sends the reply built by `build` (empty: a void reply), built in a process-local arena and
+  /// copied once into the ring. Errors: InvalidMessage (already replied, or an empty Responder),
+  /// TooLarge, Full (the ring stayed full until the deadline), BusClosed. An exception thrown by
+  /// `build` fails the call with HandlerError instead.
+  Result<void> reply(const BuildFn& build = {});
+  /// Sends `built`, a message the caller built itself (e.g. in a capnp::MallocMessageBuilder), as
+  /// the reply; its segments are copied once into the ring. Errors: as reply(const BuildFn&).
+  Result<void> reply(capnp::MessageBuilder& built);
+  /// Fails the call with `error` (its code and message). Errors: as reply().
+  Result<void> fail(Error error);
+  /// Fails the call as a handler's exception would: a CallFailure gives its Error, any other
+  /// exception HandlerError with its type, message and stack text. Errors: as reply().
+  Result<void> fail(std::exception_ptr exception);
+  /// True once reply() or fail() was called.
+  bool replied() const noexcept;
+  /// True once the caller cancelled, the deadline passed, or the bus closed (as CallContext).
+  bool cancelled() const noexcept;
+  /// The request id the handler saw in its CallContext.
+  std::uint64_t requestId() const noexcept;
+
+ private:
+  std::shared_ptr<detail::ResponderState> state_;
+};
+
 /// Listener callback: the message and its context.
 using Listener = std::function<void(const Message&, const CallContext&)>;
 
@@ -192,5 +243,10 @@ using Listener = std::function<void(const Message&, const CallContext&)>;
 /// may throw to fail the call with HandlerError (type, message and stack text travel to the caller),
 /// or throw CallFailure to fail it with a code of its choice.
 using Handler = std::function<void(const Message& request, Builder& reply, const CallContext& ctx)>;
+
+/// Asynchronous handler: reads the request (valid only during the callback: copy what you keep),
+/// returns at once, and replies later through the Responder from any thread. Throwing before it
+/// returns fails the call as for Handler. The dispatch thread is free as soon as it returns.
+using AsyncHandler = std::function<void(const Message& request, Responder responder, const CallContext& ctx)>;
 
 }  // namespace shmbus

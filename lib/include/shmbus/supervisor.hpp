@@ -1,4 +1,4 @@
-// libshmbus — the supervisor: the main process's side of the bus (DESIGN.md §1, §2, §5).
+// libshmbus — the supervisor: the main process's side of the bus (docs/architecture.md).
 #pragma once
 
 #include <sys/types.h>
@@ -13,12 +13,10 @@
 
 #include "shmbus/channel.hpp"
 #include "shmbus/error.hpp"
+#include "shmbus/log.hpp"
 #include "shmbus/message.hpp"
 
 namespace shmbus {
-
-/// Log verbosity of the supervisor (to stderr).
-enum class LogLevel { Silent = 0, Error = 1, Warn = 2, Info = 3, Debug = 4 };
 
 struct SupervisorOptions {
   std::string bus;  ///< bus name, 1-64 of [A-Za-z0-9_-]
@@ -32,7 +30,12 @@ struct SupervisorOptions {
   std::uint32_t maxRecordBytes = 1u << 18;  ///< largest record (frame header + message), bytes
   /// Spin budget of the dispatch loop before it parks in epoll, ns. 0 = park at once.
   std::chrono::nanoseconds spin{std::chrono::microseconds(4)};
+  /// Ceiling of this supervisor's log records (the sink is shmbus/log.hpp's).
   LogLevel logLevel = LogLevel::Warn;
+  /// How many main-process callbacks (handlers, listeners, then-callbacks) may run at once.
+  /// 1 (the default) runs them one at a time in arrival order; N > 1 adds N - 1 worker threads
+  /// and callbacks may then run concurrently and out of order. Routing never waits for them.
+  unsigned callbackThreads = 1;
 };
 
 /// A registered window.
@@ -85,13 +88,18 @@ struct RouterStats {
   std::uint64_t spoofedReplies = 0;   ///< replies from a window the call was not routed to (dropped)
   std::uint64_t undeliverable = 0;    ///< one-way messages that found no target or no listener
   std::uint64_t badMessages = 0;      ///< windows disconnected for corrupt rings or malformed frames
+  std::uint64_t unansweredCalls = 0;  ///< main-process Responders dropped without a reply (callers timed out)
 };
 
 /// The supervisor. Create one per bus in the main process.
 ///
-/// Thread contract: every method may be called from any thread. Callbacks (on/once/handle, Call::then)
-/// run on the dispatch thread (run()/poll()/startDispatchThread(), or a thread blocked in Call::get()
-/// while nobody else dispatches). The router itself only works while something dispatches.
+/// Thread contract: every method may be called from any thread. Main-process callbacks
+/// (on/once/handle/handleAsync, Call::then) run on the callback lane, never while the router holds
+/// its lock: normally on the dispatching thread right after its routing round (run()/poll()/
+/// startDispatchThread(), or a thread blocked in Call::get() while nobody else dispatches), on a
+/// worker when callbackThreads > 1. While a callback runs longer than about 1 ms, a standby thread
+/// routes meanwhile, so a slow handler or listener delays no routed call, deadline or death.
+/// The router only works while something dispatches.
 class Supervisor {
  public:
   /// Listens on the bus socket and removes stale segment names of dead supervisors of this bus.
@@ -130,8 +138,13 @@ class Supervisor {
   /// Like on(), removed before its first run.
   Registration once(const Channel& channel, Listener listener);
   /// Handler for Window::invoke; the last registered wins. The reply is built in a scratch arena
-  /// and copied once into the caller's inbox when the handler returns.
+  /// and copied once into the caller's inbox when the handler returns. The router enforces the
+  /// caller's deadline while the handler runs: the caller gets Timeout at its deadline, and a
+  /// reply that comes later is dropped and counted as late.
   Registration handle(const Channel& channel, Handler handler);
+  /// Asynchronous handler for Window::invoke: it gets a Responder and may reply later from any
+  /// thread (shmbus/coro.hpp builds co_await handlers on it). The last registered wins.
+  Registration handleAsync(const Channel& channel, AsyncHandler handler);
 
   /// Push to one window (by id or role). Built in place in its inbox. Errors: NoTarget, Full,
   /// TooLarge, BusClosed (supervisor stopped).

@@ -1,4 +1,4 @@
-// libshmbus — a window: a client process on the bus (DESIGN.md §1, §2).
+// libshmbus — a window: a client process on the bus (docs/architecture.md).
 #pragma once
 
 #include <sys/types.h>
@@ -10,6 +10,7 @@
 
 #include "shmbus/channel.hpp"
 #include "shmbus/error.hpp"
+#include "shmbus/log.hpp"
 #include "shmbus/message.hpp"
 
 namespace shmbus {
@@ -21,10 +22,12 @@ struct WindowOptions {
   std::string socketPath;  ///< empty = the bus's default socket (runtime dir)
   std::uint32_t inboxBytes = 0;   ///< requested inbox ring capacity in bytes (0 = supervisor default)
   std::uint32_t outboxBytes = 0;  ///< requested outbox ring capacity in bytes (0 = supervisor default)
-  /// Spin budget before parking on a futex, in ns (DESIGN.md §4). 0 = park at once.
+  /// Spin budget before parking on a futex, in ns. 0 = park at once.
   std::chrono::nanoseconds spin{std::chrono::microseconds(4)};
   /// Give up waiting for the supervisor's welcome after this long.
   std::chrono::milliseconds connectTimeout{5000};
+  /// Ceiling of this window's log records (the sink is shmbus/log.hpp's).
+  LogLevel logLevel = LogLevel::Warn;
 };
 
 /// One window. Created by connect() or fromSpawn(); closed by close() or destruction (the
@@ -68,7 +71,7 @@ class Window {
   /// back through the Call (NoHandler, Timeout, HandlerError, BusClosed, Full, TooLarge, ...).
   Call invoke(const Channel& channel, const BuildFn& build = {}, CallOptions options = {});
 
-  /// Request to another window by role or id, routed and timed by the supervisor (DESIGN.md §2).
+  /// Request to another window by role or id, routed and timed by the supervisor.
   Call invokeIn(const Target& target, const Channel& channel, const BuildFn& build = {}, CallOptions options = {});
 
   /// Adds a listener for pushes and routed sends on `channel` (listeners accumulate), and for
@@ -83,6 +86,11 @@ class Window {
   /// The reply is built in a process-local arena and copied once into the outbox when the handler
   /// returns, so a handler may itself send and invoke (re-entrant dispatch).
   Registration handle(const Channel& channel, Handler handler);
+
+  /// Handles calls on `channel` asynchronously: the handler gets a Responder and may reply later
+  /// from any thread, so the dispatch thread is free at once (shmbus/coro.hpp builds co_await
+  /// handlers on it). The last registered handler wins, as for handle().
+  Registration handleAsync(const Channel& channel, AsyncHandler handler);
 
   /// Dispatches until close() or the supervisor's death (then returns).
   void run();

@@ -3,6 +3,9 @@
 #include <cstring>
 #include <future>
 
+#include <capnp/any.h>
+#include <capnp/message.h>
+
 #include "shmbus/channel.hpp"
 #include "wait/wait.hpp"
 
@@ -22,11 +25,19 @@ capnp::MessageReader& Message::reader() const {
 
 std::size_t Message::words() const noexcept { return view_ == nullptr ? 0 : view_->words(); }
 
+Message Message::copy() const {
+  if (empty()) return Message();
+  capnp::MallocMessageBuilder mb(static_cast<capnp::uint>(view_->words() + 8));
+  mb.setRoot(view_->reader().getRoot<capnp::AnyPointer>());
+  auto held = detail::copyBuilt(mb);
+  SHMBUS_ASSERT(held.ok(), "copying a readable message failed: " + held.error().message);
+  return Message(std::move(*held), schemaId_);
+}
+
 // ---- CallContext
 
 bool CallContext::cancelled() const noexcept {
-  // acquire: pairs with the release store of whoever cancels (the control thread or the timer).
-  if (cancelFlag != nullptr && cancelFlag->load(std::memory_order_acquire)) return true;
+  if (cancelProbe != nullptr && cancelProbe->cancelled()) return true;
   return deadlineNs != 0 && detail::monotonicNowNs() >= deadlineNs;
 }
 
@@ -68,6 +79,14 @@ void Call::then(std::function<void(Result<Message>)> cb) {
   state_->then = std::move(cb);
 }
 
+bool Call::thenIfPending(std::function<void(Result<Message>)> cb) {
+  SHMBUS_REQUIRE(state_ != nullptr, "thenIfPending() on an empty Call");
+  std::lock_guard lk(state_->mu);
+  if (state_->result) return false;
+  state_->then = std::move(cb);
+  return true;
+}
+
 void Call::cancel() {
   if (state_ == nullptr) return;
   detail::CallOwner* owner = nullptr;
@@ -103,7 +122,12 @@ bool completeCall(const std::shared_ptr<CallState>& s, Result<Message> r) {
     s->then = nullptr;
   }
   s->cv.notify_all();
-  if (cb) cb(*s->result);  // result is immutable once set
+  if (!cb) return true;
+  if (s->post) {
+    s->post([cb = std::move(cb), r = *s->result]() mutable { cb(std::move(r)); });
+  } else {
+    cb(*s->result);  // result is immutable once set
+  }
   return true;
 }
 
@@ -125,6 +149,28 @@ Result<std::shared_ptr<HeldMessage>> copyMessage(const std::uint8_t* bytes, std:
   held->storage.resize((n + 7) / 8);
   std::memcpy(held->storage.data(), bytes, n);
   auto r = held->msg.parse(reinterpret_cast<const std::uint8_t*>(held->storage.data()), n);
+  if (!r) return r.error();
+  return held;
+}
+
+Result<std::shared_ptr<HeldMessage>> copyBuilt(capnp::MessageBuilder& mb) {
+  auto segs = mb.getSegmentsForOutput();
+  if (segs.size() > kMaxSegments) return makeError(ErrorCode::TooLarge, "a message of more than 7 segments");
+  MessageTable t{};
+  std::size_t words = sizeof(MessageTable) / sizeof(capnp::word);
+  for (auto seg : segs) words += seg.size();
+  auto held = std::make_shared<HeldMessage>();
+  held->storage.resize(words);
+  auto* out = reinterpret_cast<std::uint8_t*>(held->storage.data());
+  t.segmentCount = static_cast<std::uint32_t>(segs.size());
+  std::size_t at = sizeof(MessageTable);
+  for (std::uint32_t i = 0; i < t.segmentCount; ++i) {
+    t.segmentWords[i] = static_cast<std::uint32_t>(segs[i].size());
+    std::memcpy(out + at, segs[i].begin(), segs[i].size() * sizeof(capnp::word));
+    at += segs[i].size() * sizeof(capnp::word);
+  }
+  std::memcpy(out, &t, sizeof t);
+  auto r = held->msg.parse(out, at);
   if (!r) return r.error();
   return held;
 }

@@ -36,7 +36,14 @@ struct CallState {
   std::int64_t deadlineNs = 0;                       // absolute CLOCK_MONOTONIC, for the local fallback timer
   std::int64_t timeoutMs = 0;                        // the caller's timeout; 0 = the channel's default
   std::string what;                                  // "invoke 'ch' to role 'x'", for messages
+  /// Where the then-callback runs: null = on the completing thread (a window's dispatcher); the
+  /// supervisor posts it to its callback lane, so user code never runs on the router.
+  std::function<void(std::function<void()>)> post;
 };
+
+/// How long after a call's deadline a waiter gives up by itself when nobody answers it (the
+/// dispatching thread may be stuck): the caller's own fallback, never the normal path.
+inline constexpr std::int64_t kLocalGraceNs = 20'000'000;
 
 /// Completes `s` once: stores the result, wakes waiters, runs the then-callback on this thread.
 /// Returns false (and drops `r`) when `s` was already complete.
@@ -63,5 +70,9 @@ std::thread startDispatcher(std::recursive_mutex& gate, std::function<void()> ru
 /// Builds a HeldMessage that owns a copy of `bytes` (a MessageTable + segments span).
 /// Errors: InvalidMessage.
 Result<std::shared_ptr<HeldMessage>> copyMessage(const std::uint8_t* bytes, std::size_t n);
+
+/// Builds a HeldMessage that owns a copy of the message built in `mb` (MessageTable layout).
+/// Errors: TooLarge (more segments than a table holds), InvalidMessage.
+Result<std::shared_ptr<HeldMessage>> copyBuilt(capnp::MessageBuilder& mb);
 
 }  // namespace shmbus::detail

@@ -33,6 +33,15 @@ Registration CallbackTable::addListener(const Channel& ch, Listener fn, bool onc
 
 Registration CallbackTable::setHandler(const Channel& ch, Handler fn) {
   SHMBUS_REQUIRE(fn != nullptr, "handler must not be empty");
+  return install(ch, std::make_shared<HandlerSlot>(HandlerSlot{0, std::move(fn), nullptr, ch.schemaId, ch.replySchemaId}));
+}
+
+Registration CallbackTable::setAsyncHandler(const Channel& ch, AsyncHandler fn) {
+  SHMBUS_REQUIRE(fn != nullptr, "handler must not be empty");
+  return install(ch, std::make_shared<HandlerSlot>(HandlerSlot{0, nullptr, std::move(fn), ch.schemaId, ch.replySchemaId}));
+}
+
+Registration CallbackTable::install(const Channel& ch, std::shared_ptr<HandlerSlot> slot) {
   std::uint64_t token;
   bool first;
   std::shared_ptr<HandlerHook> hook;
@@ -43,7 +52,8 @@ Registration CallbackTable::setHandler(const Channel& ch, Handler fn) {
     if (e.name.empty()) e.name = std::string(ch.name);
     first = e.handler == nullptr;
     token = nextToken_++;
-    e.handler = std::make_shared<HandlerSlot>(HandlerSlot{token, std::move(fn), ch.schemaId, ch.replySchemaId});
+    slot->token = token;
+    e.handler = std::move(slot);
   }
   if (first && hook && *hook) (*hook)(ch.id, true);
   const std::uint64_t id = ch.id;
@@ -73,6 +83,12 @@ std::vector<std::shared_ptr<ListenerSlot>> CallbackTable::takeListeners(std::uin
   std::vector<std::shared_ptr<ListenerSlot>> out = v;
   v.erase(std::remove_if(v.begin(), v.end(), [](const auto& s) { return s->once; }), v.end());
   return out;
+}
+
+std::size_t CallbackTable::listenerCount(std::uint64_t channel) const {
+  std::lock_guard lk(mu_);
+  auto it = entries_.find(channel);
+  return it == entries_.end() ? 0 : it->second.listeners.size();
 }
 
 std::shared_ptr<HandlerSlot> CallbackTable::handler(std::uint64_t channel) const {

@@ -24,7 +24,8 @@ struct ListenerSlot {
 
 struct HandlerSlot {
   std::uint64_t token;
-  Handler fn;
+  Handler fn;                   ///< synchronous handler, or
+  AsyncHandler async;           ///< asynchronous handler (exactly one of the two is set)
   std::uint64_t schemaId;       ///< expected request fingerprint (0 = unchecked)
   std::uint64_t replySchemaId;  ///< fingerprint stamped on replies (0 = untyped)
 };
@@ -51,10 +52,13 @@ class CallbackTable : public std::enable_shared_from_this<CallbackTable> {
 
   Registration addListener(const Channel& ch, Listener fn, bool once);
   Registration setHandler(const Channel& ch, Handler fn);
+  Registration setAsyncHandler(const Channel& ch, AsyncHandler fn);
 
   /// Snapshot of the listeners of `channel`; `once` listeners are removed from the table here,
   /// before they run. Empty when none.
   std::vector<std::shared_ptr<ListenerSlot>> takeListeners(std::uint64_t channel);
+  /// Number of listeners of `channel` now (0 when none).
+  std::size_t listenerCount(std::uint64_t channel) const;
   /// The current handler of `channel`, or null.
   std::shared_ptr<HandlerSlot> handler(std::uint64_t channel) const;
   bool hasHandler(std::uint64_t channel) const { return handler(channel) != nullptr; }
@@ -76,6 +80,8 @@ class CallbackTable : public std::enable_shared_from_this<CallbackTable> {
   std::uint64_t nextToken_ = 1;
   std::shared_ptr<HandlerHook> handlerHook_;
   std::shared_ptr<ListenerHook> listenerHook_;
+
+  Registration install(const Channel& ch, std::shared_ptr<HandlerSlot> slot);
 };
 
 }  // namespace shmbus::detail

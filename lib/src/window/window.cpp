@@ -1,19 +1,19 @@
+// The Window facade: a client process's endpoint (docs/architecture.md, "Window"). The handshake
+// is wire/, pending calls and blocking waits are endpoint/, handler running is endpoint/; this file
+// holds the window's rings and its dispatch loop.
 #include "shmbus/window.hpp"
 
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <capnp/serialize.h>
 #include <fmt/format.h>
 
-#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <mutex>
-#include <set>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -22,20 +22,18 @@
 #include "call/call.hpp"
 #include "call/callbacks.hpp"
 #include "control/control_protocol.hpp"
-#include "control/socket.hpp"
+#include "endpoint/call_wait.hpp"
+#include "endpoint/handler_run.hpp"
+#include "endpoint/pending_calls.hpp"
+#include "log/log.hpp"
 #include "protocol/frame_io.hpp"
-#include "ring/ring.hpp"
-#include "segment/segment.hpp"
-#include "wait/wait.hpp"
+#include "wire/handshake.hpp"
 
 namespace shmbus {
 
 using namespace detail;
 
 namespace {
-// The caller's own give-up time after a deadline, in case the supervisor cannot answer (it
-// answers Timeout itself at the deadline; its death is noticed at once through the socket).
-constexpr std::int64_t kLocalGraceNs = 20'000'000;
 // Local fallback for calls without a timeout of their own: the supervisor applies the channel's
 // default (5 s unless configured); this only bounds a wait on a supervisor that is alive but wedged.
 constexpr std::int64_t kUnknownDeadlineFallbackNs = 60'000'000'000;
@@ -44,43 +42,41 @@ constexpr int kBatch = 64;
 
 struct Window::Impl final : CallOwner {
   WindowOptions opts;
-  std::uint32_t id = 0;
-  std::string role;
   std::string bus;
+  Logger log;
   SpinPolicy spin;
-
   Fd sock;
-  Fd doorbell;
-  std::shared_ptr<Segment> segment;  // shared with held reply messages, so their memory stays mapped
-  RingConsumer in;                   // dispatcher only
-  RingProducer out;                  // guarded by outMu
+  WindowLink link;  // id, role, segment, inbox (dispatcher only), outbox (under outMu), cancel board
   std::mutex outMu;
   std::unordered_set<std::uint64_t> interned;  // guarded by outMu
 
   std::atomic<bool> closed{false};
-  std::string closeReason;  // written once before closed turns true
+  mutable std::mutex closeMu;
+  std::string closeReason;  // guarded by closeMu; set once, before `closed` turns true
   std::thread watchdog;
   std::thread dispatcher;
 
   std::recursive_mutex gate;  // held by whichever thread dispatches
   std::atomic<std::thread::id> dispatchingThread{};
-
   std::shared_ptr<CallbackTable> callbacks = std::make_shared<CallbackTable>();
-
-  std::mutex callMu;
-  std::unordered_map<std::uint64_t, std::shared_ptr<CallState>> pending;  // guarded by callMu
-  std::uint64_t nextRequestId = 1;                                        // guarded by callMu
-  std::atomic<std::int64_t> nextExpiryNs{kNoDeadline};
-
-  std::mutex runMu;
-  std::unordered_map<std::uint64_t, std::shared_ptr<std::atomic<bool>>> running;  // handler cancel flags
-  // A Cancel (control socket) can overtake its Invoke (inbox ring). Request ids reach this inbox
-  // in increasing order (the supervisor numbers routes as it writes them), so a Cancel for an id
-  // above the last one started is for a call still on its way: its handler starts cancelled.
-  std::set<std::uint64_t> earlyCancels;  // guarded by runMu
-  std::uint64_t lastStarted = 0;         // guarded by runMu
-
+  PendingCalls pending;
   std::unordered_map<std::uint64_t, std::string> roleNames;  // dispatcher only
+
+  /// Cancel state of one handler call: the router's board, a Cancel frame (async handlers that
+  /// outlive their callback), the bus closing, or the deadline.
+  struct Probe final : CancelProbe {
+    const Impl* w = nullptr;
+    std::uint64_t requestId = 0;
+    std::int64_t deadlineNs = 0;
+    std::atomic<bool> flag{false};
+    bool cancelled() const noexcept override {
+      // acquire: pairs with the release stores of onCancelFrame() and markClosed().
+      return flag.load(std::memory_order_acquire) || w->closed.load(std::memory_order_acquire) ||
+             w->link.cancels->contains(requestId) || (deadlineNs != 0 && monotonicNowNs() >= deadlineNs);
+    }
+  };
+  std::mutex asyncMu;
+  std::unordered_map<std::uint64_t, Probe*> asyncRunning;  // guarded by asyncMu
 
   // In-order release of inbox records (a reply held by a Message keeps its record reserved).
   struct Lease {
@@ -92,41 +88,48 @@ struct Window::Impl final : CallOwner {
 
   ~Impl() override { callbacks->clearHooks(); }
 
+  std::string busClosedMessage() const {
+    std::lock_guard lk(closeMu);
+    return closeReason.empty() ? fmt::format("bus '{}' is closed", bus) : closeReason;
+  }
+
   // ---- outbox
 
-  Result<void> writeOut(const FrameHeader& h, const BuildFn& build, std::size_t hint, std::int64_t waitUntil) {
-    std::lock_guard lk(outMu);
+  Result<void> writeOutLocked(const FrameHeader& h, const BuildFn& build, std::size_t hint, std::int64_t waitUntil) {
     for (;;) {
       if (closed.load(std::memory_order_acquire)) return makeError(ErrorCode::BusClosed, busClosedMessage());
-      auto r = writeFrame(out, h, build, hint);
+      auto r = writeFrame(link.outbox, h, build, hint);
       if (r || r.code() != ErrorCode::Full || waitUntil == 0) return r;
       if (waitForSpace(waitUntil) == WaitStatus::Timeout) return r;
     }
   }
 
+  Result<void> writeOut(const FrameHeader& h, const BuildFn& build, std::size_t hint, std::int64_t waitUntil) {
+    std::lock_guard lk(outMu);
+    return writeOutLocked(h, build, hint, waitUntil);
+  }
+
   WaitStatus waitForSpace(std::int64_t deadline) {
-    const std::uint64_t seen = out.control()->head.load(std::memory_order_acquire);  // SYNC POINT "head"
+    const std::uint64_t seen = link.outbox.control()->head.load(std::memory_order_acquire);  // SYNC POINT "head"
     return spinThenPark(
-        out.control()->spaceReady,
+        link.outbox.control()->spaceReady,
         [&] {
           // acquire: SYNC POINT "head" (RingConsumer::releaseTo); any progress is worth a retry.
           return closed.load(std::memory_order_acquire) ||
-                 out.control()->head.load(std::memory_order_acquire) != seen;
+                 link.outbox.control()->head.load(std::memory_order_acquire) != seen;
         },
         spin, deadline);
   }
 
   /// Sends the name behind `id` once (caller holds outMu).
   void internLocked(std::uint64_t nameIdValue, std::string_view name, bool isRole) {
-    // Nothing is written once closed (the call fails with BusClosed in writeOut): the supervisor
-    // reads this ring no more, and after a disconnect for a corrupt ring its space is not free.
-    // acquire: pairs with markClosed's release store.
-    if (closed.load(std::memory_order_acquire)) return;
+    // Nothing is written once closed: the supervisor reads this ring no more.
+    if (closed.load(std::memory_order_acquire)) return;  // acquire: pairs with markClosed
     if (name.empty() || !interned.insert(nameIdValue).second) return;
     FrameHeader h{};
     h.kind = static_cast<std::uint16_t>(FrameKind::Intern);
     h.channel = nameIdValue;
-    auto r = writeFrame(out, h, [&](Builder& b) {
+    auto r = writeFrame(link.outbox, h, [&](Builder& b) {
       auto i = b.initRoot<schema::Intern>();
       i.setId(nameIdValue);
       i.setName(std::string(name.substr(0, 256)));
@@ -135,15 +138,12 @@ struct Window::Impl final : CallOwner {
     if (!r) interned.erase(nameIdValue);  // try again with the next message
   }
 
-  void control(FrameKind kind, std::uint64_t channel) {
+  void control(FrameKind kind, std::uint64_t channel, std::uint64_t requestId = 0) {
     FrameHeader h{};
     h.kind = static_cast<std::uint16_t>(kind);
     h.channel = channel;
+    h.requestId = requestId;
     (void)writeOut(h, {}, 0, monotonicNowNs() + 1'000'000'000);
-  }
-
-  std::string busClosedMessage() const {
-    return closeReason.empty() ? fmt::format("bus '{}' is closed", bus) : closeReason;
   }
 
   FrameHeader headerFor(FrameKind kind, const Target& t, const Channel& ch) {
@@ -162,12 +162,10 @@ struct Window::Impl final : CallOwner {
 
   Result<void> sendImpl(const Target& t, const Channel& ch, const BuildFn& build) {
     FrameHeader h = headerFor(FrameKind::Send, t, ch);
-    {
-      std::lock_guard lk(outMu);
-      internLocked(ch.id, ch.name, false);
-      if (!t.role.empty()) internLocked(h.role, t.role, true);
-    }
-    return writeOut(h, build, 0, 0);
+    std::lock_guard lk(outMu);
+    internLocked(ch.id, ch.name, false);
+    if (!t.role.empty()) internLocked(h.role, t.role, true);
+    return writeOutLocked(h, build, 0, 0);
   }
 
   Call invokeImpl(const Target& t, const Channel& ch, const BuildFn& build, const CallOptions& o) {
@@ -183,26 +181,16 @@ struct Window::Impl final : CallOwner {
     h.deadlineNs = timeout.count() > 0 ? now + std::chrono::nanoseconds(timeout).count() : 0;
     h.status = static_cast<std::uint32_t>(std::min<std::int64_t>(timeout.count(), UINT32_MAX));
     s->deadlineNs = (h.deadlineNs != 0 ? h.deadlineNs : now + kUnknownDeadlineFallbackNs) + kLocalGraceNs;
-    {
-      std::lock_guard lk(callMu);
-      s->requestId = h.requestId = nextRequestId++;
-      pending.emplace(s->requestId, s);
-    }
-    std::int64_t e = nextExpiryNs.load(std::memory_order_relaxed);
-    // relaxed: the expiry hint is only an optimisation of when to scan; the scan itself locks callMu.
-    while (s->deadlineNs < e && !nextExpiryNs.compare_exchange_weak(e, s->deadlineNs, std::memory_order_relaxed)) {
-    }
+    h.requestId = pending.add(s);
+    Result<void> r;
     {
       std::lock_guard lk(outMu);
       internLocked(ch.id, ch.name, false);
       if (!t.role.empty()) internLocked(h.role, t.role, true);
+      r = writeOutLocked(h, build, o.sizeHint, 0);
     }
-    auto r = writeOut(h, build, o.sizeHint, 0);
     if (!r) {
-      {
-        std::lock_guard lk(callMu);
-        pending.erase(s->requestId);
-      }
+      pending.take(s->requestId);
       Error err = r.error();
       err.message = fmt::format("{}: {}", s->what, err.message);
       completeCall(s, std::move(err));
@@ -212,95 +200,39 @@ struct Window::Impl final : CallOwner {
 
   // ---- calls
 
-  void failAll(const Error& e) {
-    std::unordered_map<std::uint64_t, std::shared_ptr<CallState>> all;
-    {
-      std::lock_guard lk(callMu);
-      all.swap(pending);
-    }
-    for (auto& [rid, s] : all) {
-      Error err = e;
-      err.message = fmt::format("{}: {}", s->what, e.message);
-      completeCall(s, std::move(err));
-    }
-  }
-
   void expireLocal(std::int64_t now) {
-    if (now < nextExpiryNs.load(std::memory_order_relaxed)) return;  // relaxed: a hint (see invokeImpl)
-    std::vector<std::shared_ptr<CallState>> expired;
-    std::int64_t next = kNoDeadline;
-    {
-      std::lock_guard lk(callMu);
-      for (auto it = pending.begin(); it != pending.end();) {
-        if (it->second->deadlineNs <= now) {
-          expired.push_back(it->second);
-          it = pending.erase(it);
-        } else {
-          next = std::min(next, it->second->deadlineNs);
-          ++it;
-        }
-      }
-      nextExpiryNs.store(next, std::memory_order_relaxed);
-    }
-    for (auto& s : expired) {
+    for (auto& s : pending.takeExpired(now)) {
       completeCall(s, makeError(ErrorCode::Timeout,
                                 fmt::format("{} timed out after {} ms (no answer from the supervisor)", s->what,
                                             s->timeoutMs > 0 ? s->timeoutMs : kUnknownDeadlineFallbackNs / 1'000'000)));
     }
   }
 
-  Result<Message> waitFor(const std::shared_ptr<CallState>& s) override {
-    for (;;) {
-      {
-        std::lock_guard lk(s->mu);
-        if (s->result) return *s->result;
-      }
-      if (gate.try_lock()) {
-        const auto prev = dispatchingThread.exchange(std::this_thread::get_id());
-        bool done = false;
-        while (!done && !closed.load(std::memory_order_acquire)) {
-          dispatchOnce(s->deadlineNs, s.get());
-          std::lock_guard lk(s->mu);
-          done = s->result.has_value();
-        }
-        dispatchingThread.store(prev);
-        gate.unlock();
-        if (!done) expireLocal(monotonicNowNs());
-        std::lock_guard lk(s->mu);
-        if (s->result) return *s->result;
-        if (closed.load(std::memory_order_acquire)) {
-          return makeError(ErrorCode::BusClosed, fmt::format("{}: {}", s->what, busClosedMessage()));
-        }
-        continue;
-      }
-      // Another thread dispatches: wait for completion; re-check now and then in case that
-      // thread stops dispatching (then this thread takes over).
-      const std::int64_t left = s->deadlineNs - monotonicNowNs();
-      {
-        std::unique_lock lk(s->mu);
-        const auto slice = std::chrono::nanoseconds(std::clamp<std::int64_t>(left, 0, 10'000'000));
-        if (s->cv.wait_for(lk, slice, [&] { return s->result.has_value(); })) return *s->result;
-      }
-      // The dispatching thread may be the reason no answer comes (a handler blocked on something
-      // this thread holds: a cycle whose return leg cannot run). Give up at the local deadline as
-      // a dispatcher would, so the wait never outlives it.
-      if (left <= 0) expireLocal(monotonicNowNs());
+  // The waitForCall endpoint contract (endpoint/call_wait.hpp).
+  struct WaitAdapter {
+    Impl& i;
+    std::recursive_mutex& gate() { return i.gate; }
+    void dispatchRound(std::int64_t until, CallState* s) {
+      const auto prev = i.dispatchingThread.exchange(std::this_thread::get_id());
+      i.dispatchOnce(until, s);
+      i.dispatchingThread.store(prev);
     }
+    bool closed() const { return i.closed.load(std::memory_order_acquire); }
+    Result<Message> closedResult(const std::shared_ptr<CallState>& s) {
+      return makeError(ErrorCode::BusClosed, fmt::format("{}: {}", s->what, i.busClosedMessage()));
+    }
+    void giveUp(const std::shared_ptr<CallState>&) { i.expireLocal(monotonicNowNs()); }
+  };
+  Result<Message> waitFor(const std::shared_ptr<CallState>& s) override {
+    WaitAdapter a{*this};
+    return waitForCall(s, a);
   }
 
   void cancel(const std::shared_ptr<CallState>& s) override {
-    bool wasPending;
-    {
-      std::lock_guard lk(callMu);
-      wasPending = pending.erase(s->requestId) != 0;
-    }
+    const bool wasPending = pending.take(s->requestId) != nullptr;
     completeCall(s, makeError(ErrorCode::Cancelled, s->what + ": cancelled by the caller"));
-    if (wasPending) {
-      FrameHeader h{};
-      h.kind = static_cast<std::uint16_t>(FrameKind::Cancel);
-      h.requestId = s->requestId;
-      (void)writeOut(h, {}, 0, monotonicNowNs() + 1'000'000'000);
-    }
+    // Behind its Invoke on the same ring: the router never sees a Cancel before its call.
+    if (wasPending) control(FrameKind::Cancel, 0, s->requestId);
   }
 
   // ---- dispatch
@@ -310,9 +242,9 @@ struct Window::Impl final : CallOwner {
   void dispatchOnce(std::int64_t deadline, CallState* waiting = nullptr) {
     int n = 0;
     while (n < kBatch) {
-      auto r = in.tryRead();
+      auto r = link.inbox.tryRead();
       if (!r) {
-        markClosed(fmt::format("the inbox of window {} is corrupt: {}", id, r.error().message));
+        markClosed(fmt::format("the inbox of window {} is corrupt: {}", link.id, r.error().message));
         return;
       }
       if (!*r) break;
@@ -327,9 +259,9 @@ struct Window::Impl final : CallOwner {
     const std::int64_t now = monotonicNowNs();
     expireLocal(now);
     if (n > 0 || closed.load(std::memory_order_acquire)) return;
-    const std::int64_t until = std::min(deadline, nextExpiryNs.load(std::memory_order_relaxed));
+    const std::int64_t until = std::min(deadline, pending.nextExpiry());
     if (until <= now) return;
-    in.wait(until, spin, [&] {
+    link.inbox.wait(until, spin, [&] {
       // acquire: pairs with markClosed's / the lease release's release stores.
       return closed.load(std::memory_order_acquire) || lease->dirty.load(std::memory_order_acquire);
     });
@@ -346,12 +278,12 @@ struct Window::Impl final : CallOwner {
         lease->held.pop_front();
       }
     }
-    if (to != 0) in.releaseTo(to);
+    if (to != 0) link.inbox.releaseTo(to);
   }
 
-  void markReleased(std::uint64_t end) {
-    std::lock_guard lk(lease->mu);
-    for (auto& e : lease->held) {
+  static void markReleased(Lease& l, std::uint64_t end) {
+    std::lock_guard lk(l.mu);
+    for (auto& e : l.held) {
       if (e.first == end) {
         e.second = true;
         break;
@@ -371,19 +303,20 @@ struct Window::Impl final : CallOwner {
       auto parsed = msg.parse(f->payload, f->payloadBytes);
       const auto kind = static_cast<FrameKind>(f->header.kind);
       if (!parsed) {
-        if (kind == FrameKind::Invoke) reply(f->header, parsed.error());
+        if (kind == FrameKind::Invoke) replyError(f->header, parsed.error());
       } else {
         switch (kind) {
           case FrameKind::Intern: onIntern(msg); break;
           case FrameKind::Send: onPush(*f, msg); break;
           case FrameKind::Invoke: onInvoke(*f, msg); break;
+          case FrameKind::Cancel: onCancelFrame(f->header.requestId); break;
           case FrameKind::Reply:
           case FrameKind::Error: leased = onReply(*f, rec); break;
           default: break;
         }
       }
     }
-    if (!leased) markReleased(rec.end);
+    if (!leased) markReleased(*lease, rec.end);
   }
 
   void onIntern(InPlaceMessage& msg) {
@@ -391,6 +324,13 @@ struct Window::Impl final : CallOwner {
       auto i = msg.reader().getRoot<schema::Intern>();
       if (i.getIsRole()) roleNames[i.getId()] = i.getName();
     } catch (const kj::Exception&) {
+    }
+  }
+
+  void onCancelFrame(std::uint64_t requestId) {
+    std::lock_guard lk(asyncMu);
+    if (auto it = asyncRunning.find(requestId); it != asyncRunning.end()) {
+      it->second->flag.store(true, std::memory_order_release);  // pairs with Probe::cancelled()
     }
   }
 
@@ -413,35 +353,75 @@ struct Window::Impl final : CallOwner {
     if (listeners.empty()) return;
     std::string name;
     CallContext ctx = contextFor(f.header, name);
-    Message m(&msg, f.header.schemaId);
-    for (auto& l : listeners) {
-      try {
-        l->fn(m, ctx);
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "shmbus: window %u: listener for '%s' threw: %s\n", id, name.c_str(), e.what());
-      } catch (const kj::Exception& e) {
-        std::fprintf(stderr, "shmbus: window %u: listener for '%s' threw: %s\n", id, name.c_str(),
-                     e.getDescription().cStr());
-      }
-    }
+    runListeners(listeners, Message(&msg, f.header.schemaId), ctx, log);
   }
 
-  void reply(const FrameHeader& req, const Error& e) {
-    FrameHeader h{};
-    h.channel = req.channel;
-    h.requestId = req.requestId;
-    (void)writeErrorFramed(h, e, req.deadlineNs);
-  }
-
-  Result<void> writeErrorFramed(FrameHeader h, const Error& e, std::int64_t deadline) {
+  /// Writes an Error frame for request `req`, waiting for outbox space up to its deadline.
+  Result<void> writeError(FrameHeader h, const Error& e, std::int64_t deadline) {
+    h.kind = static_cast<std::uint16_t>(FrameKind::Error);
     std::lock_guard lk(outMu);
     for (;;) {
       if (closed.load(std::memory_order_acquire)) return makeError(ErrorCode::BusClosed, busClosedMessage());
-      auto r = writeErrorFrame(out, h, e);
+      auto r = writeErrorFrame(link.outbox, h, e);
       if (r || r.code() != ErrorCode::Full) return r;
       if (waitForSpace(deadline != 0 ? deadline : monotonicNowNs() + 1'000'000'000) == WaitStatus::Timeout) return r;
     }
   }
+
+  void replyError(const FrameHeader& req, const Error& e) {
+    FrameHeader h{};
+    h.channel = req.channel;
+    h.requestId = req.requestId;
+    (void)writeError(h, e, req.deadlineNs);
+  }
+
+  /// A handler's outcome for one request goes into the outbox (from any thread).
+  class OutboxSink final : public ReplySink {
+   public:
+    OutboxSink(Impl& w, const FrameHeader& req, std::uint64_t replySchemaId, std::string what, Probe& probe)
+        : w_(w), what_(std::move(what)), probe_(probe) {
+      h_.channel = req.channel;
+      h_.requestId = req.requestId;
+      h_.schemaId = replySchemaId;
+      deadline_ = req.deadlineNs;
+    }
+    Result<void> reply(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segs) override {
+      FrameHeader r = h_;
+      r.kind = static_cast<std::uint16_t>(FrameKind::Reply);
+      std::lock_guard lk(w_.outMu);
+      for (;;) {
+        if (w_.closed.load(std::memory_order_acquire)) return makeError(ErrorCode::BusClosed, w_.busClosedMessage());
+        auto wr = writeFrameSegments(w_.link.outbox, r, segs);
+        if (wr) return wr;
+        if (wr.code() != ErrorCode::Full ||
+            w_.waitForSpace(deadline_ != 0 ? deadline_ : monotonicNowNs() + 1'000'000'000) == WaitStatus::Timeout) {
+          // The reply cannot be sent (too large, or the outbox stayed full): fail the call instead.
+          Error e = wr.error();
+          e.message = fmt::format("{}: the reply could not be written: {}", what_, e.message);
+          FrameHeader eh = h_;
+          eh.schemaId = 0;
+          (void)writeErrorFrame(w_.link.outbox, eh, e);
+          return wr;
+        }
+      }
+    }
+    Result<void> fail(const Error& e) override {
+      FrameHeader eh = h_;
+      eh.schemaId = 0;
+      return w_.writeError(eh, e, deadline_);
+    }
+    void unanswered() override {
+      w_.log(LogLevel::Warn, "{}: the handler dropped its responder without replying (the caller times out)", what_);
+    }
+    bool cancelled() const noexcept override { return probe_.cancelled(); }
+
+   private:
+    Impl& w_;
+    FrameHeader h_{};
+    std::int64_t deadline_ = 0;
+    std::string what_;
+    Probe& probe_;
+  };
 
   void onInvoke(const FrameView& f, InPlaceMessage& msg) {
     const FrameHeader& h = f.header;
@@ -449,107 +429,85 @@ struct Window::Impl final : CallOwner {
     std::string name;
     CallContext ctx = contextFor(h, name);
     // Only error paths name the call: format it on demand, not once per call.
-    auto what = [&] { return fmt::format("invoke '{}' on window {} (role '{}')", name, id, role); };
-    if (!slot) {
-      reply(h, makeError(ErrorCode::NoHandler, fmt::format("{}: no handler", what())));
-      return;
-    }
+    auto what = [&] { return fmt::format("invoke '{}' on window {} (role '{}')", name, link.id, link.role); };
+    if (!slot) return replyError(h, makeError(ErrorCode::NoHandler, fmt::format("{}: no handler", what())));
     if (slot->schemaId != 0 && h.schemaId != 0 && slot->schemaId != h.schemaId) {
-      reply(h, makeError(ErrorCode::InvalidMessage,
-                         fmt::format("{}: request schema {:016x} does not match the handler's {:016x} "
-                                     "(the two sides were compiled from different contract versions)",
-                                     what(), h.schemaId, slot->schemaId)));
+      return replyError(h, makeError(ErrorCode::InvalidMessage,
+                                     fmt::format("{}: request schema {:016x} does not match the handler's {:016x} "
+                                                 "(the two sides were compiled from different contract versions)",
+                                                 what(), h.schemaId, slot->schemaId)));
+    }
+    const Message request(&msg, h.schemaId);
+    if (!slot->async) {
+      Probe probe;
+      probe.w = this;
+      probe.requestId = h.requestId;
+      probe.deadlineNs = h.deadlineNs;
+      ctx.cancelProbe = &probe;
+      OutboxSink sink(*this, h, slot->replySchemaId, std::string(), probe);
+      runHandler(*slot, request, ctx, what, sink, {});
       return;
     }
-    auto flag = std::make_shared<std::atomic<bool>>(false);
-    {
-      std::lock_guard lk(runMu);
-      running[h.requestId] = flag;
-      lastStarted = std::max(lastStarted, h.requestId);
-      // relaxed: the flag is published to this thread's handler by program order; other readers
-      // (none yet) would take runMu.
-      if (earlyCancels.erase(h.requestId) != 0) flag->store(true, std::memory_order_relaxed);
-      earlyCancels.erase(earlyCancels.begin(), earlyCancels.lower_bound(h.requestId));
-    }
-    ctx.cancelFlag = flag.get();
-    capnp::MallocMessageBuilder replyBuilder;
-    std::optional<Error> err;
-    try {
-      slot->fn(Message(&msg, h.schemaId), replyBuilder, ctx);
-    } catch (...) {
-      err = handlerError(what(), std::current_exception());
-    }
-    {
-      std::lock_guard lk(runMu);
-      running.erase(h.requestId);
-    }
-    FrameHeader r{};
-    r.channel = h.channel;
-    r.requestId = h.requestId;
-    if (err) {
-      (void)writeErrorFramed(r, *err, h.deadlineNs);
-      return;
-    }
-    r.kind = static_cast<std::uint16_t>(FrameKind::Reply);
-    r.schemaId = slot->replySchemaId;
-    auto segs = replyBuilder.getSegmentsForOutput();
-    std::lock_guard lk(outMu);
-    for (;;) {
-      if (closed.load(std::memory_order_acquire)) return;
-      auto w = writeFrameSegments(out, r, segs);
-      if (w) return;
-      if (w.code() != ErrorCode::Full ||
-          waitForSpace(h.deadlineNs != 0 ? h.deadlineNs : monotonicNowNs() + 1'000'000'000) == WaitStatus::Timeout) {
-        // The reply cannot be sent (too large, or the outbox stayed full): fail the call instead.
-        Error e = w.error();
-        e.message = fmt::format("{}: the reply could not be written: {}", what(), e.message);
-        (void)writeErrorFrame(out, r, e);
-        return;
+    // An async handler's Responder outlives this call: its probe lives with its sink, and Cancel
+    // frames reach it through asyncRunning until the last Responder copy is gone.
+    struct OwnedProbe {
+      Probe probe;
+      Impl* w = nullptr;
+      ~OwnedProbe() {
+        std::lock_guard lk(w->asyncMu);
+        w->asyncRunning.erase(probe.requestId);
       }
+    };
+    auto owned = std::make_shared<OwnedProbe>();
+    owned->w = this;
+    owned->probe.w = this;
+    owned->probe.requestId = h.requestId;
+    owned->probe.deadlineNs = h.deadlineNs;
+    {
+      std::lock_guard lk(asyncMu);
+      asyncRunning[h.requestId] = &owned->probe;
     }
+    ctx.cancelProbe = &owned->probe;
+    struct AsyncSink final : ReplySink {
+      std::shared_ptr<OwnedProbe> owned;
+      OutboxSink inner;
+      AsyncSink(std::shared_ptr<OwnedProbe> o, OutboxSink i) : owned(std::move(o)), inner(std::move(i)) {}
+      Result<void> reply(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> s) override { return inner.reply(s); }
+      Result<void> fail(const Error& e) override { return inner.fail(e); }
+      void unanswered() override { inner.unanswered(); }
+      bool cancelled() const noexcept override { return inner.cancelled(); }
+    };
+    OutboxSink unused(*this, h, slot->replySchemaId, std::string(), owned->probe);
+    runHandler(*slot, request, ctx, what, unused, [&] {
+      return std::make_shared<AsyncSink>(owned, OutboxSink(*this, h, slot->replySchemaId, what(), owned->probe));
+    });
   }
 
   /// Completes a pending call from a Reply/Error record. Returns true when the record is now
   /// leased to a Message (released when that Message dies).
   bool onReply(const FrameView& f, const RecordView& rec) {
-    std::shared_ptr<CallState> s;
-    {
-      std::lock_guard lk(callMu);
-      auto it = pending.find(f.header.requestId);
-      if (it == pending.end()) return false;  // cancelled or timed out locally: dropped
-      s = std::move(it->second);
-      pending.erase(it);
-    }
+    std::shared_ptr<CallState> s = pending.take(f.header.requestId);
+    if (!s) return false;  // cancelled or timed out locally: dropped
     if (f.header.kind == static_cast<std::uint16_t>(FrameKind::Error)) {
       InPlaceMessage m;
       (void)m.parse(f.payload, f.payloadBytes);
-      Error e = decodeError(f.header, m);
-      completeCall(s, std::move(e));
+      completeCall(s, decodeError(f.header, m));
       return false;
     }
     auto held = std::make_shared<HeldMessage>();
-    auto parsed = held->msg.parse(f.payload, f.payloadBytes);
-    if (!parsed) {
+    if (auto parsed = held->msg.parse(f.payload, f.payloadBytes); !parsed) {
       completeCall(s, parsed.error());
       return false;
     }
     const std::uint64_t end = rec.end;
     std::weak_ptr<Lease> weakLease = lease;
-    RingControl* ctl = in.control();
-    auto seg = segment;
+    RingControl* ctl = link.inbox.control();
+    auto seg = link.segment;
     const auto dispatcherId = &dispatchingThread;
     held->release = [weakLease, end, ctl, seg, dispatcherId] {
       auto l = weakLease.lock();
       if (!l) return;
-      {
-        std::lock_guard lk(l->mu);
-        for (auto& e : l->held) {
-          if (e.first == end) {
-            e.second = true;
-            break;
-          }
-        }
-      }
+      markReleased(*l, end);
       // release: pairs with the dispatcher's acquire load in its wait predicate.
       l->dirty.store(true, std::memory_order_release);
       if (dispatcherId->load() != std::this_thread::get_id()) wakeAll(ctl->dataReady);
@@ -561,12 +519,17 @@ struct Window::Impl final : CallOwner {
   // ---- lifecycle
 
   void markClosed(const std::string& reason) {
-    if (closed.load(std::memory_order_acquire)) return;
-    closeReason = reason;
-    closed.store(true, std::memory_order_release);  // pairs with the acquire loads of `closed`
-    failAll(makeError(ErrorCode::BusClosed, reason));
-    if (in.valid()) wakeAll(in.control()->dataReady);
-    if (out.valid()) wakeAll(out.control()->spaceReady);
+    {
+      std::lock_guard lk(closeMu);
+      if (closed.load(std::memory_order_acquire)) return;
+      closeReason = reason;
+      closed.store(true, std::memory_order_release);  // pairs with the acquire loads of `closed`
+    }
+    for (auto& [rid, s] : pending.takeAll()) {
+      completeCall(s, makeError(ErrorCode::BusClosed, fmt::format("{}: {}", s->what, reason)));
+    }
+    if (link.inbox.valid()) wakeAll(link.inbox.control()->dataReady);
+    if (link.outbox.valid()) wakeAll(link.outbox.control()->spaceReady);
   }
 
   void watch() {
@@ -580,20 +543,7 @@ struct Window::Impl final : CallOwner {
         markClosed(fmt::format("the supervisor of bus '{}' is gone", bus));
         return;
       }
-      if (pkt->bytes.size() >= sizeof(ControlHeader)) {
-        ControlHeader ch;
-        std::memcpy(&ch, pkt->bytes.data(), sizeof ch);
-        if (ch.type == static_cast<std::uint32_t>(ControlType::Cancel)) {
-          std::lock_guard lk(runMu);
-          auto it = running.find(ch.value);
-          if (it != running.end()) {
-            // release: pairs with CallContext::cancelled()'s acquire load.
-            it->second->store(true, std::memory_order_release);
-          } else if (ch.value > lastStarted && earlyCancels.size() < 4096) {
-            earlyCancels.insert(ch.value);  // its Invoke is still in the inbox (see earlyCancels)
-          }
-        }
-      }
+      // Nothing else travels supervisor → window on the socket after the Welcome.
     }
   }
 
@@ -615,69 +565,11 @@ Result<std::unique_ptr<Window::Impl>> handshake(Fd sock, WindowOptions opts, con
   impl->bus = bus;
   impl->spin.spin = opts.spin;
   impl->sock = std::move(sock);
-  {
-    capnp::MallocMessageBuilder mb;
-    auto hello = mb.initRoot<schema::Hello>();
-    hello.setRole(opts.role);
-    hello.setPid(static_cast<std::int32_t>(::getpid()));
-    hello.setInboxBytes(opts.inboxBytes);
-    hello.setOutboxBytes(opts.outboxBytes);
-    hello.setSpawnToken(spawned ? 1 : 0);
-    auto words = capnp::messageToFlatArray(mb);
-    std::vector<std::uint8_t> pkt(sizeof(ControlHeader) + words.asBytes().size());
-    ControlHeader ch{static_cast<std::uint32_t>(ControlType::Hello), 0, 0};
-    std::memcpy(pkt.data(), &ch, sizeof ch);
-    std::memcpy(pkt.data() + sizeof ch, words.asBytes().begin(), words.asBytes().size());
-    if (auto r = sendPacket(impl->sock.get(), pkt.data(), pkt.size()); !r) return r.error();
-  }
-  pollfd p{impl->sock.get(), POLLIN, 0};
-  const int pr = ::poll(&p, 1, static_cast<int>(opts.connectTimeout.count()));
-  if (pr == 0) {
-    return makeError(ErrorCode::Timeout, fmt::format("no welcome from the supervisor of bus '{}' within {} ms", bus,
-                                                     opts.connectTimeout.count()));
-  }
-  auto pkt = recvPacket(impl->sock.get());
-  if (!pkt) return pkt.error();
-  if (pkt->hangup || pkt->bytes.size() < sizeof(ControlHeader) + 8) {
-    return makeError(ErrorCode::BusClosed, fmt::format("the supervisor of bus '{}' closed the connection", bus));
-  }
-  const auto* words = reinterpret_cast<const capnp::word*>(pkt->bytes.data() + sizeof(ControlHeader));
-  std::vector<capnp::word> aligned((pkt->bytes.size() - sizeof(ControlHeader)) / sizeof(capnp::word));
-  std::memcpy(aligned.data(), words, aligned.size() * sizeof(capnp::word));
-  try {
-    capnp::FlatArrayMessageReader reader(kj::arrayPtr(aligned.data(), aligned.size()));
-    auto w = reader.getRoot<schema::Welcome>();
-    if (!w.getOk()) {
-      auto e = w.getError();
-      return makeError(static_cast<ErrorCode>(e.getCode()), e.getMessage());
-    }
-    if (pkt->fds.empty()) return makeError(ErrorCode::InvalidMessage, "welcome without a doorbell descriptor");
-    impl->doorbell = std::move(pkt->fds[0]);
-    impl->id = w.getWindowId();
-    impl->role = w.getRole();
-    auto seg = Segment::open(w.getSegmentName());
-    if (!seg) return seg.error();
-    impl->segment = std::make_shared<Segment>(std::move(*seg));
-    const std::size_t size = impl->segment->size();
-    RingGeometry inG{w.getInboxCapacity(), w.getMaxRecord()};
-    RingGeometry outG{w.getOutboxCapacity(), w.getMaxRecord()};
-    if (!validateGeometry(inG) || !validateGeometry(outG) ||
-        w.getInboxOffset() + ringFootprint(inG.capacity) > size ||
-        w.getOutboxOffset() + ringFootprint(outG.capacity) > size) {
-      return makeError(ErrorCode::InvalidMessage, "welcome describes rings outside the segment");
-    }
-    std::uint8_t* base = impl->segment->base();
-    auto* inCtl = reinterpret_cast<RingControl*>(base + w.getInboxOffset());
-    auto* outCtl = reinterpret_cast<RingControl*>(base + w.getOutboxOffset());
-    impl->in = RingConsumer(inCtl, base + w.getInboxOffset() + sizeof(RingControl), inG);
-    // The supervisor zeroes what it consumed, so the outbox's free space is zero: no memset.
-    impl->out = RingProducer(outCtl, base + w.getOutboxOffset() + sizeof(RingControl), outG, false,
-                             impl->doorbell.get());
-  } catch (const kj::Exception& e) {
-    return makeError(ErrorCode::InvalidMessage, std::string("malformed welcome: ") + e.getDescription().cStr());
-  }
-  ControlHeader mapped{static_cast<std::uint32_t>(ControlType::Mapped), 0, 0};
-  if (auto r = sendPacket(impl->sock.get(), &mapped, sizeof mapped); !r) return r.error();
+  auto link = helloAndWelcome(impl->sock.get(), HelloParams{opts.role, opts.inboxBytes, opts.outboxBytes, spawned},
+                              bus, opts.connectTimeout);
+  if (!link) return link.error();
+  impl->link = std::move(*link);
+  impl->log = Logger{"window", fmt::format("{}/{}#{}", bus, impl->link.role, impl->link.id), opts.logLevel};
   impl->roleNames[nameId("main")] = "main";
   Window::Impl* raw = impl.get();
   impl->callbacks->setHooks(
@@ -694,7 +586,7 @@ Result<std::unique_ptr<Window::Impl>> handshake(Fd sock, WindowOptions opts, con
 Window::Window(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Window::~Window() {
-  if (impl_) impl_->close(fmt::format("window {} is closed", impl_->id));
+  if (impl_) impl_->close(fmt::format("window {} is closed", impl_->link.id));
 }
 
 Result<std::unique_ptr<Window>> Window::connect(WindowOptions options) {
@@ -733,8 +625,8 @@ Result<std::unique_ptr<Window>> Window::fromSpawn(WindowOptions options) {
   return std::unique_ptr<Window>(new Window(std::move(*impl)));
 }
 
-std::uint32_t Window::id() const noexcept { return impl_->id; }
-const std::string& Window::role() const noexcept { return impl_->role; }
+std::uint32_t Window::id() const noexcept { return impl_->link.id; }
+const std::string& Window::role() const noexcept { return impl_->link.role; }
 const std::string& Window::bus() const noexcept { return impl_->bus; }
 
 Result<void> Window::send(const Channel& channel, const BuildFn& build) {
@@ -766,6 +658,10 @@ Registration Window::handle(const Channel& channel, Handler handler) {
   return impl_->callbacks->setHandler(channel, std::move(handler));
 }
 
+Registration Window::handleAsync(const Channel& channel, AsyncHandler handler) {
+  return impl_->callbacks->setAsyncHandler(channel, std::move(handler));
+}
+
 void Window::run() {
   std::lock_guard g(impl_->gate);
   const auto prev = impl_->dispatchingThread.exchange(std::this_thread::get_id());
@@ -788,7 +684,7 @@ void Window::startDispatchThread() {
   impl_->dispatcher = startDispatcher(impl_->gate, [this] { run(); });
 }
 
-void Window::close() { impl_->close(fmt::format("window {} is closed", impl_->id)); }
+void Window::close() { impl_->close(fmt::format("window {} is closed", impl_->link.id)); }
 
 bool Window::closed() const noexcept { return impl_->closed.load(std::memory_order_acquire); }
 

@@ -1,0 +1,266 @@
+// libshmbus — C++20 coroutines over the bus: `co_await` a call, write handlers as coroutines.
+//
+//   shmbus::Task<shmbus::Reply> getData(shmbus::Request req) {
+//     auto rows = co_await win.invokeIn("database", "query", build);   // suspends, no thread blocked
+//     if (!rows) throw shmbus::CallFailure(rows.error());
+//     shmbus::Reply reply;
+//     reply.initRoot<Data>().setTotal(...);
+//     co_return reply;                                                  // the call's reply
+//   }
+//   auto reg = shmbus::handleCo(win, "GetDashboardData", getData);
+//
+// Where coroutines resume: `co_await call` resumes in the call's then-callback, i.e. on the
+// endpoint's dispatch thread (a Window's run()/poll()/startDispatchThread(), the Supervisor's
+// callback lane). So the library's loop drives them; to drive them from your own loop, call
+// `endpoint.poll(0ms)` whenever your loop is idle (or from a timer), or run the endpoint's
+// startDispatchThread() and hop back to your loop in the coroutine yourself. syncWait() runs
+// one task to completion by dispatching on the calling thread.
+//
+// Task<T> is lazy (it starts when awaited, detached, or run by syncWait) and single-owner.
+// Thread contract: a Task is resumed on one thread at a time; it may move between threads.
+#pragma once
+
+#include <capnp/message.h>
+
+#include <chrono>
+#include <coroutine>
+#include <exception>
+#include <memory>
+#include <optional>
+#include <utility>
+
+#include "shmbus/message.hpp"
+
+namespace shmbus {
+
+template <typename T = void>
+class Task;
+
+namespace detail {
+
+template <typename T>
+struct TaskPromiseBase {
+  std::exception_ptr error;
+  std::coroutine_handle<> continuation;
+  std::suspend_always initial_suspend() noexcept { return {}; }
+  struct Final {
+    bool await_ready() noexcept { return false; }
+    template <typename P>
+    std::coroutine_handle<> await_suspend(std::coroutine_handle<P> h) noexcept {
+      // Symmetric transfer to whoever awaited this task (no stack growth across long chains).
+      auto c = h.promise().continuation;
+      return c ? c : std::noop_coroutine();
+    }
+    void await_resume() noexcept {}
+  };
+  Final final_suspend() noexcept { return {}; }
+  void unhandled_exception() noexcept { error = std::current_exception(); }
+};
+
+template <typename T>
+struct TaskPromise : TaskPromiseBase<T> {
+  std::optional<T> value;
+  Task<T> get_return_object() noexcept;
+  void return_value(T v) { value.emplace(std::move(v)); }
+  T take() {
+    if (this->error) std::rethrow_exception(this->error);
+    return std::move(*value);
+  }
+};
+
+template <>
+struct TaskPromise<void> : TaskPromiseBase<void> {
+  Task<void> get_return_object() noexcept;
+  void return_void() noexcept {}
+  void take() {
+    if (this->error) std::rethrow_exception(this->error);
+  }
+};
+
+/// A coroutine that starts at once and destroys itself at the end (fire and forget).
+struct Detached {
+  struct promise_type {
+    Detached get_return_object() noexcept { return {}; }
+    std::suspend_never initial_suspend() noexcept { return {}; }
+    std::suspend_never final_suspend() noexcept { return {}; }
+    void return_void() noexcept {}
+    void unhandled_exception() noexcept { std::terminate(); }  // the bodies below catch everything
+  };
+};
+
+}  // namespace detail
+
+/// A lazily started coroutine producing a T (or nothing). Move-only; awaiting it starts it and
+/// resumes the awaiter when it finishes, rethrowing what it threw.
+template <typename T>
+class [[nodiscard]] Task {
+ public:
+  using promise_type = detail::TaskPromise<T>;
+  using Handle = std::coroutine_handle<promise_type>;
+
+  Task() = default;
+  explicit Task(Handle h) noexcept : h_(h) {}
+  Task(Task&& o) noexcept : h_(std::exchange(o.h_, {})) {}
+  Task& operator=(Task&& o) noexcept {
+    if (this != &o) {
+      if (h_) h_.destroy();
+      h_ = std::exchange(o.h_, {});
+    }
+    return *this;
+  }
+  Task(const Task&) = delete;
+  Task& operator=(const Task&) = delete;
+  ~Task() {
+    if (h_) h_.destroy();
+  }
+
+  bool await_ready() const noexcept { return !h_ || h_.done(); }
+  std::coroutine_handle<> await_suspend(std::coroutine_handle<> awaiter) noexcept {
+    h_.promise().continuation = awaiter;
+    return h_;
+  }
+  T await_resume() { return h_.promise().take(); }
+
+  /// True once the coroutine ran to its end.
+  bool done() const noexcept { return h_ && h_.done(); }
+
+ private:
+  Handle h_;
+};
+
+namespace detail {
+template <typename T>
+Task<T> TaskPromise<T>::get_return_object() noexcept {
+  return Task<T>(std::coroutine_handle<TaskPromise<T>>::from_promise(*this));
+}
+inline Task<void> TaskPromise<void>::get_return_object() noexcept {
+  return Task<void>(std::coroutine_handle<TaskPromise<void>>::from_promise(*this));
+}
+}  // namespace detail
+
+/// `co_await call` suspends until the call's result is there and yields it (Result<Message>;
+/// bus errors are values, as from Call::get()). Resumes on the endpoint's dispatch thread.
+struct CallAwaiter {
+  Call call;
+  bool await_ready() const { return call.ready(); }
+  bool await_suspend(std::coroutine_handle<> h) {
+    return call.thenIfPending([h](const Result<Message>&) { h.resume(); });
+  }
+  Result<Message> await_resume() { return call.get(); }
+};
+inline CallAwaiter operator co_await(Call call) { return CallAwaiter{std::move(call)}; }
+
+/// The reply a coroutine handler co_returns: a heap message builder (an empty Reply is a void
+/// reply). Move-only.
+class Reply {
+ public:
+  Reply() = default;
+  /// The builder (created on first use).
+  Builder& builder() {
+    if (!mb_) mb_ = std::make_unique<capnp::MallocMessageBuilder>();
+    return *mb_;
+  }
+  /// Initialises the root as struct type T.
+  template <typename T>
+  typename T::Builder initRoot() {
+    return builder().template initRoot<T>();
+  }
+  bool empty() const noexcept { return mb_ == nullptr; }
+
+ private:
+  std::unique_ptr<capnp::MallocMessageBuilder> mb_;
+};
+
+/// The request a coroutine handler gets: an owned copy of the message and of its context (the
+/// strings live here), valid across suspensions. cancelled() asks the call's Responder.
+class Request {
+ public:
+  Request(const Message& m, const CallContext& ctx, Responder r)
+      : s_(std::make_shared<State>(m.copy(), ctx, std::move(r))) {}
+  const Message& message() const noexcept { return s_->message; }
+  /// The context; its views point into this Request. Its cancelProbe is cleared: use cancelled().
+  const CallContext& context() const noexcept { return s_->ctx; }
+  template <typename T>
+  typename T::Reader root() const {
+    return s_->message.template root<T>();
+  }
+  /// True once the caller cancelled, the deadline passed or the bus closed.
+  bool cancelled() const noexcept { return s_->responder.cancelled() || s_->ctx.cancelled(); }
+
+ private:
+  struct State {
+    State(Message m, const CallContext& c, Responder r)
+        : message(std::move(m)), role(c.sourceRole), channel(c.channel), ctx(c), responder(std::move(r)) {
+      ctx.sourceRole = role;
+      ctx.channel = channel;
+      ctx.cancelProbe = nullptr;
+    }
+    Message message;
+    std::string role, channel;
+    CallContext ctx;
+    Responder responder;
+  };
+  std::shared_ptr<State> s_;
+};
+
+namespace detail {
+inline Detached driveReply(Task<Reply> task, Responder r) {
+  try {
+    Reply reply = co_await std::move(task);
+    if (reply.empty()) {
+      (void)r.reply();
+    } else {
+      (void)r.reply(reply.builder());
+    }
+  } catch (...) {
+    (void)r.fail(std::current_exception());
+  }
+}
+inline Detached driveDetached(Task<void> task) {
+  try {
+    co_await std::move(task);
+  } catch (...) {
+  }
+}
+}  // namespace detail
+
+/// Registers a coroutine handler on a Window or Supervisor: `fn(Request) -> Task<Reply>`. The
+/// coroutine starts on the dispatch thread; its co_return value is the reply, an exception fails
+/// the call (CallFailure: its code; others: HandlerError), and the dispatch thread is free
+/// whenever the coroutine is suspended. Built on handleAsync; the last registered handler wins.
+template <typename Endpoint, typename F>
+Registration handleCo(Endpoint& endpoint, const Channel& channel, F fn) {
+  return endpoint.handleAsync(channel, [fn = std::move(fn)](const Message& m, Responder r, const CallContext& ctx) {
+    detail::driveReply(fn(Request(m, ctx, r)), r);
+  });
+}
+
+/// Starts `task` and lets it run to its end on its own (exceptions are swallowed: catch inside).
+inline void detach(Task<void> task) { detail::driveDetached(std::move(task)); }
+
+/// Runs `task` to its end, dispatching `endpoint` on this thread meanwhile (poll), and returns
+/// its value (or rethrows). Not from inside a callback of `endpoint`'s dispatch thread when
+/// another thread dispatches it (the task would resume there and this loop polls in vain).
+template <typename Endpoint, typename T>
+T syncWait(Endpoint& endpoint, Task<T> task) {
+  std::optional<T> out;
+  std::exception_ptr error;
+  bool finished = false;
+  auto body = [&]() -> Task<void> {
+    try {
+      out.emplace(co_await std::move(task));
+    } catch (...) {
+      error = std::current_exception();
+    }
+    finished = true;
+  };
+  detach(body());
+  while (!finished) {
+    if (!endpoint.poll(std::chrono::milliseconds(10))) break;
+  }
+  if (error) std::rethrow_exception(error);
+  if (!out) throw UsageError("syncWait: the endpoint closed before the task finished");
+  return std::move(*out);
+}
+
+}  // namespace shmbus

@@ -1,0 +1,100 @@
+#include "endpoint/handler_run.hpp"
+
+#include <kj/exception.h>
+
+#include "protocol/frame_io.hpp"
+
+namespace shmbus {
+
+namespace {
+Error alreadyReplied(const detail::ResponderState& s) {
+  return makeError(ErrorCode::InvalidMessage, s.what + ": already replied");
+}
+}  // namespace
+
+Result<void> Responder::reply(const BuildFn& build) {
+  if (!state_) return makeError(ErrorCode::InvalidMessage, "reply() on an empty Responder");
+  // acq_rel: exactly one reply wins; pairs with replied()'s acquire load.
+  if (state_->done.exchange(true, std::memory_order_acq_rel)) return alreadyReplied(*state_);
+  capnp::MallocMessageBuilder mb;
+  try {
+    if (build) build(mb);
+  } catch (...) {
+    return state_->sink->fail(detail::handlerError(state_->what, std::current_exception()));
+  }
+  return state_->sink->reply(mb.getSegmentsForOutput());
+}
+
+Result<void> Responder::reply(capnp::MessageBuilder& built) {
+  if (!state_) return makeError(ErrorCode::InvalidMessage, "reply() on an empty Responder");
+  if (state_->done.exchange(true, std::memory_order_acq_rel)) return alreadyReplied(*state_);  // as in reply()
+  return state_->sink->reply(built.getSegmentsForOutput());
+}
+
+Result<void> Responder::fail(std::exception_ptr exception) {
+  if (!state_) return makeError(ErrorCode::InvalidMessage, "fail() on an empty Responder");
+  return fail(detail::handlerError(state_->what, std::move(exception)));
+}
+
+Result<void> Responder::fail(Error error) {
+  if (!state_) return makeError(ErrorCode::InvalidMessage, "fail() on an empty Responder");
+  if (state_->done.exchange(true, std::memory_order_acq_rel)) return alreadyReplied(*state_);  // as in reply()
+  return state_->sink->fail(error);
+}
+
+bool Responder::replied() const noexcept {
+  return state_ && state_->done.load(std::memory_order_acquire);  // pairs with reply()'s exchange
+}
+
+bool Responder::cancelled() const noexcept { return state_ && state_->sink->cancelled(); }
+
+std::uint64_t Responder::requestId() const noexcept { return state_ ? state_->requestId : 0; }
+
+namespace detail {
+
+ResponderState::~ResponderState() {
+  // relaxed: the last owner is being destroyed; no other thread can reply any more.
+  if (!done.load(std::memory_order_relaxed) && sink) sink->unanswered();
+}
+
+void runHandler(const HandlerSlot& slot, const Message& request, const CallContext& ctx,
+                const std::function<std::string()>& what, ReplySink& syncSink,
+                const std::function<std::shared_ptr<ReplySink>()>& makeAsyncSink) {
+  if (slot.async) {
+    auto state = std::make_shared<ResponderState>();
+    state->sink = makeAsyncSink();
+    state->requestId = ctx.requestId;
+    state->what = what();
+    try {
+      slot.async(request, Responder(state), ctx);
+    } catch (...) {
+      Error e = handlerError(state->what, std::current_exception());
+      if (!state->done.exchange(true, std::memory_order_acq_rel)) (void)state->sink->fail(e);  // as in reply()
+    }
+    return;
+  }
+  capnp::MallocMessageBuilder reply;
+  try {
+    slot.fn(request, reply, ctx);
+  } catch (...) {
+    (void)syncSink.fail(handlerError(what(), std::current_exception()));
+    return;
+  }
+  (void)syncSink.reply(reply.getSegmentsForOutput());
+}
+
+void runListeners(const std::vector<std::shared_ptr<ListenerSlot>>& listeners, const Message& m,
+                  const CallContext& ctx, const Logger& log) {
+  for (const auto& l : listeners) {
+    try {
+      l->fn(m, ctx);
+    } catch (const std::exception& e) {
+      log(LogLevel::Error, "listener for '{}' threw: {}", ctx.channel, e.what());
+    } catch (const kj::Exception& e) {
+      log(LogLevel::Error, "listener for '{}' threw: {}", ctx.channel, e.getDescription().cStr());
+    }
+  }
+}
+
+}  // namespace detail
+}  // namespace shmbus

@@ -1,0 +1,105 @@
+// The router's registry: the windows connected to one supervisor, their roles, and the names of
+// channel and role ids (docs/architecture.md, "Router").
+//
+// Everything here is guarded by the router's mutex (Router::mu_); nothing is thread-safe alone.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "control/socket.hpp"
+#include "ring/ring.hpp"
+#include "segment/segment.hpp"
+#include "shmbus/channel.hpp"
+
+namespace shmbus::detail {
+
+class CallbackTable;
+struct CancelBoard;
+
+/// One connection: a window from its first control packet until it is removed.
+struct Conn {
+  std::uint32_t id = 0;
+  std::string role;
+  std::uint64_t roleId = 0;
+  pid_t pid = 0;
+  bool spawned = false;
+  enum class State { AwaitHello, AwaitMapped, Live } state = State::AwaitHello;
+  Fd sock;
+  std::string segName;  // non-empty until unlinked
+  std::shared_ptr<Segment> seg;
+  RingProducer inbox;   // router → window (under the router mutex)
+  RingConsumer outbox;  // window → router (the routing thread, under the router mutex)
+  CancelBoard* cancels = nullptr;  // in the window's segment (wire/cancel_board.hpp)
+  std::unordered_set<std::uint64_t> handled;
+  std::unordered_set<std::uint64_t> listens;
+  std::unordered_set<std::uint64_t> knownRoles;
+  // Names this window gave ids that do not hash to them (typed channels: methodChannelId cannot
+  // be checked against a name). Unverified, so they name channels only in this window's own
+  // errors, never in other windows' messages or in stats.
+  std::unordered_map<std::uint64_t, std::string> ownNames;
+  std::string doomed;  // non-empty: disconnect after the current batch, with this reason
+  bool bad = false;
+  // Records of this outbox still in use (a main-process callback reads one in place, or a nested
+  // dispatch round runs inside the processing of one): the outbox is released only below the
+  // oldest of them, and the Conn is not freed while any is held.
+  int pinDepth = 0;
+  std::uint64_t pinPos = 0;  // ring position of the oldest record in use
+
+  bool live() const noexcept { return state == State::Live && doomed.empty(); }
+  /// "role 'x' (window n)", for messages.
+  std::string describe() const;
+};
+
+/// The table of connections and names. Guarded by the router mutex.
+class Registry {
+ public:
+  explicit Registry(std::shared_ptr<CallbackTable> mainCallbacks);
+
+  /// Adds a connection in state AwaitHello with the next window id.
+  Conn& add(Fd sock, std::string role, pid_t pid, bool spawned);
+  /// Removes and returns the connection `id` (null when absent).
+  std::unique_ptr<Conn> remove(std::uint32_t id);
+  Conn* find(std::uint32_t id);
+  /// The live connection with `id`, or null.
+  Conn* live(std::uint32_t id);
+  /// Resolves a frame target: a window id, or kTargetByRole with `roleId` (the first registered
+  /// live window of that role).
+  Conn* resolve(std::uint32_t target, std::uint64_t roleId);
+  Conn* resolve(const Target& t);
+  /// Connections in registration order.
+  std::map<std::uint32_t, std::unique_ptr<Conn>>& all() noexcept { return conns_; }
+  const std::map<std::uint32_t, std::unique_ptr<Conn>>& all() const noexcept { return conns_; }
+  /// The role of window `id` ("main" for 0, "" when unknown).
+  std::string roleOf(std::uint32_t id) const;
+
+  /// Records a verified name (it hashes to its id), bounded.
+  void addName(std::uint64_t id, std::string name);
+  /// Records the display label of a typed channel id (stats only; first claim wins).
+  void addStatLabel(std::uint64_t id, std::string name);
+  /// Name of channel `id`: a verified name, the main process's own, else the name window
+  /// `callerId` gave it itself (for messages to that window), else its id in hex.
+  std::string nameOf(std::uint64_t id, std::uint32_t callerId = 0) const;
+  /// Name for stats: nameOf, else a typed channel's stat label.
+  std::string statName(std::uint64_t id) const;
+  /// "role 'x'" or "window n", for a frame target.
+  std::string describeTarget(std::uint32_t target, std::uint64_t roleId) const;
+  /// A verified role name for `roleId`, or null.
+  const std::string* roleName(std::uint64_t roleId) const;
+
+ private:
+  std::map<std::uint32_t, std::unique_ptr<Conn>> conns_;  // by id: registration order
+  std::uint32_t nextId_ = 1;
+  std::unordered_map<std::uint64_t, std::string> names_;
+  std::unordered_map<std::uint64_t, std::string> statLabels_;
+  std::shared_ptr<CallbackTable> mainCallbacks_;
+};
+
+}  // namespace shmbus::detail

@@ -1,0 +1,210 @@
+// The router: the supervisor's control plane and message switch (docs/architecture.md, "Router").
+//
+// It accepts windows on the bus socket, runs the supervisor's side of the handshake, reads every
+// window's outbox, routes frames between windows by their headers alone, enforces deadlines,
+// fails calls whose target dies, keeps the registry and the statistics, and hands what is meant
+// for the main process to a MainPort (the supervisor's own endpoint) without ever running user
+// code itself. So a main-process handler that takes seconds never holds up routing.
+//
+// Thread contract: every public method is thread-safe (one mutex, mu_). dispatchOnce may run on
+// several threads at once (the dispatch thread and, while a main callback runs long, the lane's
+// standby): rounds serialise on mu_, which is released while a round parks in epoll.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "call/call.hpp"
+#include "log/log.hpp"
+#include "protocol/frame_io.hpp"
+#include "router/registry.hpp"
+#include "router/routes.hpp"
+#include "shmbus/supervisor.hpp"
+#include "spawn/spawn.hpp"
+#include "wait/wait.hpp"
+
+namespace shmbus::detail {
+
+class CallbackTable;
+
+/// Work for the main process, produced by the router (a one-way message, a call to a handler, a
+/// bus event). The payload is either read in place from the sender's outbox record (`pinnedConn`
+/// set: the router keeps that record until Router::unpin) or owned by `held`.
+struct MainJob {
+  enum class Kind : std::uint8_t { Listen, Invoke };
+  Kind kind = Kind::Listen;
+  FrameHeader header{};           ///< the frame as the window wrote it (channel, schema id, ...)
+  std::uint32_t sourceId = 0;     ///< sending window
+  std::string sourceRole;
+  std::string channelName;
+  const std::uint8_t* payload = nullptr;  ///< MessageTable + segments
+  std::size_t payloadBytes = 0;
+  std::shared_ptr<HeldMessage> held;      ///< owner of the payload when not in place
+  std::uint64_t routeId = 0;      ///< Invoke: the route whose deadline the router enforces
+  std::int64_t deadlineNs = 0;    ///< Invoke: absolute CLOCK_MONOTONIC ns
+  std::int64_t timeoutMs = 0;     ///< Invoke: the caller's timeout, for messages
+  std::uint32_t pinnedConn = 0;   ///< in place: the window whose outbox record holds the payload
+
+  /// Copies the payload out of the ring into `held` (for a job that is queued). Errors:
+  /// InvalidMessage.
+  Result<void> detach();
+};
+
+/// The main process as the router sees it (implemented by the supervisor's MainEndpoint).
+class MainPort {
+ public:
+  virtual ~MainPort() = default;
+  /// Takes a main-bound job. With `inPlaceOk` it may keep the job in place and return true: the
+  /// router then pins the record, ends its round, and the thread that called dispatchOnce runs the
+  /// job after it returns (Router::unpin when done). Otherwise it must detach() or drop the job.
+  virtual bool deliver(MainJob& job, bool inPlaceOk) = 0;
+  /// The main-process handler of route `routeId` should stop: its caller cancelled, timed out or
+  /// went away (CallContext::cancelled() turns true).
+  virtual void cancelMain(std::uint64_t routeId) = 0;
+  /// Runs `fn` (user code: a Call's then-callback) on the main process's callback lane.
+  virtual void post(std::function<void()> fn) = 0;
+};
+
+/// The options the router needs from SupervisorOptions.
+struct RouterOptions {
+  std::string bus;
+  std::string socketPath;
+  std::vector<std::string> allowedRoles;
+  std::uint32_t inboxBytes = 1u << 20;
+  std::uint32_t outboxBytes = 1u << 20;
+  std::uint32_t maxRecordBytes = 1u << 18;
+  std::chrono::nanoseconds spin{std::chrono::microseconds(4)};
+  LogLevel logLevel = LogLevel::Warn;
+};
+
+class Router {
+ public:
+  /// Listens on the bus socket and removes stale segment names. Errors: SystemError.
+  static Result<std::unique_ptr<Router>> create(RouterOptions o, MainPort& main,
+                                                std::shared_ptr<CallbackTable> mainCallbacks);
+  ~Router();
+
+  const std::string& socketPath() const noexcept { return path_; }
+  const RouterOptions& options() const noexcept { return opts_; }
+
+  /// One round: drains every outbox; when nothing was there, spins briefly, then parks in epoll
+  /// (sockets, doorbell, deadline timer, wake) until an event or `deadline`. `mayInline`: whether
+  /// the calling thread runs main-process callbacks itself (MainPort::deliver).
+  void dispatchOnce(std::int64_t deadline, bool mayInline);
+  /// Ends a parked dispatchOnce early (an eventfd write).
+  void wake();
+  /// True once stop() began.
+  bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
+
+  /// Registers a spawned child's socket (role pre-authenticated).
+  WindowInfo addSpawned(Fd sock, const std::string& role, pid_t pid);
+  std::vector<WindowInfo> windows() const;
+  std::optional<WindowInfo> window(std::uint32_t id) const;
+  /// A live window with `roleId` (that handles `channel`, when non-zero), if any.
+  std::optional<WindowInfo> findWindow(std::uint64_t roleId, std::uint64_t channel) const;
+  /// Waits (without dispatching) up to `ns` for the registry to change.
+  void awaitRegistryChange(std::chrono::nanoseconds ns);
+
+  /// Main → window push. Errors: NoTarget, Full, TooLarge, BusClosed.
+  Result<void> send(const Target& target, const Channel& channel, const BuildFn& build);
+  /// Main → windows broadcast. Errors: TooLarge.
+  Result<BroadcastReport> broadcast(const Channel& channel, const BuildFn& build, const BroadcastOptions& options);
+  /// Main → window call; completes `s` (its then-callback runs through MainPort::post).
+  void invoke(const Target& target, const Channel& channel, const BuildFn& build, const CallOptions& options,
+              const std::shared_ptr<CallState>& s);
+  /// Cancels main's call `s` at its target.
+  void cancelMainCall(const std::shared_ptr<CallState>& s);
+
+  /// A main-process handler's outcome for route `routeId`: writes the Reply (`segments`, schema
+  /// `replySchemaId`) or the Error to the caller, unless the route already ended (then the reply is
+  /// late: dropped and counted).
+  void replyFromMain(std::uint64_t routeId, kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
+                     std::uint64_t replySchemaId);
+  void failFromMain(std::uint64_t routeId, Error e);
+  /// A main-process responder was dropped without replying (counted; the caller times out).
+  void countUnanswered(std::uint64_t channel);
+  /// Releases a record pinned for an in-place main job (MainJob::pinnedConn).
+  void unpin(std::uint32_t connId);
+
+  void setPolicy(const Channel& channel, const ChannelPolicy& policy);
+  void setChannelTimeout(const Channel& channel, std::chrono::milliseconds timeout);
+  RouterStats stats() const;
+
+  /// Disconnects every window (their calls fail with BusClosed), fails main's pending calls and
+  /// removes the socket. Call once, with no dispatchOnce running.
+  void stop();
+  /// Marks the router stopping and wakes parked rounds (before joining dispatch threads).
+  void beginStop();
+  Reaper& reaper() noexcept { return reaper_; }
+  const Logger& log() const noexcept { return log_; }
+
+ private:
+  Router(RouterOptions o, MainPort& main, std::shared_ptr<CallbackTable> mainCallbacks);
+
+  // Everything below runs under mu_.
+  void epollAdd(int fd, std::uint64_t tag);
+  void acceptAll();
+  void onConnReadable(std::uint32_t id);
+  void onHello(Conn& c, const Packet& pkt);
+  void onMapped(Conn& c);
+  void doom(Conn& c, std::string reason, bool bad);
+  void reapDoomed();
+  void drainClosing(Conn& c);
+  void disconnect(std::uint32_t id);
+  void emitWindowEvent(std::string_view channel, const Conn& c, const std::string& reason);
+  void expireDeadlines();
+  void failCaller(const Route& r, Error e);
+  void sendCancel(std::uint32_t targetId, std::uint64_t routeId);
+  Error timeoutError(const Route& r);
+  template <typename W>
+  Result<void> writeToWindow(Conn& target, W&& write);
+  void internRole(Conn& target, std::uint64_t roleId);
+  bool allowed(std::uint64_t channel, std::uint64_t roleId) const;
+  std::int64_t deadlineFor(const FrameHeader& h, std::int64_t now, std::int64_t& timeoutMs) const;
+  void replyError(Conn& w, const FrameHeader& req, Error e);
+  void process(Conn& w, const RecordView& rec);
+  void onIntern(Conn& w, const FrameView& f);
+  void onSend(Conn& w, const FrameView& f);
+  void onInvoke(Conn& w, const FrameView& f);
+  void invokeMain(Conn& w, const FrameView& f, std::int64_t now);
+  void onReply(Conn& w, const FrameView& f);
+  void onCancel(Conn& w, const FrameHeader& h);
+  MainJob jobFor(Conn& w, const FrameView& f, MainJob::Kind kind);
+  /// Takes route `routeId` for a main handler's outcome: none when it already ended or its
+  /// deadline passed (counted late; the caller gets Timeout).
+  std::optional<Route> takeMainOutcome(std::uint64_t routeId);
+  bool deliverToMain(Conn& w, MainJob& job);
+  std::size_t drain();
+  bool anyData();
+
+  RouterOptions opts_;
+  Logger log_;
+  MainPort& main_;
+  std::shared_ptr<CallbackTable> mainCallbacks_;
+  std::string path_;
+  Fd listenFd_, epollFd_, doorbellFd_, timerFd_, wakeFd_;
+  SpinPolicy spin_;
+
+  mutable std::mutex mu_;
+  std::condition_variable registryCv_;
+  Registry registry_;
+  RouteTable routes_;
+  RouterCounters counters_;
+  std::unordered_map<std::uint64_t, std::unordered_set<std::uint64_t>> policies_;
+  std::unordered_map<std::uint64_t, std::int64_t> channelTimeoutMs_;
+  std::vector<WaitWord*> armed_;  // dispatchOnce: the outboxes armed for one park (reused)
+  bool mayInline_ = false;        // the current round's thread runs main jobs in place
+  bool endRound_ = false;         // a main job was taken in place: end the round
+  std::atomic<bool> stopping_{false};
+  Reaper reaper_;
+};
+
+}  // namespace shmbus::detail

@@ -1,0 +1,80 @@
+#include "router/routes.hpp"
+
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include "wait/wait.hpp"
+
+namespace shmbus::detail {
+
+namespace {
+constexpr std::size_t kLatencySamples = 4096;
+// (caller, request id) folded into one key: window ids are 32 bits, request ids count up from 1
+// per window; the fold is exact below 2^32 requests per window and only a lookup key above.
+std::uint64_t callerKey(std::uint32_t callerId, std::uint64_t req) {
+  return (static_cast<std::uint64_t>(callerId) << 32) ^ req;
+}
+}  // namespace
+
+void RouteTable::arm(std::int64_t at) {
+  armedAt_ = at;
+  itimerspec its{};
+  if (at != 0) {
+    its.it_value.tv_sec = at / 1'000'000'000;
+    its.it_value.tv_nsec = at % 1'000'000'000;
+    if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0) its.it_value.tv_nsec = 1;
+  }
+  ::timerfd_settime(timerFd_, TFD_TIMER_ABSTIME, &its, nullptr);
+}
+
+std::uint64_t RouteTable::add(Route r) {
+  r.routeId = nextRoute_++;
+  const auto id = r.routeId;
+  deadlines_.emplace(r.deadline, id);
+  if (r.callerId != 0) byCaller_[callerKey(r.callerId, r.callerReq)] = id;
+  // Lazy timer: only a deadline earlier than the armed one needs a system call.
+  if (armedAt_ == 0 || r.deadline < armedAt_) arm(r.deadline);
+  routes_.emplace(id, std::move(r));
+  return id;
+}
+
+std::optional<Route> RouteTable::take(std::uint64_t id) {
+  auto it = routes_.find(id);
+  if (it == routes_.end()) return std::nullopt;
+  Route r = std::move(it->second);
+  routes_.erase(it);
+  deadlines_.erase({r.deadline, id});
+  if (r.callerId != 0) byCaller_.erase(callerKey(r.callerId, r.callerReq));
+  return r;
+}
+
+std::uint64_t RouteTable::byCaller(std::uint32_t callerId, std::uint64_t callerReq) const {
+  auto it = byCaller_.find(callerKey(callerId, callerReq));
+  if (it == byCaller_.end()) return 0;
+  const Route* r = find(it->second);
+  return r != nullptr && r->callerId == callerId && r->callerReq == callerReq ? it->second : 0;
+}
+
+const Route* RouteTable::find(std::uint64_t id) const {
+  auto it = routes_.find(id);
+  return it == routes_.end() ? nullptr : &it->second;
+}
+
+std::vector<Route> RouteTable::takeExpired(std::int64_t now) {
+  std::uint64_t expirations = 0;
+  [[maybe_unused]] auto n = ::read(timerFd_, &expirations, sizeof expirations);
+  std::vector<Route> out;
+  while (!deadlines_.empty() && deadlines_.begin()->first <= now) out.push_back(*take(deadlines_.begin()->second));
+  arm(deadlines_.empty() ? 0 : deadlines_.begin()->first);
+  return out;
+}
+
+void RouterCounters::Channel::sample(double ms) {
+  if (latencyMs.size() < kLatencySamples) {
+    latencyMs.push_back(ms);
+  } else {
+    latencyMs[next++ % kLatencySamples] = ms;
+  }
+}
+
+}  // namespace shmbus::detail

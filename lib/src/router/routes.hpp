@@ -1,0 +1,101 @@
+// Calls in flight through the router, their deadlines, and the per-channel counters behind
+// RouterStats (docs/architecture.md, "Router").
+//
+// Guarded by the router mutex. The deadline timer is a timerfd in the router's epoll set, armed
+// lazily: adding a route re-arms it only when the new deadline is earlier than the armed one, and
+// removing one never re-arms (a timer that fires with nothing due just re-arms to the earliest),
+// so a call whose deadline lies behind others costs no system call.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "shmbus/error.hpp"
+#include "shmbus/supervisor.hpp"
+
+namespace shmbus::detail {
+
+struct CallState;
+
+/// One call in flight. callerId 0 = a call made by the main process (state set);
+/// targetId 0 = a call to a main-process handler.
+struct Route {
+  std::uint64_t routeId = 0;
+  std::uint32_t callerId = 0;
+  std::uint64_t callerReq = 0;
+  std::uint32_t targetId = 0;
+  std::uint64_t channel = 0;
+  std::int64_t deadline = 0;
+  std::int64_t start = 0;
+  std::int64_t timeoutMs = 0;
+  std::shared_ptr<CallState> state;
+};
+
+/// The routes table with its deadline index and timer. Guarded by the router mutex.
+class RouteTable {
+ public:
+  /// `timerFd`: a CLOCK_MONOTONIC timerfd (owned by the router).
+  explicit RouteTable(int timerFd) : timerFd_(timerFd) {}
+
+  /// Adds `r`, giving it the next route id; returns that id.
+  std::uint64_t add(Route r);
+  /// Removes and returns route `id`, if present.
+  std::optional<Route> take(std::uint64_t id);
+  /// The route id of (caller, caller's request id), or 0.
+  std::uint64_t byCaller(std::uint32_t callerId, std::uint64_t callerReq) const;
+  bool contains(std::uint64_t id) const { return routes_.count(id) != 0; }
+  const Route* find(std::uint64_t id) const;
+  /// Removes and returns every route whose deadline is <= now (the timer fired).
+  std::vector<Route> takeExpired(std::int64_t now);
+  /// Removes and returns every route that `pred` selects.
+  template <typename Pred>
+  std::vector<Route> takeIf(Pred&& pred) {
+    std::vector<std::uint64_t> ids;
+    for (auto& [id, r] : routes_) {
+      if (pred(r)) ids.push_back(id);
+    }
+    std::vector<Route> out;
+    for (auto id : ids) out.push_back(*take(id));
+    return out;
+  }
+  const std::unordered_map<std::uint64_t, Route>& all() const noexcept { return routes_; }
+
+ private:
+  void arm(std::int64_t at);
+
+  int timerFd_;
+  std::unordered_map<std::uint64_t, Route> routes_;
+  std::unordered_map<std::uint64_t, std::uint64_t> byCaller_;  // (caller id << 64 folded) → route
+  std::set<std::pair<std::int64_t, std::uint64_t>> deadlines_;
+  std::int64_t armedAt_ = 0;  // 0 = disarmed
+  std::uint64_t nextRoute_ = 1;
+};
+
+/// Per-channel counters and latency samples (RouterStats). Guarded by the router mutex.
+class RouterCounters {
+ public:
+  struct Channel {
+    std::uint64_t calls = 0, messages = 0, late = 0;
+    std::map<ErrorCode, std::uint64_t> errors;
+    std::vector<double> latencyMs;
+    std::size_t next = 0;
+    void sample(double ms);
+  };
+  Channel& at(std::uint64_t channel) { return channels_[channel]; }
+  void error(std::uint64_t channel, ErrorCode code) { ++channels_[channel].errors[code]; }
+  const std::unordered_map<std::uint64_t, Channel>& channels() const noexcept { return channels_; }
+
+  std::uint64_t lateReplies = 0, spoofedReplies = 0, undeliverable = 0, badMessages = 0;
+  std::uint64_t unanswered = 0;  ///< main-process responders dropped without a reply
+
+ private:
+  std::unordered_map<std::uint64_t, Channel> channels_;
+};
+
+}  // namespace shmbus::detail

@@ -1,0 +1,170 @@
+#include "supervisor/lane.hpp"
+
+#include "wait/wait.hpp"
+
+namespace shmbus::detail {
+
+namespace {
+// The lane whose callback this thread runs now, and how deeply nested (a callback that blocks in
+// Call::get() dispatches, and that round may run further callbacks of the same lane in place).
+thread_local const Lane* tLane = nullptr;
+thread_local int tDepth = 0;
+}  // namespace
+
+Lane::Lane(unsigned width, Logger log, std::function<void(std::int64_t)> takeoverRound)
+    : width_(width == 0 ? 1 : width), log_(std::move(log)), takeoverRound_(std::move(takeoverRound)) {
+  standby_ = std::thread([this] { standbyLoop(); });
+  for (unsigned i = 1; i < width_; ++i) workers_.emplace_back([this] { workerLoop(); });
+}
+
+Lane::~Lane() { stop(); }
+
+bool Lane::acquireLocked() {
+  if (running_ >= width_) return false;
+  ++running_;
+  return true;
+}
+
+bool Lane::tryReserve() {
+  if (tLane == this) return true;  // nested inside one of this lane's callbacks on this thread
+  std::lock_guard lk(mu_);
+  if (stopping_ || !queue_.empty()) return false;
+  return acquireLocked();
+}
+
+void Lane::runJob(const Job& fn, bool onDispatcher) {
+  const Lane* outer = tLane;
+  tLane = this;
+  ++tDepth;
+  if (onDispatcher && tDepth == 1) {
+    busySince_.store(monotonicNowNs(), std::memory_order_seq_cst);  // SYNC POINT "deep"
+    if (deep_.load(std::memory_order_seq_cst)) {
+      std::lock_guard lk(standbyMu_);
+      standbyCv_.notify_one();
+    }
+  }
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    log_(LogLevel::Error, "a main-process callback threw: {}", e.what());
+  } catch (...) {
+    log_(LogLevel::Error, "a main-process callback threw a non-standard exception");
+  }
+  if (onDispatcher && tDepth == 1) {
+    lastEnd_.store(monotonicNowNs(), std::memory_order_relaxed);  // relaxed: a hint for the standby
+    busySince_.store(0, std::memory_order_release);                // pairs with the standby's acquire
+  }
+  --tDepth;
+  tLane = outer;
+}
+
+void Lane::runReserved(const Job& fn) {
+  const bool nested = tLane == this;
+  runJob(fn, true);
+  if (nested) return;
+  {
+    std::lock_guard lk(mu_);
+    --running_;
+  }
+  runQueued();
+}
+
+void Lane::enqueue(Job job) {
+  {
+    std::lock_guard lk(mu_);
+    if (stopping_) return;
+    queue_.push_back(std::move(job));
+  }
+  if (!workers_.empty()) workCv_.notify_one();
+}
+
+void Lane::runQueued() {
+  for (;;) {
+    Job job;
+    {
+      std::lock_guard lk(mu_);
+      if (queue_.empty() || stopping_) return;
+      if (tLane != this && !acquireLocked()) return;
+      job = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    const bool nested = tLane == this;
+    runJob(job, true);
+    if (!nested) {
+      std::lock_guard lk(mu_);
+      --running_;
+    }
+  }
+}
+
+void Lane::workerLoop() {
+  std::unique_lock lk(mu_);
+  for (;;) {
+    workCv_.wait(lk, [&] { return stopping_ || (!queue_.empty() && running_ < width_); });
+    if (stopping_) return;
+    ++running_;
+    Job job = std::move(queue_.front());
+    queue_.pop_front();
+    lk.unlock();
+    runJob(job, false);
+    lk.lock();
+    --running_;
+  }
+}
+
+void Lane::standbyLoop() {
+  std::unique_lock lk(standbyMu_);
+  for (;;) {
+    {
+      std::lock_guard s(mu_);
+      if (stopping_) return;
+    }
+    const std::int64_t now = monotonicNowNs();
+    const std::int64_t since = busySince_.load(std::memory_order_acquire);  // pairs with runJob's stores
+    if (since != 0 && now - since >= kTakeoverNs) {
+      lk.unlock();
+      log_(LogLevel::Debug, "a main-process callback has run {} ms: the standby routes meanwhile", (now - since) / 1'000'000);
+      // Route until that callback returns (rounds of at most kTakeoverNs re-check it).
+      while (busySince_.load(std::memory_order_acquire) == since) {
+        {
+          std::lock_guard s(mu_);
+          if (stopping_) return;
+        }
+        takeoverRound_(monotonicNowNs() + kTakeoverNs);
+      }
+      lk.lock();
+      continue;
+    }
+    if (since != 0) {
+      standbyCv_.wait_for(lk, std::chrono::nanoseconds(kTakeoverNs - (now - since)));
+      continue;
+    }
+    if (now - lastEnd_.load(std::memory_order_relaxed) < kStayAwakeNs) {  // relaxed: a hint
+      standbyCv_.wait_for(lk, std::chrono::nanoseconds(kTakeoverNs));
+      continue;
+    }
+    deep_.store(true, std::memory_order_seq_cst);  // SYNC POINT "deep"
+    if (busySince_.load(std::memory_order_seq_cst) == 0) standbyCv_.wait(lk);
+    deep_.store(false, std::memory_order_relaxed);  // relaxed: only this thread reads it for a decision
+  }
+}
+
+void Lane::stop() {
+  {
+    std::lock_guard lk(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+    queue_.clear();
+  }
+  workCv_.notify_all();
+  {
+    std::lock_guard lk(standbyMu_);
+    standbyCv_.notify_all();
+  }
+  if (standby_.joinable() && standby_.get_id() != std::this_thread::get_id()) standby_.join();
+  for (auto& w : workers_) {
+    if (w.joinable() && w.get_id() != std::this_thread::get_id()) w.join();
+  }
+}
+
+}  // namespace shmbus::detail

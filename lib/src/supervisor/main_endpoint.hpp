@@ -1,0 +1,71 @@
+// The main process's endpoint: what the router hands to main-process callbacks, and how their
+// outcomes go back (docs/architecture.md, "Main lane").
+//
+// It implements MainPort for the router: a job the router offers in place runs on the dispatching
+// thread right after its round (MainEndpoint::runReady), anything else is copied and queued on the
+// lane. Handlers reply through the router (Router::replyFromMain), which drops a reply whose call
+// already ended (deadline, cancel, caller gone) and counts it as late.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "call/callbacks.hpp"
+#include "router/router.hpp"
+#include "supervisor/lane.hpp"
+
+namespace shmbus::detail {
+
+class MainEndpoint final : public MainPort {
+ public:
+  MainEndpoint(std::shared_ptr<CallbackTable> callbacks, Logger log);
+
+  /// Binds the router and lane (both outlive every job). Call once before dispatching.
+  void bind(Router& router, Lane& lane) noexcept {
+    router_ = &router;
+    lane_ = &lane;
+  }
+
+  bool deliver(MainJob& job, bool inPlaceOk) override;
+  void cancelMain(std::uint64_t routeId) override;
+  void post(std::function<void()> fn) override;
+
+  /// Runs the job the last round took in place (if any), then queued callbacks while the lane
+  /// has room. Called by the thread that dispatched, outside the router mutex.
+  void runReady();
+  /// Marks every running main handler cancelled (the bus closes).
+  void cancelAll();
+
+  /// The cancel state of one main-process handler call (CallContext::cancelled()).
+  struct Running final : CancelProbe {
+    std::atomic<bool> flag{false};
+    std::int64_t deadlineNs = 0;
+    bool cancelled() const noexcept override;
+  };
+
+ private:
+  void run(MainJob& job);
+  void runListen(MainJob& job, const Message& m);
+  void runInvoke(MainJob& job, const Message& m);
+  void track(std::uint64_t routeId, Running* r);
+  void untrack(std::uint64_t routeId);
+
+  std::shared_ptr<CallbackTable> callbacks_;
+  Logger log_;
+  Router* router_ = nullptr;
+  Lane* lane_ = nullptr;
+  // The job the current round took in place: only the thread holding the dispatch gate offers
+  // in place (mayInline), and it runs the job before its next round, so one slot suffices.
+  std::optional<MainJob> inPlace_;
+  std::mutex runMu_;
+  std::unordered_map<std::uint64_t, Running*> running_;     // guarded by runMu_
+  std::unordered_set<std::uint64_t> cancelledEarly_;        // guarded by runMu_: cancelled while queued
+  bool closing_ = false;                                    // guarded by runMu_
+};
+
+}  // namespace shmbus::detail

@@ -1,0 +1,191 @@
+#include "wire/handshake.hpp"
+
+#include <poll.h>
+#include <unistd.h>
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "bus.capnp.h"
+
+namespace shmbus::detail {
+
+namespace {
+bool isPowerOfTwo(std::uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
+
+/// The Cap'n Proto words after the ControlHeader, copied to aligned storage.
+std::vector<capnp::word> bodyWords(const Packet& pkt) {
+  std::vector<capnp::word> words((pkt.bytes.size() - sizeof(ControlHeader)) / sizeof(capnp::word));
+  std::memcpy(words.data(), pkt.bytes.data() + sizeof(ControlHeader), words.size() * sizeof(capnp::word));
+  return words;
+}
+}  // namespace
+
+bool validRoleName(std::string_view r) noexcept {
+  if (r.empty() || r.size() > 64) return false;
+  return std::all_of(r.begin(), r.end(), [](char ch) { return ch > ' ' && ch < 127; });
+}
+
+Result<void> sendControl(int sock, ControlType type, std::uint64_t value, capnp::MessageBuilder* mb, int fd) {
+  std::vector<std::uint8_t> pkt(sizeof(ControlHeader));
+  ControlHeader h{static_cast<std::uint32_t>(type), 0, value};
+  std::memcpy(pkt.data(), &h, sizeof h);
+  if (mb != nullptr) {
+    auto words = capnp::messageToFlatArray(*mb);
+    auto bytes = words.asBytes();
+    pkt.insert(pkt.end(), bytes.begin(), bytes.end());
+  }
+  std::vector<int> fds;
+  if (fd >= 0) fds.push_back(fd);
+  return sendPacket(sock, pkt.data(), pkt.size(), fds);
+}
+
+Result<HelloRequest> parseHello(const Packet& pkt) {
+  auto words = bodyWords(pkt);
+  try {
+    capnp::ReaderOptions ro;
+    ro.traversalLimitInWords = 4096;
+    capnp::FlatArrayMessageReader reader(kj::arrayPtr(words.data(), words.size()), ro);
+    auto hello = reader.getRoot<schema::Hello>();
+    return HelloRequest{hello.getRole(), hello.getInboxBytes(), hello.getOutboxBytes()};
+  } catch (const kj::Exception& e) {
+    return makeError(ErrorCode::InvalidMessage, std::string("malformed hello: ") + e.getDescription().cStr());
+  }
+}
+
+Result<void> checkRingSizes(std::uint32_t in, std::uint32_t out) {
+  auto ok = [](std::uint32_t c) { return isPowerOfTwo(c) && c >= 4096 && c <= (64u << 20); };
+  if (ok(in) && ok(out)) return {};
+  return makeError(ErrorCode::InvalidMessage,
+                   fmt::format("ring sizes {} / {} bytes must be powers of two in [4 KiB, 64 MiB]", in, out));
+}
+
+SegmentLayout segmentLayout(std::uint32_t inCap, std::uint32_t outCap) noexcept {
+  SegmentLayout l;
+  l.boardOffset = sizeof(SegmentHeader);
+  l.inboxOffset = l.boardOffset + sizeof(CancelBoard);
+  l.outboxOffset = l.inboxOffset + ringFootprint(inCap);
+  l.totalBytes = l.outboxOffset + ringFootprint(outCap);
+  return l;
+}
+
+Result<WindowSegment> createWindowSegment(const std::string& bus, std::uint32_t id, std::uint32_t inCap,
+                                          std::uint32_t outCap, std::uint32_t maxRecordBytes) {
+  WindowSegment w;
+  w.inboxBytes = inCap;
+  w.outboxBytes = outCap;
+  w.maxRecord = std::min<std::uint32_t>(maxRecordBytes, std::min(inCap, outCap) / 2);
+  const SegmentLayout l = segmentLayout(inCap, outCap);
+  w.boardOffset = l.boardOffset;
+  w.inboxOffset = l.inboxOffset;
+  w.outboxOffset = l.outboxOffset;
+  const std::size_t total = l.totalBytes;
+  w.name = Segment::makeName(bus, id);
+  auto seg = Segment::create(w.name, total);
+  if (!seg) return seg.error();
+  w.segment = std::make_shared<Segment>(std::move(*seg));
+  std::uint8_t* base = w.segment->base();
+  // The kernel zero-fills the segment: the board starts with seq 0, the rings empty.
+  w.cancels = reinterpret_cast<CancelBoard*>(base + w.boardOffset);
+  w.inbox = RingProducer(reinterpret_cast<RingControl*>(base + w.inboxOffset), base + w.inboxOffset + sizeof(RingControl),
+                         RingGeometry{inCap, w.maxRecord}, /*zeroOnClaim=*/true);
+  w.outbox = RingConsumer(reinterpret_cast<RingControl*>(base + w.outboxOffset),
+                          base + w.outboxOffset + sizeof(RingControl), RingGeometry{outCap, w.maxRecord});
+  return w;
+}
+
+Result<void> sendWelcome(int sock, const std::string& bus, std::uint32_t id, const std::string& role,
+                         const WindowSegment& seg, int doorbellFd) {
+  capnp::MallocMessageBuilder mb;
+  auto w = mb.initRoot<schema::Welcome>();
+  w.setOk(true);
+  w.setWindowId(id);
+  w.setRole(role);
+  w.setSegmentName(seg.name);
+  w.setSegmentBytes(seg.segment->size());
+  w.setInboxOffset(seg.inboxOffset);
+  w.setInboxCapacity(seg.inboxBytes);
+  w.setOutboxOffset(seg.outboxOffset);
+  w.setOutboxCapacity(seg.outboxBytes);
+  w.setMaxRecord(seg.maxRecord);
+  w.setBusName(bus);
+  w.setCancelBoardOffset(seg.boardOffset);
+  return sendControl(sock, ControlType::Welcome, 0, &mb, doorbellFd);
+}
+
+void sendWelcomeError(int sock, const Error& e) {
+  capnp::MallocMessageBuilder mb;
+  auto w = mb.initRoot<schema::Welcome>();
+  w.setOk(false);
+  auto info = w.initError();
+  info.setCode(static_cast<std::uint16_t>(e.code));
+  info.setMessage(e.message);
+  (void)sendControl(sock, ControlType::Welcome, 0, &mb);
+}
+
+Result<WindowLink> helloAndWelcome(int sock, const HelloParams& p, const std::string& bus,
+                                   std::chrono::milliseconds timeout) {
+  {
+    capnp::MallocMessageBuilder mb;
+    auto hello = mb.initRoot<schema::Hello>();
+    hello.setRole(p.role);
+    hello.setPid(static_cast<std::int32_t>(::getpid()));
+    hello.setInboxBytes(p.inboxBytes);
+    hello.setOutboxBytes(p.outboxBytes);
+    hello.setSpawnToken(p.spawned ? 1 : 0);
+    if (auto r = sendControl(sock, ControlType::Hello, 0, &mb); !r) return r.error();
+  }
+  pollfd pfd{sock, POLLIN, 0};
+  if (::poll(&pfd, 1, static_cast<int>(timeout.count())) == 0) {
+    return makeError(ErrorCode::Timeout,
+                     fmt::format("no welcome from the supervisor of bus '{}' within {} ms", bus, timeout.count()));
+  }
+  auto pkt = recvPacket(sock);
+  if (!pkt) return pkt.error();
+  if (pkt->hangup || pkt->bytes.size() < sizeof(ControlHeader) + 8) {
+    return makeError(ErrorCode::BusClosed, fmt::format("the supervisor of bus '{}' closed the connection", bus));
+  }
+  auto words = bodyWords(*pkt);
+  WindowLink link;
+  try {
+    capnp::FlatArrayMessageReader reader(kj::arrayPtr(words.data(), words.size()));
+    auto w = reader.getRoot<schema::Welcome>();
+    if (!w.getOk()) {
+      auto e = w.getError();
+      return makeError(static_cast<ErrorCode>(e.getCode()), e.getMessage());
+    }
+    if (pkt->fds.empty()) return makeError(ErrorCode::InvalidMessage, "welcome without a doorbell descriptor");
+    link.doorbell = std::move(pkt->fds[0]);
+    link.id = w.getWindowId();
+    link.role = w.getRole();
+    auto seg = Segment::open(w.getSegmentName());
+    if (!seg) return seg.error();
+    link.segment = std::make_shared<Segment>(std::move(*seg));
+    const std::size_t size = link.segment->size();
+    RingGeometry inG{w.getInboxCapacity(), w.getMaxRecord()};
+    RingGeometry outG{w.getOutboxCapacity(), w.getMaxRecord()};
+    const std::uint64_t board = w.getCancelBoardOffset();
+    if (!validateGeometry(inG) || !validateGeometry(outG) || w.getInboxOffset() + ringFootprint(inG.capacity) > size ||
+        w.getOutboxOffset() + ringFootprint(outG.capacity) > size || board % 64 != 0 ||
+        board + sizeof(CancelBoard) > size) {
+      return makeError(ErrorCode::InvalidMessage, "welcome describes rings outside the segment");
+    }
+    std::uint8_t* base = link.segment->base();
+    link.cancels = reinterpret_cast<const CancelBoard*>(base + board);
+    link.inbox = RingConsumer(reinterpret_cast<RingControl*>(base + w.getInboxOffset()),
+                              base + w.getInboxOffset() + sizeof(RingControl), inG);
+    // The supervisor zeroes what it consumed, so the outbox's free space is zero: no memset.
+    link.outbox = RingProducer(reinterpret_cast<RingControl*>(base + w.getOutboxOffset()),
+                               base + w.getOutboxOffset() + sizeof(RingControl), outG, false, link.doorbell.get());
+  } catch (const kj::Exception& e) {
+    return makeError(ErrorCode::InvalidMessage, std::string("malformed welcome: ") + e.getDescription().cStr());
+  }
+  if (auto r = sendControl(sock, ControlType::Mapped, 0); !r) return r.error();
+  return link;
+}
+
+}  // namespace shmbus::detail

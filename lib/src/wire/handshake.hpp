@@ -1,0 +1,114 @@
+// The handshake of both sides over the control socket (docs/architecture.md, "Wire").
+//
+//   window                                   supervisor (router)
+//   Hello{role, pid, ring sizes}  ────────▶  checks role and sizes, creates the segment (0600)
+//                                 ◀────────  Welcome{id, role, segment name, layout} + doorbell fd
+//   maps the segment
+//   Mapped                        ────────▶  unlinks the segment name; the window is live
+//
+// Segment layout, computed here for both sides:
+//   [SegmentHeader 64 B][CancelBoard 512 B][inbox RingControl + data][outbox RingControl + data]
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "control/control_protocol.hpp"
+#include "control/socket.hpp"
+#include "ring/ring.hpp"
+#include "segment/segment.hpp"
+#include "shmbus/error.hpp"
+#include "wire/cancel_board.hpp"
+
+namespace capnp {
+class MessageBuilder;
+}
+
+namespace shmbus::detail {
+
+/// Sends one control packet: a ControlHeader, then `mb` as a flat array (optional), with an
+/// optional descriptor. Errors: BusClosed, SystemError.
+Result<void> sendControl(int sock, ControlType type, std::uint64_t value, capnp::MessageBuilder* mb = nullptr,
+                         int fd = -1);
+
+// ---- supervisor side
+
+/// A role name: 1-64 printable ASCII characters without spaces.
+bool validRoleName(std::string_view role) noexcept;
+
+/// What a Hello asked for.
+struct HelloRequest {
+  std::string role;
+  std::uint32_t inboxBytes = 0;   ///< 0 = the supervisor's default
+  std::uint32_t outboxBytes = 0;
+};
+
+/// Parses a Hello packet (untrusted: bounded reader). Errors: InvalidMessage.
+Result<HelloRequest> parseHello(const Packet& pkt);
+
+/// Ring sizes are powers of two in [4 KiB, 64 MiB]. Errors: InvalidMessage naming them.
+Result<void> checkRingSizes(std::uint32_t inboxBytes, std::uint32_t outboxBytes);
+
+/// Where the parts of a window's segment lie (bytes from its start).
+struct SegmentLayout {
+  std::uint64_t boardOffset = 0, inboxOffset = 0, outboxOffset = 0, totalBytes = 0;
+};
+/// The layout of a segment with rings of `inboxBytes` and `outboxBytes` capacity.
+SegmentLayout segmentLayout(std::uint32_t inboxBytes, std::uint32_t outboxBytes) noexcept;
+
+/// A window's segment, created and laid out by the supervisor.
+struct WindowSegment {
+  std::string name;
+  std::shared_ptr<Segment> segment;
+  RingProducer inbox;
+  RingConsumer outbox;
+  CancelBoard* cancels = nullptr;
+  std::uint64_t inboxOffset = 0, outboxOffset = 0, boardOffset = 0;
+  std::uint32_t inboxBytes = 0, outboxBytes = 0, maxRecord = 0;
+};
+
+/// Creates the segment of window `id` on `bus` (rings of the given capacities; records up to
+/// min(maxRecordBytes, capacity / 2)). Errors: SystemError.
+Result<WindowSegment> createWindowSegment(const std::string& bus, std::uint32_t id, std::uint32_t inboxBytes,
+                                          std::uint32_t outboxBytes, std::uint32_t maxRecordBytes);
+
+/// Sends the Welcome for `seg` with the doorbell eventfd.
+Result<void> sendWelcome(int sock, const std::string& bus, std::uint32_t id, const std::string& role,
+                         const WindowSegment& seg, int doorbellFd);
+
+/// Sends a failed Welcome carrying `e` (the window's connect returns it).
+void sendWelcomeError(int sock, const Error& e);
+
+// ---- window side
+
+/// What a window asks for in its Hello.
+struct HelloParams {
+  std::string role;  ///< ignored by the supervisor for spawned windows
+  std::uint32_t inboxBytes = 0;
+  std::uint32_t outboxBytes = 0;
+  bool spawned = false;
+};
+
+/// The window's end of a finished handshake.
+struct WindowLink {
+  std::uint32_t id = 0;
+  std::string role;
+  Fd doorbell;
+  std::shared_ptr<Segment> segment;
+  RingConsumer inbox;
+  RingProducer outbox;
+  const CancelBoard* cancels = nullptr;
+};
+
+/// Runs the window's side of the handshake on `sock`. Errors: Timeout (no Welcome within
+/// `timeout`), BusClosed, Denied / InvalidMessage (the supervisor's refusal), SystemError.
+Result<WindowLink> helloAndWelcome(int sock, const HelloParams& p, const std::string& bus,
+                                   std::chrono::milliseconds timeout);
+
+}  // namespace shmbus::detail
