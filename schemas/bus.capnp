@@ -1,4 +1,4 @@
-# The bus's own frame payloads (DESIGN.md §3, §5, §7).
+# The bus's own frame payloads (docs/architecture.md §3, §5, §7).
 @0x8d4b661f13117418;
 
 $import "/capnp/c++.capnp".namespace("shmbus::schema");

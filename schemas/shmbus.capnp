@@ -1,4 +1,4 @@
-# libshmbus annotations for user contracts (DESIGN.md §6). Import with
+# libshmbus annotations for user contracts (docs/architecture.md §6). Import with
 #   using Bus = import "/shmbus.capnp";   (capnp compile -I <schemadir>: see README)
 # and annotate interfaces and methods. capnpc-shmbus matches annotations by these ids.
 @0xdd4d1337563caa03;

@@ -1,6 +1,10 @@
 // Example: request → response to main (`Window::invoke` → `Supervisor::handle`), Electron's
 // ipcRenderer.invoke('open-file') / ipcMain.handle('open-file'), with the file dialog replaced
 // by a directory listing, and a second handler 'system-info'. Also shows a remote exception.
+//
+// Written with C++20 coroutines (shmbus/coro.hpp): the window's flow `co_await`s each call
+// (Electron's `await ipcRenderer.invoke(...)`), and 'system-info' is a coroutine handler whose
+// co_return value is the reply. The other examples use the blocking style (`.get()`).
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -17,22 +21,32 @@
 
 using namespace shmbus;
 
-int windowMain() {
-  auto w = Window::fromSpawn();
-  if (!w) return 2;
-  auto files = (*w)->invoke("open-file", [](Builder& b) { b.initRoot<examples::Path>().setPath("/etc"); }).get();
-  if (!files) return fmt::print("[window] open-file failed: {}\n", files.error().toString()), 1;
+/// The renderer's flow: each co_await suspends until the reply is there; no thread blocks.
+Task<int> rendererFlow(Window& w) {
+  auto files = co_await w.invoke("open-file", [](Builder& b) { b.initRoot<examples::Path>().setPath("/etc"); });
+  if (!files) {
+    fmt::print("[window] open-file failed: {}\n", files.error().toString());
+    co_return 1;
+  }
   auto entries = files->root<examples::FileList>().getEntries();
   fmt::print("[window] open-file /etc: {} entries, first: {}\n", entries.size(),
              entries.size() > 0 ? entries[0].getName().cStr() : "-");
-  auto info = (*w)->invoke("system-info").get();
-  if (!info) return 1;
+  auto info = co_await w.invoke("system-info");
+  if (!info) co_return 1;
   auto si = info->root<examples::SystemInfo>();
   fmt::print("[window] system-info: host {} with {} CPUs, kernel {}, up {:.0f} s\n", si.getHostname().cStr(),
              si.getCpus(), si.getKernel().cStr(), si.getUptimeSeconds());
-  auto bad = (*w)->invoke("open-file", [](Builder& b) { b.initRoot<examples::Path>().setPath("/no/such/dir"); }).get();
+  auto bad = co_await w.invoke("open-file", [](Builder& b) { b.initRoot<examples::Path>().setPath("/no/such/dir"); });
   fmt::print("[window] open-file /no/such/dir: {}\n", bad ? "ok?" : bad.error().toString());
-  return bad ? 1 : 0;
+  co_return bad ? 1 : 0;
+}
+
+int windowMain() {
+  auto w = Window::fromSpawn();
+  if (!w) return 2;
+  // syncWait dispatches the window on this thread until the flow finishes; with a dispatch thread
+  // (startDispatchThread) the flow would resume there instead.
+  return syncWait(**w, rendererFlow(**w));
 }
 
 int main() {
@@ -51,16 +65,19 @@ int main() {
       out[i].setBytes(list[i].is_regular_file() ? list[i].file_size(ec) : 0);
     }
   });
-  auto h2 = (*sup)->handle("system-info", [](const Message&, Builder& reply, const CallContext&) {
+  // A coroutine handler: its co_return value is the reply (it could co_await other calls first).
+  auto h2 = handleCo(**sup, "system-info", [](Request) -> Task<Reply> {
     utsname u{};
     ::uname(&u);
     double up = 0;
     std::ifstream("/proc/uptime") >> up;
+    Reply reply;
     auto si = reply.initRoot<examples::SystemInfo>();
     si.setHostname(u.nodename);
     si.setKernel(u.release);
     si.setCpus(std::thread::hardware_concurrency());
     si.setUptimeSeconds(up);
+    co_return reply;
   });
   (*sup)->startDispatchThread();
   auto w = (*sup)->spawn("renderer", {"/proc/self/exe"});

@@ -1,5 +1,5 @@
 // Generated stubs (golden.capnp) across real processes: the test process runs the Supervisor,
-// forked children are the windows. Every pattern of DESIGN.md §2 through the typed layer,
+// forked children are the windows. Every pattern of docs/architecture.md §2 through the typed layer,
 // contract-version mismatches against a program compiled from golden_v2.capnp, and zero copy.
 #include <doctest/doctest.h>
 

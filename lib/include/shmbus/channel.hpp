@@ -8,7 +8,7 @@
 namespace shmbus {
 
 /// 64-bit FNV-1a of a name: the wire id of an untyped channel or of a role (names never travel
-/// per message; DESIGN.md §1). Never 0.
+/// per message; docs/architecture.md §1). Never 0.
 constexpr std::uint64_t nameId(std::string_view name) noexcept {
   std::uint64_t h = 0xcbf29ce484222325ull;
   for (char c : name) {

@@ -29,7 +29,9 @@
 #include <optional>
 #include <utility>
 
+#include "shmbus/channel.hpp"
 #include "shmbus/message.hpp"
+#include "shmbus/typed.hpp"
 
 namespace shmbus {
 
@@ -150,6 +152,23 @@ struct CallAwaiter {
 };
 inline CallAwaiter operator co_await(Call call) { return CallAwaiter{std::move(call)}; }
 
+/// `co_await typedCall` (generated clients) yields Result<Typed<Results>>, read in place and
+/// checked against the contract as TypedCall::get() does.
+template <class Results>
+struct TypedCallAwaiter {
+  TypedCall<Results> call;
+  bool await_ready() const { return call.ready(); }
+  bool await_suspend(std::coroutine_handle<> h) {
+    Call untyped = call.untyped();
+    return untyped.thenIfPending([h](const Result<Message>&) { h.resume(); });
+  }
+  Result<Typed<Results>> await_resume() { return call.get(); }
+};
+template <class Results>
+TypedCallAwaiter<Results> operator co_await(TypedCall<Results> call) {
+  return TypedCallAwaiter<Results>{std::move(call)};
+}
+
 /// The reply a coroutine handler co_returns: a heap message builder (an empty Reply is a void
 /// reply). Move-only.
 class Reply {
@@ -228,6 +247,8 @@ inline Detached driveDetached(Task<void> task) {
 /// coroutine starts on the dispatch thread; its co_return value is the reply, an exception fails
 /// the call (CallFailure: its code; others: HandlerError), and the dispatch thread is free
 /// whenever the coroutine is suspended. Built on handleAsync; the last registered handler wins.
+/// Lifetime: a lambda coroutine reads its captures from the handler object, so keep the
+/// Registration while its calls may be suspended, or pass what the coroutine needs as values.
 template <typename Endpoint, typename F>
 Registration handleCo(Endpoint& endpoint, const Channel& channel, F fn) {
   return endpoint.handleAsync(channel, [fn = std::move(fn)](const Message& m, Responder r, const CallContext& ctx) {

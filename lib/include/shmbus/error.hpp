@@ -3,7 +3,7 @@
 // Expected failures (a timeout, no target, a full ring, a denied call) are values, never
 // exceptions: every fallible operation returns `Result<T>` carrying either a `T` or one `Error`.
 // Bugs in the caller throw `shmbus::UsageError` (SHMBUS_REQUIRE); bugs inside the library throw
-// `shmbus::InternalError` (SHMBUS_ASSERT). See DESIGN.md §3.
+// `shmbus::InternalError` (SHMBUS_ASSERT). See docs/architecture.md §3.
 #pragma once
 
 #include <cstdint>
@@ -16,7 +16,7 @@
 
 namespace shmbus {
 
-/// The closed set of failure kinds a bus operation can report (DESIGN.md §3).
+/// The closed set of failure kinds a bus operation can report (docs/architecture.md §3).
 /// The numeric values travel on the wire (frame payloads); never renumber them.
 enum class ErrorCode : std::uint16_t {
   Ok = 0,

@@ -97,7 +97,7 @@ class Message {
   std::uint64_t schemaId_ = 0;
 };
 
-/// What a handler or listener learns about the message it got (DESIGN.md §2).
+/// What a handler or listener learns about the message it got (docs/architecture.md §2).
 /// Valid during the callback; copy the fields you keep. Thread contract: read on the callback's thread;
 /// cancelled() may be polled from any thread.
 struct CallContext {
@@ -125,7 +125,7 @@ struct CallOptions {
   std::size_t sizeHint = 0;
 };
 
-/// The default call timeout (DESIGN.md §3).
+/// The default call timeout (docs/architecture.md §3).
 inline constexpr std::chrono::milliseconds kDefaultTimeout{5000};
 
 /// Handle of an asynchronous call (invoke, invokeIn, Supervisor::invoke). Copyable; all copies refer
@@ -138,7 +138,7 @@ class Call {
 
   /// Blocks until the result is there. On the endpoint's dispatch thread (inside a handler, or when no
   /// other thread dispatches) it keeps dispatching meanwhile, so handlers may call each other and a
-  /// cycle A→B→A completes or times out but never deadlocks. Errors: every code of DESIGN.md §3.
+  /// cycle A→B→A completes or times out but never deadlocks. Errors: every code of docs/architecture.md §3.
   Result<Message> get();
 
   /// True when the result is there (get() will not block).

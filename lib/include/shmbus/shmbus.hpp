@@ -2,7 +2,9 @@
 #pragma once
 
 #include "shmbus/channel.hpp"
+#include "shmbus/coro.hpp"
 #include "shmbus/error.hpp"
+#include "shmbus/log.hpp"
 #include "shmbus/message.hpp"
 #include "shmbus/supervisor.hpp"
 #include "shmbus/window.hpp"

@@ -1,4 +1,4 @@
-// libshmbus — typed contracts: the runtime half of the code capnpc-shmbus generates (DESIGN.md §6).
+// libshmbus — typed contracts: the runtime half of the code capnpc-shmbus generates (docs/architecture.md §6).
 //
 // A contract is a Cap'n Proto `interface`. For each method capnpc-shmbus emits a *method
 // descriptor*, a struct with

@@ -1,5 +1,5 @@
 // Listener and handler tables of an endpoint (Window and Supervisor share them).
-// Semantics (DESIGN.md §2): listeners accumulate; a `once` listener is removed before it runs;
+// Semantics (docs/architecture.md §2): listeners accumulate; a `once` listener is removed before it runs;
 // the last registered handler wins; a Registration removes exactly what it registered.
 #pragma once
 

@@ -1,4 +1,4 @@
-// Control-socket packets between a window and the supervisor (DESIGN.md §5).
+// Control-socket packets between a window and the supervisor (docs/architecture.md §5).
 // Every packet starts with a ControlHeader; Hello and Welcome carry a Cap'n Proto flat array
 // (bus.capnp) after it. The supervisor treats every packet as hostile: sizes are checked, the
 // flat array is read with bounded ReaderOptions.

@@ -1,4 +1,4 @@
-// Control-plane sockets: Unix domain SOCK_SEQPACKET (DESIGN.md §5). Datagrams keep message
+// Control-plane sockets: Unix domain SOCK_SEQPACKET (docs/architecture.md §5). Datagrams keep message
 // boundaries, so a control message is one Cap'n Proto flat array per datagram; file descriptors
 // travel as SCM_RIGHTS. Hang-up of the socket is the death signal of either side.
 #pragma once

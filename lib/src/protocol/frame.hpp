@@ -1,4 +1,4 @@
-// The frame: the fixed POD header at the start of every ring record (DESIGN.md §4), followed by a
+// The frame: the fixed POD header at the start of every ring record (docs/architecture.md §4), followed by a
 // Cap'n Proto message in the layout of message/message.hpp. The supervisor routes on the header
 // alone and never decodes user payloads.
 //

@@ -1,3 +1,6 @@
+// The router: its life cycle, the control plane (accept, handshake, disconnect) and the dispatch
+// loop (docs/architecture.md §5, §9). Frames are in router_frames.cpp, the main process's API in
+// router_main.cpp.
 #include "router/router.hpp"
 
 #include <fcntl.h>
@@ -15,26 +18,18 @@
 
 #include "bus.capnp.h"
 #include "call/callbacks.hpp"
-#include "control/control_protocol.hpp"
 #include "protocol/frame_io.hpp"
+#include "router/router_internal.hpp"
+#include "control/control_protocol.hpp"
 #include "wire/handshake.hpp"
 
 namespace shmbus::detail {
 
 namespace {
 constexpr int kBatch = 64;
-constexpr std::size_t kMaxOwnNames = 1u << 12;  // per window (Conn::ownNames)
-constexpr std::string_view kMainRole = "main";  // the main process's role; only spawn() may give it to a window
 
 enum EpollTag : std::uint64_t { kTagListen = 1, kTagDoorbell = 2, kTagTimer = 3, kTagWake = 4, kTagConn = 5 };
 std::uint64_t tag(EpollTag t, std::uint32_t id = 0) { return (static_cast<std::uint64_t>(t) << 32) | id; }
-
-FrameHeader header(FrameKind kind, std::uint64_t channel) {
-  FrameHeader h{};
-  h.kind = static_cast<std::uint16_t>(kind);
-  h.channel = channel;
-  return h;
-}
 }  // namespace
 
 Result<void> MainJob::detach() {
@@ -87,8 +82,6 @@ Result<std::unique_ptr<Router>> Router::create(RouterOptions o, MainPort& main,
   if (stale > 0) r->log_(LogLevel::Info, "removed {} stale segment names", stale);
   return r;
 }
-
-// ---- control plane
 
 void Router::epollAdd(int fd, std::uint64_t t) {
   epoll_event ev{};
@@ -275,7 +268,7 @@ void Router::emitWindowEvent(std::string_view channel, const Conn& c, const std:
   };
   for (auto& [id, other] : registry_.all()) {
     if (other.get() == &c || other->state != Conn::State::Live || !other->listens.count(ch)) continue;
-    FrameHeader h = header(FrameKind::Send, ch);
+    FrameHeader h = frameHeader(FrameKind::Send, ch);
     h.role = nameId(kMainRole);
     (void)writeFrame(other->inbox, h, build, 512);
   }
@@ -287,7 +280,7 @@ void Router::emitWindowEvent(std::string_view channel, const Conn& c, const std:
   if (!held) return;
   MainJob job;
   job.kind = MainJob::Kind::Listen;
-  job.header = header(FrameKind::Send, ch);
+  job.header = frameHeader(FrameKind::Send, ch);
   job.sourceId = c.id;
   job.sourceRole = c.role;
   job.channelName = std::string(channel);
@@ -295,406 +288,6 @@ void Router::emitWindowEvent(std::string_view channel, const Conn& c, const std:
   job.payload = nullptr;
   main_.deliver(job, false);
 }
-
-// ---- calls, deadlines
-
-void Router::expireDeadlines() {
-  for (const Route& r : routes_.takeExpired(monotonicNowNs())) {
-    failCaller(r, timeoutError(r));
-    sendCancel(r.targetId, r.routeId);
-  }
-}
-
-void Router::failCaller(const Route& r, Error e) {
-  counters_.error(r.channel, e.code);
-  if (r.state) {
-    completeCall(r.state, std::move(e));
-    return;
-  }
-  Conn* caller = registry_.live(r.callerId);
-  if (caller == nullptr) return;
-  FrameHeader h{};
-  h.channel = r.channel;
-  h.requestId = r.callerReq;
-  auto w = writeToWindow(*caller, [&] { return writeErrorFrame(caller->inbox, h, e); });
-  // The caller's own fallback timer ends the call if its inbox cannot take the error now.
-  if (!w) log_(LogLevel::Warn, "could not deliver '{}' to window {}: {}", e.toString(), r.callerId, w.error().message);
-}
-
-void Router::sendCancel(std::uint32_t targetId, std::uint64_t routeId) {
-  if (targetId == kTargetMain) return main_.cancelMain(routeId);
-  Conn* t = registry_.find(targetId);
-  if (t == nullptr || t->state != Conn::State::Live) return;
-  // The board first (a handler already running sees it at once), then the frame behind the
-  // Invoke on the same ring (wire/cancel_board.hpp).
-  t->cancels->post(routeId);
-  FrameHeader h = header(FrameKind::Cancel, 0);
-  h.requestId = routeId;
-  (void)writeFrame(t->inbox, h, {}, 0);
-}
-
-Error Router::timeoutError(const Route& r) {
-  const std::string target = r.targetId == kTargetMain ? std::string("main")
-                             : registry_.live(r.targetId) ? registry_.live(r.targetId)->describe()
-                                                          : fmt::format("window {}", r.targetId);
-  return makeError(ErrorCode::Timeout, fmt::format("invoke '{}' to {} timed out after {} ms",
-                                                   registry_.nameOf(r.channel, r.callerId), target, r.timeoutMs));
-}
-
-template <typename W>
-Result<void> Router::writeToWindow(Conn& target, W&& write) {
-  auto r = write();
-  if (!r && r.code() == ErrorCode::Corrupt) {
-    doom(target, "inbox corrupt: " + r.error().message, true);
-    return makeError(ErrorCode::TargetGone, fmt::format("{} was disconnected: {}", target.describe(), r.error().message));
-  }
-  if (!r && r.code() == ErrorCode::Full) {
-    return makeError(ErrorCode::Full, fmt::format("the inbox of {} is full", target.describe()));
-  }
-  return r;
-}
-
-void Router::internRole(Conn& target, std::uint64_t roleId) {
-  if (target.knownRoles.count(roleId)) return;
-  const std::string* name = registry_.roleName(roleId);
-  if (name == nullptr) return;
-  auto r = writeFrame(target.inbox, header(FrameKind::Intern, roleId), [&](Builder& b) {
-    auto i = b.initRoot<schema::Intern>();
-    i.setId(roleId);
-    i.setName(*name);
-    i.setIsRole(true);
-  }, 256, false);
-  if (r) target.knownRoles.insert(roleId);
-}
-
-bool Router::allowed(std::uint64_t channel, std::uint64_t roleId) const {
-  auto it = policies_.find(channel);
-  return it == policies_.end() || it->second.empty() || it->second.count(roleId) != 0;
-}
-
-std::int64_t Router::deadlineFor(const FrameHeader& h, std::int64_t now, std::int64_t& timeoutMs) const {
-  if (h.deadlineNs != 0) {
-    // The caller's own figure when it sent one (what it waited since it called, not since the
-    // frame got here); else what is left of it.
-    timeoutMs = h.status != 0 ? static_cast<std::int64_t>(h.status)
-                              : std::max<std::int64_t>(0, (h.deadlineNs - now + 500'000) / 1'000'000);
-    return h.deadlineNs;
-  }
-  auto it = channelTimeoutMs_.find(h.channel);
-  timeoutMs = it != channelTimeoutMs_.end() ? it->second : kDefaultTimeout.count();
-  return now + timeoutMs * 1'000'000;
-}
-
-// ---- frames from windows
-
-void Router::replyError(Conn& w, const FrameHeader& req, Error e) {
-  counters_.error(req.channel, e.code);
-  FrameHeader h{};
-  h.channel = req.channel;
-  h.requestId = req.requestId;
-  (void)writeToWindow(w, [&] { return writeErrorFrame(w.inbox, h, e); });
-}
-
-void Router::process(Conn& w, const RecordView& rec) {
-  auto f = parseFrame(rec);
-  if (!f) return doom(w, f.error().message, true);
-  const FrameHeader& h = f->header;
-  switch (static_cast<FrameKind>(h.kind)) {
-    case FrameKind::Intern: return onIntern(w, *f);
-    case FrameKind::HandlerAdd:
-      w.handled.insert(h.channel);
-      registryCv_.notify_all();
-      return;
-    case FrameKind::HandlerRemove: w.handled.erase(h.channel); return;
-    case FrameKind::Listen: w.listens.insert(h.channel); return;
-    case FrameKind::Send: return onSend(w, *f);
-    case FrameKind::Invoke: return onInvoke(w, *f);
-    case FrameKind::Reply:
-    case FrameKind::Error: return onReply(w, *f);
-    case FrameKind::Cancel: return onCancel(w, h);
-  }
-}
-
-void Router::onIntern(Conn& w, const FrameView& f) {
-  InPlaceMessage m;
-  if (auto r = m.parse(f.payload, f.payloadBytes); !r || m.empty()) return doom(w, "malformed intern frame", true);
-  try {
-    auto i = m.reader().getRoot<schema::Intern>();
-    std::string name = i.getName();
-    if (name.size() > 256) return doom(w, "intern name longer than 256 bytes", true);
-    if (i.getId() != nameId(name)) {
-      // Typed channel ids do not hash from their names: keep the name for this window's own
-      // messages only (see Conn::ownNames), and as a stats label.
-      if (!i.getIsRole()) {
-        registry_.addStatLabel(i.getId(), name);
-        if (w.ownNames.size() < kMaxOwnNames) w.ownNames.emplace(i.getId(), std::move(name));
-      }
-      return;
-    }
-    registry_.addName(i.getId(), std::move(name));
-  } catch (const kj::Exception& e) {
-    doom(w, std::string("malformed intern frame: ") + e.getDescription().cStr(), true);
-  }
-}
-
-MainJob Router::jobFor(Conn& w, const FrameView& f, MainJob::Kind kind) {
-  MainJob job;
-  job.kind = kind;
-  job.header = f.header;
-  job.sourceId = w.id;
-  job.sourceRole = w.role;
-  job.channelName = registry_.nameOf(f.header.channel, w.id);
-  job.payload = f.payload;
-  job.payloadBytes = f.payloadBytes;
-  job.pinnedConn = w.id;
-  return job;
-}
-
-bool Router::deliverToMain(Conn& w, MainJob& job) {
-  if (!main_.deliver(job, mayInline_)) return false;
-  // Taken in place: keep the record (and the Conn) until Router::unpin, end this round.
-  // drain() set pinPos to this record (or an older one still in use) before process().
-  ++w.pinDepth;
-  endRound_ = true;
-  return true;
-}
-
-void Router::onSend(Conn& w, const FrameView& f) {
-  const FrameHeader& h = f.header;
-  if (!allowed(h.channel, w.roleId)) {
-    ++counters_.undeliverable;
-    counters_.error(h.channel, ErrorCode::Denied);
-    log_(LogLevel::Warn, "denied send '{}' from {}", registry_.nameOf(h.channel), w.describe());
-    return;
-  }
-  if (h.target == kTargetMain) {
-    ++counters_.at(h.channel).messages;
-    if (mainCallbacks_->listenerCount(h.channel) == 0) {
-      ++counters_.undeliverable;
-      log_(LogLevel::Debug, "send '{}' from {} has no listener", registry_.nameOf(h.channel), w.describe());
-      return;
-    }
-    InPlaceMessage m;
-    if (auto r = m.parse(f.payload, f.payloadBytes); !r) return doom(w, r.error().message, true);
-    MainJob job = jobFor(w, f, MainJob::Kind::Listen);
-    deliverToMain(w, job);
-    return;
-  }
-  Conn* t = registry_.resolve(h.target, h.role);
-  if (t == nullptr) {
-    ++counters_.undeliverable;
-    counters_.error(h.channel, ErrorCode::NoTarget);
-    log_(LogLevel::Warn, "send '{}' from {}: no live window with {}", registry_.nameOf(h.channel), w.describe(),
-         registry_.describeTarget(h.target, h.role));
-    return;
-  }
-  FrameHeader out = h;
-  out.source = w.id;
-  out.role = w.roleId;
-  out.target = t->id;
-  out.requestId = 0;
-  internRole(*t, w.roleId);
-  auto r = writeToWindow(*t, [&] { return writeFrameCopy(t->inbox, out, f.payload, f.payloadBytes); });
-  if (!r) {
-    ++counters_.undeliverable;
-    counters_.error(h.channel, r.code());
-    log_(LogLevel::Warn, "send '{}' from {} to {} dropped: {}", registry_.nameOf(h.channel), w.describe(),
-         t->describe(), r.error().message);
-    return;
-  }
-  ++counters_.at(h.channel).messages;
-}
-
-void Router::onInvoke(Conn& w, const FrameView& f) {
-  const FrameHeader& h = f.header;
-  if (routes_.byCaller(w.id, h.requestId) != 0) return doom(w, "request id reused while pending", true);
-  ++counters_.at(h.channel).calls;
-  const std::int64_t now = monotonicNowNs();
-  if (!allowed(h.channel, w.roleId)) {
-    return replyError(w, h, makeError(ErrorCode::Denied, fmt::format("invoke '{}' from {}: denied by policy",
-                                                                     registry_.nameOf(h.channel, w.id), w.describe())));
-  }
-  if (h.target == kTargetMain) return invokeMain(w, f, now);
-  Conn* t = registry_.resolve(h.target, h.role);
-  if (t == nullptr) {
-    return replyError(w, h, makeError(ErrorCode::NoTarget, fmt::format("invoke '{}': no live window with {}",
-                                                                       registry_.nameOf(h.channel, w.id),
-                                                                       registry_.describeTarget(h.target, h.role))));
-  }
-  if (t->handled.count(h.channel) == 0) {
-    return replyError(w, h, makeError(ErrorCode::NoHandler, fmt::format("invoke '{}' to {}: no handler",
-                                                                        registry_.nameOf(h.channel, w.id),
-                                                                        t->describe())));
-  }
-  Route p;
-  p.callerId = w.id;
-  p.callerReq = h.requestId;
-  p.targetId = t->id;
-  p.channel = h.channel;
-  p.start = now;
-  p.deadline = deadlineFor(h, now, p.timeoutMs);
-  FrameHeader out = h;
-  out.source = w.id;
-  out.role = w.roleId;
-  out.target = t->id;
-  out.deadlineNs = p.deadline;
-  const std::uint64_t rid = routes_.add(std::move(p));
-  out.requestId = rid;
-  internRole(*t, w.roleId);
-  auto r = writeToWindow(*t, [&] { return writeFrameCopy(t->inbox, out, f.payload, f.payloadBytes); });
-  if (!r) {
-    Route gone = *routes_.take(rid);
-    failCaller(gone, Error{r.code(), fmt::format("invoke '{}' to {}: {}", registry_.nameOf(h.channel, w.id),
-                                                 t->describe(), r.error().message)});
-  }
-}
-
-void Router::invokeMain(Conn& w, const FrameView& f, std::int64_t now) {
-  const FrameHeader& h = f.header;
-  auto slot = mainCallbacks_->handler(h.channel);
-  auto what = [&] { return fmt::format("invoke '{}' to main", registry_.nameOf(h.channel, w.id)); };
-  if (!slot) return replyError(w, h, makeError(ErrorCode::NoHandler, what() + ": no handler"));
-  if (slot->schemaId != 0 && h.schemaId != 0 && slot->schemaId != h.schemaId) {
-    return replyError(w, h, makeError(ErrorCode::InvalidMessage,
-                                      fmt::format("{}: request schema {:016x} does not match the handler's {:016x}",
-                                                  what(), h.schemaId, slot->schemaId)));
-  }
-  InPlaceMessage m;
-  if (auto r = m.parse(f.payload, f.payloadBytes); !r) {
-    return replyError(w, h, Error{ErrorCode::InvalidMessage, what() + ": " + r.error().message});
-  }
-  // The router keeps the deadline of a call to main like any other: the caller gets Timeout at
-  // its deadline even while the handler still runs (its reply is then late).
-  Route p;
-  p.callerId = w.id;
-  p.callerReq = h.requestId;
-  p.targetId = kTargetMain;
-  p.channel = h.channel;
-  p.start = now;
-  p.deadline = deadlineFor(h, now, p.timeoutMs);
-  MainJob job = jobFor(w, f, MainJob::Kind::Invoke);
-  job.deadlineNs = p.deadline;
-  job.timeoutMs = p.timeoutMs;
-  job.routeId = routes_.add(std::move(p));
-  deliverToMain(w, job);
-}
-
-std::optional<Route> Router::takeMainOutcome(std::uint64_t routeId) {
-  auto p = routes_.take(routeId);
-  if (!p) {
-    // The call ended first (deadline, cancel, caller gone): a late reply, dropped and counted.
-    ++counters_.lateReplies;
-    return std::nullopt;
-  }
-  const std::int64_t now = monotonicNowNs();
-  if (now >= p->deadline) {
-    // The handler outran the caller's deadline before the timer had its turn: the call has
-    // timed out all the same and this outcome is late.
-    ++counters_.lateReplies;
-    ++counters_.at(p->channel).late;
-    failCaller(*p, timeoutError(*p));
-    return std::nullopt;
-  }
-  counters_.at(p->channel).sample(static_cast<double>(now - p->start) / 1e6);
-  return p;
-}
-
-void Router::replyFromMain(std::uint64_t routeId, kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
-                           std::uint64_t replySchemaId) {
-  std::lock_guard lk(mu_);
-  auto p = takeMainOutcome(routeId);
-  if (!p) return;
-  Conn* caller = registry_.live(p->callerId);
-  if (caller == nullptr) return;
-  FrameHeader r = header(FrameKind::Reply, p->channel);
-  r.requestId = p->callerReq;
-  r.schemaId = replySchemaId;
-  r.role = nameId(kMainRole);
-  auto wr = writeToWindow(*caller, [&] { return writeFrameSegments(caller->inbox, r, segments); });
-  if (!wr) {
-    failCaller(*p, Error{wr.code(), fmt::format("invoke '{}' to main: the reply could not be written: {}",
-                                                registry_.nameOf(p->channel, p->callerId), wr.error().message)});
-  }
-}
-
-void Router::failFromMain(std::uint64_t routeId, Error e) {
-  std::lock_guard lk(mu_);
-  if (auto p = takeMainOutcome(routeId)) failCaller(*p, std::move(e));
-}
-
-void Router::countUnanswered(std::uint64_t channel) {
-  std::lock_guard lk(mu_);
-  ++counters_.unanswered;
-  log_(LogLevel::Warn, "a handler of '{}' dropped its responder without replying (the caller times out)",
-       registry_.nameOf(channel));
-}
-
-void Router::unpin(std::uint32_t connId) {
-  std::lock_guard lk(mu_);
-  Conn* c = registry_.find(connId);
-  if (c == nullptr) return;
-  if (--c->pinDepth == 0) c->outbox.releaseAll();
-  reapDoomed();
-}
-
-void Router::onReply(Conn& w, const FrameView& f) {
-  const FrameHeader& h = f.header;
-  const Route* found = routes_.find(h.requestId);
-  if (found == nullptr) {
-    ++counters_.lateReplies;
-    ++counters_.at(h.channel).late;
-    return;
-  }
-  if (found->targetId != w.id) {
-    ++counters_.spoofedReplies;
-    log_(LogLevel::Warn, "dropped a reply to route {} from {}: the call was routed to window {}", h.requestId,
-         w.describe(), found->targetId);
-    return;
-  }
-  const std::int64_t now = monotonicNowNs();
-  Route p = *routes_.take(h.requestId);
-  if (now >= p.deadline) {
-    // The deadline passed before this reply was read (the timer had not had its turn yet): the
-    // call has timed out all the same, and the reply is late. The target has answered, so it
-    // needs no Cancel.
-    ++counters_.lateReplies;
-    ++counters_.at(p.channel).late;
-    return failCaller(p, timeoutError(p));
-  }
-  counters_.at(p.channel).sample(static_cast<double>(now - p.start) / 1e6);
-  const bool isError = h.kind == static_cast<std::uint16_t>(FrameKind::Error);
-  if (p.state) {  // a call made by the main process
-    auto held = copyMessage(f.payload, f.payloadBytes);
-    if (!held) return failCaller(p, held.error());
-    if (isError) return failCaller(p, decodeError(h, (*held)->msg));
-    completeCall(p.state, Message(std::move(*held), h.schemaId));
-    return;
-  }
-  if (isError) counters_.error(p.channel, static_cast<ErrorCode>(h.status));
-  Conn* caller = registry_.live(p.callerId);
-  if (caller == nullptr) return;
-  FrameHeader out = h;
-  out.source = w.id;
-  out.role = w.roleId;
-  out.target = caller->id;
-  out.requestId = p.callerReq;
-  auto r = writeToWindow(*caller, [&] { return writeFrameCopy(caller->inbox, out, f.payload, f.payloadBytes); });
-  if (!r) {
-    failCaller(p, Error{r.code(), fmt::format("invoke '{}' to {}: the reply could not be delivered: {}",
-                                              registry_.nameOf(p.channel, p.callerId), w.describe(),
-                                              r.error().message)});
-  }
-}
-
-void Router::onCancel(Conn& w, const FrameHeader& h) {
-  const std::uint64_t rid = routes_.byCaller(w.id, h.requestId);
-  if (rid == 0) return;
-  Route p = *routes_.take(rid);
-  counters_.error(p.channel, ErrorCode::Cancelled);
-  sendCancel(p.targetId, p.routeId);
-}
-
-// ---- dispatch
 
 std::size_t Router::drain() {
   std::size_t total = 0;
@@ -805,181 +398,6 @@ void Router::wake() {
   [[maybe_unused]] auto r = ::write(wakeFd_.get(), &one, sizeof one);
 }
 
-// ---- main process API
-
-std::vector<WindowInfo> Router::windows() const {
-  std::lock_guard lk(mu_);
-  std::vector<WindowInfo> out;
-  for (auto& [id, c] : registry_.all()) {
-    if (c->live()) out.push_back({c->id, c->role, c->pid, c->spawned});
-  }
-  return out;
-}
-
-std::optional<WindowInfo> Router::window(std::uint32_t id) const {
-  std::lock_guard lk(mu_);
-  auto it = registry_.all().find(id);
-  if (it == registry_.all().end() || !it->second->live()) return std::nullopt;
-  const Conn& c = *it->second;
-  return WindowInfo{c.id, c.role, c.pid, c.spawned};
-}
-
-std::optional<WindowInfo> Router::findWindow(std::uint64_t roleId, std::uint64_t channel) const {
-  std::lock_guard lk(mu_);
-  for (auto& [id, c] : registry_.all()) {
-    if (c->roleId != roleId || !c->live()) continue;
-    if (channel != 0 && c->handled.count(channel) == 0) continue;
-    return WindowInfo{c->id, c->role, c->pid, c->spawned};
-  }
-  return std::nullopt;
-}
-
-void Router::awaitRegistryChange(std::chrono::nanoseconds ns) {
-  std::unique_lock lk(mu_);
-  registryCv_.wait_for(lk, ns);
-}
-
-Result<void> Router::send(const Target& target, const Channel& channel, const BuildFn& build) {
-  std::lock_guard lk(mu_);
-  if (stopping()) return makeError(ErrorCode::BusClosed, "the supervisor stopped");
-  Conn* t = registry_.resolve(target);
-  if (t == nullptr) {
-    return makeError(ErrorCode::NoTarget, fmt::format("send '{}': no live window with {}", channel.name, target.describe()));
-  }
-  FrameHeader h = header(FrameKind::Send, channel.id);
-  h.schemaId = channel.schemaId;
-  h.target = t->id;
-  h.role = nameId(kMainRole);
-  ++counters_.at(channel.id).messages;
-  mainCallbacks_->rememberName(channel.id, channel.name);
-  return writeToWindow(*t, [&] { return writeFrame(t->inbox, h, build); });
-}
-
-Result<BroadcastReport> Router::broadcast(const Channel& channel, const BuildFn& build, const BroadcastOptions& options) {
-  capnp::MallocMessageBuilder mb;
-  if (build) build(mb);
-  auto segs = mb.getSegmentsForOutput();
-  std::lock_guard lk(mu_);
-  BroadcastReport report;
-  FrameHeader h = header(FrameKind::Send, channel.id);
-  h.schemaId = channel.schemaId;
-  h.role = nameId(kMainRole);
-  auto has = [](const std::vector<std::string>& v, const std::string& r) {
-    return std::find(v.begin(), v.end(), r) != v.end();
-  };
-  for (auto& [id, c] : registry_.all()) {
-    if (!c->live()) continue;
-    if (!options.roles.empty() && !has(options.roles, c->role)) continue;
-    if (has(options.excludeRoles, c->role)) continue;
-    h.target = c->id;
-    auto r = writeToWindow(*c, [&] { return writeFrameSegments(c->inbox, h, segs); });
-    if (r) {
-      ++report.delivered;
-    } else if (r.code() == ErrorCode::TooLarge) {
-      return r.error();
-    } else {
-      report.failed.emplace_back(c->id, r.error());
-    }
-  }
-  counters_.at(channel.id).messages += report.delivered;
-  return report;
-}
-
-void Router::invoke(const Target& target, const Channel& channel, const BuildFn& build, const CallOptions& options,
-                    const std::shared_ptr<CallState>& s) {
-  std::lock_guard lk(mu_);
-  mainCallbacks_->rememberName(channel.id, channel.name);
-  auto fail = [&](ErrorCode code, std::string m) {
-    counters_.error(channel.id, code);
-    completeCall(s, makeError(code, std::move(m)));
-  };
-  if (stopping()) return fail(ErrorCode::BusClosed, s->what + ": the supervisor stopped");
-  Conn* t = registry_.resolve(target);
-  if (t == nullptr) return fail(ErrorCode::NoTarget, s->what + ": no live window with " + target.describe());
-  if (t->handled.count(channel.id) == 0) return fail(ErrorCode::NoHandler, s->what + ": no handler");
-  ++counters_.at(channel.id).calls;
-  Route p;
-  p.targetId = t->id;
-  p.channel = channel.id;
-  p.start = monotonicNowNs();
-  FrameHeader h = header(FrameKind::Invoke, channel.id);
-  h.schemaId = channel.schemaId;
-  h.deadlineNs = options.timeout.count() > 0 ? p.start + std::chrono::nanoseconds(options.timeout).count() : 0;
-  p.deadline = deadlineFor(h, p.start, p.timeoutMs);
-  // The waiter's own give-up time, in case no thread dispatches (Call::get()).
-  s->deadlineNs = p.deadline + kLocalGraceNs;
-  p.state = s;
-  h.deadlineNs = p.deadline;
-  h.target = t->id;
-  h.role = nameId(kMainRole);
-  const std::uint64_t rid = routes_.add(std::move(p));
-  s->requestId = rid;
-  h.requestId = rid;
-  auto r = writeToWindow(*t, [&] { return writeFrame(t->inbox, h, build, options.sizeHint); });
-  if (!r) {
-    Route gone = *routes_.take(rid);
-    failCaller(gone, Error{r.code(), s->what + ": " + r.error().message});
-  }
-}
-
-void Router::cancelMainCall(const std::shared_ptr<CallState>& s) {
-  {
-    std::lock_guard lk(mu_);
-    auto gone = routes_.takeIf([&](const Route& r) { return r.state == s; });
-    for (const Route& r : gone) {
-      sendCancel(r.targetId, r.routeId);
-      counters_.error(r.channel, ErrorCode::Cancelled);
-    }
-  }
-  completeCall(s, makeError(ErrorCode::Cancelled, s->what + ": cancelled by the caller"));
-}
-
-void Router::setPolicy(const Channel& channel, const ChannelPolicy& policy) {
-  std::lock_guard lk(mu_);
-  auto& set = policies_[channel.id];
-  set.clear();
-  for (const auto& r : policy.callers) set.insert(nameId(r));
-  mainCallbacks_->rememberName(channel.id, channel.name);
-}
-
-void Router::setChannelTimeout(const Channel& channel, std::chrono::milliseconds timeout) {
-  std::lock_guard lk(mu_);
-  channelTimeoutMs_[channel.id] = timeout.count();
-  mainCallbacks_->rememberName(channel.id, channel.name);
-}
-
-RouterStats Router::stats() const {
-  std::lock_guard lk(mu_);
-  RouterStats s;
-  const std::int64_t now = monotonicNowNs();
-  for (auto& [rid, p] : routes_.all()) {
-    s.pending.push_back({registry_.nameOf(p.channel), p.callerId, registry_.roleOf(p.callerId), p.targetId,
-                         registry_.roleOf(p.targetId), static_cast<double>(now - p.start) / 1e6});
-  }
-  for (auto& [ch, c] : counters_.channels()) {
-    RouterStats::ChannelStats cs;
-    cs.channel = registry_.statName(ch);
-    cs.calls = c.calls;
-    cs.messages = c.messages;
-    cs.lateReplies = c.late;
-    for (auto& [code, n] : c.errors) cs.errors[errorCodeName(code)] = n;
-    if (!c.latencyMs.empty()) {
-      std::vector<double> v = c.latencyMs;
-      std::sort(v.begin(), v.end());
-      cs.p50Ms = v[(v.size() - 1) / 2];
-      cs.p99Ms = v[std::min(v.size() - 1, static_cast<std::size_t>(static_cast<double>(v.size()) * 0.99))];
-    }
-    s.channels.push_back(std::move(cs));
-  }
-  std::sort(s.channels.begin(), s.channels.end(), [](auto& a, auto& b) { return a.channel < b.channel; });
-  s.lateReplies = counters_.lateReplies;
-  s.spoofedReplies = counters_.spoofedReplies;
-  s.undeliverable = counters_.undeliverable;
-  s.badMessages = counters_.badMessages;
-  s.unansweredCalls = counters_.unanswered;
-  return s;
-}
-
 void Router::beginStop() {
   stopping_.store(true, std::memory_order_release);  // pairs with stopping()'s acquire load
   wake();
@@ -987,14 +405,16 @@ void Router::beginStop() {
 
 void Router::stop() {
   std::lock_guard lk(mu_);
-  for (auto& [id, c] : registry_.all()) doom(*c, "the supervisor stopped", false);
-  mayInline_ = false;
-  reapDoomed();
+  // Every call in flight ends with BusClosed first (not TargetGone: no target went away, the bus
+  // did), then every window is disconnected.
   auto left = routes_.takeIf([](const Route&) { return true; });
   for (const Route& r : left) {
     failCaller(r, makeError(ErrorCode::BusClosed,
                             fmt::format("invoke '{}': the supervisor stopped", registry_.nameOf(r.channel))));
   }
+  for (auto& [id, c] : registry_.all()) doom(*c, "the supervisor stopped", false);
+  mayInline_ = false;
+  reapDoomed();
   ::unlink(path_.c_str());
   listenFd_.reset();
 }

@@ -1,6 +1,6 @@
 // Shared memory segments: Boost.Interprocess `shared_memory_object` + `mapped_region`.
 //
-// Naming: `shmbus.<bus>.<id>.<nonce>` (DESIGN.md §4). The supervisor creates a segment with mode
+// Naming: `shmbus.<bus>.<id>.<nonce>` (docs/architecture.md §4). The supervisor creates a segment with mode
 // 0600, the one window it is for opens and maps it, and the name is unlinked as soon as it is
 // mapped, so a crash leaves no name behind. Every segment starts with a SegmentHeader naming the
 // creating process, so start-up can remove names left by dead creators (removeStale).

@@ -1,4 +1,4 @@
-// capnpc-shmbus — Cap'n Proto compiler plugin generating typed shmbus contracts (DESIGN.md §6).
+// capnpc-shmbus — Cap'n Proto compiler plugin generating typed shmbus contracts (docs/architecture.md §6).
 //
 // Run by `capnp compile -o<path>/capnpc-shmbus:<outdir> file.capnp` next to capnpc-c++. Like
 // capnpc-capnp, it reads a CodeGeneratorRequest from stdin, loads every node into a

@@ -1,4 +1,4 @@
-// shmbusd: a standalone supervisor (DESIGN.md §1) for buses whose main process is not a C++
+// shmbusd: a standalone supervisor (docs/architecture.md §1) for buses whose main process is not a C++
 // program of ours. Runs until SIGINT or SIGTERM, then closes the bus (windows get BusClosed).
 #include <signal.h>
 

@@ -1,4 +1,4 @@
-// Peer death (DESIGN.md §5): a window killed mid-call and a killed supervisor. Times are measured
+// Peer death (docs/architecture.md §5): a window killed mid-call and a killed supervisor. Times are measured
 // from kill() to the result, across processes (CLOCK_MONOTONIC is system-wide). The program runs
 // alone (meson is_parallel: false): it measures milliseconds.
 #include <doctest/doctest.h>

@@ -1,4 +1,4 @@
-// Every error of DESIGN.md §3 across real processes, with its code, a message naming the channel
+// Every error of docs/architecture.md §3 across real processes, with its code, a message naming the channel
 // and the target, and its timing: fail-fast errors arrive in well under the call's timeout.
 #include <doctest/doctest.h>
 

@@ -1,4 +1,4 @@
-// Hostile windows (DESIGN.md §5): a window that writes garbage into its outbox or sends malformed
+// Hostile windows (docs/architecture.md §5): a window that writes garbage into its outbox or sends malformed
 // frames is disconnected with a logged reason, while two good windows keep invoking unaffected.
 // The hostile child is a normal Window that then writes raw bytes into its own outbox through its
 // mapping of the segment (RawOutbox).

@@ -1,4 +1,4 @@
-// Every messaging pattern of DESIGN.md §2 (except direct ports) across real processes: the test
+// Every messaging pattern of docs/architecture.md §2 (except direct ports) across real processes: the test
 // process runs the supervisor, forked children are the windows.
 #include <doctest/doctest.h>
 

@@ -1,4 +1,4 @@
-// Supervisor::spawn (DESIGN.md §5): windows started by main over a pre-authenticated socket. The
+// Supervisor::spawn (docs/architecture.md §5): windows started by main over a pre-authenticated socket. The
 // window program is tests/multiproc/bus/test_window.cpp; meson passes its path in
 // $SHMBUS_TEST_WINDOW.
 #include <doctest/doctest.h>

@@ -1,0 +1,406 @@
+// The router's frame handling: what windows write into their outboxes (sends, invokes, replies,
+// cancels, interns), calls to main-process handlers and their outcomes, deadlines
+// (docs/architecture.md §2, §3, §10, §11).
+#include "router/router.hpp"
+
+#include <capnp/message.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "bus.capnp.h"
+#include "call/callbacks.hpp"
+#include "protocol/frame_io.hpp"
+#include "router/router_internal.hpp"
+#include "wire/cancel_board.hpp"
+
+namespace shmbus::detail {
+
+namespace {
+constexpr std::size_t kMaxOwnNames = 1u << 12;  // per window (Conn::ownNames)
+}  // namespace
+
+void Router::expireDeadlines() {
+  for (const Route& r : routes_.takeExpired(monotonicNowNs())) {
+    failCaller(r, timeoutError(r));
+    sendCancel(r.targetId, r.routeId);
+  }
+}
+
+void Router::failCaller(const Route& r, Error e) {
+  counters_.error(r.channel, e.code);
+  if (r.state) {
+    completeCall(r.state, std::move(e));
+    return;
+  }
+  Conn* caller = registry_.live(r.callerId);
+  if (caller == nullptr) return;
+  FrameHeader h{};
+  h.channel = r.channel;
+  h.requestId = r.callerReq;
+  auto w = writeToWindow(*caller, [&] { return writeErrorFrame(caller->inbox, h, e); });
+  // The caller's own fallback timer ends the call if its inbox cannot take the error now.
+  if (!w) log_(LogLevel::Warn, "could not deliver '{}' to window {}: {}", e.toString(), r.callerId, w.error().message);
+}
+
+void Router::sendCancel(std::uint32_t targetId, std::uint64_t routeId) {
+  if (targetId == kTargetMain) return main_.cancelMain(routeId);
+  Conn* t = registry_.find(targetId);
+  if (t == nullptr || t->state != Conn::State::Live) return;
+  // The board first (a handler already running sees it at once), then the frame behind the
+  // Invoke on the same ring (wire/cancel_board.hpp).
+  t->cancels->post(routeId);
+  FrameHeader h = frameHeader(FrameKind::Cancel, 0);
+  h.requestId = routeId;
+  (void)writeFrame(t->inbox, h, {}, 0);
+}
+
+Error Router::timeoutError(const Route& r) {
+  const std::string target = r.targetId == kTargetMain ? std::string("main")
+                             : registry_.live(r.targetId) ? registry_.live(r.targetId)->describe()
+                                                          : fmt::format("window {}", r.targetId);
+  return makeError(ErrorCode::Timeout, fmt::format("invoke '{}' to {} timed out after {} ms",
+                                                   registry_.nameOf(r.channel, r.callerId), target, r.timeoutMs));
+}
+
+
+void Router::internRole(Conn& target, std::uint64_t roleId) {
+  if (target.knownRoles.count(roleId)) return;
+  const std::string* name = registry_.roleName(roleId);
+  if (name == nullptr) return;
+  auto r = writeFrame(target.inbox, frameHeader(FrameKind::Intern, roleId), [&](Builder& b) {
+    auto i = b.initRoot<schema::Intern>();
+    i.setId(roleId);
+    i.setName(*name);
+    i.setIsRole(true);
+  }, 256, false);
+  if (r) target.knownRoles.insert(roleId);
+}
+
+bool Router::allowed(std::uint64_t channel, std::uint64_t roleId) const {
+  auto it = policies_.find(channel);
+  return it == policies_.end() || it->second.empty() || it->second.count(roleId) != 0;
+}
+
+std::int64_t Router::deadlineFor(const FrameHeader& h, std::int64_t now, std::int64_t& timeoutMs) const {
+  if (h.deadlineNs != 0) {
+    // The caller's own figure when it sent one (what it waited since it called, not since the
+    // frame got here); else what is left of it.
+    timeoutMs = h.status != 0 ? static_cast<std::int64_t>(h.status)
+                              : std::max<std::int64_t>(0, (h.deadlineNs - now + 500'000) / 1'000'000);
+    return h.deadlineNs;
+  }
+  auto it = channelTimeoutMs_.find(h.channel);
+  timeoutMs = it != channelTimeoutMs_.end() ? it->second : kDefaultTimeout.count();
+  return now + timeoutMs * 1'000'000;
+}
+
+void Router::replyError(Conn& w, const FrameHeader& req, Error e) {
+  counters_.error(req.channel, e.code);
+  FrameHeader h{};
+  h.channel = req.channel;
+  h.requestId = req.requestId;
+  (void)writeToWindow(w, [&] { return writeErrorFrame(w.inbox, h, e); });
+}
+
+void Router::process(Conn& w, const RecordView& rec) {
+  auto f = parseFrame(rec);
+  if (!f) return doom(w, f.error().message, true);
+  const FrameHeader& h = f->header;
+  switch (static_cast<FrameKind>(h.kind)) {
+    case FrameKind::Intern: return onIntern(w, *f);
+    case FrameKind::HandlerAdd:
+      w.handled.insert(h.channel);
+      registryCv_.notify_all();
+      return;
+    case FrameKind::HandlerRemove: w.handled.erase(h.channel); return;
+    case FrameKind::Listen: w.listens.insert(h.channel); return;
+    case FrameKind::Send: return onSend(w, *f);
+    case FrameKind::Invoke: return onInvoke(w, *f);
+    case FrameKind::Reply:
+    case FrameKind::Error: return onReply(w, *f);
+    case FrameKind::Cancel: return onCancel(w, h);
+  }
+}
+
+void Router::onIntern(Conn& w, const FrameView& f) {
+  InPlaceMessage m;
+  if (auto r = m.parse(f.payload, f.payloadBytes); !r || m.empty()) return doom(w, "malformed intern frame", true);
+  try {
+    auto i = m.reader().getRoot<schema::Intern>();
+    std::string name = i.getName();
+    if (name.size() > 256) return doom(w, "intern name longer than 256 bytes", true);
+    if (i.getId() != nameId(name)) {
+      // Typed channel ids do not hash from their names: keep the name for this window's own
+      // messages only (see Conn::ownNames), and as a stats label.
+      if (!i.getIsRole()) {
+        registry_.addStatLabel(i.getId(), name);
+        if (w.ownNames.size() < kMaxOwnNames) w.ownNames.emplace(i.getId(), std::move(name));
+      }
+      return;
+    }
+    registry_.addName(i.getId(), std::move(name));
+  } catch (const kj::Exception& e) {
+    doom(w, std::string("malformed intern frame: ") + e.getDescription().cStr(), true);
+  }
+}
+
+MainJob Router::jobFor(Conn& w, const FrameView& f, MainJob::Kind kind) {
+  MainJob job;
+  job.kind = kind;
+  job.header = f.header;
+  job.sourceId = w.id;
+  job.sourceRole = w.role;
+  job.channelName = registry_.nameOf(f.header.channel, w.id);
+  job.payload = f.payload;
+  job.payloadBytes = f.payloadBytes;
+  job.pinnedConn = w.id;
+  return job;
+}
+
+bool Router::deliverToMain(Conn& w, MainJob& job) {
+  if (!main_.deliver(job, mayInline_)) return false;
+  // Taken in place: keep the record (and the Conn) until Router::unpin, end this round.
+  // drain() set pinPos to this record (or an older one still in use) before process().
+  ++w.pinDepth;
+  endRound_ = true;
+  return true;
+}
+
+void Router::onSend(Conn& w, const FrameView& f) {
+  const FrameHeader& h = f.header;
+  if (!allowed(h.channel, w.roleId)) {
+    ++counters_.undeliverable;
+    counters_.error(h.channel, ErrorCode::Denied);
+    log_(LogLevel::Warn, "denied send '{}' from {}", registry_.nameOf(h.channel), w.describe());
+    return;
+  }
+  if (h.target == kTargetMain) {
+    ++counters_.at(h.channel).messages;
+    if (mainCallbacks_->listenerCount(h.channel) == 0) {
+      ++counters_.undeliverable;
+      log_(LogLevel::Debug, "send '{}' from {} has no listener", registry_.nameOf(h.channel), w.describe());
+      return;
+    }
+    InPlaceMessage m;
+    if (auto r = m.parse(f.payload, f.payloadBytes); !r) return doom(w, r.error().message, true);
+    MainJob job = jobFor(w, f, MainJob::Kind::Listen);
+    deliverToMain(w, job);
+    return;
+  }
+  Conn* t = registry_.resolve(h.target, h.role);
+  if (t == nullptr) {
+    ++counters_.undeliverable;
+    counters_.error(h.channel, ErrorCode::NoTarget);
+    log_(LogLevel::Warn, "send '{}' from {}: no live window with {}", registry_.nameOf(h.channel), w.describe(),
+         registry_.describeTarget(h.target, h.role));
+    return;
+  }
+  FrameHeader out = h;
+  out.source = w.id;
+  out.role = w.roleId;
+  out.target = t->id;
+  out.requestId = 0;
+  internRole(*t, w.roleId);
+  auto r = writeToWindow(*t, [&] { return writeFrameCopy(t->inbox, out, f.payload, f.payloadBytes); });
+  if (!r) {
+    ++counters_.undeliverable;
+    counters_.error(h.channel, r.code());
+    log_(LogLevel::Warn, "send '{}' from {} to {} dropped: {}", registry_.nameOf(h.channel), w.describe(),
+         t->describe(), r.error().message);
+    return;
+  }
+  ++counters_.at(h.channel).messages;
+}
+
+void Router::onInvoke(Conn& w, const FrameView& f) {
+  const FrameHeader& h = f.header;
+  if (routes_.byCaller(w.id, h.requestId) != 0) return doom(w, "request id reused while pending", true);
+  ++counters_.at(h.channel).calls;
+  const std::int64_t now = monotonicNowNs();
+  if (!allowed(h.channel, w.roleId)) {
+    return replyError(w, h, makeError(ErrorCode::Denied, fmt::format("invoke '{}' from {}: denied by policy",
+                                                                     registry_.nameOf(h.channel, w.id), w.describe())));
+  }
+  if (h.target == kTargetMain) return invokeMain(w, f, now);
+  Conn* t = registry_.resolve(h.target, h.role);
+  if (t == nullptr) {
+    return replyError(w, h, makeError(ErrorCode::NoTarget, fmt::format("invoke '{}': no live window with {}",
+                                                                       registry_.nameOf(h.channel, w.id),
+                                                                       registry_.describeTarget(h.target, h.role))));
+  }
+  if (t->handled.count(h.channel) == 0) {
+    return replyError(w, h, makeError(ErrorCode::NoHandler, fmt::format("invoke '{}' to {}: no handler",
+                                                                        registry_.nameOf(h.channel, w.id),
+                                                                        t->describe())));
+  }
+  Route p;
+  p.callerId = w.id;
+  p.callerReq = h.requestId;
+  p.targetId = t->id;
+  p.channel = h.channel;
+  p.start = now;
+  p.deadline = deadlineFor(h, now, p.timeoutMs);
+  FrameHeader out = h;
+  out.source = w.id;
+  out.role = w.roleId;
+  out.target = t->id;
+  out.deadlineNs = p.deadline;
+  const std::uint64_t rid = routes_.add(std::move(p));
+  out.requestId = rid;
+  internRole(*t, w.roleId);
+  auto r = writeToWindow(*t, [&] { return writeFrameCopy(t->inbox, out, f.payload, f.payloadBytes); });
+  if (!r) {
+    Route gone = *routes_.take(rid);
+    failCaller(gone, Error{r.code(), fmt::format("invoke '{}' to {}: {}", registry_.nameOf(h.channel, w.id),
+                                                 t->describe(), r.error().message)});
+  }
+}
+
+void Router::invokeMain(Conn& w, const FrameView& f, std::int64_t now) {
+  const FrameHeader& h = f.header;
+  auto slot = mainCallbacks_->handler(h.channel);
+  auto what = [&] { return fmt::format("invoke '{}' to main", registry_.nameOf(h.channel, w.id)); };
+  if (!slot) return replyError(w, h, makeError(ErrorCode::NoHandler, what() + ": no handler"));
+  if (slot->schemaId != 0 && h.schemaId != 0 && slot->schemaId != h.schemaId) {
+    return replyError(w, h, makeError(ErrorCode::InvalidMessage,
+                                      fmt::format("{}: request schema {:016x} does not match the handler's {:016x}",
+                                                  what(), h.schemaId, slot->schemaId)));
+  }
+  InPlaceMessage m;
+  if (auto r = m.parse(f.payload, f.payloadBytes); !r) {
+    return replyError(w, h, Error{ErrorCode::InvalidMessage, what() + ": " + r.error().message});
+  }
+  // The router keeps the deadline of a call to main like any other: the caller gets Timeout at
+  // its deadline even while the handler still runs (its reply is then late).
+  Route p;
+  p.callerId = w.id;
+  p.callerReq = h.requestId;
+  p.targetId = kTargetMain;
+  p.channel = h.channel;
+  p.start = now;
+  p.deadline = deadlineFor(h, now, p.timeoutMs);
+  MainJob job = jobFor(w, f, MainJob::Kind::Invoke);
+  job.deadlineNs = p.deadline;
+  job.timeoutMs = p.timeoutMs;
+  job.routeId = routes_.add(std::move(p));
+  deliverToMain(w, job);
+}
+
+std::optional<Route> Router::takeMainOutcome(std::uint64_t routeId) {
+  auto p = routes_.take(routeId);
+  if (!p) {
+    // The call ended first (deadline, cancel, caller gone): a late reply, dropped and counted.
+    ++counters_.lateReplies;
+    return std::nullopt;
+  }
+  const std::int64_t now = monotonicNowNs();
+  if (now >= p->deadline) {
+    // The handler outran the caller's deadline before the timer had its turn: the call has
+    // timed out all the same and this outcome is late.
+    ++counters_.lateReplies;
+    ++counters_.at(p->channel).late;
+    failCaller(*p, timeoutError(*p));
+    return std::nullopt;
+  }
+  counters_.at(p->channel).sample(static_cast<double>(now - p->start) / 1e6);
+  return p;
+}
+
+void Router::replyFromMain(std::uint64_t routeId, kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments,
+                           std::uint64_t replySchemaId) {
+  std::lock_guard lk(mu_);
+  auto p = takeMainOutcome(routeId);
+  if (!p) return;
+  Conn* caller = registry_.live(p->callerId);
+  if (caller == nullptr) return;
+  FrameHeader r = frameHeader(FrameKind::Reply, p->channel);
+  r.requestId = p->callerReq;
+  r.schemaId = replySchemaId;
+  r.role = nameId(kMainRole);
+  auto wr = writeToWindow(*caller, [&] { return writeFrameSegments(caller->inbox, r, segments); });
+  if (!wr) {
+    failCaller(*p, Error{wr.code(), fmt::format("invoke '{}' to main: the reply could not be written: {}",
+                                                registry_.nameOf(p->channel, p->callerId), wr.error().message)});
+  }
+}
+
+void Router::failFromMain(std::uint64_t routeId, Error e) {
+  std::lock_guard lk(mu_);
+  if (auto p = takeMainOutcome(routeId)) failCaller(*p, std::move(e));
+}
+
+void Router::countUnanswered(std::uint64_t channel) {
+  std::lock_guard lk(mu_);
+  ++counters_.unanswered;
+  log_(LogLevel::Warn, "a handler of '{}' dropped its responder without replying (the caller times out)",
+       registry_.nameOf(channel));
+}
+
+void Router::unpin(std::uint32_t connId) {
+  std::lock_guard lk(mu_);
+  Conn* c = registry_.find(connId);
+  if (c == nullptr) return;
+  if (--c->pinDepth == 0) c->outbox.releaseAll();
+  reapDoomed();
+}
+
+void Router::onReply(Conn& w, const FrameView& f) {
+  const FrameHeader& h = f.header;
+  const Route* found = routes_.find(h.requestId);
+  if (found == nullptr) {
+    ++counters_.lateReplies;
+    ++counters_.at(h.channel).late;
+    return;
+  }
+  if (found->targetId != w.id) {
+    ++counters_.spoofedReplies;
+    log_(LogLevel::Warn, "dropped a reply to route {} from {}: the call was routed to window {}", h.requestId,
+         w.describe(), found->targetId);
+    return;
+  }
+  const std::int64_t now = monotonicNowNs();
+  Route p = *routes_.take(h.requestId);
+  if (now >= p.deadline) {
+    // The deadline passed before this reply was read (the timer had not had its turn yet): the
+    // call has timed out all the same, and the reply is late. The target has answered, so it
+    // needs no Cancel.
+    ++counters_.lateReplies;
+    ++counters_.at(p.channel).late;
+    return failCaller(p, timeoutError(p));
+  }
+  counters_.at(p.channel).sample(static_cast<double>(now - p.start) / 1e6);
+  const bool isError = h.kind == static_cast<std::uint16_t>(FrameKind::Error);
+  if (p.state) {  // a call made by the main process
+    auto held = copyMessage(f.payload, f.payloadBytes);
+    if (!held) return failCaller(p, held.error());
+    if (isError) return failCaller(p, decodeError(h, (*held)->msg));
+    completeCall(p.state, Message(std::move(*held), h.schemaId));
+    return;
+  }
+  if (isError) counters_.error(p.channel, static_cast<ErrorCode>(h.status));
+  Conn* caller = registry_.live(p.callerId);
+  if (caller == nullptr) return;
+  FrameHeader out = h;
+  out.source = w.id;
+  out.role = w.roleId;
+  out.target = caller->id;
+  out.requestId = p.callerReq;
+  auto r = writeToWindow(*caller, [&] { return writeFrameCopy(caller->inbox, out, f.payload, f.payloadBytes); });
+  if (!r) {
+    failCaller(p, Error{r.code(), fmt::format("invoke '{}' to {}: the reply could not be delivered: {}",
+                                              registry_.nameOf(p.channel, p.callerId), w.describe(),
+                                              r.error().message)});
+  }
+}
+
+void Router::onCancel(Conn& w, const FrameHeader& h) {
+  const std::uint64_t rid = routes_.byCaller(w.id, h.requestId);
+  if (rid == 0) return;
+  Route p = *routes_.take(rid);
+  counters_.error(p.channel, ErrorCode::Cancelled);
+  sendCancel(p.targetId, p.routeId);
+}
+
+}  // namespace shmbus::detail

@@ -1,0 +1,191 @@
+// The router's side of the main process's API: registry queries, pushes, broadcasts, main's own
+// calls, policy, statistics (docs/architecture.md §2, §7).
+#include "router/router.hpp"
+
+#include <capnp/message.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "bus.capnp.h"
+#include "call/callbacks.hpp"
+#include "protocol/frame_io.hpp"
+#include "router/router_internal.hpp"
+
+namespace shmbus::detail {
+
+std::vector<WindowInfo> Router::windows() const {
+  std::lock_guard lk(mu_);
+  std::vector<WindowInfo> out;
+  for (auto& [id, c] : registry_.all()) {
+    if (c->live()) out.push_back({c->id, c->role, c->pid, c->spawned});
+  }
+  return out;
+}
+
+std::optional<WindowInfo> Router::window(std::uint32_t id) const {
+  std::lock_guard lk(mu_);
+  auto it = registry_.all().find(id);
+  if (it == registry_.all().end() || !it->second->live()) return std::nullopt;
+  const Conn& c = *it->second;
+  return WindowInfo{c.id, c.role, c.pid, c.spawned};
+}
+
+std::optional<WindowInfo> Router::findWindow(std::uint64_t roleId, std::uint64_t channel) const {
+  std::lock_guard lk(mu_);
+  for (auto& [id, c] : registry_.all()) {
+    if (c->roleId != roleId || !c->live()) continue;
+    if (channel != 0 && c->handled.count(channel) == 0) continue;
+    return WindowInfo{c->id, c->role, c->pid, c->spawned};
+  }
+  return std::nullopt;
+}
+
+void Router::awaitRegistryChange(std::chrono::nanoseconds ns) {
+  std::unique_lock lk(mu_);
+  registryCv_.wait_for(lk, ns);
+}
+
+Result<void> Router::send(const Target& target, const Channel& channel, const BuildFn& build) {
+  std::lock_guard lk(mu_);
+  if (stopping()) return makeError(ErrorCode::BusClosed, "the supervisor stopped");
+  Conn* t = registry_.resolve(target);
+  if (t == nullptr) {
+    return makeError(ErrorCode::NoTarget, fmt::format("send '{}': no live window with {}", channel.name, target.describe()));
+  }
+  FrameHeader h = frameHeader(FrameKind::Send, channel.id);
+  h.schemaId = channel.schemaId;
+  h.target = t->id;
+  h.role = nameId(kMainRole);
+  ++counters_.at(channel.id).messages;
+  mainCallbacks_->rememberName(channel.id, channel.name);
+  return writeToWindow(*t, [&] { return writeFrame(t->inbox, h, build); });
+}
+
+Result<BroadcastReport> Router::broadcast(const Channel& channel, const BuildFn& build, const BroadcastOptions& options) {
+  capnp::MallocMessageBuilder mb;
+  if (build) build(mb);
+  auto segs = mb.getSegmentsForOutput();
+  std::lock_guard lk(mu_);
+  BroadcastReport report;
+  FrameHeader h = frameHeader(FrameKind::Send, channel.id);
+  h.schemaId = channel.schemaId;
+  h.role = nameId(kMainRole);
+  auto has = [](const std::vector<std::string>& v, const std::string& r) {
+    return std::find(v.begin(), v.end(), r) != v.end();
+  };
+  for (auto& [id, c] : registry_.all()) {
+    if (!c->live()) continue;
+    if (!options.roles.empty() && !has(options.roles, c->role)) continue;
+    if (has(options.excludeRoles, c->role)) continue;
+    h.target = c->id;
+    auto r = writeToWindow(*c, [&] { return writeFrameSegments(c->inbox, h, segs); });
+    if (r) {
+      ++report.delivered;
+    } else if (r.code() == ErrorCode::TooLarge) {
+      return r.error();
+    } else {
+      report.failed.emplace_back(c->id, r.error());
+    }
+  }
+  counters_.at(channel.id).messages += report.delivered;
+  return report;
+}
+
+void Router::invoke(const Target& target, const Channel& channel, const BuildFn& build, const CallOptions& options,
+                    const std::shared_ptr<CallState>& s) {
+  std::lock_guard lk(mu_);
+  mainCallbacks_->rememberName(channel.id, channel.name);
+  auto fail = [&](ErrorCode code, std::string m) {
+    counters_.error(channel.id, code);
+    completeCall(s, makeError(code, std::move(m)));
+  };
+  if (stopping()) return fail(ErrorCode::BusClosed, s->what + ": the supervisor stopped");
+  Conn* t = registry_.resolve(target);
+  if (t == nullptr) return fail(ErrorCode::NoTarget, s->what + ": no live window with " + target.describe());
+  if (t->handled.count(channel.id) == 0) return fail(ErrorCode::NoHandler, s->what + ": no handler");
+  ++counters_.at(channel.id).calls;
+  Route p;
+  p.targetId = t->id;
+  p.channel = channel.id;
+  p.start = monotonicNowNs();
+  FrameHeader h = frameHeader(FrameKind::Invoke, channel.id);
+  h.schemaId = channel.schemaId;
+  h.deadlineNs = options.timeout.count() > 0 ? p.start + std::chrono::nanoseconds(options.timeout).count() : 0;
+  p.deadline = deadlineFor(h, p.start, p.timeoutMs);
+  // The waiter's own give-up time, in case no thread dispatches (Call::get()).
+  s->deadlineNs = p.deadline + kLocalGraceNs;
+  p.state = s;
+  h.deadlineNs = p.deadline;
+  h.target = t->id;
+  h.role = nameId(kMainRole);
+  const std::uint64_t rid = routes_.add(std::move(p));
+  s->requestId = rid;
+  h.requestId = rid;
+  auto r = writeToWindow(*t, [&] { return writeFrame(t->inbox, h, build, options.sizeHint); });
+  if (!r) {
+    Route gone = *routes_.take(rid);
+    failCaller(gone, Error{r.code(), s->what + ": " + r.error().message});
+  }
+}
+
+void Router::cancelMainCall(const std::shared_ptr<CallState>& s) {
+  {
+    std::lock_guard lk(mu_);
+    auto gone = routes_.takeIf([&](const Route& r) { return r.state == s; });
+    for (const Route& r : gone) {
+      sendCancel(r.targetId, r.routeId);
+      counters_.error(r.channel, ErrorCode::Cancelled);
+    }
+  }
+  completeCall(s, makeError(ErrorCode::Cancelled, s->what + ": cancelled by the caller"));
+}
+
+void Router::setPolicy(const Channel& channel, const ChannelPolicy& policy) {
+  std::lock_guard lk(mu_);
+  auto& set = policies_[channel.id];
+  set.clear();
+  for (const auto& r : policy.callers) set.insert(nameId(r));
+  mainCallbacks_->rememberName(channel.id, channel.name);
+}
+
+void Router::setChannelTimeout(const Channel& channel, std::chrono::milliseconds timeout) {
+  std::lock_guard lk(mu_);
+  channelTimeoutMs_[channel.id] = timeout.count();
+  mainCallbacks_->rememberName(channel.id, channel.name);
+}
+
+RouterStats Router::stats() const {
+  std::lock_guard lk(mu_);
+  RouterStats s;
+  const std::int64_t now = monotonicNowNs();
+  for (auto& [rid, p] : routes_.all()) {
+    s.pending.push_back({registry_.nameOf(p.channel), p.callerId, registry_.roleOf(p.callerId), p.targetId,
+                         registry_.roleOf(p.targetId), static_cast<double>(now - p.start) / 1e6});
+  }
+  for (auto& [ch, c] : counters_.channels()) {
+    RouterStats::ChannelStats cs;
+    cs.channel = registry_.statName(ch);
+    cs.calls = c.calls;
+    cs.messages = c.messages;
+    cs.lateReplies = c.late;
+    for (auto& [code, n] : c.errors) cs.errors[errorCodeName(code)] = n;
+    if (!c.latencyMs.empty()) {
+      std::vector<double> v = c.latencyMs;
+      std::sort(v.begin(), v.end());
+      cs.p50Ms = v[(v.size() - 1) / 2];
+      cs.p99Ms = v[std::min(v.size() - 1, static_cast<std::size_t>(static_cast<double>(v.size()) * 0.99))];
+    }
+    s.channels.push_back(std::move(cs));
+  }
+  std::sort(s.channels.begin(), s.channels.end(), [](auto& a, auto& b) { return a.channel < b.channel; });
+  s.lateReplies = counters_.lateReplies;
+  s.spoofedReplies = counters_.spoofedReplies;
+  s.undeliverable = counters_.undeliverable;
+  s.badMessages = counters_.badMessages;
+  s.unansweredCalls = counters_.unanswered;
+  return s;
+}
+
+}  // namespace shmbus::detail

@@ -1,0 +1,359 @@
+// The Window's state shared by its source files (window.cpp: handshake, facade, outbox, calls;
+// window_inbox.cpp: the dispatch loop and what arrives in the inbox). docs/architecture.md §9.
+#pragma once
+
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <fmt/format.h>
+
+#include <atomic>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "call/call.hpp"
+#include "call/callbacks.hpp"
+#include "endpoint/call_wait.hpp"
+#include "endpoint/handler_run.hpp"
+#include "endpoint/pending_calls.hpp"
+#include "log/log.hpp"
+#include "protocol/frame_io.hpp"
+#include "shmbus/window.hpp"
+#include "wire/handshake.hpp"
+
+namespace shmbus {
+
+namespace window_detail {
+// Local fallback for calls without a timeout of their own: the supervisor applies the channel's
+// default (5 s unless configured); this only bounds a wait on a supervisor that is alive but wedged.
+inline constexpr std::int64_t kUnknownDeadlineFallbackNs = 60'000'000'000;
+inline constexpr int kBatch = 64;
+}  // namespace window_detail
+
+// This header is included by the window's own sources only (never by a public header): they
+// use the library internals throughout, so it opens them here once.
+using namespace detail;
+using namespace window_detail;
+
+struct Window::Impl final : CallOwner {
+  using FrameHeader = detail::FrameHeader;
+  using FrameKind = detail::FrameKind;
+  WindowOptions opts;
+  std::string bus;
+  Logger log;
+  SpinPolicy spin;
+  Fd sock;
+  WindowLink link;  // id, role, segment, inbox (dispatcher only), outbox (under outMu), cancel board
+  std::mutex outMu;
+  std::unordered_set<std::uint64_t> interned;  // guarded by outMu
+
+  std::atomic<bool> closed{false};
+  mutable std::mutex closeMu;
+  std::string closeReason;  // guarded by closeMu; set once, before `closed` turns true
+  std::thread watchdog;
+  std::thread dispatcher;
+
+  std::recursive_mutex gate;  // held by whichever thread dispatches
+  std::atomic<std::thread::id> dispatchingThread{};
+  std::shared_ptr<CallbackTable> callbacks = std::make_shared<CallbackTable>();
+  PendingCalls pending;
+  std::unordered_map<std::uint64_t, std::string> roleNames;  // dispatcher only
+
+  /// Cancel state of one handler call: the router's board, a Cancel frame (async handlers that
+  /// outlive their callback), the bus closing, or the deadline.
+  struct Probe final : CancelProbe {
+    const Impl* w = nullptr;
+    std::uint64_t requestId = 0;
+    std::int64_t deadlineNs = 0;
+    std::atomic<bool> flag{false};
+    bool cancelled() const noexcept override {
+      // acquire: pairs with the release stores of onCancelFrame() and markClosed().
+      return flag.load(std::memory_order_acquire) || w->closed.load(std::memory_order_acquire) ||
+             w->link.cancels->contains(requestId) || (deadlineNs != 0 && monotonicNowNs() >= deadlineNs);
+    }
+  };
+  std::mutex asyncMu;
+  std::unordered_map<std::uint64_t, Probe*> asyncRunning;  // guarded by asyncMu
+
+  // In-order release of inbox records (a reply held by a Message keeps its record reserved).
+  struct Lease {
+    std::mutex mu;
+    std::deque<std::pair<std::uint64_t, bool>> held;  // (record end, released)
+    std::atomic<bool> dirty{false};
+  };
+  std::shared_ptr<Lease> lease = std::make_shared<Lease>();
+
+  ~Impl() override { callbacks->clearHooks(); }
+
+  std::string busClosedMessage() const {
+    std::lock_guard lk(closeMu);
+    return closeReason.empty() ? fmt::format("bus '{}' is closed", bus) : closeReason;
+  }
+
+  // ---- outbox
+
+  Result<void> writeOutLocked(const FrameHeader& h, const BuildFn& build, std::size_t hint, std::int64_t waitUntil) {
+    for (;;) {
+      if (closed.load(std::memory_order_acquire)) return makeError(ErrorCode::BusClosed, busClosedMessage());
+      auto r = writeFrame(link.outbox, h, build, hint);
+      if (r || r.code() != ErrorCode::Full || waitUntil == 0) return r;
+      if (waitForSpace(waitUntil) == WaitStatus::Timeout) return r;
+    }
+  }
+
+  Result<void> writeOut(const FrameHeader& h, const BuildFn& build, std::size_t hint, std::int64_t waitUntil) {
+    std::lock_guard lk(outMu);
+    return writeOutLocked(h, build, hint, waitUntil);
+  }
+
+  WaitStatus waitForSpace(std::int64_t deadline) {
+    const std::uint64_t seen = link.outbox.control()->head.load(std::memory_order_acquire);  // SYNC POINT "head"
+    return spinThenPark(
+        link.outbox.control()->spaceReady,
+        [&] {
+          // acquire: SYNC POINT "head" (RingConsumer::releaseTo); any progress is worth a retry.
+          return closed.load(std::memory_order_acquire) ||
+                 link.outbox.control()->head.load(std::memory_order_acquire) != seen;
+        },
+        spin, deadline);
+  }
+
+  /// Sends the name behind `id` once (caller holds outMu).
+  void internLocked(std::uint64_t nameIdValue, std::string_view name, bool isRole) {
+    // Nothing is written once closed: the supervisor reads this ring no more.
+    if (closed.load(std::memory_order_acquire)) return;  // acquire: pairs with markClosed
+    if (name.empty() || !interned.insert(nameIdValue).second) return;
+    FrameHeader h{};
+    h.kind = static_cast<std::uint16_t>(FrameKind::Intern);
+    h.channel = nameIdValue;
+    auto r = writeFrame(link.outbox, h, [&](Builder& b) {
+      auto i = b.initRoot<schema::Intern>();
+      i.setId(nameIdValue);
+      i.setName(std::string(name.substr(0, 256)));
+      i.setIsRole(isRole);
+    }, 512);
+    if (!r) interned.erase(nameIdValue);  // try again with the next message
+  }
+
+  void control(FrameKind kind, std::uint64_t channel, std::uint64_t requestId = 0) {
+    FrameHeader h{};
+    h.kind = static_cast<std::uint16_t>(kind);
+    h.channel = channel;
+    h.requestId = requestId;
+    (void)writeOut(h, {}, 0, monotonicNowNs() + 1'000'000'000);
+  }
+
+  FrameHeader headerFor(FrameKind kind, const Target& t, const Channel& ch) {
+    FrameHeader h{};
+    h.kind = static_cast<std::uint16_t>(kind);
+    h.channel = ch.id;
+    h.schemaId = ch.schemaId;
+    if (!t.role.empty()) {
+      h.target = kTargetByRole;
+      h.role = nameId(t.role);
+    } else {
+      h.target = t.windowId;
+    }
+    return h;
+  }
+
+  Result<void> sendImpl(const Target& t, const Channel& ch, const BuildFn& build) {
+    FrameHeader h = headerFor(FrameKind::Send, t, ch);
+    std::lock_guard lk(outMu);
+    internLocked(ch.id, ch.name, false);
+    if (!t.role.empty()) internLocked(h.role, t.role, true);
+    return writeOutLocked(h, build, 0, 0);
+  }
+
+  Call invokeImpl(const Target& t, const Channel& ch, const BuildFn& build, const CallOptions& o) {
+    auto s = std::make_shared<CallState>();
+    s->owner = this;
+    s->what = fmt::format("invoke '{}' to {}", ch.name, t.describe());
+    s->timeoutMs = o.timeout.count();
+    const auto timeout = o.timeout.count() > 0 ? o.timeout : std::chrono::milliseconds(0);
+    FrameHeader h = headerFor(FrameKind::Invoke, t, ch);
+    // A zero timeout asks the supervisor for the channel's default (Supervisor::setChannelTimeout),
+    // which this window does not know; its local fallback then waits kUnknownDeadlineFallbackNs.
+    const std::int64_t now = monotonicNowNs();
+    h.deadlineNs = timeout.count() > 0 ? now + std::chrono::nanoseconds(timeout).count() : 0;
+    h.status = static_cast<std::uint32_t>(std::min<std::int64_t>(timeout.count(), UINT32_MAX));
+    s->deadlineNs = (h.deadlineNs != 0 ? h.deadlineNs : now + kUnknownDeadlineFallbackNs) + kLocalGraceNs;
+    h.requestId = pending.add(s);
+    Result<void> r;
+    {
+      std::lock_guard lk(outMu);
+      internLocked(ch.id, ch.name, false);
+      if (!t.role.empty()) internLocked(h.role, t.role, true);
+      r = writeOutLocked(h, build, o.sizeHint, 0);
+    }
+    if (!r) {
+      pending.take(s->requestId);
+      Error err = r.error();
+      err.message = fmt::format("{}: {}", s->what, err.message);
+      completeCall(s, std::move(err));
+    }
+    return Call(s);
+  }
+
+  // ---- calls
+
+  void expireLocal(std::int64_t now) {
+    for (auto& s : pending.takeExpired(now)) {
+      completeCall(s, makeError(ErrorCode::Timeout,
+                                fmt::format("{} timed out after {} ms (no answer from the supervisor)", s->what,
+                                            s->timeoutMs > 0 ? s->timeoutMs : kUnknownDeadlineFallbackNs / 1'000'000)));
+    }
+  }
+
+  // The waitForCall endpoint contract (endpoint/call_wait.hpp).
+  struct WaitAdapter {
+    Impl& i;
+    std::recursive_mutex& gate() { return i.gate; }
+    void dispatchRound(std::int64_t until, CallState* s) {
+      const auto prev = i.dispatchingThread.exchange(std::this_thread::get_id());
+      i.dispatchOnce(until, s);
+      i.dispatchingThread.store(prev);
+    }
+    bool closed() const { return i.closed.load(std::memory_order_acquire); }
+    Result<Message> closedResult(const std::shared_ptr<CallState>& s) {
+      return makeError(ErrorCode::BusClosed, fmt::format("{}: {}", s->what, i.busClosedMessage()));
+    }
+    void giveUp(const std::shared_ptr<CallState>&) { i.expireLocal(monotonicNowNs()); }
+  };
+  Result<Message> waitFor(const std::shared_ptr<CallState>& s) override {
+    WaitAdapter a{*this};
+    return waitForCall(s, a);
+  }
+
+  void cancel(const std::shared_ptr<CallState>& s) override {
+    const bool wasPending = pending.take(s->requestId) != nullptr;
+    completeCall(s, makeError(ErrorCode::Cancelled, s->what + ": cancelled by the caller"));
+    // Behind its Invoke on the same ring: the router never sees a Cancel before its call.
+    if (wasPending) control(FrameKind::Cancel, 0, s->requestId);
+  }
+
+  // ---- dispatch
+
+  /// Reads and handles up to kBatch records; parks until something arrives or `deadline` when
+  /// there was nothing. `waiting` (optional) is a call whose completion ends the wait early.
+  void dispatchOnce(std::int64_t deadline, CallState* waiting = nullptr);
+
+  void advanceHead();
+
+  static void markReleased(Lease& l, std::uint64_t end);
+
+  void handleRecord(const RecordView& rec);
+
+  void onIntern(InPlaceMessage& msg);
+
+  void onCancelFrame(std::uint64_t requestId);
+
+  CallContext contextFor(const FrameHeader& h, std::string& channelName);
+
+  void onPush(const FrameView& f, InPlaceMessage& msg);
+
+  /// Writes an Error frame for request `req`, waiting for outbox space up to its deadline.
+  Result<void> writeError(FrameHeader h, const Error& e, std::int64_t deadline);
+
+  void replyError(const FrameHeader& req, const Error& e);
+
+  void onInvoke(const FrameView& f, InPlaceMessage& msg);
+
+  /// Completes a pending call from a Reply/Error record. Returns true when the record is now
+  /// leased to a Message (released when that Message dies).
+  bool onReply(const FrameView& f, const RecordView& rec);
+
+
+  /// A handler's outcome for one request goes into the outbox (from any thread).
+  class OutboxSink final : public ReplySink {
+   public:
+    OutboxSink(Impl& w, const FrameHeader& req, std::uint64_t replySchemaId, std::string what, Probe& probe)
+        : w_(w), what_(std::move(what)), probe_(probe) {
+      h_.channel = req.channel;
+      h_.requestId = req.requestId;
+      h_.schemaId = replySchemaId;
+      deadline_ = req.deadlineNs;
+    }
+    Result<void> reply(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segs) override {
+      FrameHeader r = h_;
+      r.kind = static_cast<std::uint16_t>(FrameKind::Reply);
+      std::lock_guard lk(w_.outMu);
+      for (;;) {
+        if (w_.closed.load(std::memory_order_acquire)) return makeError(ErrorCode::BusClosed, w_.busClosedMessage());
+        auto wr = writeFrameSegments(w_.link.outbox, r, segs);
+        if (wr) return wr;
+        if (wr.code() != ErrorCode::Full ||
+            w_.waitForSpace(deadline_ != 0 ? deadline_ : monotonicNowNs() + 1'000'000'000) == WaitStatus::Timeout) {
+          // The reply cannot be sent (too large, or the outbox stayed full): fail the call instead.
+          Error e = wr.error();
+          e.message = fmt::format("{}: the reply could not be written: {}", what_, e.message);
+          FrameHeader eh = h_;
+          eh.schemaId = 0;
+          (void)writeErrorFrame(w_.link.outbox, eh, e);
+          return wr;
+        }
+      }
+    }
+    Result<void> fail(const Error& e) override {
+      FrameHeader eh = h_;
+      eh.schemaId = 0;
+      return w_.writeError(eh, e, deadline_);
+    }
+    void unanswered() override {
+      w_.log(LogLevel::Warn, "{}: the handler dropped its responder without replying (the caller times out)", what_);
+    }
+    bool cancelled() const noexcept override { return probe_.cancelled(); }
+
+   private:
+    Impl& w_;
+    FrameHeader h_{};
+    std::int64_t deadline_ = 0;
+    std::string what_;
+    Probe& probe_;
+  };
+
+  // ---- lifecycle
+
+  void markClosed(const std::string& reason) {
+    {
+      std::lock_guard lk(closeMu);
+      if (closed.load(std::memory_order_acquire)) return;
+      closeReason = reason;
+      closed.store(true, std::memory_order_release);  // pairs with the acquire loads of `closed`
+    }
+    for (auto& [rid, s] : pending.takeAll()) {
+      completeCall(s, makeError(ErrorCode::BusClosed, fmt::format("{}: {}", s->what, reason)));
+    }
+    if (link.inbox.valid()) wakeAll(link.inbox.control()->dataReady);
+    if (link.outbox.valid()) wakeAll(link.outbox.control()->spaceReady);
+  }
+
+  void watch() {
+    for (;;) {
+      pollfd p{sock.get(), POLLIN, 0};
+      const int r = ::poll(&p, 1, -1);
+      if (r < 0 && errno == EINTR) continue;
+      if (closed.load(std::memory_order_acquire)) return;
+      auto pkt = recvPacket(sock.get());
+      if (!pkt || pkt->hangup) {
+        markClosed(fmt::format("the supervisor of bus '{}' is gone", bus));
+        return;
+      }
+      // Nothing else travels supervisor → window on the socket after the Welcome.
+    }
+  }
+
+  void close(const std::string& reason) {
+    markClosed(reason);
+    if (sock) ::shutdown(sock.get(), SHUT_RDWR);
+    if (watchdog.joinable() && watchdog.get_id() != std::this_thread::get_id()) watchdog.join();
+    if (dispatcher.joinable() && dispatcher.get_id() != std::this_thread::get_id()) dispatcher.join();
+  }
+};
+
+
+}  // namespace shmbus

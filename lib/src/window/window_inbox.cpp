@@ -1,0 +1,239 @@
+// A window's dispatch loop and what arrives in its inbox: pushes, calls to its handlers, replies
+// to its calls, cancels (docs/architecture.md §9, §11).
+#include <kj/exception.h>
+
+#include "bus.capnp.h"
+#include "window/window_impl.hpp"
+
+namespace shmbus {
+
+using namespace detail;
+using namespace window_detail;
+
+void Window::Impl::dispatchOnce(std::int64_t deadline, CallState* waiting) {
+  int n = 0;
+  while (n < kBatch) {
+    auto r = link.inbox.tryRead();
+    if (!r) {
+      markClosed(fmt::format("the inbox of window {} is corrupt: {}", link.id, r.error().message));
+      return;
+    }
+    if (!*r) break;
+    handleRecord(**r);
+    ++n;
+    if (waiting != nullptr) {
+      std::lock_guard lk(waiting->mu);
+      if (waiting->result) break;
+    }
+  }
+  advanceHead();
+  const std::int64_t now = monotonicNowNs();
+  expireLocal(now);
+  if (n > 0 || closed.load(std::memory_order_acquire)) return;
+  const std::int64_t until = std::min(deadline, pending.nextExpiry());
+  if (until <= now) return;
+  link.inbox.wait(until, spin, [&] {
+    // acquire: pairs with markClosed's / the lease release's release stores.
+    return closed.load(std::memory_order_acquire) || lease->dirty.load(std::memory_order_acquire);
+  });
+  advanceHead();
+}
+
+void Window::Impl::advanceHead() {
+  std::uint64_t to = 0;
+  {
+    std::lock_guard lk(lease->mu);
+    lease->dirty.store(false, std::memory_order_relaxed);  // relaxed: we hold the lock that orders it
+    while (!lease->held.empty() && lease->held.front().second) {
+      to = lease->held.front().first;
+      lease->held.pop_front();
+    }
+  }
+  if (to != 0) link.inbox.releaseTo(to);
+}
+
+void Window::Impl::markReleased(Lease& l, std::uint64_t end) {
+  std::lock_guard lk(l.mu);
+  for (auto& e : l.held) {
+    if (e.first == end) {
+      e.second = true;
+      break;
+    }
+  }
+}
+
+void Window::Impl::handleRecord(const RecordView& rec) {
+  {
+    std::lock_guard lk(lease->mu);
+    lease->held.emplace_back(rec.end, false);
+  }
+  bool leased = false;
+  auto f = parseFrame(rec);
+  if (f) {
+    InPlaceMessage msg;
+    auto parsed = msg.parse(f->payload, f->payloadBytes);
+    const auto kind = static_cast<FrameKind>(f->header.kind);
+    if (!parsed) {
+      if (kind == FrameKind::Invoke) replyError(f->header, parsed.error());
+    } else {
+      switch (kind) {
+        case FrameKind::Intern: onIntern(msg); break;
+        case FrameKind::Send: onPush(*f, msg); break;
+        case FrameKind::Invoke: onInvoke(*f, msg); break;
+        case FrameKind::Cancel: onCancelFrame(f->header.requestId); break;
+        case FrameKind::Reply:
+        case FrameKind::Error: leased = onReply(*f, rec); break;
+        default: break;
+      }
+    }
+  }
+  if (!leased) markReleased(*lease, rec.end);
+}
+
+void Window::Impl::onIntern(InPlaceMessage& msg) {
+  try {
+    auto i = msg.reader().getRoot<schema::Intern>();
+    if (i.getIsRole()) roleNames[i.getId()] = i.getName();
+  } catch (const kj::Exception&) {
+  }
+}
+
+void Window::Impl::onCancelFrame(std::uint64_t requestId) {
+  std::lock_guard lk(asyncMu);
+  if (auto it = asyncRunning.find(requestId); it != asyncRunning.end()) {
+    it->second->flag.store(true, std::memory_order_release);  // pairs with Probe::cancelled()
+  }
+}
+
+CallContext Window::Impl::contextFor(const FrameHeader& h, std::string& channelName) {
+  CallContext ctx;
+  ctx.sourceWindowId = h.source;
+  auto it = roleNames.find(h.role);
+  ctx.sourceRole = h.source == 0 ? std::string_view("main")
+                                 : (it != roleNames.end() ? std::string_view(it->second) : std::string_view());
+  channelName = callbacks->name(h.channel);
+  ctx.channel = channelName;
+  ctx.channelId = h.channel;
+  ctx.requestId = h.requestId;
+  ctx.deadlineNs = h.deadlineNs;
+  return ctx;
+}
+
+void Window::Impl::onPush(const FrameView& f, InPlaceMessage& msg) {
+  auto listeners = callbacks->takeListeners(f.header.channel);
+  if (listeners.empty()) return;
+  std::string name;
+  CallContext ctx = contextFor(f.header, name);
+  runListeners(listeners, Message(&msg, f.header.schemaId), ctx, log);
+}
+
+Result<void> Window::Impl::writeError(FrameHeader h, const Error& e, std::int64_t deadline) {
+  h.kind = static_cast<std::uint16_t>(FrameKind::Error);
+  std::lock_guard lk(outMu);
+  for (;;) {
+    if (closed.load(std::memory_order_acquire)) return makeError(ErrorCode::BusClosed, busClosedMessage());
+    auto r = writeErrorFrame(link.outbox, h, e);
+    if (r || r.code() != ErrorCode::Full) return r;
+    if (waitForSpace(deadline != 0 ? deadline : monotonicNowNs() + 1'000'000'000) == WaitStatus::Timeout) return r;
+  }
+}
+
+void Window::Impl::replyError(const FrameHeader& req, const Error& e) {
+  FrameHeader h{};
+  h.channel = req.channel;
+  h.requestId = req.requestId;
+  (void)writeError(h, e, req.deadlineNs);
+}
+
+void Window::Impl::onInvoke(const FrameView& f, InPlaceMessage& msg) {
+  const FrameHeader& h = f.header;
+  auto slot = callbacks->handler(h.channel);
+  std::string name;
+  CallContext ctx = contextFor(h, name);
+  // Only error paths name the call: format it on demand, not once per call.
+  auto what = [&] { return fmt::format("invoke '{}' on window {} (role '{}')", name, link.id, link.role); };
+  if (!slot) return replyError(h, makeError(ErrorCode::NoHandler, fmt::format("{}: no handler", what())));
+  if (slot->schemaId != 0 && h.schemaId != 0 && slot->schemaId != h.schemaId) {
+    return replyError(h, makeError(ErrorCode::InvalidMessage,
+                                   fmt::format("{}: request schema {:016x} does not match the handler's {:016x} "
+                                               "(the two sides were compiled from different contract versions)",
+                                               what(), h.schemaId, slot->schemaId)));
+  }
+  const Message request(&msg, h.schemaId);
+  if (!slot->async) {
+    Probe probe;
+    probe.w = this;
+    probe.requestId = h.requestId;
+    probe.deadlineNs = h.deadlineNs;
+    ctx.cancelProbe = &probe;
+    OutboxSink sink(*this, h, slot->replySchemaId, std::string(), probe);
+    runHandler(*slot, request, ctx, what, sink, {});
+    return;
+  }
+  // An async handler's Responder outlives this call: its probe lives with its sink, and Cancel
+  // frames reach it through asyncRunning until the last Responder copy is gone.
+  struct OwnedProbe {
+    Probe probe;
+    Impl* w = nullptr;
+    ~OwnedProbe() {
+      std::lock_guard lk(w->asyncMu);
+      w->asyncRunning.erase(probe.requestId);
+    }
+  };
+  auto owned = std::make_shared<OwnedProbe>();
+  owned->w = this;
+  owned->probe.w = this;
+  owned->probe.requestId = h.requestId;
+  owned->probe.deadlineNs = h.deadlineNs;
+  {
+    std::lock_guard lk(asyncMu);
+    asyncRunning[h.requestId] = &owned->probe;
+  }
+  ctx.cancelProbe = &owned->probe;
+  struct AsyncSink final : ReplySink {
+    std::shared_ptr<OwnedProbe> owned;
+    OutboxSink inner;
+    AsyncSink(std::shared_ptr<OwnedProbe> o, OutboxSink i) : owned(std::move(o)), inner(std::move(i)) {}
+    Result<void> reply(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> s) override { return inner.reply(s); }
+    Result<void> fail(const Error& e) override { return inner.fail(e); }
+    void unanswered() override { inner.unanswered(); }
+    bool cancelled() const noexcept override { return inner.cancelled(); }
+  };
+  OutboxSink unused(*this, h, slot->replySchemaId, std::string(), owned->probe);
+  runHandler(*slot, request, ctx, what, unused, [&] {
+    return std::make_shared<AsyncSink>(owned, OutboxSink(*this, h, slot->replySchemaId, what(), owned->probe));
+  });
+}
+
+bool Window::Impl::onReply(const FrameView& f, const RecordView& rec) {
+  std::shared_ptr<CallState> s = pending.take(f.header.requestId);
+  if (!s) return false;  // cancelled or timed out locally: dropped
+  if (f.header.kind == static_cast<std::uint16_t>(FrameKind::Error)) {
+    InPlaceMessage m;
+    (void)m.parse(f.payload, f.payloadBytes);
+    completeCall(s, decodeError(f.header, m));
+    return false;
+  }
+  auto held = std::make_shared<HeldMessage>();
+  if (auto parsed = held->msg.parse(f.payload, f.payloadBytes); !parsed) {
+    completeCall(s, parsed.error());
+    return false;
+  }
+  const std::uint64_t end = rec.end;
+  std::weak_ptr<Lease> weakLease = lease;
+  RingControl* ctl = link.inbox.control();
+  auto seg = link.segment;
+  const auto dispatcherId = &dispatchingThread;
+  held->release = [weakLease, end, ctl, seg, dispatcherId] {
+    auto l = weakLease.lock();
+    if (!l) return;
+    markReleased(*l, end);
+    // release: pairs with the dispatcher's acquire load in its wait predicate.
+    l->dirty.store(true, std::memory_order_release);
+    if (dispatcherId->load() != std::this_thread::get_id()) wakeAll(ctl->dataReady);
+  };
+  completeCall(s, Message(std::move(held), f.header.schemaId));
+  return true;
+}
+
+}  // namespace shmbus

@@ -1,0 +1,141 @@
+// Asynchronous replies (Responder) and C++20 coroutines (shmbus/coro.hpp) across processes.
+#include <shmbus/coro.hpp>
+
+#include <thread>
+
+#include "bus_test.hpp"
+
+using namespace shmbus;
+using namespace shmbus::test;
+
+namespace {
+BuildFn replyTextFn(const std::string& s) { return text(s); }
+}  // namespace
+
+TEST_CASE("a window's async handler frees its dispatch thread and replies later; a second reply is refused") {
+  TestBus tb("async-window", {}, /*dispatch=*/false);
+  Mailbox second(*tb.sup, "second-reply");
+  ServedWindow w(ServedWindow::deferred, tb, "worker", [](Window& win, auto& regs) {
+    // "hold" keeps its Responder; "release" answers the held call from another thread, then itself.
+    auto held = std::make_shared<std::optional<Responder>>();
+    regs.push_back(win.handleAsync("hold", [held](const Message&, Responder r, const CallContext&) { *held = r; }));
+    regs.push_back(win.handleAsync("release", [held, &win](const Message&, Responder r, const CallContext&) {
+      std::thread([held, r, &win]() mutable {
+        Responder h = **held;
+        childCheck(h.reply(replyTextFn("held reply")).ok(), "reply to the held call");
+        auto again = h.reply(replyTextFn("twice"));
+        (void)win.send("second-reply", text(again.ok() ? "accepted" : errorCodeName(again.code())));
+        childCheck(r.reply(replyTextFn("released")).ok(), "reply to release");
+      }).detach();
+    }));
+  });
+  tb->startDispatchThread();
+  w.start();
+  Call hold = tb->invoke("worker", "hold", {}, {.timeout = 5000ms});
+  // The worker's dispatch thread is free while "hold" waits: "release" gets through.
+  auto r = tb->invoke("worker", "release", {}, {.timeout = 5000ms}).get();
+  REQUIRE_MESSAGE(r.ok(), r.error().toString());
+  CHECK(textOf(*r) == "released");
+  auto h = hold.get();
+  REQUIRE_MESSAGE(h.ok(), h.error().toString());
+  CHECK(textOf(*h) == "held reply");
+  CHECK(second.next().text == "InvalidMessage");
+  CHECK(w.finish() == 0);
+}
+
+TEST_CASE("main's async handler replies from another thread; a dropped Responder ends in Timeout and is counted") {
+  TestBus tb("async-main", {}, /*dispatch=*/false);
+  auto later = tb->handleAsync("later", [](const Message& req, Responder r, const CallContext&) {
+    std::thread([r, t = textOf(req)]() mutable { (void)r.reply(replyTextFn(t + " later")); }).detach();
+  });
+  auto dropped = tb->handleAsync("dropped", [](const Message&, Responder, const CallContext&) {});
+  Link toA;
+  GatedChild a([&] {
+    auto w = connectWindow(tb.bus, "editor");
+    childCheck(replyText(w->invoke("later", text("answer"), {.timeout = 5000ms}), "later") == "answer later", "later");
+    const std::int64_t t0 = nowNs();
+    auto r = w->invoke("dropped", {}, {.timeout = 100ms}).get();
+    childCheck(r.code() == ErrorCode::Timeout, "dropped: " + r.error().toString());
+    toA.tellParent(std::to_string(msSince(t0)));
+  });
+  tb->startDispatchThread();
+  a.go();
+  const double ms = std::stod(toA.hearChild());
+  MESSAGE("a call whose Responder was dropped timed out after " << ms << " ms");
+  CHECK(ms >= 100);
+  CHECK(a.join(10s) == 0);
+  CHECK(tb->stats().unansweredCalls == 1);
+}
+
+TEST_CASE("a coroutine handler co_awaits another window and its co_return value is the reply") {
+  TestBus tb("coro", {}, /*dispatch=*/false);
+  ServedWindow back(ServedWindow::deferred, tb, "back", [](Window& win, auto& regs) {
+    regs.push_back(win.handle("echo", echoHandler()));
+  });
+  ServedWindow front(ServedWindow::deferred, tb, "front", [](Window& win, auto& regs) {
+    regs.push_back(handleCo(win, "relay", [&win](Request req) -> Task<Reply> {
+      const std::string asked = textOf(req.message());
+      // Two awaits in a row: the dispatch thread serves other calls while this one is suspended.
+      auto first = co_await win.invokeIn("back", "echo", text(asked), {.timeout = 5000ms});
+      if (!first) throw CallFailure(first.error());
+      auto second = co_await win.invokeIn("back", "echo", text(textOf(*first) + " again"), {.timeout = 5000ms});
+      if (!second) throw CallFailure(second.error());
+      Reply reply;
+      reply.initRoot<TestMessage>().setText(textOf(*second) + " via " + std::string(req.context().sourceRole));
+      co_return reply;
+    }));
+    regs.push_back(handleCo(win, "refuse", [](Request) -> Task<Reply> {
+      throw CallFailure(makeError(ErrorCode::Denied, "not today"));
+      co_return Reply();
+    }));
+  });
+  tb->startDispatchThread();
+  back.start();
+  front.start();
+  auto r = tb->invoke("front", "relay", text("x"), {.timeout = 5000ms}).get();
+  REQUIRE_MESSAGE(r.ok(), r.error().toString());
+  CHECK(textOf(*r) == "x again via main");
+  auto denied = tb->invoke("front", "refuse", {}, {.timeout = 5000ms}).get();
+  CHECK(denied.code() == ErrorCode::Denied);
+  CHECK(denied.error().message.find("not today") != std::string::npos);
+  // A coroutine driven by syncWait on a window without a dispatch thread.
+  Link toC;
+  GatedChild c([&] {
+    auto w = connectWindow(tb.bus, "client");
+    auto task = [&]() -> Task<std::string> {
+      auto a = co_await w->invokeIn("front", "relay", text("y"), {.timeout = 5000ms});
+      co_return a ? textOf(*a) : a.error().toString();
+    };
+    toC.tellParent(syncWait(*w, task()));
+  });
+  c.go();
+  CHECK(toC.hearChild() == "y again via client");
+  CHECK(c.join(10s) == 0);
+  CHECK(front.finish() == 0);
+  CHECK(back.finish() == 0);
+}
+
+TEST_CASE("a window handler sees ctx.cancelled() turn true when the bus closes") {
+  auto tb = std::make_unique<TestBus>("cancel-close", SupervisorOptions{}, /*dispatch=*/false);
+  Mailbox started(*tb->sup, "started");
+  Link toW;
+  GatedChild w([&] {
+    auto win = connectWindow(tb->bus, "worker");
+    auto h = win->handle("long", [&](const Message&, Builder&, const CallContext& ctx) {
+      (void)win->send("started");
+      toW.tellParent(awaitCondition([&] { return ctx.cancelled(); }, 8s) ? "cancelled" : "never");
+    });
+    announceReady(*win);
+    toW.hearParent(20s);
+  });
+  (*tb)->startDispatchThread();
+  w.go();
+  tb->awaitReady("worker");
+  Call call = (*tb)->invoke("worker", "long", {}, {.timeout = 10000ms});
+  started.next();
+  (*tb)->stop();
+  CHECK(toW.hearChild() == "cancelled");
+  CHECK(call.get().code() == ErrorCode::BusClosed);
+  toW.tellChild("done");
+  CHECK(w.join(10s) == 0);
+}
