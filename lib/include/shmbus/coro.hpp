@@ -223,7 +223,10 @@ class Request {
 };
 
 namespace detail {
-inline Detached driveReply(Task<Reply> task, Responder r) {
+/// Runs a coroutine handler's task to its end and replies with its outcome. `keep` holds the
+/// handler object (a lambda's captures live there) until the coroutine finished, so unregistering
+/// the handler while a call is suspended leaves no dangling capture.
+inline Detached driveReply(std::shared_ptr<const void> keep, Task<Reply> task, Responder r) {
   try {
     Reply reply = co_await std::move(task);
     if (reply.empty()) {
@@ -247,12 +250,14 @@ inline Detached driveDetached(Task<void> task) {
 /// coroutine starts on the dispatch thread; its co_return value is the reply, an exception fails
 /// the call (CallFailure: its code; others: HandlerError), and the dispatch thread is free
 /// whenever the coroutine is suspended. Built on handleAsync; the last registered handler wins.
-/// Lifetime: a lambda coroutine reads its captures from the handler object, so keep the
-/// Registration while its calls may be suspended, or pass what the coroutine needs as values.
+/// Lifetime: the handler object (and so a lambda's captures) stays alive until every coroutine
+/// it started has finished, even when the Registration is reset meanwhile; what the captures
+/// refer to (a Window&, say) must outlive them as usual.
 template <typename Endpoint, typename F>
 Registration handleCo(Endpoint& endpoint, const Channel& channel, F fn) {
-  return endpoint.handleAsync(channel, [fn = std::move(fn)](const Message& m, Responder r, const CallContext& ctx) {
-    detail::driveReply(fn(Request(m, ctx, r)), r);
+  auto shared = std::make_shared<F>(std::move(fn));
+  return endpoint.handleAsync(channel, [shared](const Message& m, Responder r, const CallContext& ctx) {
+    detail::driveReply(shared, (*shared)(Request(m, ctx, r)), r);
   });
 }
 

@@ -2,6 +2,9 @@
 
 #include <kj/exception.h>
 
+#include <memory>
+#include <vector>
+
 #include "protocol/frame_io.hpp"
 
 namespace shmbus {
@@ -52,6 +55,29 @@ std::uint64_t Responder::requestId() const noexcept { return state_ ? state_->re
 
 namespace detail {
 
+namespace {
+/// Scratch first segments for synchronous replies, one per nesting depth on this thread (a
+/// handler blocked in Call::get() may run another handler on the same thread). A
+/// MallocMessageBuilder over a caller-given first segment zeroes the words it used when it is
+/// destroyed (TOOLCHAIN.md), so each buffer stays zero between calls: no allocation and no 8 KiB
+/// memset per reply, only the reply's own words are touched.
+constexpr std::size_t kScratchWords = 1024;
+thread_local std::vector<std::unique_ptr<capnp::word[]>> tScratch;
+thread_local std::size_t tScratchDepth = 0;
+
+struct ScratchSegment {
+  kj::ArrayPtr<capnp::word> words;
+  ScratchSegment() {
+    if (tScratch.size() <= tScratchDepth) tScratch.push_back(std::make_unique<capnp::word[]>(kScratchWords));  // value-initialised: zero
+    words = kj::arrayPtr(tScratch[tScratchDepth].get(), kScratchWords);
+    ++tScratchDepth;
+  }
+  ~ScratchSegment() { --tScratchDepth; }
+  ScratchSegment(const ScratchSegment&) = delete;
+  ScratchSegment& operator=(const ScratchSegment&) = delete;
+};
+}  // namespace
+
 ResponderState::~ResponderState() {
   // relaxed: the last owner is being destroyed; no other thread can reply any more.
   if (!done.load(std::memory_order_relaxed) && sink) sink->unanswered();
@@ -73,7 +99,8 @@ void runHandler(const HandlerSlot& slot, const Message& request, const CallConte
     }
     return;
   }
-  capnp::MallocMessageBuilder reply;
+  ScratchSegment scratch;
+  capnp::MallocMessageBuilder reply(scratch.words);
   try {
     slot.fn(request, reply, ctx);
   } catch (...) {

@@ -9,11 +9,6 @@ namespace shmbus::detail {
 
 namespace {
 constexpr std::size_t kLatencySamples = 4096;
-// (caller, request id) folded into one key: window ids are 32 bits, request ids count up from 1
-// per window; the fold is exact below 2^32 requests per window and only a lookup key above.
-std::uint64_t callerKey(std::uint32_t callerId, std::uint64_t req) {
-  return (static_cast<std::uint64_t>(callerId) << 32) ^ req;
-}
 }  // namespace
 
 void RouteTable::arm(std::int64_t at) {
@@ -31,7 +26,7 @@ std::uint64_t RouteTable::add(Route r) {
   r.routeId = nextRoute_++;
   const auto id = r.routeId;
   deadlines_.emplace(r.deadline, id);
-  if (r.callerId != 0) byCaller_[callerKey(r.callerId, r.callerReq)] = id;
+  if (r.callerId != 0) byCaller_[{r.callerId, r.callerReq}] = id;
   // Lazy timer: only a deadline earlier than the armed one needs a system call.
   if (armedAt_ == 0 || r.deadline < armedAt_) arm(r.deadline);
   routes_.emplace(id, std::move(r));
@@ -44,15 +39,13 @@ std::optional<Route> RouteTable::take(std::uint64_t id) {
   Route r = std::move(it->second);
   routes_.erase(it);
   deadlines_.erase({r.deadline, id});
-  if (r.callerId != 0) byCaller_.erase(callerKey(r.callerId, r.callerReq));
+  if (r.callerId != 0) byCaller_.erase({r.callerId, r.callerReq});
   return r;
 }
 
 std::uint64_t RouteTable::byCaller(std::uint32_t callerId, std::uint64_t callerReq) const {
-  auto it = byCaller_.find(callerKey(callerId, callerReq));
-  if (it == byCaller_.end()) return 0;
-  const Route* r = find(it->second);
-  return r != nullptr && r->callerId == callerId && r->callerReq == callerReq ? it->second : 0;
+  auto it = byCaller_.find({callerId, callerReq});
+  return it == byCaller_.end() ? 0 : it->second;
 }
 
 const Route* RouteTable::find(std::uint64_t id) const {

@@ -71,7 +71,17 @@ class RouteTable {
 
   int timerFd_;
   std::unordered_map<std::uint64_t, Route> routes_;
-  std::unordered_map<std::uint64_t, std::uint64_t> byCaller_;  // (caller id << 64 folded) → route
+  struct CallerKey {
+    std::uint32_t callerId;
+    std::uint64_t callerReq;
+    bool operator==(const CallerKey&) const = default;
+  };
+  struct CallerKeyHash {
+    std::size_t operator()(const CallerKey& k) const noexcept {
+      return std::hash<std::uint64_t>()(k.callerReq * 0x9e3779b97f4a7c15ull ^ k.callerId);
+    }
+  };
+  std::unordered_map<CallerKey, std::uint64_t, CallerKeyHash> byCaller_;  // exact (caller, request) → route
   std::set<std::pair<std::int64_t, std::uint64_t>> deadlines_;
   std::int64_t armedAt_ = 0;  // 0 = disarmed
   std::uint64_t nextRoute_ = 1;

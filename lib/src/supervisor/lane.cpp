@@ -12,9 +12,18 @@ thread_local int tDepth = 0;
 }  // namespace
 
 Lane::Lane(unsigned width, Logger log, std::function<void(std::int64_t)> takeoverRound)
-    : width_(width == 0 ? 1 : width), log_(std::move(log)), takeoverRound_(std::move(takeoverRound)) {
-  standby_ = std::thread([this] { standbyLoop(); });
-  for (unsigned i = 1; i < width_; ++i) workers_.emplace_back([this] { workerLoop(); });
+    : width_(width == 0 ? 1 : width), log_(std::move(log)), takeoverRound_(std::move(takeoverRound)) {}
+
+void Lane::startThreads() {
+  // Started with the first callback, not at construction: a process forks its windows right
+  // after Supervisor::create (tests, spawn-by-fork applications), and a fork is safest while the
+  // process has one thread (sanitizer runtimes, allocator locks).
+  std::call_once(threadsStarted_, [this] {
+    std::lock_guard lk(mu_);
+    if (stopping_) return;
+    standby_ = std::thread([this] { standbyLoop(); });
+    for (unsigned i = 1; i < width_; ++i) workers_.emplace_back([this] { workerLoop(); });
+  });
 }
 
 Lane::~Lane() { stop(); }
@@ -37,6 +46,7 @@ void Lane::runJob(const Job& fn, bool onDispatcher) {
   tLane = this;
   ++tDepth;
   if (onDispatcher && tDepth == 1) {
+    startThreads();
     busySince_.store(monotonicNowNs(), std::memory_order_seq_cst);  // SYNC POINT "deep"
     if (deep_.load(std::memory_order_seq_cst)) {
       std::lock_guard lk(standbyMu_);
@@ -70,6 +80,7 @@ void Lane::runReserved(const Job& fn) {
 }
 
 void Lane::enqueue(Job job) {
+  if (width_ > 1) startThreads();
   {
     std::lock_guard lk(mu_);
     if (stopping_) return;

@@ -59,6 +59,7 @@ class Lane {
 
  private:
   bool acquireLocked();            // under mu_
+  void startThreads();             // the standby and the workers, once
   void runJob(const Job& fn, bool onDispatcher);
   void standbyLoop();
   void workerLoop();
@@ -81,6 +82,7 @@ class Lane {
   std::atomic<bool> deep_{false};
   std::mutex standbyMu_;
   std::condition_variable standbyCv_;
+  std::once_flag threadsStarted_;
   std::thread standby_;
   std::vector<std::thread> workers_;
 };

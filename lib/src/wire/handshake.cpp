@@ -8,7 +8,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
+
+#include "wait/wait.hpp"
 
 #include "bus.capnp.h"
 
@@ -45,6 +48,7 @@ Result<void> sendControl(int sock, ControlType type, std::uint64_t value, capnp:
 }
 
 Result<HelloRequest> parseHello(const Packet& pkt) {
+  if (pkt.bytes.size() < sizeof(ControlHeader)) return makeError(ErrorCode::InvalidMessage, "hello shorter than its header");
   auto words = bodyWords(pkt);
   try {
     capnp::ReaderOptions ro;
@@ -139,8 +143,14 @@ Result<WindowLink> helloAndWelcome(int sock, const HelloParams& p, const std::st
     hello.setSpawnToken(p.spawned ? 1 : 0);
     if (auto r = sendControl(sock, ControlType::Hello, 0, &mb); !r) return r.error();
   }
-  pollfd pfd{sock, POLLIN, 0};
-  if (::poll(&pfd, 1, static_cast<int>(timeout.count())) == 0) {
+  const std::int64_t deadline = monotonicNowNs() + std::chrono::nanoseconds(timeout).count();
+  for (;;) {
+    pollfd pfd{sock, POLLIN, 0};
+    const std::int64_t leftMs = std::max<std::int64_t>(0, (deadline - monotonicNowNs()) / 1'000'000);
+    const int pr = ::poll(&pfd, 1, static_cast<int>(std::min<std::int64_t>(leftMs, 1 << 30)));
+    if (pr > 0) break;
+    if (pr < 0 && errno == EINTR) continue;
+    if (pr < 0) return makeError(ErrorCode::SystemError, std::string("poll: ") + std::strerror(errno));
     return makeError(ErrorCode::Timeout,
                      fmt::format("no welcome from the supervisor of bus '{}' within {} ms", bus, timeout.count()));
   }
@@ -169,9 +179,12 @@ Result<WindowLink> helloAndWelcome(int sock, const HelloParams& p, const std::st
     RingGeometry inG{w.getInboxCapacity(), w.getMaxRecord()};
     RingGeometry outG{w.getOutboxCapacity(), w.getMaxRecord()};
     const std::uint64_t board = w.getCancelBoardOffset();
-    if (!validateGeometry(inG) || !validateGeometry(outG) || w.getInboxOffset() + ringFootprint(inG.capacity) > size ||
-        w.getOutboxOffset() + ringFootprint(outG.capacity) > size || board % 64 != 0 ||
-        board + sizeof(CancelBoard) > size) {
+    // Every part must lie inside the segment, 64-byte aligned; written so no sum can overflow.
+    auto fits = [size](std::uint64_t offset, std::uint64_t bytes) {
+      return offset % 64 == 0 && offset <= size && bytes <= size - offset;
+    };
+    if (!validateGeometry(inG) || !validateGeometry(outG) || !fits(w.getInboxOffset(), ringFootprint(inG.capacity)) ||
+        !fits(w.getOutboxOffset(), ringFootprint(outG.capacity)) || !fits(board, sizeof(CancelBoard))) {
       return makeError(ErrorCode::InvalidMessage, "welcome describes rings outside the segment");
     }
     std::uint8_t* base = link.segment->base();

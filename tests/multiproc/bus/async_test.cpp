@@ -89,16 +89,8 @@ TEST_CASE("a coroutine handler co_awaits another window and its co_return value 
       co_return Reply();
     }));
   });
-  tb->startDispatchThread();
-  back.start();
-  front.start();
-  auto r = tb->invoke("front", "relay", text("x"), {.timeout = 5000ms}).get();
-  REQUIRE_MESSAGE(r.ok(), r.error().toString());
-  CHECK(textOf(*r) == "x again via main");
-  auto denied = tb->invoke("front", "refuse", {}, {.timeout = 5000ms}).get();
-  CHECK(denied.code() == ErrorCode::Denied);
-  CHECK(denied.error().message.find("not today") != std::string::npos);
-  // A coroutine driven by syncWait on a window without a dispatch thread.
+  // A coroutine driven by syncWait on a window without a dispatch thread (forked before the
+  // supervisor's threads start, as TestBus asks).
   Link toC;
   GatedChild c([&] {
     auto w = connectWindow(tb.bus, "client");
@@ -108,6 +100,15 @@ TEST_CASE("a coroutine handler co_awaits another window and its co_return value 
     };
     toC.tellParent(syncWait(*w, task()));
   });
+  tb->startDispatchThread();
+  back.start();
+  front.start();
+  auto r = tb->invoke("front", "relay", text("x"), {.timeout = 5000ms}).get();
+  REQUIRE_MESSAGE(r.ok(), r.error().toString());
+  CHECK(textOf(*r) == "x again via main");
+  auto denied = tb->invoke("front", "refuse", {}, {.timeout = 5000ms}).get();
+  CHECK(denied.code() == ErrorCode::Denied);
+  CHECK(denied.error().message.find("not today") != std::string::npos);
   c.go();
   CHECK(toC.hearChild() == "y again via client");
   CHECK(c.join(10s) == 0);

@@ -21,10 +21,9 @@ struct Inbox {
   std::vector<std::string> got;
 
   void add(std::string s) {
-    {
-      std::lock_guard lk(mu);
-      got.push_back(std::move(s));
-    }
+    // Notified under the lock: the waiter may destroy the Inbox as soon as it sees the count.
+    std::lock_guard lk(mu);
+    got.push_back(std::move(s));
     cv.notify_all();
   }
   /// Waits until `n` texts arrived; returns them joined by ','.
@@ -86,8 +85,10 @@ TEST_CASE("a window's send reaches every supervisor listener; a once listener ru
 
 TEST_CASE("a window's invoke gets the reply of the supervisor's handler, with the caller in the context") {
   TestBus tb("invoke-main", {}, /*dispatch=*/false);
+  std::mutex seenMu;  // the handler runs on the dispatch thread; the test thread reads after the child's word
   std::string seen;
   auto h = tb->handle("describe", textHandler([&](const std::string& body, const CallContext& ctx) {
+    std::lock_guard lk(seenMu);
     seen = describeContext(body, ctx);
     return "main saw " + body;
   }));
@@ -101,7 +102,10 @@ TEST_CASE("a window's invoke gets the reply of the supervisor's handler, with th
   tb->startDispatchThread();
   const auto ids = words(link.hearChild());
   CHECK(child.join(10s) == 0);
-  const auto ctx = words(seen);
+  const auto ctx = [&] {
+    std::lock_guard lk(seenMu);
+    return words(seen);
+  }();
   REQUIRE(ctx.size() == 6);
   CHECK(ctx[0] == "hi");
   CHECK(ctx[1] == ids[0]);
