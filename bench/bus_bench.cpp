@@ -1,4 +1,4 @@
-// Bus-level benchmarks (issues 3, 4, 5), each against a baseline measured in the same run:
+// Bus-level benchmarks (issues 3, 4, 5), each against baselines measured in the same run:
 //
 //   PingPong/ring_spin|ring_parked/<bytes>         the foundation's ring round trip (baseline)
 //   Invoke/window_to_main/<bytes>/spin|parked      Window::invoke → Supervisor::handle (2 processes)
@@ -10,9 +10,20 @@
 //   Message/build_read_in_place/1024               build a ~1 KiB struct in a ring claim and read it in place
 //   Message/build_read_malloc_copy/1024            MallocMessageBuilder + flat-array copy + reader
 //
-// Counters: p50_ns, p99_ns (per round trip), msgs_per_s. Processes are pinned: the caller to
-// CPU 0, the supervisor to CPU 1, a routed call's target to CPU 0 (the caller is parked while
-// the target works). bench/compare.py prints the ratios.
+// Counters: p50_ns, p99_ns (per round trip), msgs_per_s (round trips/s). bench/compare.py prints
+// the ratios.
+//
+// Pinning rule: the two ENDPOINTS of a measurement are pinned to different CPUs (the caller or
+// sender, i.e. the benchmark process, to CPU 0; the process that answers or receives to CPU 1); a
+// ROUTER in the middle is never pinned. A pinned router turns every hop through it into a
+// cross-CPU wake-up (TOOLCHAIN.md, 2026-12-04: routed call 142 µs pinned, 83-87 µs unpinned).
+//   window → main:   caller CPU 0, supervisor CPU 1 (the supervisor's handler is the other
+//                    endpoint, so here it is pinned)
+//   window → window: caller CPU 0, target window CPU 1, supervisor unpinned (the router)
+//   ring PingPong:   CPU 0 and CPU 1 (no router)
+//
+// Processes synchronise on events (EventPipe), never on sleeps; a Watchdog ends a run that hangs
+// after 60 s.
 #include <benchmark/benchmark.h>
 #include <capnp/serialize.h>
 
@@ -121,30 +132,39 @@ void ringPingPong(benchmark::State& state, std::size_t bytes, detail::SpinPolicy
 
 // ---- bus processes
 
-/// A supervisor in a pinned partner process, echoing `echo` calls (typed and untyped handlers
-/// share the channel's payload struct), until killed.
-Partner spawnSupervisor(const std::string& bus, std::chrono::nanoseconds spin, Handshake& hs) {
-  return Partner::spawn(kPartnerCpu, [&, bus, spin] {
+constexpr unsigned kWatchdogSeconds = 60;
+
+/// Echoes `echo-untyped` requests (the untyped handler of the benchmarks).
+void echoUntyped(const Message& req, Builder& reply, const CallContext&) {
+  reply.initRoot<benchschema::Echo::EchoResults>().setData(req.root<benchschema::Echo::EchoParams>().getData());
+}
+
+/// A supervisor in a partner process on `cpu` (kPartnerCpu when it is an endpoint, kUnpinned when
+/// it routes between two windows), echoing `echo` calls (typed and untyped handlers share the
+/// channel's payload struct). Notifies `ev` once it listens (value 1). Runs until killed
+/// (Partner's destructor).
+Partner spawnSupervisor(const std::string& bus, std::chrono::nanoseconds spin, int cpu, const EventPipe& ev) {
+  return Partner::spawn(cpu, [&, bus, spin] {
     SupervisorOptions o;
     o.bus = bus;
     o.spin = spin;
     o.logLevel = LogLevel::Error;
     auto sup = Supervisor::create(o);
     if (!sup) fatal("supervisor create failed");
-    auto untyped = (*sup)->handle("echo-untyped", [](const Message& req, Builder& reply, const CallContext&) {
-      reply.initRoot<benchschema::Echo::EchoResults>().setData(req.root<benchschema::Echo::EchoParams>().getData());
-    });
+    auto untyped = (*sup)->handle("echo-untyped", echoUntyped);
     auto typed = benchschema::EchoHandlers::handleEcho(**sup, [](auto params, auto results) {
       results.setData(params.getData());
     });
-    hs.ready.store(1, std::memory_order_release);  // pairs with Partner::awaitReady's acquire
+    ev.notify(1);
     (*sup)->run();
   });
 }
 
-/// The target window of a routed call, in its own process (pinned to the caller's CPU).
-Partner spawnTarget(const std::string& bus, std::chrono::nanoseconds spin, Handshake& hs) {
-  return Partner::spawn(kMainCpu, [&, bus, spin] {
+/// The target window of a routed call (role "echo"), in a partner process pinned to kPartnerCpu:
+/// echoes `echo-untyped` calls. Notifies `ev` once connected with its handler registered (value
+/// 1). Runs until killed.
+Partner spawnTarget(const std::string& bus, std::chrono::nanoseconds spin, const EventPipe& ev) {
+  return Partner::spawn(kPartnerCpu, [&, bus, spin] {
     WindowOptions o;
     o.bus = bus;
     o.role = "echo";
@@ -155,31 +175,57 @@ Partner spawnTarget(const std::string& bus, std::chrono::nanoseconds spin, Hands
       if (c) w = std::move(*c);
     }
     if (!w) fatal("target window connect failed");
-    auto h = w->handle("echo-untyped", [](const Message& req, Builder& reply, const CallContext&) {
-      reply.initRoot<benchschema::Echo::EchoResults>().setData(req.root<benchschema::Echo::EchoParams>().getData());
-    });
+    auto h = w->handle("echo-untyped", echoUntyped);
     (void)w->send("target-ready");
-    hs.done.store(1, std::memory_order_release);  // pairs with the caller's acquire wait below
+    ev.notify(1);
     w->run();
   });
 }
 
+/// The processes of one bus run: a supervisor, and for routed runs a target window. Started by
+/// start(), which returns false (with `error` set) when one of them does not come up; killed and
+/// reaped by the destructors of the Partners.
+struct BusProcesses {
+  std::string bus = uniqueName("bus");
+  EventPipe supEvents, targetEvents;
+  std::optional<Partner> sup, target;
+  std::string error;
+
+  /// Starts the supervisor (pinned to kPartnerCpu, or unpinned when `routed`: it is then the router)
+  /// and, when `routed`, the target window on kPartnerCpu, waiting until each is ready.
+  bool start(bool routed, std::chrono::nanoseconds spin) {
+    sup.emplace(spawnSupervisor(bus, spin, routed ? kUnpinned : kPartnerCpu, supEvents));
+    supEvents.closeWriter();
+    if (!supEvents.wait()) {
+      error = "supervisor failed to start";
+      return false;
+    }
+    if (routed) {
+      target.emplace(spawnTarget(bus, spin, targetEvents));
+      targetEvents.closeWriter();
+      if (!targetEvents.wait()) {
+        error = "target window failed to start";
+        return false;
+      }
+    }
+    return true;
+  }
+
+  ~BusProcesses() {
+    if (auto path = detail::socketPath(bus)) ::unlink(path->c_str());
+  }
+};
+
 enum class Route { ToMain, Routed, Typed };
 
 void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono::nanoseconds spin) {
-  const std::string bus = uniqueName("bus");
-  SharedMemory shared(4096);
-  auto& hs = *new (shared.base()) Handshake{};
-  Partner sup = spawnSupervisor(bus, spin, hs);
-  if (!sup.awaitReady(hs)) return state.SkipWithError("supervisor failed to start");
-  std::optional<Partner> target;
-  if (route == Route::Routed) {
-    target.emplace(spawnTarget(bus, spin, hs));
-    while (hs.done.load(std::memory_order_acquire) == 0) detail::cpuRelax();  // pairs with spawnTarget's release
-  }
+  Watchdog dog("Invoke", kWatchdogSeconds);
+  BusProcesses procs;
+  if (!procs.start(route == Route::Routed, spin)) return state.SkipWithError(procs.error.c_str());
   ScopedPin pin(kMainCpu);
+  if (!pin.ok()) return state.SkipWithError("cannot pin to CPU 0");
   WindowOptions o;
-  o.bus = bus;
+  o.bus = procs.bus;
   o.role = "caller";
   o.spin = spin;
   auto w = Window::connect(o);
@@ -218,7 +264,6 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
   });
   if (failed) state.SkipWithError("a call failed");
   win.close();
-  if (auto path = detail::socketPath(bus)) ::unlink(path->c_str());
 }
 
 // ---- message build + read
@@ -314,8 +359,9 @@ void registerAll() {
       const auto wspin = spin ? kSpinLong : kParkNow;
       manual(benchmark::RegisterBenchmark(fmt::format("Invoke/window_to_main/{}/{}", bytes, mode).c_str(),
                                           [=](benchmark::State& s) { invoke(s, Route::ToMain, bytes, wspin); }));
-      // Three processes on two cores cannot all spin: in "spin" mode the routed call uses the
-      // default spin budget (4 µs), so the caller parks and frees its core for the target.
+      // Three processes on two cores cannot all spin: the unpinned supervisor shares a core with
+      // one of the pinned windows. In "spin" mode the routed call therefore uses the default spin
+      // budget (4 µs), so a waiting window parks and frees its core for the supervisor.
       const auto rspin = spin ? detail::SpinPolicy{}.spin : kParkNow;
       manual(benchmark::RegisterBenchmark(fmt::format("Invoke/window_to_window_routed/{}/{}", bytes, mode).c_str(),
                                           [=](benchmark::State& s) { invoke(s, Route::Routed, bytes, rspin); }));
@@ -334,6 +380,9 @@ void registerAll() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  benchmark::AddCustomContext("pinning",
+                              "endpoints CPU 0 (caller/sender) and CPU 1 (answerer/receiver); routers unpinned "
+                              "(supervisor of routed runs)");
   registerAll();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
