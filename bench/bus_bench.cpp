@@ -1,4 +1,4 @@
-// Bus-level benchmarks (issues 3, 4, 5), each against baselines measured in the same run:
+// Bus-level benchmarks (issues 3, 4, 5, 9), each against baselines measured in the same run:
 //
 //   PingPong/ring_spin|ring_parked/<bytes>         the foundation's ring round trip (baseline)
 //   Invoke/window_to_main/<bytes>/spin|parked      Window::invoke → Supervisor::handle (2 processes)
@@ -7,27 +7,38 @@
 //                                                  "spin" = the default 4 µs budget: 3 spinners on 2 cores starve)
 //   Invoke/window_to_main_typed/<bytes>/parked     the same call through capnpc-shmbus stubs, vs
 //   Invoke/window_to_main_untyped/<bytes>/parked   the untyped API with the same payload struct
+//   Stream/window_to_main/64                       Window::send of 64 B payloads, a Supervisor::on listener counts
+//   Stream/window_to_window_routed/64              Window::sendTo → supervisor → Window::on, with credits (below)
 //   Message/build_read_in_place/1024               build a ~1 KiB struct in a ring claim and read it in place
 //   Message/build_read_malloc_copy/1024            MallocMessageBuilder + flat-array copy + reader
 //
-// Counters: p50_ns, p99_ns (per round trip), msgs_per_s (round trips/s). bench/compare.py prints
-// the ratios.
+// Counters: p50_ns, p99_ns (per round trip), msgs_per_s (round trips/s, or messages/s for Stream);
+// Stream adds full_retries (sends refused with Full and retried) and credit_waits (routed: times
+// the sender waited for credit). bench/compare.py prints the ratios.
 //
 // Pinning rule: the two ENDPOINTS of a measurement are pinned to different CPUs (the caller or
 // sender, i.e. the benchmark process, to CPU 0; the process that answers or receives to CPU 1); a
 // ROUTER in the middle is never pinned. A pinned router turns every hop through it into a
 // cross-CPU wake-up (TOOLCHAIN.md, 2026-12-04: routed call 142 µs pinned, 83-87 µs unpinned).
-//   window → main:   caller CPU 0, supervisor CPU 1 (the supervisor's handler is the other
-//                    endpoint, so here it is pinned)
+//   window → main:   caller CPU 0, supervisor CPU 1 (the supervisor's handler/listener is the
+//                    other endpoint, so here it is pinned)
 //   window → window: caller CPU 0, target window CPU 1, supervisor unpinned (the router)
 //   ring PingPong:   CPU 0 and CPU 1 (no router)
 //
-// Processes synchronise on events (EventPipe), never on sleeps; a Watchdog ends a run that hangs
-// after 60 s.
+// No stream message may be lost, and every one is checked for its sequence number at the
+// receiver. A full ring makes send/sendTo return Full (nothing written): the sender yields and
+// retries. A routed send that finds the TARGET's inbox full is dropped by the supervisor (counted
+// as undeliverable, never reported to the sender), so the routed stream runs under credit-based
+// flow control: the target sends one "stream-credit" message back per kCreditBatch messages, and
+// the sender keeps at most kCreditWindow messages in flight, which fit in the target's inbox.
+// Processes synchronise on events (EventPipe, Window::poll), never on sleeps; a Watchdog ends a
+// run that hangs (a lost message) after 60 s.
 #include <benchmark/benchmark.h>
 #include <capnp/serialize.h>
 
 #include <fmt/format.h>
+
+#include <sched.h>
 
 #include <cstring>
 #include <optional>
@@ -132,7 +143,37 @@ void ringPingPong(benchmark::State& state, std::size_t bytes, detail::SpinPolicy
 
 // ---- bus processes
 
+constexpr std::size_t kStreamBytes = 64;       ///< payload of every Stream message (as D-Bus signals)
+constexpr std::uint64_t kCreditBatch = 256;    ///< routed stream: messages per credit message
+/// Routed stream: messages the sender may have in flight. A routed 64 B record is about 170 bytes
+/// (64-byte frame header, record header, Cap'n Proto framing), so 2048 of them are about a third
+/// of the default 1 MiB inbox: the supervisor never finds the target's inbox full.
+constexpr std::uint64_t kCreditWindow = 2048;
 constexpr unsigned kWatchdogSeconds = 60;
+
+/// Writes `seq` into the first 8 bytes of a stream payload.
+void putSeq(std::uint8_t* payload, std::uint64_t seq) noexcept { std::memcpy(payload, &seq, sizeof seq); }
+
+/// Counts stream messages at the receiving endpoint and checks each one: payload size
+/// kStreamBytes, sequence number the next one (from 1). Used on the receiver's dispatch thread.
+struct StreamCheck {
+  std::uint64_t expected = 0;  ///< messages the run sends (0: this process takes no stream)
+  std::uint64_t received = 0;
+  std::uint64_t errors = 0;
+
+  /// Checks one message; returns true when it was the last expected one.
+  bool take(const Message& m) {
+    auto d = m.root<benchschema::Echo::EchoParams>().getData();
+    std::uint64_t seq = 0;
+    if (d.size() != kStreamBytes) {
+      ++errors;
+    } else {
+      std::memcpy(&seq, d.begin(), sizeof seq);
+      errors += seq != received + 1;
+    }
+    return ++received == expected;
+  }
+};
 
 /// Echoes `echo-untyped` requests (the untyped handler of the benchmarks).
 void echoUntyped(const Message& req, Builder& reply, const CallContext&) {
@@ -141,10 +182,12 @@ void echoUntyped(const Message& req, Builder& reply, const CallContext&) {
 
 /// A supervisor in a partner process on `cpu` (kPartnerCpu when it is an endpoint, kUnpinned when
 /// it routes between two windows), echoing `echo` calls (typed and untyped handlers share the
-/// channel's payload struct). Notifies `ev` once it listens (value 1). Runs until killed
-/// (Partner's destructor).
-Partner spawnSupervisor(const std::string& bus, std::chrono::nanoseconds spin, int cpu, const EventPipe& ev) {
-  return Partner::spawn(cpu, [&, bus, spin] {
+/// channel's payload struct) and counting `stream` sends. Notifies `ev` once it listens (value 1)
+/// and, when `streamCount` > 0, again after the last stream message, with the number of bad ones.
+/// Runs until killed (Partner's destructor).
+Partner spawnSupervisor(const std::string& bus, std::chrono::nanoseconds spin, int cpu, const EventPipe& ev,
+                        std::uint64_t streamCount = 0) {
+  return Partner::spawn(cpu, [&, bus, spin, streamCount] {
     SupervisorOptions o;
     o.bus = bus;
     o.spin = spin;
@@ -155,16 +198,23 @@ Partner spawnSupervisor(const std::string& bus, std::chrono::nanoseconds spin, i
     auto typed = benchschema::EchoHandlers::handleEcho(**sup, [](auto params, auto results) {
       results.setData(params.getData());
     });
+    StreamCheck check{streamCount};
+    auto stream = (*sup)->on("stream", [&](const Message& m, const CallContext&) {
+      if (check.take(m)) ev.notify(check.errors);
+    });
     ev.notify(1);
     (*sup)->run();
   });
 }
 
-/// The target window of a routed call (role "echo"), in a partner process pinned to kPartnerCpu:
-/// echoes `echo-untyped` calls. Notifies `ev` once connected with its handler registered (value
-/// 1). Runs until killed.
-Partner spawnTarget(const std::string& bus, std::chrono::nanoseconds spin, const EventPipe& ev) {
-  return Partner::spawn(kPartnerCpu, [&, bus, spin] {
+/// The target window of a routed call or stream (role "echo"), in a partner process pinned to
+/// kPartnerCpu: echoes `echo-untyped` calls and counts `stream` messages, sending one
+/// `stream-credit` back to the sender per kCreditBatch of them. Notifies `ev` once connected with
+/// its handler and listener registered (value 1) and, when `streamCount` > 0, again after the last
+/// stream message with the number of bad ones. Runs until killed.
+Partner spawnTarget(const std::string& bus, std::chrono::nanoseconds spin, const EventPipe& ev,
+                    std::uint64_t streamCount = 0) {
+  return Partner::spawn(kPartnerCpu, [&, bus, spin, streamCount] {
     WindowOptions o;
     o.bus = bus;
     o.role = "echo";
@@ -176,6 +226,20 @@ Partner spawnTarget(const std::string& bus, std::chrono::nanoseconds spin, const
     }
     if (!w) fatal("target window connect failed");
     auto h = w->handle("echo-untyped", echoUntyped);
+    StreamCheck check{streamCount};
+    auto stream = w->on("stream", [&](const Message& m, const CallContext& ctx) {
+      const bool last = check.take(m);
+      if (check.received % kCreditBatch == 0) {
+        const Target sender(ctx.sourceWindowId);
+        for (;;) {
+          auto r = w->sendTo(sender, "stream-credit");
+          if (r) break;
+          if (r.code() != ErrorCode::Full) fatal("target: sending credit failed");
+          ::sched_yield();
+        }
+      }
+      if (last) ev.notify(check.errors);
+    });
     (void)w->send("target-ready");
     ev.notify(1);
     w->run();
@@ -193,15 +257,16 @@ struct BusProcesses {
 
   /// Starts the supervisor (pinned to kPartnerCpu, or unpinned when `routed`: it is then the router)
   /// and, when `routed`, the target window on kPartnerCpu, waiting until each is ready.
-  bool start(bool routed, std::chrono::nanoseconds spin) {
-    sup.emplace(spawnSupervisor(bus, spin, routed ? kUnpinned : kPartnerCpu, supEvents));
+  /// `streamCount` > 0 makes the receiving endpoint count that many stream messages.
+  bool start(bool routed, std::chrono::nanoseconds spin, std::uint64_t streamCount) {
+    sup.emplace(spawnSupervisor(bus, spin, routed ? kUnpinned : kPartnerCpu, supEvents, routed ? 0 : streamCount));
     supEvents.closeWriter();
     if (!supEvents.wait()) {
       error = "supervisor failed to start";
       return false;
     }
     if (routed) {
-      target.emplace(spawnTarget(bus, spin, targetEvents));
+      target.emplace(spawnTarget(bus, spin, targetEvents, streamCount));
       targetEvents.closeWriter();
       if (!targetEvents.wait()) {
         error = "target window failed to start";
@@ -210,6 +275,10 @@ struct BusProcesses {
     }
     return true;
   }
+
+  /// The receiving endpoint's second event: the number of bad stream messages, or nullopt when it
+  /// exited first.
+  std::optional<std::uint64_t> streamDone(bool routed) { return (routed ? targetEvents : supEvents).wait(); }
 
   ~BusProcesses() {
     if (auto path = detail::socketPath(bus)) ::unlink(path->c_str());
@@ -221,7 +290,7 @@ enum class Route { ToMain, Routed, Typed };
 void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono::nanoseconds spin) {
   Watchdog dog("Invoke", kWatchdogSeconds);
   BusProcesses procs;
-  if (!procs.start(route == Route::Routed, spin)) return state.SkipWithError(procs.error.c_str());
+  if (!procs.start(route == Route::Routed, spin, 0)) return state.SkipWithError(procs.error.c_str());
   ScopedPin pin(kMainCpu);
   if (!pin.ok()) return state.SkipWithError("cannot pin to CPU 0");
   WindowOptions o;
@@ -263,6 +332,73 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
     }
   });
   if (failed) state.SkipWithError("a call failed");
+  win.close();
+}
+
+/// Reports a stream run: N messages in `ticks` ticks, plus the sender's counters.
+void finishStream(benchmark::State& state, std::uint64_t n, std::uint64_t ticks) {
+  const double seconds = static_cast<double>(ticks) * nsPerTick() * 1e-9;
+  state.SetIterationTime(seconds);
+  state.counters["msgs_per_s"] = seconds > 0 ? static_cast<double>(n) / seconds : 0;
+  state.SetBytesProcessed(static_cast<std::int64_t>(n * kStreamBytes));
+}
+
+/// Stream/window_to_main/64 (`routed` false) and Stream/window_to_window_routed/64: the benchmark
+/// process (a window, CPU 0) sends state.max_iterations messages of kStreamBytes as fast as the
+/// bus takes them; the time runs from the first send until the receiver reports the last one
+/// (EventPipe). Default spin budgets everywhere (what an application gets).
+void stream(benchmark::State& state, bool routed) {
+  Watchdog dog(routed ? "Stream/window_to_window_routed" : "Stream/window_to_main", kWatchdogSeconds);
+  const auto spin = WindowOptions{}.spin;
+  const std::uint64_t n = static_cast<std::uint64_t>(state.max_iterations);
+  BusProcesses procs;
+  if (!procs.start(routed, spin, n)) return state.SkipWithError(procs.error.c_str());
+  ScopedPin pin(kMainCpu);
+  if (!pin.ok()) return state.SkipWithError("cannot pin to CPU 0");
+  WindowOptions o;
+  o.bus = procs.bus;
+  o.role = "caller";
+  o.spin = spin;
+  auto w = Window::connect(o);
+  if (!w) return state.SkipWithError(w.error().toString().c_str());
+  Window& win = **w;
+  std::vector<std::uint8_t> payload = touchedBuffer(kStreamBytes, 0x5a);
+  const BuildFn build = [&](Builder& b) {
+    b.initRoot<benchschema::Echo::EchoParams>().setData(kj::arrayPtr(payload.data(), kStreamBytes));
+  };
+  std::uint64_t credited = 0, creditWaits = 0, retries = 0, seq = 0;
+  auto credits = win.on("stream-credit", [&](const Message&, const CallContext&) { credited += kCreditBatch; });
+  const Target target("echo");
+  bool failed = false;
+  const std::uint64_t start = ticksNow();
+  for (auto _ : state) {
+    if (routed) {
+      while (seq - credited >= kCreditWindow && !failed) {
+        ++creditWaits;
+        failed |= !win.poll(std::chrono::milliseconds(1000));
+      }
+    }
+    putSeq(payload.data(), ++seq);
+    for (;;) {
+      auto r = routed ? win.sendTo(target, "stream", build) : win.send("stream", build);
+      if (r) break;
+      if (r.code() != ErrorCode::Full) {
+        failed = true;
+        break;
+      }
+      ++retries;
+      ::sched_yield();  // on a full ring, let a router that shares this CPU drain it
+    }
+    if (failed) break;
+  }
+  if (failed) return state.SkipWithError("a send failed");
+  const auto errors = procs.streamDone(routed);
+  const std::uint64_t end = ticksNow();
+  if (!errors) return state.SkipWithError("the receiver exited before the last message");
+  if (*errors != 0) return state.SkipWithError("the receiver saw messages lost, reordered or malformed");
+  finishStream(state, n, end - start);
+  state.counters["full_retries"] = static_cast<double>(retries);
+  if (routed) state.counters["credit_waits"] = static_cast<double>(creditWaits);
   win.close();
 }
 
@@ -367,6 +503,8 @@ void registerAll() {
                                           [=](benchmark::State& s) { invoke(s, Route::Routed, bytes, rspin); }));
     }
   }
+  manual(benchmark::RegisterBenchmark("Stream/window_to_main/64", [](benchmark::State& s) { stream(s, false); }));
+  manual(benchmark::RegisterBenchmark("Stream/window_to_window_routed/64", [](benchmark::State& s) { stream(s, true); }));
   for (std::size_t bytes : {std::size_t{64}, std::size_t{1024}}) {
     manual(benchmark::RegisterBenchmark(fmt::format("Invoke/window_to_main_untyped/{}/parked", bytes).c_str(),
                                         [=](benchmark::State& s) { invoke(s, Route::ToMain, bytes, kParkNow); }));
