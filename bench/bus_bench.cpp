@@ -5,16 +5,20 @@
 //   Invoke/window_to_window_routed/<bytes>/spin|parked
 //                                                  Window::invokeIn → supervisor → Window::handle (3 processes;
 //                                                  "spin" = the default 4 µs budget: 3 spinners on 2 cores starve)
+//   Invoke/dbus_method/<bytes>                     the desktop-bus peer: sd-bus method call Echo(ay) → ay,
+//                                                  client → private dbus-daemon → server and back (3 processes)
 //   Invoke/window_to_main_typed/<bytes>/parked     the same call through capnpc-shmbus stubs, vs
 //   Invoke/window_to_main_untyped/<bytes>/parked   the untyped API with the same payload struct
 //   Stream/window_to_main/64                       Window::send of 64 B payloads, a Supervisor::on listener counts
 //   Stream/window_to_window_routed/64              Window::sendTo → supervisor → Window::on, with credits (below)
+//   Stream/dbus_signal/64                          sd-bus signal Tick(ay) of 64 B → dbus-daemon → subscriber
 //   Message/build_read_in_place/1024               build a ~1 KiB struct in a ring claim and read it in place
 //   Message/build_read_malloc_copy/1024            MallocMessageBuilder + flat-array copy + reader
 //
 // Counters: p50_ns, p99_ns (per round trip), msgs_per_s (round trips/s, or messages/s for Stream);
-// Stream adds full_retries (sends refused with Full and retried) and credit_waits (routed: times
-// the sender waited for credit). bench/compare.py prints the ratios.
+// Stream adds full_retries (sends refused with Full and retried), credit_waits (routed: times the
+// sender waited for credit) and dbus_flushes (D-Bus: sends that stayed queued in the client, so the
+// client blocked in sd_bus_flush). bench/compare.py prints the ratios, also against D-Bus.
 //
 // Pinning rule: the two ENDPOINTS of a measurement are pinned to different CPUs (the caller or
 // sender, i.e. the benchmark process, to CPU 0; the process that answers or receives to CPU 1); a
@@ -23,6 +27,7 @@
 //   window → main:   caller CPU 0, supervisor CPU 1 (the supervisor's handler/listener is the
 //                    other endpoint, so here it is pinned)
 //   window → window: caller CPU 0, target window CPU 1, supervisor unpinned (the router)
+//   D-Bus:           client CPU 0, server/subscriber CPU 1, dbus-daemon unpinned (the router)
 //   ring PingPong:   CPU 0 and CPU 1 (no router)
 //
 // No stream message may be lost, and every one is checked for its sequence number at the
@@ -45,6 +50,7 @@
 #include <string>
 
 #include "bench_support.hpp"
+#include "dbus_peer.hpp"
 #include "bus_bench.capnp.h"
 #include "bus_bench.shmbus.h"
 #include "control/socket.hpp"
@@ -402,6 +408,70 @@ void stream(benchmark::State& state, bool routed) {
   win.close();
 }
 
+// ---- the D-Bus peer (sd-bus through a private dbus-daemon)
+
+/// Invoke/dbus_method/<bytes>: sd-bus Echo(ay) → ay round trips from the benchmark process
+/// (CPU 0) to a server partner (CPU 1) through a private, unpinned dbus-daemon.
+void dbusMethod(benchmark::State& state, std::size_t bytes) {
+  Watchdog dog("Invoke/dbus_method", kWatchdogSeconds);
+  auto daemon = dbus::Daemon::start();
+  if (!daemon) return state.SkipWithError(daemon.error().message.c_str());
+  const std::string address = (*daemon)->address();
+  EventPipe ev;
+  Partner server = Partner::spawn(kPartnerCpu, [&] { dbus::serveEcho(address, ev); });
+  ev.closeWriter();
+  if (!ev.wait()) return state.SkipWithError("D-Bus server failed to start");
+  ScopedPin pin(kMainCpu);
+  if (!pin.ok()) return state.SkipWithError("cannot pin to CPU 0");
+  auto bus = dbus::connect(address);
+  if (!bus) return state.SkipWithError(bus.error().message.c_str());
+  std::vector<std::uint8_t> payload = touchedBuffer(bytes, 0x5a);
+  bool failed = false;
+  timeLoop(state, [&] {
+    const long got = dbus::callEcho(bus->get(), payload.data(), bytes);
+    failed |= got != static_cast<long>(bytes);
+  });
+  if (failed) state.SkipWithError("a D-Bus call failed or echoed the wrong size");
+}
+
+/// Stream/dbus_signal/64: the benchmark process (CPU 0) emits state.max_iterations Tick signals of
+/// kStreamBytes; a subscriber partner (CPU 1) receives them through a private, unpinned
+/// dbus-daemon and checks their sequence. The time runs from the first emit until the subscriber
+/// reports the last one.
+void dbusSignals(benchmark::State& state) {
+  Watchdog dog("Stream/dbus_signal", kWatchdogSeconds);
+  const std::uint64_t n = static_cast<std::uint64_t>(state.max_iterations);
+  auto daemon = dbus::Daemon::start();
+  if (!daemon) return state.SkipWithError(daemon.error().message.c_str());
+  const std::string address = (*daemon)->address();
+  EventPipe ev;
+  Partner subscriber = Partner::spawn(kPartnerCpu, [&] { dbus::countTicks(address, n, kStreamBytes, ev); });
+  ev.closeWriter();
+  if (!ev.wait()) return state.SkipWithError("D-Bus subscriber failed to start");
+  ScopedPin pin(kMainCpu);
+  if (!pin.ok()) return state.SkipWithError("cannot pin to CPU 0");
+  auto bus = dbus::connect(address);
+  if (!bus) return state.SkipWithError(bus.error().message.c_str());
+  std::vector<std::uint8_t> payload = touchedBuffer(kStreamBytes, 0x5a);
+  std::uint64_t seq = 0, flushes = 0;
+  bool failed = false;
+  const std::uint64_t start = ticksNow();
+  for (auto _ : state) {
+    putSeq(payload.data(), ++seq);
+    if (dbus::emitTick(bus->get(), payload.data(), kStreamBytes, &flushes) < 0) {
+      failed = true;
+      break;
+    }
+  }
+  if (failed || sd_bus_flush(bus->get()) < 0) return state.SkipWithError("sending a D-Bus signal failed");
+  const auto errors = ev.wait();
+  const std::uint64_t end = ticksNow();
+  if (!errors) return state.SkipWithError("the D-Bus subscriber exited before the last signal");
+  if (*errors != 0) return state.SkipWithError("the D-Bus subscriber saw signals lost, reordered or malformed");
+  finishStream(state, n, end - start);
+  state.counters["dbus_flushes"] = static_cast<double>(flushes);
+}
+
 // ---- message build + read
 
 void fillRecord(benchschema::Record::Builder r) {
@@ -503,8 +573,13 @@ void registerAll() {
                                           [=](benchmark::State& s) { invoke(s, Route::Routed, bytes, rspin); }));
     }
   }
+  for (std::size_t bytes : {std::size_t{64}, std::size_t{1024}, std::size_t{65536}}) {
+    manual(benchmark::RegisterBenchmark(fmt::format("Invoke/dbus_method/{}", bytes).c_str(),
+                                        [=](benchmark::State& s) { dbusMethod(s, bytes); }));
+  }
   manual(benchmark::RegisterBenchmark("Stream/window_to_main/64", [](benchmark::State& s) { stream(s, false); }));
   manual(benchmark::RegisterBenchmark("Stream/window_to_window_routed/64", [](benchmark::State& s) { stream(s, true); }));
+  manual(benchmark::RegisterBenchmark("Stream/dbus_signal/64", dbusSignals));
   for (std::size_t bytes : {std::size_t{64}, std::size_t{1024}}) {
     manual(benchmark::RegisterBenchmark(fmt::format("Invoke/window_to_main_untyped/{}/parked", bytes).c_str(),
                                         [=](benchmark::State& s) { invoke(s, Route::ToMain, bytes, kParkNow); }));
@@ -520,7 +595,7 @@ void registerAll() {
 int main(int argc, char** argv) {
   benchmark::AddCustomContext("pinning",
                               "endpoints CPU 0 (caller/sender) and CPU 1 (answerer/receiver); routers unpinned "
-                              "(supervisor of routed runs)");
+                              "(supervisor of routed runs, dbus-daemon)");
   registerAll();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
