@@ -5,8 +5,12 @@
 // kMainCpu) and a partner it forks for that one run (pinned to kPartnerCpu), which echoes or
 // consumes. The partner learns the iteration count through fork (it is a copy of the parent's
 // memory), so no stop protocol is needed: it does exactly its share of the work and _exit()s.
+// bus_bench adds partners that are left unpinned (kUnpinned: a router in the middle of a call)
+// and signals between processes over pipes (EventPipe).
 #pragma once
 
+#include <errno.h>  // program_invocation_short_name (GNU)
+#include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -27,6 +31,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -36,11 +41,12 @@ namespace shmbus::bench {
 
 inline constexpr int kMainCpu = 0;     ///< the benchmark process (ping sender / producer)
 inline constexpr int kPartnerCpu = 1;  ///< the forked partner (echoer / consumer)
+inline constexpr int kUnpinned = -1;   ///< Partner::spawn: may run on every CPU (a router)
 
 /// Prints a message and ends the process at once. Used on the hot paths where an error means
 /// the measurement is meaningless (a partner that lost a message, a corrupt ring).
 [[noreturn]] inline void fatal(const char* what) {
-  std::fprintf(stderr, "ring_bench: fatal: %s\n", what);
+  std::fprintf(stderr, "%s: fatal: %s\n", program_invocation_short_name, what);
   std::fflush(stderr);
   ::_exit(4);
 }
@@ -90,6 +96,18 @@ inline bool pinToCpu(int cpu) noexcept {
   cpu_set_t set;
   CPU_ZERO(&set);
   CPU_SET(cpu, &set);
+  return ::sched_setaffinity(0, sizeof set, &set) == 0;
+}
+
+/// Lets the calling process run on every configured CPU again (the kernel keeps only those its
+/// cpuset allows). A process forked by a pinned one inherits the pin; a router in the middle of a
+/// benchmark must not keep it (TOOLCHAIN.md: every hop through a pinned router is a cross-CPU
+/// wake-up). Returns false when the kernel refuses the mask.
+inline bool unpinFromCpus() noexcept {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  const long n = ::sysconf(_SC_NPROCESSORS_CONF);
+  for (long cpu = 0; cpu < n && cpu < CPU_SETSIZE; ++cpu) CPU_SET(static_cast<int>(cpu), &set);
   return ::sched_setaffinity(0, sizeof set, &set) == 0;
 }
 
@@ -172,13 +190,14 @@ struct Handshake {
   alignas(64) std::atomic<std::uint64_t> errors;  ///< messages the partner found out of order
 };
 
-/// A forked partner process, pinned to one CPU, killed with the parent (PR_SET_PDEATHSIG) and
-/// reaped by the destructor (killed first if it is still running).
+/// A forked partner process, pinned to one CPU (or to none), killed with the parent
+/// (PR_SET_PDEATHSIG) and reaped by the destructor (killed first if it is still running).
 class Partner {
  public:
-  /// Forks; the child pins itself to `cpu`, runs `body()`, and _exit()s: 0 on return, 2 on an
-  /// exception (message on stderr). _exit, not exit: the child must not flush the parent's stdio
-  /// buffers (Google Benchmark's output) or run its atexit handlers.
+  /// Forks; the child pins itself to `cpu` (kUnpinned: unpins itself, see unpinFromCpus), runs
+  /// `body()`, and _exit()s: 0 on return, 2 on an exception (message on stderr), 3 when it cannot
+  /// pin. _exit, not exit: the child must not flush the parent's stdio buffers (Google
+  /// Benchmark's output) or run its atexit handlers.
   template <typename Body>
   static Partner spawn(int cpu, Body&& body) {
     std::fflush(nullptr);
@@ -189,14 +208,14 @@ class Partner {
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (::getppid() != parent) ::_exit(3);  // the parent died before prctl took effect
       ::alarm(0);                             // the watchdog is the parent's
-      if (!pinToCpu(cpu)) {
-        std::fprintf(stderr, "ring_bench: partner cannot pin to CPU %d\n", cpu);
+      if (!(cpu == kUnpinned ? unpinFromCpus() : pinToCpu(cpu))) {
+        std::fprintf(stderr, "%s: partner cannot pin to CPU %d\n", program_invocation_short_name, cpu);
         ::_exit(3);
       }
       try {
         body();
       } catch (const std::exception& e) {
-        std::fprintf(stderr, "ring_bench: partner failed: %s\n", e.what());
+        std::fprintf(stderr, "%s: partner failed: %s\n", program_invocation_short_name, e.what());
         ::_exit(2);
       }
       ::_exit(0);
@@ -252,6 +271,60 @@ class Partner {
   bool exitOk_ = false;
 };
 
+/// A one-way stream of 64-bit events from a forked partner to the benchmark process over a pipe:
+/// "ready", then "done" with a result. Waiting on it sleeps in read(2) (no spinning, no sleeps of
+/// a guessed length), and a partner that dies before it notifies ends the wait with end-of-file
+/// instead of a hang, provided the parent closed its own write end (closeWriter) right after the
+/// fork, before it forks anything else.
+///
+/// Process contract: create before Partner::spawn; the partner calls notify(), the parent calls
+/// closeWriter() once and then wait(). Both ends are O_CLOEXEC (an exec'd daemon never holds them).
+class EventPipe {
+ public:
+  EventPipe() {
+    if (::pipe2(fds_, O_CLOEXEC) != 0) fatal("pipe2 failed");
+  }
+  ~EventPipe() {
+    for (int& fd : fds_) {
+      if (fd >= 0) ::close(std::exchange(fd, -1));
+    }
+  }
+  EventPipe(const EventPipe&) = delete;
+  EventPipe& operator=(const EventPipe&) = delete;
+
+  /// Partner side: sends `value` (8 bytes, atomic on a pipe). Ends the process (fatal) if the
+  /// parent is gone, since nobody is left to measure.
+  void notify(std::uint64_t value = 1) const {
+    ssize_t n;
+    while ((n = ::write(fds_[1], &value, sizeof value)) < 0 && errno == EINTR) {
+    }
+    if (n != static_cast<ssize_t>(sizeof value)) fatal("EventPipe: write failed");
+  }
+
+  /// Parent side: drops the parent's copy of the write end, so that wait() sees end-of-file once
+  /// the partner exits. Call right after Partner::spawn.
+  void closeWriter() {
+    if (fds_[1] >= 0) ::close(std::exchange(fds_[1], -1));
+  }
+
+  /// Parent side: blocks until the next event and returns its value; nullopt when the partner
+  /// exited (or closed the pipe) without sending one. A SIGALRM (Watchdog) ends the process.
+  std::optional<std::uint64_t> wait() const {
+    std::uint64_t value = 0;
+    std::size_t got = 0;
+    while (got < sizeof value) {
+      const ssize_t n = ::read(fds_[0], reinterpret_cast<char*>(&value) + got, sizeof value - got);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return std::nullopt;
+      got += static_cast<std::size_t>(n);
+    }
+    return value;
+  }
+
+ private:
+  int fds_[2] = {-1, -1};
+};
+
 /// Arms a watchdog for one benchmark run: if the run has not finished within `seconds` (a lost
 /// message, a dead partner), SIGALRM prints the benchmark's name and ends the process rather
 /// than hang a CI job. The partner is killed with us (PR_SET_PDEATHSIG).
@@ -274,7 +347,8 @@ class Watchdog {
     return name;
   }
   static void onAlarm(int) {
-    const char prefix[] = "ring_bench: watchdog: benchmark hung: ";
+    const char prefix[] = ": watchdog: benchmark hung: ";
+    [[maybe_unused]] auto p = ::write(2, program_invocation_short_name, std::strlen(program_invocation_short_name));
     [[maybe_unused]] auto a = ::write(2, prefix, sizeof prefix - 1);
     [[maybe_unused]] auto b = ::write(2, current(), std::strlen(current()));
     [[maybe_unused]] auto c = ::write(2, "\n", 1);

@@ -1,28 +1,56 @@
-// Bus-level benchmarks (issues 3, 4, 5), each against a baseline measured in the same run:
+// Bus-level benchmarks (issues 3, 4, 5, 9), each against baselines measured in the same run:
 //
 //   PingPong/ring_spin|ring_parked/<bytes>         the foundation's ring round trip (baseline)
 //   Invoke/window_to_main/<bytes>/spin|parked      Window::invoke → Supervisor::handle (2 processes)
 //   Invoke/window_to_window_routed/<bytes>/spin|parked
 //                                                  Window::invokeIn → supervisor → Window::handle (3 processes;
 //                                                  "spin" = the default 4 µs budget: 3 spinners on 2 cores starve)
+//   Invoke/dbus_method/<bytes>                     the desktop-bus peer: sd-bus method call Echo(ay) → ay,
+//                                                  client → private dbus-daemon → server and back (3 processes)
 //   Invoke/window_to_main_typed/<bytes>/parked     the same call through capnpc-shmbus stubs, vs
 //   Invoke/window_to_main_untyped/<bytes>/parked   the untyped API with the same payload struct
+//   Stream/window_to_main/64                       Window::send of 64 B payloads, a Supervisor::on listener counts
+//   Stream/window_to_window_routed/64              Window::sendTo → supervisor → Window::on, with credits (below)
+//   Stream/dbus_signal/64                          sd-bus signal Tick(ay) of 64 B → dbus-daemon → subscriber
 //   Message/build_read_in_place/1024               build a ~1 KiB struct in a ring claim and read it in place
 //   Message/build_read_malloc_copy/1024            MallocMessageBuilder + flat-array copy + reader
 //
-// Counters: p50_ns, p99_ns (per round trip), msgs_per_s. Processes are pinned: the caller to
-// CPU 0, the supervisor to CPU 1, a routed call's target to CPU 0 (the caller is parked while
-// the target works). bench/compare.py prints the ratios.
+// Counters: p50_ns, p99_ns (per round trip), msgs_per_s (round trips/s, or messages/s for Stream);
+// Stream adds full_retries (sends refused with Full and retried), credit_waits (routed: times the
+// sender waited for credit) and dbus_flushes (D-Bus: sends that stayed queued in the client, so the
+// client blocked in sd_bus_flush). bench/compare.py prints the ratios, also against D-Bus.
+//
+// Pinning rule: the two ENDPOINTS of a measurement are pinned to different CPUs (the caller or
+// sender, i.e. the benchmark process, to CPU 0; the process that answers or receives to CPU 1); a
+// ROUTER in the middle is never pinned. A pinned router turns every hop through it into a
+// cross-CPU wake-up (TOOLCHAIN.md, 2026-12-04: routed call 142 µs pinned, 83-87 µs unpinned).
+//   window → main:   caller CPU 0, supervisor CPU 1 (the supervisor's handler/listener is the
+//                    other endpoint, so here it is pinned)
+//   window → window: caller CPU 0, target window CPU 1, supervisor unpinned (the router)
+//   D-Bus:           client CPU 0, server/subscriber CPU 1, dbus-daemon unpinned (the router)
+//   ring PingPong:   CPU 0 and CPU 1 (no router)
+//
+// No stream message may be lost, and every one is checked for its sequence number at the
+// receiver. A full ring makes send/sendTo return Full (nothing written): the sender yields and
+// retries. A routed send that finds the TARGET's inbox full is dropped by the supervisor (counted
+// as undeliverable, never reported to the sender), so the routed stream runs under credit-based
+// flow control: the target sends one "stream-credit" message back per kCreditBatch messages, and
+// the sender keeps at most kCreditWindow messages in flight, which fit in the target's inbox.
+// Processes synchronise on events (EventPipe, Window::poll), never on sleeps; a Watchdog ends a
+// run that hangs (a lost message) after 60 s.
 #include <benchmark/benchmark.h>
 #include <capnp/serialize.h>
 
 #include <fmt/format.h>
+
+#include <sched.h>
 
 #include <cstring>
 #include <optional>
 #include <string>
 
 #include "bench_support.hpp"
+#include "dbus_peer.hpp"
 #include "bus_bench.capnp.h"
 #include "bus_bench.shmbus.h"
 #include "control/socket.hpp"
@@ -121,30 +149,78 @@ void ringPingPong(benchmark::State& state, std::size_t bytes, detail::SpinPolicy
 
 // ---- bus processes
 
-/// A supervisor in a pinned partner process, echoing `echo` calls (typed and untyped handlers
-/// share the channel's payload struct), until killed.
-Partner spawnSupervisor(const std::string& bus, std::chrono::nanoseconds spin, Handshake& hs) {
-  return Partner::spawn(kPartnerCpu, [&, bus, spin] {
+constexpr std::size_t kStreamBytes = 64;       ///< payload of every Stream message (as D-Bus signals)
+constexpr std::uint64_t kCreditBatch = 256;    ///< routed stream: messages per credit message
+/// Routed stream: messages the sender may have in flight. A routed 64 B record is about 170 bytes
+/// (64-byte frame header, record header, Cap'n Proto framing), so 2048 of them are about a third
+/// of the default 1 MiB inbox: the supervisor never finds the target's inbox full.
+constexpr std::uint64_t kCreditWindow = 2048;
+constexpr unsigned kWatchdogSeconds = 60;
+
+/// Writes `seq` into the first 8 bytes of a stream payload.
+void putSeq(std::uint8_t* payload, std::uint64_t seq) noexcept { std::memcpy(payload, &seq, sizeof seq); }
+
+/// Counts stream messages at the receiving endpoint and checks each one: payload size
+/// kStreamBytes, sequence number the next one (from 1). Used on the receiver's dispatch thread.
+struct StreamCheck {
+  std::uint64_t expected = 0;  ///< messages the run sends (0: this process takes no stream)
+  std::uint64_t received = 0;
+  std::uint64_t errors = 0;
+
+  /// Checks one message; returns true when it was the last expected one.
+  bool take(const Message& m) {
+    auto d = m.root<benchschema::Echo::EchoParams>().getData();
+    std::uint64_t seq = 0;
+    if (d.size() != kStreamBytes) {
+      ++errors;
+    } else {
+      std::memcpy(&seq, d.begin(), sizeof seq);
+      errors += seq != received + 1;
+    }
+    return ++received == expected;
+  }
+};
+
+/// Echoes `echo-untyped` requests (the untyped handler of the benchmarks).
+void echoUntyped(const Message& req, Builder& reply, const CallContext&) {
+  reply.initRoot<benchschema::Echo::EchoResults>().setData(req.root<benchschema::Echo::EchoParams>().getData());
+}
+
+/// A supervisor in a partner process on `cpu` (kPartnerCpu when it is an endpoint, kUnpinned when
+/// it routes between two windows), echoing `echo` calls (typed and untyped handlers share the
+/// channel's payload struct) and counting `stream` sends. Notifies `ev` once it listens (value 1)
+/// and, when `streamCount` > 0, again after the last stream message, with the number of bad ones.
+/// Runs until killed (Partner's destructor).
+Partner spawnSupervisor(const std::string& bus, std::chrono::nanoseconds spin, int cpu, const EventPipe& ev,
+                        std::uint64_t streamCount = 0) {
+  return Partner::spawn(cpu, [&, bus, spin, streamCount] {
     SupervisorOptions o;
     o.bus = bus;
     o.spin = spin;
     o.logLevel = LogLevel::Error;
     auto sup = Supervisor::create(o);
     if (!sup) fatal("supervisor create failed");
-    auto untyped = (*sup)->handle("echo-untyped", [](const Message& req, Builder& reply, const CallContext&) {
-      reply.initRoot<benchschema::Echo::EchoResults>().setData(req.root<benchschema::Echo::EchoParams>().getData());
-    });
+    auto untyped = (*sup)->handle("echo-untyped", echoUntyped);
     auto typed = benchschema::EchoHandlers::handleEcho(**sup, [](auto params, auto results) {
       results.setData(params.getData());
     });
-    hs.ready.store(1, std::memory_order_release);  // pairs with Partner::awaitReady's acquire
+    StreamCheck check{streamCount};
+    auto stream = (*sup)->on("stream", [&](const Message& m, const CallContext&) {
+      if (check.take(m)) ev.notify(check.errors);
+    });
+    ev.notify(1);
     (*sup)->run();
   });
 }
 
-/// The target window of a routed call, in its own process (pinned to the caller's CPU).
-Partner spawnTarget(const std::string& bus, std::chrono::nanoseconds spin, Handshake& hs) {
-  return Partner::spawn(kMainCpu, [&, bus, spin] {
+/// The target window of a routed call or stream (role "echo"), in a partner process pinned to
+/// kPartnerCpu: echoes `echo-untyped` calls and counts `stream` messages, sending one
+/// `stream-credit` back to the sender per kCreditBatch of them. Notifies `ev` once connected with
+/// its handler and listener registered (value 1) and, when `streamCount` > 0, again after the last
+/// stream message with the number of bad ones. Runs until killed.
+Partner spawnTarget(const std::string& bus, std::chrono::nanoseconds spin, const EventPipe& ev,
+                    std::uint64_t streamCount = 0) {
+  return Partner::spawn(kPartnerCpu, [&, bus, spin, streamCount] {
     WindowOptions o;
     o.bus = bus;
     o.role = "echo";
@@ -155,31 +231,76 @@ Partner spawnTarget(const std::string& bus, std::chrono::nanoseconds spin, Hands
       if (c) w = std::move(*c);
     }
     if (!w) fatal("target window connect failed");
-    auto h = w->handle("echo-untyped", [](const Message& req, Builder& reply, const CallContext&) {
-      reply.initRoot<benchschema::Echo::EchoResults>().setData(req.root<benchschema::Echo::EchoParams>().getData());
+    auto h = w->handle("echo-untyped", echoUntyped);
+    StreamCheck check{streamCount};
+    auto stream = w->on("stream", [&](const Message& m, const CallContext& ctx) {
+      const bool last = check.take(m);
+      if (check.received % kCreditBatch == 0) {
+        const Target sender(ctx.sourceWindowId);
+        for (;;) {
+          auto r = w->sendTo(sender, "stream-credit");
+          if (r) break;
+          if (r.code() != ErrorCode::Full) fatal("target: sending credit failed");
+          ::sched_yield();
+        }
+      }
+      if (last) ev.notify(check.errors);
     });
     (void)w->send("target-ready");
-    hs.done.store(1, std::memory_order_release);  // pairs with the caller's acquire wait below
+    ev.notify(1);
     w->run();
   });
 }
 
+/// The processes of one bus run: a supervisor, and for routed runs a target window. Started by
+/// start(), which returns false (with `error` set) when one of them does not come up; killed and
+/// reaped by the destructors of the Partners.
+struct BusProcesses {
+  std::string bus = uniqueName("bus");
+  EventPipe supEvents, targetEvents;
+  std::optional<Partner> sup, target;
+  std::string error;
+
+  /// Starts the supervisor (pinned to kPartnerCpu, or unpinned when `routed`: it is then the router)
+  /// and, when `routed`, the target window on kPartnerCpu, waiting until each is ready.
+  /// `streamCount` > 0 makes the receiving endpoint count that many stream messages.
+  bool start(bool routed, std::chrono::nanoseconds spin, std::uint64_t streamCount) {
+    sup.emplace(spawnSupervisor(bus, spin, routed ? kUnpinned : kPartnerCpu, supEvents, routed ? 0 : streamCount));
+    supEvents.closeWriter();
+    if (!supEvents.wait()) {
+      error = "supervisor failed to start";
+      return false;
+    }
+    if (routed) {
+      target.emplace(spawnTarget(bus, spin, targetEvents, streamCount));
+      targetEvents.closeWriter();
+      if (!targetEvents.wait()) {
+        error = "target window failed to start";
+        return false;
+      }
+    }
+    return true;
+  }
+
+  /// The receiving endpoint's second event: the number of bad stream messages, or nullopt when it
+  /// exited first.
+  std::optional<std::uint64_t> streamDone(bool routed) { return (routed ? targetEvents : supEvents).wait(); }
+
+  ~BusProcesses() {
+    if (auto path = detail::socketPath(bus)) ::unlink(path->c_str());
+  }
+};
+
 enum class Route { ToMain, Routed, Typed };
 
 void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono::nanoseconds spin) {
-  const std::string bus = uniqueName("bus");
-  SharedMemory shared(4096);
-  auto& hs = *new (shared.base()) Handshake{};
-  Partner sup = spawnSupervisor(bus, spin, hs);
-  if (!sup.awaitReady(hs)) return state.SkipWithError("supervisor failed to start");
-  std::optional<Partner> target;
-  if (route == Route::Routed) {
-    target.emplace(spawnTarget(bus, spin, hs));
-    while (hs.done.load(std::memory_order_acquire) == 0) detail::cpuRelax();  // pairs with spawnTarget's release
-  }
+  Watchdog dog("Invoke", kWatchdogSeconds);
+  BusProcesses procs;
+  if (!procs.start(route == Route::Routed, spin, 0)) return state.SkipWithError(procs.error.c_str());
   ScopedPin pin(kMainCpu);
+  if (!pin.ok()) return state.SkipWithError("cannot pin to CPU 0");
   WindowOptions o;
-  o.bus = bus;
+  o.bus = procs.bus;
   o.role = "caller";
   o.spin = spin;
   auto w = Window::connect(o);
@@ -218,7 +339,137 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
   });
   if (failed) state.SkipWithError("a call failed");
   win.close();
-  if (auto path = detail::socketPath(bus)) ::unlink(path->c_str());
+}
+
+/// Reports a stream run: N messages in `ticks` ticks, plus the sender's counters.
+void finishStream(benchmark::State& state, std::uint64_t n, std::uint64_t ticks) {
+  const double seconds = static_cast<double>(ticks) * nsPerTick() * 1e-9;
+  state.SetIterationTime(seconds);
+  state.counters["msgs_per_s"] = seconds > 0 ? static_cast<double>(n) / seconds : 0;
+  state.SetBytesProcessed(static_cast<std::int64_t>(n * kStreamBytes));
+}
+
+/// Stream/window_to_main/64 (`routed` false) and Stream/window_to_window_routed/64: the benchmark
+/// process (a window, CPU 0) sends state.max_iterations messages of kStreamBytes as fast as the
+/// bus takes them; the time runs from the first send until the receiver reports the last one
+/// (EventPipe). Default spin budgets everywhere (what an application gets).
+void stream(benchmark::State& state, bool routed) {
+  Watchdog dog(routed ? "Stream/window_to_window_routed" : "Stream/window_to_main", kWatchdogSeconds);
+  const auto spin = WindowOptions{}.spin;
+  const std::uint64_t n = static_cast<std::uint64_t>(state.max_iterations);
+  BusProcesses procs;
+  if (!procs.start(routed, spin, n)) return state.SkipWithError(procs.error.c_str());
+  ScopedPin pin(kMainCpu);
+  if (!pin.ok()) return state.SkipWithError("cannot pin to CPU 0");
+  WindowOptions o;
+  o.bus = procs.bus;
+  o.role = "caller";
+  o.spin = spin;
+  auto w = Window::connect(o);
+  if (!w) return state.SkipWithError(w.error().toString().c_str());
+  Window& win = **w;
+  std::vector<std::uint8_t> payload = touchedBuffer(kStreamBytes, 0x5a);
+  const BuildFn build = [&](Builder& b) {
+    b.initRoot<benchschema::Echo::EchoParams>().setData(kj::arrayPtr(payload.data(), kStreamBytes));
+  };
+  std::uint64_t credited = 0, creditWaits = 0, retries = 0, seq = 0;
+  auto credits = win.on("stream-credit", [&](const Message&, const CallContext&) { credited += kCreditBatch; });
+  const Target target("echo");
+  bool failed = false;
+  const std::uint64_t start = ticksNow();
+  for (auto _ : state) {
+    if (routed) {
+      while (seq - credited >= kCreditWindow && !failed) {
+        ++creditWaits;
+        failed |= !win.poll(std::chrono::milliseconds(1000));
+      }
+    }
+    putSeq(payload.data(), ++seq);
+    for (;;) {
+      auto r = routed ? win.sendTo(target, "stream", build) : win.send("stream", build);
+      if (r) break;
+      if (r.code() != ErrorCode::Full) {
+        failed = true;
+        break;
+      }
+      ++retries;
+      ::sched_yield();  // on a full ring, let a router that shares this CPU drain it
+    }
+    if (failed) break;
+  }
+  if (failed) return state.SkipWithError("a send failed");
+  const auto errors = procs.streamDone(routed);
+  const std::uint64_t end = ticksNow();
+  if (!errors) return state.SkipWithError("the receiver exited before the last message");
+  if (*errors != 0) return state.SkipWithError("the receiver saw messages lost, reordered or malformed");
+  finishStream(state, n, end - start);
+  state.counters["full_retries"] = static_cast<double>(retries);
+  if (routed) state.counters["credit_waits"] = static_cast<double>(creditWaits);
+  win.close();
+}
+
+// ---- the D-Bus peer (sd-bus through a private dbus-daemon)
+
+/// Invoke/dbus_method/<bytes>: sd-bus Echo(ay) → ay round trips from the benchmark process
+/// (CPU 0) to a server partner (CPU 1) through a private, unpinned dbus-daemon.
+void dbusMethod(benchmark::State& state, std::size_t bytes) {
+  Watchdog dog("Invoke/dbus_method", kWatchdogSeconds);
+  auto daemon = dbus::Daemon::start();
+  if (!daemon) return state.SkipWithError(daemon.error().message.c_str());
+  const std::string address = (*daemon)->address();
+  EventPipe ev;
+  Partner server = Partner::spawn(kPartnerCpu, [&] { dbus::serveEcho(address, ev); });
+  ev.closeWriter();
+  if (!ev.wait()) return state.SkipWithError("D-Bus server failed to start");
+  ScopedPin pin(kMainCpu);
+  if (!pin.ok()) return state.SkipWithError("cannot pin to CPU 0");
+  auto bus = dbus::connect(address);
+  if (!bus) return state.SkipWithError(bus.error().message.c_str());
+  std::vector<std::uint8_t> payload = touchedBuffer(bytes, 0x5a);
+  bool failed = false;
+  timeLoop(state, [&] {
+    const long got = dbus::callEcho(bus->get(), payload.data(), bytes);
+    failed |= got != static_cast<long>(bytes);
+  });
+  if (failed) state.SkipWithError("a D-Bus call failed or echoed the wrong size");
+}
+
+/// Stream/dbus_signal/64: the benchmark process (CPU 0) emits state.max_iterations Tick signals of
+/// kStreamBytes; a subscriber partner (CPU 1) receives them through a private, unpinned
+/// dbus-daemon and checks their sequence. The time runs from the first emit until the subscriber
+/// reports the last one.
+void dbusSignals(benchmark::State& state) {
+  Watchdog dog("Stream/dbus_signal", kWatchdogSeconds);
+  const std::uint64_t n = static_cast<std::uint64_t>(state.max_iterations);
+  auto daemon = dbus::Daemon::start();
+  if (!daemon) return state.SkipWithError(daemon.error().message.c_str());
+  const std::string address = (*daemon)->address();
+  EventPipe ev;
+  Partner subscriber = Partner::spawn(kPartnerCpu, [&] { dbus::countTicks(address, n, kStreamBytes, ev); });
+  ev.closeWriter();
+  if (!ev.wait()) return state.SkipWithError("D-Bus subscriber failed to start");
+  ScopedPin pin(kMainCpu);
+  if (!pin.ok()) return state.SkipWithError("cannot pin to CPU 0");
+  auto bus = dbus::connect(address);
+  if (!bus) return state.SkipWithError(bus.error().message.c_str());
+  std::vector<std::uint8_t> payload = touchedBuffer(kStreamBytes, 0x5a);
+  std::uint64_t seq = 0, flushes = 0;
+  bool failed = false;
+  const std::uint64_t start = ticksNow();
+  for (auto _ : state) {
+    putSeq(payload.data(), ++seq);
+    if (dbus::emitTick(bus->get(), payload.data(), kStreamBytes, &flushes) < 0) {
+      failed = true;
+      break;
+    }
+  }
+  if (failed || sd_bus_flush(bus->get()) < 0) return state.SkipWithError("sending a D-Bus signal failed");
+  const auto errors = ev.wait();
+  const std::uint64_t end = ticksNow();
+  if (!errors) return state.SkipWithError("the D-Bus subscriber exited before the last signal");
+  if (*errors != 0) return state.SkipWithError("the D-Bus subscriber saw signals lost, reordered or malformed");
+  finishStream(state, n, end - start);
+  state.counters["dbus_flushes"] = static_cast<double>(flushes);
 }
 
 // ---- message build + read
@@ -314,13 +565,21 @@ void registerAll() {
       const auto wspin = spin ? kSpinLong : kParkNow;
       manual(benchmark::RegisterBenchmark(fmt::format("Invoke/window_to_main/{}/{}", bytes, mode).c_str(),
                                           [=](benchmark::State& s) { invoke(s, Route::ToMain, bytes, wspin); }));
-      // Three processes on two cores cannot all spin: in "spin" mode the routed call uses the
-      // default spin budget (4 µs), so the caller parks and frees its core for the target.
+      // Three processes on two cores cannot all spin: the unpinned supervisor shares a core with
+      // one of the pinned windows. In "spin" mode the routed call therefore uses the default spin
+      // budget (4 µs), so a waiting window parks and frees its core for the supervisor.
       const auto rspin = spin ? detail::SpinPolicy{}.spin : kParkNow;
       manual(benchmark::RegisterBenchmark(fmt::format("Invoke/window_to_window_routed/{}/{}", bytes, mode).c_str(),
                                           [=](benchmark::State& s) { invoke(s, Route::Routed, bytes, rspin); }));
     }
   }
+  for (std::size_t bytes : {std::size_t{64}, std::size_t{1024}, std::size_t{65536}}) {
+    manual(benchmark::RegisterBenchmark(fmt::format("Invoke/dbus_method/{}", bytes).c_str(),
+                                        [=](benchmark::State& s) { dbusMethod(s, bytes); }));
+  }
+  manual(benchmark::RegisterBenchmark("Stream/window_to_main/64", [](benchmark::State& s) { stream(s, false); }));
+  manual(benchmark::RegisterBenchmark("Stream/window_to_window_routed/64", [](benchmark::State& s) { stream(s, true); }));
+  manual(benchmark::RegisterBenchmark("Stream/dbus_signal/64", dbusSignals));
   for (std::size_t bytes : {std::size_t{64}, std::size_t{1024}}) {
     manual(benchmark::RegisterBenchmark(fmt::format("Invoke/window_to_main_untyped/{}/parked", bytes).c_str(),
                                         [=](benchmark::State& s) { invoke(s, Route::ToMain, bytes, kParkNow); }));
@@ -334,6 +593,9 @@ void registerAll() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  benchmark::AddCustomContext("pinning",
+                              "endpoints CPU 0 (caller/sender) and CPU 1 (answerer/receiver); routers unpinned "
+                              "(supervisor of routed runs, dbus-daemon)");
   registerAll();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
