@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "endpoint/handler_run.hpp"
 #include "protocol/frame_io.hpp"
 
@@ -83,7 +85,8 @@ bool MainEndpoint::deliver(MainJob& job, bool inPlaceOk) {
 
 void MainEndpoint::cancelMain(std::uint64_t routeId) {
   std::lock_guard lk(runMu_);
-  if (auto it = running_.find(routeId); it != running_.end()) {
+  auto it = std::find_if(running_.begin(), running_.end(), [&](const auto& e) { return e.first == routeId; });
+  if (it != running_.end()) {
     it->second->flag.store(true, std::memory_order_release);  // pairs with Running::cancelled()
   } else if (cancelledEarly_.size() < kMaxEarlyCancels) {
     cancelledEarly_.insert(routeId);  // still queued: its handler starts cancelled
@@ -110,14 +113,18 @@ void MainEndpoint::runReady() {
 
 void MainEndpoint::track(std::uint64_t routeId, Running* r) {
   std::lock_guard lk(runMu_);
-  running_[routeId] = r;
+  running_.emplace_back(routeId, r);
   // relaxed: r is published to other threads through runMu_.
   if (cancelledEarly_.erase(routeId) != 0 || closing_) r->flag.store(true, std::memory_order_relaxed);
 }
 
 void MainEndpoint::untrack(std::uint64_t routeId) {
   std::lock_guard lk(runMu_);
-  running_.erase(routeId);
+  auto it = std::find_if(running_.begin(), running_.end(), [&](const auto& e) { return e.first == routeId; });
+  if (it != running_.end()) {
+    *it = running_.back();
+    running_.pop_back();
+  }
 }
 
 void MainEndpoint::run(MainJob& job) {

@@ -14,6 +14,8 @@
 #include <optional>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
+#include <vector>
 
 #include "call/callbacks.hpp"
 #include "router/router.hpp"
@@ -63,7 +65,9 @@ class MainEndpoint final : public MainPort {
   // in place (mayInline), and it runs the job before its next round, so one slot suffices.
   std::optional<MainJob> inPlace_;
   std::mutex runMu_;
-  std::unordered_map<std::uint64_t, Running*> running_;     // guarded by runMu_
+  // Handlers running now (a handful: nested calls, async responders): a vector that keeps its
+  // capacity, so tracking a call allocates nothing.
+  std::vector<std::pair<std::uint64_t, Running*>> running_;  // guarded by runMu_
   std::unordered_set<std::uint64_t> cancelledEarly_;        // guarded by runMu_: cancelled while queued
   bool closing_ = false;                                    // guarded by runMu_
 };
