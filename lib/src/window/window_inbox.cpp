@@ -230,7 +230,10 @@ bool Window::Impl::onReply(const FrameView& f, const RecordView& rec) {
     markReleased(*l, end);
     // release: pairs with the dispatcher's acquire load in its wait predicate.
     l->dirty.store(true, std::memory_order_release);
-    if (dispatcherId->load() != std::this_thread::get_id()) wakeAll(ctl->dataReady);
+    // SYNC POINT W (wait.hpp): a dispatcher parked on the inbox re-checks `dirty` after announcing
+    // itself, so a wake-up (a system call) is needed only when one is parked; a reply dropped
+    // while nobody waits (the common case: the caller drops it after get()) costs no syscall.
+    if (dispatcherId->load() != std::this_thread::get_id()) notify(ctl->dataReady);
   };
   completeCall(s, Message(std::move(held), f.header.schemaId));
   return true;
