@@ -21,8 +21,12 @@
 #include <capnp/schema.capnp.h>
 #include <capnp/schema.h>
 #include <capnp/serialize.h>
+#include <capnp/common.h>
 #include <kj/debug.h>
 #include <kj/string.h>
+
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
@@ -35,6 +39,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "shmbus/contract.hpp"  // header-only: the same fingerprint functions as the runtime
@@ -683,7 +688,48 @@ class Generator {
 }  // namespace
 }  // namespace shmbus::codegen
 
-int main() {
+namespace {
+
+constexpr const char* kUsage =
+    "usage: capnp compile -I<dir of shmbus.capnp> -oc++ -oshmbus [--src-prefix=DIR] FILE.capnp...\n"
+    "       capnpc-shmbus --help | --version\n"
+    "\n"
+    "capnpc-shmbus is a Cap'n Proto compiler plugin: `capnp compile` runs it and writes a\n"
+    "CodeGeneratorRequest to its standard input. For each FILE.capnp it writes FILE.shmbus.h (typed\n"
+    "shmbus clients, handlers and channels for every interface) beside capnpc-c++'s FILE.capnp.h.\n"
+    "`-oshmbus` finds it on PATH; `-o/path/to/capnpc-shmbus:OUTDIR` names it and the output\n"
+    "directory. shmbus.capnp (the $timeoutMs, $oneway and $target annotations) is installed in\n"
+    "<prefix>/include/shmbus/schemas.\n";
+
+/// True when standard input cannot be a request from `capnp compile`: a terminal, or empty.
+bool noRequestOnStdin() {
+  if (::isatty(0) != 0) return true;
+  struct stat st {};
+  return ::fstat(0, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (arg == "--version") {
+      std::printf("capnpc-shmbus %s (Cap'n Proto %d.%d.%d)\n", SHMBUS_VERSION, CAPNP_VERSION_MAJOR, CAPNP_VERSION_MINOR,
+                  CAPNP_VERSION_MICRO);
+      return 0;
+    }
+    std::fprintf(stderr, "capnpc-shmbus: unknown argument '%s'\n\n%s", argv[i], kUsage);
+    return 2;
+  }
+  if (noRequestOnStdin()) {
+    std::fprintf(stderr, "capnpc-shmbus: no CodeGeneratorRequest on standard input: this is a plugin for "
+                         "`capnp compile`, not a command to run by hand.\n\n%s", kUsage);
+    return 2;
+  }
   try {
     // The request can be large (every imported node): lift the default traversal limit.
     capnp::ReaderOptions options;
@@ -692,6 +738,12 @@ int main() {
     shmbus::codegen::Generator gen(reader.getRoot<capnp::schema::CodeGeneratorRequest>());
     return gen.run() ? 0 : 1;
   } catch (const kj::Exception& e) {
+    if (e.getType() == kj::Exception::Type::DISCONNECTED || e.getDescription().startsWith("expected n >= minBytes")) {
+      // A pipe closed before a whole request arrived: the same mistake as an empty file.
+      std::fprintf(stderr, "capnpc-shmbus: standard input ended before a whole CodeGeneratorRequest: run it "
+                           "through `capnp compile` (see --help).\n");
+      return 2;
+    }
     std::fprintf(stderr, "capnpc-shmbus: %s\n", e.getDescription().cStr());
     return 1;
   }
