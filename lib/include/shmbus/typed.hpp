@@ -55,8 +55,9 @@ namespace shmbus {
 template <class T>
 class Typed {
  public:
-  using Reader = typename T::Reader;
+  using Reader = typename T::Reader;  ///< the capnpc-c++ reader of T
 
+  /// `reader`, reading in the record `message` owns.
   Typed(Message message, Reader reader) noexcept : message_(std::move(message)), reader_(reader) {}
 
   /// The typed reader (valid while this Typed lives).
@@ -74,6 +75,7 @@ class Typed {
 /// The build callable a typed client passes when the caller gives none: sets no field, so the
 /// receiver reads every field's default.
 struct NoParams {
+  /// Leaves the builder as it is.
   template <class B>
   void operator()(B&&) const noexcept {}
 };
