@@ -88,5 +88,11 @@ interface Versioned @0xb3100f7c0ebbaa0e {
   report @2 (ok :Bool, detail :Text) $Bus.oneway;
   # Same layout in both versions: the v2 peer reports its findings with it.
   note @3 (text :Text) $Bus.oneway;
-  # A one-way message whose layout differs between the versions.
+  # A one-way message to which v2 appends a field: compatible.
+  add @4 (a :Int64, b :Int64) -> (sum :Int64);
+  # v2 makes every field a Float64 (issue 12's silent `inf`): refused both ways.
+  extend @5 (value :UInt32) -> (echo :UInt32);
+  # v2 appends a field to the params and one to the results: works both ways.
+  signal @6 (level :Int64) $Bus.oneway;
+  # A one-way message whose field v2 retypes: refused.
 }

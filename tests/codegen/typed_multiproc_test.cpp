@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
@@ -354,37 +355,55 @@ TEST_CASE("a typed reply is read in place: its text lies in the calling window's
   CHECK(studio.finish() == 0);
 }
 
-TEST_CASE("peers compiled from another version of a contract get InvalidMessage naming the mismatch") {
+TEST_CASE("peers compiled from an incompatible version of a contract get InvalidMessage naming the field; appended fields work") {
   TestBus tb("typed-version");
   // Version 1 handlers in the main process; the v2 peer calls them.
   auto check = VersionedHandlers::handleCheck(*tb.sup, [](auto p, auto r) { r.setEcho(p.getValue()); });
   auto reply = VersionedHandlers::handleReply(*tb.sup, [](auto p, auto r) { r.setEcho(p.getValue()); });
+  auto add = VersionedHandlers::handleAdd(*tb.sup, [](auto p, auto r) { r.setSum(p.getA() + p.getB()); });
+  auto extend = VersionedHandlers::handleExtend(*tb.sup, [](auto p, auto r) { r.setEcho(p.getValue()); });
   Lines reports;
   auto onReport = VersionedHandlers::onReport(*tb.sup, [&](auto p) {
     reports.add(std::string(p.getOk() ? "ok: " : "FAILED: ") + p.getDetail().cStr());
   });
-  int notes = 0;  // the v2 note must never reach this v1 listener
-  auto onNote = VersionedHandlers::onNote(*tb.sup, [&](auto) { ++notes; });
+  std::atomic<int> notes = 0;    // the v2 note (an appended field) reaches this v1 listener
+  std::atomic<int> signals = 0;  // the v2 signal (a retyped field) never does
+  auto onNote = VersionedHandlers::onNote(*tb.sup, [&](auto p) { notes += p.getText() == "v2 note" ? 1 : 100; });
+  auto onSignal = VersionedHandlers::onSignal(*tb.sup, [&](auto) { ++signals; });
   auto peer = tb->spawn("v2", {SHMBUS_V2_PEER});
   REQUIRE_MESSAGE(peer.ok(), peer.error().toString());
-  REQUIRE(tb->waitForHandler("v2", VersionedChannels::reply(), 10s).ok());
+  REQUIRE(tb->waitForHandler("v2", VersionedChannels::extend(), 10s).ok());
 
   VersionedMainClient v1(*tb.sup);
-  // Request side: the params layouts differ; the library refuses before the v2 handler runs.
+  // Request side: the params are incompatible; the v2 handler never runs.
   auto c = v1.check("v2", [](auto p) { p.setValue(7); }).get();
   REQUIRE(c.code() == ErrorCode::InvalidMessage);
-  CHECK(c.error().message.find("Versioned.check") != std::string::npos);
+  CHECK(c.error().message.find("request of 'Versioned.check'") != std::string::npos);
+  CHECK(c.error().message.find("params of Versioned.check: field 'value' (@0) differs") != std::string::npos);
   CHECK(c.error().message.find(detail::hex64(VersionedChannels::check().schemaId)) != std::string::npos);
-  // Reply side: the params agree and the v2 handler runs, but its results do not match v1's.
+  // Reply side: the params agree and the v2 handler runs, but its results are incompatible.
   auto r = v1.reply("v2", [](auto p) { p.setValue(7); }).get();
   REQUIRE(r.code() == ErrorCode::InvalidMessage);
   CHECK(r.error().message.find("reply of 'Versioned.reply' from role 'v2'") != std::string::npos);
+  CHECK(r.error().message.find("results of Versioned.reply: field 'echo' (@0)") != std::string::npos);
   CHECK(r.error().message.find(detail::hex64(VersionedChannels::reply().replySchemaId)) != std::string::npos);
-  CHECK(r.error().message.find("different contract versions") != std::string::npos);
+  CHECK(r.error().message.find("incompatible contract versions") != std::string::npos);
+  // Int64 -> Float64 (issue 12's `add(1, 2)` = inf): refused, naming the field.
+  auto a = v1.add("v2", [](auto p) { p.setA(1), p.setB(2); }).get();
+  REQUIRE(a.code() == ErrorCode::InvalidMessage);
+  CHECK_MESSAGE(a.error().message.find("params of Versioned.add: field 'a' (@0) differs from the sender's "
+                                       "(the sender declares 2 fields, this side 2)") != std::string::npos,
+                a.error().message);
+  // Fields appended in v2: a v1 request reaches the v2 handler (its label reads as ""), and v1
+  // reads the v2 reply (its label is ignored).
+  auto e = v1.extend("v2", [](auto p) { p.setValue(5); }).get();
+  REQUIRE_MESSAGE(e.ok(), e.error().toString());
+  CHECK(e->reader().getEcho() == 5);
 
-  // The peer made the same two calls against the v1 handlers and reports what it got. It sent
-  // its note before the report, over the same ordered outbox: the note was refused by now.
+  // The peer made the same calls against the v1 handlers and reports what it got. It sent its
+  // note and signal before the report, over the same ordered outbox: both were handled by now.
   const auto got = reports.await(1);
   CHECK_MESSAGE(got[0].starts_with("ok: "), got[0]);
-  CHECK(notes == 0);
+  CHECK(notes == 1);
+  CHECK(signals == 0);
 }

@@ -5,13 +5,14 @@
 #include <capnp/message.h>
 
 #include <cstring>
-#include <vector>
 
 #include "golden.shmbus.h"
-#include "message/message.hpp"
+#include "typed_test_util.hpp"
 
 using namespace shmbus;
 using namespace shmbus::golden;
+using shmbus::test::Body;
+using shmbus::test::layOut;
 
 namespace {
 
@@ -58,33 +59,6 @@ static_assert(StudioMethods::Echo::defaultTimeout.count() == 0);
 static_assert(StudioMethods::Notify::oneway && !StudioMethods::Echo::oneway);
 static_assert(std::same_as<StudioMethods::Store::Params, Shape>);
 static_assert(std::same_as<StudioMethods::Store::Results, Point>);
-
-/// A message body laid out as RingMessageBuilder lays it out (table + segments), 8-byte aligned.
-struct Body {
-  std::vector<capnp::word> words;
-  const std::uint8_t* data() const { return reinterpret_cast<const std::uint8_t*>(words.data()); }
-  std::size_t bytes() const { return words.size() * sizeof(capnp::word); }
-};
-
-Body layOut(capnp::MessageBuilder& mb) {
-  auto segs = mb.getSegmentsForOutput();
-  detail::MessageTable table{};
-  table.segmentCount = static_cast<std::uint32_t>(segs.size());
-  std::size_t total = sizeof table / sizeof(capnp::word);
-  for (std::size_t i = 0; i < segs.size(); ++i) {
-    table.segmentWords[i] = static_cast<std::uint32_t>(segs[i].size());
-    total += segs[i].size();
-  }
-  Body b;
-  b.words.resize(total);
-  std::memcpy(static_cast<void*>(b.words.data()), &table, sizeof table);
-  std::size_t at = sizeof table / sizeof(capnp::word);
-  for (auto s : segs) {
-    std::memcpy(static_cast<void*>(b.words.data() + at), s.begin(), s.size() * sizeof(capnp::word));
-    at += s.size();
-  }
-  return b;
-}
 
 Body echoReply(const char* text) {
   capnp::MallocMessageBuilder mb;

@@ -1,8 +1,9 @@
-// The v2 side of the version-mismatch test (typed_multiproc_test.cpp): a window spawned by the
+// The v2 side of the contract-version test (typed_multiproc_test.cpp): a window spawned by the
 // test's supervisor, compiled from golden_v2.capnp (same interface id as golden.capnp's
 // Versioned, other field layouts). It handles Versioned with v2 handlers, calls the v1 handlers
-// of the main process, sends a v2 note to main's v1 listener, and reports what it got with
-// Versioned.report (same layout in both).
+// of the main process (the incompatible methods must be refused, the appended ones must work),
+// sends a compatible v2 note and an incompatible v2 signal to main's v1 listeners, and reports
+// what it got with Versioned.report (same layout in both).
 #include <string>
 
 #include "golden_v2.shmbus.h"
@@ -35,6 +36,11 @@ int main() {
     r.setEcho(p.getValue());
     r.setNote("v2");
   });
+  auto add = VersionedHandlers::handleAdd(w, [](auto p, auto r) { r.setSum(p.getA() + p.getB()); });
+  auto extend = VersionedHandlers::handleExtend(w, [](auto p, auto r) {
+    r.setEcho(p.getValue());
+    r.setLabel(p.getLabel().size() == 0 ? "v2 got v1's params" : "v2 got a label");
+  });
 
   VersionedClient main(w);  // no $target: the target-less calls go to the main process
   std::string failures;
@@ -42,12 +48,22 @@ int main() {
   if (!c.empty()) failures += "check: " + c + "; ";
   const std::string r = expectMismatch(main.reply([](auto p) { p.setValue(7); }).get(), "reply of 'Versioned.reply'");
   if (!r.empty()) failures += "reply: " + r + "; ";
-  // A one-way v2 note: main's v1 listener must refuse it (checked when main gets the report,
-  // which this outbox delivers after the note).
+  const std::string a = expectMismatch(main.add([](auto p) { p.setA(1), p.setB(2); }).get(), "field 'a' (@0)");
+  if (!a.empty()) failures += "add: " + a + "; ";
+  // Appended fields: v1's handler reads the v2 params, v2 reads v1's results (label = default).
+  auto e = main.extend([](auto p) { p.setValue(41), p.setLabel("v2"); }).get();
+  if (!e) {
+    failures += "extend: " + e.error().toString() + "; ";
+  } else if (e->reader().getEcho() != 41 || e->reader().getLabel().size() != 0) {
+    failures += "extend: wrong reply; ";
+  }
+  // One-way v2 messages: main's v1 listener must take the note (appended field) and refuse the
+  // signal (retyped field); checked when main gets the report, which this outbox delivers after.
   if (auto sent = main.note([](auto p) { p.setText("v2 note"), p.setCount(2); }); !sent) failures += "note: " + sent.error().toString();
+  if (auto sent = main.signal([](auto p) { p.setLevel(0.5); }); !sent) failures += "signal: " + sent.error().toString();
   (void)main.report([&](auto p) {
     p.setOk(failures.empty());
-    p.setDetail(failures.empty() ? "both v1 handlers refused the v2 peer with InvalidMessage" : failures);
+    p.setDetail(failures.empty() ? "the v1 handlers refused the incompatible v2 calls and served the appended one" : failures);
   });
   w.run();  // serves the test's v1 calls until the bus closes
   return 0;

@@ -1,5 +1,7 @@
 // The out-of-tree consumer: a supervisor and a forked window calling each other through the stubs
 // capnpc-shmbus generated from greeter.capnp. Exits 0 when every exchange went as expected.
+// Built against an installed prefix (meson and CMake) and as a subproject: it includes only what
+// those give, the public headers and <shmbus/schemas/bus.capnp.h>.
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -7,6 +9,8 @@
 #include <cstdio>
 #include <mutex>
 #include <string>
+
+#include <shmbus/schemas/bus.capnp.h>  // the bus's own schemas: one include path in every mode
 
 #include "greeter.shmbus.h"
 
@@ -38,6 +42,12 @@ int runWindow(const std::string& bus) {
 }
 
 }  // namespace
+
+// libshmbus's internal headers are not on a user's include path.
+#if __has_include("ring/ring.hpp") || __has_include("call/call.hpp")
+#error "an internal include path of libshmbus leaked into a user's build"
+#endif
+static_assert(sizeof(shmbus::schema::WindowEvent::Reader) > 0);
 
 int main() {
   const std::string bus = "consumer-" + std::to_string(::getpid());

@@ -32,14 +32,18 @@ constexpr std::uint64_t methodChannelId(std::uint64_t interfaceId, std::uint16_t
 /// fingerprint of its payload schema (0 = untyped: no check). Implicit from a name.
 /// The name must outlive the call it is passed to (string literals and generated constants do).
 struct Channel {
-  std::uint64_t id = 0;
-  std::string_view name;
+  std::uint64_t id = 0;         ///< wire id: nameId(name), or methodChannelId() for typed contracts
+  std::string_view name;        ///< for errors, stats and traces (not sent per message)
   std::uint64_t schemaId = 0;       ///< fingerprint of the request/message struct; 0 = unchecked
   std::uint64_t replySchemaId = 0;  ///< fingerprint of the reply struct; 0 = unchecked
 
+  /// The untyped channel named `n` (implicit: `win.send("set-title", ...)`).
   constexpr Channel(std::string_view n) noexcept : id(nameId(n)), name(n) {}  // NOLINT: implicit by design
+  /// The untyped channel named `n`.
   constexpr Channel(const char* n) noexcept : Channel(std::string_view(n)) {}  // NOLINT
+  /// The untyped channel named `n` (the string must outlive the call).
   constexpr Channel(const std::string& n) noexcept : Channel(std::string_view(n)) {}  // NOLINT
+  /// A channel with an explicit wire id and fingerprints (what capnpc-shmbus generates).
   constexpr Channel(std::uint64_t channelId, std::string_view n, std::uint64_t schema = 0,
                     std::uint64_t replySchema = 0) noexcept
       : id(channelId), name(n), schemaId(schema), replySchemaId(replySchema) {}
@@ -49,14 +53,20 @@ struct Channel {
 /// that role answers), or a window id.
 struct Target {
   std::uint32_t windowId = 0;  ///< 0 with an empty role = the main process
-  std::string role;
+  std::string role;            ///< the role; empty with windowId 0 = the main process
 
   Target() = default;  ///< the main process
+  /// The first registered live window with role `r` (implicit: `sup.send("editor", ...)`).
   Target(std::string_view r) : role(r) {}  // NOLINT: implicit by design
+  /// The first registered live window with role `r`.
   Target(const char* r) : role(r) {}        // NOLINT
+  /// The first registered live window with role `r`.
   Target(const std::string& r) : role(r) {}  // NOLINT: a role held in a string (string → string_view → Target is two conversions)
+  /// The window with id `id` (WindowInfo::id).
   Target(std::uint32_t id) : windowId(id) {}  // NOLINT
+  /// The main process (the supervisor's handlers).
   static Target main() { return Target(); }
+  /// True for the main process.
   bool isMain() const noexcept { return windowId == 0 && role.empty(); }
   /// "role 'dashboard'", "window 3" or "main", for messages.
   std::string describe() const;

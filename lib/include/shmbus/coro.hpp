@@ -97,12 +97,16 @@ struct Detached {
 template <typename T>
 class [[nodiscard]] Task {
  public:
-  using promise_type = detail::TaskPromise<T>;
-  using Handle = std::coroutine_handle<promise_type>;
+  using promise_type = detail::TaskPromise<T>;  ///< the coroutine's promise (C++ coroutine protocol)
+  using Handle = std::coroutine_handle<promise_type>;  ///< the coroutine's handle
 
+  /// No coroutine (done() is false, awaiting it returns at once).
   Task() = default;
+  /// Owns the coroutine `h` (made by the promise's get_return_object()).
   explicit Task(Handle h) noexcept : h_(h) {}
+  /// Takes `o`'s coroutine; `o` is left empty.
   Task(Task&& o) noexcept : h_(std::exchange(o.h_, {})) {}
+  /// Destroys this task's coroutine, if any, and takes `o`'s.
   Task& operator=(Task&& o) noexcept {
     if (this != &o) {
       if (h_) h_.destroy();
@@ -116,11 +120,14 @@ class [[nodiscard]] Task {
     if (h_) h_.destroy();
   }
 
+  /// Awaiter protocol: no suspension when there is no coroutine or it has finished.
   bool await_ready() const noexcept { return !h_ || h_.done(); }
+  /// Awaiter protocol: starts (or continues) the coroutine; `awaiter` resumes when it ends.
   std::coroutine_handle<> await_suspend(std::coroutine_handle<> awaiter) noexcept {
     h_.promise().continuation = awaiter;
     return h_;
   }
+  /// Awaiter protocol: the coroutine's result; rethrows what it threw.
   T await_resume() { return h_.promise().take(); }
 
   /// True once the coroutine ran to its end.
@@ -143,11 +150,14 @@ inline Task<void> TaskPromise<void>::get_return_object() noexcept {
 /// `co_await call` suspends until the call's result is there and yields it (Result<Message>;
 /// bus errors are values, as from Call::get()). Resumes on the endpoint's dispatch thread.
 struct CallAwaiter {
-  Call call;
+  Call call;  ///< the awaited call
+  /// Awaiter protocol: no suspension when the result is already there.
   bool await_ready() const { return call.ready(); }
+  /// Awaiter protocol: resumes `h` when the result arrives (false: it arrived meanwhile).
   bool await_suspend(std::coroutine_handle<> h) {
     return call.thenIfPending([h](const Result<Message>&) { h.resume(); });
   }
+  /// Awaiter protocol: the call's result (Call::get(), which no longer blocks).
   Result<Message> await_resume() { return call.get(); }
 };
 inline CallAwaiter operator co_await(Call call) { return CallAwaiter{std::move(call)}; }
@@ -156,14 +166,18 @@ inline CallAwaiter operator co_await(Call call) { return CallAwaiter{std::move(c
 /// checked against the contract as TypedCall::get() does.
 template <class Results>
 struct TypedCallAwaiter {
-  TypedCall<Results> call;
+  TypedCall<Results> call;  ///< the awaited typed call
+  /// Awaiter protocol: no suspension when the result is already there.
   bool await_ready() const { return call.ready(); }
+  /// Awaiter protocol: resumes `h` when the result arrives (false: it arrived meanwhile).
   bool await_suspend(std::coroutine_handle<> h) {
     Call untyped = call.untyped();
     return untyped.thenIfPending([h](const Result<Message>&) { h.resume(); });
   }
+  /// Awaiter protocol: the typed result (TypedCall::get(), which no longer blocks).
   Result<Typed<Results>> await_resume() { return call.get(); }
 };
+/// Makes a TypedCall awaitable (see TypedCallAwaiter).
 template <class Results>
 TypedCallAwaiter<Results> operator co_await(TypedCall<Results> call) {
   return TypedCallAwaiter<Results>{std::move(call)};
@@ -184,6 +198,7 @@ class Reply {
   typename T::Builder initRoot() {
     return builder().template initRoot<T>();
   }
+  /// True when nothing was built (a void reply).
   bool empty() const noexcept { return mb_ == nullptr; }
 
  private:
@@ -194,11 +209,14 @@ class Reply {
 /// strings live here), valid across suspensions. cancelled() asks the call's Responder.
 class Request {
  public:
+  /// Copies `m` and `ctx` (the handler's arguments) and keeps the call's Responder `r`.
   Request(const Message& m, const CallContext& ctx, Responder r)
       : s_(std::make_shared<State>(m.copy(), ctx, std::move(r))) {}
+  /// The request message (an owned copy).
   const Message& message() const noexcept { return s_->message; }
   /// The context; its views point into this Request. Its cancelProbe is cleared: use cancelled().
   const CallContext& context() const noexcept { return s_->ctx; }
+  /// The request's root read as struct type T (Message::root).
   template <typename T>
   typename T::Reader root() const {
     return s_->message.template root<T>();
@@ -226,7 +244,7 @@ namespace detail {
 /// Runs a coroutine handler's task to its end and replies with its outcome. `keep` holds the
 /// handler object (a lambda's captures live there) until the coroutine finished, so unregistering
 /// the handler while a call is suspended leaves no dangling capture.
-inline Detached driveReply(std::shared_ptr<const void> keep, Task<Reply> task, Responder r) {
+inline Detached driveReply([[maybe_unused]] std::shared_ptr<const void> keep, Task<Reply> task, Responder r) {
   try {
     Reply reply = co_await std::move(task);
     if (reply.empty()) {

@@ -42,7 +42,7 @@ const char* errorCodeName(ErrorCode code) noexcept;
 /// `HandlerError` the remote exception's type, message and stack text.
 /// Thread contract: a plain value type; copy freely between threads.
 struct Error {
-  ErrorCode code = ErrorCode::Ok;
+  ErrorCode code = ErrorCode::Ok;  ///< what failed; Ok for the error() of a successful Result
   std::string message;        ///< e.g. "invoke 'GetDashboardData' to role 'dashboard' timed out after 50 ms"
   std::string remoteType;     ///< HandlerError only: the remote exception's type name
   std::string remoteMessage;  ///< HandlerError only: the remote exception's what()
@@ -58,24 +58,35 @@ struct Error {
 template <typename T>
 class [[nodiscard]] Result {
  public:
+  /// A successful result holding `value` (implicit: `return value;`).
   Result(T value) : v_(std::in_place_index<0>, std::move(value)) {}  // NOLINT: implicit by design
+  /// A failed result (implicit: `return makeError(...);`).
   Result(Error error) : v_(std::in_place_index<1>, std::move(error)) {}  // NOLINT
   /// Constructs the value in place from `args` (no temporary T to copy on a hot path).
   template <typename... Args>
   explicit Result(std::in_place_t, Args&&... args) : v_(std::in_place_index<0>, std::forward<Args>(args)...) {}
 
+  /// True when the result holds a value.
   bool ok() const noexcept { return v_.index() == 0; }
+  /// ok(): `if (r) use(*r);`.
   explicit operator bool() const noexcept { return ok(); }
 
+  /// The value. Throws UsageError when the result is an error.
   T& value() &;
+  /// The value. Throws UsageError when the result is an error.
   const T& value() const&;
+  /// The value, moved out. Throws UsageError when the result is an error.
   T&& value() &&;
+  /// Member access to the value (value()'s precondition).
   T* operator->() { return &value(); }
+  /// Member access to the value (value()'s precondition).
   const T* operator->() const { return &value(); }
+  /// The value (value()'s precondition).
   T& operator*() & { return value(); }
 
   /// The error; for a successful result, an Error with code Ok.
   const Error& error() const noexcept;
+  /// The error's code; Ok for a successful result.
   ErrorCode code() const noexcept { return ok() ? ErrorCode::Ok : std::get<1>(v_).code; }
 
  private:
@@ -86,11 +97,17 @@ class [[nodiscard]] Result {
 template <>
 class [[nodiscard]] Result<void> {
  public:
+  /// A success.
   Result() = default;
+  /// A failure (implicit: `return makeError(...);`).
   Result(Error error) : error_(std::move(error)) {}  // NOLINT
+  /// True on success.
   bool ok() const noexcept { return !error_.has_value(); }
+  /// ok().
   explicit operator bool() const noexcept { return ok(); }
+  /// The error; for a success, an Error with code Ok.
   const Error& error() const noexcept;
+  /// The error's code; Ok for a success.
   ErrorCode code() const noexcept { return error_ ? error_->code : ErrorCode::Ok; }
 
  private:

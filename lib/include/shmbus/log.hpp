@@ -19,7 +19,7 @@ const char* logLevelName(LogLevel level) noexcept;
 
 /// One log record. The views are valid only during the sink call; copy what you keep.
 struct LogRecord {
-  LogLevel level = LogLevel::Info;
+  LogLevel level = LogLevel::Info;  ///< severity
   std::string_view component;  ///< module that logged: "supervisor", "router", "window", "lane", ...
   std::string_view bus;        ///< bus name ("" when not known yet)
   std::string_view text;       ///< the message, one line, no trailing newline

@@ -165,8 +165,10 @@ class Call {
 };
 
 /// A registered handler or listener. Destroying it (or calling reset()) unregisters it. Move-only.
+/// [[nodiscard]]: a Registration dropped on the spot unregisters at once (the caller would then
+/// time out or hear nothing); keep it, or call release() to keep the registration for good.
 /// Thread contract: reset from any thread; after reset returns the callback is not started again.
-class Registration {
+class [[nodiscard]] Registration {
  public:
   Registration() = default;
   explicit Registration(std::function<void()> undo) : undo_(std::move(undo)) {}

@@ -13,16 +13,20 @@
 // here is a layer over the untyped API (Window / Supervisor): the same records, the same
 // routing, no extra copy. Builders write straight into ring space; readers read in place.
 //
-// Contract checks: every typed message carries the fingerprint of its struct (Channel::schemaId
-// on requests and sends, Channel::replySchemaId on replies). The library refuses a request whose
-// fingerprint differs from the handler's (InvalidMessage reply); this header refuses a reply or
-// a one-way message whose fingerprint differs from the one the receiver was compiled with, and a
-// payload that is not a valid message of the expected struct.
+// Contract checks: every typed message carries the fingerprint of its struct's layout
+// (Channel::schemaId on requests and sends, Channel::replySchemaId on replies; shmbus/contract.hpp).
+// The receiver checks it against the layout it was compiled with (the descriptor's paramsLayout /
+// resultsLayout): a typed handler checks the request, a TypedCall the reply, a typed listener the
+// message. A sender whose fields are described identically on the fields both sides declare is
+// accepted (appending fields is compatible); any other difference, and a payload that is not a
+// valid message of the expected struct, is refused with InvalidMessage naming the struct and,
+// where the fingerprint tells, the first field that differs.
 #pragma once
 
 #include <capnp/message.h>
 #include <kj/exception.h>
 
+#include <array>
 #include <chrono>
 #include <concepts>
 #include <cstdint>
@@ -35,6 +39,7 @@
 #include <utility>
 
 #include "shmbus/channel.hpp"
+#include "shmbus/contract.hpp"
 #include "shmbus/error.hpp"
 #include "shmbus/message.hpp"
 #include "shmbus/supervisor.hpp"
@@ -50,8 +55,9 @@ namespace shmbus {
 template <class T>
 class Typed {
  public:
-  using Reader = typename T::Reader;
+  using Reader = typename T::Reader;  ///< the capnpc-c++ reader of T
 
+  /// `reader`, reading in the record `message` owns.
   Typed(Message message, Reader reader) noexcept : message_(std::move(message)), reader_(reader) {}
 
   /// The typed reader (valid while this Typed lives).
@@ -69,6 +75,7 @@ class Typed {
 /// The build callable a typed client passes when the caller gives none: sets no field, so the
 /// receiver reads every field's default.
 struct NoParams {
+  /// Leaves the builder as it is.
   template <class B>
   void operator()(B&&) const noexcept {}
 };
@@ -92,19 +99,51 @@ inline std::string hex64(std::uint64_t v) {
   return buf;
 }
 
-/// Reads `m` as struct T after checking its fingerprint against `expected` (skipped when either
-/// is 0, i.e. an untyped peer). An empty message reads as T's defaults (Cap'n Proto's meaning of
-/// an empty message). Errors: InvalidMessage (contract mismatch, or a malformed root). Cap'n
-/// Proto validates nested pointers lazily: a deeper malformation throws kj::Exception on access.
+/// Reads `m` as struct T after checking its fingerprint against `expected`, the receiver's own
+/// fingerprint of T (skipped when either is 0, i.e. an untyped peer). With `layout` (T's layout
+/// as the receiver was compiled with it) a differing fingerprint is accepted when the contract
+/// rule of shmbus/contract.hpp allows it (fields appended by either side); without it only an
+/// equal fingerprint is. An empty message reads as T's defaults (Cap'n Proto's meaning of an
+/// empty message). Errors: InvalidMessage (contract mismatch, naming the struct and the first
+/// differing field when known; or a malformed root). Cap'n Proto validates nested pointers
+/// lazily: a deeper malformation throws kj::Exception on access.
 template <class T>
-Result<typename T::Reader> readChecked(const Message& m, std::uint64_t expected) {
+Result<typename T::Reader> readChecked(const Message& m, std::uint64_t expected, const ContractLayout* layout = nullptr) {
   if (expected != 0 && m.schemaId() != 0 && m.schemaId() != expected) {
-    return makeError(ErrorCode::InvalidMessage,
-                     "payload schema " + hex64(m.schemaId()) + " does not match the expected " + hex64(expected) +
-                         " (the two sides were compiled from different contract versions)");
+    if (layout == nullptr) {
+      return makeError(ErrorCode::InvalidMessage,
+                       "payload schema " + hex64(m.schemaId()) + " does not match the expected " + hex64(expected) +
+                           " (the two sides were compiled from different contract versions)");
+    }
+    if (auto why = contractMismatch(m.schemaId(), *layout)) {
+      return makeError(ErrorCode::InvalidMessage,
+                       *why + "; fingerprint " + hex64(m.schemaId()) + ", expected " + hex64(expected) +
+                           " (the two sides were compiled from incompatible contract versions)");
+    }
   }
   if (m.empty()) return typename T::Reader();
   return m.tryRoot<T>();
+}
+
+/// The layout of method descriptor M's params (`Params`) or results, or nullptr for a
+/// descriptor written without one (then only equal fingerprints are accepted).
+template <class M>
+constexpr const ContractLayout* paramsLayoutOf() noexcept {
+  if constexpr (requires { M::paramsLayout; }) {
+    return &M::paramsLayout;
+  } else {
+    return nullptr;
+  }
+}
+
+/// See paramsLayoutOf.
+template <class M>
+constexpr const ContractLayout* resultsLayoutOf() noexcept {
+  if constexpr (requires { M::resultsLayout; }) {
+    return &M::resultsLayout;
+  } else {
+    return nullptr;
+  }
 }
 
 /// `e` with "<what>: " in front of its message (built only on the error path).
@@ -115,9 +154,10 @@ inline Error inContext(Error e, const std::string& what) {
 
 /// The reply of a typed call, checked against the method's results fingerprint.
 template <class Results>
-Result<Typed<Results>> typedReply(Result<Message> reply, const Channel& channel, const Target& target) {
+Result<Typed<Results>> typedReply(Result<Message> reply, const Channel& channel, const Target& target,
+                                  const ContractLayout* layout = nullptr) {
   if (!reply) return reply.error();
-  auto r = readChecked<Results>(*reply, channel.replySchemaId);
+  auto r = readChecked<Results>(*reply, channel.replySchemaId, layout);
   if (!r) return inContext(r.error(), "reply of '" + std::string(channel.name) + "' from " + target.describe());
   return Typed<Results>(std::move(*reply), *r);
 }
@@ -126,28 +166,29 @@ Result<Typed<Results>> typedReply(Result<Message> reply, const Channel& channel,
 
 /// Handle of a typed call (generated clients return it): a shmbus::Call whose reply is read as
 /// `Results`. Copyable; all copies refer to the same call. Errors: every code of Call::get, plus
-/// InvalidMessage when the reply's fingerprint is not `Results`' (the handler was compiled from
-/// another contract version) or the reply is malformed.
+/// InvalidMessage when the reply's fingerprint is incompatible with `Results`' layout (the handler
+/// was compiled from an incompatible contract version) or the reply is malformed.
 /// Thread contract: as Call (any method from any thread; `then` runs on the dispatch thread).
 template <class Results>
 class TypedCall {
  public:
   TypedCall() = default;
   /// Wraps `call` made on `channel` (its replySchemaId is the expected reply fingerprint) to
-  /// `target` (named in errors).
-  TypedCall(Call call, const Channel& channel, Target target)
-      : call_(std::move(call)), channel_(channel), target_(std::move(target)) {}
+  /// `target` (named in errors). `layout` (static storage) is `Results`' layout for the contract
+  /// rule (shmbus/contract.hpp); without it only the exact fingerprint is accepted.
+  TypedCall(Call call, const Channel& channel, Target target, const ContractLayout* layout = nullptr)
+      : call_(std::move(call)), channel_(channel), target_(std::move(target)), layout_(layout) {}
 
   /// Blocks until the reply is there (dispatching meanwhile, as Call::get) and reads it in place.
-  Result<Typed<Results>> get() { return detail::typedReply<Results>(call_.get(), channel_, target_); }
+  Result<Typed<Results>> get() { return detail::typedReply<Results>(call_.get(), channel_, target_, layout_); }
 
   /// True when the result is there (get() will not block).
   bool ready() const { return call_.ready(); }
 
   /// Runs `cb` with the typed result once it is there (see Call::then). Replaces an earlier callback.
   void then(std::function<void(Result<Typed<Results>>)> cb) {
-    call_.then([cb = std::move(cb), channel = channel_, target = target_](Result<Message> r) {
-      cb(detail::typedReply<Results>(std::move(r), channel, target));
+    call_.then([cb = std::move(cb), channel = channel_, target = target_, layout = layout_](Result<Message> r) {
+      cb(detail::typedReply<Results>(std::move(r), channel, target, layout));
     });
   }
 
@@ -164,6 +205,7 @@ class TypedCall {
   Call call_;
   Channel channel_{std::uint64_t{0}, std::string_view()};
   Target target_;
+  const ContractLayout* layout_ = nullptr;
 };
 
 namespace detail {
@@ -193,7 +235,7 @@ TypedCall<typename M::Results> invoke(Window& w, const Target& target, F& build,
   const Channel ch = M::channel();
   options = withTimeout(options, M::defaultTimeout);
   Call c = target.isMain() ? w.invoke(ch, buildFn<M>(build), options) : w.invokeIn(target, ch, buildFn<M>(build), options);
-  return {std::move(c), ch, target};
+  return {std::move(c), ch, target, resultsLayoutOf<M>()};
 }
 
 /// Typed request (method descriptor M) from the main process to a window (Supervisor::invoke).
@@ -201,7 +243,8 @@ template <class M, class F>
 TypedCall<typename M::Results> invoke(Supervisor& s, const Target& target, F& build, CallOptions options) {
   static_assert(!M::oneway, "a $oneway method has no reply: use send/push/broadcast");
   const Channel ch = M::channel();
-  return {s.invoke(target, ch, buildFn<M>(build), withTimeout(options, M::defaultTimeout)), ch, target};
+  return {s.invoke(target, ch, buildFn<M>(build), withTimeout(options, M::defaultTimeout)), ch, target,
+          resultsLayoutOf<M>()};
 }
 
 /// Typed one-way message from a window: to main (Window::send) or to a window (Window::sendTo).
@@ -226,9 +269,11 @@ Result<BroadcastReport> broadcast(Supervisor& s, F& build, const BroadcastOption
 }
 
 /// Registers a typed handler: fn(Params::Reader, Results::Builder, const CallContext&), or the
-/// same without the context. The results builder is the root of the reply message; the library
-/// checks the request's fingerprint before fn runs (InvalidMessage reply on a mismatch) and
-/// stamps the reply with the results fingerprint. A request whose root is malformed fails the call
+/// same without the context. The results builder is the root of the reply message. The request's
+/// fingerprint is checked against M's params layout before fn runs (InvalidMessage reply when
+/// incompatible; the handler is registered with schemaId 0 so that the library's exact-match
+/// check leaves the decision to the contract rule), and the library stamps the reply with the
+/// results fingerprint. A request whose root is malformed fails the call
 /// with InvalidMessage; an exception fn throws (a kj::Exception from a malformed field included)
 /// fails it with HandlerError.
 template <class M, Endpoint E, class F>
@@ -239,11 +284,13 @@ Registration handle(E& endpoint, F&& fn) {
   constexpr bool withContext = std::is_invocable_v<Fn&, typename P::Reader&, typename R::Builder&, const CallContext&>;
   static_assert(withContext || std::is_invocable_v<Fn&, typename P::Reader&, typename R::Builder&>,
                 "a typed handler takes (Params::Reader, Results::Builder[, const shmbus::CallContext&])");
-  return endpoint.handle(M::channel(), [fn = Fn(std::forward<F>(fn))](const Message& req, Builder& reply,
-                                                                      const CallContext& ctx) mutable {
-    // The library checked the request's fingerprint already; a malformed payload fails the call
-    // with InvalidMessage (not HandlerError: the handler never ran).
-    auto read = readChecked<P>(req, 0);
+  constexpr Channel ch = M::channel();
+  const Channel registered(ch.id, ch.name, paramsLayoutOf<M>() != nullptr ? 0 : ch.schemaId, ch.replySchemaId);
+  return endpoint.handle(registered, [fn = Fn(std::forward<F>(fn))](const Message& req, Builder& reply,
+                                                                    const CallContext& ctx) mutable {
+    // A contract mismatch or a malformed payload fails the call with InvalidMessage (not
+    // HandlerError: the handler never ran).
+    auto read = readChecked<P>(req, M::channel().schemaId, paramsLayoutOf<M>());
     if (!read) throw CallFailure(inContext(read.error(), "request of '" + std::string(M::channel().name) + "'"));
     typename P::Reader params = *read;
     typename R::Builder results = reply.initRoot<R>();
@@ -267,7 +314,7 @@ Registration listen(E& endpoint, F&& fn, bool once) {
   static_assert(withContext || std::is_invocable_v<Fn&, typename P::Reader&>,
                 "a typed listener takes (Params::Reader[, const shmbus::CallContext&])");
   Listener l = [fn = Fn(std::forward<F>(fn))](const Message& m, const CallContext& ctx) mutable {
-    auto params = readChecked<P>(m, M::channel().schemaId);
+    auto params = readChecked<P>(m, M::channel().schemaId, paramsLayoutOf<M>());
     if (!params) {  // the endpoint logs what the listener throws and goes on
       throw std::runtime_error(inContext(params.error(), "message on '" + std::string(M::channel().name) + "'").toString());
     }

@@ -21,9 +21,15 @@
 #include <capnp/schema.capnp.h>
 #include <capnp/schema.h>
 #include <capnp/serialize.h>
+#include <capnp/common.h>
 #include <kj/debug.h>
 #include <kj/string.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -33,7 +39,10 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
+
+#include "shmbus/contract.hpp"  // header-only: the same fingerprint functions as the runtime
 
 namespace shmbus::codegen {
 namespace {
@@ -54,27 +63,164 @@ std::string hexId(std::uint64_t v) {
 /// The same as a C++ literal.
 std::string hexLiteral(std::uint64_t v) { return hexId(v) + "ull"; }
 
-/// splitmix64's finaliser: a bijective 64-bit mix.
-std::uint64_t mix(std::uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ull;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebull;
-  x ^= x >> 31;
-  return x;
-}
+/// One field of a params/results struct for the contract check: its path ("circle.center"),
+/// ordinal and canonical description (shmbus/contract.hpp).
+struct LayoutField {
+  std::string path;
+  std::uint16_t ordinal = 0;
+  std::string text;
+};
 
-/// Fingerprint of a params/results struct: its node id and layout (data words, pointers, field
-/// count). Another contract version (another node, or a changed layout) gets another value.
-/// Never 0, which means "untyped" on the wire.
-std::uint64_t fingerprint(capnp::StructSchema s) {
-  auto proto = s.getProto();
-  auto st = proto.getStruct();
-  std::uint64_t h = mix(proto.getId());
-  h = mix(h ^ st.getDataWordCount());
-  h = mix(h ^ (static_cast<std::uint64_t>(st.getPointerCount()) << 16));
-  h = mix(h ^ (static_cast<std::uint64_t>(s.getFields().size()) << 32));
-  return h == 0 ? 1 : h;
+/// The canonical description of everything a reader of a struct depends on (shmbus/contract.hpp):
+/// per slot field, in ordinal order, its path, ordinal, type (recursively), section offset, union
+/// membership along the group path and explicit primitive default. Ids appear only for
+/// interfaces (capabilities) and generic parameters: renaming a struct type keeps its layout.
+class LayoutDescriber {
+ public:
+  /// The slot fields of `s`, groups and unions flattened, in ordinal order.
+  std::vector<LayoutField> fields(capnp::StructSchema s) {
+    stack_.push_back(s.getProto().getId());
+    std::vector<LayoutField> out;
+    collect(s, "", "", out);
+    std::stable_sort(out.begin(), out.end(), [](const LayoutField& a, const LayoutField& b) { return a.ordinal < b.ordinal; });
+    stack_.pop_back();
+    return out;
+  }
+
+ private:
+  std::vector<std::uint64_t> stack_;  // struct types being described (recursive types refer back)
+
+  void collect(capnp::StructSchema s, const std::string& prefix, const std::string& unions, std::vector<LayoutField>& out) {
+    const auto discriminantOffset = s.getProto().getStruct().getDiscriminantOffset();
+    for (auto field : s.getFields()) {
+      auto p = field.getProto();
+      std::string chain = unions;
+      if (p.getDiscriminantValue() != capnp::schema::Field::NO_DISCRIMINANT) {
+        chain += " when d" + std::to_string(discriminantOffset) + "=" + std::to_string(p.getDiscriminantValue());
+      }
+      const std::string path = prefix + p.getName().cStr();
+      if (p.isGroup()) {
+        collect(field.getType().asStruct(), path + ".", chain, out);
+        continue;
+      }
+      auto slot = p.getSlot();
+      LayoutField f;
+      f.path = path;
+      f.ordinal = p.getOrdinal().isExplicit() ? p.getOrdinal().getExplicit() : static_cast<std::uint16_t>(field.getIndex());
+      const capnp::Type type = field.getType();
+      f.text = "@" + std::to_string(f.ordinal) + " " + path + " :" + describe(type) + (isPointer(type) ? " ptr" : " data") +
+               std::to_string(slot.getOffset());
+      if (slot.getHadExplicitDefault()) f.text += " default " + primitiveDefault(slot.getDefaultValue());
+      f.text += chain;
+      out.push_back(std::move(f));
+    }
+  }
+
+  static bool isPointer(capnp::Type t) {
+    return t.isText() || t.isData() || t.isList() || t.isStruct() || t.isInterface() || t.isAnyPointer();
+  }
+
+  /// An explicit default of a primitive field, as the reader XORs it ("" for pointer defaults,
+  /// which only matter when the pointer is null).
+  static std::string primitiveDefault(capnp::schema::Value::Reader v) {
+    using W = capnp::schema::Value::Which;
+    switch (v.which()) {
+      case W::BOOL: return v.getBool() ? "true" : "false";
+      case W::INT8: return std::to_string(v.getInt8());
+      case W::INT16: return std::to_string(v.getInt16());
+      case W::INT32: return std::to_string(v.getInt32());
+      case W::INT64: return std::to_string(v.getInt64());
+      case W::UINT8: return std::to_string(v.getUint8());
+      case W::UINT16: return std::to_string(v.getUint16());
+      case W::UINT32: return std::to_string(v.getUint32());
+      case W::UINT64: return std::to_string(v.getUint64());
+      case W::FLOAT32: return hexId(std::bit_cast<std::uint32_t>(v.getFloat32()));
+      case W::FLOAT64: return hexId(std::bit_cast<std::uint64_t>(v.getFloat64()));
+      case W::ENUM: return std::to_string(v.getEnum());
+      default: return "";
+    }
+  }
+
+  std::string describe(capnp::Type t) {
+    using W = capnp::schema::Type::Which;
+    switch (t.which()) {
+      case W::VOID: return "Void";
+      case W::BOOL: return "Bool";
+      case W::INT8: return "Int8";
+      case W::INT16: return "Int16";
+      case W::INT32: return "Int32";
+      case W::INT64: return "Int64";
+      case W::UINT8: return "UInt8";
+      case W::UINT16: return "UInt16";
+      case W::UINT32: return "UInt32";
+      case W::UINT64: return "UInt64";
+      case W::FLOAT32: return "Float32";
+      case W::FLOAT64: return "Float64";
+      case W::TEXT: return "Text";
+      case W::DATA: return "Data";
+      case W::LIST: return "List(" + describe(t.asList().getElementType()) + ")";
+      case W::ENUM: {
+        std::string s = "enum(";
+        for (auto e : t.asEnum().getEnumerants()) {
+          s += (e.getIndex() ? "," : "") + std::string(e.getProto().getName().cStr());
+        }
+        return s + ")";
+      }
+      case W::STRUCT: {
+        auto s = t.asStruct();
+        const std::uint64_t id = s.getProto().getId();
+        for (std::size_t i = stack_.size(); i-- > 0;) {
+          if (stack_[i] == id) return "outer(" + std::to_string(stack_.size() - i) + ")";  // a recursive type
+        }
+        stack_.push_back(id);
+        std::vector<LayoutField> inner;
+        collect(s, "", "", inner);
+        stack_.pop_back();
+        std::stable_sort(inner.begin(), inner.end(), [](const LayoutField& a, const LayoutField& b) { return a.ordinal < b.ordinal; });
+        std::string out = "(";
+        for (std::size_t i = 0; i < inner.size(); ++i) out += (i ? "; " : "") + inner[i].text;
+        return out + ")";
+      }
+      case W::INTERFACE: return "interface " + hexId(t.asInterface().getProto().getId());
+      case W::ANY_POINTER: {
+        KJ_IF_MAYBE(param, t.getBrandParameter()) {
+          return "param(" + hexId(param->scopeId) + "," + std::to_string(param->index) + ")";
+        }
+        KJ_IF_MAYBE(param, t.getImplicitParameter()) { return "implicit(" + std::to_string(param->index) + ")"; }
+        using K = capnp::schema::Type::AnyPointer::Unconstrained::Which;
+        switch (t.whichAnyPointerKind()) {
+          case K::STRUCT: return "AnyStruct";
+          case K::LIST: return "AnyList";
+          case K::CAPABILITY: return "Capability";
+          default: return "AnyPointer";
+        }
+      }
+    }
+    return "?";
+  }
+};
+
+/// A params/results struct for the contract check: its fields and prefix hashes H(1..n)
+/// (shmbus/contract.hpp), and the fingerprint its senders stamp.
+struct Layout {
+  std::string name;  // "params of Calc.add"
+  std::vector<LayoutField> fields;
+  std::vector<std::uint64_t> prefixes;  // H(1)..H(n)
+  std::uint64_t fingerprint = 0;
+};
+
+Layout layoutOf(capnp::StructSchema s, std::string name) {
+  Layout l;
+  l.name = std::move(name);
+  l.fields = LayoutDescriber().fields(s);
+  std::uint64_t h = shmbus::kContractSeed;
+  for (const auto& f : l.fields) {
+    h = shmbus::contractNextPrefix(h, shmbus::contractTextHash(f.text));
+    l.prefixes.push_back(h);
+  }
+  l.fingerprint = shmbus::detail::contractEncode(l.fields.size(),
+                                                 [&](std::size_t k) { return k == 0 ? shmbus::kContractSeed : l.prefixes[k - 1]; });
+  return l;
 }
 
 std::string titleCase(kj::StringPtr name) {
@@ -125,8 +271,8 @@ struct Method {
   std::uint16_t ordinal = 0;
   std::string params;     // fully qualified C++ type
   std::string results;
-  std::uint64_t paramsFingerprint = 0;
-  std::uint64_t resultsFingerprint = 0;
+  Layout paramsLayout;    // the contract check (shmbus/contract.hpp)
+  Layout resultsLayout;
   bool oneway = false;
   std::uint32_t timeoutMs = 0;  // 0 = none
   std::string doc;
@@ -202,6 +348,13 @@ class Generator {
       node = loader_.get(parent);
     }
     return path;
+  }
+
+  /// "Outer.Inner": the name of a named node in its file.
+  std::string capnpName(capnp::Schema node) const {
+    std::string s;
+    for (const auto& part : scopePath(node)) s += (s.empty() ? "" : ".") + part;
+    return s;
   }
 
   capnp::Schema fileOf(capnp::Schema node) const {
@@ -291,8 +444,10 @@ class Generator {
       out.ordinal = m.getOrdinal();
       out.params = structType(params, iface, out.title, "Params");
       out.results = structType(results, iface, out.title, "Results");
-      out.paramsFingerprint = fingerprint(params);
-      out.resultsFingerprint = fingerprint(results);
+      const std::string named = params.getProto().getScopeId() == 0 ? "" : " (" + capnpName(params) + ")";
+      const std::string namedResults = results.getProto().getScopeId() == 0 ? "" : " (" + capnpName(results) + ")";
+      out.paramsLayout = layoutOf(params, "params of " + where + named);
+      out.resultsLayout = layoutOf(results, "results of " + where + namedResults);
       out.oneway = annotation(mp.getAnnotations(), kOneway).has_value();
       if (auto t = annotation(mp.getAnnotations(), kTimeoutMs); t && t->isUint32()) out.timeoutMs = t->getUint32();
       out.doc = memberDocOf(iface.id, m.getIndex());
@@ -345,15 +500,15 @@ class Generator {
   static std::string generateChannels(const Interface& i) {
     std::string o;
     o += "\n/// Channels of " + i.capnpName + ": id from the interface id and the method ordinal; schemaId and\n";
-    o += "/// replySchemaId fingerprint the params and results structs (node id and layout), so a peer\n";
-    o += "/// compiled from another version of the contract is refused with InvalidMessage.\n";
+    o += "/// replySchemaId fingerprint the params and results layouts (shmbus/contract.hpp), so a peer\n";
+    o += "/// compiled from an incompatible version of the contract is refused with InvalidMessage.\n";
     o += "struct " + i.flatName + "Channels {\n";
     for (const auto& m : i.methods) {
       o += "  /// " + i.capnpName + "." + m.name + " @" + std::to_string(m.ordinal) + (m.oneway ? ", $oneway" : "") + "\n";
       o += "  static constexpr ::shmbus::Channel " + m.member + "() noexcept {\n";
       o += "    return {::shmbus::methodChannelId(" + hexLiteral(i.id) + ", " + std::to_string(m.ordinal) + "), \"" +
            i.capnpName + "." + m.name + "\",\n";
-      o += "            " + hexLiteral(m.paramsFingerprint) + ", " + hexLiteral(m.resultsFingerprint) + "};\n";
+      o += "            " + hexLiteral(m.paramsLayout.fingerprint) + ", " + hexLiteral(m.resultsLayout.fingerprint) + "};\n";
       o += "  }\n";
     }
     o += "};\n";
@@ -375,9 +530,31 @@ class Generator {
       o += "    static constexpr std::chrono::milliseconds defaultTimeout{" + std::to_string(m.timeoutMs) + "};" +
            (m.timeoutMs ? "  // $timeoutMs" : "") + "\n";
       o += "    static constexpr bool oneway = " + std::string(m.oneway ? "true" : "false") + ";\n";
+      o += generateLayout(m.paramsLayout, "params");
+      o += generateLayout(m.resultsLayout, "results");
+      const std::string ch = i.flatName + "Channels::" + m.member + "()";
+      o += "    static_assert(::shmbus::contractFingerprint(paramsLayout) == " + ch + ".schemaId &&\n";
+      o += "                  ::shmbus::contractFingerprint(resultsLayout) == " + ch + ".replySchemaId);\n";
       o += "  };\n";
     }
     o += "};\n";
+    return o;
+  }
+
+  /// `<what>Fields` and `<what>Layout` of a method descriptor: the fields in ordinal order with
+  /// their prefix hashes, each after a comment with the description it hashes.
+  static std::string generateLayout(const Layout& l, const std::string& what) {
+    std::string o;
+    o += "    /// Layout of " + l.name + " (fields in ordinal order; shmbus/contract.hpp).\n";
+    o += "    static constexpr std::array<::shmbus::ContractField, " + std::to_string(l.fields.size()) + "> " + what +
+         "Fields{{\n";
+    for (std::size_t i = 0; i < l.fields.size(); ++i) {
+      o += "        // " + l.fields[i].text + "\n";
+      o += "        {\"" + l.fields[i].path + "\", " + std::to_string(l.fields[i].ordinal) + ", " + hexLiteral(l.prefixes[i]) +
+           "},\n";
+    }
+    o += "    }};\n";
+    o += "    static constexpr ::shmbus::ContractLayout " + what + "Layout{\"" + l.name + "\", " + what + "Fields};\n";
     return o;
   }
 
@@ -511,7 +688,48 @@ class Generator {
 }  // namespace
 }  // namespace shmbus::codegen
 
-int main() {
+namespace {
+
+constexpr const char* kUsage =
+    "usage: capnp compile -I<dir of shmbus.capnp> -oc++ -oshmbus [--src-prefix=DIR] FILE.capnp...\n"
+    "       capnpc-shmbus --help | --version\n"
+    "\n"
+    "capnpc-shmbus is a Cap'n Proto compiler plugin: `capnp compile` runs it and writes a\n"
+    "CodeGeneratorRequest to its standard input. For each FILE.capnp it writes FILE.shmbus.h (typed\n"
+    "shmbus clients, handlers and channels for every interface) beside capnpc-c++'s FILE.capnp.h.\n"
+    "`-oshmbus` finds it on PATH; `-o/path/to/capnpc-shmbus:OUTDIR` names it and the output\n"
+    "directory. shmbus.capnp (the $timeoutMs, $oneway and $target annotations) is installed in\n"
+    "<prefix>/include/shmbus/schemas.\n";
+
+/// True when standard input cannot be a request from `capnp compile`: a terminal, or empty.
+bool noRequestOnStdin() {
+  if (::isatty(0) != 0) return true;
+  struct stat st {};
+  return ::fstat(0, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (arg == "--version") {
+      std::printf("capnpc-shmbus %s (Cap'n Proto %d.%d.%d)\n", SHMBUS_VERSION, CAPNP_VERSION_MAJOR, CAPNP_VERSION_MINOR,
+                  CAPNP_VERSION_MICRO);
+      return 0;
+    }
+    std::fprintf(stderr, "capnpc-shmbus: unknown argument '%s'\n\n%s", argv[i], kUsage);
+    return 2;
+  }
+  if (noRequestOnStdin()) {
+    std::fprintf(stderr, "capnpc-shmbus: no CodeGeneratorRequest on standard input: this is a plugin for "
+                         "`capnp compile`, not a command to run by hand.\n\n%s", kUsage);
+    return 2;
+  }
   try {
     // The request can be large (every imported node): lift the default traversal limit.
     capnp::ReaderOptions options;
@@ -520,6 +738,12 @@ int main() {
     shmbus::codegen::Generator gen(reader.getRoot<capnp::schema::CodeGeneratorRequest>());
     return gen.run() ? 0 : 1;
   } catch (const kj::Exception& e) {
+    if (e.getType() == kj::Exception::Type::DISCONNECTED || e.getDescription().startsWith("expected n >= minBytes")) {
+      // A pipe closed before a whole request arrived: the same mistake as an empty file.
+      std::fprintf(stderr, "capnpc-shmbus: standard input ended before a whole CodeGeneratorRequest: run it "
+                           "through `capnp compile` (see --help).\n");
+      return 2;
+    }
     std::fprintf(stderr, "capnpc-shmbus: %s\n", e.getDescription().cStr());
     return 1;
   }

@@ -14,48 +14,48 @@ namespace shmbus::golden {
 // The studio window: calls with and without payloads, one-way notes, a slow call.
 
 /// Channels of Studio: id from the interface id and the method ordinal; schemaId and
-/// replySchemaId fingerprint the params and results structs (node id and layout), so a peer
-/// compiled from another version of the contract is refused with InvalidMessage.
+/// replySchemaId fingerprint the params and results layouts (shmbus/contract.hpp), so a peer
+/// compiled from an incompatible version of the contract is refused with InvalidMessage.
 struct StudioChannels {
   /// Studio.echo @0
   static constexpr ::shmbus::Channel echo() noexcept {
     return {::shmbus::methodChannelId(0xc7c3d7cdf020eb54ull, 0), "Studio.echo",
-            0xb7df0f8299cbfad8ull, 0xf539052cf91ec51dull};
+            0x01369994c41d9454ull, 0x02f62304bed6c1d9ull};
   }
   /// Studio.ping @1
   static constexpr ::shmbus::Channel ping() noexcept {
     return {::shmbus::methodChannelId(0xc7c3d7cdf020eb54ull, 1), "Studio.ping",
-            0x321711ab514210f9ull, 0x434f16ac02e02c61ull};
+            0x00c0b1e5d1000000ull, 0x00c0b1e5d1000000ull};
   }
   /// Studio.describe @2
   static constexpr ::shmbus::Channel describe() noexcept {
     return {::shmbus::methodChannelId(0xc7c3d7cdf020eb54ull, 2), "Studio.describe",
-            0x411082b30de862acull, 0xd7b95aad31a2dbf5ull};
+            0x010be20873458428ull, 0x030ee8cc542c8a36ull};
   }
   /// Studio.store @3
   static constexpr ::shmbus::Channel store() noexcept {
     return {::shmbus::methodChannelId(0xc7c3d7cdf020eb54ull, 3), "Studio.store",
-            0x5d56fe89ada49c37ull, 0xe720f097652a42a1ull};
+            0x070468cd670448e8ull, 0x02796c3424402cebull};
   }
   /// Studio.notify @4, $oneway
   static constexpr ::shmbus::Channel notify() noexcept {
     return {::shmbus::methodChannelId(0xc7c3d7cdf020eb54ull, 4), "Studio.notify",
-            0x1f8ffc17c49c7d06ull, 0x1d90bbfbdc807582ull};
+            0x024a1cc2b4faf638ull, 0x00c0b1e5d1000000ull};
   }
   /// Studio.tick @5, $oneway
   static constexpr ::shmbus::Channel tick() noexcept {
     return {::shmbus::methodChannelId(0xc7c3d7cdf020eb54ull, 5), "Studio.tick",
-            0x37cef07b4f588544ull, 0x52ad7dd25bc128aaull};
+            0x00c0b1e5d1000000ull, 0x00c0b1e5d1000000ull};
   }
   /// Studio.delete @6
   static constexpr ::shmbus::Channel delete_() noexcept {
     return {::shmbus::methodChannelId(0xc7c3d7cdf020eb54ull, 6), "Studio.delete",
-            0x01686cb39a257e2dull, 0xba5568397aa040f3ull};
+            0x017f976d0f747675ull, 0x01d7816bfc6702daull};
   }
   /// Studio.slow @7
   static constexpr ::shmbus::Channel slow() noexcept {
     return {::shmbus::methodChannelId(0xc7c3d7cdf020eb54ull, 7), "Studio.slow",
-            0xbeb5864df399b757ull, 0x5e35177b38e75bcbull};
+            0x018366289dc6118cull, 0x0139f678ac2e4b38ull};
   }
 };
 
@@ -68,6 +68,22 @@ struct StudioMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::echo(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    /// Layout of params of Studio.echo (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
+        // @0 text :Text ptr0
+        {"text", 0, 0x1d945483369994c4ull},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Studio.echo", paramsFields};
+    /// Layout of results of Studio.echo (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 2> resultsFields{{
+        // @0 text :Text ptr0
+        {"text", 0, 0x1d945483369994c4ull},
+        // @1 length :UInt32 data0
+        {"length", 1, 0xd6c77fd0f62304beull},
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Studio.echo", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == StudioChannels::echo().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == StudioChannels::echo().replySchemaId);
   };
   struct Ping {
     using Params = ::shmbus::golden::Studio::PingParams;
@@ -75,6 +91,16 @@ struct StudioMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::ping(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    /// Layout of params of Studio.ping (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 0> paramsFields{{
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Studio.ping", paramsFields};
+    /// Layout of results of Studio.ping (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 0> resultsFields{{
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Studio.ping", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == StudioChannels::ping().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == StudioChannels::ping().replySchemaId);
   };
   struct Describe {
     using Params = ::shmbus::golden::Studio::DescribeParams;
@@ -82,6 +108,24 @@ struct StudioMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::describe(); }
     static constexpr std::chrono::milliseconds defaultTimeout{2500};  // $timeoutMs
     static constexpr bool oneway = false;
+    /// Layout of params of Studio.describe (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
+        // @0 shape :(@0 name :Text ptr0; @1 circle.center :(@0 x :Int32 data0; @1 y :Int32 data1) ptr1 when d4=0; @2 circle.radius :Float64 data0 when d4=0; @3 polygon :List((@0 x :Int32 data0; @1 y :Int32 data1)) ptr1 when d4=1; @4 empty :Void data0 when d4=2; @5 tags :List(Text) ptr2; @6 style :(@0 stroke :UInt8 data0; @1 color :Text ptr0) ptr3) ptr0
+        {"shape", 0, 0x458428180be20873ull},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Studio.describe", paramsFields};
+    /// Layout of results of Studio.describe (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 3> resultsFields{{
+        // @0 area :Float64 data0
+        {"area", 0, 0x36ca197b44c18db9ull},
+        // @1 summary :Text ptr0
+        {"summary", 1, 0x8ae1a76f238f5c90ull},
+        // @2 points :List((@0 x :Int32 data0; @1 y :Int32 data1)) ptr1
+        {"points", 2, 0x2c2cf3f30ee8cc54ull},
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Studio.describe", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == StudioChannels::describe().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == StudioChannels::describe().replySchemaId);
   };
   struct Store {
     using Params = ::shmbus::golden::Shape;
@@ -89,6 +133,34 @@ struct StudioMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::store(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    /// Layout of params of Studio.store (Shape) (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 7> paramsFields{{
+        // @0 name :Text ptr0
+        {"name", 0, 0x1e7bcc84f3dadb58ull},
+        // @1 circle.center :(@0 x :Int32 data0; @1 y :Int32 data1) ptr1 when d4=0
+        {"circle.center", 1, 0xa8763fc58dfa7362ull},
+        // @2 circle.radius :Float64 data0 when d4=0
+        {"circle.radius", 2, 0x6f8dfb5ade8d0795ull},
+        // @3 polygon :List((@0 x :Int32 data0; @1 y :Int32 data1)) ptr1 when d4=1
+        {"polygon", 3, 0x8b68392e059661fbull},
+        // @4 empty :Void data0 when d4=2
+        {"empty", 4, 0x83b51c95da6921fbull},
+        // @5 tags :List(Text) ptr2
+        {"tags", 5, 0x0d14d6f82dd22381ull},
+        // @6 style :(@0 stroke :UInt8 data0; @1 color :Text ptr0) ptr3
+        {"style", 6, 0x36005cd90468cd67ull},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Studio.store (Shape)", paramsFields};
+    /// Layout of results of Studio.store (Point) (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 2> resultsFields{{
+        // @0 x :Int32 data0
+        {"x", 0, 0xcebc8593c6f51bebull},
+        // @1 y :Int32 data1
+        {"y", 1, 0x402e561d796c3424ull},
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Studio.store (Point)", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == StudioChannels::store().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == StudioChannels::store().replySchemaId);
   };
   struct Notify {
     using Params = ::shmbus::golden::Studio::NotifyParams;
@@ -96,6 +168,20 @@ struct StudioMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::notify(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = true;
+    /// Layout of params of Studio.notify (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 2> paramsFields{{
+        // @0 message :Text ptr0
+        {"message", 0, 0x638113e40e7e870dull},
+        // @1 seq :UInt64 data0
+        {"seq", 1, 0xfaf9f3ee4a1cc2b4ull},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Studio.notify", paramsFields};
+    /// Layout of results of Studio.notify (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 0> resultsFields{{
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Studio.notify", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == StudioChannels::notify().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == StudioChannels::notify().replySchemaId);
   };
   struct Tick {
     using Params = ::shmbus::golden::Studio::TickParams;
@@ -103,6 +189,16 @@ struct StudioMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::tick(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = true;
+    /// Layout of params of Studio.tick (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 0> paramsFields{{
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Studio.tick", paramsFields};
+    /// Layout of results of Studio.tick (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 0> resultsFields{{
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Studio.tick", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == StudioChannels::tick().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == StudioChannels::tick().replySchemaId);
   };
   struct Delete {
     using Params = ::shmbus::golden::Studio::DeleteParams;
@@ -110,6 +206,20 @@ struct StudioMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::delete_(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    /// Layout of params of Studio.delete (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
+        // @0 key :Text ptr0
+        {"key", 0, 0x747675e07f976d0full},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Studio.delete", paramsFields};
+    /// Layout of results of Studio.delete (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 1> resultsFields{{
+        // @0 removed :Bool data0
+        {"removed", 0, 0x6702daa1d7816bfcull},
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Studio.delete", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == StudioChannels::delete_().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == StudioChannels::delete_().replySchemaId);
   };
   struct Slow {
     using Params = ::shmbus::golden::Studio::SlowParams;
@@ -117,6 +227,20 @@ struct StudioMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::slow(); }
     static constexpr std::chrono::milliseconds defaultTimeout{150};  // $timeoutMs
     static constexpr bool oneway = false;
+    /// Layout of params of Studio.slow (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
+        // @0 spinUntilCancelled :Bool data0
+        {"spinUntilCancelled", 0, 0xc6118cc48366289dull},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Studio.slow", paramsFields};
+    /// Layout of results of Studio.slow (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 1> resultsFields{{
+        // @0 done :Bool data0
+        {"done", 0, 0x2e4b38ba39f678acull},
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Studio.slow", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == StudioChannels::slow().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == StudioChannels::slow().replySchemaId);
   };
 };
 
@@ -341,18 +465,18 @@ struct StudioHandlers {
 // Handled by the main process (no $target: calls and sends without a target go to main).
 
 /// Channels of Hub: id from the interface id and the method ordinal; schemaId and
-/// replySchemaId fingerprint the params and results structs (node id and layout), so a peer
-/// compiled from another version of the contract is refused with InvalidMessage.
+/// replySchemaId fingerprint the params and results layouts (shmbus/contract.hpp), so a peer
+/// compiled from an incompatible version of the contract is refused with InvalidMessage.
 struct HubChannels {
   /// Hub.report @0
   static constexpr ::shmbus::Channel report() noexcept {
     return {::shmbus::methodChannelId(0xdff38b0bdc3c50e8ull, 0), "Hub.report",
-            0x2325eec2d6f6d30aull, 0xa1f1b3642743586bull};
+            0x027089ca67f1e612ull, 0x0127c2391daa4ae5ull};
   }
   /// Hub.status @1, $oneway
   static constexpr ::shmbus::Channel status() noexcept {
     return {::shmbus::methodChannelId(0xdff38b0bdc3c50e8ull, 1), "Hub.status",
-            0xf58866de9764d4e0ull, 0xd0ce49e8ab185066ull};
+            0x02cd4d7d1bbff1d9ull, 0x00c0b1e5d1000000ull};
   }
 };
 
@@ -365,6 +489,22 @@ struct HubMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return HubChannels::report(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    /// Layout of params of Hub.report (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 2> paramsFields{{
+        // @0 value :Int64 data0
+        {"value", 0, 0x6122005e2e011703ull},
+        // @1 source :Text ptr0
+        {"source", 1, 0xf1e3337e7089ca67ull},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Hub.report", paramsFields};
+    /// Layout of results of Hub.report (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 1> resultsFields{{
+        // @0 total :Int64 data0
+        {"total", 0, 0xaa4ae58a27c2391dull},
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Hub.report", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == HubChannels::report().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == HubChannels::report().replySchemaId);
   };
   struct Status {
     using Params = ::shmbus::golden::Hub::StatusParams;
@@ -372,6 +512,20 @@ struct HubMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return HubChannels::status(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = true;
+    /// Layout of params of Hub.status (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 2> paramsFields{{
+        // @0 text :Text ptr0
+        {"text", 0, 0x1d945483369994c4ull},
+        // @1 level :enum(info,warning) data0
+        {"level", 1, 0xbffca0b1cd4d7d1bull},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Hub.status", paramsFields};
+    /// Layout of results of Hub.status (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 0> resultsFields{{
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Hub.status", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == HubChannels::status().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == HubChannels::status().replySchemaId);
   };
 };
 
@@ -457,13 +611,13 @@ struct HubHandlers {
 // An interface in a struct's scope.
 
 /// Channels of Scope.Inner: id from the interface id and the method ordinal; schemaId and
-/// replySchemaId fingerprint the params and results structs (node id and layout), so a peer
-/// compiled from another version of the contract is refused with InvalidMessage.
+/// replySchemaId fingerprint the params and results layouts (shmbus/contract.hpp), so a peer
+/// compiled from an incompatible version of the contract is refused with InvalidMessage.
 struct Scope_InnerChannels {
   /// Scope.Inner.hello @0
   static constexpr ::shmbus::Channel hello() noexcept {
     return {::shmbus::methodChannelId(0x8d644bbc41a626e6ull, 0), "Scope.Inner.hello",
-            0x69e3db1ca0b3a4e7ull, 0x677a1a57105ba1e5ull};
+            0x01f3dadb581e7bccull, 0x01a48248ef7edb3cull};
   }
 };
 
@@ -476,6 +630,20 @@ struct Scope_InnerMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return Scope_InnerChannels::hello(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    /// Layout of params of Scope.Inner.hello (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
+        // @0 name :Text ptr0
+        {"name", 0, 0x1e7bcc84f3dadb58ull},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Scope.Inner.hello", paramsFields};
+    /// Layout of results of Scope.Inner.hello (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 1> resultsFields{{
+        // @0 greeting :Text ptr0
+        {"greeting", 0, 0x7edb3c97a48248efull},
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Scope.Inner.hello", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == Scope_InnerChannels::hello().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == Scope_InnerChannels::hello().replySchemaId);
   };
 };
 
@@ -529,13 +697,13 @@ struct Scope_InnerHandlers {
 // An interface in an interface's scope.
 
 /// Channels of Scope.Inner.Deeper: id from the interface id and the method ordinal; schemaId and
-/// replySchemaId fingerprint the params and results structs (node id and layout), so a peer
-/// compiled from another version of the contract is refused with InvalidMessage.
+/// replySchemaId fingerprint the params and results layouts (shmbus/contract.hpp), so a peer
+/// compiled from an incompatible version of the contract is refused with InvalidMessage.
 struct Scope_Inner_DeeperChannels {
   /// Scope.Inner.Deeper.depth @0
   static constexpr ::shmbus::Channel depth() noexcept {
     return {::shmbus::methodChannelId(0xd90148de8c6c4395ull, 0), "Scope.Inner.Deeper.depth",
-            0x9545a79ab60c3c60ull, 0x5b1b050cf69cf4b4ull};
+            0x00c0b1e5d1000000ull, 0x01ec4cf6b25e8d53ull};
   }
 };
 
@@ -548,6 +716,18 @@ struct Scope_Inner_DeeperMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return Scope_Inner_DeeperChannels::depth(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    /// Layout of params of Scope.Inner.Deeper.depth (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 0> paramsFields{{
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Scope.Inner.Deeper.depth", paramsFields};
+    /// Layout of results of Scope.Inner.Deeper.depth (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 1> resultsFields{{
+        // @0 level :UInt32 data0
+        {"level", 0, 0x5e8d538cec4cf6b2ull},
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Scope.Inner.Deeper.depth", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == Scope_Inner_DeeperChannels::depth().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == Scope_Inner_DeeperChannels::depth().replySchemaId);
   };
 };
 
@@ -601,28 +781,43 @@ struct Scope_Inner_DeeperHandlers {
 // Version 1 of a contract; golden_v2.capnp is version 2 (same interface id, other layouts).
 
 /// Channels of Versioned: id from the interface id and the method ordinal; schemaId and
-/// replySchemaId fingerprint the params and results structs (node id and layout), so a peer
-/// compiled from another version of the contract is refused with InvalidMessage.
+/// replySchemaId fingerprint the params and results layouts (shmbus/contract.hpp), so a peer
+/// compiled from an incompatible version of the contract is refused with InvalidMessage.
 struct VersionedChannels {
   /// Versioned.check @0
   static constexpr ::shmbus::Channel check() noexcept {
     return {::shmbus::methodChannelId(0xb3100f7c0ebbaa0eull, 0), "Versioned.check",
-            0x4ec255e309736172ull, 0x5bdebfafc24f402dull};
+            0x019ff1ba448c04fbull, 0x017dde85ce404f80ull};
   }
   /// Versioned.reply @1
   static constexpr ::shmbus::Channel reply() noexcept {
     return {::shmbus::methodChannelId(0xb3100f7c0ebbaa0eull, 1), "Versioned.reply",
-            0x0fb321fe871c75ffull, 0x1102d2a12ca2d7ceull};
+            0x019ff1ba448c04fbull, 0x017dde85ce404f80ull};
   }
   /// Versioned.report @2, $oneway
   static constexpr ::shmbus::Channel report() noexcept {
     return {::shmbus::methodChannelId(0xb3100f7c0ebbaa0eull, 2), "Versioned.report",
-            0x9419d2b31c54f748ull, 0x133970b830bb6756ull};
+            0x0268ae256b29b918ull, 0x00c0b1e5d1000000ull};
   }
   /// Versioned.note @3, $oneway
   static constexpr ::shmbus::Channel note() noexcept {
     return {::shmbus::methodChannelId(0xb3100f7c0ebbaa0eull, 3), "Versioned.note",
-            0x7bccf99fec1ed4b9ull, 0x2ac43fd3e5f443faull};
+            0x01369994c41d9454ull, 0x00c0b1e5d1000000ull};
+  }
+  /// Versioned.add @4
+  static constexpr ::shmbus::Channel add() noexcept {
+    return {::shmbus::methodChannelId(0xb3100f7c0ebbaa0eull, 4), "Versioned.add",
+            0x02aa6f5767147d4dull, 0x01e3bee3743f9575ull};
+  }
+  /// Versioned.extend @5
+  static constexpr ::shmbus::Channel extend() noexcept {
+    return {::shmbus::methodChannelId(0xb3100f7c0ebbaa0eull, 5), "Versioned.extend",
+            0x019ff1ba448c04fbull, 0x017dde85ce404f80ull};
+  }
+  /// Versioned.signal @6, $oneway
+  static constexpr ::shmbus::Channel signal() noexcept {
+    return {::shmbus::methodChannelId(0xb3100f7c0ebbaa0eull, 6), "Versioned.signal",
+            0x019cf9e3f55121cdull, 0x00c0b1e5d1000000ull};
   }
 };
 
@@ -635,6 +830,20 @@ struct VersionedMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::check(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    /// Layout of params of Versioned.check (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
+        // @0 value :UInt32 data0
+        {"value", 0, 0x8c04fb2a9ff1ba44ull},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Versioned.check", paramsFields};
+    /// Layout of results of Versioned.check (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 1> resultsFields{{
+        // @0 echo :UInt32 data0
+        {"echo", 0, 0x404f80777dde85ceull},
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Versioned.check", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == VersionedChannels::check().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::check().replySchemaId);
   };
   struct Reply {
     using Params = ::shmbus::golden::Versioned::ReplyParams;
@@ -642,6 +851,20 @@ struct VersionedMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::reply(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    /// Layout of params of Versioned.reply (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
+        // @0 value :UInt32 data0
+        {"value", 0, 0x8c04fb2a9ff1ba44ull},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Versioned.reply", paramsFields};
+    /// Layout of results of Versioned.reply (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 1> resultsFields{{
+        // @0 echo :UInt32 data0
+        {"echo", 0, 0x404f80777dde85ceull},
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Versioned.reply", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == VersionedChannels::reply().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::reply().replySchemaId);
   };
   struct Report {
     using Params = ::shmbus::golden::Versioned::ReportParams;
@@ -649,6 +872,20 @@ struct VersionedMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::report(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = true;
+    /// Layout of params of Versioned.report (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 2> paramsFields{{
+        // @0 ok :Bool data0
+        {"ok", 0, 0x918b53b1d93aef87ull},
+        // @1 detail :Text ptr0
+        {"detail", 1, 0x29b741b068ae256bull},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Versioned.report", paramsFields};
+    /// Layout of results of Versioned.report (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 0> resultsFields{{
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Versioned.report", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == VersionedChannels::report().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::report().replySchemaId);
   };
   struct Note {
     using Params = ::shmbus::golden::Versioned::NoteParams;
@@ -656,6 +893,81 @@ struct VersionedMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::note(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = true;
+    /// Layout of params of Versioned.note (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
+        // @0 text :Text ptr0
+        {"text", 0, 0x1d945483369994c4ull},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Versioned.note", paramsFields};
+    /// Layout of results of Versioned.note (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 0> resultsFields{{
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Versioned.note", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == VersionedChannels::note().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::note().replySchemaId);
+  };
+  struct Add {
+    using Params = ::shmbus::golden::Versioned::AddParams;
+    using Results = ::shmbus::golden::Versioned::AddResults;
+    static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::add(); }
+    static constexpr std::chrono::milliseconds defaultTimeout{0};
+    static constexpr bool oneway = false;
+    /// Layout of params of Versioned.add (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 2> paramsFields{{
+        // @0 a :Int64 data0
+        {"a", 0, 0xd4d2cd92618b8c6eull},
+        // @1 b :Int64 data1
+        {"b", 1, 0x14786696aa6f5767ull},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Versioned.add", paramsFields};
+    /// Layout of results of Versioned.add (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 1> resultsFields{{
+        // @0 sum :Int64 data0
+        {"sum", 0, 0x3f957505e3bee374ull},
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Versioned.add", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == VersionedChannels::add().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::add().replySchemaId);
+  };
+  struct Extend {
+    using Params = ::shmbus::golden::Versioned::ExtendParams;
+    using Results = ::shmbus::golden::Versioned::ExtendResults;
+    static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::extend(); }
+    static constexpr std::chrono::milliseconds defaultTimeout{0};
+    static constexpr bool oneway = false;
+    /// Layout of params of Versioned.extend (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
+        // @0 value :UInt32 data0
+        {"value", 0, 0x8c04fb2a9ff1ba44ull},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Versioned.extend", paramsFields};
+    /// Layout of results of Versioned.extend (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 1> resultsFields{{
+        // @0 echo :UInt32 data0
+        {"echo", 0, 0x404f80777dde85ceull},
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Versioned.extend", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == VersionedChannels::extend().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::extend().replySchemaId);
+  };
+  struct Signal {
+    using Params = ::shmbus::golden::Versioned::SignalParams;
+    using Results = ::shmbus::golden::Versioned::SignalResults;
+    static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::signal(); }
+    static constexpr std::chrono::milliseconds defaultTimeout{0};
+    static constexpr bool oneway = true;
+    /// Layout of params of Versioned.signal (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
+        // @0 level :Int64 data0
+        {"level", 0, 0x5121cd9e9cf9e3f5ull},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Versioned.signal", paramsFields};
+    /// Layout of results of Versioned.signal (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 0> resultsFields{{
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Versioned.signal", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == VersionedChannels::signal().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::signal().replySchemaId);
   };
 };
 
@@ -723,7 +1035,7 @@ class BasicVersionedClient {
     return ::shmbus::detail::broadcast<VersionedMethods::Report>(endpoint_, build, options);
   }
 
-  /// A one-way message whose layout differs between the versions.
+  /// A one-way message to which v2 appends a field: compatible.
   /// Sends Versioned.note to `target` (a push, from the supervisor).
   template <class Build = ::shmbus::NoParams>
     requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Note>)
@@ -744,6 +1056,61 @@ class BasicVersionedClient {
   ::shmbus::Result<::shmbus::BroadcastReport>
   broadcastNote(Build&& build = {}, const ::shmbus::BroadcastOptions& options = {}) {
     return ::shmbus::detail::broadcast<VersionedMethods::Note>(endpoint_, build, options);
+  }
+
+  /// v2 makes every field a Float64 (issue 12's silent `inf`): refused both ways.
+  /// Calls Versioned.add on `target`.
+  template <class Build = ::shmbus::NoParams>
+    requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Add>)
+  ::shmbus::TypedCall<VersionedMethods::Add::Results>
+  add(const ::shmbus::Target& target, Build&& build = {}, ::shmbus::CallOptions options = {}) {
+    return ::shmbus::detail::invoke<VersionedMethods::Add>(endpoint_, target, build, options);
+  }
+  /// Calls Versioned.add on the main process.
+  template <class Build = ::shmbus::NoParams>
+    requires(std::same_as<E, ::shmbus::Window> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Add>)
+  ::shmbus::TypedCall<VersionedMethods::Add::Results>
+  add(Build&& build = {}, ::shmbus::CallOptions options = {}) {
+    return add(::shmbus::Target::main(), build, options);
+  }
+
+  /// v2 appends a field to the params and one to the results: works both ways.
+  /// Calls Versioned.extend on `target`.
+  template <class Build = ::shmbus::NoParams>
+    requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Extend>)
+  ::shmbus::TypedCall<VersionedMethods::Extend::Results>
+  extend(const ::shmbus::Target& target, Build&& build = {}, ::shmbus::CallOptions options = {}) {
+    return ::shmbus::detail::invoke<VersionedMethods::Extend>(endpoint_, target, build, options);
+  }
+  /// Calls Versioned.extend on the main process.
+  template <class Build = ::shmbus::NoParams>
+    requires(std::same_as<E, ::shmbus::Window> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Extend>)
+  ::shmbus::TypedCall<VersionedMethods::Extend::Results>
+  extend(Build&& build = {}, ::shmbus::CallOptions options = {}) {
+    return extend(::shmbus::Target::main(), build, options);
+  }
+
+  /// A one-way message whose field v2 retypes: refused.
+  /// Sends Versioned.signal to `target` (a push, from the supervisor).
+  template <class Build = ::shmbus::NoParams>
+    requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Signal>)
+  ::shmbus::Result<void>
+  signal(const ::shmbus::Target& target, Build&& build = {}) {
+    return ::shmbus::detail::send<VersionedMethods::Signal>(endpoint_, target, build);
+  }
+  /// Sends Versioned.signal to the main process.
+  template <class Build = ::shmbus::NoParams>
+    requires(std::same_as<E, ::shmbus::Window> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Signal>)
+  ::shmbus::Result<void>
+  signal(Build&& build = {}) {
+    return signal(::shmbus::Target::main(), build);
+  }
+  /// Broadcasts Versioned.signal to the windows `options` selects (supervisor only).
+  template <class Build = ::shmbus::NoParams>
+    requires(std::same_as<E, ::shmbus::Supervisor> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Signal>)
+  ::shmbus::Result<::shmbus::BroadcastReport>
+  broadcastSignal(Build&& build = {}, const ::shmbus::BroadcastOptions& options = {}) {
+    return ::shmbus::detail::broadcast<VersionedMethods::Signal>(endpoint_, build, options);
   }
 
  private:
@@ -789,6 +1156,26 @@ struct VersionedHandlers {
   template <::shmbus::Endpoint E, class F>
   static ::shmbus::Registration onceNote(E& endpoint, F&& fn) {
     return ::shmbus::detail::listen<VersionedMethods::Note>(endpoint, std::forward<F>(fn), true);
+  }
+  /// Versioned.add
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleAdd(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handle<VersionedMethods::Add>(endpoint, std::forward<F>(fn));
+  }
+  /// Versioned.extend
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleExtend(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handle<VersionedMethods::Extend>(endpoint, std::forward<F>(fn));
+  }
+  /// Versioned.signal
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration onSignal(E& endpoint, F&& fn) {
+    return ::shmbus::detail::listen<VersionedMethods::Signal>(endpoint, std::forward<F>(fn), false);
+  }
+  /// Versioned.signal, once
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration onceSignal(E& endpoint, F&& fn) {
+    return ::shmbus::detail::listen<VersionedMethods::Signal>(endpoint, std::forward<F>(fn), true);
   }
 };
 

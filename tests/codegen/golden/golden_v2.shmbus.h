@@ -13,28 +13,43 @@ namespace shmbus::golden_v2 {
 // ---- interface Versioned (0xb3100f7c0ebbaa0e)
 
 /// Channels of Versioned: id from the interface id and the method ordinal; schemaId and
-/// replySchemaId fingerprint the params and results structs (node id and layout), so a peer
-/// compiled from another version of the contract is refused with InvalidMessage.
+/// replySchemaId fingerprint the params and results layouts (shmbus/contract.hpp), so a peer
+/// compiled from an incompatible version of the contract is refused with InvalidMessage.
 struct VersionedChannels {
   /// Versioned.check @0
   static constexpr ::shmbus::Channel check() noexcept {
     return {::shmbus::methodChannelId(0xb3100f7c0ebbaa0eull, 0), "Versioned.check",
-            0x5ce913fdf06cbbb8ull, 0x5bdebfafc24f402dull};
+            0x02df63f964785050ull, 0x017dde85ce404f80ull};
   }
   /// Versioned.reply @1
   static constexpr ::shmbus::Channel reply() noexcept {
     return {::shmbus::methodChannelId(0xb3100f7c0ebbaa0eull, 1), "Versioned.reply",
-            0x0fb321fe871c75ffull, 0xd901a6c6e7346694ull};
+            0x019ff1ba448c04fbull, 0x027a874fa93f4cdeull};
   }
   /// Versioned.report @2, $oneway
   static constexpr ::shmbus::Channel report() noexcept {
     return {::shmbus::methodChannelId(0xb3100f7c0ebbaa0eull, 2), "Versioned.report",
-            0x9419d2b31c54f748ull, 0x133970b830bb6756ull};
+            0x0268ae256b29b918ull, 0x00c0b1e5d1000000ull};
   }
   /// Versioned.note @3, $oneway
   static constexpr ::shmbus::Channel note() noexcept {
     return {::shmbus::methodChannelId(0xb3100f7c0ebbaa0eull, 3), "Versioned.note",
-            0x232f3c7c37ff4d72ull, 0x2ac43fd3e5f443faull};
+            0x0263cff33dabb1d9ull, 0x00c0b1e5d1000000ull};
+  }
+  /// Versioned.add @4
+  static constexpr ::shmbus::Channel add() noexcept {
+    return {::shmbus::methodChannelId(0xb3100f7c0ebbaa0eull, 4), "Versioned.add",
+            0x02df690f8b0f305aull, 0x019ef6cf19991c81ull};
+  }
+  /// Versioned.extend @5
+  static constexpr ::shmbus::Channel extend() noexcept {
+    return {::shmbus::methodChannelId(0xb3100f7c0ebbaa0eull, 5), "Versioned.extend",
+            0x02545c6d1f5368c0ull, 0x02b5f1da692e2404ull};
+  }
+  /// Versioned.signal @6, $oneway
+  static constexpr ::shmbus::Channel signal() noexcept {
+    return {::shmbus::methodChannelId(0xb3100f7c0ebbaa0eull, 6), "Versioned.signal",
+            0x011b7d6e3b88a996ull, 0x00c0b1e5d1000000ull};
   }
 };
 
@@ -47,6 +62,22 @@ struct VersionedMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::check(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    /// Layout of params of Versioned.check (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 2> paramsFields{{
+        // @0 value :UInt64 data0
+        {"value", 0, 0x050468db0c01e1d7ull},
+        // @1 note :Text ptr0
+        {"note", 1, 0x7857f51bdf63f964ull},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Versioned.check", paramsFields};
+    /// Layout of results of Versioned.check (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 1> resultsFields{{
+        // @0 echo :UInt32 data0
+        {"echo", 0, 0x404f80777dde85ceull},
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Versioned.check", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == VersionedChannels::check().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::check().replySchemaId);
   };
   struct Reply {
     using Params = ::shmbus::golden_v2::Versioned::ReplyParams;
@@ -54,6 +85,22 @@ struct VersionedMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::reply(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    /// Layout of params of Versioned.reply (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
+        // @0 value :UInt32 data0
+        {"value", 0, 0x8c04fb2a9ff1ba44ull},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Versioned.reply", paramsFields};
+    /// Layout of results of Versioned.reply (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 2> resultsFields{{
+        // @0 echo :UInt64 data0
+        {"echo", 0, 0xcdefd034147d2671ull},
+        // @1 note :Text ptr0
+        {"note", 1, 0x3f49d6a47a874fa9ull},
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Versioned.reply", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == VersionedChannels::reply().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::reply().replySchemaId);
   };
   struct Report {
     using Params = ::shmbus::golden_v2::Versioned::ReportParams;
@@ -61,6 +108,20 @@ struct VersionedMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::report(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = true;
+    /// Layout of params of Versioned.report (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 2> paramsFields{{
+        // @0 ok :Bool data0
+        {"ok", 0, 0x918b53b1d93aef87ull},
+        // @1 detail :Text ptr0
+        {"detail", 1, 0x29b741b068ae256bull},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Versioned.report", paramsFields};
+    /// Layout of results of Versioned.report (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 0> resultsFields{{
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Versioned.report", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == VersionedChannels::report().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::report().replySchemaId);
   };
   struct Note {
     using Params = ::shmbus::golden_v2::Versioned::NoteParams;
@@ -68,6 +129,87 @@ struct VersionedMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::note(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = true;
+    /// Layout of params of Versioned.note (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 2> paramsFields{{
+        // @0 text :Text ptr0
+        {"text", 0, 0x1d945483369994c4ull},
+        // @1 count :UInt32 data0
+        {"count", 1, 0xabbf850d63cff33dull},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Versioned.note", paramsFields};
+    /// Layout of results of Versioned.note (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 0> resultsFields{{
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Versioned.note", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == VersionedChannels::note().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::note().replySchemaId);
+  };
+  struct Add {
+    using Params = ::shmbus::golden_v2::Versioned::AddParams;
+    using Results = ::shmbus::golden_v2::Versioned::AddResults;
+    static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::add(); }
+    static constexpr std::chrono::milliseconds defaultTimeout{0};
+    static constexpr bool oneway = false;
+    /// Layout of params of Versioned.add (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 2> paramsFields{{
+        // @0 a :Float64 data0
+        {"a", 0, 0x05a6d429f538529dull},
+        // @1 b :Float64 data1
+        {"b", 1, 0x0f3cef62df690f8bull},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Versioned.add", paramsFields};
+    /// Layout of results of Versioned.add (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 1> resultsFields{{
+        // @0 sum :Float64 data0
+        {"sum", 0, 0x991c81e89ef6cf19ull},
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Versioned.add", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == VersionedChannels::add().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::add().replySchemaId);
+  };
+  struct Extend {
+    using Params = ::shmbus::golden_v2::Versioned::ExtendParams;
+    using Results = ::shmbus::golden_v2::Versioned::ExtendResults;
+    static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::extend(); }
+    static constexpr std::chrono::milliseconds defaultTimeout{0};
+    static constexpr bool oneway = false;
+    /// Layout of params of Versioned.extend (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 2> paramsFields{{
+        // @0 value :UInt32 data0
+        {"value", 0, 0x8c04fb2a9ff1ba44ull},
+        // @1 label :Text ptr0
+        {"label", 1, 0x536378ec545c6d1full},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Versioned.extend", paramsFields};
+    /// Layout of results of Versioned.extend (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 2> resultsFields{{
+        // @0 echo :UInt32 data0
+        {"echo", 0, 0x404f80777dde85ceull},
+        // @1 label :Text ptr0
+        {"label", 1, 0x2e22a378b5f1da69ull},
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Versioned.extend", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == VersionedChannels::extend().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::extend().replySchemaId);
+  };
+  struct Signal {
+    using Params = ::shmbus::golden_v2::Versioned::SignalParams;
+    using Results = ::shmbus::golden_v2::Versioned::SignalResults;
+    static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::signal(); }
+    static constexpr std::chrono::milliseconds defaultTimeout{0};
+    static constexpr bool oneway = true;
+    /// Layout of params of Versioned.signal (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
+        // @0 level :Float64 data0
+        {"level", 0, 0x88a9967c1b7d6e3bull},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Versioned.signal", paramsFields};
+    /// Layout of results of Versioned.signal (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 0> resultsFields{{
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Versioned.signal", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == VersionedChannels::signal().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::signal().replySchemaId);
   };
 };
 
@@ -81,6 +223,7 @@ class BasicVersionedClient {
  public:
   explicit BasicVersionedClient(E& endpoint) noexcept : endpoint_(endpoint) {}
 
+  /// Retyped and appended params: incompatible.
   /// Calls Versioned.check on `target`.
   template <class Build = ::shmbus::NoParams>
     requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Check>)
@@ -96,6 +239,7 @@ class BasicVersionedClient {
     return check(::shmbus::Target::main(), build, options);
   }
 
+  /// Retyped and appended results: incompatible.
   /// Calls Versioned.reply on `target`.
   template <class Build = ::shmbus::NoParams>
     requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Reply>)
@@ -133,6 +277,7 @@ class BasicVersionedClient {
     return ::shmbus::detail::broadcast<VersionedMethods::Report>(endpoint_, build, options);
   }
 
+  /// An appended field: compatible.
   /// Sends Versioned.note to `target` (a push, from the supervisor).
   template <class Build = ::shmbus::NoParams>
     requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Note>)
@@ -153,6 +298,61 @@ class BasicVersionedClient {
   ::shmbus::Result<::shmbus::BroadcastReport>
   broadcastNote(Build&& build = {}, const ::shmbus::BroadcastOptions& options = {}) {
     return ::shmbus::detail::broadcast<VersionedMethods::Note>(endpoint_, build, options);
+  }
+
+  /// Int64 -> Float64: incompatible.
+  /// Calls Versioned.add on `target`.
+  template <class Build = ::shmbus::NoParams>
+    requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Add>)
+  ::shmbus::TypedCall<VersionedMethods::Add::Results>
+  add(const ::shmbus::Target& target, Build&& build = {}, ::shmbus::CallOptions options = {}) {
+    return ::shmbus::detail::invoke<VersionedMethods::Add>(endpoint_, target, build, options);
+  }
+  /// Calls Versioned.add on the main process.
+  template <class Build = ::shmbus::NoParams>
+    requires(std::same_as<E, ::shmbus::Window> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Add>)
+  ::shmbus::TypedCall<VersionedMethods::Add::Results>
+  add(Build&& build = {}, ::shmbus::CallOptions options = {}) {
+    return add(::shmbus::Target::main(), build, options);
+  }
+
+  /// Appended fields on both sides: compatible.
+  /// Calls Versioned.extend on `target`.
+  template <class Build = ::shmbus::NoParams>
+    requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Extend>)
+  ::shmbus::TypedCall<VersionedMethods::Extend::Results>
+  extend(const ::shmbus::Target& target, Build&& build = {}, ::shmbus::CallOptions options = {}) {
+    return ::shmbus::detail::invoke<VersionedMethods::Extend>(endpoint_, target, build, options);
+  }
+  /// Calls Versioned.extend on the main process.
+  template <class Build = ::shmbus::NoParams>
+    requires(std::same_as<E, ::shmbus::Window> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Extend>)
+  ::shmbus::TypedCall<VersionedMethods::Extend::Results>
+  extend(Build&& build = {}, ::shmbus::CallOptions options = {}) {
+    return extend(::shmbus::Target::main(), build, options);
+  }
+
+  /// Int64 -> Float64 on a one-way message: incompatible.
+  /// Sends Versioned.signal to `target` (a push, from the supervisor).
+  template <class Build = ::shmbus::NoParams>
+    requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Signal>)
+  ::shmbus::Result<void>
+  signal(const ::shmbus::Target& target, Build&& build = {}) {
+    return ::shmbus::detail::send<VersionedMethods::Signal>(endpoint_, target, build);
+  }
+  /// Sends Versioned.signal to the main process.
+  template <class Build = ::shmbus::NoParams>
+    requires(std::same_as<E, ::shmbus::Window> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Signal>)
+  ::shmbus::Result<void>
+  signal(Build&& build = {}) {
+    return signal(::shmbus::Target::main(), build);
+  }
+  /// Broadcasts Versioned.signal to the windows `options` selects (supervisor only).
+  template <class Build = ::shmbus::NoParams>
+    requires(std::same_as<E, ::shmbus::Supervisor> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Signal>)
+  ::shmbus::Result<::shmbus::BroadcastReport>
+  broadcastSignal(Build&& build = {}, const ::shmbus::BroadcastOptions& options = {}) {
+    return ::shmbus::detail::broadcast<VersionedMethods::Signal>(endpoint_, build, options);
   }
 
  private:
@@ -198,6 +398,26 @@ struct VersionedHandlers {
   template <::shmbus::Endpoint E, class F>
   static ::shmbus::Registration onceNote(E& endpoint, F&& fn) {
     return ::shmbus::detail::listen<VersionedMethods::Note>(endpoint, std::forward<F>(fn), true);
+  }
+  /// Versioned.add
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleAdd(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handle<VersionedMethods::Add>(endpoint, std::forward<F>(fn));
+  }
+  /// Versioned.extend
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleExtend(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handle<VersionedMethods::Extend>(endpoint, std::forward<F>(fn));
+  }
+  /// Versioned.signal
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration onSignal(E& endpoint, F&& fn) {
+    return ::shmbus::detail::listen<VersionedMethods::Signal>(endpoint, std::forward<F>(fn), false);
+  }
+  /// Versioned.signal, once
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration onceSignal(E& endpoint, F&& fn) {
+    return ::shmbus::detail::listen<VersionedMethods::Signal>(endpoint, std::forward<F>(fn), true);
   }
 };
 

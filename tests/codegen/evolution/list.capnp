@@ -1,0 +1,35 @@
+# v2: `tags` becomes a List(Int64). Incompatible.
+# Compiled by capnpc-shmbus for tests/codegen/evolution_test.cpp.
+@0x8e897207a6257cb2;
+
+$import "/capnp/c++.capnp".namespace("evolution::list");
+
+struct Point {
+  x @0 :Int32;
+  y @1 :Int32;
+}
+
+enum Op {
+  add @0;
+  sub @1;
+}
+
+struct Request {
+  a @0 :Int64;
+  b @1 :Int64;
+  op @2 :Op;
+  tags @3 :List(Int64);
+  origin @4 :Point;
+  union {
+    exact @5 :Void;
+    rounded @6 :UInt8;
+  }
+}
+
+struct Reply {
+  sum @0 :Int64;
+}
+
+interface Calc {
+  add @0 Request -> Reply;
+}

@@ -1,0 +1,35 @@
+# v2: the ordinals of `a` and `b` are swapped. Incompatible.
+# Compiled by capnpc-shmbus for tests/codegen/evolution_test.cpp.
+@0xfb5a684b2bff89c9;
+
+$import "/capnp/c++.capnp".namespace("evolution::renumber");
+
+struct Point {
+  x @0 :Int32;
+  y @1 :Int32;
+}
+
+enum Op {
+  add @0;
+  sub @1;
+}
+
+struct Request {
+  a @1 :Int64;
+  b @0 :Int64;
+  op @2 :Op;
+  tags @3 :List(Int32);
+  origin @4 :Point;
+  union {
+    exact @5 :Void;
+    rounded @6 :UInt8;
+  }
+}
+
+struct Reply {
+  sum @0 :Int64;
+}
+
+interface Calc {
+  add @0 Request -> Reply;
+}

@@ -1,0 +1,21 @@
+#!/bin/sh
+# capnpc-shmbus run by hand: --help and --version answer; no request on stdin (empty, a closed
+# pipe, garbage cut short) is a clear message with exit code 2, not Cap'n Proto's "Premature EOF".
+# usage: plugin_cli_test.sh <capnpc-shmbus>
+set -u
+plugin=$1
+fail() { echo "plugin_cli_test: $*" >&2; exit 1; }
+"$plugin" --help | grep -q '^usage: capnp compile' || fail "--help prints no usage"
+"$plugin" --version | grep -Eq '^capnpc-shmbus [0-9]+\.[0-9]+\.[0-9]+' || fail "--version prints no version"
+for input in /dev/null closed-pipe short; do
+  case $input in
+    /dev/null) err=$("$plugin" 2>&1 </dev/null); rc=$? ;;
+    closed-pipe) err=$(true | "$plugin" 2>&1); rc=$? ;;
+    short) err=$(printf 'abc' | "$plugin" 2>&1); rc=$? ;;
+  esac
+  [ "$rc" -eq 2 ] || fail "$input: exit code $rc, expected 2"
+  echo "$err" | grep -q 'capnp compile' || fail "$input: the message does not say to run it through capnp compile: $err"
+  echo "$err" | grep -q 'Premature EOF' && fail "$input: Cap'n Proto's message leaked: $err"
+done
+"$plugin" --bogus >/dev/null 2>&1; [ $? -eq 2 ] || fail "an unknown argument is not exit code 2"
+echo "capnpc-shmbus: --help, --version and the no-request messages are right"
