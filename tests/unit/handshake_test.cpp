@@ -80,7 +80,7 @@ TEST_CASE("ring sizes must be powers of two from 4 KiB to 64 MiB") {
   for (auto [in, out] : {std::pair{2048u, 4096u}, {4096u, 128u << 20}, {6000u, 4096u}, {0u, 4096u}, {4096u, 0u}}) {
     auto r = checkRingSizes(in, out);
     REQUIRE_FALSE(r.ok());
-    CHECK(r.code() == ErrorCode::InvalidMessage);
+    CHECK(r.code() == ErrorCode::InvalidArgument);
     CHECK(r.error().message.find(std::to_string(in) + " / " + std::to_string(out)) != std::string::npos);
   }
 }
@@ -238,10 +238,8 @@ TEST_CASE("a malformed hello is InvalidMessage") {
 }
 
 TEST_CASE("a hello shorter than its control header is InvalidMessage") {
-  // parseHello is documented for untrusted packets, but bodyWords() subtracts the header size
-  // from the packet size unchecked: a 4-byte packet asks for a vector of ~2^61 words, and
-  // std::length_error escapes instead of an InvalidMessage. (The router checks the size before
-  // calling it today.)
+  // parseHello takes untrusted packets: a 4-byte one must not make bodyWords() subtract the
+  // header size unchecked (a vector of ~2^61 words, std::length_error).
   Packet shortPkt;
   shortPkt.bytes.resize(4);
   CHECK(parseHello(shortPkt).code() == ErrorCode::InvalidMessage);

@@ -170,10 +170,10 @@ TEST_CASE("bus names are 1 to 64 characters of letters, digits, '_' and '-'") {
   CHECK(validateBusName("demo").ok());
   CHECK(validateBusName("a-b_C9").ok());
   CHECK(validateBusName(std::string(64, 'x')).ok());
-  CHECK(validateBusName("").code() == ErrorCode::InvalidMessage);
-  CHECK(validateBusName(std::string(65, 'x')).code() == ErrorCode::InvalidMessage);
-  CHECK(validateBusName("a.b").code() == ErrorCode::InvalidMessage);
-  CHECK(validateBusName("a/b").code() == ErrorCode::InvalidMessage);
+  CHECK(validateBusName("").code() == ErrorCode::InvalidArgument);
+  CHECK(validateBusName(std::string(65, 'x')).code() == ErrorCode::InvalidArgument);
+  CHECK(validateBusName("a.b").code() == ErrorCode::InvalidArgument);
+  CHECK(validateBusName("a/b").code() == ErrorCode::InvalidArgument);
   CHECK(validateBusName("a b").error().message.find("'a b'") != std::string::npos);
 }
 

@@ -33,6 +33,8 @@ enum class ErrorCode : std::uint16_t {
   Cancelled = 11,      ///< the caller cancelled the call
   Corrupt = 12,        ///< a shared ring's indices or record headers are inconsistent
   SystemError = 13,    ///< an operating-system call failed (errno text in the message)
+  InvalidArgument = 14,  ///< an argument the caller gave is not valid: a bus or role name, ring sizes,
+                         ///< Window::fromSpawn in a process that Supervisor::spawn did not start
 };
 
 /// Stable upper-camel name of a code, e.g. "NoTarget". Never returns null.

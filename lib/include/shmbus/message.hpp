@@ -87,8 +87,9 @@ class Message {
   /// Errors: none (an empty message copies to an empty one).
   Message copy() const;
 
-  // Internal: a view of an in-place message (callbacks) or an owning holder (replies).
+  /// Internal: a view of a message read in place (valid during a callback).
   Message(detail::InPlaceMessage* view, std::uint64_t schemaId) noexcept : view_(view), schemaId_(schemaId) {}
+  /// Internal: a message that owns its record lease or its copy (replies, Message::copy()).
   Message(std::shared_ptr<detail::HeldMessage> held, std::uint64_t schemaId) noexcept;
 
  private:
@@ -158,6 +159,7 @@ class Call {
   /// The caller-side request id (unique per endpoint).
   std::uint64_t requestId() const;
 
+  /// Internal: a handle of the endpoint's call state.
   explicit Call(std::shared_ptr<detail::CallState> s) : state_(std::move(s)) {}
 
  private:
@@ -171,8 +173,11 @@ class Call {
 class [[nodiscard]] Registration {
  public:
   Registration() = default;
+  /// A registration that runs `undo` once when reset or destroyed.
   explicit Registration(std::function<void()> undo) : undo_(std::move(undo)) {}
+  /// Takes over `o`'s registration (`o` is left empty).
   Registration(Registration&& o) noexcept : undo_(std::exchange(o.undo_, nullptr)) {}
+  /// Unregisters this one, then takes over `o`'s.
   Registration& operator=(Registration&& o) noexcept {
     if (this != &o) { reset(); undo_ = std::exchange(o.undo_, nullptr); }
     return *this;
@@ -196,7 +201,9 @@ class [[nodiscard]] Registration {
 /// prefixed with the call's description on the way to the caller.
 class CallFailure : public std::runtime_error {
  public:
+  /// Fails the call with `e` (its code and message).
   explicit CallFailure(Error e) : std::runtime_error(e.message), error_(std::move(e)) {}
+  /// The error the caller gets.
   const Error& error() const noexcept { return error_; }
 
  private:
@@ -212,6 +219,7 @@ class CallFailure : public std::runtime_error {
 class Responder {
  public:
   Responder() = default;
+  /// Internal: the endpoint makes one per asynchronous call.
   explicit Responder(std::shared_ptr<detail::ResponderState> s) noexcept : state_(std::move(s)) {}
 
   /// Sends the reply built by `build` (empty: a void reply), built in a process-local arena and
@@ -237,6 +245,18 @@ class Responder {
  private:
   std::shared_ptr<detail::ResponderState> state_;
 };
+
+/// A window opened or closed: what the bus events "window-opened" / "window-closed" carry,
+/// decoded (Supervisor::onWindowOpened/onWindowClosed, the same on Window).
+struct WindowEvent {
+  std::uint32_t windowId = 0;  ///< the window's id
+  std::string role;            ///< its role
+  std::int32_t pid = 0;        ///< its process id
+  std::string reason;          ///< closed: "closed", "bad message: ...", "the supervisor stopped"; opened: empty
+};
+
+/// Listener of window lifecycle events (runs where other listeners of the endpoint run).
+using WindowEventListener = std::function<void(const WindowEvent&)>;
 
 /// Listener callback: the message and its context.
 using Listener = std::function<void(const Message&, const CallContext&)>;

@@ -18,13 +18,14 @@
 
 namespace shmbus {
 
+/// How a supervisor is created (Supervisor::create). Sizes in bytes, times as typed.
 struct SupervisorOptions {
   std::string bus;  ///< bus name, 1-64 of [A-Za-z0-9_-]
   /// Roles a window connecting by socket path may claim; empty = any role (same uid only). The
   /// role "main" names the main process and is never given to a window (connect: Denied).
   /// Spawned windows get their role from spawn() and are not limited by this list.
   std::vector<std::string> allowedRoles;
-  std::string socketPath;                   ///< empty = runtime dir / shmbus-<bus>.sock
+  std::string socketPath;                   ///< empty = the runtime dir's `shmbus-BUS.sock`
   std::uint32_t inboxBytes = 1u << 20;      ///< default inbox capacity per window (power of two)
   std::uint32_t outboxBytes = 1u << 20;     ///< default outbox capacity per window (power of two)
   std::uint32_t maxRecordBytes = 1u << 18;  ///< largest record (frame header + message), bytes
@@ -40,51 +41,53 @@ struct SupervisorOptions {
 
 /// A registered window.
 struct WindowInfo {
-  std::uint32_t id = 0;
-  std::string role;
-  pid_t pid = 0;
+  std::uint32_t id = 0;   ///< window id given by the supervisor (> 0)
+  std::string role;       ///< the window's role
+  pid_t pid = 0;          ///< its process id (SO_PEERCRED, or spawn()'s child)
   bool spawned = false;  ///< started by spawn() (role pre-authenticated)
 };
 
 /// Roles a broadcast goes to: all windows, or only `roles`, minus `excludeRoles`.
 struct BroadcastOptions {
-  std::vector<std::string> roles;
-  std::vector<std::string> excludeRoles;
+  std::vector<std::string> roles;         ///< only windows of these roles (empty = every role)
+  std::vector<std::string> excludeRoles;  ///< never windows of these roles
 };
 
 /// What a broadcast did: windows reached, and the ones whose inbox refused (Full) it.
 struct BroadcastReport {
-  std::size_t delivered = 0;
-  std::vector<std::pair<std::uint32_t, Error>> failed;
+  std::size_t delivered = 0;                             ///< windows whose inbox took the message
+  std::vector<std::pair<std::uint32_t, Error>> failed;   ///< (window id, why) for the others
 };
 
 /// Access policy of one channel: the roles that may send or invoke it (empty = every role).
 struct ChannelPolicy {
-  std::vector<std::string> callers;
+  std::vector<std::string> callers;  ///< roles allowed to send or invoke (empty = every role)
 };
 
 /// Snapshot of the supervisor's router (Supervisor::stats()).
 struct RouterStats {
+  /// One call in flight.
   struct Pending {
-    std::string channel;
-    std::uint32_t sourceId = 0;
-    std::string sourceRole;
-    std::uint32_t targetId = 0;
-    std::string targetRole;
-    double waitingMs = 0;
+    std::string channel;         ///< channel name (typed channels by their method name)
+    std::uint32_t sourceId = 0;  ///< caller window id (0 = main)
+    std::string sourceRole;      ///< caller role
+    std::uint32_t targetId = 0;  ///< target window id (0 = a main-process handler)
+    std::string targetRole;      ///< target role
+    double waitingMs = 0;        ///< how long it has waited so far, ms
   };
+  /// Counters of one channel.
   struct ChannelStats {
-    std::string channel;
+    std::string channel;            ///< channel name (typed channels by their method name)
     std::uint64_t calls = 0;        ///< invokes routed or handled (window→main, window→window, main→window)
     std::uint64_t messages = 0;     ///< one-way sends, pushes and broadcast deliveries
     std::map<std::string, std::uint64_t> errors;  ///< by error code name
     std::uint64_t lateReplies = 0;  ///< replies that came after the call ended (dropped)
     double p50Ms = 0;               ///< latency of completed calls, over the last 4096
-    double p99Ms = 0;
+    double p99Ms = 0;               ///< 99th percentile of the same samples, ms
   };
-  std::vector<Pending> pending;
-  std::vector<ChannelStats> channels;
-  std::uint64_t lateReplies = 0;
+  std::vector<Pending> pending;        ///< calls in flight now
+  std::vector<ChannelStats> channels;  ///< per channel, sorted by name
+  std::uint64_t lateReplies = 0;       ///< replies that came after their call ended, all channels
   std::uint64_t spoofedReplies = 0;   ///< replies from a window the call was not routed to (dropped)
   std::uint64_t undeliverable = 0;    ///< one-way messages that found no target or no listener
   std::uint64_t badMessages = 0;      ///< windows disconnected for corrupt rings or malformed frames
@@ -103,14 +106,16 @@ struct RouterStats {
 class Supervisor {
  public:
   /// Listens on the bus socket and removes stale segment names of dead supervisors of this bus.
-  /// Errors: InvalidMessage (bad bus name or ring sizes), SystemError.
+  /// Errors: InvalidArgument (bad bus name or ring sizes), SystemError.
   static Result<std::unique_ptr<Supervisor>> create(SupervisorOptions options);
 
   ~Supervisor();
   Supervisor(const Supervisor&) = delete;
   Supervisor& operator=(const Supervisor&) = delete;
 
+  /// The bus name.
   const std::string& bus() const noexcept;
+  /// The socket windows connect to (SupervisorOptions::socketPath or the default).
   const std::string& socketPath() const noexcept;
 
   /// Starts `argv` (argv[0] is looked up in PATH) as a window with `role`, over a
@@ -137,6 +142,11 @@ class Supervisor {
   Registration on(const Channel& channel, Listener listener);
   /// Like on(), removed before its first run.
   Registration once(const Channel& channel, Listener listener);
+  /// Listens for windows that finished registering (typed form of on("window-opened")).
+  Registration onWindowOpened(WindowEventListener listener);
+  /// Listens for windows that closed, died or were disconnected, with the reason (typed form of
+  /// on("window-closed")).
+  Registration onWindowClosed(WindowEventListener listener);
   /// Handler for Window::invoke; the last registered wins. The reply is built in a scratch arena
   /// and copied once into the caller's inbox when the handler returns. The router enforces the
   /// caller's deadline while the handler runs: the caller gets Timeout at its deadline, and a

@@ -40,12 +40,14 @@ struct WindowOptions {
 /// Process contract: one Window per connection; a forked child must not use its parent's Window.
 class Window {
  public:
-  /// Connects by socket path and claims `options.role`. Errors: BusClosed (no supervisor),
-  /// Denied (role not allowed), Timeout (no welcome in time), SystemError.
+  /// Connects by socket path and claims `options.role`. Errors: InvalidArgument (bad bus or role
+  /// name, bad ring sizes), BusClosed (no supervisor), Denied (role not allowed), Timeout (no
+  /// welcome in time), SystemError.
   static Result<std::unique_ptr<Window>> connect(WindowOptions options);
 
   /// Connects over the pre-authenticated socket a Supervisor::spawn handed down ($SHMBUS_FD); the
-  /// role is the one the supervisor gave. Errors: as connect(); UsageError when not spawned.
+  /// role is the one the supervisor gave. Errors: as connect(); InvalidArgument when this process
+  /// was not started by Supervisor::spawn (see spawned()).
   static Result<std::unique_ptr<Window>> fromSpawn(WindowOptions options = {});
 
   /// True when this process was started by Supervisor::spawn.
@@ -56,8 +58,8 @@ class Window {
   Window& operator=(const Window&) = delete;
 
   std::uint32_t id() const noexcept;          ///< window id given by the supervisor (> 0)
-  const std::string& role() const noexcept;
-  const std::string& bus() const noexcept;
+  const std::string& role() const noexcept;   ///< the role the supervisor gave this window
+  const std::string& bus() const noexcept;    ///< the bus name
 
   /// One-way message to the main process (`Supervisor::on`). Built in place in the outbox.
   /// Errors: Full (outbox full; nothing written), TooLarge, BusClosed. Returns once written.
@@ -80,6 +82,12 @@ class Window {
 
   /// Like on(), but the listener removes itself before it runs the first time.
   Registration once(const Channel& channel, Listener listener);
+
+  /// Listens for other windows that registered (typed form of on("window-opened")).
+  Registration onWindowOpened(WindowEventListener listener);
+  /// Listens for other windows that closed, died or were disconnected (typed form of
+  /// on("window-closed")).
+  Registration onWindowClosed(WindowEventListener listener);
 
   /// Handles calls on `channel` (Supervisor::invoke and routed invokeIn). The last registered
   /// handler wins; the returned Registration removes this one (the previous one does not return).

@@ -20,6 +20,7 @@ const char* errorCodeName(ErrorCode code) noexcept {
     case ErrorCode::Cancelled: return "Cancelled";
     case ErrorCode::Corrupt: return "Corrupt";
     case ErrorCode::SystemError: return "SystemError";
+    case ErrorCode::InvalidArgument: return "InvalidArgument";
   }
   return "Unknown";
 }

@@ -5,6 +5,8 @@
 #include <memory>
 #include <vector>
 
+#include "bus.capnp.h"
+#include "protocol/frame.hpp"
 #include "protocol/frame_io.hpp"
 
 namespace shmbus {
@@ -108,6 +110,14 @@ void runHandler(const HandlerSlot& slot, const Message& request, const CallConte
     return;
   }
   (void)syncSink.reply(reply.getSegmentsForOutput());
+}
+
+Listener windowEventListener(WindowEventListener fn) {
+  SHMBUS_REQUIRE(fn != nullptr, "listener must not be empty");
+  return [fn = std::move(fn)](const Message& m, const CallContext&) {
+    auto e = m.root<schema::WindowEvent>();
+    fn(WindowEvent{e.getWindowId(), e.getRole(), e.getPid(), e.getReason()});
+  };
 }
 
 void runListeners(const std::vector<std::shared_ptr<ListenerSlot>>& listeners, const Message& m,

@@ -51,6 +51,10 @@ void runHandler(const HandlerSlot& slot, const Message& request, const CallConte
                 const std::function<std::string()>& what, ReplySink& syncSink,
                 const std::function<std::shared_ptr<ReplySink>()>& makeAsyncSink);
 
+/// A Listener that decodes bus.capnp WindowEvent payloads for `fn` (a malformed one is thrown
+/// as the listener's failure, which the endpoint logs).
+Listener windowEventListener(WindowEventListener fn);
+
 /// Runs each listener on `m`; an exception is logged through `log` and the next listener runs.
 void runListeners(const std::vector<std::shared_ptr<ListenerSlot>>& listeners, const Message& m,
                   const CallContext& ctx, const Logger& log);

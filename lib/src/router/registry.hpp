@@ -87,7 +87,8 @@ class Registry {
   /// Name of channel `id`: a verified name, the main process's own, else the name window
   /// `callerId` gave it itself (for messages to that window), else its id in hex.
   std::string nameOf(std::uint64_t id, std::uint32_t callerId = 0) const;
-  /// Name for stats: nameOf, else a typed channel's stat label.
+  /// Name for stats and the main process's own log: nameOf, else a typed channel's label (the
+  /// name a window's stub gave it; never used in messages to other windows).
   std::string statName(std::uint64_t id) const;
   /// "role 'x'" or "window n", for a frame target.
   std::string describeTarget(std::uint32_t target, std::uint64_t roleId) const;

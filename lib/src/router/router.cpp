@@ -122,7 +122,8 @@ void Router::onHello(Conn& c, const Packet& pkt) {
   if (!c.spawned) {
     const std::string& role = hello->role;
     if (!validRoleName(role)) {
-      return refuse(makeError(ErrorCode::Denied, fmt::format("role '{}' is not a valid role name", role)),
+      return refuse(makeError(ErrorCode::InvalidArgument,
+                              fmt::format("role '{}' is not a valid role name (1-64 printable characters, no space)", role)),
                     "invalid role");
     }
     // "main" names the main process in every context (CallContext::sourceRole, frames' role ids):

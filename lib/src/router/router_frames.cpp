@@ -173,14 +173,14 @@ void Router::onSend(Conn& w, const FrameView& f) {
   if (!allowed(h.channel, w.roleId)) {
     ++counters_.undeliverable;
     counters_.error(h.channel, ErrorCode::Denied);
-    log_(LogLevel::Warn, "denied send '{}' from {}", registry_.nameOf(h.channel), w.describe());
+    log_(LogLevel::Warn, "denied send '{}' from {}", registry_.statName(h.channel), w.describe());
     return;
   }
   if (h.target == kTargetMain) {
     ++counters_.at(h.channel).messages;
     if (mainCallbacks_->listenerCount(h.channel) == 0) {
       ++counters_.undeliverable;
-      log_(LogLevel::Debug, "send '{}' from {} has no listener", registry_.nameOf(h.channel), w.describe());
+      log_(LogLevel::Debug, "send '{}' from {} has no listener", registry_.statName(h.channel), w.describe());
       return;
     }
     InPlaceMessage m;
@@ -193,7 +193,7 @@ void Router::onSend(Conn& w, const FrameView& f) {
   if (t == nullptr) {
     ++counters_.undeliverable;
     counters_.error(h.channel, ErrorCode::NoTarget);
-    log_(LogLevel::Warn, "send '{}' from {}: no live window with {}", registry_.nameOf(h.channel), w.describe(),
+    log_(LogLevel::Warn, "send '{}' from {}: no live window with {}", registry_.statName(h.channel), w.describe(),
          registry_.describeTarget(h.target, h.role));
     return;
   }
@@ -207,7 +207,7 @@ void Router::onSend(Conn& w, const FrameView& f) {
   if (!r) {
     ++counters_.undeliverable;
     counters_.error(h.channel, r.code());
-    log_(LogLevel::Warn, "send '{}' from {} to {} dropped: {}", registry_.nameOf(h.channel), w.describe(),
+    log_(LogLevel::Warn, "send '{}' from {} to {} dropped: {}", registry_.statName(h.channel), w.describe(),
          t->describe(), r.error().message);
     return;
   }
@@ -335,7 +335,7 @@ void Router::countUnanswered(std::uint64_t channel) {
   std::lock_guard lk(mu_);
   ++counters_.unanswered;
   log_(LogLevel::Warn, "a handler of '{}' dropped its responder without replying (the caller times out)",
-       registry_.nameOf(channel));
+       registry_.statName(channel));
 }
 
 void Router::unpin(std::uint32_t connId) {

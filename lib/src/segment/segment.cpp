@@ -22,7 +22,7 @@ Result<void> validateBusName(std::string_view bus) {
   for (char c : bus) {
     ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-');
   }
-  if (!ok) return makeError(ErrorCode::InvalidMessage, fmt::format("bus name '{}' must be 1-64 of [A-Za-z0-9_-]", bus));
+  if (!ok) return makeError(ErrorCode::InvalidArgument, fmt::format("bus name '{}' must be 1-64 of [A-Za-z0-9_-]", bus));
   return {};
 }
 

@@ -9,6 +9,8 @@
 #include "call/call.hpp"
 #include "call/callbacks.hpp"
 #include "endpoint/call_wait.hpp"
+#include "endpoint/handler_run.hpp"
+#include "protocol/frame.hpp"
 #include "router/router.hpp"
 #include "spawn/spawn.hpp"
 #include "supervisor/lane.hpp"
@@ -123,8 +125,8 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(SupervisorOptions options
   if (auto v = validateBusName(options.bus); !v) return v.error();
   if (!isPowerOfTwo(options.inboxBytes) || !isPowerOfTwo(options.outboxBytes) || options.inboxBytes < 4096 ||
       options.outboxBytes < 4096 || options.maxRecordBytes < 256 || options.maxRecordBytes % 8 != 0) {
-    return makeError(ErrorCode::InvalidMessage, "ring sizes must be powers of two >= 4 KiB and the maximum record a "
-                                                "multiple of 8 bytes >= 256");
+    return makeError(ErrorCode::InvalidArgument, "ring sizes must be powers of two >= 4 KiB and the maximum record a "
+                                                 "multiple of 8 bytes >= 256");
   }
   SHMBUS_REQUIRE(options.callbackThreads >= 1, "SupervisorOptions::callbackThreads must be at least 1");
   auto impl = std::make_unique<Impl>(options);
@@ -177,6 +179,14 @@ Registration Supervisor::on(const Channel& channel, Listener listener) {
 
 Registration Supervisor::once(const Channel& channel, Listener listener) {
   return impl_->callbacks->addListener(channel, std::move(listener), true);
+}
+
+Registration Supervisor::onWindowOpened(WindowEventListener listener) {
+  return on(Channel(kWindowOpened), windowEventListener(std::move(listener)));
+}
+
+Registration Supervisor::onWindowClosed(WindowEventListener listener) {
+  return on(Channel(kWindowClosed), windowEventListener(std::move(listener)));
 }
 
 Registration Supervisor::handle(const Channel& channel, Handler handler) {

@@ -75,7 +75,10 @@ Result<std::unique_ptr<Window>> Window::connect(WindowOptions options) {
     if (const char* b = std::getenv(kEnvBus)) bus = b;
   }
   if (auto v = validateBusName(bus); !v) return v.error();
-  SHMBUS_REQUIRE(!options.role.empty(), "WindowOptions::role must name the role to claim");
+  if (!validRoleName(options.role)) {
+    return makeError(ErrorCode::InvalidArgument,
+                     fmt::format("role '{}' is not a valid role name (1-64 printable characters, no space)", options.role));
+  }
   std::string path = options.socketPath;
   if (path.empty()) {
     auto p = socketPath(bus);
@@ -93,7 +96,11 @@ bool Window::spawned() noexcept { return std::getenv(kEnvFd) != nullptr; }
 
 Result<std::unique_ptr<Window>> Window::fromSpawn(WindowOptions options) {
   const char* fdText = std::getenv(kEnvFd);
-  SHMBUS_REQUIRE(fdText != nullptr, "Window::fromSpawn outside a process started by Supervisor::spawn");
+  if (fdText == nullptr) {
+    return makeError(ErrorCode::InvalidArgument,
+                     "Window::fromSpawn in a process that Supervisor::spawn did not start (no $SHMBUS_FD); "
+                     "use Window::connect");
+  }
   const int fd = std::atoi(fdText);
   if (options.bus.empty()) {
     if (const char* b = std::getenv(kEnvBus)) options.bus = b;
@@ -132,6 +139,14 @@ Registration Window::on(const Channel& channel, Listener listener) {
 
 Registration Window::once(const Channel& channel, Listener listener) {
   return impl_->callbacks->addListener(channel, std::move(listener), true);
+}
+
+Registration Window::onWindowOpened(WindowEventListener listener) {
+  return on(Channel(kWindowOpened), windowEventListener(std::move(listener)));
+}
+
+Registration Window::onWindowClosed(WindowEventListener listener) {
+  return on(Channel(kWindowClosed), windowEventListener(std::move(listener)));
 }
 
 Registration Window::handle(const Channel& channel, Handler handler) {

@@ -64,7 +64,7 @@ Result<HelloRequest> parseHello(const Packet& pkt) {
 Result<void> checkRingSizes(std::uint32_t in, std::uint32_t out) {
   auto ok = [](std::uint32_t c) { return isPowerOfTwo(c) && c >= 4096 && c <= (64u << 20); };
   if (ok(in) && ok(out)) return {};
-  return makeError(ErrorCode::InvalidMessage,
+  return makeError(ErrorCode::InvalidArgument,
                    fmt::format("ring sizes {} / {} bytes must be powers of two in [4 KiB, 64 MiB]", in, out));
 }
 

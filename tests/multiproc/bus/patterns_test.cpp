@@ -395,3 +395,47 @@ TEST_CASE("window-opened and window-closed events reach listening windows and ma
   }
   CHECK(watcher.finish() == 0);
 }
+
+TEST_CASE("typed lifecycle events: onWindowOpened and onWindowClosed on the supervisor and on a window") {
+  TestBus tb("typed-events", {}, /*dispatch=*/false);
+  Mailbox report(*tb.sup, "report");
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<WindowEvent> opened, closed;
+  auto record = [&](std::vector<WindowEvent>& into) {
+    return [&](const WindowEvent& e) {
+      std::lock_guard lk(mu);
+      into.push_back(e);
+      cv.notify_all();
+    };
+  };
+  auto o = tb->onWindowOpened(record(opened));
+  auto c = tb->onWindowClosed(record(closed));
+  ServedWindow watcher(ServedWindow::deferred, tb, "watcher", [](Window& w, auto& regs) {
+    regs.push_back(w.onWindowClosed([&w](const WindowEvent& e) {
+      (void)w.send("report", text(e.role + " " + std::to_string(e.windowId) + " " + e.reason));
+    }));
+  });
+  Link toB;
+  GatedChild b([&] {
+    auto w = connectWindow(tb.bus, "editor");
+    toB.tellParent(std::to_string(w->id()));
+    toB.hearParent();
+  });
+  tb->startDispatchThread();
+  watcher.start();
+  b.go();
+  const auto bId = static_cast<std::uint32_t>(std::stoul(toB.hearChild()));
+  const pid_t bPid = b.pid();
+  toB.tellChild("exit");
+  CHECK(b.join(10s) == 0);
+  CHECK(report.next().text == "editor " + std::to_string(bId) + " closed");
+  std::unique_lock lk(mu);
+  REQUIRE(cv.wait_for(lk, 10s, [&] { return opened.size() >= 2 && !closed.empty(); }));
+  CHECK(opened[0].role == "watcher");
+  CHECK(opened[1].role == "editor");
+  CHECK(opened[1].windowId == bId);
+  CHECK(opened[1].pid == bPid);
+  CHECK(closed[0].windowId == bId);
+  CHECK(closed[0].reason == "closed");
+}
