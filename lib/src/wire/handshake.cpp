@@ -23,7 +23,10 @@ bool isPowerOfTwo(std::uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
 /// The Cap'n Proto words after the ControlHeader, copied to aligned storage.
 std::vector<capnp::word> bodyWords(const Packet& pkt) {
   std::vector<capnp::word> words((pkt.bytes.size() - sizeof(ControlHeader)) / sizeof(capnp::word));
-  std::memcpy(words.data(), pkt.bytes.data() + sizeof(ControlHeader), words.size() * sizeof(capnp::word));
+  // An empty body leaves data() null, which memcpy must not get even for 0 bytes (UBSan).
+  if (!words.empty()) {
+    std::memcpy(words.data(), pkt.bytes.data() + sizeof(ControlHeader), words.size() * sizeof(capnp::word));
+  }
   return words;
 }
 }  // namespace
