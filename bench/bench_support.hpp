@@ -101,7 +101,7 @@ inline bool pinToCpu(int cpu) noexcept {
 
 /// Lets the calling process run on every configured CPU again (the kernel keeps only those its
 /// cpuset allows). A process forked by a pinned one inherits the pin; a router in the middle of a
-/// benchmark must not keep it (TOOLCHAIN.md: every hop through a pinned router is a cross-CPU
+/// benchmark must not keep it (docs/architecture.md §13: every hop through a pinned router is a cross-CPU
 /// wake-up). Returns false when the kernel refuses the mask.
 inline bool unpinFromCpus() noexcept {
   cpu_set_t set;

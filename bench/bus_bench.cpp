@@ -23,7 +23,7 @@
 // Pinning rule: the two ENDPOINTS of a measurement are pinned to different CPUs (the caller or
 // sender, i.e. the benchmark process, to CPU 0; the process that answers or receives to CPU 1); a
 // ROUTER in the middle is never pinned. A pinned router turns every hop through it into a
-// cross-CPU wake-up (TOOLCHAIN.md, 2026-12-04: routed call 142 µs pinned, 83-87 µs unpinned).
+// cross-CPU wake-up (docs/architecture.md §13, 2026-12-04: routed call 142 µs pinned, 83-87 µs unpinned).
 //   window → main:   caller CPU 0, supervisor CPU 1 (the supervisor's handler/listener is the
 //                    other endpoint, so here it is pinned)
 //   window → window: caller CPU 0, target window CPU 1, supervisor unpinned (the router)

@@ -1,7 +1,7 @@
 // ring_bench: cross-process round trip and one-way throughput of the shmbus SPSC ring against
 // its floors (cache-line ping-pong, futex ping-pong) and the usual IPC baselines (pipe, Unix
 // domain socket, Boost.Interprocess message_queue), all in one binary and one run, so ratios are
-// taken between numbers measured under the same conditions (TOOLCHAIN.md: quote ratios).
+// taken between numbers measured under the same conditions (docs/architecture.md §13: quote ratios).
 //
 // Names (bench/compare.py pairs them):   PingPong/<transport>/<bytes>   Stream/<transport>/<bytes>
 // transports: floor_spin futex_floor pipe uds boost_mq ring_spin ring_parked

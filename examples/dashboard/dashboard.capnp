@@ -1,5 +1,5 @@
 # The contracts of the multi-window dashboard demo (the seed scenario of
-# shared/reference/000: GetDashboardData, GetWindowState, UpdateChart).
+# the Electron IPC seed's dashboard example: GetDashboardData, GetWindowState, UpdateChart).
 @0xab3b3736328f8a26;
 
 using Bus = import "/shmbus.capnp";

@@ -61,7 +61,7 @@ namespace {
 /// Scratch first segments for synchronous replies, one per nesting depth on this thread (a
 /// handler blocked in Call::get() may run another handler on the same thread). A
 /// MallocMessageBuilder over a caller-given first segment zeroes the words it used when it is
-/// destroyed (TOOLCHAIN.md), so each buffer stays zero between calls: no allocation and no 8 KiB
+/// destroyed (docs/architecture.md §13), so each buffer stays zero between calls: no allocation and no 8 KiB
 /// memset per reply, only the reply's own words are touched.
 constexpr std::size_t kScratchWords = 1024;
 thread_local std::vector<std::unique_ptr<capnp::word[]>> tScratch;

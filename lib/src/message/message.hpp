@@ -10,7 +10,7 @@
 //   +-----------------------------+
 //
 // The table is fixed-size so segment 0 can start before the final segment count is known; it is
-// read with capnp::SegmentArrayMessageReader (TOOLCHAIN.md: FlatArray- or SegmentArrayMessageReader).
+// read with capnp::SegmentArrayMessageReader (docs/architecture.md §13: FlatArray- or SegmentArrayMessageReader).
 // A message that fits its claim is one segment: no copy, no heap allocation, no memset when the
 // ring's free space is known to be zero (the consumer zeroes what it consumed).
 #pragma once
@@ -77,7 +77,7 @@ class RingMessageBuilder final : public capnp::MessageBuilder {
 };
 
 /// Default limits for reading an untrusted message: traversal of at most 8x the message size
-/// (re-reading fields counts again, TOOLCHAIN.md) plus 64 Ki words, nesting 64.
+/// (re-reading fields counts again, docs/architecture.md §13) plus 64 Ki words, nesting 64.
 capnp::ReaderOptions readerOptionsFor(std::size_t messageWords);
 
 /// A message read in place from a body span laid out by RingMessageBuilder. Holds no copy.

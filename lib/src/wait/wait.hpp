@@ -98,7 +98,7 @@ int futexWake(std::atomic<std::uint32_t>* word, int count) noexcept;
 
 /// How long a waiter spins before it parks. Default 4 µs: about the cost of one futex
 /// round trip's user-visible latency saved when a partner answers fast, small enough that an idle
-/// endpoint costs nothing (TOOLCHAIN.md: with 2 cores, long spins starve the partner). Measured by
+/// endpoint costs nothing (docs/architecture.md §13: with 2 cores, long spins starve the partner). Measured by
 /// bench/ring_bench (PingPong/ring_spin vs ring_parked).
 struct SpinPolicy {
   std::chrono::nanoseconds spin{std::chrono::microseconds(4)};
