@@ -215,6 +215,8 @@ class CallFailure : public std::runtime_error {
 /// to the same call; exactly one reply or fail() counts. When the last copy is destroyed without a
 /// reply, the call is counted as unanswered (RouterStats::unansweredCalls, a warning in the log)
 /// and the caller gets Timeout at its deadline: never a hang.
+/// Lifetime: every copy must be gone before its endpoint (Window, Supervisor) is destroyed; a
+/// thread that replies later is joined before the endpoint goes.
 /// Thread contract: every method from any thread.
 class Responder {
  public:

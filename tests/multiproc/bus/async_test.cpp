@@ -10,6 +10,30 @@ using namespace shmbus::test;
 
 namespace {
 BuildFn replyTextFn(const std::string& s) { return text(s); }
+
+/// Threads a handler starts to reply later, joined before the endpoint they reply through is
+/// destroyed: a Responder must not outlive its endpoint (message.hpp).
+class ReplyThreads {
+ public:
+  template <typename F>
+  void start(F&& fn) {
+    std::lock_guard lk(mu_);
+    threads_.emplace_back(std::forward<F>(fn));
+  }
+  void joinAll() {
+    std::vector<std::thread> all;
+    {
+      std::lock_guard lk(mu_);
+      all.swap(threads_);
+    }
+    for (auto& t : all) t.join();
+  }
+  ~ReplyThreads() { joinAll(); }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::thread> threads_;
+};
 }  // namespace
 
 TEST_CASE("a window's async handler frees its dispatch thread and replies later; a second reply is refused") {
@@ -18,15 +42,21 @@ TEST_CASE("a window's async handler frees its dispatch thread and replies later;
   ServedWindow w(ServedWindow::deferred, tb, "worker", [](Window& win, auto& regs) {
     // "hold" keeps its Responder; "release" answers the held call from another thread, then itself.
     auto held = std::make_shared<std::optional<Responder>>();
+    auto threads = std::make_shared<ReplyThreads>();
+    // Registrations go before the Window does: this one joins the reply thread first.
+    regs.push_back(Registration([threads, held] {
+      threads->joinAll();
+      held->reset();
+    }));
     regs.push_back(win.handleAsync("hold", [held](const Message&, Responder r, const CallContext&) { *held = r; }));
-    regs.push_back(win.handleAsync("release", [held, &win](const Message&, Responder r, const CallContext&) {
-      std::thread([held, r, &win]() mutable {
+    regs.push_back(win.handleAsync("release", [held, threads, &win](const Message&, Responder r, const CallContext&) {
+      threads->start([held, r, &win]() mutable {
         Responder h = **held;
         childCheck(h.reply(replyTextFn("held reply")).ok(), "reply to the held call");
         auto again = h.reply(replyTextFn("twice"));
         (void)win.send("second-reply", text(again.ok() ? "accepted" : errorCodeName(again.code())));
         childCheck(r.reply(replyTextFn("released")).ok(), "reply to release");
-      }).detach();
+      });
     }));
   });
   tb->startDispatchThread();
@@ -45,8 +75,9 @@ TEST_CASE("a window's async handler frees its dispatch thread and replies later;
 
 TEST_CASE("main's async handler replies from another thread; a dropped Responder ends in Timeout and is counted") {
   TestBus tb("async-main", {}, /*dispatch=*/false);
-  auto later = tb->handleAsync("later", [](const Message& req, Responder r, const CallContext&) {
-    std::thread([r, t = textOf(req)]() mutable { (void)r.reply(replyTextFn(t + " later")); }).detach();
+  ReplyThreads threads;  // joined before the supervisor goes
+  auto later = tb->handleAsync("later", [&threads](const Message& req, Responder r, const CallContext&) {
+    threads.start([r, t = textOf(req)]() mutable { (void)r.reply(replyTextFn(t + " later")); });
   });
   auto dropped = tb->handleAsync("dropped", [](const Message&, Responder, const CallContext&) {});
   Link toA;
