@@ -75,8 +75,8 @@ struct Run {
   int whatCalls = 0, asyncSinks = 0;
   CallContext ctx{.sourceWindowId = 3, .channel = "calc", .requestId = 11};
 
-  void sync(Handler fn) { go(HandlerSlot{1, std::move(fn), nullptr, 0, 0}); }
-  void async(AsyncHandler fn) { go(HandlerSlot{1, nullptr, std::move(fn), 0, 0}); }
+  void sync(Handler fn) { go(HandlerSlot(1, std::move(fn), nullptr, 0, 0)); }
+  void async(AsyncHandler fn) { go(HandlerSlot(1, nullptr, std::move(fn), 0, 0)); }
   /// Runs an async handler that keeps its Responder, and returns that Responder.
   Responder keep() {
     Responder kept;
@@ -252,7 +252,7 @@ TEST_CASE("a listener that throws is logged and the next listener still runs") {
   std::vector<std::string> logged;
   setLogSink([&](const LogRecord& r) { logged.push_back(std::string(r.component) + ": " + std::string(r.text)); });
   std::vector<int> ran;
-  auto slot = [](Listener fn) { return std::make_shared<ListenerSlot>(ListenerSlot{1, std::move(fn), false}); };
+  auto slot = [](Listener fn) { return std::make_shared<ListenerSlot>(1, std::move(fn), false); };
   std::vector<std::shared_ptr<ListenerSlot>> listeners{
       slot([&](const Message&, const CallContext&) { ran.push_back(1); throw std::runtime_error("boom"); }),
       slot([&](const Message&, const CallContext&) { ran.push_back(2); KJ_FAIL_REQUIRE("kj boom"); }),
@@ -265,4 +265,113 @@ TEST_CASE("a listener that throws is logged and the next listener still runs") {
   CHECK(logged[0] == "window: listener for 'tick' threw: boom");
   CHECK(logged[1].find("window: listener for 'tick' threw: ") == 0);
   CHECK(logged[1].find("kj boom") != std::string::npos);
+}
+
+// Unregistering is final (CallbackGate, lib/src/call/callbacks.hpp): after Registration::reset()
+// returns, the callback is not running on another thread and does not start again.
+
+TEST_CASE("reset waits for a listener still running on another thread") {
+  auto table = std::make_shared<CallbackTable>();
+  std::promise<void> started, release;
+  auto releasedF = release.get_future().share();
+  std::atomic<bool> finished{false};
+  Registration reg = table->addListener(Channel("tick"), [&](const Message&, const CallContext&) {
+    started.set_value();
+    releasedF.wait();
+    finished.store(true);
+  }, false);
+  std::thread runner([&] {
+    runListeners(table->takeListeners(Channel("tick").id), request(1), CallContext{.channel = "tick"},
+                 Logger{"window", "b", LogLevel::Debug});
+  });
+  started.get_future().wait();
+  bool finishedWhenResetReturned = false;
+  auto resetDone = std::async(std::launch::async, [&] {
+    reg.reset();
+    finishedWhenResetReturned = finished.load();
+  });
+  // Showing that something blocks needs a bounded wait: reset must still be waiting for the
+  // listener, which has not been released yet.
+  CHECK(resetDone.wait_for(std::chrono::milliseconds(200)) == std::future_status::timeout);
+  release.set_value();
+  resetDone.get();
+  runner.join();
+  CHECK(finishedWhenResetReturned);
+}
+
+TEST_CASE("a listener unregistered after the dispatcher's snapshot does not start") {
+  auto table = std::make_shared<CallbackTable>();
+  int ran = 0;
+  Registration kept = table->addListener(Channel("tick"), [&](const Message&, const CallContext&) { ran += 10; }, false);
+  Registration gone = table->addListener(Channel("tick"), [&](const Message&, const CallContext&) { ++ran; }, false);
+  auto snapshot = table->takeListeners(Channel("tick").id);
+  REQUIRE(snapshot.size() == 2);
+  gone.reset();
+  runListeners(snapshot, request(1), CallContext{.channel = "tick"}, Logger{"window", "b", LogLevel::Debug});
+  CHECK(ran == 10);
+}
+
+TEST_CASE("a callback may reset its own registration, also from a run nested below it") {
+  auto table = std::make_shared<CallbackTable>();
+  Registration reg;
+  int depth = 0, runs = 0;
+  std::function<void()> dispatch = [&] {
+    runListeners(table->takeListeners(Channel("tick").id), request(1), CallContext{.channel = "tick"},
+                 Logger{"window", "b", LogLevel::Debug});
+  };
+  reg = table->addListener(Channel("tick"), [&](const Message&, const CallContext&) {
+    ++runs;
+    if (++depth == 1) dispatch();  // re-entrant dispatch runs the same listener one level down
+    else reg.reset();             // the innermost run unregisters: must not wait for the outer one
+    --depth;
+  }, false);
+  dispatch();
+  CHECK(runs == 2);
+  dispatch();
+  CHECK(runs == 2);
+}
+
+TEST_CASE("a handler unregistered after the dispatcher looked it up fails the call with NoHandler") {
+  auto table = std::make_shared<CallbackTable>();
+  bool ran = false;
+  Registration reg = table->setHandler(Channel("calc"), [&](const Message&, Builder&, const CallContext&) { ran = true; });
+  auto slot = table->handler(Channel("calc").id);
+  REQUIRE(slot);
+  reg.reset();
+  FakeSink sink;
+  runHandler(*slot, request(1), CallContext{.channel = "calc"}, [] { return std::string(kWhat); }, sink, {});
+  CHECK_FALSE(ran);
+  REQUIRE(sink.failures().size() == 1);
+  CHECK(sink.failures()[0].code == ErrorCode::NoHandler);
+  CHECK(sink.failures()[0].message == std::string(kWhat) + ": no handler");
+}
+
+TEST_CASE("once reset returns, no run of a listener dispatched from several threads is in progress") {
+  auto table = std::make_shared<CallbackTable>();
+  std::atomic<int> inside{0}, afterReset{0};
+  std::atomic<bool> resetDone{false};
+  Registration reg = table->addListener(Channel("tick"), [&](const Message&, const CallContext&) {
+    inside.fetch_add(1);
+    if (resetDone.load()) afterReset.fetch_add(1);
+    inside.fetch_sub(1);
+  }, false);
+  const Message m = request(1);
+  std::atomic<int> runsSeen{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 20000; ++i) {
+        runListeners(table->takeListeners(Channel("tick").id), m, CallContext{.channel = "tick"},
+                     Logger{"window", "b", LogLevel::Debug});
+        runsSeen.fetch_add(1);
+      }
+    });
+  }
+  while (runsSeen.load() < 1000) std::this_thread::yield();
+  reg.reset();
+  const int insideAtReset = inside.load();
+  resetDone.store(true);
+  for (auto& t : threads) t.join();
+  CHECK(insideAtReset == 0);
+  CHECK(afterReset.load() == 0);
 }

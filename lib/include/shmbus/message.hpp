@@ -169,7 +169,12 @@ class Call {
 /// A registered handler or listener. Destroying it (or calling reset()) unregisters it. Move-only.
 /// [[nodiscard]]: a Registration dropped on the spot unregisters at once (the caller would then
 /// time out or hear nothing); keep it, or call release() to keep the registration for good.
-/// Thread contract: reset from any thread; after reset returns the callback is not started again.
+/// Thread contract: reset from any thread. When reset returns, the callback does not start again
+/// and no run of it is in progress on another thread (reset waits for such a run to return), so
+/// state the callback captures may be destroyed right after; a callback may reset its own
+/// registration (that run is not waited for). Do not reset, from inside a callback, the
+/// registration of another callback that may be waiting to reset yours: the two wait for each other.
+/// An async handler's Responder is not covered: it replies after the handler has returned.
 class [[nodiscard]] Registration {
  public:
   Registration() = default;

@@ -3,6 +3,7 @@
 // the last registered handler wins; a Registration removes exactly what it registered.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -16,10 +17,53 @@
 
 namespace shmbus::detail {
 
+/// The runs of one registered callback, so that unregistering it is final: once retire()
+/// returns, no run of the callback is in progress on another thread and none starts again.
+/// That is what makes `Registration::reset()` (and a Registration destroyed beside the state its
+/// callback captures) safe while the callback may be running on a dispatch or lane thread.
+///
+/// One 32-bit atomic: bit 31 = retired, bits 0..30 = runs in progress. A run that finds the
+/// retired bit does not start; retire() sets the bit and waits (futex, std::atomic::wait) until
+/// the runs left are only those of the calling thread itself (a callback that resets its own
+/// registration, or one nested below it through re-entrant dispatch: waiting for those would
+/// deadlock). Same contract as Win32 UnregisterWaitEx with a completion event or
+/// WaitForThreadpoolWorkCallbacks: the unregistering thread waits for callbacks in flight.
+/// Thread contract: enter/leave/retire from any thread. Two callbacks on two threads that each
+/// reset the other's registration while running deadlock; don't.
+class CallbackGate {
+ public:
+  /// Starts a run; false when the callback is retired (then it must not run, and leave() is
+  /// not called).
+  bool enter() noexcept;
+  /// Ends a run that enter() started, on the thread that started it.
+  void leave() noexcept;
+  /// Stops new runs and waits until no run of another thread is in progress. Idempotent.
+  void retire() noexcept;
+
+  /// enter() and leave() as a scope.
+  class Run {
+   public:
+    explicit Run(CallbackGate& g) noexcept : g_(g.enter() ? &g : nullptr) {}
+    ~Run() { if (g_) g_->leave(); }
+    Run(const Run&) = delete;
+    Run& operator=(const Run&) = delete;
+    /// Whether the callback may run.
+    explicit operator bool() const noexcept { return g_ != nullptr; }
+
+   private:
+    CallbackGate* g_;
+  };
+
+ private:
+  static constexpr std::uint32_t kRetired = 1u << 31;
+  std::atomic<std::uint32_t> state_{0};
+};
+
 struct ListenerSlot {
   std::uint64_t token;
   Listener fn;
   bool once;
+  CallbackGate gate;
 };
 
 struct HandlerSlot {
@@ -28,9 +72,12 @@ struct HandlerSlot {
   AsyncHandler async;           ///< asynchronous handler (exactly one of the two is set)
   std::uint64_t schemaId;       ///< expected request fingerprint (0 = unchecked)
   std::uint64_t replySchemaId;  ///< fingerprint stamped on replies (0 = untyped)
+  mutable CallbackGate gate;    ///< runs of `fn`/`async` (the synchronous part of an async handler)
 };
 
 /// Thread contract: every method is thread-safe; callbacks are never invoked under the lock.
+/// A Registration's undo retires the slot's gate after removing it from the table (see
+/// CallbackGate): when reset() returns, the callback is neither running elsewhere nor starts again.
 /// Owned by shared_ptr: a Registration that outlives its endpoint becomes a no-op.
 class CallbackTable : public std::enable_shared_from_this<CallbackTable> {
  public:

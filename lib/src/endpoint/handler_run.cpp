@@ -88,6 +88,11 @@ ResponderState::~ResponderState() {
 void runHandler(const HandlerSlot& slot, const Message& request, const CallContext& ctx,
                 const std::function<std::string()>& what, ReplySink& syncSink,
                 const std::function<std::shared_ptr<ReplySink>()>& makeAsyncSink) {
+  CallbackGate::Run run(slot.gate);
+  if (!run) {  // unregistered after the dispatcher looked it up
+    (void)syncSink.fail(makeError(ErrorCode::NoHandler, what() + ": no handler"));
+    return;
+  }
   if (slot.async) {
     auto state = std::make_shared<ResponderState>();
     state->sink = makeAsyncSink();
@@ -123,6 +128,8 @@ Listener windowEventListener(WindowEventListener fn) {
 void runListeners(const std::vector<std::shared_ptr<ListenerSlot>>& listeners, const Message& m,
                   const CallContext& ctx, const Logger& log) {
   for (const auto& l : listeners) {
+    CallbackGate::Run run(l->gate);
+    if (!run) continue;  // unregistered since the snapshot was taken
     try {
       l->fn(m, ctx);
     } catch (const std::exception& e) {
