@@ -172,6 +172,34 @@ inline void announceReady(Window& w) {
   expectOk(w.send("ready", text(w.role())), "send ready");
 }
 
+/// Texts a window's listeners received, for the child's main thread to wait on (in a child).
+struct Inbox {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::string> got;
+
+  void add(std::string s) {
+    // Notified under the lock: the waiter may destroy the Inbox as soon as it sees the count.
+    std::lock_guard lk(mu);
+    got.push_back(std::move(s));
+    cv.notify_all();
+  }
+  /// How many texts arrived so far.
+  std::size_t size() {
+    std::lock_guard lk(mu);
+    return got.size();
+  }
+  /// Waits until `n` texts arrived; returns them joined by ','.
+  std::string await(std::size_t n, std::chrono::milliseconds timeout = 10s) {
+    std::unique_lock lk(mu);
+    childCheck(cv.wait_for(lk, timeout, [&] { return got.size() >= n; }),
+               "only " + std::to_string(got.size()) + " of " + std::to_string(n) + " messages arrived");
+    std::string out;
+    for (const auto& s : got) out += (out.empty() ? "" : ",") + s;
+    return out;
+  }
+};
+
 /// What a supervisor listener heard: sender and text.
 struct Heard {
   std::uint32_t windowId = 0;

@@ -37,6 +37,9 @@ enum class ErrorCode : std::uint16_t {
                          ///< Window::fromSpawn in a process that Supervisor::spawn did not start
 };
 
+/// The highest ErrorCode value; a code read from a peer above it (or 0) is not valid.
+inline constexpr ErrorCode kLastErrorCode = ErrorCode::InvalidArgument;
+
 /// Stable upper-camel name of a code, e.g. "NoTarget". Never returns null.
 const char* errorCodeName(ErrorCode code) noexcept;
 

@@ -265,6 +265,20 @@ struct WindowEvent {
 /// Listener of window lifecycle events (runs where other listeners of the endpoint run).
 using WindowEventListener = std::function<void(const WindowEvent&)>;
 
+/// A one-way message (Window::send / sendTo) the supervisor could not deliver, reported back to
+/// its sender after the send returned Ok (the send itself only writes the sender's outbox).
+struct SendFailure {
+  std::string channel;         ///< the message's channel name
+  std::uint64_t channelId = 0; ///< its id
+  /// Denied (policy), NoTarget (no live window with the role or id), Full (the target's inbox
+  /// stayed full), BusClosed (the target closed meanwhile); the message names channel, sender
+  /// and target.
+  Error error;
+};
+
+/// Listener of send failures (runs on the window's dispatch thread, like other listeners).
+using SendFailureListener = std::function<void(const SendFailure&)>;
+
 /// Listener callback: the message and its context.
 using Listener = std::function<void(const Message&, const CallContext&)>;
 

@@ -89,6 +89,12 @@ class Window {
   /// on("window-closed")).
   Registration onWindowClosed(WindowEventListener listener);
 
+  /// Hears about one-way messages of this window that were not delivered (send to main denied
+  /// by policy; sendTo denied, to a role or id with no live window, or to a window whose inbox
+  /// stayed full). Without a listener the window logs each at Warn: no failed send is silent.
+  /// A send to main that simply has no listener there is not a failure (as with ipcMain).
+  Registration onSendFailed(SendFailureListener listener);
+
   /// Handles calls on `channel` (Supervisor::invoke and routed invokeIn). The last registered
   /// handler wins; the returned Registration removes this one (the previous one does not return).
   /// The reply is built in a process-local arena and copied once into the outbox when the handler

@@ -125,6 +125,18 @@ Listener windowEventListener(WindowEventListener fn) {
   };
 }
 
+Listener sendFailureListener(SendFailureListener fn) {
+  SHMBUS_REQUIRE(fn != nullptr, "listener must not be empty");
+  return [fn = std::move(fn)](const Message& m, const CallContext& ctx) {
+    auto info = m.root<schema::ErrorInfo>();
+    SendFailure f;
+    f.channel = std::string(ctx.channel);
+    f.channelId = ctx.channelId;
+    f.error = makeError(errorCodeFromWire(info.getCode()), info.getMessage());
+    fn(f);
+  };
+}
+
 void runListeners(const std::vector<std::shared_ptr<ListenerSlot>>& listeners, const Message& m,
                   const CallContext& ctx, const Logger& log) {
   for (const auto& l : listeners) {

@@ -55,6 +55,10 @@ void runHandler(const HandlerSlot& slot, const Message& request, const CallConte
 /// as the listener's failure, which the endpoint logs).
 Listener windowEventListener(WindowEventListener fn);
 
+/// A Listener that decodes a bus.capnp ErrorInfo payload into a SendFailure for `fn`; the
+/// channel comes from the context (the failed message's channel, not kSendFailed).
+Listener sendFailureListener(SendFailureListener fn);
+
 /// Runs each listener on `m`; an exception is logged through `log` and the next listener runs.
 void runListeners(const std::vector<std::shared_ptr<ListenerSlot>>& listeners, const Message& m,
                   const CallContext& ctx, const Logger& log);

@@ -63,5 +63,8 @@ static_assert(alignof(FrameHeader) == 8);
 /// Reserved channels of bus events (pushed to windows that listen).
 inline constexpr std::string_view kWindowOpened = "window-opened";
 inline constexpr std::string_view kWindowClosed = "window-closed";
+/// Window-local channel of SendFailure listeners (never on the wire). An undelivered one-way
+/// message comes back to its sender as an Error frame with request id 0 on the message's channel.
+inline constexpr std::string_view kSendFailed = "shmbus.send-failed";
 
 }  // namespace shmbus::detail

@@ -113,12 +113,14 @@ Result<void> writeErrorFrame(RingProducer& p, FrameHeader header, const Error& e
   return writeFrame(p, header, [&](capnp::MessageBuilder& b) { buildErrorInfo(b, bounded); }, 0, notify);
 }
 
+ErrorCode errorCodeFromWire(std::uint32_t code) noexcept {
+  if (code == 0 || code > static_cast<std::uint32_t>(kLastErrorCode)) return ErrorCode::InvalidMessage;
+  return static_cast<ErrorCode>(code);
+}
+
 Error decodeError(const FrameHeader& header, InPlaceMessage& payload) {
   Error e;
-  e.code = static_cast<ErrorCode>(header.status);
-  if (header.status == 0 || header.status > static_cast<std::uint32_t>(ErrorCode::SystemError)) {
-    e.code = ErrorCode::InvalidMessage;
-  }
+  e.code = errorCodeFromWire(header.status);
   try {
     if (!payload.empty()) {
       auto info = payload.reader().getRoot<schema::ErrorInfo>();

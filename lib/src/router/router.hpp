@@ -172,6 +172,9 @@ class Router {
   void replyError(Conn& w, const FrameHeader& req, Error e);
   void process(Conn& w, const RecordView& rec);
   void onIntern(Conn& w, const FrameView& f);
+  /// A one-way message from `w` that cannot be delivered: counted, logged, and reported back to
+  /// `w` as an Error frame with request id 0 (dropped when `w`'s inbox is full: counted only).
+  void undelivered(Conn& w, const FrameHeader& h, const Error& e);
   void onSend(Conn& w, const FrameView& f);
   void onInvoke(Conn& w, const FrameView& f);
   void invokeMain(Conn& w, const FrameView& f, std::int64_t now);

@@ -168,13 +168,23 @@ bool Router::deliverToMain(Conn& w, MainJob& job) {
   return true;
 }
 
+void Router::undelivered(Conn& w, const FrameHeader& h, const Error& e) {
+  ++counters_.undeliverable;
+  counters_.error(h.channel, e.code);
+  log_(LogLevel::Warn, "{}", e.toString());
+  FrameHeader back{};
+  back.channel = h.channel;
+  back.target = h.target;
+  back.role = h.role;
+  back.requestId = 0;  // request id 0: the sender's own one-way message (Window::onSendFailed)
+  (void)writeToWindow(w, [&] { return writeErrorFrame(w.inbox, back, e); });  // full too: counted above
+}
+
 void Router::onSend(Conn& w, const FrameView& f) {
   const FrameHeader& h = f.header;
   if (!allowed(h.channel, w.roleId)) {
-    ++counters_.undeliverable;
-    counters_.error(h.channel, ErrorCode::Denied);
-    log_(LogLevel::Warn, "denied send '{}' from {}", registry_.statName(h.channel), w.describe());
-    return;
+    return undelivered(w, h, makeError(ErrorCode::Denied, fmt::format("send '{}' from {}: denied by policy",
+                                                                      registry_.nameOf(h.channel, w.id), w.describe())));
   }
   if (h.target == kTargetMain) {
     ++counters_.at(h.channel).messages;
@@ -191,11 +201,9 @@ void Router::onSend(Conn& w, const FrameView& f) {
   }
   Conn* t = registry_.resolve(h.target, h.role);
   if (t == nullptr) {
-    ++counters_.undeliverable;
-    counters_.error(h.channel, ErrorCode::NoTarget);
-    log_(LogLevel::Warn, "send '{}' from {}: no live window with {}", registry_.statName(h.channel), w.describe(),
-         registry_.describeTarget(h.target, h.role));
-    return;
+    return undelivered(w, h, makeError(ErrorCode::NoTarget, fmt::format("send '{}' from {}: no live window with {}",
+                                                                        registry_.nameOf(h.channel, w.id), w.describe(),
+                                                                        registry_.describeTarget(h.target, h.role))));
   }
   FrameHeader out = h;
   out.source = w.id;
@@ -205,11 +213,9 @@ void Router::onSend(Conn& w, const FrameView& f) {
   internRole(*t, w.roleId);
   auto r = writeToWindow(*t, [&] { return writeFrameCopy(t->inbox, out, f.payload, f.payloadBytes); });
   if (!r) {
-    ++counters_.undeliverable;
-    counters_.error(h.channel, r.code());
-    log_(LogLevel::Warn, "send '{}' from {} to {} dropped: {}", registry_.statName(h.channel), w.describe(),
-         t->describe(), r.error().message);
-    return;
+    return undelivered(w, h, makeError(r.code(), fmt::format("send '{}' from {} to {} not delivered: {}",
+                                                             registry_.nameOf(h.channel, w.id), w.describe(),
+                                                             t->describe(), r.error().message)));
   }
   ++counters_.at(h.channel).messages;
 }

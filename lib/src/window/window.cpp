@@ -149,6 +149,10 @@ Registration Window::onWindowClosed(WindowEventListener listener) {
   return on(Channel(kWindowClosed), windowEventListener(std::move(listener)));
 }
 
+Registration Window::onSendFailed(SendFailureListener listener) {
+  return on(Channel(kSendFailed), sendFailureListener(std::move(listener)));
+}
+
 Registration Window::handle(const Channel& channel, Handler handler) {
   return impl_->callbacks->setHandler(channel, std::move(handler));
 }

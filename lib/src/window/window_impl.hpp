@@ -49,7 +49,7 @@ struct Window::Impl final : CallOwner {
   Fd sock;
   WindowLink link;  // id, role, segment, inbox (dispatcher only), outbox (under outMu), cancel board
   std::mutex outMu;
-  std::unordered_set<std::uint64_t> interned;  // guarded by outMu
+  std::unordered_map<std::uint64_t, std::string> interned;  // id -> name sent in an Intern frame; guarded by outMu
 
   std::atomic<bool> closed{false};
   mutable std::mutex closeMu;
@@ -122,18 +122,25 @@ struct Window::Impl final : CallOwner {
         spin, deadline);
   }
 
+  /// The name this window interned for `id` (a channel it wrote on), or "" (takes outMu).
+  std::string internedName(std::uint64_t id) {
+    std::lock_guard lk(outMu);
+    auto it = interned.find(id);
+    return it == interned.end() ? std::string() : it->second;
+  }
+
   /// Sends the name behind `id` once (caller holds outMu).
   void internLocked(std::uint64_t nameIdValue, std::string_view name, bool isRole) {
     // Nothing is written once closed: the supervisor reads this ring no more.
     if (closed.load(std::memory_order_acquire)) return;  // acquire: pairs with markClosed
-    if (name.empty() || !interned.insert(nameIdValue).second) return;
+    if (name.empty() || !interned.try_emplace(nameIdValue, name.substr(0, 256)).second) return;
     FrameHeader h{};
     h.kind = static_cast<std::uint16_t>(FrameKind::Intern);
     h.channel = nameIdValue;
     auto r = writeFrame(link.outbox, h, [&](Builder& b) {
       auto i = b.initRoot<schema::Intern>();
       i.setId(nameIdValue);
-      i.setName(std::string(name.substr(0, 256)));
+      i.setName(interned[nameIdValue]);
       i.setIsRole(isRole);
     }, 512);
     if (!r) interned.erase(nameIdValue);  // try again with the next message
@@ -255,6 +262,8 @@ struct Window::Impl final : CallOwner {
   CallContext contextFor(const FrameHeader& h, std::string& channelName);
 
   void onPush(const FrameView& f, InPlaceMessage& msg);
+  /// An Error frame with request id 0: a one-way message of this window was not delivered.
+  void onSendFailed(const FrameView& f, InPlaceMessage& msg);
 
   /// Writes an Error frame for request `req`, waiting for outbox space up to its deadline.
   Result<void> writeError(FrameHeader h, const Error& e, std::int64_t deadline);

@@ -81,8 +81,14 @@ void Window::Impl::handleRecord(const RecordView& rec) {
         case FrameKind::Send: onPush(*f, msg); break;
         case FrameKind::Invoke: onInvoke(*f, msg); break;
         case FrameKind::Cancel: onCancelFrame(f->header.requestId); break;
-        case FrameKind::Reply:
-        case FrameKind::Error: leased = onReply(*f, rec); break;
+        case FrameKind::Error:
+          if (f->header.requestId == 0) {  // a one-way message of ours came back undelivered
+            onSendFailed(*f, msg);
+            break;
+          }
+          leased = onReply(*f, rec);
+          break;
+        case FrameKind::Reply: leased = onReply(*f, rec); break;
         default: break;
       }
     }
@@ -125,6 +131,22 @@ void Window::Impl::onPush(const FrameView& f, InPlaceMessage& msg) {
   std::string name;
   CallContext ctx = contextFor(f.header, name);
   runListeners(listeners, Message(&msg, f.header.schemaId), ctx, log);
+}
+
+void Window::Impl::onSendFailed(const FrameView& f, InPlaceMessage& msg) {
+  auto listeners = callbacks->takeListeners(Channel(kSendFailed).id);
+  std::string name = callbacks->name(f.header.channel);
+  if (name.empty()) name = internedName(f.header.channel);
+  if (name.empty()) name = fmt::format("#{:016x}", f.header.channel);
+  if (listeners.empty()) {
+    const Error e = decodeError(f.header, msg);
+    log(LogLevel::Warn, "a one-way message was not delivered: {}", e.toString());
+    return;
+  }
+  CallContext ctx;
+  ctx.channel = name;
+  ctx.channelId = f.header.channel;
+  runListeners(listeners, Message(&msg, 0), ctx, log);
 }
 
 Result<void> Window::Impl::writeError(FrameHeader h, const Error& e, std::int64_t deadline) {

@@ -14,29 +14,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-/// Texts a window's listeners received, for the child's main thread to wait on.
-struct Inbox {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::vector<std::string> got;
-
-  void add(std::string s) {
-    // Notified under the lock: the waiter may destroy the Inbox as soon as it sees the count.
-    std::lock_guard lk(mu);
-    got.push_back(std::move(s));
-    cv.notify_all();
-  }
-  /// Waits until `n` texts arrived; returns them joined by ','.
-  std::string await(std::size_t n, std::chrono::milliseconds timeout = 10s) {
-    std::unique_lock lk(mu);
-    childCheck(cv.wait_for(lk, timeout, [&] { return got.size() >= n; }),
-               "only " + std::to_string(got.size()) + " of " + std::to_string(n) + " messages arrived");
-    std::string out;
-    for (const auto& s : got) out += (out.empty() ? "" : ",") + s;
-    return out;
-  }
-};
-
 std::string describeContext(const std::string& body, const CallContext& ctx) {
   return body + " " + std::to_string(ctx.sourceWindowId) + " " + std::string(ctx.sourceRole) + " " +
          std::string(ctx.channel) + " " + std::to_string(ctx.requestId) + " " + std::to_string(ctx.deadlineNs);
