@@ -115,10 +115,7 @@ Result<void> writeErrorFrame(RingProducer& p, FrameHeader header, const Error& e
 
 Error decodeError(const FrameHeader& header, InPlaceMessage& payload) {
   Error e;
-  e.code = static_cast<ErrorCode>(header.status);
-  if (header.status == 0 || header.status > static_cast<std::uint32_t>(ErrorCode::SystemError)) {
-    e.code = ErrorCode::InvalidMessage;
-  }
+  e.code = errorCodeFromWire(header.status);
   try {
     if (!payload.empty()) {
       auto info = payload.reader().getRoot<schema::ErrorInfo>();
