@@ -1,9 +1,12 @@
 #!/bin/sh
 # capnpc-shmbus run by hand: --help and --version answer; no request on stdin (empty, a closed
-# pipe, garbage cut short) is a clear message with exit code 2, not Cap'n Proto's "Premature EOF".
-# usage: plugin_cli_test.sh <capnpc-shmbus>
+# pipe, garbage cut short) is a clear message with exit code 2, not Cap'n Proto's "Premature EOF";
+# a malformed request (the crash inputs libFuzzer found, fuzz/corpus/plugin/crash-*) is a clear
+# message with exit code 1, not a crash.
+# usage: plugin_cli_test.sh <capnpc-shmbus> <fuzz/corpus/plugin>
 set -u
 plugin=$1
+corpus=$2
 fail() { echo "plugin_cli_test: $*" >&2; exit 1; }
 "$plugin" --help | grep -q '^usage: capnp compile' || fail "--help prints no usage"
 "$plugin" --version | grep -Eq '^capnpc-shmbus [0-9]+\.[0-9]+\.[0-9]+' || fail "--version prints no version"
@@ -17,5 +20,10 @@ for input in /dev/null closed-pipe short; do
   echo "$err" | grep -q 'capnp compile' || fail "$input: the message does not say to run it through capnp compile: $err"
   echo "$err" | grep -q 'Premature EOF' && fail "$input: Cap'n Proto's message leaked: $err"
 done
+for input in "$corpus"/crash-*; do
+  err=$("$plugin" 2>&1 <"$input"); rc=$?  # it fails before writing anything
+  [ "$rc" -eq 1 ] || fail "$input: exit code $rc, expected 1: $err"
+  echo "$err" | grep -q '^capnpc-shmbus: ' || fail "$input: no message of the plugin's own: $err"
+done
 "$plugin" --bogus >/dev/null 2>&1; [ $? -eq 2 ] || fail "an unknown argument is not exit code 2"
-echo "capnpc-shmbus: --help, --version and the no-request messages are right"
+echo "capnpc-shmbus: --help, --version, the no-request and the malformed-request messages are right"

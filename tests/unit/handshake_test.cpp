@@ -8,12 +8,17 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
 #include <cstring>
 #include <optional>
 #include <string>
 #include <thread>
 
 #include "shm_test.hpp"
+
+#include "bus.capnp.h"
 
 using namespace shmbus;
 using namespace shmbus::detail;
@@ -243,4 +248,64 @@ TEST_CASE("a hello shorter than its control header is InvalidMessage") {
   Packet shortPkt;
   shortPkt.bytes.resize(4);
   CHECK(parseHello(shortPkt).code() == ErrorCode::InvalidMessage);
+}
+
+namespace {
+/// A control packet of `type` carrying `mb` as a flat array, as sendControl lays it out.
+Packet packetOf(ControlType type, capnp::MessageBuilder& mb) {
+  Packet p;
+  const ControlHeader h{static_cast<std::uint32_t>(type), 0, 0};
+  p.bytes.resize(sizeof h);
+  std::memcpy(p.bytes.data(), &h, sizeof h);
+  const auto words = capnp::messageToFlatArray(mb);
+  const auto bytes = words.asBytes();
+  p.bytes.insert(p.bytes.end(), bytes.begin(), bytes.end());
+  return p;
+}
+
+/// A refused Welcome carrying error code `code`.
+Packet refusal(std::uint16_t code) {
+  capnp::MallocMessageBuilder mb;
+  auto w = mb.initRoot<schema::Welcome>();
+  w.setOk(false);
+  w.initError().setCode(code);
+  return packetOf(ControlType::Welcome, mb);
+}
+}  // namespace
+
+TEST_CASE("a refused welcome keeps its error code; Ok or an unknown code is InvalidMessage") {
+  CHECK(parseWelcome(refusal(static_cast<std::uint16_t>(ErrorCode::Denied)), "b").code() == ErrorCode::Denied);
+  CHECK(parseWelcome(refusal(static_cast<std::uint16_t>(ErrorCode::InvalidArgument)), "b").code() ==
+        ErrorCode::InvalidArgument);
+  CHECK(parseWelcome(refusal(0), "b").code() == ErrorCode::InvalidMessage);
+  CHECK(parseWelcome(refusal(999), "b").code() == ErrorCode::InvalidMessage);
+}
+
+TEST_CASE("a welcome whose rings or board lie outside the segment fails the layout check") {
+  const SegmentLayout l = segmentLayout(4096, 4096);
+  WelcomeInfo w;
+  w.inbox = w.outbox = RingGeometry{4096, 1024};
+  w.boardOffset = l.boardOffset;
+  w.inboxOffset = l.inboxOffset;
+  w.outboxOffset = l.outboxOffset;
+  CHECK(checkWelcomeLayout(w, l.totalBytes).ok());
+  CHECK(checkWelcomeLayout(w, l.totalBytes - 64).code() == ErrorCode::InvalidMessage);
+  WelcomeInfo far = w;
+  far.outboxOffset = ~std::uint64_t{63};  // the sum with the ring's size would overflow
+  CHECK(checkWelcomeLayout(far, l.totalBytes).code() == ErrorCode::InvalidMessage);
+  WelcomeInfo bad = w;
+  bad.inbox.maxRecord = 4096;  // more than half the capacity
+  CHECK(checkWelcomeLayout(bad, l.totalBytes).code() == ErrorCode::InvalidMessage);
+}
+
+TEST_CASE("a control packet that is short or of an unknown type is InvalidMessage") {
+  Packet p;
+  p.bytes.resize(sizeof(ControlHeader) - 1);
+  CHECK(parseControlHeader(p).code() == ErrorCode::InvalidMessage);
+  p.bytes.assign(sizeof(ControlHeader), 0);
+  CHECK(parseControlHeader(p).code() == ErrorCode::InvalidMessage);  // type 0
+  p.bytes[0] = static_cast<std::uint8_t>(ControlType::Mapped);
+  CHECK(parseControlHeader(p)->type == static_cast<std::uint32_t>(ControlType::Mapped));
+  p.bytes[0] = 77;
+  CHECK(parseControlHeader(p).code() == ErrorCode::InvalidMessage);
 }

@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <variant>
 
@@ -69,7 +70,13 @@ class [[nodiscard]] Result {
   Result(Error error) : v_(std::in_place_index<1>, std::move(error)) {}  // NOLINT
   /// Constructs the value in place from `args` (no temporary T to copy on a hot path).
   template <typename... Args>
+    requires std::is_constructible_v<T, Args&&...>
   explicit Result(std::in_place_t, Args&&... args) : v_(std::in_place_index<0>, std::forward<Args>(args)...) {}
+  /// Constructs an aggregate value from `args` by brace initialisation (then moves it in): clang
+  /// before 16 has no parenthesised aggregate initialisation (P0960), which the overload above needs.
+  template <typename... Args>
+    requires(!std::is_constructible_v<T, Args&&...>)
+  explicit Result(std::in_place_t, Args&&... args) : v_(std::in_place_index<0>, T{std::forward<Args>(args)...}) {}
 
   /// True when the result holds a value.
   bool ok() const noexcept { return v_.index() == 0; }

@@ -53,7 +53,7 @@ bool completeCall(const std::shared_ptr<CallState>& s, Result<Message> r);
 /// until `release` runs (window replies, zero copy), or an owned copy (`storage`).
 struct HeldMessage {
   InPlaceMessage msg;
-  std::vector<capnp::word> storage;
+  std::vector<std::uint64_t> storage;  ///< words (not capnp::word: clang's is not copyable, so no vector of it)
   std::function<void()> release;
   ~HeldMessage() {
     if (release) release();

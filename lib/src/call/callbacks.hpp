@@ -10,6 +10,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "shmbus/channel.hpp"
@@ -59,14 +60,22 @@ class CallbackGate {
   std::atomic<std::uint32_t> state_{0};
 };
 
+/// A registered listener. (Constructors rather than aggregates: clang before 16 has no
+/// parenthesised aggregate initialisation, P0960, which make_shared needs.)
 struct ListenerSlot {
+  /// The slot of listener `fn` with `token`, removed after its first run when `once`.
+  ListenerSlot(std::uint64_t t, Listener f, bool o) : token(t), fn(std::move(f)), once(o) {}
   std::uint64_t token;
   Listener fn;
   bool once;
   CallbackGate gate;
 };
 
+/// A registered handler (synchronous or asynchronous).
 struct HandlerSlot {
+  /// The slot of handler `f` or `a` (exactly one set) with `token` and the request and reply fingerprints.
+  HandlerSlot(std::uint64_t t, Handler f, AsyncHandler a, std::uint64_t schema, std::uint64_t replySchema)
+      : token(t), fn(std::move(f)), async(std::move(a)), schemaId(schema), replySchemaId(replySchema) {}
   std::uint64_t token;
   Handler fn;                   ///< synchronous handler, or
   AsyncHandler async;           ///< asynchronous handler (exactly one of the two is set)

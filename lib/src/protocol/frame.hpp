@@ -18,6 +18,7 @@
 #include <string_view>
 
 #include "shmbus/channel.hpp"
+#include "shmbus/error.hpp"
 
 namespace shmbus::detail {
 
@@ -59,6 +60,13 @@ struct FrameHeader {
 };
 static_assert(sizeof(FrameHeader) == 64);
 static_assert(alignof(FrameHeader) == 8);
+
+/// An error code read from the wire (a frame's status, a refused Welcome): the code itself when it
+/// names a failure, else InvalidMessage (Ok or a number no version of the bus defines).
+inline ErrorCode errorCodeFromWire(std::uint32_t v) noexcept {
+  return v == 0 || v > static_cast<std::uint32_t>(ErrorCode::InvalidArgument) ? ErrorCode::InvalidMessage
+                                                                              : static_cast<ErrorCode>(v);
+}
 
 /// Reserved channels of bus events (pushed to windows that listen).
 inline constexpr std::string_view kWindowOpened = "window-opened";

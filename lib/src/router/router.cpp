@@ -182,13 +182,12 @@ void Router::onConnReadable(std::uint32_t id) {
       return doom(c, pkt.error().message, false);
     }
     if (pkt->hangup) return doom(c, c.state == Conn::State::Live ? "closed" : "closed before registering", false);
-    if (pkt->bytes.size() < sizeof(ControlHeader)) return doom(c, "short control packet", true);
-    ControlHeader h;
-    std::memcpy(&h, pkt->bytes.data(), sizeof h);
-    switch (static_cast<ControlType>(h.type)) {
+    auto h = parseControlHeader(*pkt);
+    if (!h) return doom(c, h.error().message, true);
+    switch (static_cast<ControlType>(h->type)) {
       case ControlType::Hello: onHello(c, *pkt); break;
       case ControlType::Mapped: onMapped(c); break;
-      default: return doom(c, fmt::format("unknown control packet type {}", h.type), true);
+      default: return doom(c, fmt::format("control packet type {} is not for the supervisor", h->type), true);
     }
   }
 }

@@ -80,7 +80,8 @@ Result<BroadcastReport> Router::broadcast(const Channel& channel, const BuildFn&
     if (!options.roles.empty() && !has(options.roles, c->role)) continue;
     if (has(options.excludeRoles, c->role)) continue;
     h.target = c->id;
-    auto r = writeToWindow(*c, [&] { return writeFrameSegments(c->inbox, h, segs); });
+    auto& inbox = c->inbox;  // a lambda cannot capture a structured binding before clang 16 (P1091)
+    auto r = writeToWindow(*c, [&] { return writeFrameSegments(inbox, h, segs); });
     if (r) {
       ++report.delivered;
     } else if (r.code() == ErrorCode::TooLarge) {

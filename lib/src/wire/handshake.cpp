@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "protocol/frame.hpp"
 #include "wait/wait.hpp"
 
 #include "bus.capnp.h"
@@ -20,14 +21,28 @@ namespace shmbus::detail {
 namespace {
 bool isPowerOfTwo(std::uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
-/// The Cap'n Proto words after the ControlHeader, copied to aligned storage.
-std::vector<capnp::word> bodyWords(const Packet& pkt) {
-  std::vector<capnp::word> words((pkt.bytes.size() - sizeof(ControlHeader)) / sizeof(capnp::word));
+/// The Cap'n Proto words after the ControlHeader, copied to aligned storage (std::uint64_t:
+/// clang's capnp::word is not copyable, so no vector of it).
+std::vector<std::uint64_t> bodyWords(const Packet& pkt) {
+  std::vector<std::uint64_t> words((pkt.bytes.size() - sizeof(ControlHeader)) / sizeof(capnp::word));
   // An empty body leaves data() null, which memcpy must not get even for 0 bytes (UBSan).
   if (!words.empty()) {
     std::memcpy(words.data(), pkt.bytes.data() + sizeof(ControlHeader), words.size() * sizeof(capnp::word));
   }
   return words;
+}
+
+/// Limits for a control message: Hello and Welcome are a few hundred bytes.
+capnp::ReaderOptions boundedControlReader() {
+  capnp::ReaderOptions ro;
+  ro.traversalLimitInWords = 4096;
+  ro.nestingLimit = 8;
+  return ro;
+}
+
+/// `words` as Cap'n Proto words.
+kj::ArrayPtr<const capnp::word> wordsOf(const std::vector<std::uint64_t>& words) {
+  return kj::arrayPtr(reinterpret_cast<const capnp::word*>(words.data()), words.size());
 }
 }  // namespace
 
@@ -54,9 +69,7 @@ Result<HelloRequest> parseHello(const Packet& pkt) {
   if (pkt.bytes.size() < sizeof(ControlHeader)) return makeError(ErrorCode::InvalidMessage, "hello shorter than its header");
   auto words = bodyWords(pkt);
   try {
-    capnp::ReaderOptions ro;
-    ro.traversalLimitInWords = 4096;
-    capnp::FlatArrayMessageReader reader(kj::arrayPtr(words.data(), words.size()), ro);
+    capnp::FlatArrayMessageReader reader(wordsOf(words), boundedControlReader());
     auto hello = reader.getRoot<schema::Hello>();
     return HelloRequest{hello.getRole(), hello.getInboxBytes(), hello.getOutboxBytes()};
   } catch (const kj::Exception& e) {
@@ -159,49 +172,80 @@ Result<WindowLink> helloAndWelcome(int sock, const HelloParams& p, const std::st
   }
   auto pkt = recvPacket(sock);
   if (!pkt) return pkt.error();
-  if (pkt->hangup || pkt->bytes.size() < sizeof(ControlHeader) + 8) {
+  auto welcome = parseWelcome(*pkt, bus);  // a hang-up has no bytes: BusClosed
+  if (!welcome) return welcome.error();
+  if (pkt->fds.empty()) return makeError(ErrorCode::InvalidMessage, "welcome without a doorbell descriptor");
+  WindowLink link;
+  link.doorbell = std::move(pkt->fds[0]);
+  link.id = welcome->id;
+  link.role = welcome->role;
+  auto seg = Segment::open(welcome->segmentName);
+  if (!seg) return seg.error();
+  link.segment = std::make_shared<Segment>(std::move(*seg));
+  if (auto ok = checkWelcomeLayout(*welcome, link.segment->size()); !ok) return ok.error();
+  std::uint8_t* base = link.segment->base();
+  link.cancels = reinterpret_cast<const CancelBoard*>(base + welcome->boardOffset);
+  link.inbox = RingConsumer(reinterpret_cast<RingControl*>(base + welcome->inboxOffset),
+                            base + welcome->inboxOffset + sizeof(RingControl), welcome->inbox);
+  // The supervisor zeroes what it consumed, so the outbox's free space is zero: no memset.
+  link.outbox = RingProducer(reinterpret_cast<RingControl*>(base + welcome->outboxOffset),
+                             base + welcome->outboxOffset + sizeof(RingControl), welcome->outbox, false,
+                             link.doorbell.get());
+  if (auto r = sendControl(sock, ControlType::Mapped, 0); !r) return r.error();
+  return link;
+}
+
+Result<WelcomeInfo> parseWelcome(const Packet& pkt, const std::string& bus) {
+  if (pkt.bytes.size() < sizeof(ControlHeader) + sizeof(capnp::word)) {
     return makeError(ErrorCode::BusClosed, fmt::format("the supervisor of bus '{}' closed the connection", bus));
   }
-  auto words = bodyWords(*pkt);
-  WindowLink link;
+  auto words = bodyWords(pkt);
   try {
-    capnp::FlatArrayMessageReader reader(kj::arrayPtr(words.data(), words.size()));
+    capnp::FlatArrayMessageReader reader(wordsOf(words), boundedControlReader());
     auto w = reader.getRoot<schema::Welcome>();
     if (!w.getOk()) {
       auto e = w.getError();
-      return makeError(static_cast<ErrorCode>(e.getCode()), e.getMessage());
+      return makeError(errorCodeFromWire(e.getCode()), e.getMessage());
     }
-    if (pkt->fds.empty()) return makeError(ErrorCode::InvalidMessage, "welcome without a doorbell descriptor");
-    link.doorbell = std::move(pkt->fds[0]);
-    link.id = w.getWindowId();
-    link.role = w.getRole();
-    auto seg = Segment::open(w.getSegmentName());
-    if (!seg) return seg.error();
-    link.segment = std::make_shared<Segment>(std::move(*seg));
-    const std::size_t size = link.segment->size();
-    RingGeometry inG{w.getInboxCapacity(), w.getMaxRecord()};
-    RingGeometry outG{w.getOutboxCapacity(), w.getMaxRecord()};
-    const std::uint64_t board = w.getCancelBoardOffset();
-    // Every part must lie inside the segment, 64-byte aligned; written so no sum can overflow.
-    auto fits = [size](std::uint64_t offset, std::uint64_t bytes) {
-      return offset % 64 == 0 && offset <= size && bytes <= size - offset;
-    };
-    if (!validateGeometry(inG) || !validateGeometry(outG) || !fits(w.getInboxOffset(), ringFootprint(inG.capacity)) ||
-        !fits(w.getOutboxOffset(), ringFootprint(outG.capacity)) || !fits(board, sizeof(CancelBoard))) {
-      return makeError(ErrorCode::InvalidMessage, "welcome describes rings outside the segment");
-    }
-    std::uint8_t* base = link.segment->base();
-    link.cancels = reinterpret_cast<const CancelBoard*>(base + board);
-    link.inbox = RingConsumer(reinterpret_cast<RingControl*>(base + w.getInboxOffset()),
-                              base + w.getInboxOffset() + sizeof(RingControl), inG);
-    // The supervisor zeroes what it consumed, so the outbox's free space is zero: no memset.
-    link.outbox = RingProducer(reinterpret_cast<RingControl*>(base + w.getOutboxOffset()),
-                               base + w.getOutboxOffset() + sizeof(RingControl), outG, false, link.doorbell.get());
+    WelcomeInfo info;
+    info.id = w.getWindowId();
+    info.role = w.getRole();
+    info.segmentName = w.getSegmentName();
+    info.inbox = RingGeometry{w.getInboxCapacity(), w.getMaxRecord()};
+    info.outbox = RingGeometry{w.getOutboxCapacity(), w.getMaxRecord()};
+    info.inboxOffset = w.getInboxOffset();
+    info.outboxOffset = w.getOutboxOffset();
+    info.boardOffset = w.getCancelBoardOffset();
+    return info;
   } catch (const kj::Exception& e) {
     return makeError(ErrorCode::InvalidMessage, std::string("malformed welcome: ") + e.getDescription().cStr());
   }
-  if (auto r = sendControl(sock, ControlType::Mapped, 0); !r) return r.error();
-  return link;
+}
+
+Result<void> checkWelcomeLayout(const WelcomeInfo& w, std::size_t size) {
+  // Every part must lie inside the segment, 64-byte aligned; written so no sum can overflow.
+  auto fits = [size](std::uint64_t offset, std::uint64_t bytes) {
+    return offset % 64 == 0 && offset <= size && bytes <= size - offset;
+  };
+  if (!validateGeometry(w.inbox) || !validateGeometry(w.outbox) ||
+      !fits(w.inboxOffset, ringFootprint(w.inbox.capacity)) || !fits(w.outboxOffset, ringFootprint(w.outbox.capacity)) ||
+      !fits(w.boardOffset, sizeof(CancelBoard))) {
+    return makeError(ErrorCode::InvalidMessage, "welcome describes rings outside the segment");
+  }
+  return {};
+}
+
+Result<ControlHeader> parseControlHeader(const Packet& pkt) {
+  if (pkt.bytes.size() < sizeof(ControlHeader)) {
+    return makeError(ErrorCode::InvalidMessage,
+                     fmt::format("control packet of {} bytes is shorter than its header", pkt.bytes.size()));
+  }
+  ControlHeader h;
+  std::memcpy(&h, pkt.bytes.data(), sizeof h);
+  if (h.type == 0 || h.type > static_cast<std::uint32_t>(ControlType::Cancel)) {
+    return makeError(ErrorCode::InvalidMessage, fmt::format("unknown control packet type {}", h.type));
+  }
+  return h;
 }
 
 }  // namespace shmbus::detail

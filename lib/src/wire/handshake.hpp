@@ -106,6 +106,28 @@ struct WindowLink {
   const CancelBoard* cancels = nullptr;
 };
 
+/// What a Welcome says, decoded but not yet checked against the mapped segment.
+struct WelcomeInfo {
+  std::uint32_t id = 0;
+  std::string role;
+  std::string segmentName;
+  RingGeometry inbox, outbox;
+  std::uint64_t inboxOffset = 0, outboxOffset = 0, boardOffset = 0;
+};
+
+/// Decodes a Welcome packet (untrusted: bounded reader). A refusal comes back as its error (an
+/// unknown code as InvalidMessage). Errors: BusClosed (no body: the supervisor hung up),
+/// InvalidMessage (malformed), or the refusal's code.
+Result<WelcomeInfo> parseWelcome(const Packet& pkt, const std::string& bus);
+
+/// Checks that the rings and the cancel board of `w` are valid geometries lying inside a segment
+/// of `segmentBytes`, 64-byte aligned. Errors: InvalidMessage.
+Result<void> checkWelcomeLayout(const WelcomeInfo& w, std::size_t segmentBytes);
+
+/// Control packet types a peer may send: the header of `pkt` when it has one and its type is
+/// known. Errors: InvalidMessage (short, or an unknown type, named).
+Result<ControlHeader> parseControlHeader(const Packet& pkt);
+
 /// Runs the window's side of the handshake on `sock`. Errors: Timeout (no Welcome within
 /// `timeout`), BusClosed, Denied / InvalidMessage (the supervisor's refusal), SystemError.
 Result<WindowLink> helloAndWelcome(int sock, const HelloParams& p, const std::string& bus,

@@ -1,0 +1,185 @@
+// Writes the seed corpora of the libFuzzer harnesses: real frames, control packets, ring images
+// and payloads, made by the library's own writers. Run from the build directory of a -Dfuzzing
+// build: `fuzz/make_seeds ../fuzz/corpus` (existing files of the same name are replaced; crash
+// regressions, named crash-*, are left alone). The plugin's seeds are requests printed by
+// `capnp compile -o-` (scripts/fuzz.sh --seeds does both).
+#include <capnp/message.h>
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "control/socket.hpp"
+#include "fuzz_util.hpp"
+#include "payload_layout.hpp"
+#include "protocol/frame_io.hpp"
+#include "wire/handshake.hpp"
+
+#include "bus.capnp.h"
+
+using namespace shmbus;
+using namespace shmbus::detail;
+
+namespace {
+namespace fs = std::filesystem;
+
+/// Writes `bytes` to `dir`/`name`.
+void save(const fs::path& dir, const std::string& name, const std::vector<std::uint8_t>& bytes) {
+  fs::create_directories(dir);
+  std::ofstream(dir / name, std::ios::binary | std::ios::trunc)
+      .write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+}
+
+/// Appends the bytes of `v`.
+template <class T>
+void put(std::vector<std::uint8_t>& out, const T& v) {
+  const auto* p = reinterpret_cast<const std::uint8_t*>(&v);
+  out.insert(out.end(), p, p + sizeof v);
+}
+
+/// A ring in heap memory, laid out as in a segment (the ring harness's geometry).
+struct ScratchRing {
+  static constexpr RingGeometry kGeometry{4096, 1024};
+  fuzz::Bytes area{nullptr, sizeof(RingControl) + kGeometry.capacity};
+  RingControl* control = new (area.data()) RingControl{};
+  std::uint8_t* data = area.data() + sizeof(RingControl);
+  RingProducer producer{control, data, kGeometry, true};
+  RingConsumer consumer{control, data, kGeometry};
+
+  ScratchRing() { std::fill_n(data, kGeometry.capacity, std::uint8_t{0}); }
+
+  /// The body of the next record (empty when none).
+  std::vector<std::uint8_t> next() {
+    auto r = consumer.tryRead();
+    if (!r || !r->has_value()) return {};
+    const RecordView& v = **r;
+    std::vector<std::uint8_t> body(v.body, v.body + v.bodyBytes);
+    consumer.releaseTo(v.end);
+    return body;
+  }
+
+  /// The ring harness's input for this ring's present state.
+  std::vector<std::uint8_t> image(std::uint8_t flags, std::uint16_t claim) const {
+    std::vector<std::uint8_t> out;
+    put(out, flags);
+    // relaxed: one thread.
+    put(out, control->head.load(std::memory_order_relaxed));
+    put(out, control->tail.load(std::memory_order_relaxed));
+    put(out, claim);
+    out.insert(out.end(), data, data + kGeometry.capacity);
+    while (!out.empty() && out.back() == 0) out.pop_back();  // the harness zero-fills the rest
+    return out;
+  }
+};
+
+/// A frame header of `kind` on a channel named `channel`.
+FrameHeader header(FrameKind kind, const char* channel, std::uint64_t requestId) {
+  FrameHeader h{};
+  h.kind = static_cast<std::uint16_t>(kind);
+  h.channel = nameId(channel);
+  h.requestId = requestId;
+  h.target = kTargetByRole;
+  h.role = nameId("renderer");
+  return h;
+}
+
+/// Frames of every decoded kind; also leaves a ring image (wrapped around once) for the ring seeds.
+void frameSeeds(const fs::path& corpus) {
+  ScratchRing ring;
+  auto invoke = [](capnp::MessageBuilder& b) {
+    auto e = b.initRoot<schema::ErrorInfo>();
+    e.setCode(5);
+    e.setMessage("a request payload with text");
+  };
+  auto intern = [](capnp::MessageBuilder& b) {
+    auto i = b.initRoot<schema::Intern>();
+    i.setId(nameId("GetDashboardData"));
+    i.setName("GetDashboardData");
+  };
+  (void)writeFrame(ring.producer, header(FrameKind::Invoke, "GetDashboardData", 7), invoke);
+  save(corpus / "frame", "invoke", ring.next());
+  (void)writeErrorFrame(ring.producer, header(FrameKind::Reply, "GetDashboardData", 7),
+                        makeError(ErrorCode::HandlerError, "the handler threw"));
+  save(corpus / "frame", "error", ring.next());
+  (void)writeFrame(ring.producer, header(FrameKind::Intern, "GetDashboardData", 0), intern);
+  save(corpus / "frame", "intern", ring.next());
+  (void)writeFrame(ring.producer, header(FrameKind::Cancel, "GetDashboardData", 7), {});
+  save(corpus / "frame", "cancel", ring.next());
+  // Ring images: records committed and not yet read, latency and batch mode, then a wrapped ring.
+  for (int i = 0; i < 3; ++i) (void)writeFrame(ring.producer, header(FrameKind::Send, "log", 0), invoke, 0, true);
+  save(corpus / "ring", "unread", ring.image(0, 100));
+  save(corpus / "ring", "published", ring.image(3, 900));
+  while (!ring.next().empty()) {
+  }
+  for (int i = 0; i < 12; ++i) {
+    (void)writeFrame(ring.producer, header(FrameKind::Send, "log", 0), invoke, 200, true);
+    if (i % 2 == 1) (void)ring.next();
+  }
+  save(corpus / "ring", "wrapped", ring.image(1, 64));
+}
+
+/// Payloads as the payload harness reads them: [schema id][table + segments]; one of several segments.
+void payloadSeeds(const fs::path& corpus, std::uint64_t fingerprint) {
+  ScratchRing ring;
+  auto payloadOf = [&](std::uint64_t schemaId) {
+    std::vector<std::uint8_t> out;
+    put(out, schemaId);
+    const auto body = ring.next();
+    if (body.size() < sizeof(FrameHeader)) return out;
+    out.insert(out.end(), body.begin() + sizeof(FrameHeader), body.end());
+    return out;
+  };
+  (void)writeErrorFrame(ring.producer, header(FrameKind::Reply, "x", 1), makeError(ErrorCode::Timeout, "late"));
+  save(corpus / "payload", "error_info", payloadOf(fingerprint));
+  // A message of several segments.
+  capnp::MallocMessageBuilder split(4, capnp::AllocationStrategy::FIXED_SIZE);  // 4-word segments
+  buildErrorInfo(split, makeError(ErrorCode::Timeout, "timed out"));
+  (void)writeFrameSegments(ring.producer, header(FrameKind::Reply, "x", 2), split.getSegmentsForOutput());
+  save(corpus / "payload", "segments", payloadOf(fingerprint ^ 0xff));
+}
+
+/// Control packets as they travel: Hello, Welcome (accepted, refused), Mapped.
+void controlSeeds(const fs::path& corpus) {
+  auto pair = seqpacketPair();
+  if (!pair) return;
+  Fd a = std::move(pair->first), b = std::move(pair->second);
+  auto capture = [&](const char* name) {
+    auto pkt = recvPacket(b.get());
+    if (pkt) save(corpus / "control", name, pkt->bytes);
+  };
+  capnp::MallocMessageBuilder hello;
+  auto h = hello.initRoot<schema::Hello>();
+  h.setRole("renderer");
+  h.setPid(4242);
+  h.setInboxBytes(4096);
+  h.setOutboxBytes(4096);
+  (void)sendControl(a.get(), ControlType::Hello, 0, &hello);
+  capture("hello");
+  auto seg = createWindowSegment("fuzzseeds", 1, 4096, 4096, 1024);
+  if (seg) {
+    (void)sendWelcome(a.get(), "fuzzseeds", 1, "renderer", *seg, -1);
+    capture("welcome");
+    Segment::unlink(seg->name);
+  }
+  sendWelcomeError(a.get(), makeError(ErrorCode::Denied, "role 'renderer' may not connect to bus 'fuzzseeds'"));
+  capture("welcome_refused");
+  (void)sendControl(a.get(), ControlType::Mapped, 0);
+  capture("mapped");
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: make_seeds CORPUS_DIR\n");
+    return 2;
+  }
+  const fs::path corpus = argv[1];
+  frameSeeds(corpus);
+  payloadSeeds(corpus, contractFingerprint(fuzz::kPayloadLayout));
+  controlSeeds(corpus);
+  std::printf("seeds written under %s\n", corpus.c_str());
+  return 0;
+}
