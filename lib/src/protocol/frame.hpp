@@ -62,10 +62,10 @@ static_assert(sizeof(FrameHeader) == 64);
 static_assert(alignof(FrameHeader) == 8);
 
 /// An error code read from the wire (a frame's status, a refused Welcome): the code itself when it
-/// names a failure, else InvalidMessage (Ok or a number no version of the bus defines).
+/// names a failure, else InvalidMessage (Ok or a number above kLastErrorCode: a hostile or newer peer).
 inline ErrorCode errorCodeFromWire(std::uint32_t v) noexcept {
-  return v == 0 || v > static_cast<std::uint32_t>(ErrorCode::InvalidArgument) ? ErrorCode::InvalidMessage
-                                                                              : static_cast<ErrorCode>(v);
+  return v == 0 || v > static_cast<std::uint32_t>(kLastErrorCode) ? ErrorCode::InvalidMessage
+                                                                  : static_cast<ErrorCode>(v);
 }
 
 /// Reserved channels of bus events (pushed to windows that listen).

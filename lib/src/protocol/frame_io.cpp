@@ -113,11 +113,6 @@ Result<void> writeErrorFrame(RingProducer& p, FrameHeader header, const Error& e
   return writeFrame(p, header, [&](capnp::MessageBuilder& b) { buildErrorInfo(b, bounded); }, 0, notify);
 }
 
-ErrorCode errorCodeFromWire(std::uint32_t code) noexcept {
-  if (code == 0 || code > static_cast<std::uint32_t>(kLastErrorCode)) return ErrorCode::InvalidMessage;
-  return static_cast<ErrorCode>(code);
-}
-
 Error decodeError(const FrameHeader& header, InPlaceMessage& payload) {
   Error e;
   e.code = errorCodeFromWire(header.status);

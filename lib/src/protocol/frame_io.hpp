@@ -39,10 +39,6 @@ Result<void> writeErrorFrame(RingProducer& p, FrameHeader header, const Error& e
 /// with the frame's status code).
 Error decodeError(const FrameHeader& header, InPlaceMessage& payload);
 
-/// An error code as a peer wrote it (frame status, ErrorInfo.code): InvalidMessage when it is 0
-/// or above kLastErrorCode (a hostile or newer peer), else the code.
-ErrorCode errorCodeFromWire(std::uint32_t code) noexcept;
-
 /// A frame read from a ring: a copy of its header and a view of its payload bytes.
 struct FrameView {
   FrameHeader header;
