@@ -29,6 +29,7 @@ done
 # Installed executables find libshmbus by themselves (rpath relative to bin/).
 unset LD_LIBRARY_PATH
 "$root/bin/shmbusd" --help >/dev/null || fail "the installed shmbusd does not run"
+"$root/bin/shmbus-inspect" --help >/dev/null || fail "the installed shmbus-inspect does not run"
 "$plugin" --version >/dev/null || fail "the installed capnpc-shmbus does not run"
 
 # The .pc file names the configured prefix; point it at the staged copy.

@@ -108,6 +108,9 @@ struct CallContext {
   std::uint64_t channelId = 0;       ///< 64-bit channel id
   std::uint64_t requestId = 0;       ///< request id of an invoke; 0 for one-way messages
   std::int64_t deadlineNs = 0;       ///< absolute CLOCK_MONOTONIC ns by which the caller wants the reply; 0 = none
+  /// The flow this call belongs to in the bus's trace (shmbus/inspect.hpp; 0 for one-way
+  /// messages): calls a synchronous handler makes on its thread carry it, so A→B→C is one flow.
+  std::uint64_t traceId = 0;
   const detail::CancelProbe* cancelProbe = nullptr;  ///< internal: how cancelled() learns of a Cancel
 
   /// True once the caller cancelled the call, its deadline passed, or this endpoint's bus closed:

@@ -4,6 +4,7 @@
 #include "shmbus/channel.hpp"
 #include "shmbus/coro.hpp"
 #include "shmbus/error.hpp"
+#include "shmbus/inspect.hpp"
 #include "shmbus/log.hpp"
 #include "shmbus/message.hpp"
 #include "shmbus/supervisor.hpp"

@@ -13,7 +13,11 @@ enum class ControlType : std::uint32_t {
   Welcome = 2,  ///< supervisor → window: bus.capnp Welcome (+ the doorbell eventfd)
   Mapped = 3,   ///< window → supervisor: segment mapped; the supervisor unlinks its name
   Cancel = 4,   ///< supervisor → window: `value` = request id whose caller gave up (or timed out)
+  Inspect = 5,  ///< inspector → supervisor (instead of Hello): attach to the bus's trace ring
+  TraceRing = 6,  ///< supervisor → inspector: `value` = bytes of the trace ring, its memfd attached
+                  ///< (a refusal is a Welcome with an error)
 };
+inline constexpr ControlType kLastControlType = ControlType::TraceRing;
 
 struct ControlHeader {
   std::uint32_t type;   ///< ControlType

@@ -85,9 +85,27 @@ ResponderState::~ResponderState() {
   if (!done.load(std::memory_order_relaxed) && sink) sink->unanswered();
 }
 
+namespace {
+thread_local std::uint64_t tCurrentTraceId = 0;
+/// Sets this thread's current trace id for one handler run (nested runs restore the outer one).
+class TraceScope {
+ public:
+  explicit TraceScope(std::uint64_t id) noexcept : saved_(std::exchange(tCurrentTraceId, id)) {}
+  ~TraceScope() { tCurrentTraceId = saved_; }
+  TraceScope(const TraceScope&) = delete;
+  TraceScope& operator=(const TraceScope&) = delete;
+
+ private:
+  std::uint64_t saved_;
+};
+}  // namespace
+
+std::uint64_t currentTraceId() noexcept { return tCurrentTraceId; }
+
 void runHandler(const HandlerSlot& slot, const Message& request, const CallContext& ctx,
                 const std::function<std::string()>& what, ReplySink& syncSink,
                 const std::function<std::shared_ptr<ReplySink>()>& makeAsyncSink) {
+  const TraceScope trace(ctx.traceId);
   CallbackGate::Run run(slot.gate);
   if (!run) {  // unregistered after the dispatcher looked it up
     (void)syncSink.fail(makeError(ErrorCode::NoHandler, what() + ": no handler"));

@@ -43,6 +43,10 @@ struct ResponderState {
   ~ResponderState();
 };
 
+/// The trace id of the call whose handler runs on this thread, 0 outside handlers: a call made
+/// from inside a handler carries it (docs/architecture.md §14). Any thread.
+std::uint64_t currentTraceId() noexcept;
+
 /// Runs `slot` on `request`. Sync: the outcome goes to `syncSink` before this returns (a
 /// thrown CallFailure becomes its Error, any other exception HandlerError naming `what()`).
 /// Async: `makeAsyncSink()` gives the sink the Responder owns; an exception thrown before the

@@ -31,7 +31,8 @@ struct Conn {
   std::uint64_t roleId = 0;
   pid_t pid = 0;
   bool spawned = false;
-  enum class State { AwaitHello, AwaitMapped, Live } state = State::AwaitHello;
+  // Inspector: an inspector's connection (shmbus/inspect.hpp), no segment, never routed to.
+  enum class State { AwaitHello, AwaitMapped, Live, Inspector } state = State::AwaitHello;
   Fd sock;
   std::string segName;  // non-empty until unlinked
   std::shared_ptr<Segment> seg;

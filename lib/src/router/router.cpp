@@ -168,6 +168,7 @@ void Router::onMapped(Conn& c) {
   registry_.addName(c.roleId, c.role);
   log_(LogLevel::Info, "window {} connected: role '{}', pid {}{}", c.id, c.role, c.pid, c.spawned ? " (spawned)" : "");
   emitWindowEvent(kWindowOpened, c, "");
+  traceWindow(TraceKind::WindowOpen, c, "");
   registryCv_.notify_all();
 }
 
@@ -187,6 +188,7 @@ void Router::onConnReadable(std::uint32_t id) {
     switch (static_cast<ControlType>(h->type)) {
       case ControlType::Hello: onHello(c, *pkt); break;
       case ControlType::Mapped: onMapped(c); break;
+      case ControlType::Inspect: onInspect(c); break;
       default: return doom(c, fmt::format("control packet type {} is not for the supervisor", h->type), true);
     }
   }
@@ -231,7 +233,10 @@ void Router::disconnect(std::uint32_t id) {
   std::unique_ptr<Conn> c = registry_.remove(id);
   if (!c) return;
   const bool wasLive = c->state == Conn::State::Live;
-  if (c->bad) {
+  if (c->state == Conn::State::Inspector) {
+    --inspectors_;
+    log_(LogLevel::Info, "inspector {} detached: {}; {} attached", c->id, c->doomed, inspectors_);
+  } else if (c->bad) {
     ++counters_.badMessages;
     log_(LogLevel::Warn, "disconnected {}: bad message: {}", c->describe(), c->doomed);
   } else {
@@ -248,8 +253,10 @@ void Router::disconnect(std::uint32_t id) {
                                           c->bad ? "was disconnected" : "closed", c->doomed)));
     } else {
       sendCancel(r.targetId, r.routeId);
+      traceCall(r, TraceKind::Cancel, ErrorCode::Cancelled, "the caller left", 0);
     }
   }
+  if (wasLive) traceWindow(c->bad ? TraceKind::BadMessage : TraceKind::WindowClose, *c, c->doomed);
   if (c->spawned) reaper_.closed(c->pid);
   c->sock.reset();
   if (wasLive) emitWindowEvent(kWindowClosed, *c, c->bad ? "bad message: " + c->doomed : c->doomed);

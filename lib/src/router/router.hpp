@@ -20,6 +20,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "call/call.hpp"
@@ -27,8 +28,10 @@
 #include "protocol/frame_io.hpp"
 #include "router/registry.hpp"
 #include "router/routes.hpp"
+#include "shmbus/inspect.hpp"
 #include "shmbus/supervisor.hpp"
 #include "spawn/spawn.hpp"
+#include "trace/trace_ring.hpp"
 #include "wait/wait.hpp"
 
 namespace shmbus::detail {
@@ -83,6 +86,7 @@ struct RouterOptions {
   std::uint32_t maxRecordBytes = 1u << 18;
   std::chrono::nanoseconds spin{std::chrono::microseconds(4)};
   LogLevel logLevel = LogLevel::Warn;
+  std::size_t traceRingBytes = kTraceDefaultCapacity;
 };
 
 class Router {
@@ -155,6 +159,21 @@ class Router {
   void onConnReadable(std::uint32_t id);
   void onHello(Conn& c, const Packet& pkt);
   void onMapped(Conn& c);
+  // ---- the trace (router_trace.cpp, docs/architecture.md §14); all under mu_
+  /// An inspector asks for the trace ring: created on first use, its memfd sent back.
+  void onInspect(Conn& c);
+  /// True while an inspector is attached: events are recorded only then.
+  bool tracing() const noexcept { return inspectors_ > 0; }
+  /// The flow id of a new call: the caller's when it sent one, else a fresh one.
+  std::uint64_t traceIdFor(std::uint64_t fromCaller) noexcept { return fromCaller != 0 ? fromCaller : nextTraceId_++; }
+  void record(TraceEvent& e);
+  /// A call ended (reply, error, timeout, target gone, cancel).
+  void traceCall(const Route& r, TraceKind kind, ErrorCode status, std::string_view error, std::uint32_t replyBytes);
+  /// A one-way message (send, push, broadcast) or a call refused before it was routed.
+  void traceMessage(TraceKind kind, std::uint32_t sourceId, const FrameHeader& h, std::uint32_t targetId,
+                    std::uint32_t bytes, const Error* e);
+  /// A window registered, left or was cut off.
+  void traceWindow(TraceKind kind, const Conn& c, const std::string& reason);
   void doom(Conn& c, std::string reason, bool bad);
   void reapDoomed();
   void drainClosing(Conn& c);
@@ -207,6 +226,10 @@ class Router {
   bool mayInline_ = false;        // the current round's thread runs main jobs in place
   bool endRound_ = false;         // a main job was taken in place: end the round
   std::atomic<bool> stopping_{false};
+  std::optional<TraceProducer> trace_;   // created when the first inspector attaches
+  std::uint32_t inspectors_ = 0;         // connections in state Inspector
+  std::uint64_t nextTraceId_ = 1;
+  std::vector<std::uint8_t> traceBuf_;   // encodeTraceEvent's scratch (reused)
   Reaper reaper_;
 };
 

@@ -30,6 +30,7 @@ void Router::expireDeadlines() {
 
 void Router::failCaller(const Route& r, Error e) {
   counters_.error(r.channel, e.code);
+  traceCall(r, TraceKind::Invoke, e.code, e.message, 0);
   if (r.state) {
     completeCall(r.state, std::move(e));
     return;
@@ -98,6 +99,7 @@ std::int64_t Router::deadlineFor(const FrameHeader& h, std::int64_t now, std::in
 
 void Router::replyError(Conn& w, const FrameHeader& req, Error e) {
   counters_.error(req.channel, e.code);
+  traceMessage(TraceKind::Invoke, w.id, req, 0, 0, &e);
   FrameHeader h{};
   h.channel = req.channel;
   h.requestId = req.requestId;
@@ -171,6 +173,7 @@ bool Router::deliverToMain(Conn& w, MainJob& job) {
 void Router::undelivered(Conn& w, const FrameHeader& h, const Error& e) {
   ++counters_.undeliverable;
   counters_.error(h.channel, e.code);
+  traceMessage(TraceKind::Send, w.id, h, 0, 0, &e);
   log_(LogLevel::Warn, "{}", e.toString());
   FrameHeader back{};
   back.channel = h.channel;
@@ -188,6 +191,7 @@ void Router::onSend(Conn& w, const FrameView& f) {
   }
   if (h.target == kTargetMain) {
     ++counters_.at(h.channel).messages;
+    traceMessage(TraceKind::Send, w.id, h, 0, static_cast<std::uint32_t>(f.payloadBytes), nullptr);
     if (mainCallbacks_->listenerCount(h.channel) == 0) {
       ++counters_.undeliverable;
       log_(LogLevel::Debug, "send '{}' from {} has no listener", registry_.statName(h.channel), w.describe());
@@ -218,6 +222,7 @@ void Router::onSend(Conn& w, const FrameView& f) {
                                                              t->describe(), r.error().message)));
   }
   ++counters_.at(h.channel).messages;
+  traceMessage(TraceKind::Send, w.id, out, t->id, static_cast<std::uint32_t>(f.payloadBytes), nullptr);
 }
 
 void Router::onInvoke(Conn& w, const FrameView& f) {
@@ -248,11 +253,16 @@ void Router::onInvoke(Conn& w, const FrameView& f) {
   p.channel = h.channel;
   p.start = now;
   p.deadline = deadlineFor(h, now, p.timeoutMs);
+  p.callerRole = w.roleId;
+  p.targetRole = t->roleId;
+  p.traceId = traceIdFor(h.traceId);
+  p.requestBytes = static_cast<std::uint32_t>(f.payloadBytes);
   FrameHeader out = h;
   out.source = w.id;
   out.role = w.roleId;
   out.target = t->id;
   out.deadlineNs = p.deadline;
+  out.traceId = p.traceId;
   const std::uint64_t rid = routes_.add(std::move(p));
   out.requestId = rid;
   internRole(*t, w.roleId);
@@ -287,7 +297,11 @@ void Router::invokeMain(Conn& w, const FrameView& f, std::int64_t now) {
   p.channel = h.channel;
   p.start = now;
   p.deadline = deadlineFor(h, now, p.timeoutMs);
+  p.callerRole = w.roleId;
+  p.traceId = traceIdFor(h.traceId);
+  p.requestBytes = static_cast<std::uint32_t>(f.payloadBytes);
   MainJob job = jobFor(w, f, MainJob::Kind::Invoke);
+  job.header.traceId = p.traceId;
   job.deadlineNs = p.deadline;
   job.timeoutMs = p.timeoutMs;
   job.routeId = routes_.add(std::move(p));
@@ -329,6 +343,10 @@ void Router::replyFromMain(std::uint64_t routeId, kj::ArrayPtr<const kj::ArrayPt
   if (!wr) {
     failCaller(*p, Error{wr.code(), fmt::format("invoke '{}' to main: the reply could not be written: {}",
                                                 registry_.nameOf(p->channel, p->callerId), wr.error().message)});
+  } else if (tracing()) {
+    std::size_t words = 0;
+    for (const auto& s : segments) words += s.size();
+    traceCall(*p, TraceKind::Invoke, ErrorCode::Ok, "", static_cast<std::uint32_t>(words * sizeof(capnp::word)));
   }
 }
 
@@ -382,6 +400,7 @@ void Router::onReply(Conn& w, const FrameView& f) {
     auto held = copyMessage(f.payload, f.payloadBytes);
     if (!held) return failCaller(p, held.error());
     if (isError) return failCaller(p, decodeError(h, (*held)->msg));
+    traceCall(p, TraceKind::Invoke, ErrorCode::Ok, "", static_cast<std::uint32_t>(f.payloadBytes));
     completeCall(p.state, Message(std::move(*held), h.schemaId));
     return;
   }
@@ -398,6 +417,14 @@ void Router::onReply(Conn& w, const FrameView& f) {
     failCaller(p, Error{r.code(), fmt::format("invoke '{}' to {}: the reply could not be delivered: {}",
                                               registry_.nameOf(p.channel, p.callerId), w.describe(),
                                               r.error().message)});
+  } else if (tracing()) {
+    if (isError) {
+      InPlaceMessage m;
+      const Error e = m.parse(f.payload, f.payloadBytes) ? decodeError(h, m) : Error{errorCodeFromWire(h.status), ""};
+      traceCall(p, TraceKind::Invoke, e.code, e.message, 0);
+    } else {
+      traceCall(p, TraceKind::Invoke, ErrorCode::Ok, "", static_cast<std::uint32_t>(f.payloadBytes));
+    }
   }
 }
 
@@ -406,6 +433,7 @@ void Router::onCancel(Conn& w, const FrameHeader& h) {
   if (rid == 0) return;
   Route p = *routes_.take(rid);
   counters_.error(p.channel, ErrorCode::Cancelled);
+  traceCall(p, TraceKind::Cancel, ErrorCode::Cancelled, "cancelled by the caller", 0);
   sendCancel(p.targetId, p.routeId);
 }
 

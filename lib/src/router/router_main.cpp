@@ -10,6 +10,7 @@
 
 #include "bus.capnp.h"
 #include "call/callbacks.hpp"
+#include "endpoint/handler_run.hpp"
 #include "protocol/frame_io.hpp"
 #include "router/router_internal.hpp"
 
@@ -60,7 +61,9 @@ Result<void> Router::send(const Target& target, const Channel& channel, const Bu
   h.role = nameId(kMainRole);
   ++counters_.at(channel.id).messages;
   mainCallbacks_->rememberName(channel.id, channel.name);
-  return writeToWindow(*t, [&] { return writeFrame(t->inbox, h, build); });
+  auto r = writeToWindow(*t, [&] { return writeFrame(t->inbox, h, build); });
+  traceMessage(TraceKind::Push, 0, h, t->id, 0, r ? nullptr : &r.error());
+  return r;
 }
 
 Result<BroadcastReport> Router::broadcast(const Channel& channel, const BuildFn& build, const BroadcastOptions& options) {
@@ -91,6 +94,25 @@ Result<BroadcastReport> Router::broadcast(const Channel& channel, const BuildFn&
     }
   }
   counters_.at(channel.id).messages += report.delivered;
+  if (tracing()) {
+    std::size_t words = 0;
+    for (const auto& s : segs) words += s.size();
+    h.target = kTargetMain;
+    h.role = 0;
+    if (options.roles.size() == 1) {
+      h.target = kTargetByRole;
+      h.role = nameId(options.roles[0]);
+      registry_.addName(h.role, options.roles[0]);
+    }
+    Error partial;
+    if (!report.failed.empty()) {
+      partial = Error{report.failed.front().second.code,
+                      fmt::format("{} delivered, {} failed: {}", report.delivered, report.failed.size(),
+                                  report.failed.front().second.message)};
+    }
+    traceMessage(TraceKind::Broadcast, 0, h, 0, static_cast<std::uint32_t>(words * sizeof(capnp::word)),
+                 report.failed.empty() ? nullptr : &partial);
+  }
   return report;
 }
 
@@ -100,6 +122,13 @@ void Router::invoke(const Target& target, const Channel& channel, const BuildFn&
   mainCallbacks_->rememberName(channel.id, channel.name);
   auto fail = [&](ErrorCode code, std::string m) {
     counters_.error(channel.id, code);
+    if (tracing()) {
+      FrameHeader th = frameHeader(FrameKind::Invoke, channel.id);
+      th.target = target.role.empty() ? target.windowId : kTargetByRole;
+      th.role = target.role.empty() ? 0 : nameId(target.role);
+      const Error e{code, m};
+      traceMessage(TraceKind::Invoke, 0, th, 0, 0, &e);
+    }
     completeCall(s, makeError(code, std::move(m)));
   };
   if (stopping()) return fail(ErrorCode::BusClosed, s->what + ": the supervisor stopped");
@@ -111,6 +140,8 @@ void Router::invoke(const Target& target, const Channel& channel, const BuildFn&
   p.targetId = t->id;
   p.channel = channel.id;
   p.start = monotonicNowNs();
+  p.targetRole = t->roleId;
+  p.traceId = traceIdFor(currentTraceId());
   FrameHeader h = frameHeader(FrameKind::Invoke, channel.id);
   h.schemaId = channel.schemaId;
   h.deadlineNs = options.timeout.count() > 0 ? p.start + std::chrono::nanoseconds(options.timeout).count() : 0;
@@ -121,6 +152,7 @@ void Router::invoke(const Target& target, const Channel& channel, const BuildFn&
   h.deadlineNs = p.deadline;
   h.target = t->id;
   h.role = nameId(kMainRole);
+  h.traceId = p.traceId;
   const std::uint64_t rid = routes_.add(std::move(p));
   s->requestId = rid;
   h.requestId = rid;
@@ -138,6 +170,7 @@ void Router::cancelMainCall(const std::shared_ptr<CallState>& s) {
     for (const Route& r : gone) {
       sendCancel(r.targetId, r.routeId);
       counters_.error(r.channel, ErrorCode::Cancelled);
+      traceCall(r, TraceKind::Cancel, ErrorCode::Cancelled, "cancelled by the caller", 0);
     }
   }
   completeCall(s, makeError(ErrorCode::Cancelled, s->what + ": cancelled by the caller"));

@@ -35,6 +35,12 @@ struct Route {
   std::int64_t start = 0;
   std::int64_t timeoutMs = 0;
   std::shared_ptr<CallState> state;
+  // For the trace (docs/architecture.md §14): the roles by id (the windows may be gone when the
+  // call ends), the flow, and the request's payload bytes.
+  std::uint64_t callerRole = 0;
+  std::uint64_t targetRole = 0;
+  std::uint64_t traceId = 0;
+  std::uint32_t requestBytes = 0;
 };
 
 /// The routes table with its deadline index and timer. Guarded by the router mutex.

@@ -172,6 +172,7 @@ void MainEndpoint::runInvoke(MainJob& job, const Message& m) {
   ctx.channelId = h.channel;
   ctx.requestId = h.requestId;
   ctx.deadlineNs = job.deadlineNs;
+  ctx.traceId = h.traceId;
   ctx.cancelProbe = &running;
   if (!slot->async) {
     track(job.routeId, &running);

@@ -138,6 +138,7 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(SupervisorOptions options
   ro.outboxBytes = options.outboxBytes;
   ro.maxRecordBytes = options.maxRecordBytes;
   ro.spin = options.spin;
+  ro.traceRingBytes = options.traceRingBytes;
   ro.logLevel = options.logLevel;
   auto router = Router::create(std::move(ro), impl->main, impl->callbacks);
   if (!router) return router.error();

@@ -183,6 +183,7 @@ struct Window::Impl final : CallOwner {
     s->timeoutMs = o.timeout.count();
     const auto timeout = o.timeout.count() > 0 ? o.timeout : std::chrono::milliseconds(0);
     FrameHeader h = headerFor(FrameKind::Invoke, t, ch);
+    h.traceId = currentTraceId();  // a call made inside a handler continues its flow (0: a new one)
     // A zero timeout asks the supervisor for the channel's default (Supervisor::setChannelTimeout),
     // which this window does not know; its local fallback then waits kUnknownDeadlineFallbackNs.
     const std::int64_t now = monotonicNowNs();

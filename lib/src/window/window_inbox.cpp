@@ -122,6 +122,7 @@ CallContext Window::Impl::contextFor(const FrameHeader& h, std::string& channelN
   ctx.channelId = h.channel;
   ctx.requestId = h.requestId;
   ctx.deadlineNs = h.deadlineNs;
+  ctx.traceId = h.traceId;
   return ctx;
 }
 

@@ -242,7 +242,7 @@ Result<ControlHeader> parseControlHeader(const Packet& pkt) {
   }
   ControlHeader h;
   std::memcpy(&h, pkt.bytes.data(), sizeof h);
-  if (h.type == 0 || h.type > static_cast<std::uint32_t>(ControlType::Cancel)) {
+  if (h.type == 0 || h.type > static_cast<std::uint32_t>(kLastControlType)) {
     return makeError(ErrorCode::InvalidMessage, fmt::format("unknown control packet type {}", h.type));
   }
   return h;

@@ -1,0 +1,97 @@
+// libshmbus — the inspector: trace events of a running bus, read live from any process of the
+// bus's user (the `shmbus-inspect` tool, or an application's own inspector window).
+//
+// The supervisor records one TraceEvent per message and call it routes or handles while at least
+// one inspector is attached (docs/architecture.md §14). Events go into a bounded shared-memory
+// trace ring per bus; an inspector reads it without stopping the bus, and one that falls behind
+// loses the oldest events and is told how many (Inspector::lost()); the bus never waits for it.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "shmbus/error.hpp"
+
+namespace shmbus {
+
+/// What a trace event records. The numeric values travel in the trace ring; never renumber them.
+enum class TraceKind : std::uint16_t {
+  Send = 1,         ///< a one-way message window→main or window→window (sendTo)
+  Invoke = 2,       ///< a call, one event when it ends (reply, error, timeout, cancel)
+  Broadcast = 3,    ///< a broadcast by main (to all windows or a role): one event per broadcast
+  Push = 4,         ///< a main→window one-way message
+  Cancel = 5,       ///< a caller cancelled a call in flight
+  WindowOpen = 6,   ///< a window registered (role, pid)
+  WindowClose = 7,  ///< a window left: closed, died or was disconnected (reason in `error`)
+  BadMessage = 8,   ///< a window was disconnected for a malformed frame or a corrupt ring
+};
+
+/// Stable lower-case name of a kind ("send", "invoke", ..., "window-open"). Never null.
+const char* traceKindName(TraceKind kind) noexcept;
+
+/// One trace event. Window id 0 is the main process. Times are CLOCK_MONOTONIC ns (one clock for
+/// every process on the machine); for one-way messages and window events startNs == endNs.
+struct TraceEvent {
+  TraceKind kind = TraceKind::Send;  ///< what happened
+  std::uint64_t seq = 0;        ///< position in the bus's trace, from 1 (gaps = lost events)
+  std::int64_t startNs = 0;     ///< when the router saw the message or call, ns
+  std::int64_t endNs = 0;       ///< when the call ended (reply or error routed), ns
+  std::uint64_t requestId = 0;  ///< the caller's request id (calls), else 0
+  std::uint64_t traceId = 0;    ///< the flow this call belongs to (nested calls share it), else 0
+  std::uint64_t channelId = 0;  ///< the channel's id
+  std::string channel;          ///< the channel's name ("#<hex id>" when the router has no name)
+  std::uint32_t sourceId = 0;   ///< sending/calling window (0 = main)
+  std::string sourceRole;       ///< its role ("main" for the main process)
+  std::uint32_t targetId = 0;   ///< receiving/called window (0 = main or none: a broadcast)
+  std::string targetRole;       ///< its role, the role asked for, or "" (broadcast to all)
+  ErrorCode status = ErrorCode::Ok;  ///< Ok, or what failed (Denied, NoTarget, Timeout, ...)
+  std::string error;            ///< the error text, or a window event's reason
+  std::uint32_t requestBytes = 0;  ///< payload bytes of the message or request
+  std::uint32_t replyBytes = 0;    ///< payload bytes of the reply (calls)
+  std::uint32_t pid = 0;           ///< window events: the window's pid
+
+  /// Duration of a call, ms (0 for one-way messages and window events).
+  double durationMs() const noexcept { return static_cast<double>(endNs - startNs) / 1e6; }
+};
+
+/// One line of human-readable text for `e` (what `shmbus-inspect tail` prints), e.g.
+/// `invoke GetDashboardData  editor#3 → dashboard#2  0.042 ms  ok  (64 B → 128 B)`.
+std::string toText(const TraceEvent& e);
+/// One JSON object (no newline) with every field of `e` (JSON Lines for `tail --json`):
+/// {"seq":1,"kind":"invoke","channel":"echo",...}. Strings are escaped per RFC 8259.
+std::string toJson(const TraceEvent& e);
+
+/// A live reader of a bus's trace events. Attaching connects to the bus's socket (the
+/// supervisor must be running and of the same user); the supervisor starts recording events
+/// when the first inspector attaches and stops when the last one leaves (closes or dies).
+/// Thread contract: one thread at a time per Inspector; any number of Inspectors per bus, in
+/// any processes.
+class Inspector {
+ public:
+  /// Attaches to `bus` (or to `socketPath` when not empty). Errors: InvalidArgument (bad bus
+  /// name), BusClosed (no supervisor answers on the socket), Denied (refused: another user),
+  /// InvalidMessage (the supervisor's answer is not a trace ring), SystemError.
+  static Result<std::unique_ptr<Inspector>> attach(const std::string& bus, const std::string& socketPath = "");
+
+  ~Inspector();
+  Inspector(const Inspector&) = delete;
+  Inspector& operator=(const Inspector&) = delete;
+
+  /// The next event, waiting up to `timeout` (0 = do not wait). nullopt when none came in time.
+  /// Errors: BusClosed once the supervisor is gone and every event it wrote has been read.
+  Result<std::optional<TraceEvent>> next(std::chrono::milliseconds timeout);
+
+  /// Events this inspector lost because it fell behind (the trace ring is bounded), so far.
+  std::uint64_t lost() const noexcept;
+
+  struct Impl;  ///< internal: the socket and the mapped trace ring
+
+ private:
+  explicit Inspector(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace shmbus

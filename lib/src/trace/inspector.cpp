@@ -1,0 +1,126 @@
+// shmbus::Inspector: attaches to a bus's trace ring over the control socket and decodes events
+// (docs/architecture.md §14).
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "control/control_protocol.hpp"
+#include "control/socket.hpp"
+#include "segment/segment.hpp"
+#include "shmbus/inspect.hpp"
+#include "trace/trace_event.hpp"
+#include "trace/trace_ring.hpp"
+#include "wire/handshake.hpp"
+
+namespace shmbus {
+
+using namespace detail;
+
+namespace {
+/// How long the inspector parks on the ring before it looks at the socket again (a stopped
+/// supervisor writes nothing more, so only the socket can tell).
+constexpr std::int64_t kSocketCheckNs = 200'000'000;
+constexpr int kAttachTimeoutMs = 5000;
+}  // namespace
+
+struct Inspector::Impl {
+  std::string bus;
+  Fd sock;
+  TraceReader reader;
+  std::vector<std::uint8_t> body;
+  bool closed = false;
+
+  /// True once the supervisor hung up (the bus stopped). Never blocks.
+  bool supervisorGone() {
+    if (closed) return true;
+    pollfd pfd{sock.get(), POLLIN, 0};
+    if (::poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLHUP | POLLERR | POLLIN)) != 0) {
+      char b;
+      const ssize_t n = ::recv(sock.get(), &b, 1, MSG_DONTWAIT | MSG_PEEK);
+      if (n <= 0 || (pfd.revents & (POLLHUP | POLLERR)) != 0) closed = true;
+    }
+    return closed;
+  }
+};
+
+Inspector::Inspector(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Inspector::~Inspector() = default;
+
+Result<std::unique_ptr<Inspector>> Inspector::attach(const std::string& bus, const std::string& socketPath) {
+  if (auto ok = validateBusName(bus); !ok) return ok.error();
+  std::string path = socketPath;
+  if (path.empty()) {
+    auto p = detail::socketPath(bus);
+    if (!p) return p.error();
+    path = *p;
+  }
+  auto sock = connectSeqpacket(path);
+  if (!sock) {
+    if (sock.code() == ErrorCode::BusClosed) {
+      return makeError(ErrorCode::BusClosed, fmt::format("no supervisor of bus '{}' answers at {}", bus, path));
+    }
+    return sock.error();
+  }
+  if (auto r = sendControl(sock->get(), ControlType::Inspect, 0); !r) return r.error();
+  pollfd pfd{sock->get(), POLLIN, 0};
+  int pr;
+  do {
+    pr = ::poll(&pfd, 1, kAttachTimeoutMs);
+  } while (pr < 0 && errno == EINTR);
+  if (pr == 0) {
+    return makeError(ErrorCode::Timeout,
+                     fmt::format("no answer from the supervisor of bus '{}' within {} ms", bus, kAttachTimeoutMs));
+  }
+  auto pkt = recvPacket(sock->get());
+  if (!pkt) return pkt.error();
+  auto h = parseControlHeader(*pkt);
+  if (!h) {
+    return makeError(ErrorCode::BusClosed, fmt::format("the supervisor of bus '{}' closed the connection", bus));
+  }
+  if (h->type == static_cast<std::uint32_t>(ControlType::Welcome)) {
+    auto w = parseWelcome(*pkt, bus);  // a refusal: its error
+    if (!w) return w.error();
+    return makeError(ErrorCode::InvalidMessage, "the supervisor answered an inspector with a welcome");
+  }
+  if (h->type != static_cast<std::uint32_t>(ControlType::TraceRing) || pkt->fds.size() != 1) {
+    return makeError(ErrorCode::InvalidMessage,
+                     fmt::format("the supervisor of bus '{}' answered with control packet {} (expected a trace ring)",
+                                 bus, h->type));
+  }
+  auto reader = TraceReader::attach(pkt->fds[0].get());  // the packet's fd closes; the mapping stays
+  if (!reader) return reader.error();
+  auto impl = std::make_unique<Impl>();
+  impl->bus = bus;
+  impl->sock = std::move(*sock);
+  impl->reader = std::move(*reader);
+  return std::unique_ptr<Inspector>(new Inspector(std::move(impl)));
+}
+
+Result<std::optional<TraceEvent>> Inspector::next(std::chrono::milliseconds timeout) {
+  Impl& i = *impl_;
+  auto current = [&]() -> Result<std::optional<TraceEvent>> {
+    auto e = decodeTraceEvent(i.body, i.reader.lastSeq());
+    if (!e) return e.error();
+    return std::optional<TraceEvent>(std::move(*e));
+  };
+  const std::int64_t deadline = monotonicNowNs() + std::chrono::nanoseconds(std::max(timeout, {})).count();
+  for (;;) {
+    if (i.reader.next(i.body)) return current();
+    if (i.supervisorGone()) {
+      // Everything written before the hang-up is in the ring already: one more look, then closed.
+      if (i.reader.next(i.body)) return current();
+      return makeError(ErrorCode::BusClosed, fmt::format("the supervisor of bus '{}' stopped", i.bus));
+    }
+    const std::int64_t now = monotonicNowNs();
+    if (now >= deadline) return std::optional<TraceEvent>();
+    i.reader.wait(std::min(deadline, now + kSocketCheckNs));
+  }
+}
+
+std::uint64_t Inspector::lost() const noexcept { return impl_->reader.lost(); }
+
+}  // namespace shmbus

@@ -1,0 +1,30 @@
+// Trace events in the trace ring: the binary form of shmbus::TraceEvent (shmbus/inspect.hpp) as
+// one record body (docs/architecture.md §14).
+//
+// Layout, little endian: a fixed 72-byte part, then the four strings back to back (channel,
+// source role, target role, error), each cut to its bound. The record header's sequence number
+// is the event's `seq`; it is not repeated in the body.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "shmbus/inspect.hpp"
+
+namespace shmbus::detail {
+
+/// Bounds of the strings of an encoded event, bytes (longer ones are cut).
+inline constexpr std::size_t kTraceChannelMax = 256;
+inline constexpr std::size_t kTraceRoleMax = 64;
+inline constexpr std::size_t kTraceErrorMax = 1024;
+
+/// Encodes `e` (without its seq) into `out` (cleared first). At most 72 + 256 + 2·64 + 1024 bytes.
+void encodeTraceEvent(const TraceEvent& e, std::vector<std::uint8_t>& out);
+
+/// Decodes a record body written by encodeTraceEvent; `seq` is the record's sequence number.
+/// Errors: InvalidMessage (short body, string lengths past its end, an unknown kind).
+Result<TraceEvent> decodeTraceEvent(std::span<const std::uint8_t> body, std::uint64_t seq);
+
+}  // namespace shmbus::detail

@@ -1,0 +1,249 @@
+// The inspector (docs/architecture.md §14) against a live bus: the shmbus-inspect CLI in its own
+// process sees a scripted scenario complete and in order; a stalled in-process Inspector loses
+// the oldest events and is told how many while calls go on.
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <cstdlib>
+
+#include "bus_test.hpp"
+#include "shmbus/inspect.hpp"
+
+using namespace shmbus;
+using namespace shmbus::test;
+
+namespace {
+
+/// shmbus-inspect running in its own process with its stdout and stderr on pipes.
+class InspectProcess {
+ public:
+  explicit InspectProcess(std::vector<std::string> args) {
+    const char* exe = std::getenv("SHMBUS_INSPECT");
+    REQUIRE(exe != nullptr);
+    args.insert(args.begin(), exe);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    int out[2], err[2];
+    REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
+    REQUIRE(::pipe2(err, O_CLOEXEC) == 0);
+    pid_ = ::fork();  // the child only dup2s and execs: nothing that could take a lock
+    if (pid_ == 0) {
+      ::dup2(out[1], 1);
+      ::dup2(err[1], 2);
+      ::execv(exe, argv.data());
+      ::_exit(127);
+    }
+    ::close(out[1]);
+    ::close(err[1]);
+    out_ = out[0];
+    err_ = err[0];
+  }
+  ~InspectProcess() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    ::close(out_);
+    ::close(err_);
+  }
+  InspectProcess(const InspectProcess&) = delete;
+  InspectProcess& operator=(const InspectProcess&) = delete;
+
+  /// The next line of its stdout (or stderr), waiting at most `timeout`; "" at end of file.
+  std::string line(std::chrono::milliseconds timeout = 10s) { return readLine(out_, outBuf_, timeout); }
+  std::string errLine(std::chrono::milliseconds timeout = 10s) { return readLine(err_, errBuf_, timeout); }
+
+  /// Waits for the process to exit (an event on its pipe, then waitpid); returns its status.
+  int wait() {
+    int status = 0;
+    REQUIRE(::waitpid(pid_, &status, 0) == pid_);
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+ private:
+  static std::string readLine(int fd, std::string& buf, std::chrono::milliseconds timeout) {
+    const std::int64_t deadline = nowNs() + std::chrono::nanoseconds(timeout).count();
+    for (;;) {
+      if (auto nl = buf.find('\n'); nl != std::string::npos) {
+        std::string l = buf.substr(0, nl);
+        buf.erase(0, nl + 1);
+        return l;
+      }
+      pollfd p{fd, POLLIN, 0};
+      const std::int64_t left = (deadline - nowNs()) / 1'000'000;
+      if (left <= 0 || ::poll(&p, 1, static_cast<int>(left)) == 0) {
+        throw std::runtime_error("shmbus-inspect printed no line within " + std::to_string(timeout.count()) + " ms");
+      }
+      char chunk[4096];
+      const ssize_t n = ::read(fd, chunk, sizeof chunk);
+      if (n <= 0) return std::exchange(buf, std::string());
+      buf.append(chunk, static_cast<std::size_t>(n));
+    }
+  }
+
+  pid_t pid_ = -1;
+  int out_ = -1, err_ = -1;
+  std::string outBuf_, errBuf_;
+};
+
+/// The value of `key` in one line of `tail --json` (a string without its quotes, or a number).
+std::string field(const std::string& json, const std::string& key) {
+  const std::string k = "\"" + key + "\":";
+  const auto at = json.find(k);
+  if (at == std::string::npos) return "<missing>";
+  auto v = at + k.size();
+  if (json[v] == '"') {
+    std::string out;
+    for (++v; v < json.size() && json[v] != '"'; ++v) {
+      if (json[v] == '\\') ++v;
+      out += json[v];
+    }
+    return out;
+  }
+  const auto end = json.find_first_of(",}", v);
+  return json.substr(v, end - v);
+}
+
+}  // namespace
+
+TEST_CASE("shmbus-inspect tail shows every message and call of a scenario in order; nested calls share a trace id") {
+  TestBus tb("inspect", {}, /*dispatch=*/false);
+  auto mainEcho = tb->handle("main-echo", echoHandler());
+  ServedWindow dashboard(ServedWindow::deferred, tb, "dashboard", [](Window& w, auto& regs) {
+    regs.push_back(w.handle("echo", echoHandler()));
+    regs.push_back(w.handle("nested", textHandler([&w](const std::string& req, const CallContext&) {
+      auto r = w.invoke("main-echo", text(req)).get();
+      return r.ok() ? textOf(*r) : std::string(errorCodeName(r.code()));
+    })));
+  });
+  Link toEditor;
+  GatedChild editor([&] {
+    auto w = connectWindow(tb.bus, "editor");
+    childCheck(replyText(w->invokeIn("dashboard", "echo", text("hello")), "echo") == "hello", "echo");
+    childCheck(w->invokeIn("dashboard", "missing").get().code() == ErrorCode::NoHandler, "missing: NoHandler");
+    childCheck(w->invokeIn("nobody", "echo").get().code() == ErrorCode::NoTarget, "nobody: NoTarget");
+    childCheck(replyText(w->invokeIn("dashboard", "nested", text("deep")), "nested") == "deep", "nested");
+    expectOk(w->send("note", text("n")), "send note");
+    toEditor.tellParent(std::to_string(w->id()));
+    toEditor.hearParent();
+  });
+  tb->startDispatchThread();
+  InspectProcess insp({tb.bus, "tail", "--json"});
+  const std::string hello = insp.errLine();
+  REQUIRE_MESSAGE(hello.find("tailing bus") != std::string::npos, "shmbus-inspect said: " << hello);
+
+  dashboard.start();
+  const std::uint32_t dashId = dashboard.id();
+  editor.go();
+  const std::uint32_t editorId = static_cast<std::uint32_t>(std::stoul(toEditor.hearChild()));
+  toEditor.tellChild("done");
+  CHECK(editor.join(10s) == 0);
+  CHECK(dashboard.finish() == 0);
+
+  struct Want {
+    std::string kind, channel, source, target, status;
+  };
+  const std::string d = std::to_string(dashId), e = std::to_string(editorId);
+  const std::vector<Want> want = {
+      {"window-open", "", d, "0", "Ok"},
+      {"send", "ready", d, "0", "Ok"},
+      {"window-open", "", e, "0", "Ok"},
+      {"invoke", "echo", e, d, "Ok"},
+      {"invoke", "missing", e, "0", "NoHandler"},
+      {"invoke", "echo", e, "0", "NoTarget"},
+      {"invoke", "main-echo", d, "0", "Ok"},  // the nested call ends first
+      {"invoke", "nested", e, d, "Ok"},
+      {"send", "note", e, "0", "Ok"},
+      {"window-close", "", e, "0", "Ok"},
+      {"window-close", "", d, "0", "Ok"},
+  };
+  std::vector<std::string> got;
+  for (std::size_t i = 0; i < want.size(); ++i) got.push_back(insp.line());
+  std::uint64_t prevSeq = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    INFO("event " << i << ": " << got[i]);
+    CHECK(field(got[i], "kind") == want[i].kind);
+    if (!want[i].channel.empty()) CHECK(field(got[i], "channel") == want[i].channel);
+    CHECK(field(got[i], "sourceId") == want[i].source);
+    CHECK(field(got[i], "targetId") == want[i].target);
+    CHECK(field(got[i], "status") == want[i].status);
+    const auto seq = std::stoull(field(got[i], "seq"));
+    CHECK(seq == prevSeq + 1);  // nothing lost, nothing reordered
+    prevSeq = seq;
+    CHECK(std::stoll(field(got[i], "endNs")) >= std::stoll(field(got[i], "startNs")));
+  }
+  CHECK(field(got[1], "sourceRole") == "dashboard");
+  CHECK(field(got[3], "targetRole") == "dashboard");
+  CHECK(std::stoul(field(got[3], "requestBytes")) > 0);
+  CHECK(std::stoul(field(got[3], "replyBytes")) > 0);
+  CHECK(field(got[5], "targetRole") == "nobody");
+  CHECK(field(got[4], "error").find("no handler") != std::string::npos);
+  // A→B→main is one flow: the nested call carries its caller's trace id.
+  CHECK(field(got[6], "traceId") != "0");
+  CHECK(field(got[6], "traceId") == field(got[7], "traceId"));
+  CHECK(field(got[3], "traceId") != field(got[7], "traceId"));
+  CHECK(field(got[9], "pid") != "0");
+
+  tb->stop();  // the inspector hears the bus close and exits 0
+  CHECK(insp.line() == "");
+  CHECK(insp.wait() == 0);
+}
+
+TEST_CASE("a stalled inspector loses the oldest events and is told how many; the bus never waits for it") {
+  SupervisorOptions o;
+  o.traceRingBytes = 64 * 1024;  // the smallest ring: a few hundred events
+  TestBus tb("stall", o, /*dispatch=*/false);
+  std::atomic<int> heard{0};
+  auto count = tb->on("tick", [&](const Message&, const CallContext&) { heard.fetch_add(1, std::memory_order_relaxed); });
+  auto echo = tb->handle("echo", echoHandler());
+  constexpr int kCalls = 3000;
+  Link toWin;
+  GatedChild win([&] {
+    auto w = connectWindow(tb.bus, "worker");
+    for (int i = 0; i < kCalls; ++i) {
+      childCheck(replyText(w->invoke("echo", text(std::to_string(i))), "echo") == std::to_string(i), "echo");
+    }
+    toWin.tellParent("done");
+    toWin.hearParent();
+  });
+  tb->startDispatchThread();
+  auto insp = Inspector::attach(tb.bus);
+  REQUIRE_MESSAGE(insp.ok(), insp.error().toString());
+  win.go();
+  CHECK(toWin.hearChild(60s) == "done");  // every call answered while the inspector read nothing
+  std::vector<TraceEvent> events;
+  for (;;) {
+    auto e = (*insp)->next(0ms);
+    REQUIRE_MESSAGE(e.ok(), e.error().toString());
+    if (!*e) break;
+    events.push_back(std::move(**e));
+  }
+  toWin.tellChild("finish");
+  CHECK(win.join(10s) == 0);
+  // 1 window-open + kCalls invokes were written; the ring holds a fraction of them.
+  REQUIRE(!events.empty());
+  const std::uint64_t lost = (*insp)->lost();
+  MESSAGE("read " << events.size() << " events, lost " << lost);
+  CHECK(lost > 0);
+  CHECK(events.size() + lost == kCalls + 1);
+  for (std::size_t i = 1; i < events.size(); ++i) CHECK(events[i].seq == events[i - 1].seq + 1);
+  CHECK(events.back().kind == TraceKind::Invoke);
+  CHECK(events.back().channel == "echo");
+  CHECK(events.back().status == ErrorCode::Ok);
+  // It keeps reading from where it is: the window's close comes next.
+  auto closeEv = (*insp)->next(10s);
+  REQUIRE(closeEv.ok());
+  REQUIRE(closeEv->has_value());
+  CHECK((*closeEv)->kind == TraceKind::WindowClose);
+  CHECK((*closeEv)->seq == events.back().seq + 1);
+}
+
+TEST_CASE("shmbus-inspect names a bus that does not run") {
+  InspectProcess insp({uniqueBus("none"), "tail"});
+  const std::string err = insp.errLine();
+  CHECK(err.find("no supervisor of bus") != std::string::npos);
+  CHECK(insp.wait() == 1);
+}

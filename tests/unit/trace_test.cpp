@@ -1,0 +1,167 @@
+// The trace ring and trace events (trace/): records in order, wrap with padding, a lapped reader
+// counts what it lost, torn copies are never returned (a forked reader checks every body while the
+// producer overwrites), the event codec round-trips and rejects malformed bodies, JSON escaping.
+#include <doctest/doctest.h>
+
+#include <cstring>
+
+#include "bus_test.hpp"
+#include "trace/trace_event.hpp"
+#include "trace/trace_ring.hpp"
+
+using namespace shmbus;
+using namespace shmbus::detail;
+using namespace std::chrono_literals;
+
+namespace {
+/// A body of `n` bytes whose every byte is derived from `v` (so a torn copy is detectable).
+std::vector<std::uint8_t> bodyFor(std::uint64_t v, std::size_t n) {
+  std::vector<std::uint8_t> b(n);
+  for (std::size_t i = 0; i < n; ++i) b[i] = static_cast<std::uint8_t>(v * 131 + i * 7);
+  if (n >= 8) std::memcpy(b.data(), &v, 8);
+  return b;
+}
+bool bodyOk(const std::vector<std::uint8_t>& b) {
+  if (b.size() < 8) return false;
+  std::uint64_t v;
+  std::memcpy(&v, b.data(), 8);
+  return b == bodyFor(v, b.size());
+}
+}  // namespace
+
+TEST_CASE("records come out in order, across the ring's end, with sequence numbers") {
+  auto p = TraceProducer::create(kTraceMinCapacity);
+  REQUIRE(p.ok());
+  auto r = TraceReader::attach(p->fd());
+  REQUIRE(r.ok());
+  std::vector<std::uint8_t> got;
+  CHECK_FALSE(r->next(got));
+  // Enough records of varying size to wrap the 64 KiB ring several times, read as they come.
+  for (std::uint64_t i = 1; i <= 5000; ++i) {
+    p->write(bodyFor(i, 8 + (i * 37) % 300));
+    REQUIRE(r->next(got));
+    CHECK(bodyOk(got));
+    std::uint64_t v;
+    std::memcpy(&v, got.data(), 8);
+    CHECK(v == i);
+    CHECK(r->lastSeq() == i);
+  }
+  CHECK_FALSE(r->next(got));
+  CHECK(r->lost() == 0);
+}
+
+TEST_CASE("a reader attached later starts at the newest record; a lapped reader counts what it lost") {
+  auto p = TraceProducer::create(kTraceMinCapacity);
+  REQUIRE(p.ok());
+  for (std::uint64_t i = 1; i <= 10; ++i) p->write(bodyFor(i, 64));
+  auto r = TraceReader::attach(p->fd());
+  REQUIRE(r.ok());
+  std::vector<std::uint8_t> got;
+  CHECK_FALSE(r->next(got));  // what was there before it attached is not shown
+  CHECK(r->lastSeq() == 10);
+  // 2000 records of 80 B each: about 2.4 times the ring while the reader reads nothing.
+  for (std::uint64_t i = 11; i <= 2010; ++i) p->write(bodyFor(i, 64));
+  std::vector<std::uint64_t> seen;
+  while (r->next(got)) {
+    REQUIRE(bodyOk(got));
+    std::uint64_t v;
+    std::memcpy(&v, got.data(), 8);
+    seen.push_back(v);
+  }
+  REQUIRE(!seen.empty());
+  CHECK(seen.back() == 2010);
+  for (std::size_t i = 1; i < seen.size(); ++i) CHECK(seen[i] == seen[i - 1] + 1);
+  CHECK(r->lost() == seen.front() - 11);  // every record before the first it read
+  CHECK(r->lost() + seen.size() == 2000);
+  MESSAGE("kept " << seen.size() << " of 2000 records, lost " << r->lost());
+}
+
+TEST_CASE("a reader in another process never returns a torn record while the producer laps it") {
+  auto p = TraceProducer::create(kTraceMinCapacity);
+  REQUIRE(p.ok());
+  test::Link link;
+  test::Child reader = test::Child::fork([&] {
+    auto r = TraceReader::attach(p->fd());
+    if (!r) throw std::runtime_error(r.error().toString());
+    link.tellParent("attached");
+    std::vector<std::uint8_t> got;
+    std::uint64_t read = 0, last = 0;
+    while (last < 200000) {
+      if (!r->next(got)) {
+        r->wait(kNoDeadline);
+        continue;
+      }
+      if (!bodyOk(got)) throw std::runtime_error("torn record " + std::to_string(r->lastSeq()));
+      std::memcpy(&last, got.data(), 8);
+      ++read;
+    }
+    link.tellParent(std::to_string(read) + " " + std::to_string(r->lost()));
+  });
+  REQUIRE(link.hearChild() == "attached");
+  for (std::uint64_t i = 1; i <= 200000; ++i) p->write(bodyFor(i, 8 + (i * 13) % 500));
+  const auto report = link.hearChild(60s);
+  MESSAGE("the reader got and lost: " << report);
+  CHECK(reader.join(10s) == 0);
+}
+
+TEST_CASE("attach refuses memory that is not a trace ring") {
+  const int fd = ::memfd_create("not-trace", MFD_CLOEXEC);
+  REQUIRE(fd >= 0);
+  REQUIRE(::ftruncate(fd, sizeof(TraceRingHeader) + kTraceMinCapacity) == 0);
+  auto r = TraceReader::attach(fd);
+  CHECK(r.code() == ErrorCode::InvalidMessage);
+  ::close(fd);
+}
+
+TEST_CASE("trace events round-trip; malformed bodies are InvalidMessage; JSON escapes strings") {
+  TraceEvent e;
+  e.kind = TraceKind::Invoke;
+  e.startNs = 100;
+  e.endNs = 42'000'100;
+  e.requestId = 7;
+  e.traceId = 9;
+  e.channelId = 0x1234;
+  e.channel = "GetDashboardData";
+  e.sourceId = 0;
+  e.sourceRole = "main";
+  e.targetId = 2;
+  e.targetRole = "dashboard";
+  e.status = ErrorCode::Timeout;
+  e.error = "said \"no\"\n";
+  e.requestBytes = 64;
+  e.replyBytes = 128;
+  std::vector<std::uint8_t> buf;
+  encodeTraceEvent(e, buf);
+  auto d = decodeTraceEvent(buf, 5);
+  REQUIRE(d.ok());
+  CHECK(d->seq == 5);
+  CHECK(d->kind == e.kind);
+  CHECK(d->channel == e.channel);
+  CHECK(d->sourceRole == e.sourceRole);
+  CHECK(d->targetRole == e.targetRole);
+  CHECK(d->error == e.error);
+  CHECK(d->status == e.status);
+  CHECK(d->requestId == 7);
+  CHECK(d->traceId == 9);
+  CHECK(d->replyBytes == 128);
+  CHECK(d->durationMs() == doctest::Approx(42.0));
+  const std::string json = toJson(*d);
+  CHECK(json.find(R"("error":"said \"no\"\n")") != std::string::npos);
+  CHECK(json.find(R"("kind":"invoke")") != std::string::npos);
+  CHECK(json.find(R"("status":"Timeout")") != std::string::npos);
+  CHECK(toText(*d).find("main → dashboard#2") != std::string::npos);
+
+  CHECK(decodeTraceEvent(std::span(buf).first(10), 1).code() == ErrorCode::InvalidMessage);  // short
+  auto badLen = buf;
+  badLen[4] = 0xff;  // the channel's length runs past the body
+  CHECK(decodeTraceEvent(badLen, 1).code() == ErrorCode::InvalidMessage);
+  auto badKind = buf;
+  badKind[0] = 99;
+  CHECK(decodeTraceEvent(badKind, 1).code() == ErrorCode::InvalidMessage);
+  // Strings past their bounds are cut, not rejected.
+  e.channel = std::string(1000, 'c');
+  encodeTraceEvent(e, buf);
+  auto cut = decodeTraceEvent(buf, 1);
+  REQUIRE(cut.ok());
+  CHECK(cut->channel.size() == kTraceChannelMax);
+}
