@@ -30,11 +30,11 @@ struct SupervisorOptions {
   std::uint32_t outboxBytes = 1u << 20;     ///< default outbox capacity per window (power of two)
   std::uint32_t maxRecordBytes = 1u << 18;  ///< largest record (frame header + message), bytes
   /// Spin budget of the dispatch loop before it parks in epoll, ns. 0 = park at once.
+  std::chrono::nanoseconds spin{std::chrono::microseconds(4)};
   /// Bytes of the trace ring inspectors read (shmbus/inspect.hpp; rounded up to a power of two,
   /// at least 64 KiB). Created when the first inspector attaches; events are recorded only while
   /// one is attached.
   std::size_t traceRingBytes = 4u << 20;
-  std::chrono::nanoseconds spin{std::chrono::microseconds(4)};
   /// Ceiling of this supervisor's log records (the sink is shmbus/log.hpp's).
   LogLevel logLevel = LogLevel::Warn;
   /// How many main-process callbacks (handlers, listeners, then-callbacks) may run at once.
