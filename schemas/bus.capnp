@@ -59,3 +59,50 @@ struct Cancel {
   # frame header; the reason is informational.
   reason @0 :Text;
 }
+
+struct BusSnapshot {
+  # The supervisor's answer to an inspector's snapshot request (ControlType::Snapshot): the
+  # registry and the router's counters (shmbus/inspect.hpp, docs/architecture.md §14). Lists are
+  # bounded (see `truncated`) so the answer fits one control packet.
+  windows @0 :List(WindowRow);
+  channels @1 :List(ChannelRow);
+  pending @2 :List(PendingRow);
+  lateReplies @3 :UInt64;
+  spoofedReplies @4 :UInt64;
+  undeliverable @5 :UInt64;
+  badMessages @6 :UInt64;
+  unansweredCalls @7 :UInt64;
+  inspectors @8 :UInt32;
+  truncated @9 :Bool;       # a list was cut to its bound
+
+  struct WindowRow {
+    id @0 :UInt32;
+    role @1 :Text;
+    pid @2 :Int32;
+    spawned @3 :Bool;
+    inboxUsed @4 :UInt64;   # bytes written into the window's inbox and not yet released by it
+    inboxBytes @5 :UInt64;
+    pendingCalls @6 :UInt32;  # calls this window made that are in flight
+  }
+  struct ErrorCount {
+    code @0 :Text;
+    count @1 :UInt64;
+  }
+  struct ChannelRow {
+    name @0 :Text;
+    calls @1 :UInt64;
+    messages @2 :UInt64;
+    late @3 :UInt64;
+    errors @4 :List(ErrorCount);
+    p50Ms @5 :Float64;
+    p99Ms @6 :Float64;
+  }
+  struct PendingRow {
+    channel @0 :Text;
+    sourceId @1 :UInt32;
+    sourceRole @2 :Text;
+    targetId @3 :UInt32;
+    targetRole @4 :Text;
+    waitingMs @5 :Float64;
+  }
+}

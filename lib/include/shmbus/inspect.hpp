@@ -12,8 +12,10 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "shmbus/error.hpp"
+#include "shmbus/supervisor.hpp"
 
 namespace shmbus {
 
@@ -64,6 +66,24 @@ std::string toText(const TraceEvent& e);
 /// {"seq":1,"kind":"invoke","channel":"echo",...}. Strings are escaped per RFC 8259.
 std::string toJson(const TraceEvent& e);
 
+/// What a running bus looks like now (Inspector::snapshot(); `shmbus-inspect BUS windows|stats`).
+struct BusSnapshot {
+  /// One registered window.
+  struct Window {
+    std::uint32_t id = 0;             ///< window id
+    std::string role;                 ///< its role
+    std::int32_t pid = 0;             ///< its process
+    bool spawned = false;             ///< started by Supervisor::spawn (else connected by path)
+    std::uint64_t inboxUsedBytes = 0; ///< bytes in its inbox it has not released yet (queue fill)
+    std::uint64_t inboxBytes = 0;     ///< its inbox's capacity, bytes
+    std::uint32_t pendingCalls = 0;   ///< calls it made that are in flight
+  };
+  std::vector<Window> windows;   ///< in registration order
+  RouterStats stats;             ///< per channel counters and pending calls, as Supervisor::stats()
+  std::uint32_t inspectors = 0;  ///< inspectors attached (this one included)
+  bool truncated = false;        ///< a list was cut to its bound (256 windows, channels, pending calls)
+};
+
 /// A live reader of a bus's trace events. Attaching connects to the bus's socket (the
 /// supervisor must be running and of the same user); the supervisor starts recording events
 /// when the first inspector attaches and stops when the last one leaves (closes or dies).
@@ -83,6 +103,11 @@ class Inspector {
   /// The next event, waiting up to `timeout` (0 = do not wait). nullopt when none came in time.
   /// Errors: BusClosed once the supervisor is gone and every event it wrote has been read.
   Result<std::optional<TraceEvent>> next(std::chrono::milliseconds timeout);
+
+  /// Asks the supervisor for the registry and its counters, waiting up to `timeout` for the
+  /// answer. Errors: BusClosed (the supervisor is gone), Timeout, InvalidMessage (a malformed
+  /// answer).
+  Result<BusSnapshot> snapshot(std::chrono::milliseconds timeout = std::chrono::milliseconds(5000));
 
   /// Events this inspector lost because it fell behind (the trace ring is bounded), so far.
   std::uint64_t lost() const noexcept;

@@ -16,8 +16,10 @@ enum class ControlType : std::uint32_t {
   Inspect = 5,  ///< inspector → supervisor (instead of Hello): attach to the bus's trace ring
   TraceRing = 6,  ///< supervisor → inspector: `value` = bytes of the trace ring, its memfd attached
                   ///< (a refusal is a Welcome with an error)
+  Snapshot = 7,   ///< inspector → supervisor: a request (no payload); supervisor → inspector: the
+                  ///< answer, bus.capnp BusSnapshot
 };
-inline constexpr ControlType kLastControlType = ControlType::TraceRing;
+inline constexpr ControlType kLastControlType = ControlType::Snapshot;
 
 struct ControlHeader {
   std::uint32_t type;   ///< ControlType

@@ -189,6 +189,7 @@ void Router::onConnReadable(std::uint32_t id) {
       case ControlType::Hello: onHello(c, *pkt); break;
       case ControlType::Mapped: onMapped(c); break;
       case ControlType::Inspect: onInspect(c); break;
+      case ControlType::Snapshot: onSnapshot(c); break;
       default: return doom(c, fmt::format("control packet type {} is not for the supervisor", h->type), true);
     }
   }

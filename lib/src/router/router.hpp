@@ -162,6 +162,9 @@ class Router {
   // ---- the trace (router_trace.cpp, docs/architecture.md §14); all under mu_
   /// An inspector asks for the trace ring: created on first use, its memfd sent back.
   void onInspect(Conn& c);
+  /// An inspector asks for a snapshot: the registry and the counters, as bus.capnp BusSnapshot.
+  void onSnapshot(Conn& c);
+  RouterStats statsLocked() const;
   /// True while an inspector is attached: events are recorded only then.
   bool tracing() const noexcept { return inspectors_ > 0; }
   /// The flow id of a new call: the caller's when it sent one, else a fresh one.

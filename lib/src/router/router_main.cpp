@@ -192,6 +192,10 @@ void Router::setChannelTimeout(const Channel& channel, std::chrono::milliseconds
 
 RouterStats Router::stats() const {
   std::lock_guard lk(mu_);
+  return statsLocked();
+}
+
+RouterStats Router::statsLocked() const {
   RouterStats s;
   const std::int64_t now = monotonicNowNs();
   for (auto& [rid, p] : routes_.all()) {

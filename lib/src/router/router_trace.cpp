@@ -1,7 +1,10 @@
 // The router's trace: inspectors attach over the control socket and get the trace ring's memfd;
 // while one is attached, every message and call the router routes or hands to main is recorded
 // as a TraceEvent (docs/architecture.md §14).
+#include <capnp/message.h>
 #include <fmt/format.h>
+
+#include "bus.capnp.h"
 
 #include "router/router.hpp"
 #include "router/router_internal.hpp"
@@ -27,6 +30,76 @@ void Router::onInspect(Conn& c) {
   c.role = "inspector";
   ++inspectors_;
   log_(LogLevel::Info, "inspector {} attached (pid {}); {} attached", c.id, c.pid, inspectors_);
+}
+
+void Router::onSnapshot(Conn& c) {
+  if (c.state != Conn::State::Inspector) return doom(c, "a snapshot request before attaching as an inspector", true);
+  constexpr std::size_t kMaxRows = 256;  // keeps the answer within one control packet
+  const RouterStats stats = statsLocked();
+  capnp::MallocMessageBuilder mb;
+  auto snap = mb.initRoot<schema::BusSnapshot>();
+  bool truncated = false;
+  auto bounded = [&](std::size_t n) {
+    truncated = truncated || n > kMaxRows;
+    return static_cast<unsigned>(std::min(n, kMaxRows));
+  };
+  std::vector<const Conn*> live;
+  for (auto& [id, w] : registry_.all()) {
+    if (w->state == Conn::State::Live) live.push_back(w.get());
+  }
+  auto windows = snap.initWindows(bounded(live.size()));
+  for (unsigned i = 0; i < windows.size(); ++i) {
+    const Conn& w = *live[i];
+    auto row = windows[i];
+    row.setId(w.id);
+    row.setRole(w.role);
+    row.setPid(w.pid);
+    row.setSpawned(w.spawned);
+    // relaxed: a display figure; the window may move head at any time (and may scribble it).
+    const std::uint64_t head = w.inbox.control()->head.load(std::memory_order_relaxed);
+    const std::uint64_t tail = w.inbox.control()->tail.load(std::memory_order_relaxed);
+    row.setInboxUsed(tail >= head ? tail - head : 0);
+    row.setInboxBytes(w.inbox.geometry().capacity);
+    std::uint32_t pending = 0;
+    for (auto& [rid, r] : routes_.all()) pending += r.callerId == w.id ? 1 : 0;
+    row.setPendingCalls(pending);
+  }
+  auto channels = snap.initChannels(bounded(stats.channels.size()));
+  for (unsigned i = 0; i < channels.size(); ++i) {
+    const auto& cs = stats.channels[i];
+    auto row = channels[i];
+    row.setName(cs.channel);
+    row.setCalls(cs.calls);
+    row.setMessages(cs.messages);
+    row.setLate(cs.lateReplies);
+    row.setP50Ms(cs.p50Ms);
+    row.setP99Ms(cs.p99Ms);
+    auto errs = row.initErrors(static_cast<unsigned>(cs.errors.size()));
+    unsigned k = 0;
+    for (const auto& [code, n] : cs.errors) {
+      errs[k].setCode(code);
+      errs[k++].setCount(n);
+    }
+  }
+  auto pending = snap.initPending(bounded(stats.pending.size()));
+  for (unsigned i = 0; i < pending.size(); ++i) {
+    const auto& p = stats.pending[i];
+    auto row = pending[i];
+    row.setChannel(p.channel);
+    row.setSourceId(p.sourceId);
+    row.setSourceRole(p.sourceRole);
+    row.setTargetId(p.targetId);
+    row.setTargetRole(p.targetRole);
+    row.setWaitingMs(p.waitingMs);
+  }
+  snap.setLateReplies(stats.lateReplies);
+  snap.setSpoofedReplies(stats.spoofedReplies);
+  snap.setUndeliverable(stats.undeliverable);
+  snap.setBadMessages(stats.badMessages);
+  snap.setUnansweredCalls(stats.unansweredCalls);
+  snap.setInspectors(inspectors_);
+  snap.setTruncated(truncated);
+  if (auto r = sendControl(c.sock.get(), ControlType::Snapshot, 0, &mb); !r) doom(c, r.error().message, false);
 }
 
 void Router::record(TraceEvent& e) {

@@ -3,9 +3,13 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <capnp/serialize.h>
 #include <fmt/format.h>
 
+#include "bus.capnp.h"
+
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "control/control_protocol.hpp"
@@ -118,6 +122,69 @@ Result<std::optional<TraceEvent>> Inspector::next(std::chrono::milliseconds time
     const std::int64_t now = monotonicNowNs();
     if (now >= deadline) return std::optional<TraceEvent>();
     i.reader.wait(std::min(deadline, now + kSocketCheckNs));
+  }
+}
+
+Result<BusSnapshot> Inspector::snapshot(std::chrono::milliseconds timeout) {
+  Impl& i = *impl_;
+  if (i.closed) return makeError(ErrorCode::BusClosed, fmt::format("the supervisor of bus '{}' stopped", i.bus));
+  if (auto r = sendControl(i.sock.get(), ControlType::Snapshot, 0); !r) return r.error();
+  pollfd pfd{i.sock.get(), POLLIN, 0};
+  int pr;
+  do {
+    pr = ::poll(&pfd, 1, static_cast<int>(std::clamp<std::int64_t>(timeout.count(), 0, 1 << 30)));
+  } while (pr < 0 && errno == EINTR);
+  if (pr == 0) {
+    return makeError(ErrorCode::Timeout, fmt::format("no snapshot from the supervisor of bus '{}' within {} ms", i.bus,
+                                                     timeout.count()));
+  }
+  auto pkt = recvPacket(i.sock.get());
+  if (!pkt) return pkt.error();
+  auto h = parseControlHeader(*pkt);
+  if (!h) {
+    i.closed = true;
+    return makeError(ErrorCode::BusClosed, fmt::format("the supervisor of bus '{}' stopped", i.bus));
+  }
+  const std::size_t words = (pkt->bytes.size() - sizeof(ControlHeader)) / sizeof(capnp::word);
+  if (h->type != static_cast<std::uint32_t>(ControlType::Snapshot) || words == 0) {
+    return makeError(ErrorCode::InvalidMessage, fmt::format("expected a snapshot, got control packet {}", h->type));
+  }
+  // The packet's bytes after the header, copied to aligned words; read with bounded limits.
+  kj::Array<capnp::word> buf = kj::heapArray<capnp::word>(words);
+  std::memcpy(buf.begin(), pkt->bytes.data() + sizeof(ControlHeader), words * sizeof(capnp::word));
+  try {
+    capnp::FlatArrayMessageReader reader(buf, capnp::ReaderOptions{words * 8 + 1024, 16});
+    auto snap = reader.getRoot<schema::BusSnapshot>();
+    BusSnapshot out;
+    for (auto w : snap.getWindows()) {
+      out.windows.push_back({w.getId(), w.getRole(), w.getPid(), w.getSpawned(), w.getInboxUsed(), w.getInboxBytes(),
+                             w.getPendingCalls()});
+    }
+    for (auto c : snap.getChannels()) {
+      RouterStats::ChannelStats cs;
+      cs.channel = c.getName();
+      cs.calls = c.getCalls();
+      cs.messages = c.getMessages();
+      cs.lateReplies = c.getLate();
+      cs.p50Ms = c.getP50Ms();
+      cs.p99Ms = c.getP99Ms();
+      for (auto e : c.getErrors()) cs.errors[e.getCode()] = e.getCount();
+      out.stats.channels.push_back(std::move(cs));
+    }
+    for (auto p : snap.getPending()) {
+      out.stats.pending.push_back(
+          {p.getChannel(), p.getSourceId(), p.getSourceRole(), p.getTargetId(), p.getTargetRole(), p.getWaitingMs()});
+    }
+    out.stats.lateReplies = snap.getLateReplies();
+    out.stats.spoofedReplies = snap.getSpoofedReplies();
+    out.stats.undeliverable = snap.getUndeliverable();
+    out.stats.badMessages = snap.getBadMessages();
+    out.stats.unansweredCalls = snap.getUnansweredCalls();
+    out.inspectors = snap.getInspectors();
+    out.truncated = snap.getTruncated();
+    return out;
+  } catch (const kj::Exception& e) {
+    return makeError(ErrorCode::InvalidMessage, std::string("malformed snapshot: ") + e.getDescription().cStr());
   }
 }
 

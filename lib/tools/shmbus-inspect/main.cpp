@@ -1,12 +1,17 @@
-// shmbus-inspect: watch a running bus (docs/architecture.md §14), like `busctl monitor`.
+// shmbus-inspect: watch a running bus (docs/architecture.md §14), like `busctl monitor|status`.
 //   shmbus-inspect BUS tail [--channel C] [--role R] [--json] [--count N] [--duration S]
-// prints one line per trace event the supervisor records (human form, or JSON Lines with
-// --json) until Ctrl-C, --count events, --duration seconds, or the bus stops.
+//     one line per trace event the supervisor records (human form, or JSON Lines with --json)
+//     until Ctrl-C, --count events, --duration seconds, or the bus stops;
+//   shmbus-inspect BUS windows          the registry: id, role, pid, how it came, inbox fill, calls;
+//   shmbus-inspect BUS stats [--watch S]  per channel calls, messages, errors, p50/p99, late
+//     replies, and the calls in flight (every S seconds with --watch).
+// Exit status: 0, or 1 when the bus cannot be inspected (the error on stderr).
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <chrono>
 #include <cstdio>
+#include <thread>
 
 #include "shmbus/inspect.hpp"
 
@@ -26,12 +31,11 @@ bool selected(const shmbus::TraceEvent& e, const TailOptions& o) {
   return true;
 }
 
+std::unique_ptr<shmbus::Inspector> attachOrSay(const std::string& bus, const std::string& socket);
+
 int tail(const std::string& bus, const std::string& socket, const TailOptions& o) {
-  auto insp = shmbus::Inspector::attach(bus, socket);
-  if (!insp) {
-    fmt::print(stderr, "shmbus-inspect: {}\n", insp.error().toString());
-    return 1;
-  }
+  auto insp = attachOrSay(bus, socket);
+  if (!insp) return 1;
   fmt::print(stderr, "shmbus-inspect: tailing bus '{}'\n", bus);
   const auto start = std::chrono::steady_clock::now();
   const auto end = o.durationS > 0 ? start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
@@ -42,7 +46,7 @@ int tail(const std::string& bus, const std::string& socket, const TailOptions& o
     const auto now = std::chrono::steady_clock::now();
     if (now >= end) break;
     const auto slice = std::min<std::chrono::steady_clock::duration>(end - now, std::chrono::seconds(1));
-    auto e = (*insp)->next(std::chrono::duration_cast<std::chrono::milliseconds>(slice));
+    auto e = insp->next(std::chrono::duration_cast<std::chrono::milliseconds>(slice));
     if (!e) {
       if (e.code() == shmbus::ErrorCode::BusClosed) {
         fmt::print(stderr, "shmbus-inspect: {}\n", e.error().message);
@@ -51,7 +55,7 @@ int tail(const std::string& bus, const std::string& socket, const TailOptions& o
       fmt::print(stderr, "shmbus-inspect: {}\n", e.error().toString());
       return 1;
     }
-    if (const std::uint64_t lost = (*insp)->lost(); lost != lostReported) {
+    if (const std::uint64_t lost = insp->lost(); lost != lostReported) {
       if (o.json) {
         fmt::print("{{\"kind\":\"lost\",\"count\":{}}}\n", lost - lostReported);
       } else {
@@ -65,6 +69,67 @@ int tail(const std::string& bus, const std::string& socket, const TailOptions& o
     if (o.count != 0 && ++printed >= o.count) break;
   }
   return 0;
+}
+
+std::unique_ptr<shmbus::Inspector> attachOrSay(const std::string& bus, const std::string& socket) {
+  auto insp = shmbus::Inspector::attach(bus, socket);
+  if (!insp) {
+    fmt::print(stderr, "shmbus-inspect: {}\n", insp.error().toString());
+    return nullptr;
+  }
+  return std::move(*insp);
+}
+
+int windows(const std::string& bus, const std::string& socket) {
+  auto insp = attachOrSay(bus, socket);
+  if (!insp) return 1;
+  auto s = insp->snapshot();
+  if (!s) {
+    fmt::print(stderr, "shmbus-inspect: {}\n", s.error().toString());
+    return 1;
+  }
+  fmt::print("{:>4}  {:<16} {:>8}  {:<9}  {:>15}  {:>7}\n", "ID", "ROLE", "PID", "HOW", "INBOX USED", "CALLS");
+  for (const auto& w : s->windows) {
+    fmt::print("{:>4}  {:<16} {:>8}  {:<9}  {:>6} / {:>6}  {:>7}\n", w.id, w.role, w.pid,
+               w.spawned ? "spawned" : "connected", w.inboxUsedBytes, w.inboxBytes, w.pendingCalls);
+  }
+  fmt::print("{} windows, {} inspector(s){}\n", s->windows.size(), s->inspectors, s->truncated ? " (list cut)" : "");
+  return 0;
+}
+
+void printStats(const shmbus::BusSnapshot& s) {
+  fmt::print("{:<32} {:>9} {:>9} {:>9} {:>9} {:>6}  {}\n", "CHANNEL", "CALLS", "MESSAGES", "P50 MS", "P99 MS", "LATE",
+             "ERRORS");
+  for (const auto& c : s.stats.channels) {
+    std::string errs;
+    for (const auto& [code, n] : c.errors) errs += fmt::format("{}{} {}", errs.empty() ? "" : ", ", code, n);
+    fmt::print("{:<32} {:>9} {:>9} {:>9.3f} {:>9.3f} {:>6}  {}\n", c.channel, c.calls, c.messages, c.p50Ms, c.p99Ms,
+               c.lateReplies, errs.empty() ? "-" : errs);
+  }
+  for (const auto& p : s.stats.pending) {
+    fmt::print("pending: {} {}#{} -> {}#{} waiting {:.1f} ms\n", p.channel, p.sourceRole, p.sourceId, p.targetRole,
+               p.targetId, p.waitingMs);
+  }
+  fmt::print("late replies {}, spoofed replies {}, undeliverable {}, bad messages {}, unanswered {}\n",
+             s.stats.lateReplies, s.stats.spoofedReplies, s.stats.undeliverable, s.stats.badMessages,
+             s.stats.unansweredCalls);
+}
+
+int stats(const std::string& bus, const std::string& socket, double watchS) {
+  auto insp = attachOrSay(bus, socket);
+  if (!insp) return 1;
+  for (;;) {
+    auto s = insp->snapshot();
+    if (!s) {
+      fmt::print(stderr, "shmbus-inspect: {}\n", s.error().toString());
+      return s.code() == shmbus::ErrorCode::BusClosed && watchS > 0 ? 0 : 1;
+    }
+    printStats(*s);
+    std::fflush(stdout);
+    if (watchS <= 0) return 0;
+    std::this_thread::sleep_for(std::chrono::duration<double>(watchS));  // the user's refresh period
+    fmt::print("\n");
+  }
 }
 
 }  // namespace
@@ -82,7 +147,13 @@ int main(int argc, char** argv) {
   tailCmd->add_flag("-j,--json", tailOpts.json, "JSON Lines instead of text");
   tailCmd->add_option("-n,--count", tailOpts.count, "stop after this many events");
   tailCmd->add_option("-d,--duration", tailOpts.durationS, "stop after this many seconds");
+  app.add_subcommand("windows", "list the windows registered with the bus");
+  double watchS = 0;
+  auto* statsCmd = app.add_subcommand("stats", "per channel counters and latencies, calls in flight");
+  statsCmd->add_option("-w,--watch", watchS, "print again every this many seconds");
   CLI11_PARSE(app, argc, argv);
   if (tailCmd->parsed()) return tail(bus, socket, tailOpts);
+  if (statsCmd->parsed()) return stats(bus, socket, watchS);
+  if (app.got_subcommand("windows")) return windows(bus, socket);
   return 2;
 }

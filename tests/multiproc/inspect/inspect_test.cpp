@@ -247,3 +247,58 @@ TEST_CASE("shmbus-inspect names a bus that does not run") {
   CHECK(err.find("no supervisor of bus") != std::string::npos);
   CHECK(insp.wait() == 1);
 }
+
+TEST_CASE("shmbus-inspect windows and stats show the registry, the counters and the calls in flight") {
+  TestBus tb("status", {}, /*dispatch=*/false);
+  auto echo = tb->handle("echo", echoHandler());
+  Link held;
+  ServedWindow slow(ServedWindow::deferred, tb, "slow", [&held](Window& w, auto& regs) {
+    regs.push_back(w.handle("stuck", textHandler([&held](const std::string&, const CallContext&) {
+      held.tellParent("in-handler");
+      held.hearParent(60s);
+      return std::string("late");
+    })));
+  });
+  Link toCaller;
+  GatedChild caller([&] {
+    auto w = connectWindow(tb.bus, "caller");
+    for (int i = 0; i < 10; ++i) childCheck(replyText(w->invoke("echo", text("x")), "echo") == "x", "echo");
+    auto stuck = w->invokeIn("slow", "stuck", {}, {.timeout = 30000ms});
+    toCaller.tellParent("calling");
+    childCheck(replyText(stuck, "stuck") == "late", "stuck answered");
+  });
+  tb->startDispatchThread();
+  slow.start();
+  caller.go();
+  CHECK(toCaller.hearChild() == "calling");
+  CHECK(held.hearChild() == "in-handler");  // one call in flight now
+
+  InspectProcess win({tb.bus, "windows"});
+  std::vector<std::string> rows;
+  for (std::string l = win.line(); !l.empty(); l = win.line()) rows.push_back(l);
+  CHECK(win.wait() == 0);
+  REQUIRE(rows.size() == 4);  // header, two windows, summary
+  CHECK(rows[1].find("slow") != std::string::npos);
+  CHECK(rows[1].find("connected") != std::string::npos);
+  CHECK(rows[2].find("caller") != std::string::npos);
+  CHECK(words(rows[2]).back() == "1");  // the caller's one call in flight
+  CHECK(rows[3].find("2 windows") != std::string::npos);
+
+  InspectProcess st({tb.bus, "stats"});
+  std::string all;
+  for (std::string l = st.line(); !l.empty(); l = st.line()) all += l + "\n";
+  CHECK(st.wait() == 0);
+  INFO(all);
+  CHECK(all.find("echo") != std::string::npos);
+  CHECK(all.find("pending: stuck caller#") != std::string::npos);
+  // The echo row: 10 calls, no messages.
+  const auto at = all.find("\necho");
+  REQUIRE(at != std::string::npos);
+  const auto row = words(all.substr(at + 1, all.find('\n', at + 1) - at - 1));
+  CHECK(row[1] == "10");
+  CHECK(row[2] == "0");
+
+  held.tellChild("reply");
+  CHECK(caller.join(10s) == 0);
+  CHECK(slow.finish() == 0);
+}
