@@ -15,7 +15,7 @@ namespace shmbus::soak {
 /// What a window or the supervisor did, one row of the report each.
 enum class Op : unsigned {
   RoutedCall,  ///< window → window invokeIn (by role or by a window id it heard of)
-  RoutedSend,  ///< window → window sendTo
+  RoutedSend,  ///< window → window sendTo: Ok once in the outbox; the failures the supervisor sent back (onSendFailed) come on top
   MainCall,    ///< window → main invoke
   SupCall,     ///< main → window invoke
   Broadcast,   ///< main → every window, counted per window it was meant for
@@ -38,7 +38,8 @@ const char* opName(Op op);
 /// Whether a result is what churn explains: the target was killed or closed (TargetGone), its
 /// role was empty or the id it was called by is gone (NoTarget), it had connected but not yet
 /// registered its handler (NoHandler), or it died so late that its call ran into the deadline
-/// (Timeout). Calls to main and broadcasts have no such excuse: only Ok is expected there.
+/// (Timeout); a send to a role whose windows were all gone (NoTarget) or to a window that closed
+/// (BusClosed). Calls to main and broadcasts have no such excuse: only Ok is expected there.
 bool expected(Op op, unsigned code);
 
 /// A TestMessage (tests/common/test.capnp) with `s` as its text: every payload of the soak.

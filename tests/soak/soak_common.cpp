@@ -41,6 +41,8 @@ bool expected(Op op, unsigned code) {
   if (op == Op::RoutedCall || op == Op::SupCall) {
     return c == ErrorCode::TargetGone || c == ErrorCode::NoTarget || c == ErrorCode::NoHandler || c == ErrorCode::Timeout;
   }
+  // A send the supervisor sent back: every window of the role was gone, or the target closed.
+  if (op == Op::RoutedSend) return c == ErrorCode::NoTarget || c == ErrorCode::BusClosed;
   return false;
 }
 

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <mutex>
 #include <random>
@@ -86,11 +87,15 @@ class Phase {
 
 enum class End { Quiet, Reconnect, Exit, Closed };
 
+// Sends the supervisor could not deliver and sent back (Window::onSendFailed, on the dispatch
+// thread), by code, until the calling thread's next tally takes them.
+using SendFailures = std::array<std::atomic<std::uint64_t>, kCodes>;
+
 // The calling thread of one connection.
 class Caller {
  public:
-  Caller(Window& w, const WindowArgs& args, Phase& phase, Peers& peers, unsigned round)
-      : w_(w), args_(args), phase_(phase), peers_(peers), rng_(args.seed * 7919u + round) {}
+  Caller(Window& w, const WindowArgs& args, Phase& phase, Peers& peers, SendFailures& sendFailed, unsigned round)
+      : w_(w), args_(args), phase_(phase), peers_(peers), sendFailed_(sendFailed), rng_(args.seed * 7919u + round) {}
 
   End run() {
     if (!phase_.awaitGo()) return finish(phase_.quiet() ? End::Quiet : End::Closed);
@@ -125,6 +130,8 @@ class Caller {
   }
 
   void sendTally(const char* kind) {
+    // relaxed: counters only; the send below carries nothing else that depends on them.
+    for (unsigned c = 0; c < kCodes; ++c) tally_[static_cast<unsigned>(Op::RoutedSend)][c] += sendFailed_[c].exchange(0, std::memory_order_relaxed);
     auto sent = w_.send(kTally, [&](Builder& b) {
       auto m = b.initRoot<test::TestMessage>();
       m.setSeq(args_.slot);
@@ -145,6 +152,7 @@ class Caller {
   const WindowArgs& args_;
   Phase& phase_;
   Peers& peers_;
+  SendFailures& sendFailed_;
   std::mt19937 rng_;
   Tally tally_{};
 };
@@ -163,6 +171,7 @@ int runWindow(const WindowArgs& args) {
     Window& w = **connected;
     Phase phase;
     Peers peers;
+    SendFailures sendFailed{};
     std::vector<Registration> regs;
     regs.push_back(w.handle(kEcho, [](const Message& req, Builder& reply, const CallContext&) {
       reply.initRoot<test::TestMessage>().setText(textOf(req));
@@ -173,6 +182,12 @@ int runWindow(const WindowArgs& args) {
     regs.push_back(w.on(kQuiet, [&](const Message&, const CallContext&) { phase.set(false, true, false); }));
     regs.push_back(w.onWindowOpened([&](const WindowEvent& e) { peers.add(e.windowId); }));
     regs.push_back(w.onWindowClosed([&](const WindowEvent& e) { peers.remove(e.windowId); }));
+    regs.push_back(w.onSendFailed([&](const SendFailure& f) {
+      if (!expected(Op::RoutedSend, static_cast<unsigned>(f.error.code))) {
+        fmt::print(stderr, "soak window {}: {} failed: {}\n", args.slot, opName(Op::RoutedSend), f.error.toString());
+      }
+      sendFailed[static_cast<unsigned>(f.error.code)].fetch_add(1, std::memory_order_relaxed);  // relaxed: a counter
+    }));
     // Main hears the hello after the registrations above (one ordered outbox), and answers with
     // the phase: a window that connects after kGo or kQuiet went out learns it here. The reply is
     // dropped at once: a held reply keeps its inbox record, and the inbox cannot move past it.
@@ -186,7 +201,7 @@ int runWindow(const WindowArgs& args) {
     phase.set(said == kPhaseRun, said == kPhaseQuiet, false);
     End end = End::Closed;
     std::thread caller([&] {
-      end = Caller(w, args, phase, peers, round).run();
+      end = Caller(w, args, phase, peers, sendFailed, round).run();
       if (end == End::Reconnect || end == End::Exit) w.close();
     });
     w.run();  // until main stops the bus, or the caller closed this connection
