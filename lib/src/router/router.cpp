@@ -28,7 +28,7 @@ namespace shmbus::detail {
 namespace {
 constexpr int kBatch = 64;
 
-enum EpollTag : std::uint64_t { kTagListen = 1, kTagDoorbell = 2, kTagTimer = 3, kTagWake = 4, kTagConn = 5 };
+enum EpollTag : std::uint64_t { kTagListen = 1, kTagDoorbell = 2, kTagTimer = 3, kTagWake = 4, kTagConn = 5, kTagChild = 6 };
 std::uint64_t tag(EpollTag t, std::uint32_t id = 0) { return (static_cast<std::uint64_t>(t) << 32) | id; }
 }  // namespace
 
@@ -258,7 +258,9 @@ void Router::disconnect(std::uint32_t id) {
     }
   }
   if (wasLive) traceWindow(c->bad ? TraceKind::BadMessage : TraceKind::WindowClose, *c, c->doomed);
-  if (c->spawned) reaper_.closed(c->pid);
+  if (c->spawned) {
+    if (const int pidfd = reaper_.closed(c->pid); pidfd >= 0) epollAdd(pidfd, tag(kTagChild, static_cast<std::uint32_t>(pidfd)));
+  }
   c->sock.reset();
   if (wasLive) emitWindowEvent(kWindowClosed, *c, c->bad ? "bad message: " + c->doomed : c->doomed);
   c->seg.reset();
@@ -398,6 +400,12 @@ void Router::dispatchOnce(std::int64_t deadline, bool mayInline) {
       case kTagTimer: expireDeadlines(); break;
       case kTagWake: (void)!::read(wakeFd_.get(), &v, sizeof v); break;
       case kTagConn: onConnReadable(id); break;
+      case kTagChild:
+        // A closed spawned window exited (its pidfd, from Reaper::closed): out of the set before
+        // the Reaper closes it, so no event of a reused descriptor number can be taken for it.
+        ::epoll_ctl(epollFd_.get(), EPOLL_CTL_DEL, static_cast<int>(id), nullptr);
+        reaper_.exited(static_cast<int>(id));
+        break;
     }
   }
   if (!endRound_) reapDoomed();

@@ -61,29 +61,50 @@ void Reaper::reapExited() {
                   children_.end());
 }
 
-void Reaper::closed(pid_t pid) {
+int Reaper::closed(pid_t pid) {
   std::lock_guard lk(mu_);
-  children_.push_back(pid);
   reapExited();
+  if (::waitpid(pid, nullptr, WNOHANG) != 0) return -1;  // reaped (or not our child)
+  // Still running (a window usually closes its connection before it exits): without a watch it
+  // would stay a zombie until the next close or the supervisor's stop. A child that exits
+  // between the waitpid above and pidfd_open still gets a readable pidfd.
+  Fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));  // close-on-exec by default
+  if (!pidfd) {
+    children_.push_back(pid);
+    return -1;
+  }
+  const int fd = pidfd.get();
+  watched_.push_back(Watched{pid, std::move(pidfd)});
+  return fd;
+}
+
+void Reaper::exited(int pidfd) {
+  std::lock_guard lk(mu_);
+  auto it = std::find_if(watched_.begin(), watched_.end(), [&](const Watched& w) { return w.pidfd.get() == pidfd; });
+  if (it == watched_.end()) return;
+  const pid_t pid = it->pid;
+  watched_.erase(it);  // closes the pidfd before the child goes: no zombie outlives its pidfd
+  ::waitpid(pid, nullptr, WNOHANG);
 }
 
 std::vector<pid_t> Reaper::finish(int graceMs) {
-  std::vector<pid_t> pids;
+  std::vector<Watched> left;
   {
     std::lock_guard lk(mu_);
-    pids.swap(children_);
+    left.swap(watched_);
+    for (pid_t pid : children_) left.push_back(Watched{pid, Fd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)))});
+    children_.clear();
   }
   std::vector<pid_t> killed;
-  for (pid_t pid : pids) {
-    Fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-    if (pidfd) {
-      pollfd p{pidfd.get(), POLLIN, 0};
-      if (::poll(&p, 1, graceMs) == 0) {
-        ::kill(pid, SIGKILL);
-        killed.push_back(pid);
+  for (const Watched& p : left) {
+    if (p.pidfd) {
+      pollfd pfd{p.pidfd.get(), POLLIN, 0};
+      if (::poll(&pfd, 1, graceMs) == 0) {
+        ::kill(p.pid, SIGKILL);
+        killed.push_back(p.pid);
       }
     }
-    ::waitpid(pid, nullptr, 0);
+    ::waitpid(p.pid, nullptr, 0);
   }
   return killed;
 }

@@ -2,8 +2,9 @@
 //
 // spawn() forks and execs a program with one end of a pre-authenticated socket pair in
 // $SHMBUS_FD (plus $SHMBUS_BUS and $SHMBUS_ROLE): the supervisor gave the role, so it cannot be
-// forged. Children are reaped without blocking once their connection closes, and at shutdown
-// each gets a grace period to exit after its socket hung up before it is killed.
+// forged. A child whose connection closed is reaped as soon as it exits (its pidfd waits in the
+// router's epoll set), never by blocking; at shutdown each gets a grace period to exit after its
+// socket hung up before it is killed.
 #pragma once
 
 #include <sys/types.h>
@@ -34,16 +35,27 @@ Result<SpawnedProcess> spawnWindowProcess(const std::string& bus, const std::str
 /// Thread contract: every method is thread-safe.
 class Reaper {
  public:
-  /// `pid` closed its connection: reap it now or later.
-  void closed(pid_t pid);
+  /// `pid` closed its connection: reaps it if it has exited already. Otherwise returns a pidfd
+  /// that becomes readable when it exits, for the caller's epoll set (the Reaper owns it; pass it
+  /// to exited() then). -1 when there is nothing to watch: reaped, or no pidfd (then it is reaped
+  /// at a later close or by finish()).
+  int closed(pid_t pid);
+  /// The pidfd `pidfd` returned by closed() became readable: closes it, then reaps its child. The
+  /// caller removes it from its epoll set first. An unknown `pidfd` is ignored.
+  void exited(int pidfd);
   /// Waits up to `graceMs` for each remaining child to exit, then kills it (SIGKILL) and reaps it.
   /// Returns the pids it had to kill.
   std::vector<pid_t> finish(int graceMs);
 
  private:
+  struct Watched {
+    pid_t pid = 0;
+    Fd pidfd;
+  };
   void reapExited();  // under mu_
   std::mutex mu_;
-  std::vector<pid_t> children_;
+  std::vector<pid_t> children_;   // closed, not exited yet, no pidfd to watch
+  std::vector<Watched> watched_;  // closed, not exited yet, their pidfds watched by the caller
 };
 
 }  // namespace shmbus::detail

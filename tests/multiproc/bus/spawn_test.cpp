@@ -94,3 +94,32 @@ TEST_CASE("spawning a program that does not exist leaves no window behind") {
   }
   CHECK(tb->windows().empty());
 }
+
+TEST_CASE("a spawned window that closes before its process ends is reaped when it exits, with no later close") {
+  TestBus tb("spawn-reap");
+  std::mutex mu;
+  std::condition_variable cv;
+  bool closed = false;
+  auto l = tb->onWindowClosed([&](const WindowEvent&) {
+    {
+      std::lock_guard lk(mu);
+      closed = true;
+    }
+    cv.notify_all();
+  });
+  auto info = tb->spawn("leaver", {windowProgram(), "leave"});
+  REQUIRE_MESSAGE(info.ok(), info.error().toString());
+  CHECK(tb.awaitReady("leaver") == info->id);
+  REQUIRE(tb->send(info->id, "leave").ok());
+  {
+    std::unique_lock lk(mu);
+    REQUIRE(cv.wait_for(lk, 10s, [&] { return closed; }));
+  }
+  // The router saw the hang-up while the process lives on (it waits to be killed): no other
+  // window closes after it, so only its exit can get it reaped. A zombie answers kill(pid, 0);
+  // a reaped process does not.
+  CHECK_FALSE(processGone(info->pid));
+  ::kill(info->pid, SIGKILL);
+  CHECK(awaitCondition([&] { return processGone(info->pid); }));
+  CHECK(tb->windows().empty());
+}

@@ -4,6 +4,10 @@
 //   echo    handles "echo" (replies with the request's text) and "whoami" ("<role> <id>")
 //   forge   like echo, but first tries to claim another role ($SHMBUS_ROLE and WindowOptions::role)
 //   worker  a hidden worker: handles "sum" (the sum of the request's numbers)
+//   leave   like echo, but closes its window when main sends "leave" and then lives on until it is
+//           killed (a window that closes its connection well before its process ends)
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -54,10 +58,14 @@ int main(int argc, char** argv) {
       replyText(reply, win.role() + " " + std::to_string(win.id()));
     }));
   }
+  if (mode == "leave") regs.push_back(win.on("leave", [&win](const Message&, const CallContext&) { win.close(); }));
   if (auto r = win.send("ready", [&](Builder& b) { replyText(b, win.role()); }); !r) {
     std::fprintf(stderr, "test_window: ready: %s\n", r.error().toString().c_str());
     return 4;
   }
-  win.run();  // until the supervisor stops
+  win.run();  // until the supervisor stops (leave: or the window closed itself)
+  if (mode == "leave") {
+    for (;;) ::pause();  // until the test kills it
+  }
   return 0;
 }
