@@ -227,3 +227,29 @@ TEST_CASE("stop waits for the job a worker is running") {
   CHECK_FALSE(sawStopReturn);
   CHECK(stopReturned.wait(0s));
 }
+
+TEST_CASE("a job queued while no callback of the lane runs wakes the dispatcher; one queued inside a callback does not") {
+  // The dispatcher's side, simulated: it ran the queue (empty) and parks until woken, as the
+  // router's epoll_wait does; a job queued by another thread (the standby's routing round) must
+  // end that park, or it waits for the next unrelated event.
+  Event woken;
+  std::atomic<int> wakes{0};
+  Lane lane(1, Logger{"lane", "t", LogLevel::Warn}, noRound, [&] {
+    wakes.fetch_add(1, std::memory_order_relaxed);
+    woken.set();
+  });
+  lane.runQueued();
+  std::atomic<bool> ran{false};
+  std::thread other([&] { lane.enqueue([&] { ran.store(true); }); });
+  REQUIRE(woken.wait(10s));  // the event: without the wake, the dispatcher would sleep on
+  other.join();
+  lane.runQueued();
+  CHECK(ran.load());
+  CHECK(wakes.load() == 1);
+  // Inside a callback of the lane the queue runs when the callback returns: no wake.
+  REQUIRE(lane.tryReserve());
+  std::atomic<bool> nestedRan{false};
+  lane.runReserved([&] { lane.enqueue([&] { nestedRan.store(true); }); });
+  CHECK(nestedRan.load());
+  CHECK(wakes.load() == 1);
+}

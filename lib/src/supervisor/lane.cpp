@@ -11,8 +11,12 @@ thread_local const Lane* tLane = nullptr;
 thread_local int tDepth = 0;
 }  // namespace
 
-Lane::Lane(unsigned width, Logger log, std::function<void(std::int64_t)> takeoverRound)
-    : width_(width == 0 ? 1 : width), log_(std::move(log)), takeoverRound_(std::move(takeoverRound)) {}
+Lane::Lane(unsigned width, Logger log, std::function<void(std::int64_t)> takeoverRound,
+           std::function<void()> wakeDispatcher)
+    : width_(width == 0 ? 1 : width),
+      log_(std::move(log)),
+      takeoverRound_(std::move(takeoverRound)),
+      wakeDispatcher_(std::move(wakeDispatcher)) {}
 
 void Lane::startThreads() {
   // Started with the first callback, not at construction: a process forks its windows right
@@ -87,6 +91,11 @@ void Lane::enqueue(Job job) {
     queue_.push_back(std::move(job));
   }
   if (!workers_.empty()) workCv_.notify_one();
+  // A dispatching thread runs the queue after every round; this makes sure a round ends soon
+  // (the job may come from the standby's round while the dispatcher is about to park, or from
+  // any other thread). Not needed inside a callback of this lane: runReserved/runQueued go on to
+  // the queue when it returns.
+  if (tLane != this && wakeDispatcher_) wakeDispatcher_();
 }
 
 void Lane::runQueued() {

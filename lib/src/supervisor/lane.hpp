@@ -38,7 +38,10 @@ class Lane {
 
   /// `width` >= 1 callbacks at once. `takeoverRound` runs one routing round that must return
   /// within about `until` (absolute ns); the standby calls it while a callback runs too long.
-  Lane(unsigned width, Logger log, std::function<void(std::int64_t until)> takeoverRound);
+  /// `wakeDispatcher` makes a dispatching thread parked in its routing round return from it (the
+  /// router's wake()), so it runs what enqueue() queued; any thread, no lock held.
+  Lane(unsigned width, Logger log, std::function<void(std::int64_t until)> takeoverRound,
+       std::function<void()> wakeDispatcher = {});
   ~Lane();
   Lane(const Lane&) = delete;
   Lane& operator=(const Lane&) = delete;
@@ -49,7 +52,10 @@ class Lane {
   bool tryReserve();
   /// Runs `fn` in the slot tryReserve() gave, outside every lock, then releases the slot.
   void runReserved(const Job& fn);
-  /// Queues `job` (it runs later on a dispatching thread or a worker).
+  /// Queues `job` (it runs later on a dispatching thread or a worker) and, unless this thread runs
+  /// one of this lane's callbacks (it runs the queue when that returns), wakes the dispatching
+  /// thread: a job queued by the standby's routing round or by any other thread while the
+  /// dispatcher parks would otherwise wait for the next unrelated event.
   void enqueue(Job job);
   /// Runs queued callbacks on this thread while a slot is free. Dispatching threads call it after
   /// every round; never from the standby.
@@ -67,6 +73,7 @@ class Lane {
   const unsigned width_;
   Logger log_;
   std::function<void(std::int64_t)> takeoverRound_;
+  std::function<void()> wakeDispatcher_;
 
   std::mutex mu_;
   std::condition_variable workCv_;

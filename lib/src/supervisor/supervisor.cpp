@@ -145,7 +145,8 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(SupervisorOptions options
   impl->router = std::move(*router);
   Impl* raw = impl.get();
   impl->lane = std::make_unique<Lane>(options.callbackThreads, Logger{"lane", options.bus, options.logLevel},
-                                      [raw](std::int64_t until) { raw->router->dispatchOnce(until, /*mayInline=*/false); });
+                                      [raw](std::int64_t until) { raw->router->dispatchOnce(until, /*mayInline=*/false); },
+                                      [raw] { raw->router->wake(); });
   impl->main.bind(*impl->router, *impl->lane);
   return std::unique_ptr<Supervisor>(new Supervisor(std::move(impl)));
 }
