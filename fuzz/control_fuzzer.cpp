@@ -7,6 +7,7 @@
 // array); the segment is as large as the layout of two 4 KiB rings (the seeds' layout).
 #include <vector>
 
+#include "common/validate.hpp"
 #include "fuzz_util.hpp"
 #include "wire/handshake.hpp"
 
@@ -33,7 +34,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   pkt.bytes.assign(data, data + size);
   (void)parseControlHeader(pkt);
   if (auto hello = parseHello(pkt)) {
-    (void)validRoleName(hello->role);
+    (void)validateName(NameKind::Role, hello->role);
     (void)checkRingSizes(hello->inboxBytes, hello->outboxBytes);
   }
   auto welcome = parseWelcome(pkt, "fuzz");

@@ -301,6 +301,18 @@ struct TestBus {
   std::unique_ptr<Mailbox> ready;
 };
 
+/// In a child: connects a window with `role`, calls main's "echo" handler, tells the parent "up"
+/// through `link`, waits for the parent's next word, and calls "echo" again: the window was
+/// served before and after whatever the parent did meanwhile. Returns the window.
+inline std::unique_ptr<Window> echoAroundParent(const std::string& bus, const std::string& role, const Link& link) {
+  auto w = connectWindow(bus, role);
+  childCheck(replyText(w->invoke("echo", text("before")), "echo before") == "before", "echo before");
+  link.tellParent("up");
+  link.hearParent(120s);
+  childCheck(replyText(w->invoke("echo", text("after")), "echo after") == "after", "echo after");
+  return w;
+}
+
 /// A handler that replies with the request's text.
 inline Handler echoHandler() {
   return textHandler([](const std::string& request, const CallContext&) { return request; });

@@ -90,21 +90,6 @@ TEST_CASE("ring sizes must be powers of two from 4 KiB to 64 MiB") {
   }
 }
 
-TEST_CASE("a role name is 1 to 64 printable ASCII characters without spaces") {
-  CHECK(validRoleName("dashboard"));
-  CHECK(validRoleName("a"));
-  CHECK(validRoleName("role-1.x_y~!"));
-  CHECK(validRoleName(std::string(64, 'r')));
-  CHECK_FALSE(validRoleName(""));
-  CHECK_FALSE(validRoleName(std::string(65, 'r')));
-  CHECK_FALSE(validRoleName("two words"));
-  CHECK_FALSE(validRoleName("tab\there"));
-  CHECK_FALSE(validRoleName("new\nline"));
-  CHECK_FALSE(validRoleName(std::string_view("nul\0", 4)));
-  CHECK_FALSE(validRoleName("del\x7f"));
-  CHECK_FALSE(validRoleName("caf\xc3\xa9"));  // not ASCII
-}
-
 TEST_CASE("a window and a supervisor complete the handshake and share rings, board and doorbell") {
   const std::string bus = uniqueBus("hs");
   auto pair = seqpacketPair();

@@ -30,6 +30,8 @@ constexpr std::uint64_t methodChannelId(std::uint64_t interfaceId, std::uint16_t
 
 /// A channel: its wire id, its name (for errors, stats, traces) and, for typed contracts, the
 /// fingerprint of its payload schema (0 = untyped: no check). Implicit from a name.
+/// A name must follow NameKind::Channel (shmbus/validate.hpp: 1..128 of [A-Za-z0-9_.:-], not
+/// starting with '.'); sends and calls on a channel whose name breaks it fail with InvalidArgument.
 /// The name must outlive the call it is passed to (string literals and generated constants do).
 struct Channel {
   std::uint64_t id = 0;         ///< wire id: nameId(name), or methodChannelId() for typed contracts
@@ -53,7 +55,8 @@ struct Channel {
 /// that role answers), or a window id.
 struct Target {
   std::uint32_t windowId = 0;  ///< 0 with an empty role = the main process
-  std::string role;            ///< the role; empty with windowId 0 = the main process
+  std::string role;            ///< the role (NameKind::Role: calls naming a bad one fail with
+                               ///< InvalidArgument); empty with windowId 0 = the main process
 
   Target() = default;  ///< the main process
   /// The first registered live window with role `r` (implicit: `sup.send("editor", ...)`).

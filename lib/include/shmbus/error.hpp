@@ -26,16 +26,18 @@ enum class ErrorCode : std::uint16_t {
   NoHandler = 3,       ///< the target has no handler for the channel (fails fast)
   TargetGone = 4,      ///< the target closed or died before replying
   HandlerError = 5,    ///< the remote handler threw; remote type, message and stack attached
-  Denied = 6,          ///< refused by policy
+  Denied = 6,          ///< refused by policy; Supervisor::create: the bus already has a live supervisor
   BusClosed = 7,       ///< the supervisor is gone, or this endpoint was closed
-  Full = 8,            ///< backpressure: the ring has no room for the record now
+  Full = 8,            ///< backpressure: the ring has no room for the record now; or the bus is at its
+                       ///< window cap (Window::connect, Supervisor::spawn: SupervisorOptions::maxWindows)
   InvalidMessage = 9,  ///< a payload failed validation (malformed, or a contract mismatch)
   TooLarge = 10,       ///< the record exceeds the ring's maximum record size
   Cancelled = 11,      ///< the caller cancelled the call
   Corrupt = 12,        ///< a shared ring's indices or record headers are inconsistent
   SystemError = 13,    ///< an operating-system call failed (errno text in the message)
-  InvalidArgument = 14,  ///< an argument the caller gave is not valid: a bus or role name, ring sizes,
-                         ///< Window::fromSpawn in a process that Supervisor::spawn did not start
+  InvalidArgument = 14,  ///< an argument the caller gave is not valid: a bus, role or channel name
+                         ///< (shmbus/validate.hpp: the message states the rule), a negative timeout,
+                         ///< ring sizes, Window::fromSpawn in a process that Supervisor::spawn did not start
 };
 
 /// The highest ErrorCode value; a code read from a peer above it (or 0) is not valid.

@@ -122,7 +122,10 @@ struct CallContext {
 
 /// Options of one invoke.
 struct CallOptions {
-  /// Timeout; zero means the channel's default (Supervisor::setChannelTimeout), else 5000 ms.
+  /// Timeout of the call. 0 (the default) means "not given": the method's $timeoutMs for typed
+  /// calls, else the channel's default (Supervisor::setChannelTimeout), else kDefaultTimeout.
+  /// Negative: the call fails at once with InvalidArgument. Longer than kMaxTimeout
+  /// (shmbus/validate.hpp, 30 days): clamped to it (so milliseconds::max() waits 30 days).
   std::chrono::milliseconds timeout{0};
   /// Optional size hint of the request in bytes (0 = claim as much contiguous ring space as is free,
   /// up to the maximum record). Only matters for rings that are nearly full.

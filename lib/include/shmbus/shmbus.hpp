@@ -8,4 +8,5 @@
 #include "shmbus/log.hpp"
 #include "shmbus/message.hpp"
 #include "shmbus/supervisor.hpp"
+#include "shmbus/validate.hpp"
 #include "shmbus/window.hpp"

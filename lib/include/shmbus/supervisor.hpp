@@ -15,14 +15,16 @@
 #include "shmbus/error.hpp"
 #include "shmbus/log.hpp"
 #include "shmbus/message.hpp"
+#include "shmbus/validate.hpp"
 
 namespace shmbus {
 
 /// How a supervisor is created (Supervisor::create). Sizes in bytes, times as typed.
 struct SupervisorOptions {
-  std::string bus;  ///< bus name, 1-64 of [A-Za-z0-9_-]
-  /// Roles a window connecting by socket path may claim; empty = any role (same uid only). The
-  /// role "main" names the main process and is never given to a window (connect: Denied).
+  std::string bus;  ///< bus name, 1..64 characters of [A-Za-z0-9_-] (NameKind::Bus, shmbus/validate.hpp)
+  /// Roles a window connecting by socket path may claim (each checked as NameKind::Role); empty =
+  /// any role (same uid only). The role "main" names the main process and is never given to a
+  /// window by path, even when listed here (connect: Denied).
   /// Spawned windows get their role from spawn() and are not limited by this list.
   std::vector<std::string> allowedRoles;
   std::string socketPath;                   ///< empty = the runtime dir's `shmbus-BUS.sock`
@@ -41,6 +43,17 @@ struct SupervisorOptions {
   /// 1 (the default) runs them one at a time in arrival order; N > 1 adds N - 1 worker threads
   /// and callbacks may then run concurrently and out of order. Routing never waits for them.
   unsigned callbackThreads = 1;
+  /// A connection that has not finished its handshake (Hello → Welcome → Mapped) this long after
+  /// it was accepted is closed, logged (warn) and counted (RouterStats::handshakeTimeouts), so
+  /// silent connections cannot hold descriptors. Spawned windows are exempt (spawn() started
+  /// them). Must be positive; longer than kMaxTimeout is clamped.
+  std::chrono::milliseconds handshakeTimeout{5000};
+  /// Most windows on the bus at once (registered, registering, or spawned and not yet connected).
+  /// A window past it gets Full from its connect (or spawn() returns Full), counted in
+  /// RouterStats::refusedWindows. At most 64 further connections are held just long enough to
+  /// tell them so; beyond those, a connection is closed unheard (its connect sees BusClosed).
+  /// Must be at least 1.
+  std::uint32_t maxWindows = 1024;
 };
 
 /// A registered window.
@@ -96,6 +109,10 @@ struct RouterStats {
   std::uint64_t undeliverable = 0;    ///< one-way messages that found no target or no listener
   std::uint64_t badMessages = 0;      ///< windows disconnected for corrupt rings or malformed frames
   std::uint64_t unansweredCalls = 0;  ///< main-process Responders dropped without a reply (callers timed out)
+  std::uint64_t handshakeTimeouts = 0;  ///< connections closed: no handshake within SupervisorOptions::handshakeTimeout
+  /// Connections refused at SupervisorOptions::maxWindows, or closed at once because the
+  /// supervisor's process had no file descriptor left (EMFILE/ENFILE).
+  std::uint64_t refusedWindows = 0;
 };
 
 /// The supervisor. Create one per bus in the main process.
@@ -109,8 +126,13 @@ struct RouterStats {
 /// The router only works while something dispatches.
 class Supervisor {
  public:
-  /// Listens on the bus socket and removes stale segment names of dead supervisors of this bus.
-  /// Errors: InvalidArgument (bad bus name or ring sizes), SystemError.
+  /// Takes the bus (one supervisor per bus), listens on its socket and removes stale segment names
+  /// of dead supervisors of this bus. A socket file left by a supervisor that died is replaced;
+  /// the socket of a live one is never touched (its windows notice nothing).
+  /// Errors: Denied when another live supervisor (of any process, this one included) runs the bus
+  /// on that socket path: the message names the bus, that supervisor's pid and the socket;
+  /// InvalidArgument (bus name, allowedRoles, ring sizes, handshakeTimeout, maxWindows: the
+  /// message states the rule); SystemError.
   static Result<std::unique_ptr<Supervisor>> create(SupervisorOptions options);
 
   ~Supervisor();
@@ -125,16 +147,19 @@ class Supervisor {
   /// Starts `argv` (argv[0] is looked up in PATH) as a window with `role`, over a
   /// pre-authenticated socket ($SHMBUS_FD, $SHMBUS_BUS, $SHMBUS_ROLE); `env` entries "K=V" are
   /// added. Returns at once with the window's id and pid; the window is live once it connects
-  /// (waitForRole). Errors: SystemError (fork/exec).
+  /// (waitForRole). `role` is checked as NameKind::Role ("main" itself is allowed here: spawn is
+  /// how a window gets it). Errors: InvalidArgument (bad role), Full (SupervisorOptions::maxWindows
+  /// reached), SystemError (fork/exec).
   Result<WindowInfo> spawn(const std::string& role, const std::vector<std::string>& argv,
                            const std::vector<std::string>& env = {});
 
-  /// Dispatches until a live window with `role` exists or `timeout` passes. Errors: Timeout.
+  /// Dispatches until a live window with `role` exists or `timeout` passes (0: look once; longer
+  /// than kMaxTimeout: clamped). Errors: Timeout; InvalidArgument (bad role, negative timeout).
   Result<WindowInfo> waitForRole(const std::string& role, std::chrono::milliseconds timeout);
 
   /// Dispatches until a live window with `role` handles `channel` (its handler registration has
   /// reached the supervisor) or `timeout` passes. Use it before the first call to a freshly spawned
-  /// window: calls to a window without a handler fail fast with NoHandler. Errors: Timeout.
+  /// window: calls to a window without a handler fail fast with NoHandler. Errors: as waitForRole.
   Result<WindowInfo> waitForHandler(const std::string& role, const Channel& channel, std::chrono::milliseconds timeout);
 
   /// Registered live windows, in registration order.
@@ -160,22 +185,25 @@ class Supervisor {
   /// thread (shmbus/coro.hpp builds co_await handlers on it). The last registered wins.
   Registration handleAsync(const Channel& channel, AsyncHandler handler);
 
-  /// Push to one window (by id or role). Built in place in its inbox. Errors: NoTarget, Full,
-  /// TooLarge, BusClosed (supervisor stopped).
+  /// Push to one window (by id or role). Built in place in its inbox. Errors: InvalidArgument (a
+  /// bad role or channel name), NoTarget, Full, TooLarge, BusClosed (supervisor stopped).
   Result<void> send(const Target& target, const Channel& channel, const BuildFn& build = {});
 
   /// Push to every live window matching `options` (built once, copied to each inbox).
-  /// A full inbox fails for that window only (reported). Errors: TooLarge.
+  /// A full inbox fails for that window only (reported). Errors: TooLarge; InvalidArgument (a bad
+  /// channel name or a bad role in `options`).
   Result<BroadcastReport> broadcast(const Channel& channel, const BuildFn& build = {},
                                     const BroadcastOptions& options = {});
 
-  /// Call a window's handler (`Window::handle`). Errors through the Call, as Window::invoke.
+  /// Call a window's handler (`Window::handle`). Errors through the Call, as Window::invoke
+  /// (InvalidArgument for a bad role, channel name or negative timeout included).
   Call invoke(const Target& target, const Channel& channel, const BuildFn& build = {}, CallOptions options = {});
 
   /// Who may send/invoke `channel` (routed and to main). Others get Denied.
   void setPolicy(const Channel& channel, ChannelPolicy policy);
 
-  /// Default timeout of calls on `channel` when the caller gives none.
+  /// Default timeout of calls on `channel` when the caller gives none (CallOptions::timeout 0).
+  /// Must be positive (UsageError otherwise); longer than kMaxTimeout is clamped.
   void setChannelTimeout(const Channel& channel, std::chrono::milliseconds timeout);
 
   /// Router snapshot: pending calls and per-channel counters and latency percentiles.
@@ -183,7 +211,8 @@ class Supervisor {
 
   /// Dispatches until stop().
   void run();
-  /// Dispatches what is ready, waiting up to `timeout` for the first event.
+  /// Dispatches what is ready, waiting up to `timeout` for the first event (0: do not wait;
+  /// clamped to kMaxTimeout). Errors: BusClosed; InvalidArgument (negative timeout).
   Result<void> poll(std::chrono::milliseconds timeout);
   /// Runs run() on a background thread until stop(). Returns once that thread dispatches: from
   /// then on callbacks run on it only. Not from inside a callback.

@@ -12,19 +12,23 @@
 #include "shmbus/error.hpp"
 #include "shmbus/log.hpp"
 #include "shmbus/message.hpp"
+#include "shmbus/validate.hpp"
 
 namespace shmbus {
 
 /// How a window connects.
 struct WindowOptions {
-  std::string bus;         ///< bus name; empty = $SHMBUS_BUS (set for spawned windows)
-  std::string role;        ///< role to claim (connect by path); ignored for spawned windows
+  std::string bus;         ///< bus name (NameKind::Bus); empty = $SHMBUS_BUS (set for spawned windows)
+  /// Role to claim when connecting by path (NameKind::Role, shmbus/validate.hpp; "main" is
+  /// refused by the supervisor with Denied); ignored for spawned windows.
+  std::string role;
   std::string socketPath;  ///< empty = the bus's default socket (runtime dir)
   std::uint32_t inboxBytes = 0;   ///< requested inbox ring capacity in bytes (0 = supervisor default)
   std::uint32_t outboxBytes = 0;  ///< requested outbox ring capacity in bytes (0 = supervisor default)
   /// Spin budget before parking on a futex, in ns. 0 = park at once.
   std::chrono::nanoseconds spin{std::chrono::microseconds(4)};
-  /// Give up waiting for the supervisor's welcome after this long.
+  /// Give up waiting for the supervisor's welcome after this long. Must be positive
+  /// (InvalidArgument); longer than kMaxTimeout is clamped.
   std::chrono::milliseconds connectTimeout{5000};
   /// Ceiling of this window's log records (the sink is shmbus/log.hpp's).
   LogLevel logLevel = LogLevel::Warn;
@@ -40,9 +44,11 @@ struct WindowOptions {
 /// Process contract: one Window per connection; a forked child must not use its parent's Window.
 class Window {
  public:
-  /// Connects by socket path and claims `options.role`. Errors: InvalidArgument (bad bus or role
-  /// name, bad ring sizes), BusClosed (no supervisor), Denied (role not allowed), Timeout (no
-  /// welcome in time), SystemError.
+  /// Connects by socket path and claims `options.role`. Everything in `options` is checked before
+  /// the socket is touched. Errors: InvalidArgument (bad bus or role name, bad ring sizes,
+  /// connectTimeout not positive: the message states the rule), BusClosed (no supervisor), Denied
+  /// (role not allowed), Full (the bus is at its window cap, SupervisorOptions::maxWindows),
+  /// Timeout (no welcome in time), SystemError.
   static Result<std::unique_ptr<Window>> connect(WindowOptions options);
 
   /// Connects over the pre-authenticated socket a Supervisor::spawn handed down ($SHMBUS_FD); the
@@ -62,18 +68,22 @@ class Window {
   const std::string& bus() const noexcept;    ///< the bus name
 
   /// One-way message to the main process (`Supervisor::on`). Built in place in the outbox.
-  /// Errors: Full (outbox full; nothing written), TooLarge, BusClosed. Returns once written.
+  /// Errors: Full (outbox full; nothing written), TooLarge, BusClosed, InvalidArgument (bad
+  /// channel name). Returns once written.
   Result<void> send(const Channel& channel, const BuildFn& build = {});
 
   /// One-way message to another window, routed by the supervisor (`Window::on` there).
-  /// Routing failures (no such window, denied) are counted by the supervisor and logged.
+  /// Routing failures (no such window, denied, a full inbox) come back later (onSendFailed).
+  /// Errors: as send(); InvalidArgument for a bad role in `target`.
   Result<void> sendTo(const Target& target, const Channel& channel, const BuildFn& build = {});
 
   /// Request to the main process (`Supervisor::handle`). Never throws for bus errors: they come
-  /// back through the Call (NoHandler, Timeout, HandlerError, BusClosed, Full, TooLarge, ...).
+  /// back through the Call (NoHandler, Timeout, HandlerError, BusClosed, Full, TooLarge, ...;
+  /// InvalidArgument, at once, for a bad channel name or a negative CallOptions::timeout).
   Call invoke(const Channel& channel, const BuildFn& build = {}, CallOptions options = {});
 
-  /// Request to another window by role or id, routed and timed by the supervisor.
+  /// Request to another window by role or id, routed and timed by the supervisor. Errors as
+  /// invoke(); InvalidArgument for a bad role in `target`.
   Call invokeIn(const Target& target, const Channel& channel, const BuildFn& build = {}, CallOptions options = {});
 
   /// Adds a listener for pushes and routed sends on `channel` (listeners accumulate), and for
@@ -109,7 +119,8 @@ class Window {
   /// Dispatches until close() or the supervisor's death (then returns).
   void run();
 
-  /// Dispatches what is ready, waiting up to `timeout` for the first message. Errors: BusClosed.
+  /// Dispatches what is ready, waiting up to `timeout` for the first message (0: do not wait;
+  /// clamped to kMaxTimeout). Errors: BusClosed; InvalidArgument (negative timeout).
   Result<void> poll(std::chrono::milliseconds timeout);
 
   /// Starts a background thread that runs run(). Stops at close(). Returns once that thread

@@ -67,7 +67,8 @@ Result<Fd> listenSeqpacket(const std::string& path) {
   if (!addr) return addr.error();
   Fd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!fd) return sysError("socket");
-  ::unlink(path.c_str());
+  // No unlink here: a file at `path` may be a live supervisor's socket. Only the holder of the
+  // path's BusLock removes a stale one (removeStaleSocket) before calling this.
   if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof(sockaddr_un)) != 0) return sysError("bind " + path);
   ::chmod(path.c_str(), 0600);
   if (::listen(fd.get(), 128) != 0) return sysError("listen " + path);

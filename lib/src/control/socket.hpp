@@ -39,8 +39,9 @@ Result<std::string> runtimeDir();
 /// Socket path of `bus` (runtimeDir()/shmbus-<bus>.sock).
 Result<std::string> socketPath(const std::string& bus);
 
-/// Listening SOCK_SEQPACKET socket at `path` (an existing stale socket file is replaced),
-/// non-blocking, close-on-exec. Errors: SystemError.
+/// Listening SOCK_SEQPACKET socket at `path`, non-blocking, close-on-exec, mode 0600. Never
+/// replaces an existing file: the caller holds the path's BusLock and removed a stale socket first
+/// (control/bus_lock.hpp). Errors: SystemError (EADDRINUSE when a file is there).
 Result<Fd> listenSeqpacket(const std::string& path);
 
 /// Connects to `path`. Errors: BusClosed (nobody listens), SystemError.

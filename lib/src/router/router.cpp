@@ -14,10 +14,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 
 #include "bus.capnp.h"
 #include "call/callbacks.hpp"
+#include "common/validate.hpp"
 #include "protocol/frame_io.hpp"
 #include "router/router_internal.hpp"
 #include "control/control_protocol.hpp"
@@ -28,7 +30,14 @@ namespace shmbus::detail {
 namespace {
 constexpr int kBatch = 64;
 
-enum EpollTag : std::uint64_t { kTagListen = 1, kTagDoorbell = 2, kTagTimer = 3, kTagWake = 4, kTagConn = 5, kTagChild = 6 };
+// Connections past the window cap that are still accepted, so that each can be told why it is
+// refused (a Welcome error after its Hello); beyond them a connection is closed at once.
+constexpr std::size_t kRefusalSlack = 64;
+
+enum EpollTag : std::uint64_t {
+  kTagListen = 1, kTagDoorbell = 2, kTagTimer = 3, kTagWake = 4, kTagConn = 5, kTagChild = 6,
+  kTagHandshake = 7
+};
 std::uint64_t tag(EpollTag t, std::uint32_t id = 0) { return (static_cast<std::uint64_t>(t) << 32) | id; }
 }  // namespace
 
@@ -62,6 +71,11 @@ Result<std::unique_ptr<Router>> Router::create(RouterOptions o, MainPort& main,
   } else {
     r->path_ = r->opts_.socketPath;
   }
+  // One supervisor per bus: the lock first; only its holder may replace a socket file.
+  auto lock = BusLock::acquire(r->opts_.bus, r->path_);
+  if (!lock) return lock.error();
+  r->busLock_ = std::move(*lock);
+  if (auto gone = removeStaleSocket(r->path_); !gone) return gone.error();
   const std::size_t stale = Segment::removeStale(r->opts_.bus);
   auto l = listenSeqpacket(r->path_);
   if (!l) return l.error();
@@ -70,7 +84,9 @@ Result<std::unique_ptr<Router>> Router::create(RouterOptions o, MainPort& main,
   r->doorbellFd_.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   r->timerFd_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
   r->wakeFd_.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
-  if (!r->epollFd_ || !r->doorbellFd_ || !r->timerFd_ || !r->wakeFd_) {
+  r->handshakeTimerFd_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+  r->spareFd_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (!r->epollFd_ || !r->doorbellFd_ || !r->timerFd_ || !r->wakeFd_ || !r->handshakeTimerFd_ || !r->spareFd_) {
     return makeError(ErrorCode::SystemError, std::string("epoll/eventfd/timerfd: ") + std::strerror(errno));
   }
   r->routes_ = RouteTable(r->timerFd_.get());
@@ -78,6 +94,7 @@ Result<std::unique_ptr<Router>> Router::create(RouterOptions o, MainPort& main,
   r->epollAdd(r->doorbellFd_.get(), tag(kTagDoorbell));
   r->epollAdd(r->timerFd_.get(), tag(kTagTimer));
   r->epollAdd(r->wakeFd_.get(), tag(kTagWake));
+  r->epollAdd(r->handshakeTimerFd_.get(), tag(kTagHandshake));
   r->spin_.spin = r->opts_.spin;
   if (stale > 0) r->log_(LogLevel::Info, "removed {} stale segment names", stale);
   return r;
@@ -93,15 +110,94 @@ void Router::epollAdd(int fd, std::uint64_t t) {
 void Router::acceptAll() {
   for (;;) {
     Fd fd(::accept4(listenFd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
-    if (!fd) return;
+    if (!fd) {
+      if ((errno == EMFILE || errno == ENFILE) && shedConnection()) continue;
+      return;
+    }
     auto cred = peerCred(fd.get());
     if (!cred || cred->uid != ::getuid()) {
       log_(LogLevel::Warn, "refused a connection from uid {}", cred ? static_cast<long>(cred->uid) : -1L);
       continue;
     }
+    if (registry_.all().size() >= std::size_t{opts_.maxWindows} + kRefusalSlack) {
+      // Past the cap and the refusals in progress: closed unheard (its connect sees BusClosed).
+      ++counters_.refusedWindows;
+      log_(LogLevel::Warn, "closed a connection from pid {} at once: {} connections (cap {} windows)", cred->pid,
+           registry_.all().size(), opts_.maxWindows);
+      continue;
+    }
     Conn& c = registry_.add(std::move(fd), "", cred->pid, false);
     epollAdd(c.sock.get(), tag(kTagConn, c.id));
+    handshakes_.emplace_back(deadlineAfter(monotonicNowNs(), opts_.handshakeTimeout), c.id);
+    if (handshakes_.size() == 1) armHandshakeTimer();
   }
+}
+
+bool Router::shedConnection() {
+  // Out of descriptors: the pending connection would stay in the backlog, and the listening
+  // socket readable, so epoll would wake this thread again at once, for ever. The spare
+  // descriptor makes room to accept that connection and close it (its window sees BusClosed);
+  // descriptors come back as handshake deadlines close silent connections.
+  if (!spareFd_) return false;
+  spareFd_.reset();
+  Fd shed(::accept4(listenFd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  const bool accepted = static_cast<bool>(shed);
+  shed.reset();
+  spareFd_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (!accepted) return false;
+  ++counters_.refusedWindows;
+  log_(LogLevel::Warn, "closed a connection at once: this process is out of file descriptors ({} connections)",
+       registry_.all().size());
+  if (!spareFd_) log_(LogLevel::Error, "no spare descriptor any more: connections wait in the backlog");
+  return true;
+}
+
+void Router::armHandshakeTimer() {
+  itimerspec t{};  // all zero disarms
+  if (!handshakes_.empty()) {
+    const std::int64_t at = handshakes_.front().first;
+    t.it_value.tv_sec = static_cast<time_t>(at / 1'000'000'000);
+    t.it_value.tv_nsec = static_cast<long>(at % 1'000'000'000);
+  }
+  ::timerfd_settime(handshakeTimerFd_.get(), TFD_TIMER_ABSTIME, &t, nullptr);
+}
+
+void Router::expireHandshakes() {
+  std::uint64_t ticks;
+  (void)!::read(handshakeTimerFd_.get(), &ticks, sizeof ticks);
+  const std::int64_t now = monotonicNowNs();
+  while (!handshakes_.empty() && handshakes_.front().first <= now) {
+    Conn* c = registry_.find(handshakes_.front().second);
+    handshakes_.pop_front();
+    // Live windows and attached inspectors finished their handshake.
+    if (c == nullptr || c->state == Conn::State::Live || c->state == Conn::State::Inspector || !c->doomed.empty()) {
+      continue;
+    }
+    ++counters_.handshakeTimeouts;
+    log_(LogLevel::Warn, "closed connection {} from pid {}: no handshake within {} ms", c->id, c->pid,
+         opts_.handshakeTimeout.count());
+    doom(*c, fmt::format("no handshake within {} ms", opts_.handshakeTimeout.count()), false);
+  }
+  armHandshakeTimer();
+}
+
+Result<void> Router::checkWindowCap() const {
+  std::lock_guard lk(mu_);
+  return windowCapLocked(nullptr);
+}
+
+Result<void> Router::windowCapLocked(const Conn* except) const {
+  std::size_t n = 0;
+  for (auto& [id, c] : registry_.all()) {
+    // Windows past their Hello, and spawned ones (their slot was promised at spawn()). Inspectors
+    // are not windows; their connections count against the accept limit only (acceptAll).
+    if (c.get() == except || !c->doomed.empty() || c->state == Conn::State::Inspector) continue;
+    if (c->state != Conn::State::AwaitHello || c->spawned) ++n;
+  }
+  if (n < opts_.maxWindows) return {};
+  return makeError(ErrorCode::Full, fmt::format("bus '{}' has reached its cap of {} windows "
+                                                "(SupervisorOptions::maxWindows)",
+                                                opts_.bus, opts_.maxWindows));
 }
 
 WindowInfo Router::addSpawned(Fd sock, const std::string& role, pid_t pid) {
@@ -119,13 +215,14 @@ void Router::onHello(Conn& c, const Packet& pkt) {
     sendWelcomeError(c.sock.get(), e);
     doom(c, reason, false);
   };
+  if (auto cap = windowCapLocked(&c); !cap) {
+    ++counters_.refusedWindows;
+    log_(LogLevel::Warn, "refused a window (pid {}): {}", c.pid, cap.error().message);
+    return refuse(cap.error(), "window cap reached");
+  }
   if (!c.spawned) {
     const std::string& role = hello->role;
-    if (!validRoleName(role)) {
-      return refuse(makeError(ErrorCode::InvalidArgument,
-                              fmt::format("role '{}' is not a valid role name (1-64 printable characters, no space)", role)),
-                    "invalid role");
-    }
+    if (auto valid = validateName(NameKind::Role, role); !valid) return refuse(valid.error(), "invalid role");
     // "main" names the main process in every context (CallContext::sourceRole, frames' role ids):
     // a window claiming it by path would pass for the supervisor to a handler that checks the
     // caller's role. Only spawn(), which the supervisor itself authenticates, may give it.
@@ -406,6 +503,7 @@ void Router::dispatchOnce(std::int64_t deadline, bool mayInline) {
         ::epoll_ctl(epollFd_.get(), EPOLL_CTL_DEL, static_cast<int>(id), nullptr);
         reaper_.exited(static_cast<int>(id));
         break;
+      case kTagHandshake: expireHandshakes(); break;
     }
   }
   if (!endRound_) reapDoomed();
@@ -436,6 +534,7 @@ void Router::stop() {
   reapDoomed();
   ::unlink(path_.c_str());
   listenFd_.reset();
+  busLock_.release();  // after the socket is gone: the next supervisor binds a fresh one
 }
 
 }  // namespace shmbus::detail

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "call/call.hpp"
+#include "control/bus_lock.hpp"
 #include "log/log.hpp"
 #include "protocol/frame_io.hpp"
 #include "router/registry.hpp"
@@ -87,11 +89,15 @@ struct RouterOptions {
   std::chrono::nanoseconds spin{std::chrono::microseconds(4)};
   LogLevel logLevel = LogLevel::Warn;
   std::size_t traceRingBytes = kTraceDefaultCapacity;
+  std::chrono::milliseconds handshakeTimeout{5000};  ///< SupervisorOptions::handshakeTimeout
+  std::uint32_t maxWindows = 1024;                   ///< SupervisorOptions::maxWindows
 };
 
 class Router {
  public:
-  /// Listens on the bus socket and removes stale segment names. Errors: SystemError.
+  /// Takes the bus's lock (one supervisor per bus: control/bus_lock.hpp), replaces a stale socket,
+  /// listens, and removes stale segment names. Errors: Denied (another supervisor runs the bus),
+  /// SystemError.
   static Result<std::unique_ptr<Router>> create(RouterOptions o, MainPort& main,
                                                 std::shared_ptr<CallbackTable> mainCallbacks);
   ~Router();
@@ -110,6 +116,8 @@ class Router {
 
   /// Registers a spawned child's socket (role pre-authenticated).
   WindowInfo addSpawned(Fd sock, const std::string& role, pid_t pid);
+  /// Full when the bus has SupervisorOptions::maxWindows windows (registered or registering).
+  Result<void> checkWindowCap() const;
   std::vector<WindowInfo> windows() const;
   std::optional<WindowInfo> window(std::uint32_t id) const;
   /// A live window with `roleId` (that handles `channel`, when non-zero), if any.
@@ -156,6 +164,12 @@ class Router {
   // Everything below runs under mu_.
   void epollAdd(int fd, std::uint64_t tag);
   void acceptAll();
+  /// accept() failed with EMFILE/ENFILE: accepts the next pending connection through the spare
+  /// descriptor and closes it. False when there was none (or no spare).
+  bool shedConnection();
+  void expireHandshakes();
+  void armHandshakeTimer();
+  Result<void> windowCapLocked(const Conn* except) const;
   void onConnReadable(std::uint32_t id);
   void onHello(Conn& c, const Packet& pkt);
   void onMapped(Conn& c);
@@ -215,7 +229,12 @@ class Router {
   MainPort& main_;
   std::shared_ptr<CallbackTable> mainCallbacks_;
   std::string path_;
-  Fd listenFd_, epollFd_, doorbellFd_, timerFd_, wakeFd_;
+  BusLock busLock_;  // held from create() until stop(): before listenFd_, released after it
+  Fd listenFd_, epollFd_, doorbellFd_, timerFd_, wakeFd_, handshakeTimerFd_;
+  Fd spareFd_;  // /dev/null, held so that a process out of descriptors can still shed a connection
+  // Connections that have not finished their handshake, by deadline (accept order keeps them
+  // sorted: one timeout for all). Entries of connections that finished or went are skipped.
+  std::deque<std::pair<std::int64_t, std::uint32_t>> handshakes_;
   SpinPolicy spin_;
 
   mutable std::mutex mu_;

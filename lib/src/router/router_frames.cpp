@@ -11,6 +11,7 @@
 
 #include "bus.capnp.h"
 #include "call/callbacks.hpp"
+#include "common/validate.hpp"
 #include "protocol/frame_io.hpp"
 #include "router/router_internal.hpp"
 #include "wire/cancel_board.hpp"
@@ -86,15 +87,18 @@ bool Router::allowed(std::uint64_t channel, std::uint64_t roleId) const {
 
 std::int64_t Router::deadlineFor(const FrameHeader& h, std::int64_t now, std::int64_t& timeoutMs) const {
   if (h.deadlineNs != 0) {
+    // The header is the sender's (Window::Impl::invokeImpl writes its now + at most kMaxTimeout):
+    // clamped, so that neither a hostile value nor the arithmetic below can overflow.
+    const std::int64_t deadline = clampPeerDeadline(h.deadlineNs, now);
     // The caller's own figure when it sent one (what it waited since it called, not since the
     // frame got here); else what is left of it.
-    timeoutMs = h.status != 0 ? static_cast<std::int64_t>(h.status)
-                              : std::max<std::int64_t>(0, (h.deadlineNs - now + 500'000) / 1'000'000);
-    return h.deadlineNs;
+    timeoutMs = h.status != 0 ? std::min<std::int64_t>(h.status, kMaxTimeout.count())
+                              : (deadline - now + 500'000) / 1'000'000;
+    return deadline;
   }
   auto it = channelTimeoutMs_.find(h.channel);
   timeoutMs = it != channelTimeoutMs_.end() ? it->second : kDefaultTimeout.count();
-  return now + timeoutMs * 1'000'000;
+  return deadlineAfter(now, std::chrono::milliseconds(timeoutMs));
 }
 
 void Router::replyError(Conn& w, const FrameHeader& req, Error e) {
@@ -132,7 +136,11 @@ void Router::onIntern(Conn& w, const FrameView& f) {
   try {
     auto i = m.reader().getRoot<schema::Intern>();
     std::string name = i.getName();
-    if (name.size() > 256) return doom(w, "intern name longer than 256 bytes", true);
+    // The window checked its names before it sent them (Window::Impl::internLocked): a name that
+    // breaks the rule was written by something else.
+    if (auto v = validateName(i.getIsRole() ? NameKind::Role : NameKind::Channel, name); !v) {
+      return doom(w, "intern frame: " + v.error().message, true);
+    }
     if (i.getId() != nameId(name)) {
       // Typed channel ids do not hash from their names: keep the name for this window's own
       // messages only (see Conn::ownNames), and as a stats label.

@@ -10,6 +10,7 @@
 
 #include "bus.capnp.h"
 #include "call/callbacks.hpp"
+#include "common/validate.hpp"
 #include "endpoint/handler_run.hpp"
 #include "protocol/frame_io.hpp"
 #include "router/router_internal.hpp"
@@ -144,7 +145,7 @@ void Router::invoke(const Target& target, const Channel& channel, const BuildFn&
   p.traceId = traceIdFor(currentTraceId());
   FrameHeader h = frameHeader(FrameKind::Invoke, channel.id);
   h.schemaId = channel.schemaId;
-  h.deadlineNs = options.timeout.count() > 0 ? p.start + std::chrono::nanoseconds(options.timeout).count() : 0;
+  h.deadlineNs = options.timeout.count() > 0 ? deadlineAfter(p.start, options.timeout) : 0;
   p.deadline = deadlineFor(h, p.start, p.timeoutMs);
   // The waiter's own give-up time, in case no thread dispatches (Call::get()).
   s->deadlineNs = p.deadline + kLocalGraceNs;
@@ -223,6 +224,8 @@ RouterStats Router::statsLocked() const {
   s.undeliverable = counters_.undeliverable;
   s.badMessages = counters_.badMessages;
   s.unansweredCalls = counters_.unanswered;
+  s.handshakeTimeouts = counters_.handshakeTimeouts;
+  s.refusedWindows = counters_.refusedWindows;
   return s;
 }
 

@@ -109,6 +109,8 @@ class RouterCounters {
 
   std::uint64_t lateReplies = 0, spoofedReplies = 0, undeliverable = 0, badMessages = 0;
   std::uint64_t unanswered = 0;  ///< main-process responders dropped without a reply
+  std::uint64_t handshakeTimeouts = 0;  ///< connections closed for not finishing the handshake in time
+  std::uint64_t refusedWindows = 0;     ///< connections refused at the window cap or for want of fds
 
  private:
   std::unordered_map<std::uint64_t, Channel> channels_;

@@ -17,15 +17,6 @@ namespace bip = boost::interprocess;
 
 namespace shmbus::detail {
 
-Result<void> validateBusName(std::string_view bus) {
-  bool ok = !bus.empty() && bus.size() <= 64;
-  for (char c : bus) {
-    ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-');
-  }
-  if (!ok) return makeError(ErrorCode::InvalidArgument, fmt::format("bus name '{}' must be 1-64 of [A-Za-z0-9_-]", bus));
-  return {};
-}
-
 Result<Segment> Segment::create(const std::string& name, std::size_t bytes) {
   SHMBUS_REQUIRE(bytes >= sizeof(SegmentHeader), "segment smaller than its header");
   bool created = false;

@@ -32,9 +32,6 @@ static_assert(sizeof(SegmentHeader) == 64);
 inline constexpr std::uint64_t kSegmentMagic = 0x314742'4d48'53ull;  // "SHMBG1" little endian
 inline constexpr std::uint32_t kSegmentVersion = 1;
 
-/// Checks a bus name: 1-64 characters of [A-Za-z0-9_-]. Errors: InvalidMessage naming the name.
-Result<void> validateBusName(std::string_view bus);
-
 /// A mapped shared memory segment. Move-only; unmaps on destruction (never unlinks: names are
 /// unlinked explicitly, as early as possible).
 /// Thread contract: the object is not thread-safe; the mapped memory is shared by design.

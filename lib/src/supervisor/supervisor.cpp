@@ -8,6 +8,7 @@
 
 #include "call/call.hpp"
 #include "call/callbacks.hpp"
+#include "common/validate.hpp"
 #include "endpoint/call_wait.hpp"
 #include "endpoint/handler_run.hpp"
 #include "protocol/frame.hpp"
@@ -73,16 +74,19 @@ struct Supervisor::Impl final : CallOwner {
   }
   void cancel(const std::shared_ptr<CallState>& s) override { router->cancelMainCall(s); }
 
-  Result<WindowInfo> waitForWindow(const std::string& role, const Channel* channel, std::chrono::milliseconds timeout) {
-    const std::int64_t deadline = monotonicNowNs() + std::chrono::nanoseconds(timeout).count();
+  Result<WindowInfo> waitForWindow(const std::string& role, const Channel* channel, std::chrono::milliseconds asked) {
+    if (auto v = validateName(NameKind::Role, role); !v) return v.error();
+    auto timeout = checkWaitTimeout(asked, fmt::format("wait for a window with role '{}'", role));
+    if (!timeout) return timeout.error();
+    const std::int64_t deadline = deadlineAfter(monotonicNowNs(), *timeout);
     for (;;) {
       if (auto w = router->findWindow(nameId(role), channel ? channel->id : 0)) return *w;
       if (monotonicNowNs() >= deadline) {
         return makeError(ErrorCode::Timeout,
                          channel == nullptr
-                             ? fmt::format("no window with role '{}' registered within {} ms", role, timeout.count())
+                             ? fmt::format("no window with role '{}' registered within {} ms", role, timeout->count())
                              : fmt::format("no window with role '{}' handles '{}' within {} ms", role, channel->name,
-                                           timeout.count()));
+                                           timeout->count()));
       }
       if (gate.try_lock()) {
         dispatchRound(deadline);
@@ -122,7 +126,14 @@ Supervisor::~Supervisor() {
 }
 
 Result<std::unique_ptr<Supervisor>> Supervisor::create(SupervisorOptions options) {
-  if (auto v = validateBusName(options.bus); !v) return v.error();
+  if (auto v = validateName(NameKind::Bus, options.bus); !v) return v.error();
+  if (auto v = validateRoles(options.allowedRoles); !v) return v.error();
+  if (options.handshakeTimeout.count() <= 0 || options.maxWindows == 0) {
+    return makeError(ErrorCode::InvalidArgument,
+                     fmt::format("handshakeTimeout ({} ms) must be positive and maxWindows ({}) at least 1",
+                                 options.handshakeTimeout.count(), options.maxWindows));
+  }
+  options.handshakeTimeout = std::min(options.handshakeTimeout, kMaxTimeout);
   if (!isPowerOfTwo(options.inboxBytes) || !isPowerOfTwo(options.outboxBytes) || options.inboxBytes < 4096 ||
       options.outboxBytes < 4096 || options.maxRecordBytes < 256 || options.maxRecordBytes % 8 != 0) {
     return makeError(ErrorCode::InvalidArgument, "ring sizes must be powers of two >= 4 KiB and the maximum record a "
@@ -140,6 +151,8 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(SupervisorOptions options
   ro.spin = options.spin;
   ro.traceRingBytes = options.traceRingBytes;
   ro.logLevel = options.logLevel;
+  ro.handshakeTimeout = options.handshakeTimeout;
+  ro.maxWindows = options.maxWindows;
   auto router = Router::create(std::move(ro), impl->main, impl->callbacks);
   if (!router) return router.error();
   impl->router = std::move(*router);
@@ -157,7 +170,8 @@ const std::string& Supervisor::socketPath() const noexcept { return impl_->route
 Result<WindowInfo> Supervisor::spawn(const std::string& role, const std::vector<std::string>& argv,
                                      const std::vector<std::string>& env) {
   SHMBUS_REQUIRE(!argv.empty(), "spawn needs argv[0]");
-  SHMBUS_REQUIRE(validRoleName(role), "spawn needs a valid role name");
+  if (auto v = validateName(NameKind::Role, role); !v) return v.error();
+  if (auto cap = impl_->router->checkWindowCap(); !cap) return cap.error();
   auto child = spawnWindowProcess(impl_->opts.bus, role, argv, env);
   if (!child) return child.error();
   return impl_->router->addSpawned(std::move(child->sock), role, child->pid);
@@ -200,11 +214,16 @@ Registration Supervisor::handleAsync(const Channel& channel, AsyncHandler handle
 }
 
 Result<void> Supervisor::send(const Target& target, const Channel& channel, const BuildFn& build) {
+  if (auto v = validateTarget(target); !v) return v.error();
+  if (auto v = validateName(NameKind::Channel, channel.name); !v) return v.error();
   return impl_->router->send(target, channel, build);
 }
 
 Result<BroadcastReport> Supervisor::broadcast(const Channel& channel, const BuildFn& build,
                                               const BroadcastOptions& options) {
+  if (auto v = validateName(NameKind::Channel, channel.name); !v) return v.error();
+  if (auto v = validateRoles(options.roles); !v) return v.error();
+  if (auto v = validateRoles(options.excludeRoles); !v) return v.error();
   return impl_->router->broadcast(channel, build, options);
 }
 
@@ -214,6 +233,14 @@ Call Supervisor::invoke(const Target& target, const Channel& channel, const Buil
   s->what = fmt::format("invoke '{}' to {}", channel.name, target.describe());
   Lane* lane = impl_->lane.get();
   s->post = [lane](std::function<void()> fn) { lane->enqueue(std::move(fn)); };
+  auto timeout = checkCallTimeout(options.timeout, s->what);
+  Result<void> valid = validateTarget(target);
+  if (valid) valid = validateName(NameKind::Channel, channel.name);
+  if (!timeout || !valid) {
+    completeCall(s, valid ? timeout.error() : valid.error());
+    return Call(s);
+  }
+  options.timeout = *timeout;
   impl_->router->invoke(target, channel, build, options, s);
   return Call(s);
 }
@@ -221,7 +248,8 @@ Call Supervisor::invoke(const Target& target, const Channel& channel, const Buil
 void Supervisor::setPolicy(const Channel& channel, ChannelPolicy policy) { impl_->router->setPolicy(channel, policy); }
 
 void Supervisor::setChannelTimeout(const Channel& channel, std::chrono::milliseconds timeout) {
-  impl_->router->setChannelTimeout(channel, timeout);
+  SHMBUS_REQUIRE(timeout.count() > 0, "setChannelTimeout needs a positive timeout");
+  impl_->router->setChannelTimeout(channel, std::min(timeout, kMaxTimeout));
 }
 
 RouterStats Supervisor::stats() const { return impl_->router->stats(); }
@@ -233,8 +261,10 @@ void Supervisor::run() {
 
 Result<void> Supervisor::poll(std::chrono::milliseconds timeout) {
   if (impl_->router->stopping()) return makeError(ErrorCode::BusClosed, "the supervisor stopped");
+  auto wait = checkWaitTimeout(timeout, "Supervisor::poll");
+  if (!wait) return wait.error();
   std::lock_guard g(impl_->gate);
-  impl_->dispatchRound(monotonicNowNs() + std::chrono::nanoseconds(timeout).count());
+  impl_->dispatchRound(deadlineAfter(monotonicNowNs(), *wait));
   return {};
 }
 

@@ -21,6 +21,7 @@
 #include "bus.capnp.h"
 #include "call/call.hpp"
 #include "call/callbacks.hpp"
+#include "common/validate.hpp"
 #include "control/control_protocol.hpp"
 #include "endpoint/call_wait.hpp"
 #include "endpoint/handler_run.hpp"
@@ -39,7 +40,28 @@ using namespace detail;
 
 namespace {
 
+/// What connect() and fromSpawn() check before anything touches a socket.
+Result<void> checkOptions(const WindowOptions& o, const std::string& bus, bool spawned) {
+  if (auto v = validateName(NameKind::Bus, bus); !v) return v.error();
+  if (!spawned) {
+    if (auto v = validateName(NameKind::Role, o.role); !v) return v.error();
+  }
+  if (o.inboxBytes != 0 || o.outboxBytes != 0) {
+    // 0 = the supervisor's default (already checked by Supervisor::create): only given sizes here.
+    if (auto v = checkRingSizes(o.inboxBytes != 0 ? o.inboxBytes : 4096, o.outboxBytes != 0 ? o.outboxBytes : 4096); !v) {
+      return v.error();
+    }
+  }
+  if (o.connectTimeout.count() <= 0) {
+    return makeError(ErrorCode::InvalidArgument,
+                     fmt::format("connectTimeout {} ms must be positive", o.connectTimeout.count()));
+  }
+  return {};
+}
+
 Result<std::unique_ptr<Window::Impl>> handshake(Fd sock, WindowOptions opts, const std::string& bus, bool spawned) {
+  if (auto v = checkOptions(opts, bus, spawned); !v) return v.error();
+  opts.connectTimeout = std::min(opts.connectTimeout, kMaxTimeout);
   auto impl = std::make_unique<Window::Impl>();
   impl->opts = opts;
   impl->bus = bus;
@@ -74,11 +96,7 @@ Result<std::unique_ptr<Window>> Window::connect(WindowOptions options) {
   if (bus.empty()) {
     if (const char* b = std::getenv(kEnvBus)) bus = b;
   }
-  if (auto v = validateBusName(bus); !v) return v.error();
-  if (!validRoleName(options.role)) {
-    return makeError(ErrorCode::InvalidArgument,
-                     fmt::format("role '{}' is not a valid role name (1-64 printable characters, no space)", options.role));
-  }
+  if (auto v = checkOptions(options, bus, false); !v) return v.error();
   std::string path = options.socketPath;
   if (path.empty()) {
     auto p = socketPath(bus);
@@ -121,6 +139,7 @@ Result<void> Window::send(const Channel& channel, const BuildFn& build) {
 }
 
 Result<void> Window::sendTo(const Target& target, const Channel& channel, const BuildFn& build) {
+  if (auto v = validateTarget(target); !v) return v.error();
   return impl_->sendImpl(target, channel, build);
 }
 
@@ -170,9 +189,11 @@ void Window::run() {
 
 Result<void> Window::poll(std::chrono::milliseconds timeout) {
   if (impl_->closed.load(std::memory_order_acquire)) return makeError(ErrorCode::BusClosed, impl_->busClosedMessage());
+  auto wait = checkWaitTimeout(timeout, "Window::poll");
+  if (!wait) return wait.error();
   std::lock_guard g(impl_->gate);
   const auto prev = impl_->dispatchingThread.exchange(std::this_thread::get_id());
-  impl_->dispatchOnce(monotonicNowNs() + std::chrono::nanoseconds(timeout).count());
+  impl_->dispatchOnce(deadlineAfter(monotonicNowNs(), *wait));
   impl_->dispatchingThread.store(prev);
   if (impl_->closed.load(std::memory_order_acquire)) return makeError(ErrorCode::BusClosed, impl_->busClosedMessage());
   return {};

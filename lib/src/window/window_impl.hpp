@@ -17,6 +17,7 @@
 
 #include "call/call.hpp"
 #include "call/callbacks.hpp"
+#include "common/validate.hpp"
 #include "endpoint/call_wait.hpp"
 #include "endpoint/handler_run.hpp"
 #include "endpoint/pending_calls.hpp"
@@ -129,11 +130,14 @@ struct Window::Impl final : CallOwner {
     return it == interned.end() ? std::string() : it->second;
   }
 
-  /// Sends the name behind `id` once (caller holds outMu).
-  void internLocked(std::uint64_t nameIdValue, std::string_view name, bool isRole) {
+  /// Sends the name behind `id` once (caller holds outMu). A name is checked (NameKind::Role or
+  /// Channel) the first time only: once interned, it passed. Errors: InvalidArgument.
+  Result<void> internLocked(std::uint64_t nameIdValue, std::string_view name, bool isRole) {
+    if (interned.count(nameIdValue) != 0) return {};
+    if (auto v = validateName(isRole ? NameKind::Role : NameKind::Channel, name); !v) return v;
     // Nothing is written once closed: the supervisor reads this ring no more.
-    if (closed.load(std::memory_order_acquire)) return;  // acquire: pairs with markClosed
-    if (name.empty() || !interned.try_emplace(nameIdValue, name.substr(0, 256)).second) return;
+    if (closed.load(std::memory_order_acquire)) return {};  // acquire: pairs with markClosed
+    interned.try_emplace(nameIdValue, name);
     FrameHeader h{};
     h.kind = static_cast<std::uint16_t>(FrameKind::Intern);
     h.channel = nameIdValue;
@@ -144,6 +148,14 @@ struct Window::Impl final : CallOwner {
       i.setIsRole(isRole);
     }, 512);
     if (!r) interned.erase(nameIdValue);  // try again with the next message
+    return {};
+  }
+
+  /// Interns the channel and the target's role of a message (caller holds outMu).
+  Result<void> internFor(const Target& t, const Channel& ch, std::uint64_t roleId) {
+    if (auto r = internLocked(ch.id, ch.name, false); !r) return r;
+    if (!t.role.empty()) return internLocked(roleId, t.role, true);
+    return {};
   }
 
   void control(FrameKind kind, std::uint64_t channel, std::uint64_t requestId = 0) {
@@ -171,8 +183,7 @@ struct Window::Impl final : CallOwner {
   Result<void> sendImpl(const Target& t, const Channel& ch, const BuildFn& build) {
     FrameHeader h = headerFor(FrameKind::Send, t, ch);
     std::lock_guard lk(outMu);
-    internLocked(ch.id, ch.name, false);
-    if (!t.role.empty()) internLocked(h.role, t.role, true);
+    if (auto r = internFor(t, ch, h.role); !r) return r;
     return writeOutLocked(h, build, 0, 0);
   }
 
@@ -180,23 +191,28 @@ struct Window::Impl final : CallOwner {
     auto s = std::make_shared<CallState>();
     s->owner = this;
     s->what = fmt::format("invoke '{}' to {}", ch.name, t.describe());
-    s->timeoutMs = o.timeout.count();
-    const auto timeout = o.timeout.count() > 0 ? o.timeout : std::chrono::milliseconds(0);
+    auto checked = checkCallTimeout(o.timeout, s->what);
+    if (!checked) {
+      completeCall(s, checked.error());
+      return Call(s);
+    }
+    const std::chrono::milliseconds timeout = *checked;  // 0 = the channel's default
+    s->timeoutMs = timeout.count();
     FrameHeader h = headerFor(FrameKind::Invoke, t, ch);
     h.traceId = currentTraceId();  // a call made inside a handler continues its flow (0: a new one)
     // A zero timeout asks the supervisor for the channel's default (Supervisor::setChannelTimeout),
     // which this window does not know; its local fallback then waits kUnknownDeadlineFallbackNs.
     const std::int64_t now = monotonicNowNs();
-    h.deadlineNs = timeout.count() > 0 ? now + std::chrono::nanoseconds(timeout).count() : 0;
-    h.status = static_cast<std::uint32_t>(std::min<std::int64_t>(timeout.count(), UINT32_MAX));
+    // kMaxTimeout fits the 32-bit status field and keeps the sum far from overflowing.
+    h.deadlineNs = timeout.count() > 0 ? deadlineAfter(now, timeout) : 0;
+    h.status = static_cast<std::uint32_t>(timeout.count());
     s->deadlineNs = (h.deadlineNs != 0 ? h.deadlineNs : now + kUnknownDeadlineFallbackNs) + kLocalGraceNs;
     h.requestId = pending.add(s);
     Result<void> r;
     {
       std::lock_guard lk(outMu);
-      internLocked(ch.id, ch.name, false);
-      if (!t.role.empty()) internLocked(h.role, t.role, true);
-      r = writeOutLocked(h, build, o.sizeHint, 0);
+      r = internFor(t, ch, h.role);
+      if (r) r = writeOutLocked(h, build, o.sizeHint, 0);
     }
     if (!r) {
       pending.take(s->requestId);

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "common/validate.hpp"
 #include "protocol/frame.hpp"
 #include "wait/wait.hpp"
 
@@ -45,11 +46,6 @@ kj::ArrayPtr<const capnp::word> wordsOf(const std::vector<std::uint64_t>& words)
   return kj::arrayPtr(reinterpret_cast<const capnp::word*>(words.data()), words.size());
 }
 }  // namespace
-
-bool validRoleName(std::string_view r) noexcept {
-  if (r.empty() || r.size() > 64) return false;
-  return std::all_of(r.begin(), r.end(), [](char ch) { return ch > ' ' && ch < 127; });
-}
 
 Result<void> sendControl(int sock, ControlType type, std::uint64_t value, capnp::MessageBuilder* mb, int fd) {
   std::vector<std::uint8_t> pkt(sizeof(ControlHeader));
@@ -159,7 +155,7 @@ Result<WindowLink> helloAndWelcome(int sock, const HelloParams& p, const std::st
     hello.setSpawnToken(p.spawned ? 1 : 0);
     if (auto r = sendControl(sock, ControlType::Hello, 0, &mb); !r) return r.error();
   }
-  const std::int64_t deadline = monotonicNowNs() + std::chrono::nanoseconds(timeout).count();
+  const std::int64_t deadline = deadlineAfter(monotonicNowNs(), timeout);
   for (;;) {
     pollfd pfd{sock, POLLIN, 0};
     const std::int64_t leftMs = std::max<std::int64_t>(0, (deadline - monotonicNowNs()) / 1'000'000);

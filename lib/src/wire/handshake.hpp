@@ -39,9 +39,6 @@ Result<void> sendControl(int sock, ControlType type, std::uint64_t value, capnp:
 
 // ---- supervisor side
 
-/// A role name: 1-64 printable ASCII characters without spaces.
-bool validRoleName(std::string_view role) noexcept;
-
 /// What a Hello asked for.
 struct HelloRequest {
   std::string role;
