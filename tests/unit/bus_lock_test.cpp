@@ -79,7 +79,7 @@ TEST_CASE("the lock dies with its process, not with a child that inherited the d
 
 TEST_CASE("removeStaleSocket removes a socket file, accepts a missing one, and leaves other files alone") {
   const std::string sock = testSocketPath("stale");
-  CHECK(removeStaleSocket(sock).ok());  // missing
+  CHECK(removeStaleSocket("demo", sock).ok());  // missing
   {
     Fd fd(::socket(AF_UNIX, SOCK_SEQPACKET, 0));
     sockaddr_un a{};
@@ -88,12 +88,36 @@ TEST_CASE("removeStaleSocket removes a socket file, accepts a missing one, and l
     REQUIRE(::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
   }
   REQUIRE(exists(sock));
-  CHECK(removeStaleSocket(sock).ok());
+  CHECK(removeStaleSocket("demo", sock).ok());
   CHECK_FALSE(exists(sock));
   std::ofstream(sock) << "not a socket";
-  auto r = removeStaleSocket(sock);
+  auto r = removeStaleSocket("demo", sock);
   CHECK(r.code() == ErrorCode::SystemError);
   CHECK(r.error().message.find("is not a socket") != std::string::npos);
   CHECK(exists(sock));
   ::unlink(sock.c_str());
+}
+
+TEST_CASE("removeStaleSocket leaves a socket that answers, naming the bus and the listener's pid") {
+  const std::string sock = testSocketPath("live");
+  auto listening = listenSeqpacket(sock);
+  REQUIRE_MESSAGE(listening.ok(), listening.error().toString());
+  Child c = Child::fork([&] {
+    auto r = removeStaleSocket("demo", sock);
+    childCheck(r.code() == ErrorCode::Denied, "a live socket was not refused: " + r.error().toString());
+    childCheck(r.error().message == "bus 'demo' already has a supervisor: pid " + std::to_string(::getppid()) +
+                                        " listens on " + sock,
+               r.error().message);
+  });
+  CHECK(c.join(std::chrono::seconds(10)) == 0);
+  CHECK(exists(sock));
+  auto probe = probeListener(sock);
+  REQUIRE(probe.ok());
+  CHECK((*probe && (*probe)->pid == ::getpid()));
+  listening->reset();  // nobody listens any more: the file is stale now
+  probe = probeListener(sock);
+  REQUIRE(probe.ok());
+  CHECK_FALSE(probe->has_value());
+  CHECK(removeStaleSocket("demo", sock).ok());
+  CHECK_FALSE(exists(sock));
 }

@@ -33,7 +33,9 @@ Error sysError(const std::string& what) {
 
 Error alreadyRunning(const std::string& bus, pid_t pid, const std::string& socketPath) {
   return makeError(ErrorCode::Denied,
-                   fmt::format("bus '{}' already has a supervisor: pid {} listens on {}", bus, pid, socketPath));
+                   fmt::format("bus '{}' already has a supervisor: {} listens on {}", bus,
+                               pid > 0 ? fmt::format("pid {}", pid) : std::string("a process (backlog full)"),
+                               socketPath));
 }
 
 struct flock wholeFile(short type) {
@@ -107,7 +109,7 @@ void BusLock::release() noexcept {
   fd_.reset();
 }
 
-Result<void> removeStaleSocket(const std::string& path) {
+Result<void> removeStaleSocket(const std::string& bus, const std::string& path) {
   struct stat st {};
   if (::lstat(path.c_str(), &st) != 0) {
     if (errno == ENOENT) return {};
@@ -116,6 +118,11 @@ Result<void> removeStaleSocket(const std::string& path) {
   if (!S_ISSOCK(st.st_mode)) {
     return makeError(ErrorCode::SystemError, fmt::format("{} exists and is not a socket: not replacing it", path));
   }
+  // Nobody holds the lock, but a live supervisor whose lock file was removed still listens here.
+  // It sees a connection that hangs up before its Hello; its windows see nothing.
+  auto listener = probeListener(path);
+  if (!listener) return listener.error();
+  if (*listener) return alreadyRunning(bus, (*listener)->pid, path);
   if (::unlink(path.c_str()) != 0 && errno != ENOENT) return sysError("unlink stale socket " + path);
   return {};
 }

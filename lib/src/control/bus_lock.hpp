@@ -56,8 +56,11 @@ class BusLock {
 };
 
 /// Removes a stale socket file at `path` left by a supervisor that died (call only while holding
-/// the path's BusLock). A missing file is fine; something that is not a socket is left alone.
-/// Errors: SystemError (not a socket, or unlink failed).
-Result<void> removeStaleSocket(const std::string& path);
+/// the path's BusLock). A missing file is fine; something that is not a socket is left alone. A
+/// socket that still answers is left alone too: its lock file was removed under a live
+/// supervisor (a cleaner of /tmp, a person), which keeps its bus.
+/// Errors: Denied when the socket answers (the message names `bus`, the listener's pid from
+/// SO_PEERCRED and the socket, as BusLock::acquire's); SystemError (not a socket, or unlink failed).
+Result<void> removeStaleSocket(const std::string& bus, const std::string& path);
 
 }  // namespace shmbus::detail

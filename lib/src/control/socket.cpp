@@ -75,6 +75,22 @@ Result<Fd> listenSeqpacket(const std::string& path) {
   return fd;
 }
 
+Result<std::optional<PeerCred>> probeListener(const std::string& path) {
+  auto addr = makeAddr(path);
+  if (!addr) return addr.error();
+  Fd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) return sysError("socket");
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof(sockaddr_un)) != 0) {
+    if (errno == ENOENT || errno == ECONNREFUSED) return std::optional<PeerCred>();
+    if (errno == EAGAIN) return std::optional<PeerCred>(PeerCred{0, 0});  // listening, backlog full
+    return sysError("connect " + path);
+  }
+  // On the connecting side SO_PEERCRED names the process that called listen().
+  auto cred = peerCred(fd.get());
+  if (!cred) return cred.error();
+  return std::optional<PeerCred>(*cred);
+}
+
 Result<Fd> connectSeqpacket(const std::string& path) {
   auto addr = makeAddr(path);
   if (!addr) return addr.error();

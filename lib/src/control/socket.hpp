@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -56,6 +57,13 @@ struct PeerCred {
   uid_t uid = 0;
 };
 Result<PeerCred> peerCred(int fd);
+
+/// Whether a process listens on the socket at `path`, by a non-blocking connect closed at once
+/// (the listener sees a connection that hangs up unheard). The listener's credentials when it
+/// answers (pid 0 when its backlog is full: it listens, but the connection was not queued);
+/// nullopt when nobody listens (no file, or a socket file nobody is bound to any more).
+/// Errors: SystemError.
+Result<std::optional<PeerCred>> probeListener(const std::string& path);
 
 /// Sends one datagram with optional descriptors. Errors: BusClosed (peer gone), SystemError.
 Result<void> sendPacket(int fd, const void* data, std::size_t bytes, const std::vector<int>& fds = {});

@@ -75,7 +75,7 @@ Result<std::unique_ptr<Router>> Router::create(RouterOptions o, MainPort& main,
   auto lock = BusLock::acquire(r->opts_.bus, r->path_);
   if (!lock) return lock.error();
   r->busLock_ = std::move(*lock);
-  if (auto gone = removeStaleSocket(r->path_); !gone) return gone.error();
+  if (auto gone = removeStaleSocket(r->opts_.bus, r->path_); !gone) return gone.error();
   const std::size_t stale = Segment::removeStale(r->opts_.bus);
   auto l = listenSeqpacket(r->path_);
   if (!l) return l.error();

@@ -108,3 +108,25 @@ TEST_CASE("a supervisor that stopped frees its bus for the next one in the same 
     CHECK(Supervisor::create(o).code() == ErrorCode::Denied);
   }
 }
+
+TEST_CASE("a supervisor whose lock file was removed keeps its bus: its socket still answers") {
+  TestBus tb("unlocked", {}, /*dispatch=*/false);
+  auto h = tb->handle("echo", echoHandler());
+  REQUIRE(::unlink((tb->socketPath() + ".lock").c_str()) == 0);  // a cleaner of /tmp, say
+  Link link;
+  Child window = Child::fork([&] { echoAroundParent(tb.bus, "editor", link); });
+  const pid_t self = ::getpid();
+  Child other = Child::fork([&] {
+    SupervisorOptions o;
+    o.bus = tb.bus;
+    auto s = Supervisor::create(o);
+    childCheck(s.code() == ErrorCode::Denied, "second supervisor: " + (s ? std::string("created") : s.error().toString()));
+    childCheck(s.error().message.find("pid " + std::to_string(self)) != std::string::npos, s.error().message);
+  });
+  CHECK(other.join(20s) == 0);
+  CHECK(fileExists(tb->socketPath()));
+  tb->startDispatchThread();
+  REQUIRE(link.hearChild() == "up");
+  link.tellChild("refused");
+  CHECK(window.join(20s) == 0);
+}
