@@ -100,8 +100,9 @@ class Inspector {
   Inspector(const Inspector&) = delete;
   Inspector& operator=(const Inspector&) = delete;
 
-  /// The next event, waiting up to `timeout` (0 = do not wait). nullopt when none came in time.
-  /// Errors: BusClosed once the supervisor is gone and every event it wrote has been read.
+  /// The next event, waiting up to `timeout` (0 = do not wait; longer than kMaxTimeout: clamped).
+  /// nullopt when none came in time. Errors: BusClosed once the supervisor is gone and every
+  /// event it wrote has been read; InvalidArgument (negative timeout).
   Result<std::optional<TraceEvent>> next(std::chrono::milliseconds timeout);
 
   /// Asks the supervisor for the registry and its counters, waiting up to `timeout` for the

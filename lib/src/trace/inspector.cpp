@@ -12,9 +12,9 @@
 #include <cstring>
 #include <vector>
 
+#include "common/validate.hpp"
 #include "control/control_protocol.hpp"
 #include "control/socket.hpp"
-#include "segment/segment.hpp"
 #include "shmbus/inspect.hpp"
 #include "trace/trace_event.hpp"
 #include "trace/trace_ring.hpp"
@@ -55,7 +55,7 @@ Inspector::Inspector(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Inspector::~Inspector() = default;
 
 Result<std::unique_ptr<Inspector>> Inspector::attach(const std::string& bus, const std::string& socketPath) {
-  if (auto ok = validateBusName(bus); !ok) return ok.error();
+  if (auto ok = validateName(NameKind::Bus, bus); !ok) return ok.error();
   std::string path = socketPath;
   if (path.empty()) {
     auto p = detail::socketPath(bus);
@@ -111,7 +111,9 @@ Result<std::optional<TraceEvent>> Inspector::next(std::chrono::milliseconds time
     if (!e) return e.error();
     return std::optional<TraceEvent>(std::move(*e));
   };
-  const std::int64_t deadline = monotonicNowNs() + std::chrono::nanoseconds(std::max(timeout, {})).count();
+  auto wait = checkWaitTimeout(timeout, "Inspector::next");
+  if (!wait) return wait.error();
+  const std::int64_t deadline = deadlineAfter(monotonicNowNs(), *wait);
   for (;;) {
     if (i.reader.next(i.body)) return current();
     if (i.supervisorGone()) {
