@@ -1,6 +1,7 @@
 #include "control/socket.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -8,6 +9,9 @@
 
 #include <fmt/format.h>
 
+#include "wait/wait.hpp"
+
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -181,6 +185,17 @@ Result<Packet> recvPacket(int fd) {
   if (n == 0) p.hangup = true;
   p.bytes.resize(static_cast<std::size_t>(n));
   return p;
+}
+
+Result<bool> waitReadable(int fd, std::int64_t deadlineNs) {
+  for (;;) {
+    pollfd pfd{fd, POLLIN, 0};
+    const std::int64_t leftMs = std::max<std::int64_t>(0, (deadlineNs - monotonicNowNs() + 999'999) / 1'000'000);
+    const int pr = ::poll(&pfd, 1, static_cast<int>(std::min<std::int64_t>(leftMs, 1 << 30)));
+    if (pr > 0) return true;
+    if (pr == 0) return false;
+    if (errno != EINTR) return makeError(ErrorCode::SystemError, std::string("poll: ") + std::strerror(errno));
+  }
 }
 
 }  // namespace shmbus::detail

@@ -78,4 +78,9 @@ struct Packet {
 };
 Result<Packet> recvPacket(int fd);
 
+/// Waits until `fd` is readable (a packet or a hang-up) or `deadlineNs` (absolute CLOCK_MONOTONIC
+/// ns) passes; EINTR is retried. Returns true when readable, false at the deadline.
+/// Errors: SystemError (poll).
+Result<bool> waitReadable(int fd, std::int64_t deadlineNs);
+
 }  // namespace shmbus::detail

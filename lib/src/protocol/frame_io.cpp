@@ -58,9 +58,7 @@ Result<void> writeFrameSegments(RingProducer& p, const FrameHeader& header,
   if (segments.size() > kMaxSegments) {
     return makeError(ErrorCode::TooLarge, fmt::format("message of {} segments (max {})", segments.size(), kMaxSegments));
   }
-  std::size_t words = 0;
-  for (auto s : segments) words += s.size();
-  const std::size_t body = kMinFrameBody + words * sizeof(capnp::word);
+  const std::size_t body = kMinFrameBody + messageBytes(segments);
   auto claim = claimFor(p, body);
   if (!claim) return claim.error();
   Claim& c = *claim;

@@ -23,6 +23,13 @@ inline constexpr std::size_t kMinFrameBody = sizeof(FrameHeader) + sizeof(Messag
 Result<void> writeFrame(RingProducer& p, const FrameHeader& header, const BuildFn& build, std::size_t sizeHint = 0,
                         bool notify = true);
 
+/// Bytes of a message given as its segments (what writeFrameSegments copies after the table).
+inline std::size_t messageBytes(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments) noexcept {
+  std::size_t words = 0;
+  for (auto s : segments) words += s.size();
+  return words * sizeof(capnp::word);
+}
+
 /// Writes `header` followed by a copy of the segments of `segments` (a heap-built message).
 Result<void> writeFrameSegments(RingProducer& p, const FrameHeader& header,
                                 kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments, bool notify = true);

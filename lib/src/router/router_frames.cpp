@@ -352,9 +352,7 @@ void Router::replyFromMain(std::uint64_t routeId, kj::ArrayPtr<const kj::ArrayPt
     failCaller(*p, Error{wr.code(), fmt::format("invoke '{}' to main: the reply could not be written: {}",
                                                 registry_.nameOf(p->channel, p->callerId), wr.error().message)});
   } else if (tracing()) {
-    std::size_t words = 0;
-    for (const auto& s : segments) words += s.size();
-    traceCall(*p, TraceKind::Invoke, ErrorCode::Ok, "", static_cast<std::uint32_t>(words * sizeof(capnp::word)));
+    traceCall(*p, TraceKind::Invoke, ErrorCode::Ok, "", static_cast<std::uint32_t>(messageBytes(segments)));
   }
 }
 

@@ -96,8 +96,6 @@ Result<BroadcastReport> Router::broadcast(const Channel& channel, const BuildFn&
   }
   counters_.at(channel.id).messages += report.delivered;
   if (tracing()) {
-    std::size_t words = 0;
-    for (const auto& s : segs) words += s.size();
     h.target = kTargetMain;
     h.role = 0;
     if (options.roles.size() == 1) {
@@ -111,7 +109,7 @@ Result<BroadcastReport> Router::broadcast(const Channel& channel, const BuildFn&
                       fmt::format("{} delivered, {} failed: {}", report.delivered, report.failed.size(),
                                   report.failed.front().second.message)};
     }
-    traceMessage(TraceKind::Broadcast, 0, h, 0, static_cast<std::uint32_t>(words * sizeof(capnp::word)),
+    traceMessage(TraceKind::Broadcast, 0, h, 0, static_cast<std::uint32_t>(messageBytes(segs)),
                  report.failed.empty() ? nullptr : &partial);
   }
   return report;

@@ -4,6 +4,8 @@
 #include <capnp/message.h>
 #include <fmt/format.h>
 
+#include <unordered_map>
+
 #include "bus.capnp.h"
 
 #include "router/router.hpp"
@@ -47,6 +49,8 @@ void Router::onSnapshot(Conn& c) {
   for (auto& [id, w] : registry_.all()) {
     if (w->state == Conn::State::Live) live.push_back(w.get());
   }
+  std::unordered_map<std::uint32_t, std::uint32_t> callsBy;  // calls in flight by caller window
+  for (auto& [rid, r] : routes_.all()) ++callsBy[r.callerId];
   auto windows = snap.initWindows(bounded(live.size()));
   for (unsigned i = 0; i < windows.size(); ++i) {
     const Conn& w = *live[i];
@@ -60,9 +64,8 @@ void Router::onSnapshot(Conn& c) {
     const std::uint64_t tail = w.inbox.control()->tail.load(std::memory_order_relaxed);
     row.setInboxUsed(tail >= head ? tail - head : 0);
     row.setInboxBytes(w.inbox.geometry().capacity);
-    std::uint32_t pending = 0;
-    for (auto& [rid, r] : routes_.all()) pending += r.callerId == w.id ? 1 : 0;
-    row.setPendingCalls(pending);
+    const auto calls = callsBy.find(w.id);
+    row.setPendingCalls(calls != callsBy.end() ? calls->second : 0);
   }
   auto channels = snap.initChannels(bounded(stats.channels.size()));
   for (unsigned i = 0; i < channels.size(); ++i) {
@@ -118,12 +121,16 @@ void Router::traceCall(const Route& r, TraceKind kind, ErrorCode status, std::st
   e.traceId = r.traceId;
   e.channelId = r.channel;
   e.channel = registry_.statName(r.channel);
+  // By the role ids the route kept: the windows may be gone by now (TargetGone, a caller left).
+  auto roleOf = [&](std::uint32_t id, std::uint64_t roleId) {
+    if (id == 0) return std::string(kMainRole);
+    const std::string* name = registry_.roleName(roleId);
+    return name != nullptr ? *name : std::string();
+  };
   e.sourceId = r.callerId;
-  e.sourceRole = r.callerId == 0 ? std::string(kMainRole) : registry_.roleOf(r.callerId);
-  if (e.sourceRole.empty() && registry_.roleName(r.callerRole)) e.sourceRole = *registry_.roleName(r.callerRole);
+  e.sourceRole = roleOf(r.callerId, r.callerRole);
   e.targetId = r.targetId;
-  e.targetRole = r.targetId == 0 ? std::string(kMainRole) : registry_.roleOf(r.targetId);
-  if (e.targetRole.empty() && registry_.roleName(r.targetRole)) e.targetRole = *registry_.roleName(r.targetRole);
+  e.targetRole = roleOf(r.targetId, r.targetRole);
   e.status = status;
   e.error = std::string(error);
   e.requestBytes = r.requestBytes;

@@ -70,12 +70,9 @@ Result<std::unique_ptr<Inspector>> Inspector::attach(const std::string& bus, con
     return sock.error();
   }
   if (auto r = sendControl(sock->get(), ControlType::Inspect, 0); !r) return r.error();
-  pollfd pfd{sock->get(), POLLIN, 0};
-  int pr;
-  do {
-    pr = ::poll(&pfd, 1, kAttachTimeoutMs);
-  } while (pr < 0 && errno == EINTR);
-  if (pr == 0) {
+  auto readable = waitReadable(sock->get(), deadlineAfter(monotonicNowNs(), std::chrono::milliseconds(kAttachTimeoutMs)));
+  if (!readable) return readable.error();
+  if (!*readable) {
     return makeError(ErrorCode::Timeout,
                      fmt::format("no answer from the supervisor of bus '{}' within {} ms", bus, kAttachTimeoutMs));
   }
@@ -131,12 +128,9 @@ Result<BusSnapshot> Inspector::snapshot(std::chrono::milliseconds timeout) {
   Impl& i = *impl_;
   if (i.closed) return makeError(ErrorCode::BusClosed, fmt::format("the supervisor of bus '{}' stopped", i.bus));
   if (auto r = sendControl(i.sock.get(), ControlType::Snapshot, 0); !r) return r.error();
-  pollfd pfd{i.sock.get(), POLLIN, 0};
-  int pr;
-  do {
-    pr = ::poll(&pfd, 1, static_cast<int>(std::clamp<std::int64_t>(timeout.count(), 0, 1 << 30)));
-  } while (pr < 0 && errno == EINTR);
-  if (pr == 0) {
+  auto readable = waitReadable(i.sock.get(), deadlineAfter(monotonicNowNs(), std::max(timeout, {})));
+  if (!readable) return readable.error();
+  if (!*readable) {
     return makeError(ErrorCode::Timeout, fmt::format("no snapshot from the supervisor of bus '{}' within {} ms", i.bus,
                                                      timeout.count()));
   }
@@ -147,15 +141,13 @@ Result<BusSnapshot> Inspector::snapshot(std::chrono::milliseconds timeout) {
     i.closed = true;
     return makeError(ErrorCode::BusClosed, fmt::format("the supervisor of bus '{}' stopped", i.bus));
   }
-  const std::size_t words = (pkt->bytes.size() - sizeof(ControlHeader)) / sizeof(capnp::word);
-  if (h->type != static_cast<std::uint32_t>(ControlType::Snapshot) || words == 0) {
+  const auto words = bodyWords(*pkt);
+  if (h->type != static_cast<std::uint32_t>(ControlType::Snapshot) || words.empty()) {
     return makeError(ErrorCode::InvalidMessage, fmt::format("expected a snapshot, got control packet {}", h->type));
   }
-  // The packet's bytes after the header, copied to aligned words; read with bounded limits.
-  kj::Array<capnp::word> buf = kj::heapArray<capnp::word>(words);
-  std::memcpy(buf.begin(), pkt->bytes.data() + sizeof(ControlHeader), words * sizeof(capnp::word));
   try {
-    capnp::FlatArrayMessageReader reader(buf, capnp::ReaderOptions{words * 8 + 1024, 16});
+    // Bounded by the packet: a list cannot be traversed for more words than it holds, times 8.
+    capnp::FlatArrayMessageReader reader(wordsOf(words), boundedControlReader(words.size() * 8 + 1024));
     auto snap = reader.getRoot<schema::BusSnapshot>();
     BusSnapshot out;
     for (auto w : snap.getWindows()) {

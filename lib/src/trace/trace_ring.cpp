@@ -151,26 +151,25 @@ Result<TraceReader> TraceReader::attach(int fd) {
   if (!m) return m.error();
   TraceReader r;
   r.map_ = std::move(*m);
-  r.header_ = r.map_.header();
+  TraceRingHeader* const h = r.map_.header();
   // The producer wrote the header before it handed the fd out; it is still checked (untrusted).
-  const std::uint64_t cap = r.header_->capacity;
-  if (r.header_->magic != kTraceMagic || r.header_->version != kTraceVersion || !std::has_single_bit(cap) ||
+  const std::uint64_t cap = h->capacity;
+  if (h->magic != kTraceMagic || h->version != kTraceVersion || !std::has_single_bit(cap) ||
       sizeof(TraceRingHeader) + cap != bytes) {
     return makeError(ErrorCode::InvalidMessage, "not a trace ring (magic, version or capacity)");
   }
-  r.data_ = r.map_.data();
   r.capacity_ = cap;
   // Start behind the newest complete record, knowing its sequence number, so every later gap
   // counts as lost (a ring never written yet starts at 0, before seq 1).
   for (int attempt = 0; attempt < 1024; ++attempt) {
-    if (r.header_->tail.load(std::memory_order_acquire) == 0) break;  // SYNC POINT T
-    const std::uint64_t latest = r.header_->latest.load(std::memory_order_acquire);  // SYNC POINT T
-    const std::uint8_t* at = r.data_ + (latest & (cap - 1));
+    if (h->tail.load(std::memory_order_acquire) == 0) break;  // SYNC POINT T
+    const std::uint64_t latest = h->latest.load(std::memory_order_acquire);  // SYNC POINT T
+    const std::uint8_t* at = r.map_.data() + (latest & (cap - 1));
     const auto length = loadWord<std::uint32_t>(at);
     const auto seq = loadWord<std::uint64_t>(at + 8);
     // SYNC POINT I, as in next(): a record overwritten while it was read is read again.
     std::atomic_thread_fence(std::memory_order_acquire);
-    if (r.header_->tailIntent.load(std::memory_order_relaxed) > latest + cap) continue;
+    if (h->tailIntent.load(std::memory_order_relaxed) > latest + cap) continue;
     r.cursor_ = latest + alignRecord(length);
     r.lastSeq_ = seq;
     break;
@@ -179,20 +178,20 @@ Result<TraceReader> TraceReader::attach(int fd) {
 }
 
 bool TraceReader::ready() const noexcept {
-  return header_->tail.load(std::memory_order_acquire) > cursor_;  // SYNC POINT T
+  return map_.header()->tail.load(std::memory_order_acquire) > cursor_;  // SYNC POINT T
 }
 
 bool TraceReader::next(std::vector<std::uint8_t>& out) {
   auto lap = [&] { skipLapped(); };
   for (int attempt = 0; attempt < 1024; ++attempt) {
-    const std::uint64_t tail = header_->tail.load(std::memory_order_acquire);  // SYNC POINT T
+    const std::uint64_t tail = map_.header()->tail.load(std::memory_order_acquire);  // SYNC POINT T
     if (tail <= cursor_) return false;
     if (tail - cursor_ > capacity_) {
       lap();
       continue;
     }
     const std::uint64_t index = cursor_ & (capacity_ - 1);
-    const std::uint8_t* at = data_ + index;
+    const std::uint8_t* at = map_.data() + index;
     const auto length = loadWord<std::uint32_t>(at);
     const auto type = loadWord<std::uint32_t>(at + 4);
     const auto seq = loadWord<std::uint64_t>(at + 8);
@@ -211,7 +210,7 @@ bool TraceReader::next(std::vector<std::uint8_t>& out) {
     // SYNC POINT I: fence(acquire) + relaxed load pairs with the producer's intent store +
     // fence(release): a copy that read any word of a newer record sees that record's intent.
     std::atomic_thread_fence(std::memory_order_acquire);
-    if (header_->tailIntent.load(std::memory_order_relaxed) > cursor_ + capacity_ || !sane) {
+    if (map_.header()->tailIntent.load(std::memory_order_relaxed) > cursor_ + capacity_ || !sane) {
       lap();
       continue;
     }
@@ -228,11 +227,11 @@ void TraceReader::skipLapped() noexcept {
   // Overwritten before this reader got there. Every position below intent - capacity is (being)
   // overwritten; the oldest mark at or above it starts a record the producer has not reached.
   // relaxed: a stale intent only makes the mark chosen older; the copy is validated again.
-  const std::uint64_t intent = header_->tailIntent.load(std::memory_order_relaxed);
+  const std::uint64_t intent = map_.header()->tailIntent.load(std::memory_order_relaxed);
   const std::uint64_t floor = intent > capacity_ ? intent - capacity_ : 0;
-  const std::uint64_t tail = header_->tail.load(std::memory_order_acquire);  // SYNC POINT T
-  std::uint64_t best = header_->latest.load(std::memory_order_acquire);       // SYNC POINT T
-  for (auto& m : header_->marks) {
+  const std::uint64_t tail = map_.header()->tail.load(std::memory_order_acquire);  // SYNC POINT T
+  std::uint64_t best = map_.header()->latest.load(std::memory_order_acquire);       // SYNC POINT T
+  for (auto& m : map_.header()->marks) {
     const std::uint64_t pos = m.load(std::memory_order_acquire);  // SYNC POINT T (see write())
     if (pos >= floor && pos >= cursor_ && pos < tail && pos < best) best = pos;
   }
@@ -240,7 +239,7 @@ void TraceReader::skipLapped() noexcept {
 }
 
 WaitStatus TraceReader::wait(std::int64_t deadlineNs) {
-  return spinThenPark(header_->dataReady, [&] { return ready(); }, SpinPolicy{std::chrono::nanoseconds(0)}, deadlineNs);
+  return spinThenPark(map_.header()->dataReady, [&] { return ready(); }, SpinPolicy{std::chrono::nanoseconds(0)}, deadlineNs);
 }
 
 }  // namespace shmbus::detail

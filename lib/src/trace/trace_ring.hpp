@@ -100,9 +100,11 @@ class TraceMapping {
   TraceMapping& operator=(const TraceMapping&) = delete;
   ~TraceMapping();
 
+  /// The ring's header (null when nothing is mapped).
   TraceRingHeader* header() const noexcept { return header_; }
   /// The record space (right after the header).
   std::uint8_t* data() const noexcept { return reinterpret_cast<std::uint8_t*>(header_ + 1); }
+  /// Bytes mapped: the header and the record space.
   std::size_t bytes() const noexcept { return bytes_; }
 
  private:
@@ -171,8 +173,6 @@ class TraceReader {
   /// Moves the cursor past records the producer overwrote (see `marks`).
   void skipLapped() noexcept;
   TraceMapping map_;
-  TraceRingHeader* header_ = nullptr;  // map_'s, cached
-  const std::uint8_t* data_ = nullptr;
   std::uint64_t capacity_ = 0;
   std::uint64_t cursor_ = 0;
   std::uint64_t lastSeq_ = 0;

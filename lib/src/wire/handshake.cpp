@@ -22,8 +22,8 @@ namespace shmbus::detail {
 namespace {
 bool isPowerOfTwo(std::uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
-/// The Cap'n Proto words after the ControlHeader, copied to aligned storage (std::uint64_t:
-/// clang's capnp::word is not copyable, so no vector of it).
+}  // namespace
+
 std::vector<std::uint64_t> bodyWords(const Packet& pkt) {
   std::vector<std::uint64_t> words((pkt.bytes.size() - sizeof(ControlHeader)) / sizeof(capnp::word));
   // An empty body leaves data() null, which memcpy must not get even for 0 bytes (UBSan).
@@ -33,19 +33,16 @@ std::vector<std::uint64_t> bodyWords(const Packet& pkt) {
   return words;
 }
 
-/// Limits for a control message: Hello and Welcome are a few hundred bytes.
-capnp::ReaderOptions boundedControlReader() {
+capnp::ReaderOptions boundedControlReader(std::uint64_t traversalWords) {
   capnp::ReaderOptions ro;
-  ro.traversalLimitInWords = 4096;
+  ro.traversalLimitInWords = traversalWords;
   ro.nestingLimit = 8;
   return ro;
 }
 
-/// `words` as Cap'n Proto words.
 kj::ArrayPtr<const capnp::word> wordsOf(const std::vector<std::uint64_t>& words) {
   return kj::arrayPtr(reinterpret_cast<const capnp::word*>(words.data()), words.size());
 }
-}  // namespace
 
 Result<void> sendControl(int sock, ControlType type, std::uint64_t value, capnp::MessageBuilder* mb, int fd) {
   std::vector<std::uint8_t> pkt(sizeof(ControlHeader));
@@ -155,14 +152,9 @@ Result<WindowLink> helloAndWelcome(int sock, const HelloParams& p, const std::st
     hello.setSpawnToken(p.spawned ? 1 : 0);
     if (auto r = sendControl(sock, ControlType::Hello, 0, &mb); !r) return r.error();
   }
-  const std::int64_t deadline = deadlineAfter(monotonicNowNs(), timeout);
-  for (;;) {
-    pollfd pfd{sock, POLLIN, 0};
-    const std::int64_t leftMs = std::max<std::int64_t>(0, (deadline - monotonicNowNs()) / 1'000'000);
-    const int pr = ::poll(&pfd, 1, static_cast<int>(std::min<std::int64_t>(leftMs, 1 << 30)));
-    if (pr > 0) break;
-    if (pr < 0 && errno == EINTR) continue;
-    if (pr < 0) return makeError(ErrorCode::SystemError, std::string("poll: ") + std::strerror(errno));
+  auto readable = waitReadable(sock, deadlineAfter(monotonicNowNs(), timeout));
+  if (!readable) return readable.error();
+  if (!*readable) {
     return makeError(ErrorCode::Timeout,
                      fmt::format("no welcome from the supervisor of bus '{}' within {} ms", bus, timeout.count()));
   }

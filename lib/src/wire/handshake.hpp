@@ -19,6 +19,8 @@
 #include <string_view>
 #include <vector>
 
+#include <capnp/message.h>
+
 #include "control/control_protocol.hpp"
 #include "control/socket.hpp"
 #include "ring/ring.hpp"
@@ -31,6 +33,16 @@ class MessageBuilder;
 }
 
 namespace shmbus::detail {
+
+/// The Cap'n Proto words after a control packet's ControlHeader, copied to aligned storage
+/// (std::uint64_t: clang's capnp::word is not copyable, so no vector of it). The caller checked
+/// that the packet holds at least a header.
+std::vector<std::uint64_t> bodyWords(const Packet& pkt);
+/// `words` as Cap'n Proto words (a view; `words` must outlive it).
+kj::ArrayPtr<const capnp::word> wordsOf(const std::vector<std::uint64_t>& words);
+/// Reader limits for a control message: nesting 8, traversal `traversalWords` (Hello and Welcome
+/// are a few hundred bytes; an inspector's BusSnapshot fills up to one 64 KiB packet).
+capnp::ReaderOptions boundedControlReader(std::uint64_t traversalWords = 4096);
 
 /// Sends one control packet: a ControlHeader, then `mb` as a flat array (optional), with an
 /// optional descriptor. Errors: BusClosed, SystemError.
