@@ -64,6 +64,21 @@ inline std::vector<std::string> words(const std::string& s) {
   return out;
 }
 
+/// True in an AddressSanitizer build (GCC defines __SANITIZE_ADDRESS__, clang has the feature). A
+/// killed ASan process takes the kernel milliseconds longer to tear down (its shadow mappings) before
+/// its sockets close, so tests that time peer death widen their budget there.
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool kAddressSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+inline constexpr bool kAddressSanitizer = true;
+#else
+inline constexpr bool kAddressSanitizer = false;
+#endif
+#else
+inline constexpr bool kAddressSanitizer = false;
+#endif
+
 /// Minimum, median and maximum of samples (ms), for MESSAGE reports.
 struct Spread {
   double min = 0, median = 0, max = 0;

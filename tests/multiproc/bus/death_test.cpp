@@ -15,7 +15,12 @@ using namespace std::chrono_literals;
 namespace {
 
 constexpr int kKills = 100;
-constexpr double kDetectMs = 10;
+/// The product's budget from kill to result is 10 ms. Under ASan the kernel's teardown of the killed
+/// process (its terabytes of reserved shadow mappings) comes first, before its sockets close: on this
+/// kind of 2-core VM, idle, kill → result measured median 3.4–5.2 ms under ASan against 0.5–1.1 ms in
+/// the plain build, and up to 16 ms under CI's load (2026-12-05). The ASan run keeps the death paths
+/// for its memory checks with a budget of 50 ms; the plain run holds the 10 ms.
+constexpr double kDetectMs = kAddressSanitizer ? 50 : 10;
 
 /// A victim window: its handler for "hang" tells the parent it runs, then waits to be killed.
 ServedWindow::Setup victim(const Link& link) {
@@ -80,7 +85,7 @@ class Victims {
   Child factory_;
 };
 
-/// Reports the spread of `ms` and checks it against the 10 ms budget. On an idle machine every
+/// Reports the spread of `ms` and checks it against the budget (kDetectMs). On an idle machine every
 /// one is far inside it (well under 1 ms); on a shared, loaded 2-core machine a process that must
 /// wake can wait for a scheduler slice, so the median is held to the budget, every one to well
 /// below any timeout (death is noticed by the socket, never by a deadline), and the count of
