@@ -152,6 +152,12 @@ namespace detail {
 [[noreturn]] void throwUsage(const char* cond, const char* file, int line, std::string_view msg);
 [[noreturn]] void throwInternal(const char* cond, const char* file, int line, std::string_view msg);
 const Error& okError() noexcept;
+
+/// `e` with "<what>: " in front of its message (built only on the error path).
+inline Error inContext(Error e, const std::string& what) {
+  e.message = what + ": " + e.message;
+  return e;
+}
 }  // namespace detail
 
 template <typename T>

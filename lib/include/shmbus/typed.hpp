@@ -146,12 +146,6 @@ constexpr const ContractLayout* resultsLayoutOf() noexcept {
   }
 }
 
-/// `e` with "<what>: " in front of its message (built only on the error path).
-inline Error inContext(Error e, const std::string& what) {
-  e.message = what + ": " + e.message;
-  return e;
-}
-
 /// The reply of a typed call, checked against the method's results fingerprint.
 template <class Results>
 Result<Typed<Results>> typedReply(Result<Message> reply, const Channel& channel, const Target& target,

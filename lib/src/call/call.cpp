@@ -5,6 +5,7 @@
 
 #include <capnp/any.h>
 #include <capnp/message.h>
+#include <fmt/format.h>
 
 #include "shmbus/channel.hpp"
 #include "wait/wait.hpp"
@@ -57,7 +58,7 @@ Result<Message> Call::get() {
     if (state_->result) return *state_->result;
     owner = state_->owner;
   }
-  if (owner == nullptr) return makeError(ErrorCode::BusClosed, state_->what + ": the endpoint is closed");
+  if (owner == nullptr) return makeError(ErrorCode::BusClosed, state_->what() + ": the endpoint is closed");
   return owner->waitFor(state_);
 }
 
@@ -98,7 +99,7 @@ void Call::cancel() {
   if (owner != nullptr) {
     owner->cancel(state_);
   } else {
-    detail::completeCall(state_, makeError(ErrorCode::Cancelled, state_->what + ": cancelled"));
+    detail::completeCall(state_, makeError(ErrorCode::Cancelled, state_->what() + ": cancelled"));
   }
 }
 
@@ -111,6 +112,8 @@ std::string Target::describe() const {
 }
 
 namespace detail {
+
+std::string CallState::what() const { return fmt::format("invoke '{}' to {}", channelName, target.describe()); }
 
 bool completeCall(const std::shared_ptr<CallState>& s, Result<Message> r) {
   std::function<void(Result<Message>)> cb;

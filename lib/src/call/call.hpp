@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "message/message.hpp"
+#include "shmbus/channel.hpp"
 #include "shmbus/message.hpp"
 
 namespace shmbus::detail {
@@ -35,7 +36,12 @@ struct CallState {
   std::uint64_t requestId = 0;
   std::int64_t deadlineNs = 0;                       // absolute CLOCK_MONOTONIC, for the local fallback timer
   std::int64_t timeoutMs = 0;                        // the caller's timeout; 0 = the channel's default
-  std::string what;                                  // "invoke 'ch' to role 'x'", for messages
+  // What the call is, for error messages: kept as its parts and formatted only when an error
+  // names the call (what()), not once per call (docs/architecture.md §10).
+  std::string channelName;
+  Target target;
+  /// "invoke 'ch' to role 'x'".
+  std::string what() const;
   /// Where the then-callback runs: null = on the completing thread (a window's dispatcher); the
   /// supervisor posts it to its callback lane, so user code never runs on the router.
   std::function<void(std::function<void()>)> post;
@@ -50,14 +56,15 @@ inline constexpr std::int64_t kLocalGraceNs = 20'000'000;
 bool completeCall(const std::shared_ptr<CallState>& s, Result<Message> r);
 
 /// A message that outlives its callback: either an in-place view whose record stays reserved
-/// until `release` runs (window replies, zero copy), or an owned copy (`storage`).
+/// until the holder is destroyed (window replies, zero copy: a derived holder releases the record
+/// in its destructor), or an owned copy (`storage`).
 struct HeldMessage {
   InPlaceMessage msg;
   std::vector<std::uint64_t> storage;  ///< words (not capnp::word: clang's is not copyable, so no vector of it)
-  std::function<void()> release;
-  ~HeldMessage() {
-    if (release) release();
-  }
+  HeldMessage() = default;
+  HeldMessage(const HeldMessage&) = delete;
+  HeldMessage& operator=(const HeldMessage&) = delete;
+  virtual ~HeldMessage() = default;
 };
 
 /// Starts the dispatch thread of an endpoint: a thread that takes `gate` (the endpoint's dispatch

@@ -78,8 +78,8 @@ Result<std::chrono::milliseconds> checkTimeout(std::chrono::milliseconds t, std:
                                                const char* zeroMeans) {
   if (t.count() < 0) {
     return makeError(ErrorCode::InvalidArgument,
-                     fmt::format("{}: timeout {} ms is negative (0 means {}; at most {} ms, longer ones are clamped)",
-                                 what, t.count(), zeroMeans, kMaxTimeout.count()));
+                     fmt::format("{}{}timeout {} ms is negative (0 means {}; at most {} ms, longer ones are clamped)",
+                                 what, what.empty() ? "" : ": ", t.count(), zeroMeans, kMaxTimeout.count()));
   }
   return std::min(t, kMaxTimeout);
 }

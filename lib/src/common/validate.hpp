@@ -15,7 +15,8 @@ namespace shmbus::detail {
 
 /// A call's timeout as given (CallOptions::timeout): 0 stays 0 ("not given": the channel's or
 /// the bus's default), a positive one is clamped to kMaxTimeout. Errors: InvalidArgument for a
-/// negative timeout, naming `what` (e.g. "invoke 'x' to role 'y'").
+/// negative timeout, naming `what` (e.g. "invoke 'x' to role 'y'"; empty: the caller adds it,
+/// so a call formats its name only on this error path).
 Result<std::chrono::milliseconds> checkCallTimeout(std::chrono::milliseconds timeout, std::string_view what);
 
 /// A wait's timeout (poll, waitForRole, connectTimeout): 0 means "do not wait", a positive one is

@@ -89,7 +89,7 @@ Result<std::unique_ptr<Router>> Router::create(RouterOptions o, MainPort& main,
   if (!r->epollFd_ || !r->doorbellFd_ || !r->timerFd_ || !r->wakeFd_ || !r->handshakeTimerFd_ || !r->spareFd_) {
     return makeError(ErrorCode::SystemError, std::string("epoll/eventfd/timerfd: ") + std::strerror(errno));
   }
-  r->routes_ = RouteTable(r->timerFd_.get());
+  r->routes_.setTimer(r->timerFd_.get());
   r->epollAdd(r->listenFd_.get(), tag(kTagListen));
   r->epollAdd(r->doorbellFd_.get(), tag(kTagDoorbell));
   r->epollAdd(r->timerFd_.get(), tag(kTagTimer));

@@ -130,10 +130,10 @@ void Router::invoke(const Target& target, const Channel& channel, const BuildFn&
     }
     completeCall(s, makeError(code, std::move(m)));
   };
-  if (stopping()) return fail(ErrorCode::BusClosed, s->what + ": the supervisor stopped");
+  if (stopping()) return fail(ErrorCode::BusClosed, s->what() + ": the supervisor stopped");
   Conn* t = registry_.resolve(target);
-  if (t == nullptr) return fail(ErrorCode::NoTarget, s->what + ": no live window with " + target.describe());
-  if (t->handled.count(channel.id) == 0) return fail(ErrorCode::NoHandler, s->what + ": no handler");
+  if (t == nullptr) return fail(ErrorCode::NoTarget, s->what() + ": no live window with " + target.describe());
+  if (t->handled.count(channel.id) == 0) return fail(ErrorCode::NoHandler, s->what() + ": no handler");
   ++counters_.at(channel.id).calls;
   Route p;
   p.targetId = t->id;
@@ -158,7 +158,7 @@ void Router::invoke(const Target& target, const Channel& channel, const BuildFn&
   auto r = writeToWindow(*t, [&] { return writeFrame(t->inbox, h, build, options.sizeHint); });
   if (!r) {
     Route gone = *routes_.take(rid);
-    failCaller(gone, Error{r.code(), s->what + ": " + r.error().message});
+    failCaller(gone, Error{r.code(), s->what() + ": " + r.error().message});
   }
 }
 
@@ -172,7 +172,7 @@ void Router::cancelMainCall(const std::shared_ptr<CallState>& s) {
       traceCall(r, TraceKind::Cancel, ErrorCode::Cancelled, "cancelled by the caller", 0);
     }
   }
-  completeCall(s, makeError(ErrorCode::Cancelled, s->what + ": cancelled by the caller"));
+  completeCall(s, makeError(ErrorCode::Cancelled, s->what() + ": cancelled by the caller"));
 }
 
 void Router::setPolicy(const Channel& channel, const ChannelPolicy& policy) {

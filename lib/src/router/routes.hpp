@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <memory_resource>
 #include <optional>
 #include <set>
 #include <unordered_map>
@@ -46,8 +47,12 @@ struct Route {
 /// The routes table with its deadline index and timer. Guarded by the router mutex.
 class RouteTable {
  public:
-  /// `timerFd`: a CLOCK_MONOTONIC timerfd (owned by the router).
+  /// `timerFd`: a CLOCK_MONOTONIC timerfd (owned by the router; -1 until setTimer).
   explicit RouteTable(int timerFd) : timerFd_(timerFd) {}
+  RouteTable(const RouteTable&) = delete;
+  RouteTable& operator=(const RouteTable&) = delete;
+  /// The timerfd, once the router has made it (before the first route).
+  void setTimer(int timerFd) noexcept { timerFd_ = timerFd; }
 
   /// Adds `r`, giving it the next route id; returns that id.
   std::uint64_t add(Route r);
@@ -70,13 +75,17 @@ class RouteTable {
     for (auto id : ids) out.push_back(*take(id));
     return out;
   }
-  const std::unordered_map<std::uint64_t, Route>& all() const noexcept { return routes_; }
+  const std::pmr::unordered_map<std::uint64_t, Route>& all() const noexcept { return routes_; }
 
  private:
   void arm(std::int64_t at);
 
   int timerFd_;
-  std::unordered_map<std::uint64_t, Route> routes_;
+  // The three indexes allocate their nodes from one pool: a route costs no malloc/free once the
+  // pool holds as many nodes as calls were ever in flight at once (docs/architecture.md §10).
+  // Declared before the containers, so it outlives them.
+  std::pmr::unsynchronized_pool_resource pool_;
+  std::pmr::unordered_map<std::uint64_t, Route> routes_{&pool_};
   struct CallerKey {
     std::uint32_t callerId;
     std::uint64_t callerReq;
@@ -87,8 +96,8 @@ class RouteTable {
       return std::hash<std::uint64_t>()(k.callerReq * 0x9e3779b97f4a7c15ull ^ k.callerId);
     }
   };
-  std::unordered_map<CallerKey, std::uint64_t, CallerKeyHash> byCaller_;  // exact (caller, request) → route
-  std::set<std::pair<std::int64_t, std::uint64_t>> deadlines_;
+  std::pmr::unordered_map<CallerKey, std::uint64_t, CallerKeyHash> byCaller_{&pool_};  // exact (caller, request) → route
+  std::pmr::set<std::pair<std::int64_t, std::uint64_t>> deadlines_{&pool_};
   std::int64_t armedAt_ = 0;  // 0 = disarmed
   std::uint64_t nextRoute_ = 1;
 };

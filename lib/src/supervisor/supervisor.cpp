@@ -53,12 +53,12 @@ struct Supervisor::Impl final : CallOwner {
   std::recursive_mutex& gateRef() { return gate; }
   bool closed() const { return router->stopping(); }
   Result<Message> closedResult(const std::shared_ptr<CallState>& s) {
-    return makeError(ErrorCode::BusClosed, s->what + ": the supervisor stopped");
+    return makeError(ErrorCode::BusClosed, s->what() + ": the supervisor stopped");
   }
   void giveUp(const std::shared_ptr<CallState>& s) {
     // The dispatching thread may be the reason no answer comes (stuck in a callback that waits
     // for this thread). The route expires at the router later; its completion is then a no-op.
-    completeCall(s, makeError(ErrorCode::Timeout, s->what + " timed out (the dispatching thread never got to the answer)"));
+    completeCall(s, makeError(ErrorCode::Timeout, s->what() + " timed out (the dispatching thread never got to the answer)"));
   }
   struct WaitAdapter {
     Impl& i;
@@ -230,10 +230,12 @@ Result<BroadcastReport> Supervisor::broadcast(const Channel& channel, const Buil
 Call Supervisor::invoke(const Target& target, const Channel& channel, const BuildFn& build, CallOptions options) {
   auto s = std::make_shared<CallState>();
   s->owner = impl_.get();
-  s->what = fmt::format("invoke '{}' to {}", channel.name, target.describe());
+  s->channelName = channel.name;
+  s->target = target;
   Lane* lane = impl_->lane.get();
   s->post = [lane](std::function<void()> fn) { lane->enqueue(std::move(fn)); };
-  auto timeout = checkCallTimeout(options.timeout, s->what);
+  auto timeout = checkCallTimeout(options.timeout, {});
+  if (!timeout) timeout = inContext(timeout.error(), s->what());
   Result<void> valid = validateTarget(target);
   if (valid) valid = validateName(NameKind::Channel, channel.name);
   if (!timeout || !valid) {

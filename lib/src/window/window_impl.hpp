@@ -190,10 +190,11 @@ struct Window::Impl final : CallOwner {
   Call invokeImpl(const Target& t, const Channel& ch, const BuildFn& build, const CallOptions& o) {
     auto s = std::make_shared<CallState>();
     s->owner = this;
-    s->what = fmt::format("invoke '{}' to {}", ch.name, t.describe());
-    auto checked = checkCallTimeout(o.timeout, s->what);
+    s->channelName = ch.name;
+    s->target = t;
+    auto checked = checkCallTimeout(o.timeout, {});
     if (!checked) {
-      completeCall(s, checked.error());
+      completeCall(s, inContext(checked.error(), s->what()));
       return Call(s);
     }
     const std::chrono::milliseconds timeout = *checked;  // 0 = the channel's default
@@ -208,6 +209,11 @@ struct Window::Impl final : CallOwner {
     h.status = static_cast<std::uint32_t>(timeout.count());
     s->deadlineNs = (h.deadlineNs != 0 ? h.deadlineNs : now + kUnknownDeadlineFallbackNs) + kLocalGraceNs;
     h.requestId = pending.add(s);
+    if (h.requestId == 0) {
+      completeCall(s, makeError(ErrorCode::Full, fmt::format("{}: {} calls are in flight already", s->what(),
+                                                             std::uint64_t{1} << PendingCalls::kSlotBits)));
+      return Call(s);
+    }
     Result<void> r;
     {
       std::lock_guard lk(outMu);
@@ -217,7 +223,7 @@ struct Window::Impl final : CallOwner {
     if (!r) {
       pending.take(s->requestId);
       Error err = r.error();
-      err.message = fmt::format("{}: {}", s->what, err.message);
+      err.message = fmt::format("{}: {}", s->what(), err.message);
       completeCall(s, std::move(err));
     }
     return Call(s);
@@ -228,7 +234,7 @@ struct Window::Impl final : CallOwner {
   void expireLocal(std::int64_t now) {
     for (auto& s : pending.takeExpired(now)) {
       completeCall(s, makeError(ErrorCode::Timeout,
-                                fmt::format("{} timed out after {} ms (no answer from the supervisor)", s->what,
+                                fmt::format("{} timed out after {} ms (no answer from the supervisor)", s->what(),
                                             s->timeoutMs > 0 ? s->timeoutMs : kUnknownDeadlineFallbackNs / 1'000'000)));
     }
   }
@@ -244,7 +250,7 @@ struct Window::Impl final : CallOwner {
     }
     bool closed() const { return i.closed.load(std::memory_order_acquire); }
     Result<Message> closedResult(const std::shared_ptr<CallState>& s) {
-      return makeError(ErrorCode::BusClosed, fmt::format("{}: {}", s->what, i.busClosedMessage()));
+      return makeError(ErrorCode::BusClosed, fmt::format("{}: {}", s->what(), i.busClosedMessage()));
     }
     void giveUp(const std::shared_ptr<CallState>&) { i.expireLocal(monotonicNowNs()); }
   };
@@ -255,7 +261,7 @@ struct Window::Impl final : CallOwner {
 
   void cancel(const std::shared_ptr<CallState>& s) override {
     const bool wasPending = pending.take(s->requestId) != nullptr;
-    completeCall(s, makeError(ErrorCode::Cancelled, s->what + ": cancelled by the caller"));
+    completeCall(s, makeError(ErrorCode::Cancelled, s->what() + ": cancelled by the caller"));
     // Behind its Invoke on the same ring: the router never sees a Cancel before its call.
     if (wasPending) control(FrameKind::Cancel, 0, s->requestId);
   }
@@ -351,8 +357,8 @@ struct Window::Impl final : CallOwner {
       closeReason = reason;
       closed.store(true, std::memory_order_release);  // pairs with the acquire loads of `closed`
     }
-    for (auto& [rid, s] : pending.takeAll()) {
-      completeCall(s, makeError(ErrorCode::BusClosed, fmt::format("{}: {}", s->what, reason)));
+    for (auto& s : pending.takeAll()) {
+      completeCall(s, makeError(ErrorCode::BusClosed, fmt::format("{}: {}", s->what(), reason)));
     }
     if (link.inbox.valid()) wakeAll(link.inbox.control()->dataReady);
     if (link.outbox.valid()) wakeAll(link.outbox.control()->spaceReady);

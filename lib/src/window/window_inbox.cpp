@@ -228,6 +228,32 @@ void Window::Impl::onInvoke(const FrameView& f, InPlaceMessage& msg) {
   });
 }
 
+namespace {
+/// A reply read in place: its inbox record stays reserved until the last Message holding it is
+/// gone (one allocation per reply: the holder and its release state together).
+struct LeasedReply final : HeldMessage {
+  std::weak_ptr<Window::Impl::Lease> lease;
+  std::uint64_t end = 0;
+  RingControl* ctl = nullptr;
+  std::shared_ptr<Segment> seg;  // keeps the mapping while the window closes under a held reply
+  const std::atomic<std::thread::id>* dispatcher = nullptr;
+
+  ~LeasedReply() override {
+    auto l = lease.lock();
+    if (!l) return;
+    Window::Impl::markReleased(*l, end);
+    // release: pairs with the dispatcher's acquire load in its wait predicate.
+    l->dirty.store(true, std::memory_order_release);
+    // SYNC POINT W (wait.hpp): a dispatcher parked on the inbox re-checks `dirty` after announcing
+    // itself, so a wake-up (a system call) is needed only when one is parked; a reply dropped
+    // while nobody waits (the common case: the caller drops it after get()) costs no syscall.
+    // seq_cst: pairs with the dispatcher's exchange in WaitAdapter::dispatchRound (a thread that
+    // stopped dispatching must not read its own id back and skip the wake-up).
+    if (dispatcher->load(std::memory_order_seq_cst) != std::this_thread::get_id()) notify(ctl->dataReady);
+  }
+};
+}  // namespace
+
 bool Window::Impl::onReply(const FrameView& f, const RecordView& rec) {
   std::shared_ptr<CallState> s = pending.take(f.header.requestId);
   if (!s) return false;  // cancelled or timed out locally: dropped
@@ -237,27 +263,16 @@ bool Window::Impl::onReply(const FrameView& f, const RecordView& rec) {
     completeCall(s, decodeError(f.header, m));
     return false;
   }
-  auto held = std::make_shared<HeldMessage>();
+  auto held = std::make_shared<LeasedReply>();
   if (auto parsed = held->msg.parse(f.payload, f.payloadBytes); !parsed) {
     completeCall(s, parsed.error());
     return false;
   }
-  const std::uint64_t end = rec.end;
-  std::weak_ptr<Lease> weakLease = lease;
-  RingControl* ctl = link.inbox.control();
-  auto seg = link.segment;
-  const auto dispatcherId = &dispatchingThread;
-  held->release = [weakLease, end, ctl, seg, dispatcherId] {
-    auto l = weakLease.lock();
-    if (!l) return;
-    markReleased(*l, end);
-    // release: pairs with the dispatcher's acquire load in its wait predicate.
-    l->dirty.store(true, std::memory_order_release);
-    // SYNC POINT W (wait.hpp): a dispatcher parked on the inbox re-checks `dirty` after announcing
-    // itself, so a wake-up (a system call) is needed only when one is parked; a reply dropped
-    // while nobody waits (the common case: the caller drops it after get()) costs no syscall.
-    if (dispatcherId->load() != std::this_thread::get_id()) notify(ctl->dataReady);
-  };
+  held->lease = lease;
+  held->end = rec.end;
+  held->ctl = link.inbox.control();
+  held->seg = link.segment;
+  held->dispatcher = &dispatchingThread;
   completeCall(s, Message(std::move(held), f.header.schemaId));
   return true;
 }
