@@ -44,16 +44,17 @@ kj::ArrayPtr<const capnp::word> wordsOf(const std::vector<std::uint64_t>& words)
 /// are a few hundred bytes; an inspector's BusSnapshot fills up to one 64 KiB packet).
 capnp::ReaderOptions boundedControlReader(std::uint64_t traversalWords = 4096);
 
-/// Sends one control packet: a ControlHeader, then `mb` as a flat array (optional), with an
-/// optional descriptor. Errors: BusClosed, SystemError.
+/// Sends one control packet: a ControlHeader, then `mb` as a flat array (optional), with
+/// optional descriptors (-1 = none). Errors: BusClosed, SystemError.
 Result<void> sendControl(int sock, ControlType type, std::uint64_t value, capnp::MessageBuilder* mb = nullptr,
-                         int fd = -1);
+                         int fd = -1, int fd2 = -1);
 
 // ---- supervisor side
 
 /// What a Hello asked for.
 struct HelloRequest {
   std::string role;
+  std::string token;              ///< an invitation token (Supervisor::invite), "" = none
   std::uint32_t inboxBytes = 0;   ///< 0 = the supervisor's default
   std::uint32_t outboxBytes = 0;
 };
@@ -87,7 +88,9 @@ struct WindowSegment {
 Result<WindowSegment> createWindowSegment(const std::string& bus, std::uint32_t id, std::uint32_t inboxBytes,
                                           std::uint32_t outboxBytes, std::uint32_t maxRecordBytes);
 
-/// Sends the Welcome for `seg` with the doorbell eventfd.
+/// Sends the Welcome for `seg` with the doorbell eventfd and a descriptor of the segment (the
+/// window maps that one, so the segment's mode 0600 does not keep a window of another uid out;
+/// a window that predates it opens the segment by name).
 Result<void> sendWelcome(int sock, const std::string& bus, std::uint32_t id, const std::string& role,
                          const WindowSegment& seg, int doorbellFd);
 
@@ -102,6 +105,7 @@ struct HelloParams {
   std::uint32_t inboxBytes = 0;
   std::uint32_t outboxBytes = 0;
   bool spawned = false;
+  std::string token;  ///< an invitation token (WindowOptions::token), "" = none
 };
 
 /// The window's end of a finished handshake.
