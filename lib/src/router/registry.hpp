@@ -32,6 +32,7 @@ struct Conn {
   std::uint64_t roleId = 0;
   pid_t pid = 0;
   uid_t uid = 0;  // SO_PEERCRED (a spawned window: the supervisor's own)
+  bool uidRefused = false;  // a uid not allowed: its first packet is answered Denied, then it goes
   bool spawned = false;
   Admission admission = Admission::Open;  // how it got its role (Spawned iff spawned)
   // Inspector: an inspector's connection (shmbus/inspect.hpp), no segment, never routed to.

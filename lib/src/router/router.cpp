@@ -118,17 +118,8 @@ void Router::acceptAll() {
       return;
     }
     auto cred = peerCred(fd.get());
-    if (!cred || !uidAllowed(cred->uid)) {
-      log_(LogLevel::Warn, "refused a connection from uid {} (pid {})", cred ? static_cast<long>(cred->uid) : -1L,
-           cred ? static_cast<long>(cred->pid) : -1L);
-      // Told before it is closed: its Hello (or Inspect) waits for this answer, which stays
-      // queued on its socket after the close (its connect returns Denied, not BusClosed).
-      if (cred) {
-        sendWelcomeError(fd.get(), makeError(ErrorCode::Denied,
-                                             fmt::format("bus '{}' does not accept connections from uid {} "
-                                                         "(SupervisorOptions::allowedUids)",
-                                                         opts_.bus, static_cast<long>(cred->uid))));
-      }
+    if (!cred) {
+      log_(LogLevel::Warn, "refused a connection: {}", cred.error().message);
       continue;
     }
     if (registry_.all().size() >= std::size_t{opts_.maxWindows} + kRefusalSlack) {
@@ -140,6 +131,10 @@ void Router::acceptAll() {
     }
     Conn& c = registry_.add(std::move(fd), "", cred->pid, false);
     c.uid = cred->uid;
+    // Another uid is held like any connection until its first packet, then told Denied
+    // (onConnReadable): closing it at once, with its Hello unread, would reset its socket and
+    // its connect would see only BusClosed.
+    c.uidRefused = !uidAllowed(cred->uid);
     epollAdd(c.sock.get(), tag(kTagConn, c.id));
     handshakes_.emplace_back(deadlineAfter(monotonicNowNs(), opts_.handshakeTimeout), c.id);
     if (handshakes_.size() == 1) armHandshakeTimer();
@@ -337,6 +332,14 @@ void Router::onConnReadable(std::uint32_t id) {
     if (pkt->hangup) return doom(c, c.state == Conn::State::Live ? "closed" : "closed before registering", false);
     auto h = parseControlHeader(*pkt);
     if (!h) return doom(c, h.error().message, true);
+    if (c.uidRefused) {
+      log_(LogLevel::Warn, "refused a connection from uid {} (pid {})", static_cast<long>(c.uid), c.pid);
+      sendWelcomeError(c.sock.get(), makeError(ErrorCode::Denied, fmt::format("bus '{}' does not accept connections "
+                                                                              "from uid {} "
+                                                                              "(SupervisorOptions::allowedUids)",
+                                                                              opts_.bus, static_cast<long>(c.uid))));
+      return doom(c, "uid not allowed", false);
+    }
     switch (static_cast<ControlType>(h->type)) {
       case ControlType::Hello: onHello(c, *pkt); break;
       case ControlType::Mapped: onMapped(c); break;

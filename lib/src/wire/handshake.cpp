@@ -164,7 +164,15 @@ Result<WindowLink> helloAndWelcome(int sock, const HelloParams& p, const std::st
     hello.setOutboxBytes(p.outboxBytes);
     hello.setSpawnToken(p.spawned ? 1 : 0);
     if (!p.token.empty()) hello.setInviteToken(p.token);
-    if (auto r = sendControl(sock, ControlType::Hello, 0, &mb); !r) return r.error();
+    if (auto r = sendControl(sock, ControlType::Hello, 0, &mb); !r) {
+      // A supervisor that refuses this uid answers at accept and hangs up, maybe before this
+      // Hello went out: its refusal is still queued here, and says more than BusClosed.
+      if (r.code() != ErrorCode::BusClosed) return r.error();
+      auto refusal = recvPacket(sock);
+      if (!refusal || refusal->hangup) return r.error();
+      auto welcome = parseWelcome(*refusal, bus);
+      return welcome ? r.error() : welcome.error();
+    }
   }
   auto readable = waitReadable(sock, deadlineAfter(monotonicNowNs(), timeout));
   if (!readable) return readable.error();
