@@ -1,9 +1,11 @@
 // The handshake of both sides over the control socket (docs/architecture.md, "Wire").
 //
 //   window                                   supervisor (router)
-//   Hello{role, pid, ring sizes}  ────────▶  checks role and sizes, creates the segment (0600)
+//   Hello{role, pid, ring sizes,  ────────▶  checks uid, role (policy, token) and sizes, creates
+//         invitation token}                  the segment (0600)
 //                                 ◀────────  Welcome{id, role, segment name, layout} + doorbell fd
-//   maps the segment
+//                                            + segment fd
+//   maps the segment (from its fd)
 //   Mapped                        ────────▶  unlinks the segment name; the window is live
 //
 // Segment layout, computed here for both sides:
