@@ -35,6 +35,7 @@ struct Hello {
   inboxBytes @2 :UInt32;    # requested ring capacities (0 = supervisor default)
   outboxBytes @3 :UInt32;
   spawnToken @4 :UInt64;    # non-zero for windows started by Supervisor::spawn
+  inviteToken @5 :Text;     # Supervisor::invite's one-time token (hex), empty = none
 }
 
 struct Welcome {
@@ -83,6 +84,8 @@ struct BusSnapshot {
     inboxUsed @4 :UInt64;   # bytes written into the window's inbox and not yet released by it
     inboxBytes @5 :UInt64;
     pendingCalls @6 :UInt32;  # calls this window made that are in flight
+    admission @7 :UInt8;    # shmbus::Admission: 0 open, 1 invited, 2 spawned
+    uid @8 :UInt32;         # the window's user id (SO_PEERCRED)
   }
   struct ErrorCount {
     code @0 :Text;

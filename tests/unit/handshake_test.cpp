@@ -95,7 +95,7 @@ TEST_CASE("a window and a supervisor complete the handshake and share rings, boa
   auto pair = seqpacketPair();
   REQUIRE(pair.ok());
   Fd winSock = std::move(pair->second);
-  WindowSide window(winSock.get(), HelloParams{"dash", 16384, 8192, false}, bus);
+  WindowSide window(winSock.get(), HelloParams{"dash", 16384, 8192, false, "00ff00ff"}, bus);
   Fd sup = std::move(pair->first);
 
   auto hello = recvWithin(sup.get(), 10s);
@@ -104,6 +104,7 @@ TEST_CASE("a window and a supervisor complete the handshake and share rings, boa
   auto req = parseHello(*hello);
   REQUIRE(req.ok());
   CHECK(req->role == "dash");
+  CHECK(req->token == "00ff00ff");
   CHECK(req->inboxBytes == 16384);
   CHECK(req->outboxBytes == 8192);
   REQUIRE(checkRingSizes(req->inboxBytes, req->outboxBytes).ok());

@@ -74,6 +74,8 @@ struct BusSnapshot {
     std::string role;                 ///< its role
     std::int32_t pid = 0;             ///< its process
     bool spawned = false;             ///< started by Supervisor::spawn (else connected by path)
+    Admission admission = Admission::Open;  ///< how it got its role (spawned, invited, open)
+    std::uint32_t uid = 0;            ///< its user id (SO_PEERCRED)
     std::uint64_t inboxUsedBytes = 0; ///< bytes in its inbox it has not released yet (queue fill)
     std::uint64_t inboxBytes = 0;     ///< its inbox's capacity, bytes
     std::uint32_t pendingCalls = 0;   ///< calls it made that are in flight

@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "shmbus/channel.hpp"
@@ -25,8 +26,25 @@ struct SupervisorOptions {
   /// Roles a window connecting by socket path may claim (each checked as NameKind::Role); empty =
   /// any role (same uid only). The role "main" names the main process and is never given to a
   /// window by path, even when listed here (connect: Denied).
-  /// Spawned windows get their role from spawn() and are not limited by this list.
+  /// Spawned windows get their role from spawn() and are not limited by this list, nor are
+  /// windows that present a valid invitation token (invite()).
   std::vector<std::string> allowedRoles;
+  /// Roles that are not open for registration by path: only spawn() or a valid invitation token
+  /// (invite(), WindowOptions::token) gives them, so no process can claim them by connecting
+  /// (each checked as NameKind::Role). A connect without a token gets Denied. Empty (the
+  /// default) = every role that allowedRoles allows is open.
+  std::vector<std::string> invitedRoles;
+  /// Every role needs spawn() or a valid invitation token: nothing is open by path (connect
+  /// without a token: Denied). Default false (the roles of allowedRoles minus invitedRoles are
+  /// open).
+  bool inviteOnly = false;
+  /// User ids allowed to connect besides this process's own (checked with SO_PEERCRED on every
+  /// connection, windows and inspectors alike). A connection from any other uid gets Denied
+  /// (its connect says so) and is closed. The default runtime directory is mode 0700, so a
+  /// window of another uid reaches the bus only through a socketPath in a directory it can
+  /// search; with allowedUids non-empty the socket file itself is made mode 0666 (the uid check
+  /// is what guards it). Role rules apply to these windows as to any.
+  std::vector<uid_t> allowedUids;
   std::string socketPath;                   ///< empty = the runtime dir's `shmbus-BUS.sock`
   std::uint32_t inboxBytes = 1u << 20;      ///< default inbox capacity per window (power of two)
   std::uint32_t outboxBytes = 1u << 20;     ///< default outbox capacity per window (power of two)
@@ -56,12 +74,24 @@ struct SupervisorOptions {
   std::uint32_t maxWindows = 1024;
 };
 
+/// How a window got its role (WindowInfo::admission).
+enum class Admission : std::uint8_t {
+  Open,     ///< connected by socket path to a role open for registration (SupervisorOptions)
+  Invited,  ///< connected by socket path with a valid invitation token (Supervisor::invite)
+  Spawned,  ///< started by Supervisor::spawn over a pre-authenticated socket
+};
+
+/// "open", "invited" or "spawned". Thread contract: pure; any thread.
+const char* toString(Admission a) noexcept;
+
 /// A registered window.
 struct WindowInfo {
   std::uint32_t id = 0;   ///< window id given by the supervisor (> 0)
   std::string role;       ///< the window's role
   pid_t pid = 0;          ///< its process id (SO_PEERCRED, or spawn()'s child)
-  bool spawned = false;  ///< started by spawn() (role pre-authenticated)
+  bool spawned = false;  ///< started by spawn() (role pre-authenticated): admission == Spawned
+  Admission admission = Admission::Open;  ///< how it got its role
+  uid_t uid = 0;          ///< its user id (SO_PEERCRED; a spawned window: the supervisor's own)
 };
 
 /// Roles a broadcast goes to: all windows, or only `roles`, minus `excludeRoles`.
@@ -131,8 +161,8 @@ class Supervisor {
   /// the socket of a live one is never touched (its windows notice nothing).
   /// Errors: Denied when another live supervisor (of any process, this one included) runs the bus
   /// on that socket path: the message names the bus, that supervisor's pid and the socket;
-  /// InvalidArgument (bus name, allowedRoles, ring sizes, handshakeTimeout, maxWindows: the
-  /// message states the rule); SystemError.
+  /// InvalidArgument (bus name, allowedRoles, invitedRoles, ring sizes, handshakeTimeout,
+  /// maxWindows: the message states the rule); SystemError.
   static Result<std::unique_ptr<Supervisor>> create(SupervisorOptions options);
 
   ~Supervisor();
@@ -152,6 +182,19 @@ class Supervisor {
   /// reached), SystemError (fork/exec).
   Result<WindowInfo> spawn(const std::string& role, const std::vector<std::string>& argv,
                            const std::vector<std::string>& env = {});
+
+  /// A one-time invitation for a window to register with `role` by socket path, even when the
+  /// role is not open for registration (SupervisorOptions::invitedRoles, inviteOnly) or not in
+  /// allowedRoles: the returned token (128 random bits from getrandom(2), as 32 lowercase hex
+  /// digits) goes to the window (WindowOptions::token, or $SHMBUS_TOKEN in its environment). It
+  /// is good for one registration, with `role` only, until `ttl` has passed (counted from now
+  /// on CLOCK_MONOTONIC; longer than kMaxTimeout: clamped); a window that presents it for
+  /// another role, late, or a second time gets Denied. Treat the token as a password: the
+  /// library never logs it nor puts it in an error. `role` is checked as NameKind::Role ("main"
+  /// is allowed here, as for spawn()). At most 65536 invitations are outstanding at once.
+  /// Errors: InvalidArgument (bad role; ttl not positive), Full (too many outstanding
+  /// invitations), SystemError (getrandom), BusClosed (the supervisor stopped).
+  Result<std::string> invite(std::string_view role, std::chrono::milliseconds ttl);
 
   /// Dispatches until a live window with `role` exists or `timeout` passes (0: look once; longer
   /// than kMaxTimeout: clamped). Errors: Timeout; InvalidArgument (bad role, negative timeout).

@@ -23,6 +23,12 @@ struct WindowOptions {
   /// refused by the supervisor with Denied); ignored for spawned windows.
   std::string role;
   std::string socketPath;  ///< empty = the bus's default socket (runtime dir)
+  /// One-time invitation token from Supervisor::invite (its hex text), for a role that is not
+  /// open for registration by path. Empty = none given: connect() then takes $SHMBUS_TOKEN when
+  /// that is set (so a launcher can pass the token through the environment) and removes it from
+  /// the environment (a token is good once; a child must not inherit a used one). Checked as 1..128
+  /// hex digits (InvalidArgument). Ignored by fromSpawn(). Never logged nor put in an error.
+  std::string token;
   std::uint32_t inboxBytes = 0;   ///< requested inbox ring capacity in bytes (0 = supervisor default)
   std::uint32_t outboxBytes = 0;  ///< requested outbox ring capacity in bytes (0 = supervisor default)
   /// Spin budget before parking on a futex, in ns. 0 = park at once.
@@ -46,8 +52,9 @@ class Window {
  public:
   /// Connects by socket path and claims `options.role`. Everything in `options` is checked before
   /// the socket is touched. Errors: InvalidArgument (bad bus or role name, bad ring sizes,
-  /// connectTimeout not positive: the message states the rule), BusClosed (no supervisor), Denied
-  /// (role not allowed), Full (the bus is at its window cap, SupervisorOptions::maxWindows),
+  /// connectTimeout not positive, a malformed token: the message states the rule), BusClosed (no
+  /// supervisor), Denied (role not allowed or not open without an invitation; a token that is
+  /// unknown, expired, already used or for another role; a uid the supervisor does not allow), Full (the bus is at its window cap, SupervisorOptions::maxWindows),
   /// Timeout (no welcome in time), SystemError.
   static Result<std::unique_ptr<Window>> connect(WindowOptions options);
 

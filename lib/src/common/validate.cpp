@@ -114,6 +114,16 @@ Result<void> validateRoles(const std::vector<std::string>& roles) {
   return {};
 }
 
+Result<void> validateToken(std::string_view token) {
+  const bool hex = std::all_of(token.begin(), token.end(), [](char ch) {
+    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F');
+  });
+  if (hex && !token.empty() && token.size() <= kMaxTokenChars) return {};
+  return makeError(ErrorCode::InvalidArgument,
+                   fmt::format("the invitation token ({} characters) must be 1..{} hex digits", token.size(),
+                               kMaxTokenChars));
+}
+
 }  // namespace detail
 
 }  // namespace shmbus

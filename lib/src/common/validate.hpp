@@ -35,6 +35,14 @@ std::int64_t clampPeerDeadline(std::int64_t deadlineNs, std::int64_t nowNs) noex
 /// The role of `target`, when it names one, checked as NameKind::Role. Errors: InvalidArgument.
 Result<void> validateTarget(const Target& target);
 
+/// Longest invitation token text a window may present (Supervisor::invite's are 32 digits).
+inline constexpr std::size_t kMaxTokenChars = 128;
+
+/// An invitation token as a window presents it (WindowOptions::token, $SHMBUS_TOKEN): 1..
+/// kMaxTokenChars hex digits. Errors: InvalidArgument, whose message gives the token's length,
+/// never its text (a token is a secret, even a malformed one).
+Result<void> validateToken(std::string_view token);
+
 /// Every role of `roles` checked as NameKind::Role. Errors: InvalidArgument for the first bad one.
 Result<void> validateRoles(const std::vector<std::string>& roles);
 

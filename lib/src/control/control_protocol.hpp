@@ -33,5 +33,7 @@ static_assert(sizeof(ControlHeader) == 16);
 inline constexpr const char* kEnvFd = "SHMBUS_FD";
 inline constexpr const char* kEnvBus = "SHMBUS_BUS";
 inline constexpr const char* kEnvRole = "SHMBUS_ROLE";
+/// An invitation token (Supervisor::invite) for Window::connect when WindowOptions::token is empty.
+inline constexpr const char* kEnvToken = "SHMBUS_TOKEN";
 
 }  // namespace shmbus::detail

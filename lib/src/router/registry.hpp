@@ -18,6 +18,7 @@
 #include "ring/ring.hpp"
 #include "segment/segment.hpp"
 #include "shmbus/channel.hpp"
+#include "shmbus/supervisor.hpp"
 
 namespace shmbus::detail {
 
@@ -30,7 +31,10 @@ struct Conn {
   std::string role;
   std::uint64_t roleId = 0;
   pid_t pid = 0;
+  uid_t uid = 0;  // SO_PEERCRED (a spawned window: the supervisor's own)
+  bool uidRefused = false;  // a uid not allowed: its first packet is answered Denied, then it goes
   bool spawned = false;
+  Admission admission = Admission::Open;  // how it got its role (Spawned iff spawned)
   // Inspector: an inspector's connection (shmbus/inspect.hpp), no segment, never routed to.
   enum class State { AwaitHello, AwaitMapped, Live, Inspector } state = State::AwaitHello;
   Fd sock;
@@ -57,6 +61,8 @@ struct Conn {
   bool live() const noexcept { return state == State::Live && doomed.empty(); }
   /// "role 'x' (window n)", for messages.
   std::string describe() const;
+  /// What Supervisor::windows() shows of it.
+  WindowInfo info() const { return WindowInfo{id, role, pid, spawned, admission, uid}; }
 };
 
 /// The table of connections and names. Guarded by the router mutex.

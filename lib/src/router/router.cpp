@@ -7,6 +7,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
 
@@ -80,6 +81,8 @@ Result<std::unique_ptr<Router>> Router::create(RouterOptions o, MainPort& main,
   auto l = listenSeqpacket(r->path_);
   if (!l) return l.error();
   r->listenFd_ = std::move(*l);
+  // Other uids must be able to connect to be told yes or no: SO_PEERCRED (acceptAll) guards it.
+  if (!r->opts_.allowedUids.empty()) ::chmod(r->path_.c_str(), 0666);
   r->epollFd_.reset(::epoll_create1(EPOLL_CLOEXEC));
   r->doorbellFd_.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   r->timerFd_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
@@ -115,8 +118,8 @@ void Router::acceptAll() {
       return;
     }
     auto cred = peerCred(fd.get());
-    if (!cred || cred->uid != ::getuid()) {
-      log_(LogLevel::Warn, "refused a connection from uid {}", cred ? static_cast<long>(cred->uid) : -1L);
+    if (!cred) {
+      log_(LogLevel::Warn, "refused a connection: {}", cred.error().message);
       continue;
     }
     if (registry_.all().size() >= std::size_t{opts_.maxWindows} + kRefusalSlack) {
@@ -127,6 +130,11 @@ void Router::acceptAll() {
       continue;
     }
     Conn& c = registry_.add(std::move(fd), "", cred->pid, false);
+    c.uid = cred->uid;
+    // Another uid is held like any connection until its first packet, then told Denied
+    // (onConnReadable): closing it at once, with its Hello unread, would reset its socket and
+    // its connect would see only BusClosed.
+    c.uidRefused = !uidAllowed(cred->uid);
     epollAdd(c.sock.get(), tag(kTagConn, c.id));
     handshakes_.emplace_back(deadlineAfter(monotonicNowNs(), opts_.handshakeTimeout), c.id);
     if (handshakes_.size() == 1) armHandshakeTimer();
@@ -200,11 +208,63 @@ Result<void> Router::windowCapLocked(const Conn* except) const {
                                                 opts_.bus, opts_.maxWindows));
 }
 
+bool Router::uidAllowed(uid_t uid) const {
+  return uid == ::getuid() || std::find(opts_.allowedUids.begin(), opts_.allowedUids.end(), uid) != opts_.allowedUids.end();
+}
+
 WindowInfo Router::addSpawned(Fd sock, const std::string& role, pid_t pid) {
   std::lock_guard lk(mu_);
   Conn& c = registry_.add(std::move(sock), role, pid, true);
+  c.uid = ::getuid();
+  c.admission = Admission::Spawned;
   epollAdd(c.sock.get(), tag(kTagConn, c.id));
-  return WindowInfo{c.id, role, pid, true};
+  return c.info();
+}
+
+Result<std::string> Router::invite(const std::string& role, std::chrono::milliseconds ttl) {
+  std::lock_guard lk(mu_);
+  if (stopping()) return makeError(ErrorCode::BusClosed, fmt::format("bus '{}': the supervisor stopped", opts_.bus));
+  const std::int64_t now = monotonicNowNs();
+  return invites_.issue(role, now, deadlineAfter(now, ttl));
+}
+
+Result<Admission> Router::admit(const Conn& c, const HelloRequest& hello) {
+  const std::string& role = hello.role;
+  if (auto valid = validateName(NameKind::Role, role); !valid) return valid.error();
+  if (!hello.token.empty()) {
+    // The supervisor's own grant, as strong as spawn(): it gives its role whatever the lists say
+    // ("main" included, since only the supervisor could have issued it).
+    if (auto ok = invites_.redeem(hello.token, role, monotonicNowNs(), opts_.bus); !ok) {
+      log_(LogLevel::Warn, "denied role '{}' (pid {}, uid {}): {}", role, c.pid, static_cast<long>(c.uid),
+           ok.error().message);
+      return ok.error();
+    }
+    return Admission::Invited;
+  }
+  auto deny = [&](std::string why) -> Result<Admission> {
+    log_(LogLevel::Warn, "denied role '{}' (pid {}, uid {}): {}", role, c.pid, static_cast<long>(c.uid), why);
+    return makeError(ErrorCode::Denied, std::move(why));
+  };
+  // "main" names the main process in every context (CallContext::sourceRole, frames' role ids):
+  // a window claiming it by path would pass for the supervisor to a handler that checks the
+  // caller's role. Only spawn() or an invitation, which the supervisor itself issues, may give it.
+  if (role == kMainRole) {
+    return deny(fmt::format("role '{}' is reserved for the main process of bus '{}'", role, opts_.bus));
+  }
+  auto listed = [&](const std::vector<std::string>& roles) {
+    return std::find(roles.begin(), roles.end(), role) != roles.end();
+  };
+  if (opts_.inviteOnly || listed(opts_.invitedRoles)) {
+    return deny(fmt::format("role '{}' on bus '{}' is by invitation only: connect with a token from "
+                            "Supervisor::invite (WindowOptions::token or $SHMBUS_TOKEN), or start the window "
+                            "with Supervisor::spawn",
+                            role, opts_.bus));
+  }
+  if (!opts_.allowedRoles.empty() && !listed(opts_.allowedRoles)) {
+    return deny(fmt::format("role '{}' may not connect to bus '{}' by path (allowed: {})", role, opts_.bus,
+                            fmt::join(opts_.allowedRoles, ", ")));
+  }
+  return Admission::Open;
 }
 
 void Router::onHello(Conn& c, const Packet& pkt) {
@@ -221,26 +281,12 @@ void Router::onHello(Conn& c, const Packet& pkt) {
     return refuse(cap.error(), "window cap reached");
   }
   if (!c.spawned) {
-    const std::string& role = hello->role;
-    if (auto valid = validateName(NameKind::Role, role); !valid) return refuse(valid.error(), "invalid role");
-    // "main" names the main process in every context (CallContext::sourceRole, frames' role ids):
-    // a window claiming it by path would pass for the supervisor to a handler that checks the
-    // caller's role. Only spawn(), which the supervisor itself authenticates, may give it.
-    if (role == kMainRole) {
-      log_(LogLevel::Warn, "denied role '{}' (pid {}): reserved", role, c.pid);
-      return refuse(makeError(ErrorCode::Denied,
-                              fmt::format("role '{}' is reserved for the main process of bus '{}'", role, opts_.bus)),
-                    "denied");
+    auto admission = admit(c, *hello);
+    if (!admission) {
+      return refuse(admission.error(), admission.code() == ErrorCode::Denied ? "denied" : "invalid role");
     }
-    if (!opts_.allowedRoles.empty() &&
-        std::find(opts_.allowedRoles.begin(), opts_.allowedRoles.end(), role) == opts_.allowedRoles.end()) {
-      log_(LogLevel::Warn, "denied role '{}' (pid {})", role, c.pid);
-      return refuse(makeError(ErrorCode::Denied, fmt::format("role '{}' may not connect to bus '{}' by path "
-                                                             "(allowed: {})",
-                                                             role, opts_.bus, fmt::join(opts_.allowedRoles, ", "))),
-                    "denied");
-    }
-    c.role = role;
+    c.admission = *admission;
+    c.role = hello->role;
   }
   c.roleId = nameId(c.role);
   const std::uint32_t inCap = hello->inboxBytes != 0 ? hello->inboxBytes : opts_.inboxBytes;
@@ -253,7 +299,10 @@ void Router::onHello(Conn& c, const Packet& pkt) {
   c.inbox = std::move(seg->inbox);
   c.outbox = std::move(seg->outbox);
   c.cancels = seg->cancels;
-  (void)sendWelcome(c.sock.get(), opts_.bus, c.id, c.role, *seg, doorbellFd_.get());
+  // A failed Welcome leaves the window nothing to map: refused (disconnect() unlinks the segment).
+  if (auto sent = sendWelcome(c.sock.get(), opts_.bus, c.id, c.role, *seg, doorbellFd_.get()); !sent) {
+    return refuse(sent.error(), "welcome failed");
+  }
   c.state = Conn::State::AwaitMapped;
 }
 
@@ -263,7 +312,8 @@ void Router::onMapped(Conn& c) {
   c.segName.clear();
   c.state = Conn::State::Live;
   registry_.addName(c.roleId, c.role);
-  log_(LogLevel::Info, "window {} connected: role '{}', pid {}{}", c.id, c.role, c.pid, c.spawned ? " (spawned)" : "");
+  log_(LogLevel::Info, "window {} connected: role '{}', pid {}, uid {} ({})", c.id, c.role, c.pid,
+       static_cast<long>(c.uid), toString(c.admission));
   emitWindowEvent(kWindowOpened, c, "");
   traceWindow(TraceKind::WindowOpen, c, "");
   registryCv_.notify_all();
@@ -282,6 +332,14 @@ void Router::onConnReadable(std::uint32_t id) {
     if (pkt->hangup) return doom(c, c.state == Conn::State::Live ? "closed" : "closed before registering", false);
     auto h = parseControlHeader(*pkt);
     if (!h) return doom(c, h.error().message, true);
+    if (c.uidRefused) {
+      log_(LogLevel::Warn, "refused a connection from uid {} (pid {})", static_cast<long>(c.uid), c.pid);
+      sendWelcomeError(c.sock.get(), makeError(ErrorCode::Denied, fmt::format("bus '{}' does not accept connections "
+                                                                              "from uid {} "
+                                                                              "(SupervisorOptions::allowedUids)",
+                                                                              opts_.bus, static_cast<long>(c.uid))));
+      return doom(c, "uid not allowed", false);
+    }
     switch (static_cast<ControlType>(h->type)) {
       case ControlType::Hello: onHello(c, *pkt); break;
       case ControlType::Mapped: onMapped(c); break;

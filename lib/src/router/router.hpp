@@ -28,6 +28,7 @@
 #include "control/bus_lock.hpp"
 #include "log/log.hpp"
 #include "protocol/frame_io.hpp"
+#include "router/invites.hpp"
 #include "router/registry.hpp"
 #include "router/routes.hpp"
 #include "shmbus/inspect.hpp"
@@ -35,6 +36,7 @@
 #include "spawn/spawn.hpp"
 #include "trace/trace_ring.hpp"
 #include "wait/wait.hpp"
+#include "wire/handshake.hpp"
 
 namespace shmbus::detail {
 
@@ -83,6 +85,9 @@ struct RouterOptions {
   std::string bus;
   std::string socketPath;
   std::vector<std::string> allowedRoles;
+  std::vector<std::string> invitedRoles;  ///< SupervisorOptions::invitedRoles
+  bool inviteOnly = false;                ///< SupervisorOptions::inviteOnly
+  std::vector<uid_t> allowedUids;         ///< SupervisorOptions::allowedUids
   std::uint32_t inboxBytes = 1u << 20;
   std::uint32_t outboxBytes = 1u << 20;
   std::uint32_t maxRecordBytes = 1u << 18;
@@ -116,6 +121,9 @@ class Router {
 
   /// Registers a spawned child's socket (role pre-authenticated).
   WindowInfo addSpawned(Fd sock, const std::string& role, pid_t pid);
+  /// A one-time token for `role`, good for `ttl` (already checked: positive, clamped) from now
+  /// (Supervisor::invite). Errors: Full, SystemError, BusClosed (stopping).
+  Result<std::string> invite(const std::string& role, std::chrono::milliseconds ttl);
   /// Full when the bus has SupervisorOptions::maxWindows windows (registered or registering).
   Result<void> checkWindowCap() const;
   std::vector<WindowInfo> windows() const;
@@ -170,6 +178,11 @@ class Router {
   void expireHandshakes();
   void armHandshakeTimer();
   Result<void> windowCapLocked(const Conn* except) const;
+  /// Whether connections from `uid` are accepted: this process's own uid, or allowedUids.
+  bool uidAllowed(uid_t uid) const;
+  /// The role a window without spawn() asks for in its Hello, by the registration policy
+  /// (docs/architecture.md §5): its admission (Open or Invited), or Denied with the reason.
+  Result<Admission> admit(const Conn& c, const HelloRequest& hello);
   void onConnReadable(std::uint32_t id);
   void onHello(Conn& c, const Packet& pkt);
   void onMapped(Conn& c);
@@ -253,6 +266,7 @@ class Router {
   std::uint64_t nextTraceId_ = 1;
   std::vector<std::uint8_t> traceBuf_;   // encodeTraceEvent's scratch (reused)
   Reaper reaper_;
+  InviteStore invites_;  // Supervisor::invite's tokens
 };
 
 }  // namespace shmbus::detail

@@ -21,7 +21,7 @@ std::vector<WindowInfo> Router::windows() const {
   std::lock_guard lk(mu_);
   std::vector<WindowInfo> out;
   for (auto& [id, c] : registry_.all()) {
-    if (c->live()) out.push_back({c->id, c->role, c->pid, c->spawned});
+    if (c->live()) out.push_back(c->info());
   }
   return out;
 }
@@ -31,7 +31,7 @@ std::optional<WindowInfo> Router::window(std::uint32_t id) const {
   auto it = registry_.all().find(id);
   if (it == registry_.all().end() || !it->second->live()) return std::nullopt;
   const Conn& c = *it->second;
-  return WindowInfo{c.id, c.role, c.pid, c.spawned};
+  return c.info();
 }
 
 std::optional<WindowInfo> Router::findWindow(std::uint64_t roleId, std::uint64_t channel) const {
@@ -39,7 +39,7 @@ std::optional<WindowInfo> Router::findWindow(std::uint64_t roleId, std::uint64_t
   for (auto& [id, c] : registry_.all()) {
     if (c->roleId != roleId || !c->live()) continue;
     if (channel != 0 && c->handled.count(channel) == 0) continue;
-    return WindowInfo{c->id, c->role, c->pid, c->spawned};
+    return c->info();
   }
   return std::nullopt;
 }

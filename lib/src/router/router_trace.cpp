@@ -59,6 +59,8 @@ void Router::onSnapshot(Conn& c) {
     row.setRole(w.role);
     row.setPid(w.pid);
     row.setSpawned(w.spawned);
+    row.setAdmission(static_cast<std::uint8_t>(w.admission));
+    row.setUid(static_cast<std::uint32_t>(w.uid));
     // relaxed: a display figure; the window may move head at any time (and may scribble it).
     const std::uint64_t head = w.inbox.control()->head.load(std::memory_order_relaxed);
     const std::uint64_t tail = w.inbox.control()->tail.load(std::memory_order_relaxed);

@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <boost/interprocess/exceptions.hpp>
@@ -54,6 +55,32 @@ Result<Segment> Segment::open(const std::string& name) {
     return s;
   } catch (const bip::interprocess_exception& e) {
     return makeError(ErrorCode::SystemError, fmt::format("cannot open segment '{}': {}", name, e.what()));
+  }
+}
+
+namespace {
+/// A descriptor as Boost.Interprocess's MemoryMappable (what a mapped_region maps).
+struct FdMapping {
+  int fd;
+  bip::mapping_handle_t get_mapping_handle() const noexcept { return bip::ipcdetail::mapping_handle_from_file_handle(fd); }
+};
+}  // namespace
+
+Result<Segment> Segment::map(int fd, const std::string& name) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    return makeError(ErrorCode::SystemError, fmt::format("cannot stat segment '{}': {}", name, std::strerror(errno)));
+  }
+  if (st.st_size < static_cast<off_t>(sizeof(SegmentHeader))) {
+    return makeError(ErrorCode::SystemError, fmt::format("segment '{}' is too small ({} bytes)", name, st.st_size));
+  }
+  try {
+    Segment s;
+    s.name_ = name;
+    s.region_ = bip::mapped_region(FdMapping{fd}, bip::read_write, 0, static_cast<std::size_t>(st.st_size));
+    return s;
+  } catch (const bip::interprocess_exception& e) {
+    return makeError(ErrorCode::SystemError, fmt::format("cannot map segment '{}': {}", name, e.what()));
   }
 }
 

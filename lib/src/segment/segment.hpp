@@ -47,6 +47,12 @@ class Segment {
   /// never from its contents. Errors: SystemError (no such name, permissions).
   static Result<Segment> open(const std::string& name);
 
+  /// Maps the segment open on `fd` (handed over by its creator, so its mode does not matter: a
+  /// window of another uid maps it this way). `name` is kept for messages only. The size is taken
+  /// from the object (fstat). The caller keeps `fd` (closing it leaves the mapping).
+  /// Errors: SystemError (fstat, mmap, too small).
+  static Result<Segment> map(int fd, const std::string& name);
+
   /// Removes a name; the memory stays mapped wherever it is. Returns true if a name was removed.
   static bool unlink(const std::string& name) noexcept;
 

@@ -22,6 +22,15 @@ namespace shmbus {
 
 using namespace detail;
 
+const char* toString(Admission a) noexcept {
+  switch (a) {
+    case Admission::Open: return "open";
+    case Admission::Invited: return "invited";
+    case Admission::Spawned: return "spawned";
+  }
+  return "?";
+}
+
 namespace {
 constexpr int kSpawnedExitGraceMs = 2000;
 bool isPowerOfTwo(std::uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
@@ -128,6 +137,7 @@ Supervisor::~Supervisor() {
 Result<std::unique_ptr<Supervisor>> Supervisor::create(SupervisorOptions options) {
   if (auto v = validateName(NameKind::Bus, options.bus); !v) return v.error();
   if (auto v = validateRoles(options.allowedRoles); !v) return v.error();
+  if (auto v = validateRoles(options.invitedRoles); !v) return v.error();
   if (options.handshakeTimeout.count() <= 0 || options.maxWindows == 0) {
     return makeError(ErrorCode::InvalidArgument,
                      fmt::format("handshakeTimeout ({} ms) must be positive and maxWindows ({}) at least 1",
@@ -145,6 +155,9 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(SupervisorOptions options
   ro.bus = options.bus;
   ro.socketPath = options.socketPath;
   ro.allowedRoles = options.allowedRoles;
+  ro.invitedRoles = options.invitedRoles;
+  ro.inviteOnly = options.inviteOnly;
+  ro.allowedUids = options.allowedUids;
   ro.inboxBytes = options.inboxBytes;
   ro.outboxBytes = options.outboxBytes;
   ro.maxRecordBytes = options.maxRecordBytes;
@@ -175,6 +188,17 @@ Result<WindowInfo> Supervisor::spawn(const std::string& role, const std::vector<
   auto child = spawnWindowProcess(impl_->opts.bus, role, argv, env);
   if (!child) return child.error();
   return impl_->router->addSpawned(std::move(child->sock), role, child->pid);
+}
+
+Result<std::string> Supervisor::invite(std::string_view role, std::chrono::milliseconds ttl) {
+  if (auto v = validateName(NameKind::Role, role); !v) return v.error();
+  auto checked = checkWaitTimeout(ttl, fmt::format("the invitation for role '{}'", role));
+  if (!checked) return checked.error();
+  if (checked->count() == 0) {
+    return makeError(ErrorCode::InvalidArgument,
+                     fmt::format("the invitation for role '{}': ttl 0 ms must be positive", role));
+  }
+  return impl_->router->invite(std::string(role), *checked);
 }
 
 Result<WindowInfo> Supervisor::waitForRole(const std::string& role, std::chrono::milliseconds timeout) {

@@ -151,8 +151,13 @@ Result<BusSnapshot> Inspector::snapshot(std::chrono::milliseconds timeout) {
     auto snap = reader.getRoot<schema::BusSnapshot>();
     BusSnapshot out;
     for (auto w : snap.getWindows()) {
-      out.windows.push_back({w.getId(), w.getRole(), w.getPid(), w.getSpawned(), w.getInboxUsed(), w.getInboxBytes(),
-                             w.getPendingCalls()});
+      // An admission this version does not know (a newer supervisor's) is read from the spawned flag.
+      const std::uint8_t a = w.getAdmission();
+      const Admission admission = a <= static_cast<std::uint8_t>(Admission::Spawned) ? static_cast<Admission>(a)
+                                  : w.getSpawned()                                  ? Admission::Spawned
+                                                                                    : Admission::Open;
+      out.windows.push_back({w.getId(), w.getRole(), w.getPid(), w.getSpawned(), admission, w.getUid(),
+                             w.getInboxUsed(), w.getInboxBytes(), w.getPendingCalls()});
     }
     for (auto c : snap.getChannels()) {
       RouterStats::ChannelStats cs;

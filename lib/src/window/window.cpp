@@ -45,6 +45,9 @@ Result<void> checkOptions(const WindowOptions& o, const std::string& bus, bool s
   if (auto v = validateName(NameKind::Bus, bus); !v) return v.error();
   if (!spawned) {
     if (auto v = validateName(NameKind::Role, o.role); !v) return v.error();
+    if (!o.token.empty()) {
+      if (auto v = validateToken(o.token); !v) return v.error();
+    }
   }
   if (o.inboxBytes != 0 || o.outboxBytes != 0) {
     // 0 = the supervisor's default (already checked by Supervisor::create): only given sizes here.
@@ -67,7 +70,8 @@ Result<std::unique_ptr<Window::Impl>> handshake(Fd sock, WindowOptions opts, con
   impl->bus = bus;
   impl->spin.spin = opts.spin;
   impl->sock = std::move(sock);
-  auto link = helloAndWelcome(impl->sock.get(), HelloParams{opts.role, opts.inboxBytes, opts.outboxBytes, spawned},
+  auto link = helloAndWelcome(impl->sock.get(), HelloParams{opts.role, opts.inboxBytes, opts.outboxBytes, spawned,
+                                                                      spawned ? std::string() : opts.token},
                               bus, opts.connectTimeout);
   if (!link) return link.error();
   impl->link = std::move(*link);
@@ -95,6 +99,12 @@ Result<std::unique_ptr<Window>> Window::connect(WindowOptions options) {
   std::string bus = options.bus;
   if (bus.empty()) {
     if (const char* b = std::getenv(kEnvBus)) bus = b;
+  }
+  if (options.token.empty()) {
+    if (const char* t = std::getenv(kEnvToken)) {
+      options.token = t;
+      ::unsetenv(kEnvToken);  // good once: a child must not inherit a used token
+    }
   }
   if (auto v = checkOptions(options, bus, false); !v) return v.error();
   std::string path = options.socketPath;

@@ -1,6 +1,8 @@
 #include "wire/handshake.hpp"
 
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <capnp/message.h>
@@ -44,7 +46,8 @@ kj::ArrayPtr<const capnp::word> wordsOf(const std::vector<std::uint64_t>& words)
   return kj::arrayPtr(reinterpret_cast<const capnp::word*>(words.data()), words.size());
 }
 
-Result<void> sendControl(int sock, ControlType type, std::uint64_t value, capnp::MessageBuilder* mb, int fd) {
+Result<void> sendControl(int sock, ControlType type, std::uint64_t value, capnp::MessageBuilder* mb, int fd,
+                         int fd2) {
   std::vector<std::uint8_t> pkt(sizeof(ControlHeader));
   ControlHeader h{static_cast<std::uint32_t>(type), 0, value};
   std::memcpy(pkt.data(), &h, sizeof h);
@@ -54,7 +57,9 @@ Result<void> sendControl(int sock, ControlType type, std::uint64_t value, capnp:
     pkt.insert(pkt.end(), bytes.begin(), bytes.end());
   }
   std::vector<int> fds;
-  if (fd >= 0) fds.push_back(fd);
+  for (int f : {fd, fd2}) {
+    if (f >= 0) fds.push_back(f);
+  }
   return sendPacket(sock, pkt.data(), pkt.size(), fds);
 }
 
@@ -64,7 +69,7 @@ Result<HelloRequest> parseHello(const Packet& pkt) {
   try {
     capnp::FlatArrayMessageReader reader(wordsOf(words), boundedControlReader());
     auto hello = reader.getRoot<schema::Hello>();
-    return HelloRequest{hello.getRole(), hello.getInboxBytes(), hello.getOutboxBytes()};
+    return HelloRequest{hello.getRole(), hello.getInviteToken(), hello.getInboxBytes(), hello.getOutboxBytes()};
   } catch (const kj::Exception& e) {
     return makeError(ErrorCode::InvalidMessage, std::string("malformed hello: ") + e.getDescription().cStr());
   }
@@ -127,7 +132,15 @@ Result<void> sendWelcome(int sock, const std::string& bus, std::uint32_t id, con
   w.setMaxRecord(seg.maxRecord);
   w.setBusName(bus);
   w.setCancelBoardOffset(seg.boardOffset);
-  return sendControl(sock, ControlType::Welcome, 0, &mb, doorbellFd);
+  // The segment's own descriptor, opened here just for the window: the creator's mapping kept none.
+  // It travels second, after the doorbell (a window that predates it uses the first only); with no
+  // doorbell to send (a test of that refusal) nothing is sent.
+  if (doorbellFd < 0) return sendControl(sock, ControlType::Welcome, 0, &mb);
+  Fd segFd(::shm_open(seg.name.c_str(), O_RDWR | O_CLOEXEC, 0));
+  if (!segFd) {
+    return makeError(ErrorCode::SystemError, fmt::format("cannot open segment '{}': {}", seg.name, std::strerror(errno)));
+  }
+  return sendControl(sock, ControlType::Welcome, 0, &mb, doorbellFd, segFd.get());
 }
 
 void sendWelcomeError(int sock, const Error& e) {
@@ -150,7 +163,16 @@ Result<WindowLink> helloAndWelcome(int sock, const HelloParams& p, const std::st
     hello.setInboxBytes(p.inboxBytes);
     hello.setOutboxBytes(p.outboxBytes);
     hello.setSpawnToken(p.spawned ? 1 : 0);
-    if (auto r = sendControl(sock, ControlType::Hello, 0, &mb); !r) return r.error();
+    if (!p.token.empty()) hello.setInviteToken(p.token);
+    if (auto r = sendControl(sock, ControlType::Hello, 0, &mb); !r) {
+      // A supervisor that refuses this uid answers at accept and hangs up, maybe before this
+      // Hello went out: its refusal is still queued here, and says more than BusClosed.
+      if (r.code() != ErrorCode::BusClosed) return r.error();
+      auto refusal = recvPacket(sock);
+      if (!refusal || refusal->hangup) return r.error();
+      auto welcome = parseWelcome(*refusal, bus);
+      return welcome ? r.error() : welcome.error();
+    }
   }
   auto readable = waitReadable(sock, deadlineAfter(monotonicNowNs(), timeout));
   if (!readable) return readable.error();
@@ -167,7 +189,9 @@ Result<WindowLink> helloAndWelcome(int sock, const HelloParams& p, const std::st
   link.doorbell = std::move(pkt->fds[0]);
   link.id = welcome->id;
   link.role = welcome->role;
-  auto seg = Segment::open(welcome->segmentName);
+  // The segment's descriptor when the supervisor sent one (any uid can map it), else its name.
+  auto seg = pkt->fds.size() >= 2 ? Segment::map(pkt->fds[1].get(), welcome->segmentName)
+                                  : Segment::open(welcome->segmentName);
   if (!seg) return seg.error();
   link.segment = std::make_shared<Segment>(std::move(*seg));
   if (auto ok = checkWelcomeLayout(*welcome, link.segment->size()); !ok) return ok.error();

@@ -1,9 +1,11 @@
 // The handshake of both sides over the control socket (docs/architecture.md, "Wire").
 //
 //   window                                   supervisor (router)
-//   Hello{role, pid, ring sizes}  ────────▶  checks role and sizes, creates the segment (0600)
+//   Hello{role, pid, ring sizes,  ────────▶  checks uid, role (policy, token) and sizes, creates
+//         invitation token}                  the segment (0600)
 //                                 ◀────────  Welcome{id, role, segment name, layout} + doorbell fd
-//   maps the segment
+//                                            + segment fd
+//   maps the segment (from its fd)
 //   Mapped                        ────────▶  unlinks the segment name; the window is live
 //
 // Segment layout, computed here for both sides:
@@ -44,16 +46,17 @@ kj::ArrayPtr<const capnp::word> wordsOf(const std::vector<std::uint64_t>& words)
 /// are a few hundred bytes; an inspector's BusSnapshot fills up to one 64 KiB packet).
 capnp::ReaderOptions boundedControlReader(std::uint64_t traversalWords = 4096);
 
-/// Sends one control packet: a ControlHeader, then `mb` as a flat array (optional), with an
-/// optional descriptor. Errors: BusClosed, SystemError.
+/// Sends one control packet: a ControlHeader, then `mb` as a flat array (optional), with
+/// optional descriptors (-1 = none). Errors: BusClosed, SystemError.
 Result<void> sendControl(int sock, ControlType type, std::uint64_t value, capnp::MessageBuilder* mb = nullptr,
-                         int fd = -1);
+                         int fd = -1, int fd2 = -1);
 
 // ---- supervisor side
 
 /// What a Hello asked for.
 struct HelloRequest {
   std::string role;
+  std::string token;              ///< an invitation token (Supervisor::invite), "" = none
   std::uint32_t inboxBytes = 0;   ///< 0 = the supervisor's default
   std::uint32_t outboxBytes = 0;
 };
@@ -87,7 +90,9 @@ struct WindowSegment {
 Result<WindowSegment> createWindowSegment(const std::string& bus, std::uint32_t id, std::uint32_t inboxBytes,
                                           std::uint32_t outboxBytes, std::uint32_t maxRecordBytes);
 
-/// Sends the Welcome for `seg` with the doorbell eventfd.
+/// Sends the Welcome for `seg` with the doorbell eventfd and a descriptor of the segment (the
+/// window maps that one, so the segment's mode 0600 does not keep a window of another uid out;
+/// a window that predates it opens the segment by name).
 Result<void> sendWelcome(int sock, const std::string& bus, std::uint32_t id, const std::string& role,
                          const WindowSegment& seg, int doorbellFd);
 
@@ -102,6 +107,7 @@ struct HelloParams {
   std::uint32_t inboxBytes = 0;
   std::uint32_t outboxBytes = 0;
   bool spawned = false;
+  std::string token;  ///< an invitation token (WindowOptions::token), "" = none
 };
 
 /// The window's end of a finished handshake.

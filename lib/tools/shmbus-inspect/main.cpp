@@ -2,7 +2,8 @@
 //   shmbus-inspect BUS tail [--channel C] [--role R] [--json] [--count N] [--duration S]
 //     one line per trace event the supervisor records (human form, or JSON Lines with --json)
 //     until Ctrl-C, --count events, --duration seconds, or the bus stops;
-//   shmbus-inspect BUS windows          the registry: id, role, pid, how it came, inbox fill, calls;
+//   shmbus-inspect BUS windows          the registry: id, role, pid, uid, how it got its role (open,
+//                                       invited, spawned), inbox fill, calls;
 //   shmbus-inspect BUS stats [--watch S]  per channel calls, messages, errors, p50/p99, late
 //     replies, and the calls in flight (every S seconds with --watch).
 // Exit status: 0, or 1 when the bus cannot be inspected (the error on stderr).
@@ -88,10 +89,11 @@ int windows(const std::string& bus, const std::string& socket) {
     fmt::print(stderr, "shmbus-inspect: {}\n", s.error().toString());
     return 1;
   }
-  fmt::print("{:>4}  {:<16} {:>8}  {:<9}  {:>15}  {:>7}\n", "ID", "ROLE", "PID", "HOW", "INBOX USED", "CALLS");
+  fmt::print("{:>4}  {:<16} {:>8} {:>6}  {:<8}  {:>15}  {:>7}\n", "ID", "ROLE", "PID", "UID", "HOW", "INBOX USED",
+             "CALLS");
   for (const auto& w : s->windows) {
-    fmt::print("{:>4}  {:<16} {:>8}  {:<9}  {:>6} / {:>6}  {:>7}\n", w.id, w.role, w.pid,
-               w.spawned ? "spawned" : "connected", w.inboxUsedBytes, w.inboxBytes, w.pendingCalls);
+    fmt::print("{:>4}  {:<16} {:>8} {:>6}  {:<8}  {:>6} / {:>6}  {:>7}\n", w.id, w.role, w.pid, w.uid,
+               shmbus::toString(w.admission), w.inboxUsedBytes, w.inboxBytes, w.pendingCalls);
   }
   fmt::print("{} windows, {} inspector(s){}\n", s->windows.size(), s->inspectors, s->truncated ? " (list cut)" : "");
   return 0;

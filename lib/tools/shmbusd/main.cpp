@@ -14,6 +14,11 @@ int main(int argc, char** argv) {
   app.add_option("-b,--bus", opts.bus, "bus name (1-64 of [A-Za-z0-9_-])")->required();
   app.add_option("-r,--allow-role", opts.allowedRoles, "role a window may claim when connecting by path "
                                                        "(repeat; none = any role of the same uid)");
+  app.add_option("--invited-role", opts.invitedRoles, "role only an invitation token gives, never open by path "
+                                                      "(repeat)");
+  app.add_flag("--invite-only", opts.inviteOnly, "no role is open by path: every window needs an invitation token");
+  app.add_option("--allow-uid", opts.allowedUids, "user id allowed to connect besides shmbusd's own (repeat; the "
+                                                  "socket is then mode 0666: give a --socket others can reach)");
   app.add_option("-s,--socket", opts.socketPath, "socket path (default: $XDG_RUNTIME_DIR/shmbus-<bus>.sock)");
   app.add_option("--inbox-bytes", opts.inboxBytes, "inbox ring capacity per window, a power of two");
   app.add_option("--outbox-bytes", opts.outboxBytes, "outbox ring capacity per window, a power of two");

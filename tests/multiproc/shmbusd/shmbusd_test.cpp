@@ -36,10 +36,12 @@ std::pair<pid_t, int> execDaemon(const std::vector<std::string>& args, int fd) {
   return {pid, pipeFds[0]};
 }
 
-/// Starts shmbusd and returns once it says it is listening (its first stdout line: an event,
-/// not a sleep).
-pid_t startDaemon(const std::string& bus) {
-  auto [pid, out] = execDaemon({"--bus", bus, "--allow-role", "editor", "--allow-role", "viewer", "-l", "silent"}, 1);
+/// Starts shmbusd (allowing roles editor and viewer, plus `extra` arguments) and returns once it
+/// says it is listening (its first stdout line: an event, not a sleep).
+pid_t startDaemon(const std::string& bus, const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> args{"--bus", bus, "--allow-role", "editor", "--allow-role", "viewer", "-l", "silent"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  auto [pid, out] = execDaemon(args, 1);
   std::string line;
   char c;
   while (::read(out, &c, 1) == 1 && c != '\n') line += c;
@@ -127,4 +129,24 @@ TEST_CASE("a second shmbusd for a running bus exits non-zero naming the bus and 
   ::kill(first, SIGTERM);
   REQUIRE(::waitpid(first, &status, 0) == first);
   CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+}
+
+TEST_CASE("shmbusd --invited-role closes a role to connections by path; --invite-only closes every role") {
+  for (const bool all : {false, true}) {
+    const std::string bus = uniqueBus(all ? "daemon-io" : "daemon-ir");
+    const pid_t daemon = startDaemon(bus, all ? std::vector<std::string>{"--invite-only"}
+                                              : std::vector<std::string>{"--invited-role", "editor"});
+    WindowOptions o;
+    o.bus = bus;
+    o.role = "editor";
+    auto denied = Window::connect(o);
+    CHECK(denied.code() == ErrorCode::Denied);
+    CHECK(denied.error().message.find("by invitation only") != std::string::npos);
+    o.role = "viewer";
+    CHECK(Window::connect(o).code() == (all ? ErrorCode::Denied : ErrorCode::Ok));
+    ::kill(daemon, SIGTERM);
+    int status = -1;
+    REQUIRE(::waitpid(daemon, &status, 0) == daemon);
+    CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+  }
 }
