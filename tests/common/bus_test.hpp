@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -39,6 +40,7 @@
 #include "bus.capnp.h"
 #include "message/message.hpp"
 #include "protocol/frame.hpp"
+#include "raw_outbox.hpp"
 #include "ring/ring.hpp"
 #include "segment/segment.hpp"
 #include "shm_test.hpp"
@@ -168,6 +170,17 @@ inline std::string replyText(Call call, const std::string& what) {
   expectOk(r, what);
   return textOf(*r);
 }
+
+/// The test_window program (tests/multiproc/bus/test_window.cpp) for Supervisor::spawn: meson
+/// passes its path in $SHMBUS_TEST_WINDOW. In the test process.
+inline std::string windowProgram() {
+  const char* p = std::getenv("SHMBUS_TEST_WINDOW");
+  REQUIRE_MESSAGE(p != nullptr, "SHMBUS_TEST_WINDOW must name the test_window program (meson sets it)");
+  return p;
+}
+
+/// True once `pid` no longer exists (exited and reaped).
+inline bool processGone(pid_t pid) { return ::kill(pid, 0) != 0 && errno == ESRCH; }
 
 /// Connects a window; fails the calling child when it cannot (the supervisor exists already:
 /// tests fork their windows after Supervisor::create).
@@ -446,89 +459,5 @@ inline long long cpuTicks(pid_t pid) {
   }
   return utime + stime;
 }
-
-/// Writes raw records into a window's outbox through this process's own mapping of its segment,
-/// as a hostile window would: found as the `/dev/shm/shmbus.<bus>.<id>.*` entry of
-/// /proc/self/maps. Layout (supervisor.cpp onHello): [SegmentHeader][inbox RingControl][inbox
-/// data][outbox RingControl][outbox data]. Use only while the Window itself writes nothing (no
-/// dispatch thread, no sends): the raw producer starts at the outbox's published tail.
-class RawOutbox {
- public:
-  /// `inboxBytes`/`outboxBytes` as the window asked for them; `maxRecord` as the supervisor
-  /// computed it (min(its maximum, the smaller ring / 2)).
-  RawOutbox(const std::string& bus, std::uint32_t windowId, std::size_t inboxBytes, std::size_t outboxBytes,
-            std::size_t maxRecord) {
-    const std::string needle = "/dev/shm/shmbus." + bus + "." + std::to_string(windowId) + ".";
-    std::ifstream maps("/proc/self/maps");
-    std::uintptr_t base = 0;
-    for (std::string line; std::getline(maps, line);) {
-      if (line.find(needle) != std::string::npos) {
-        base = std::stoull(line.substr(0, line.find('-')), nullptr, 16);
-        break;
-      }
-    }
-    childCheck(base != 0, "no mapping of " + needle + "* in /proc/self/maps");
-    auto* seg = reinterpret_cast<std::uint8_t*>(base);
-    const std::size_t outOff = detail::segmentLayout(static_cast<std::uint32_t>(inboxBytes),
-                                                     static_cast<std::uint32_t>(outboxBytes)).outboxOffset;
-    control_ = reinterpret_cast<detail::RingControl*>(seg + outOff);
-    data_ = seg + outOff + sizeof(detail::RingControl);
-    geometry_ = {outboxBytes, maxRecord};
-    producer_ = detail::RingProducer(control_, data_, geometry_);
-  }
-
-  /// Commits one record whose body is `body` (any bytes: the ring framing stays valid).
-  void record(const void* body, std::size_t bytes) {
-    auto c = producer_.tryClaim(bytes);
-    expectOk(c, "raw claim");
-    std::memcpy(c->body, body, bytes);
-    producer_.commit(*c, bytes);
-  }
-
-  /// Commits a frame: `header` followed by an empty message table.
-  void frame(const detail::FrameHeader& header) {
-    std::uint8_t body[sizeof header + sizeof(detail::MessageTable)] = {};
-    std::memcpy(body, &header, sizeof header);
-    record(body, sizeof body);
-  }
-
-  /// Overwrites the next record position with `bytes` random bytes whose record header has an
-  /// impossible type and a non-zero length: garbage the supervisor must reject as a corrupt ring.
-  void garbage(std::size_t bytes, unsigned seed) {
-    const std::size_t at = producer_.tail() & (geometry_.capacity - 1);
-    bytes = std::min(bytes, geometry_.capacity - at);
-    std::uint32_t x = seed * 2654435761u + 1;
-    for (std::size_t i = 8; i < bytes; ++i) {
-      x ^= x << 13, x ^= x >> 17, x ^= x << 5;
-      data_[at + i] = static_cast<std::uint8_t>(x);
-    }
-    auto* h = reinterpret_cast<detail::RecordHeader*>(data_ + at);
-    h->type = 0xbad0000u | (x & 0xffu);
-    // release: SYNC POINT "record" (ring_layout.hpp): the bytes above are visible with the length.
-    h->length.store(static_cast<std::int32_t>((x % 60000u) + 1), std::memory_order_release);
-  }
-
-  /// Wakes the supervisor: writes to every eventfd of this process (the window's doorbell, and
-  /// any inherited from a parent that runs the supervisor: both only wake it).
-  static void ringDoorbell() {
-    DIR* d = ::opendir("/proc/self/fd");
-    if (d == nullptr) return;
-    while (dirent* e = ::readdir(d)) {
-      char target[64] = {};
-      const std::string link = std::string("/proc/self/fd/") + e->d_name;
-      if (::readlink(link.c_str(), target, sizeof target - 1) > 0 && std::strcmp(target, "anon_inode:[eventfd]") == 0) {
-        const std::uint64_t one = 1;
-        [[maybe_unused]] auto n = ::write(std::atoi(e->d_name), &one, sizeof one);
-      }
-    }
-    ::closedir(d);
-  }
-
- private:
-  detail::RingControl* control_ = nullptr;
-  std::uint8_t* data_ = nullptr;
-  detail::RingGeometry geometry_{};
-  detail::RingProducer producer_;
-};
 
 }  // namespace shmbus::test

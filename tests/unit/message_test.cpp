@@ -282,3 +282,46 @@ TEST_CASE("the reader options bound traversal yet allow reading a message severa
   CHECK(tooMuch.code() == ErrorCode::InvalidMessage);
   CHECK(tooMuch.error().message.find("traversal limit") != std::string::npos);
 }
+
+TEST_CASE("validatePayload reads the whole message: sound messages pass, bad pointers deep inside fail") {
+  SUBCASE("a message built in place passes, and so does an empty one") {
+    RingFixture f(kGeometry);
+    (void)test::publishTestMessage(f.producer, 7, 3000);
+    RecordView rec = onlyRecord(f);
+    CHECK(validatePayload(rec.body + kPrefixBytes, rec.bodyBytes - kPrefixBytes).ok());
+    HandMade empty;
+    CHECK(validatePayload(empty.bytes, sizeof(MessageTable)).ok());
+  }
+  HandMade m;
+  m.table().segmentCount = 1;
+  SUBCASE("a bad table") {
+    m.table().segmentWords[0] = 65;
+    CHECK(validatePayload(m.bytes, sizeof m.bytes).code() == ErrorCode::InvalidMessage);
+  }
+  SUBCASE("an out-of-bounds pointer one level down, which parse alone does not see") {
+    // root: struct of 0 data words and 1 pointer at word 1; that pointer: a struct 1000 words away
+    m.table().segmentWords[0] = 2;
+    m.words()[0] = std::uint64_t{1} << 48;
+    m.words()[1] = (std::uint64_t{1} << 32) | (std::uint64_t{1000} << 2);
+    InPlaceMessage parsed;
+    REQUIRE(parsed.parse(m.bytes, sizeof(MessageTable) + 16).ok());
+    auto r = validatePayload(m.bytes, sizeof(MessageTable) + 16);
+    CHECK(r.code() == ErrorCode::InvalidMessage);
+    CHECK(r.error().message.find("out-of-bounds") != std::string::npos);
+  }
+  SUBCASE("nesting deeper than the limit (64)") {
+    // The root pointer, then 100 structs of one pointer each, each pointing at the next word:
+    // 100 levels of nesting; the last pointer is null.
+    constexpr std::size_t kWords = 101;
+    std::vector<std::uint64_t> body(sizeof(MessageTable) / 8 + kWords, 0);
+    MessageTable t{};
+    t.segmentCount = 1;
+    t.segmentWords[0] = kWords;
+    std::memcpy(body.data(), &t, sizeof t);
+    for (std::size_t w = 0; w + 1 < kWords; ++w) body[sizeof(MessageTable) / 8 + w] = std::uint64_t{1} << 48;
+    const auto* bytes = reinterpret_cast<const std::uint8_t*>(body.data());
+    auto r = validatePayload(bytes, body.size() * 8);
+    CHECK(r.code() == ErrorCode::InvalidMessage);
+    CHECK(r.error().message.find("nested") != std::string::npos);
+  }
+}

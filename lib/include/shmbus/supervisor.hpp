@@ -137,7 +137,9 @@ struct RouterStats {
   std::uint64_t lateReplies = 0;       ///< replies that came after their call ended, all channels
   std::uint64_t spoofedReplies = 0;   ///< replies from a window the call was not routed to (dropped)
   std::uint64_t undeliverable = 0;    ///< one-way messages that found no target or no listener
-  std::uint64_t badMessages = 0;      ///< windows disconnected for corrupt rings or malformed frames
+  /// Windows cut off (spawned ones killed) for a corrupt ring, a malformed frame or a malformed
+  /// payload (docs/architecture.md §5, "Blame").
+  std::uint64_t badMessages = 0;
   std::uint64_t unansweredCalls = 0;  ///< main-process Responders dropped without a reply (callers timed out)
   std::uint64_t handshakeTimeouts = 0;  ///< connections closed: no handshake within SupervisorOptions::handshakeTimeout
   /// Connections refused at SupervisorOptions::maxWindows, or closed at once because the
@@ -178,7 +180,9 @@ class Supervisor {
   /// pre-authenticated socket ($SHMBUS_FD, $SHMBUS_BUS, $SHMBUS_ROLE); `env` entries "K=V" are
   /// added. Returns at once with the window's id and pid; the window is live once it connects
   /// (waitForRole). `role` is checked as NameKind::Role ("main" itself is allowed here: spawn is
-  /// how a window gets it). Errors: InvalidArgument (bad role), Full (SupervisorOptions::maxWindows
+  /// how a window gets it). A spawned window that writes a bad message (a corrupt ring, a
+  /// malformed frame or payload) is killed with SIGKILL, where a connected one is only cut off.
+  /// Errors: InvalidArgument (bad role), Full (SupervisorOptions::maxWindows
   /// reached), SystemError (fork/exec).
   Result<WindowInfo> spawn(const std::string& role, const std::vector<std::string>& argv,
                            const std::vector<std::string>& env = {});

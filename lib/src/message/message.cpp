@@ -1,5 +1,6 @@
 #include "message/message.hpp"
 
+#include <capnp/any.h>
 #include <fmt/format.h>
 
 #include <cstring>
@@ -135,6 +136,22 @@ Result<void> InPlaceMessage::parse(const std::uint8_t* data, std::size_t bytes) 
 capnp::MessageReader& InPlaceMessage::reader() {
   SHMBUS_REQUIRE(reader_.has_value(), "the message is empty");
   return *reader_;
+}
+
+Result<void> InPlaceMessage::traverse() {
+  if (!reader_) return {};
+  try {
+    (void)reader_->getRoot<capnp::AnyPointer>().targetSize();
+    return {};
+  } catch (const kj::Exception& e) {
+    return makeError(ErrorCode::InvalidMessage, std::string("malformed message: ") + e.getDescription().cStr());
+  }
+}
+
+Result<void> validatePayload(const std::uint8_t* data, std::size_t bytes) {
+  InPlaceMessage m;
+  if (auto r = m.parse(data, bytes); !r) return r;
+  return m.traverse();
 }
 
 }  // namespace shmbus::detail

@@ -76,6 +76,10 @@ class RingMessageBuilder final : public capnp::MessageBuilder {
   std::array<std::uint32_t, kMaxSegments> sizes_{};
 };
 
+/// parse() then traverse(): the check the router makes of every payload a window writes
+/// (docs/architecture.md §5, "Blame"). Errors: InvalidMessage.
+Result<void> validatePayload(const std::uint8_t* data, std::size_t bytes);
+
 /// Default limits for reading an untrusted message: traversal of at most 8x the message size
 /// (re-reading fields counts again, docs/architecture.md §13) plus 64 Ki words, nesting 64.
 capnp::ReaderOptions readerOptionsFor(std::size_t messageWords);
@@ -96,6 +100,14 @@ class InPlaceMessage {
   std::size_t words() const noexcept { return words_; }
   /// The reader; only valid after a successful parse of a non-empty message.
   capnp::MessageReader& reader();
+  /// Reads the whole parsed message once, the way a receiver may: every pointer from the root
+  /// down (Cap'n Proto's own traversal, capnp::AnyPointer::Reader::targetSize), within the
+  /// reader's traversal and nesting limits (readerOptionsFor). O(message words). An empty
+  /// message is valid. Errors: InvalidMessage with Cap'n Proto's description (an out-of-bounds
+  /// or mistyped pointer, nesting deeper than 64, a traversal past the limit).
+  /// The bytes may be in a ring a hostile process still writes: the answer is about what was
+  /// read, and a receiver's own reads stay bounds-checked whatever it says.
+  Result<void> traverse();
 
  private:
   std::array<kj::ArrayPtr<const capnp::word>, kMaxSegments> segments_{};

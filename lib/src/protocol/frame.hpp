@@ -1,6 +1,7 @@
 // The frame: the fixed POD header at the start of every ring record (docs/architecture.md §4), followed by a
 // Cap'n Proto message in the layout of message/message.hpp. The supervisor routes on the header
-// alone and never decodes user payloads.
+// alone; it checks each payload's structure (validatePayload, docs/architecture.md §5 "Blame") but never
+// interprets it.
 //
 //   0       2       4               8                               16
 //   +-------+-------+---------------+-------------------------------+

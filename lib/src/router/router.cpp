@@ -4,6 +4,7 @@
 #include "router/router.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -394,7 +395,11 @@ void Router::disconnect(std::uint32_t id) {
     log_(LogLevel::Info, "inspector {} detached: {}; {} attached", c->id, c->doomed, inspectors_);
   } else if (c->bad) {
     ++counters_.badMessages;
-    log_(LogLevel::Warn, "disconnected {}: bad message: {}", c->describe(), c->doomed);
+    // A spawned window is the supervisor's own child (Mojo's rule: a process that sends a bad
+    // message is killed, not just cut off). It is not reaped before reaper_.closed() below, so
+    // its pid cannot have been reused.
+    const bool kill = c->spawned && c->pid > 0 && ::kill(c->pid, SIGKILL) == 0;
+    log_(LogLevel::Warn, "{} {}: bad message: {}", kill ? "killed" : "disconnected", c->describe(), c->doomed);
   } else {
     log_(LogLevel::Info, "window {} ({}) disconnected: {}", c->id, c->role, c->doomed);
   }

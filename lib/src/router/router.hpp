@@ -1,10 +1,10 @@
 // The router: the supervisor's control plane and message switch (docs/architecture.md, "Router").
 //
 // It accepts windows on the bus socket, runs the supervisor's side of the handshake, reads every
-// window's outbox, routes frames between windows by their headers alone, enforces deadlines,
-// fails calls whose target dies, keeps the registry and the statistics, and hands what is meant
-// for the main process to a MainPort (the supervisor's own endpoint) without ever running user
-// code itself. So a main-process handler that takes seconds never holds up routing.
+// window's outbox, routes frames between windows by their headers alone (checking each payload's
+// structure: docs/architecture.md §5 "Blame"), enforces deadlines, fails calls whose target dies,
+// keeps the registry and the statistics, and hands what is meant for the main process to a
+// MainPort (the supervisor's own endpoint) without ever running user code itself. So a main-process handler that takes seconds never holds up routing.
 //
 // Thread contract: every public method is thread-safe (one mutex, mu_). dispatchOnce may run on
 // several threads at once (the dispatch thread and, while a main callback runs long, the lane's
@@ -224,6 +224,9 @@ class Router {
   /// A one-way message from `w` that cannot be delivered: counted, logged, and reported back to
   /// `w` as an Error frame with request id 0 (dropped when `w`'s inbox is full: counted only).
   void undelivered(Conn& w, const FrameHeader& h, const Error& e);
+  /// `w` wrote a payload that failed validatePayload (`what`: send, invoke, reply): it is cut off
+  /// as a bad message (disconnect() kills a spawned window). docs/architecture.md §5, "Blame".
+  void blame(Conn& w, const FrameHeader& h, std::string_view what, const Error& e);
   void onSend(Conn& w, const FrameView& f);
   void onInvoke(Conn& w, const FrameView& f);
   void invokeMain(Conn& w, const FrameView& f, std::int64_t now);

@@ -191,8 +191,13 @@ void Router::undelivered(Conn& w, const FrameHeader& h, const Error& e) {
   (void)writeToWindow(w, [&] { return writeErrorFrame(w.inbox, back, e); });  // full too: counted above
 }
 
+void Router::blame(Conn& w, const FrameHeader& h, std::string_view what, const Error& e) {
+  doom(w, fmt::format("malformed payload of {} '{}': {}", what, registry_.nameOf(h.channel, w.id), e.message), true);
+}
+
 void Router::onSend(Conn& w, const FrameView& f) {
   const FrameHeader& h = f.header;
+  if (auto v = validatePayload(f.payload, f.payloadBytes); !v) return blame(w, h, "send", v.error());
   if (!allowed(h.channel, w.roleId)) {
     return undelivered(w, h, makeError(ErrorCode::Denied, fmt::format("send '{}' from {}: denied by policy",
                                                                       registry_.nameOf(h.channel, w.id), w.describe())));
@@ -205,8 +210,6 @@ void Router::onSend(Conn& w, const FrameView& f) {
       log_(LogLevel::Debug, "send '{}' from {} has no listener", registry_.statName(h.channel), w.describe());
       return;
     }
-    InPlaceMessage m;
-    if (auto r = m.parse(f.payload, f.payloadBytes); !r) return doom(w, r.error().message, true);
     MainJob job = jobFor(w, f, MainJob::Kind::Listen);
     deliverToMain(w, job);
     return;
@@ -237,6 +240,11 @@ void Router::onInvoke(Conn& w, const FrameView& f) {
   const FrameHeader& h = f.header;
   if (routes_.byCaller(w.id, h.requestId) != 0) return doom(w, "request id reused while pending", true);
   ++counters_.at(h.channel).calls;
+  if (auto v = validatePayload(f.payload, f.payloadBytes); !v) {
+    replyError(w, h, Error{ErrorCode::InvalidMessage, fmt::format("invoke '{}' from {}: {}", registry_.nameOf(h.channel, w.id),
+                                                                  w.describe(), v.error().message)});
+    return blame(w, h, "invoke", v.error());
+  }
   const std::int64_t now = monotonicNowNs();
   if (!allowed(h.channel, w.roleId)) {
     return replyError(w, h, makeError(ErrorCode::Denied, fmt::format("invoke '{}' from {}: denied by policy",
@@ -291,10 +299,6 @@ void Router::invokeMain(Conn& w, const FrameView& f, std::int64_t now) {
     return replyError(w, h, makeError(ErrorCode::InvalidMessage,
                                       fmt::format("{}: request schema {:016x} does not match the handler's {:016x}",
                                                   what(), h.schemaId, slot->schemaId)));
-  }
-  InPlaceMessage m;
-  if (auto r = m.parse(f.payload, f.payloadBytes); !r) {
-    return replyError(w, h, Error{ErrorCode::InvalidMessage, what() + ": " + r.error().message});
   }
   // The router keeps the deadline of a call to main like any other: the caller gets Timeout at
   // its deadline even while the handler still runs (its reply is then late).
@@ -379,6 +383,16 @@ void Router::unpin(std::uint32_t connId) {
 void Router::onReply(Conn& w, const FrameView& f) {
   const FrameHeader& h = f.header;
   const Route* found = routes_.find(h.requestId);
+  if (auto v = validatePayload(f.payload, f.payloadBytes); !v) {
+    // The caller learns why its call failed; the replier is cut off (its other calls: TargetGone).
+    if (found != nullptr && found->targetId == w.id) {
+      Route p = *routes_.take(h.requestId);
+      failCaller(p, Error{ErrorCode::InvalidMessage,
+                          fmt::format("invoke '{}' to {}: the reply was malformed: {}",
+                                      registry_.nameOf(p.channel, p.callerId), w.describe(), v.error().message)});
+    }
+    return blame(w, h, "reply", v.error());
+  }
   if (found == nullptr) {
     ++counters_.lateReplies;
     ++counters_.at(h.channel).late;

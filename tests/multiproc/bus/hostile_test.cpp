@@ -8,6 +8,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 
 #include "bus_test.hpp"
 
@@ -39,7 +40,7 @@ void goodCaller(const std::string& bus, const char* role, const Link& link, cons
   link.tellParent(std::to_string(calls) + " " + std::to_string(failures) + " " + firstFailure);
 }
 
-enum class Attack { Garbage, UnknownKind, ShortFrame, MalformedPayload };
+enum class Attack { Garbage, UnknownKind, ShortFrame, MalformedPayload, BadPointerSend, BadPointerInvoke };
 
 const char* attackName(Attack a) {
   switch (a) {
@@ -47,6 +48,8 @@ const char* attackName(Attack a) {
     case Attack::UnknownKind: return "a frame of an unknown kind";
     case Attack::ShortFrame: return "a frame shorter than its header";
     case Attack::MalformedPayload: return "a send whose message table overruns the record";
+    case Attack::BadPointerSend: return "a send to main whose root pointer is out of bounds";
+    case Attack::BadPointerInvoke: return "a routed invoke whose root pointer is out of bounds";
   }
   return "";
 }
@@ -76,9 +79,50 @@ void attack(RawOutbox& out, Attack a, unsigned seed) {
       out.record(body, sizeof body);
       break;
     }
+    case Attack::BadPointerSend:
+      f.kind = static_cast<std::uint16_t>(detail::FrameKind::Send);
+      f.channel = nameId("note");
+      out.frameWithBadPointer(f);
+      break;
+    case Attack::BadPointerInvoke:
+      f.kind = static_cast<std::uint16_t>(detail::FrameKind::Invoke);
+      f.channel = nameId("echo");
+      f.requestId = 1;
+      f.target = detail::kTargetByRole;
+      f.role = nameId("dashboard");
+      out.frameWithBadPointer(f);
+      break;
   }
   RawOutbox::ringDoorbell();
 }
+
+/// What the supervisor's "window-closed" listener heard: each closed window's reason, by id.
+class ClosedWindows {
+ public:
+  explicit ClosedWindows(Supervisor& sup)
+      : reg_(sup.on("window-closed", [this](const Message& m, const CallContext&) {
+          auto e = m.root<schema::WindowEvent>();
+          {
+            std::lock_guard lk(mu_);
+            reasons_[e.getWindowId()] = e.getReason();
+          }
+          cv_.notify_all();
+        })) {}
+
+  /// Waits up to 10 s for window `id` to close (0: any window); its reason, or nullopt.
+  std::optional<std::string> await(std::uint32_t id = 0) {
+    std::unique_lock lk(mu_);
+    auto heard = [&] { return id == 0 ? !reasons_.empty() : reasons_.count(id) != 0; };
+    if (!cv_.wait_for(lk, 10s, heard)) return std::nullopt;
+    return id == 0 ? reasons_.begin()->second : reasons_[id];
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::uint32_t, std::string> reasons_;
+  Registration reg_;  // last: unregistered first
+};
 
 }  // namespace
 
@@ -86,24 +130,15 @@ TEST_CASE("a window writing garbage or malformed frames into its outbox is disco
   TestBus tb("hostile", {}, /*dispatch=*/false);
   auto echo = tb->handle("echo", echoHandler());
   auto note = tb->on("note", [](const Message&, const CallContext&) {});  // so a send to main is decoded
-  std::mutex mu;
-  std::condition_variable cv;
-  std::map<std::uint32_t, std::string> closedReasons;
-  auto closed = tb->on("window-closed", [&](const Message& m, const CallContext&) {
-    auto e = m.root<schema::WindowEvent>();
-    {
-      std::lock_guard lk(mu);
-      closedReasons[e.getWindowId()] = e.getReason();
-    }
-    cv.notify_all();
-  });
+  ClosedWindows closed(*tb.sup);
   // Every child is forked before the dispatch thread runs (see TestBus); the editor calls the
   // dashboard, so it connects once the dashboard is ready, and each intruder once released.
   Link toG1, toG2;
   Child g1 = Child::fork([&] { goodCaller(tb.bus, "dashboard", toG1, Target::main(), "echo"); });
   GatedChild g2([&] { goodCaller(tb.bus, "editor", toG2, Target("dashboard"), "echo"); });
-  constexpr std::array kAttacks{Attack::Garbage,          Attack::UnknownKind, Attack::ShortFrame,
-                                Attack::MalformedPayload, Attack::Garbage,     Attack::Garbage};
+  constexpr std::array kAttacks{Attack::Garbage,        Attack::UnknownKind,      Attack::ShortFrame,
+                                Attack::MalformedPayload, Attack::BadPointerSend, Attack::BadPointerInvoke,
+                                Attack::Garbage,        Attack::Garbage};
   std::array<Link, kAttacks.size()> toH;
   std::deque<GatedChild> intruders;
   for (std::size_t i = 0; i < kAttacks.size(); ++i) {
@@ -133,12 +168,10 @@ TEST_CASE("a window writing garbage or malformed frames into its outbox is disco
     GatedChild& h = intruders[i];
     h.go();
     const auto id = static_cast<std::uint32_t>(std::stoul(toH[i].hearChild()));
-    {
-      std::unique_lock lk(mu);
-      REQUIRE(cv.wait_for(lk, 10s, [&] { return closedReasons.count(id) != 0; }));
-      MESSAGE(what << ": window " << id << " closed: " << closedReasons[id]);
-      CHECK(closedReasons[id].starts_with("bad message: "));
-    }
+    const auto reason = closed.await(id);
+    REQUIRE(reason.has_value());
+    MESSAGE(what << ": window " << id << " closed: " << *reason);
+    CHECK(reason->starts_with("bad message: "));
     CHECK(tb->stats().badMessages == ++bad);
     CHECK(h.join(10s) == 0);
   }
@@ -156,4 +189,56 @@ TEST_CASE("a window writing garbage or malformed frames into its outbox is disco
   }
   CHECK(g1.join(10s) == 0);
   CHECK(g2.join(10s) == 0);
+}
+
+TEST_CASE("a window whose reply is malformed is cut off, and its caller gets InvalidMessage") {
+  TestBus tb("hostile-reply", {}, /*dispatch=*/false);  // the child is forked first (see TestBus)
+  ClosedWindows closed(*tb.sup);
+  Child intruder = Child::fork([&] {
+    auto w = connectWindow(tb.bus, "intruder", {.inboxBytes = kRing, .outboxBytes = kRing});
+    std::optional<Responder> held;  // never answered through the library: the raw reply is the answer
+    auto h = w->handleAsync("trap", [&](const Message&, Responder r, const CallContext& ctx) {
+      // On the dispatch thread, which writes nothing else meanwhile: the raw producer starts
+      // at the published tail ("ready" and the handler registration are behind it).
+      RawOutbox out(tb.bus, w->id(), kRing, kRing, kMaxRecord);
+      detail::FrameHeader f{};
+      f.kind = static_cast<std::uint16_t>(detail::FrameKind::Reply);
+      f.channel = ctx.channelId;
+      f.requestId = ctx.requestId;
+      out.frameWithBadPointer(f);
+      RawOutbox::ringDoorbell();
+      held = std::move(r);
+    });
+    announceReady(*w);
+    childCheck(awaitCondition([&] { return w->closed(); }, 10s), "still connected after the malformed reply");
+  });
+  tb->startDispatchThread();
+  const Heard ready = tb.ready->next();
+  auto r = tb->invoke(Target(ready.windowId), "trap", text("x")).get();
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.code() == ErrorCode::InvalidMessage);
+  MESSAGE("the caller got: " << r.error().toString());
+  CHECK(r.error().message.find("the reply was malformed") != std::string::npos);
+  const auto reason = closed.await(ready.windowId);
+  REQUIRE(reason.has_value());
+  CHECK(reason->starts_with("bad message: malformed payload of reply 'trap'"));
+  CHECK(tb->stats().badMessages == 1);
+  CHECK(intruder.join(10s) == 0);
+}
+
+TEST_CASE("a spawned window that writes a malformed payload is killed") {
+  TestBus tb("hostile-spawned");
+  ClosedWindows closed(*tb.sup);
+  auto info = tb->spawn("rogue", {windowProgram(), "malformed"});
+  REQUIRE(info.ok());
+  const auto reason = closed.await(info->id);
+  REQUIRE(reason.has_value());
+  MESSAGE("closed: " << *reason);
+  // (the window never named "note" in an Intern frame, so the reason gives the channel's id)
+  CHECK(reason->starts_with("bad message: malformed payload of send '"));
+  CHECK(reason->find("out-of-bounds struct pointer") != std::string::npos);
+  // The program itself would wait forever (test_window's "malformed" mode): only the
+  // supervisor's SIGKILL ends it, and the supervisor's reaper then reaps it.
+  CHECK(awaitCondition([&] { return processGone(info->pid); }, 10s));
+  CHECK(tb->stats().badMessages == 1);
 }

@@ -193,8 +193,7 @@ TEST_CASE("bad invitations and options are InvalidArgument, never echoing a toke
 }
 
 TEST_CASE("spawned windows show as spawned with the supervisor's uid") {
-  const char* exe = std::getenv("SHMBUS_TEST_WINDOW");
-  REQUIRE(exe != nullptr);
+  const std::string exe = windowProgram();
   TestBus tb("inv-spawn", {.inviteOnly = true});
   auto info = tb->spawn("editor", {exe, "echo"});
   REQUIRE(info.ok());

@@ -9,15 +9,6 @@ using namespace shmbus;
 using namespace shmbus::test;
 using namespace std::chrono_literals;
 
-namespace {
-std::string windowProgram() {
-  const char* p = std::getenv("SHMBUS_TEST_WINDOW");
-  REQUIRE_MESSAGE(p != nullptr, "SHMBUS_TEST_WINDOW must name the test_window program (meson sets it)");
-  return p;
-}
-
-bool processGone(pid_t pid) { return ::kill(pid, 0) != 0 && errno == ESRCH; }
-}  // namespace
 
 TEST_CASE("a spawned window registers with the role spawn gave it and answers main's calls") {
   TestBus tb("spawn");

@@ -6,6 +6,8 @@
 //   worker  a hidden worker: handles "sum" (the sum of the request's numbers)
 //   leave   like echo, but closes its window when main sends "leave" and then lives on until it is
 //           killed (a window that closes its connection well before its process ends)
+//   malformed  a hostile window: after "ready" it writes a send to main whose payload only Cap'n
+//           Proto's traversal finds malformed (raw_outbox.hpp), then waits to be killed
 #include <unistd.h>
 
 #include <cstdio>
@@ -13,6 +15,7 @@
 #include <cstring>
 #include <string>
 
+#include "raw_outbox.hpp"
 #include "shmbus/shmbus.hpp"
 #include "test.capnp.h"
 
@@ -62,6 +65,17 @@ int main(int argc, char** argv) {
   if (auto r = win.send("ready", [&](Builder& b) { replyText(b, win.role()); }); !r) {
     std::fprintf(stderr, "test_window: ready: %s\n", r.error().toString().c_str());
     return 4;
+  }
+  if (mode == "malformed") {
+    // No run(): the raw producer must be the outbox's only writer. The supervisor's defaults
+    // (SupervisorOptions) give the ring sizes.
+    test::RawOutbox out(win.bus(), win.id(), 1u << 20, 1u << 20, 1u << 18);
+    detail::FrameHeader f{};
+    f.kind = static_cast<std::uint16_t>(detail::FrameKind::Send);
+    f.channel = nameId("note");
+    out.frameWithBadPointer(f);
+    test::RawOutbox::ringDoorbell();
+    for (;;) ::pause();  // the supervisor kills it (a spawned window's bad message)
   }
   win.run();  // until the supervisor stops (leave: or the window closed itself)
   if (mode == "leave") {
