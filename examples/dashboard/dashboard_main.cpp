@@ -2,23 +2,97 @@
 // settings windows and then the main window (which runs the scenario), kills the settings window
 // when it starts an export (to show TargetGone), prints what the bus saw, and exits 0 when every
 // step of the scenario went as expected.
+//
+//   dashboard-main [--trace FILE]
+// With --trace, an inspector attached before the first window records every event of the bus
+// and the demo writes them as a Perfetto / chrome://tracing timeline (shmbus::ChromeTrace) when
+// the scenario ends; the demo fails if the timeline misses a call of any status the scenario
+// shows (Ok, Timeout, NoTarget, HandlerError, TargetGone).
 #include <signal.h>
 
+#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <condition_variable>
 #include <mutex>
+#include <set>
+#include <thread>
 
 #include "bus.capnp.h"
 #include "dashboard.capnp.h"
 #include "dashboard.shmbus.h"
 #include "demo_common.hpp"
+#include "shmbus/inspect.hpp"
 
 using namespace shmbus;
 using namespace std::chrono_literals;
 
-int main() {
+namespace {
+
+/// Records the bus's trace events on a thread of its own until the supervisor stops.
+class Recorder {
+ public:
+  /// Attaches to `bus`. Errors: as Inspector::attach.
+  static shmbus::Result<std::unique_ptr<Recorder>> start(const std::string& bus) {
+    auto insp = Inspector::attach(bus);
+    if (!insp) return insp.error();
+    return std::unique_ptr<Recorder>(new Recorder(std::move(*insp)));
+  }
+  ~Recorder() {
+    if (thread_.joinable()) thread_.join();
+  }
+
+  /// After Supervisor::stop(): waits for the last event, writes `path`, prints the counts.
+  /// False when the file could not be written or misses a call status the scenario shows.
+  bool finish(const std::string& path) {
+    thread_.join();
+    trace_.setLost(inspector_->lost());
+    if (auto w = trace_.write(path); !w) {
+      fmt::print("[main process] trace: {}\n", w.error().toString());
+      return false;
+    }
+    std::string counts;
+    for (const auto& [kind, n] : trace_.countsByKind()) counts += fmt::format(" {} {},", kind, n);
+    fmt::print("[main process] trace: {} events ({} lost):{} written to {}\n", trace_.size(), inspector_->lost(),
+               counts, path);
+    fmt::print("[main process] open it in https://ui.perfetto.dev (Open trace file) or chrome://tracing (Load)\n");
+    bool complete = true;
+    for (const ErrorCode c : {ErrorCode::Ok, ErrorCode::Timeout, ErrorCode::NoTarget, ErrorCode::HandlerError,
+                              ErrorCode::TargetGone}) {
+      if (statuses_.count(c) == 0) {
+        fmt::print("[main process] trace: no call ended {}\n", c == ErrorCode::Ok ? "Ok" : errorCodeName(c));
+        complete = false;
+      }
+    }
+    return complete;
+  }
+
+ private:
+  explicit Recorder(std::unique_ptr<Inspector> insp) : inspector_(std::move(insp)) {
+    thread_ = std::thread([this] {
+      for (;;) {
+        auto e = inspector_->next(std::chrono::milliseconds(1000));
+        if (!e) return;  // BusClosed once every event the supervisor wrote has been read
+        if (!*e) continue;
+        if ((*e)->kind == TraceKind::Invoke) statuses_.insert((*e)->status);
+        trace_.add(**e);
+      }
+    });
+  }
+  std::unique_ptr<Inspector> inspector_;
+  ChromeTrace trace_;
+  std::set<ErrorCode> statuses_;
+  std::thread thread_;  // last: started once the rest exists
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // one ordered transcript, also through a pipe
+  CLI::App app{"libshmbus dashboard demo: a supervisor and four windows run a scripted scenario"};
+  std::string tracePath;
+  app.add_option("--trace", tracePath, "write a Perfetto / chrome://tracing timeline of the whole scenario to FILE");
+  CLI11_PARSE(app, argc, argv);
   const std::string bus = fmt::format("dashboard-demo-{}", ::getpid());
   auto created = Supervisor::create({.bus = bus, .logLevel = LogLevel::Warn});
   if (!created) {
@@ -48,6 +122,15 @@ int main() {
     fmt::print("[main process] window {} ({}) closed: {}\n", e.getWindowId(), e.getRole().cStr(), e.getReason().cStr());
   });
   sup.startDispatchThread();
+  std::unique_ptr<Recorder> recorder;
+  if (!tracePath.empty()) {
+    auto r = Recorder::start(bus);
+    if (!r) {
+      fmt::print(stderr, "trace: {}\n", r.error().toString());
+      return 2;
+    }
+    recorder = std::move(*r);
+  }
 
   const std::string exe = demo::exeDir() + "/dashboard-window";
   // Each window is ready once its first handler registration reached the supervisor (a call
@@ -89,6 +172,7 @@ int main() {
   fmt::print("  pending calls: {}, late replies: {}, spoofed replies: {}, undeliverable: {}, bad messages: {}\n",
              st.pending.size(), st.lateReplies, st.spoofedReplies, st.undeliverable, st.badMessages);
   sup.stop();
+  if (recorder && !recorder->finish(tracePath)) ok = false;
   fmt::print("[main process] scenario {}\n", ok ? "completed: every step as expected" : "FAILED");
   return ok ? 0 : 1;
 }

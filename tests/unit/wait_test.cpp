@@ -33,13 +33,14 @@ TEST_CASE("notify without a waiter makes no wake-up call") {
   // The wake path bumps seq before FUTEX_WAKE: an unchanged seq proves no wake was issued.
   CHECK(w.seq.load() == 0);
 
-  // For scale, the same number of FUTEX_WAKE syscalls (nobody waits on `other` either).
+  // For scale only, the same number of FUTEX_WAKE syscalls (nobody waits on `other` either). No
+  // assertion on the times: a vCPU preempted during the first loop would fail it (speed is
+  // bench/'s business); the unchanged seq above is the proof.
   WaitWord other{};
   const std::int64_t t1 = monotonicNowNs();
   for (int i = 0; i < kCalls; ++i) futexWake(&other.seq, 1);
   const std::int64_t wakeNs = monotonicNowNs() - t1;
   MESSAGE("notify without waiter: " << notifyNs / kCalls << " ns, FUTEX_WAKE: " << wakeNs / kCalls << " ns");
-  CHECK(notifyNs * 5 < wakeNs);
 }
 
 TEST_CASE("notify with a parked waiter bumps the word and wakes it") {

@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -65,6 +66,39 @@ std::string toText(const TraceEvent& e);
 /// One JSON object (no newline) with every field of `e` (JSON Lines for `tail --json`):
 /// {"seq":1,"kind":"invoke","channel":"echo",...}. Strings are escaped per RFC 8259.
 std::string toJson(const TraceEvent& e);
+
+/// A Chrome trace-event JSON document of trace events: the format ui.perfetto.dev and
+/// chrome://tracing open (`shmbus-inspect BUS record`, the dashboard demo's --trace).
+/// Layout (docs/architecture.md §14): one process track per window, named "<role>#<id> (pid N)"
+/// ("main" for the main process); a call is one slice on the caller's track and one on the
+/// handler's (no handler track when the call never reached one: NoTarget, Denied...), each from
+/// when the router saw the request to when the call ended, joined by a flow arrow (flow id = the
+/// event's seq; args carry the trace id that nested calls share); a failed call's slices are
+/// named "<channel> [<Code>]" and coloured "terrible"; one-way messages, broadcasts, cancels and
+/// window events are instants on the sender's (the window's) track. Slices that overlap without
+/// nesting (concurrent calls of one window) go to extra threads of its track ("calls 2", ...),
+/// so every thread's slices nest as the format requires. Times are µs from the earliest event.
+/// Thread contract: one thread at a time.
+class ChromeTrace {
+ public:
+  /// Adds one event (any order: json() sorts by start time).
+  void add(const TraceEvent& e);
+  /// Events lost by the inspector that read these (Inspector::lost()), kept in the document's
+  /// "otherData" so a reader knows the timeline has gaps.
+  void setLost(std::uint64_t n) noexcept { lost_ = n; }
+  /// Events added so far.
+  std::size_t size() const noexcept { return events_.size(); }
+  /// Events added per kind name (traceKindName: "invoke" → 12, ...).
+  std::map<std::string, std::uint64_t> countsByKind() const;
+  /// The document: {"displayTimeUnit":"ns","otherData":{...},"traceEvents":[...]}. O(n log n).
+  std::string json() const;
+  /// Writes json() to `path` (created or truncated). Errors: SystemError (errno text).
+  Result<void> write(const std::string& path) const;
+
+ private:
+  std::vector<TraceEvent> events_;
+  std::uint64_t lost_ = 0;
+};
 
 /// What a running bus looks like now (Inspector::snapshot(); `shmbus-inspect BUS windows|stats`).
 struct BusSnapshot {

@@ -22,16 +22,12 @@ const char* traceKindName(TraceKind kind) noexcept {
   return "unknown";
 }
 
-namespace {
-std::string endpoint(const std::string& role, std::uint32_t id) {
-  if (id == 0) return role.empty() ? std::string("main") : role;
+std::string detail::endpointName(std::string_view role, std::uint32_t id) {
+  if (id == 0) return role.empty() ? std::string("main") : std::string(role);
   return fmt::format("{}#{}", role.empty() ? "window" : role, id);
 }
 
-/// A JSON string literal of `s` (RFC 8259 §7: quote, backslash and control characters escaped;
-/// other bytes as they are). The events' JSON is one flat object of known fields, so this is
-/// all the JSON the library writes.
-void jsonString(std::string& out, std::string_view s) {
+void detail::jsonString(std::string& out, std::string_view s) {
   out += '"';
   for (const char ch : s) {
     const auto c = static_cast<unsigned char>(ch);
@@ -51,6 +47,10 @@ void jsonString(std::string& out, std::string_view s) {
   }
   out += '"';
 }
+
+using detail::jsonString;
+namespace {
+std::string endpoint(const std::string& role, std::uint32_t id) { return detail::endpointName(role, id); }
 }  // namespace
 
 std::string toText(const TraceEvent& e) {

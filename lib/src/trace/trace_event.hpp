@@ -9,11 +9,21 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "shmbus/inspect.hpp"
 
 namespace shmbus::detail {
+
+/// Appends a JSON string literal of `s` to `out` (RFC 8259 §7: quote, backslash and control
+/// characters escaped; other bytes as they are). The library's JSON (toJson, ChromeTrace) is
+/// flat objects of known fields written with fmt, so this is all the escaping it needs.
+void jsonString(std::string& out, std::string_view s);
+
+/// How events name one end: "<role>#<id>" for a window, the role ("main") for id 0.
+std::string endpointName(std::string_view role, std::uint32_t id);
 
 /// Bounds of the strings of an encoded event, bytes (longer ones are cut).
 inline constexpr std::size_t kTraceChannelMax = 256;

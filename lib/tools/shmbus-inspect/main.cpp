@@ -2,6 +2,9 @@
 //   shmbus-inspect BUS tail [--channel C] [--role R] [--json] [--count N] [--duration S]
 //     one line per trace event the supervisor records (human form, or JSON Lines with --json)
 //     until Ctrl-C, --count events, --duration seconds, or the bus stops;
+//   shmbus-inspect BUS record -o FILE [--channel C] [--role R] [--count N] [--duration S]
+//     the same events as a Chrome trace-event JSON file (ChromeTrace: ui.perfetto.dev,
+//     chrome://tracing), written when recording ends; prints the events per kind;
 //   shmbus-inspect BUS windows          the registry: id, role, pid, uid, how it got its role (open,
 //                                       invited, spawned), inbox fill, calls;
 //   shmbus-inspect BUS stats [--watch S]  per channel calls, messages, errors, p50/p99, late
@@ -11,7 +14,9 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstdio>
+#include <functional>
 #include <thread>
 
 #include "shmbus/inspect.hpp"
@@ -26,6 +31,9 @@ struct TailOptions {
   double durationS = 0;     // 0 = no limit
 };
 
+volatile std::sig_atomic_t interrupted = 0;  // SIGINT/SIGTERM: finish (record writes its file)
+extern "C" void onInterrupt(int) { interrupted = 1; }
+
 bool selected(const shmbus::TraceEvent& e, const TailOptions& o) {
   if (!o.channel.empty() && e.channel != o.channel) return false;
   if (!o.role.empty() && e.sourceRole != o.role && e.targetRole != o.role) return false;
@@ -34,20 +42,24 @@ bool selected(const shmbus::TraceEvent& e, const TailOptions& o) {
 
 std::unique_ptr<shmbus::Inspector> attachOrSay(const std::string& bus, const std::string& socket);
 
-int tail(const std::string& bus, const std::string& socket, const TailOptions& o) {
-  auto insp = attachOrSay(bus, socket);
-  if (!insp) return 1;
-  fmt::print(stderr, "shmbus-inspect: tailing bus '{}'\n", bus);
+/// Reads `insp`'s events until Ctrl-C, o.count selected events, o.durationS seconds or the bus
+/// stops: `onLost(n)` when n more were lost, `onEvent(e)` for each event `o` selects. Returns the
+/// exit status (1: an error other than the bus closing, printed).
+int follow(shmbus::Inspector& insp, const TailOptions& o, const std::function<void(std::uint64_t)>& onLost,
+           const std::function<void(const shmbus::TraceEvent&)>& onEvent) {
+  std::signal(SIGINT, onInterrupt);
+  std::signal(SIGTERM, onInterrupt);
   const auto start = std::chrono::steady_clock::now();
   const auto end = o.durationS > 0 ? start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                                                  std::chrono::duration<double>(o.durationS))
                                    : std::chrono::steady_clock::time_point::max();
-  std::uint64_t printed = 0, lostReported = 0;
-  for (;;) {
+  std::uint64_t taken = 0, lostReported = 0;
+  while (interrupted == 0) {
     const auto now = std::chrono::steady_clock::now();
     if (now >= end) break;
-    const auto slice = std::min<std::chrono::steady_clock::duration>(end - now, std::chrono::seconds(1));
-    auto e = insp->next(std::chrono::duration_cast<std::chrono::milliseconds>(slice));
+    // Short slices, so that Ctrl-C is seen soon.
+    const auto slice = std::min<std::chrono::steady_clock::duration>(end - now, std::chrono::milliseconds(200));
+    auto e = insp.next(std::chrono::duration_cast<std::chrono::milliseconds>(slice));
     if (!e) {
       if (e.code() == shmbus::ErrorCode::BusClosed) {
         fmt::print(stderr, "shmbus-inspect: {}\n", e.error().message);
@@ -56,20 +68,51 @@ int tail(const std::string& bus, const std::string& socket, const TailOptions& o
       fmt::print(stderr, "shmbus-inspect: {}\n", e.error().toString());
       return 1;
     }
-    if (const std::uint64_t lost = insp->lost(); lost != lostReported) {
-      if (o.json) {
-        fmt::print("{{\"kind\":\"lost\",\"count\":{}}}\n", lost - lostReported);
-      } else {
-        fmt::print("... {} events lost: this inspector fell behind the bus\n", lost - lostReported);
-      }
+    if (const std::uint64_t lost = insp.lost(); lost != lostReported) {
+      onLost(lost - lostReported);
       lostReported = lost;
     }
     if (!*e || !selected(**e, o)) continue;
-    fmt::print("{}\n", o.json ? shmbus::toJson(**e) : shmbus::toText(**e));
-    std::fflush(stdout);
-    if (o.count != 0 && ++printed >= o.count) break;
+    onEvent(**e);
+    if (o.count != 0 && ++taken >= o.count) break;
   }
   return 0;
+}
+
+int tail(const std::string& bus, const std::string& socket, const TailOptions& o) {
+  auto insp = attachOrSay(bus, socket);
+  if (!insp) return 1;
+  fmt::print(stderr, "shmbus-inspect: tailing bus '{}'\n", bus);
+  auto lost = [&](std::uint64_t n) {
+    if (o.json) {
+      fmt::print("{{\"kind\":\"lost\",\"count\":{}}}\n", n);
+    } else {
+      fmt::print("... {} events lost: this inspector fell behind the bus\n", n);
+    }
+  };
+  return follow(*insp, o, lost, [&](const shmbus::TraceEvent& e) {
+    fmt::print("{}\n", o.json ? shmbus::toJson(e) : shmbus::toText(e));
+    std::fflush(stdout);
+  });
+}
+
+int record(const std::string& bus, const std::string& socket, const TailOptions& o, const std::string& path) {
+  auto insp = attachOrSay(bus, socket);
+  if (!insp) return 1;
+  fmt::print(stderr, "shmbus-inspect: recording bus '{}' into {} (Ctrl-C to stop)\n", bus, path);
+  shmbus::ChromeTrace trace;
+  const int status = follow(*insp, o, [](std::uint64_t) {}, [&](const shmbus::TraceEvent& e) { trace.add(e); });
+  trace.setLost(insp->lost());
+  if (auto w = trace.write(path); !w) {
+    fmt::print(stderr, "shmbus-inspect: {}\n", w.error().toString());
+    return 1;
+  }
+  std::string counts;
+  for (const auto& [kind, n] : trace.countsByKind()) counts += fmt::format("{}{} {}", counts.empty() ? "" : ", ", kind, n);
+  fmt::print("wrote {} events to {} ({}); {} lost\n", trace.size(), path, counts.empty() ? "none" : counts,
+             insp->lost());
+  fmt::print("open it in https://ui.perfetto.dev or chrome://tracing\n");
+  return status;
 }
 
 std::unique_ptr<shmbus::Inspector> attachOrSay(const std::string& bus, const std::string& socket) {
@@ -134,6 +177,14 @@ int stats(const std::string& bus, const std::string& socket, double watchS) {
   }
 }
 
+/// The options tail and record share: which events, and when to stop.
+void addFollowOptions(CLI::App& cmd, TailOptions& o) {
+  cmd.add_option("-c,--channel", o.channel, "only events of this channel");
+  cmd.add_option("-r,--role", o.role, "only events from or to this role");
+  cmd.add_option("-n,--count", o.count, "stop after this many events");
+  cmd.add_option("-d,--duration", o.durationS, "stop after this many seconds");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -144,17 +195,20 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   TailOptions tailOpts;
   auto* tailCmd = app.add_subcommand("tail", "print every message and call as it happens");
-  tailCmd->add_option("-c,--channel", tailOpts.channel, "only events of this channel");
-  tailCmd->add_option("-r,--role", tailOpts.role, "only events from or to this role");
+  addFollowOptions(*tailCmd, tailOpts);
   tailCmd->add_flag("-j,--json", tailOpts.json, "JSON Lines instead of text");
-  tailCmd->add_option("-n,--count", tailOpts.count, "stop after this many events");
-  tailCmd->add_option("-d,--duration", tailOpts.durationS, "stop after this many seconds");
+  TailOptions recordOpts;
+  std::string recordPath;
+  auto* recordCmd = app.add_subcommand("record", "write a Perfetto / chrome://tracing timeline of the bus");
+  recordCmd->add_option("-o,--output", recordPath, "the trace file to write (Chrome trace-event JSON)")->required();
+  addFollowOptions(*recordCmd, recordOpts);
   app.add_subcommand("windows", "list the windows registered with the bus");
   double watchS = 0;
   auto* statsCmd = app.add_subcommand("stats", "per channel counters and latencies, calls in flight");
   statsCmd->add_option("-w,--watch", watchS, "print again every this many seconds");
   CLI11_PARSE(app, argc, argv);
   if (tailCmd->parsed()) return tail(bus, socket, tailOpts);
+  if (recordCmd->parsed()) return record(bus, socket, recordOpts, recordPath);
   if (statsCmd->parsed()) return stats(bus, socket, watchS);
   if (app.got_subcommand("windows")) return windows(bus, socket);
   return 2;

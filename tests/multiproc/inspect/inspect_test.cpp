@@ -1,12 +1,16 @@
 // The inspector (docs/architecture.md §14) against a live bus: the shmbus-inspect CLI in its own
 // process sees a scripted scenario complete and in order; a stalled in-process Inspector loses
 // the oldest events and is told how many while calls go on.
+#include <capnp/compat/json.h>
 #include <doctest/doctest.h>
 #include <signal.h>
 #include <sys/wait.h>
 
 #include <climits>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <map>
 
 #include "bus_test.hpp"
 #include "shmbus/inspect.hpp"
@@ -304,4 +308,50 @@ TEST_CASE("shmbus-inspect windows and stats show the registry, the counters and 
   held.tellChild("reply");
   CHECK(caller.join(10s) == 0);
   CHECK(slow.finish() == 0);
+}
+
+TEST_CASE("shmbus-inspect record writes a timeline that parses as JSON, with the call as two slices and a flow") {
+  TestBus tb("record", {}, /*dispatch=*/false);
+  ServedWindow dashboard(ServedWindow::deferred, tb, "dashboard",
+                         [](Window& w, auto& regs) { regs.push_back(w.handle("echo", echoHandler())); });
+  tb->startDispatchThread();
+  const std::string path = "/tmp/shmbus-record-" + tb.bus + ".json";
+  InspectProcess insp({tb.bus, "record", "-o", path, "--count", "3"});
+  const std::string hello = insp.errLine();
+  REQUIRE_MESSAGE(hello.find("recording bus") != std::string::npos, "shmbus-inspect said: " << hello);
+  dashboard.start();  // window-open, then its "ready" send
+  const std::uint32_t dashId = dashboard.id();
+  auto r = tb->invoke(Target("dashboard"), "echo", text("x")).get();  // the third event
+  REQUIRE(r.ok());
+  const std::string summary = insp.line();
+  CHECK(insp.wait() == 0);
+  INFO(summary);
+  CHECK(summary.find("wrote 3 events to " + path + " (invoke 1, send 1, window-open 1); 0 lost") == 0);
+  CHECK(insp.line().find("ui.perfetto.dev") != std::string::npos);
+
+  std::ifstream in(path);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ::unlink(path.c_str());
+  capnp::MallocMessageBuilder mb;
+  auto root = mb.initRoot<capnp::JsonValue>();
+  capnp::JsonCodec().decodeRaw(kj::StringPtr(text.c_str()), root);  // throws unless it is JSON
+  std::map<std::string, std::vector<std::string>> byPhase;  // ph → "name@pid"
+  for (auto e : root.asReader().getObject()) {
+    if (e.getName() != "traceEvents") continue;
+    for (auto ev : e.getValue().getArray()) {
+      std::string ph, name, pid;
+      for (auto f : ev.getObject()) {
+        if (f.getName() == "ph") ph = f.getValue().getString();
+        if (f.getName() == "name") name = f.getValue().getString();
+        if (f.getName() == "pid") pid = std::to_string(static_cast<long>(f.getValue().getNumber()));
+      }
+      byPhase[ph].push_back(name + "@" + pid);
+    }
+  }
+  const std::string dashTrack = std::to_string(dashId + 1);  // tracks are window id + 1; main is 1
+  CHECK(byPhase["X"] == std::vector<std::string>{"echo@1", "echo@" + dashTrack});
+  CHECK(byPhase["s"] == std::vector<std::string>{"call@1"});
+  CHECK(byPhase["f"] == std::vector<std::string>{"call@" + dashTrack});
+  CHECK(byPhase["i"] == std::vector<std::string>{"window-open@" + dashTrack, "send ready@" + dashTrack});
+  CHECK(dashboard.finish() == 0);
 }
