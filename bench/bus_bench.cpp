@@ -57,6 +57,7 @@
 #include "message/message.hpp"
 #include "ring/ring.hpp"
 #include "segment/segment.hpp"
+#include "shmbus/inspect.hpp"
 #include "shmbus/shmbus.hpp"
 
 using namespace shmbus;
@@ -252,24 +253,50 @@ Partner spawnTarget(const std::string& bus, std::chrono::nanoseconds spin, const
   });
 }
 
+/// An inspector in a partner process of its own (unpinned, like `shmbus-inspect BUS tail` would
+/// run): attaches to `bus`, notifies `ev` (value 1) and reads every event until killed, so the
+/// supervisor records them all. The traced rows' third party.
+Partner spawnInspector(const std::string& bus, const EventPipe& ev) {
+  return Partner::spawn(kUnpinned, [&, bus] {
+    auto insp = Inspector::attach(bus);
+    if (!insp) fatal("inspector attach failed");
+    ev.notify(1);
+    std::uint64_t events = 0;
+    for (;;) {
+      auto e = (*insp)->next(std::chrono::milliseconds(1000));
+      if (!e) return;  // the bus is gone
+      if (*e) benchmark::DoNotOptimize(events += (*e)->seq);
+    }
+  });
+}
+
 /// The processes of one bus run: a supervisor, and for routed runs a target window. Started by
 /// start(), which returns false (with `error` set) when one of them does not come up; killed and
 /// reaped by the destructors of the Partners.
 struct BusProcesses {
   std::string bus = uniqueName("bus");
-  EventPipe supEvents, targetEvents;
-  std::optional<Partner> sup, target;
+  EventPipe supEvents, targetEvents, inspectorEvents;
+  std::optional<Partner> sup, target, inspector;
   std::string error;
 
   /// Starts the supervisor (pinned to kPartnerCpu, or unpinned when `routed`: it is then the router)
   /// and, when `routed`, the target window on kPartnerCpu, waiting until each is ready.
-  /// `streamCount` > 0 makes the receiving endpoint count that many stream messages.
-  bool start(bool routed, std::chrono::nanoseconds spin, std::uint64_t streamCount) {
+  /// `streamCount` > 0 makes the receiving endpoint count that many stream messages. `traced`
+  /// attaches an inspector (spawnInspector) before any window connects.
+  bool start(bool routed, std::chrono::nanoseconds spin, std::uint64_t streamCount, bool traced = false) {
     sup.emplace(spawnSupervisor(bus, spin, routed ? kUnpinned : kPartnerCpu, supEvents, routed ? 0 : streamCount));
     supEvents.closeWriter();
     if (!supEvents.wait()) {
       error = "supervisor failed to start";
       return false;
+    }
+    if (traced) {
+      inspector.emplace(spawnInspector(bus, inspectorEvents));
+      inspectorEvents.closeWriter();
+      if (!inspectorEvents.wait()) {
+        error = "inspector failed to attach";
+        return false;
+      }
     }
     if (routed) {
       target.emplace(spawnTarget(bus, spin, targetEvents, streamCount));
@@ -293,10 +320,13 @@ struct BusProcesses {
 
 enum class Route { ToMain, Routed, Typed };
 
-void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono::nanoseconds spin) {
+/// One call round trip per iteration over `route`; `traced`: with an inspector reading every
+/// event the supervisor records (the cost of tracing, issue "The inspector" item 5).
+void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono::nanoseconds spin,
+            bool traced = false) {
   Watchdog dog("Invoke", kWatchdogSeconds);
   BusProcesses procs;
-  if (!procs.start(route == Route::Routed, spin, 0)) return state.SkipWithError(procs.error.c_str());
+  if (!procs.start(route == Route::Routed, spin, 0, traced)) return state.SkipWithError(procs.error.c_str());
   ScopedPin pin(kMainCpu);
   if (!pin.ok()) return state.SkipWithError("cannot pin to CPU 0");
   WindowOptions o;
@@ -571,6 +601,13 @@ void registerAll() {
       const auto rspin = spin ? detail::SpinPolicy{}.spin : kParkNow;
       manual(benchmark::RegisterBenchmark(fmt::format("Invoke/window_to_window_routed/{}/{}", bytes, mode).c_str(),
                                           [=](benchmark::State& s) { invoke(s, Route::Routed, bytes, rspin); }));
+      // The same call with an inspector attached (every call recorded and read): compare.py's
+      // "traced ÷ untraced" ratio (target <= 1.1).
+      if (bytes == 64) {
+        manual(benchmark::RegisterBenchmark(
+            fmt::format("Invoke/window_to_window_routed_traced/{}/{}", bytes, mode).c_str(),
+            [=](benchmark::State& s) { invoke(s, Route::Routed, bytes, rspin, /*traced=*/true); }));
+      }
     }
   }
   for (std::size_t bytes : {std::size_t{64}, std::size_t{1024}, std::size_t{65536}}) {

@@ -31,7 +31,8 @@ MODES = ("spin", "parked")
 TRANSPORTS = ["floor_spin", "futex_floor", "pipe", "uds", "boost_mq", "ring_spin", "ring_parked",
               "window_to_main", "window_to_window_routed", "dbus_signal"]
 ROUTES = ["window_to_main/spin", "window_to_main/parked", "window_to_window_routed/spin",
-          "window_to_window_routed/parked", "window_to_main_untyped/parked", "window_to_main_typed/parked",
+          "window_to_window_routed/parked", "window_to_window_routed_traced/spin",
+          "window_to_window_routed_traced/parked", "window_to_main_untyped/parked", "window_to_main_typed/parked",
           "dbus_method"]
 COUNTERS = ["p50_ns", "p99_ns", "msgs_per_s", "full_retries", "credit_waits", "dbus_flushes"]
 SENDER_WAITS = [("full_retries", "Full retries"), ("credit_waits", "credit waits"), ("dbus_flushes", "blocking flushes")]
@@ -215,6 +216,18 @@ def baseline_ratios(out, data):
     ratio_matrix(out, "Against the ring round trip of the same run: p50 ÷ p50", rows, sizes, data, fmt_ns)
 
 
+def traced_ratios(out, data):
+    """The cost of an attached inspector: each *_traced route ÷ the same route untraced."""
+    traced = ordered({t for (k, t, _) in data if k == "Invoke" and "_traced/" in t}, ROUTES)
+    if not traced:
+        return
+    sizes = sorted({s for (k, t, s) in data if k == "Invoke" and t in traced})
+    rows = [(f"{t} ÷ {t.replace('_traced', '')}", ("Invoke", t), ("Invoke", t.replace("_traced", "")), "p50_ns")
+            for t in traced]
+    ratio_matrix(out, "Tracing with an inspector attached: p50 traced ÷ p50 untraced (target <= 1.1)", rows,
+                 sizes, data, fmt_ns)
+
+
 def targets(out, data):
     """ring_bench's targets; returns the number missed. Left out for bus_bench's JSON (it has
     Invoke results and none of the floors)."""
@@ -272,6 +285,7 @@ def main():
     stream_table(out, data)
     dbus_ratios(out, data)
     baseline_ratios(out, data)
+    traced_ratios(out, data)
     missed = targets(out, data)
     print("\n".join(out).rstrip("\n"))
     return 1 if (args.check and missed) else 0
