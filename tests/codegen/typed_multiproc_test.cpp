@@ -407,3 +407,45 @@ TEST_CASE("peers compiled from an incompatible version of a contract get Invalid
   CHECK(notes == 1);
   CHECK(signals == 0);
 }
+
+TEST_CASE("shmbus-inspect call invokes a typed method from the shell and prints the reply as Cap'n Proto text") {
+  TestBus tb("typed-cli");
+  StudioWindow studio(tb);
+  const std::string schema = toolPath("SHMBUS_GOLDEN_SCHEMA"), imports = toolPath("SHMBUS_SCHEMA_DIR");
+  auto run = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), tb.bus);
+    args.insert(args.end(), {"--schema", schema, "-I", imports});
+    return std::make_unique<ToolProcess>(toolPath("SHMBUS_INSPECT"), std::move(args));
+  };
+  auto stderrOf = [](ToolProcess& p) {
+    std::string all;
+    for (std::string l = p.errLine(); !l.empty(); l = p.errLine()) all += l + "\n";
+    return all;
+  };
+  {  // the handler's typed stub accepts the request: the fingerprint is the generated one
+    auto p = run({"call", "studio", "Studio.echo", "(text = \"shell\")"});
+    CHECK(p->line() == "(text = \"shell from shmbus-inspect\", length = 5)");
+    CHECK(p->wait() == 0);
+  }
+  {  // an interface in a struct's scope, another role for the tool's window
+    auto p = run({"call", "studio", "Scope.Inner.hello", "(name = \"cli\")", "--as", "operator"});
+    CHECK(p->line() == "(greeting = \"hello, cli\")");
+    CHECK(p->wait() == 0);
+  }
+  {  // the call's own error: exit 1, the Error on stderr
+    auto p = run({"call", "nobody", "Studio.echo", "(text = \"x\")"});
+    const std::string err = stderrOf(*p);
+    INFO(err);
+    CHECK(err.find("NoTarget") != std::string::npos);
+    CHECK(p->wait() == 1);
+  }
+  {  // a method the schema does not declare, params that are not its fields: exit 2
+    auto p = run({"call", "studio", "Studio.nosuch"});
+    CHECK(stderrOf(*p).find("no such method") != std::string::npos);
+    CHECK(p->wait() == 2);
+    auto q = run({"call", "studio", "Studio.echo", "(colour = 1)"});
+    CHECK(stderrOf(*q).find("no field named 'colour'") != std::string::npos);
+    CHECK(q->wait() == 2);
+  }
+  CHECK(studio.finish() == 0);
+}

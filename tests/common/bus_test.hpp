@@ -16,6 +16,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -459,5 +460,88 @@ inline long long cpuTicks(pid_t pid) {
   }
   return utime + stime;
 }
+
+/// The path of a tool the test's meson definition passes in the environment variable `var`.
+inline std::string toolPath(const char* var) {
+  const char* p = std::getenv(var);
+  REQUIRE_MESSAGE(p != nullptr, var << " must name the tool (meson sets it)");
+  return p;
+}
+
+/// A program run in its own process with its stdout and stderr on pipes (the CLI tools' tests:
+/// shmbus-inspect, shmbusd). The child only dup2s and execs: nothing that could take a lock, so
+/// it may be started while the test's threads run.
+class ToolProcess {
+ public:
+  /// Starts `exe` with `args` (argv[1]...).
+  ToolProcess(const std::string& exe, std::vector<std::string> args) {
+    args.insert(args.begin(), exe);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    int out[2], err[2];
+    REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
+    REQUIRE(::pipe2(err, O_CLOEXEC) == 0);
+    pid_ = ::fork();  // the child only dup2s and execs: nothing that could take a lock
+    if (pid_ == 0) {
+      ::dup2(out[1], 1);
+      ::dup2(err[1], 2);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    ::close(out[1]);
+    ::close(err[1]);
+    out_ = out[0];
+    err_ = err[0];
+  }
+  ~ToolProcess() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    ::close(out_);
+    ::close(err_);
+  }
+  ToolProcess(const ToolProcess&) = delete;
+  ToolProcess& operator=(const ToolProcess&) = delete;
+
+  /// The next line of its stdout (or stderr), waiting at most `timeout`; "" at end of file.
+  /// Throws std::runtime_error when no line came in time.
+  std::string line(std::chrono::milliseconds timeout = 10s) { return readLine(out_, outBuf_, timeout); }
+  std::string errLine(std::chrono::milliseconds timeout = 10s) { return readLine(err_, errBuf_, timeout); }
+
+  /// Waits for the process to exit (an event on its pipe, then waitpid); returns its status.
+  int wait() {
+    int status = 0;
+    REQUIRE(::waitpid(pid_, &status, 0) == pid_);
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+ private:
+  static std::string readLine(int fd, std::string& buf, std::chrono::milliseconds timeout) {
+    const std::int64_t deadline = nowNs() + std::chrono::nanoseconds(timeout).count();
+    for (;;) {
+      if (auto nl = buf.find('\n'); nl != std::string::npos) {
+        std::string l = buf.substr(0, nl);
+        buf.erase(0, nl + 1);
+        return l;
+      }
+      pollfd p{fd, POLLIN, 0};
+      const std::int64_t left = (deadline - nowNs()) / 1'000'000;
+      if (left <= 0 || ::poll(&p, 1, static_cast<int>(left)) == 0) {
+        throw std::runtime_error("the tool printed no line within " + std::to_string(timeout.count()) + " ms");
+      }
+      char chunk[4096];
+      const ssize_t n = ::read(fd, chunk, sizeof chunk);
+      if (n <= 0) return std::exchange(buf, std::string());
+      buf.append(chunk, static_cast<std::size_t>(n));
+    }
+  }
+
+  pid_t pid_ = -1;
+  int out_ = -1, err_ = -1;
+  std::string outBuf_, errBuf_;
+};
 
 }  // namespace shmbus::test

@@ -5,6 +5,9 @@
 //   shmbus-inspect BUS record -o FILE [--channel C] [--role R] [--count N] [--duration S]
 //     the same events as a Chrome trace-event JSON file (ChromeTrace: ui.perfetto.dev,
 //     chrome://tracing), written when recording ends; prints the events per kind;
+//   shmbus-inspect BUS call TARGET Interface.method '(capnp text)' --schema FILE [-I DIR]...
+//     invokes a typed method of role TARGET ("main": the main process) and prints the reply as
+//     Cap'n Proto text (call.hpp; exit 1 when the call fails, 2 for a bad schema or params);
 //   shmbus-inspect BUS windows          the registry: id, role, pid, uid, how it got its role (open,
 //                                       invited, spawned), inbox fill, calls;
 //   shmbus-inspect BUS stats [--watch S]  per channel calls, messages, errors, p50/p99, late
@@ -19,6 +22,7 @@
 #include <functional>
 #include <thread>
 
+#include "call.hpp"
 #include "shmbus/inspect.hpp"
 
 namespace {
@@ -202,6 +206,18 @@ int main(int argc, char** argv) {
   auto* recordCmd = app.add_subcommand("record", "write a Perfetto / chrome://tracing timeline of the bus");
   recordCmd->add_option("-o,--output", recordPath, "the trace file to write (Chrome trace-event JSON)")->required();
   addFollowOptions(*recordCmd, recordOpts);
+  shmbus::inspect::CallRequest callRq;
+  long timeoutMs = 0;
+  auto* callCmd = app.add_subcommand("call", "invoke a typed method and print its reply (Cap'n Proto text)");
+  callCmd->add_option("target", callRq.target, "the role that handles it, or main")->required();
+  callCmd->add_option("channel", callRq.channel, "Interface.method, as in the schema")->required();
+  callCmd->add_option("params", callRq.params, "the params in Cap'n Proto text, e.g. '(a = 1, b = 2)'")
+      ->default_val("()");
+  callCmd->add_option("--schema", callRq.schemaFile, "the .capnp file that declares the interface")->required();
+  callCmd->add_option("-I,--import-path", callRq.importDirs, "a directory searched for absolute imports");
+  callCmd->add_option("--as", callRq.role, "the role this tool's window registers with (default shmbus-inspect)");
+  callCmd->add_option("-t,--timeout", timeoutMs, "ms (default: the method's $timeoutMs, else 5000)")
+      ->check(CLI::NonNegativeNumber);
   app.add_subcommand("windows", "list the windows registered with the bus");
   double watchS = 0;
   auto* statsCmd = app.add_subcommand("stats", "per channel counters and latencies, calls in flight");
@@ -209,6 +225,12 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   if (tailCmd->parsed()) return tail(bus, socket, tailOpts);
   if (recordCmd->parsed()) return record(bus, socket, recordOpts, recordPath);
+  if (callCmd->parsed()) {
+    callRq.bus = bus;
+    callRq.socketPath = socket;
+    callRq.timeout = std::chrono::milliseconds(timeoutMs);
+    return shmbus::inspect::call(callRq);
+  }
   if (statsCmd->parsed()) return stats(bus, socket, watchS);
   if (app.got_subcommand("windows")) return windows(bus, socket);
   return 2;

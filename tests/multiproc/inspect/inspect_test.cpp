@@ -20,78 +20,10 @@ using namespace shmbus::test;
 
 namespace {
 
-/// shmbus-inspect running in its own process with its stdout and stderr on pipes.
-class InspectProcess {
+/// shmbus-inspect (meson passes its path in $SHMBUS_INSPECT) with `args`.
+class InspectProcess : public ToolProcess {
  public:
-  explicit InspectProcess(std::vector<std::string> args) {
-    const char* exe = std::getenv("SHMBUS_INSPECT");
-    REQUIRE(exe != nullptr);
-    args.insert(args.begin(), exe);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    int out[2], err[2];
-    REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
-    REQUIRE(::pipe2(err, O_CLOEXEC) == 0);
-    pid_ = ::fork();  // the child only dup2s and execs: nothing that could take a lock
-    if (pid_ == 0) {
-      ::dup2(out[1], 1);
-      ::dup2(err[1], 2);
-      ::execv(exe, argv.data());
-      ::_exit(127);
-    }
-    ::close(out[1]);
-    ::close(err[1]);
-    out_ = out[0];
-    err_ = err[0];
-  }
-  ~InspectProcess() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    ::close(out_);
-    ::close(err_);
-  }
-  InspectProcess(const InspectProcess&) = delete;
-  InspectProcess& operator=(const InspectProcess&) = delete;
-
-  /// The next line of its stdout (or stderr), waiting at most `timeout`; "" at end of file.
-  std::string line(std::chrono::milliseconds timeout = 10s) { return readLine(out_, outBuf_, timeout); }
-  std::string errLine(std::chrono::milliseconds timeout = 10s) { return readLine(err_, errBuf_, timeout); }
-
-  /// Waits for the process to exit (an event on its pipe, then waitpid); returns its status.
-  int wait() {
-    int status = 0;
-    REQUIRE(::waitpid(pid_, &status, 0) == pid_);
-    pid_ = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-
- private:
-  static std::string readLine(int fd, std::string& buf, std::chrono::milliseconds timeout) {
-    const std::int64_t deadline = nowNs() + std::chrono::nanoseconds(timeout).count();
-    for (;;) {
-      if (auto nl = buf.find('\n'); nl != std::string::npos) {
-        std::string l = buf.substr(0, nl);
-        buf.erase(0, nl + 1);
-        return l;
-      }
-      pollfd p{fd, POLLIN, 0};
-      const std::int64_t left = (deadline - nowNs()) / 1'000'000;
-      if (left <= 0 || ::poll(&p, 1, static_cast<int>(left)) == 0) {
-        throw std::runtime_error("shmbus-inspect printed no line within " + std::to_string(timeout.count()) + " ms");
-      }
-      char chunk[4096];
-      const ssize_t n = ::read(fd, chunk, sizeof chunk);
-      if (n <= 0) return std::exchange(buf, std::string());
-      buf.append(chunk, static_cast<std::size_t>(n));
-    }
-  }
-
-  pid_t pid_ = -1;
-  int out_ = -1, err_ = -1;
-  std::string outBuf_, errBuf_;
+  explicit InspectProcess(std::vector<std::string> args) : ToolProcess(toolPath("SHMBUS_INSPECT"), std::move(args)) {}
 };
 
 /// The value of `key` in one line of `tail --json` (a string without its quotes, or a number).
