@@ -3,8 +3,10 @@
 // The hostile child is a normal Window that then writes raw bytes into its own outbox through its
 // mapping of the segment (RawOutbox).
 #include <doctest/doctest.h>
+#include <sys/mman.h>
 
 #include <array>
+#include <atomic>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -21,10 +23,26 @@ namespace {
 constexpr std::uint32_t kRing = 65536;
 constexpr std::uint32_t kMaxRecord = kRing / 2;  // min(the supervisor's maximum, smaller ring / 2)
 
-/// A good window: calls `target`'s `channel` in a loop until the parent speaks, then reports
-/// "<calls> <failures> <first failure>" to main.
+/// Calls the good windows made, in memory shared with the test process (mapped before the fork),
+/// so the test can take the call rate before, during and after the attacks.
+struct CallCounts {
+  std::atomic<std::uint64_t> calls[2];
+
+  static CallCounts* map() {
+    void* p = ::mmap(nullptr, sizeof(CallCounts), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(p != MAP_FAILED);
+    return new (p) CallCounts{};
+  }
+  std::uint64_t total() const {
+    // relaxed: a counter sampled for a rate; nothing else is published through it.
+    return calls[0].load(std::memory_order_relaxed) + calls[1].load(std::memory_order_relaxed);
+  }
+};
+
+/// A good window: calls `target`'s `channel` in a loop until the parent speaks, counting each
+/// call in `*count`, then reports "<calls> <failures> <first failure>" to main.
 void goodCaller(const std::string& bus, const char* role, const Link& link, const Target& target,
-                const char* channel) {
+                const char* channel, std::atomic<std::uint64_t>* count) {
   auto w = connectWindow(bus, role);
   auto h = w->handle("echo", echoHandler());
   announceReady(*w);
@@ -33,6 +51,7 @@ void goodCaller(const std::string& bus, const char* role, const Link& link, cons
   while (!link.parentSpoke()) {
     auto r = target.isMain() ? w->invoke(channel, text("x")).get() : w->invokeIn(target, channel, text("x")).get();
     ++calls;
+    count->fetch_add(1, std::memory_order_relaxed);  // relaxed: see CallCounts::total
     if (!r || textOf(*r) != "x") {
       if (failures++ == 0) firstFailure = r ? "wrong reply" : r.error().toString();
     }
@@ -134,8 +153,9 @@ TEST_CASE("a window writing garbage or malformed frames into its outbox is disco
   // Every child is forked before the dispatch thread runs (see TestBus); the editor calls the
   // dashboard, so it connects once the dashboard is ready, and each intruder once released.
   Link toG1, toG2;
-  Child g1 = Child::fork([&] { goodCaller(tb.bus, "dashboard", toG1, Target::main(), "echo"); });
-  GatedChild g2([&] { goodCaller(tb.bus, "editor", toG2, Target("dashboard"), "echo"); });
+  CallCounts* counts = CallCounts::map();
+  Child g1 = Child::fork([&] { goodCaller(tb.bus, "dashboard", toG1, Target::main(), "echo", &counts->calls[0]); });
+  GatedChild g2([&] { goodCaller(tb.bus, "editor", toG2, Target("dashboard"), "echo", &counts->calls[1]); });
   constexpr std::array kAttacks{Attack::Garbage,        Attack::UnknownKind,      Attack::ShortFrame,
                                 Attack::MalformedPayload, Attack::BadPointerSend, Attack::BadPointerInvoke,
                                 Attack::Garbage,        Attack::Garbage};
@@ -160,6 +180,18 @@ TEST_CASE("a window writing garbage or malformed frames into its outbox is disco
   tb.awaitReady("dashboard");
   g2.go();
   tb.awaitReady("editor");
+  // The honest windows' call rate over their next 2000 calls, before and after the attacks, and
+  // across the attacks: figures for the log (speed is bench/'s business), and proof that the
+  // calls went on while the intruders were cut off.
+  struct Sample {
+    std::int64_t ns;
+    std::uint64_t calls;
+  };
+  auto sample = [&] { return Sample{nowNs(), counts->total()}; };
+  auto rate = [](Sample a, Sample b) { return static_cast<double>(b.calls - a.calls) * 1e9 / static_cast<double>(b.ns - a.ns); };
+  const Sample beforeStart = sample();
+  REQUIRE(awaitCondition([&] { return counts->total() >= beforeStart.calls + 2000; }, 30s));
+  const Sample attacksStart = sample();
 
   std::uint64_t bad = 0;
   for (std::size_t i = 0; i < kAttacks.size(); ++i) {
@@ -175,6 +207,13 @@ TEST_CASE("a window writing garbage or malformed frames into its outbox is disco
     CHECK(tb->stats().badMessages == ++bad);
     CHECK(h.join(10s) == 0);
   }
+  const Sample attacksEnd = sample();
+  REQUIRE(awaitCondition([&] { return counts->total() >= attacksEnd.calls + 2000; }, 30s));
+  const Sample afterEnd = sample();
+  MESSAGE("honest windows' calls/s: before " << rate(beforeStart, attacksStart) << ", during the "
+          << kAttacks.size() << " attacks " << rate(attacksStart, attacksEnd) << " (" << attacksEnd.calls - attacksStart.calls
+          << " calls in " << (attacksEnd.ns - attacksStart.ns) / 1e6 << " ms), after " << rate(attacksEnd, afterEnd));
+  CHECK(attacksEnd.calls > attacksStart.calls);  // they kept calling while intruders were cut off
   CHECK(tb->windows().size() == 2);  // only the good ones are left
   // The editor calls the dashboard: it stops first.
   for (const Link* l : {&toG2, &toG1}) {
@@ -189,6 +228,7 @@ TEST_CASE("a window writing garbage or malformed frames into its outbox is disco
   }
   CHECK(g1.join(10s) == 0);
   CHECK(g2.join(10s) == 0);
+  ::munmap(counts, sizeof *counts);
 }
 
 TEST_CASE("a window whose reply is malformed is cut off, and its caller gets InvalidMessage") {
