@@ -101,6 +101,28 @@ TEST_CASE("byCaller finds a window's pending request until it is taken") {
   CHECK(table.contains(mainCall));
 }
 
+TEST_CASE("pendingOf counts each window's routes through add, take, takeExpired and takeIf") {
+  TimerFd t;
+  RouteTable table(t.fd);
+  const std::int64_t now = monotonicNowNs();
+  const std::int64_t far = now + 100 * kSec;
+  const auto a1 = table.add(route(far, 1, 1));
+  table.add(route(now - kMs, 1, 2));  // already due
+  table.add(route(far, 1, 3, 9));
+  table.add(route(far, 2, 1));
+  table.add(route(far, 0, 1));  // main's own call: no window's count
+  CHECK(table.pendingOf(1) == 3);
+  CHECK(table.pendingOf(2) == 1);
+  CHECK(table.pendingOf(0) == 0);
+  table.take(a1);
+  CHECK(table.pendingOf(1) == 2);
+  CHECK(table.takeExpired(monotonicNowNs()).size() == 1);
+  CHECK(table.pendingOf(1) == 1);
+  CHECK(table.takeIf([](const Route& r) { return r.targetId == 9; }).size() == 1);
+  CHECK(table.pendingOf(1) == 0);
+  CHECK(table.pendingOf(2) == 1);
+}
+
 TEST_CASE("the timer is armed to the earliest deadline, lazily") {
   TimerFd t;
   RouteTable table(t.fd);

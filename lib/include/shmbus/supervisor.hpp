@@ -72,6 +72,12 @@ struct SupervisorOptions {
   /// tell them so; beyond those, a connection is closed unheard (its connect sees BusClosed).
   /// Must be at least 1.
   std::uint32_t maxWindows = 1024;
+  /// Most calls one window may have in flight through the router at once (window→main and
+  /// routed, counted from when the router reads the Invoke until the call ends). The next invoke
+  /// fails at once with Full ("window ... has N calls in flight"), counted in
+  /// RouterStats::overPendingLimit, so a window that fires calls at a slow handler cannot grow
+  /// the router's tables without bound. Must be at least 1.
+  std::uint32_t maxPendingCalls = 8192;
 };
 
 /// How a window got its role (WindowInfo::admission).
@@ -145,6 +151,8 @@ struct RouterStats {
   /// Connections refused at SupervisorOptions::maxWindows, or closed at once because the
   /// supervisor's process had no file descriptor left (EMFILE/ENFILE).
   std::uint64_t refusedWindows = 0;
+  /// Invokes refused with Full: their window had SupervisorOptions::maxPendingCalls in flight.
+  std::uint64_t overPendingLimit = 0;
 };
 
 /// The supervisor. Create one per bus in the main process.

@@ -96,6 +96,7 @@ struct RouterOptions {
   std::size_t traceRingBytes = kTraceDefaultCapacity;
   std::chrono::milliseconds handshakeTimeout{5000};  ///< SupervisorOptions::handshakeTimeout
   std::uint32_t maxWindows = 1024;                   ///< SupervisorOptions::maxWindows
+  std::uint32_t maxPendingCalls = 8192;              ///< SupervisorOptions::maxPendingCalls
 };
 
 class Router {

@@ -245,6 +245,13 @@ void Router::onInvoke(Conn& w, const FrameView& f) {
                                                                   w.describe(), v.error().message)});
     return blame(w, h, "invoke", v.error());
   }
+  if (routes_.pendingOf(w.id) >= opts_.maxPendingCalls) {
+    ++counters_.overPendingLimit;
+    return replyError(w, h, makeError(ErrorCode::Full, fmt::format("invoke '{}' from {}: the window has {} calls in "
+                                                                   "flight (SupervisorOptions::maxPendingCalls)",
+                                                                   registry_.nameOf(h.channel, w.id), w.describe(),
+                                                                   opts_.maxPendingCalls)));
+  }
   const std::int64_t now = monotonicNowNs();
   if (!allowed(h.channel, w.roleId)) {
     return replyError(w, h, makeError(ErrorCode::Denied, fmt::format("invoke '{}' from {}: denied by policy",

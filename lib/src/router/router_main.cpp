@@ -224,6 +224,7 @@ RouterStats Router::statsLocked() const {
   s.unansweredCalls = counters_.unanswered;
   s.handshakeTimeouts = counters_.handshakeTimeouts;
   s.refusedWindows = counters_.refusedWindows;
+  s.overPendingLimit = counters_.overPendingLimit;
   return s;
 }
 

@@ -26,7 +26,10 @@ std::uint64_t RouteTable::add(Route r) {
   r.routeId = nextRoute_++;
   const auto id = r.routeId;
   deadlines_.emplace(r.deadline, id);
-  if (r.callerId != 0) byCaller_[{r.callerId, r.callerReq}] = id;
+  if (r.callerId != 0) {
+    byCaller_[{r.callerId, r.callerReq}] = id;
+    ++perCaller_[r.callerId];
+  }
   // Lazy timer: only a deadline earlier than the armed one needs a system call.
   if (armedAt_ == 0 || r.deadline < armedAt_) arm(r.deadline);
   routes_.emplace(id, std::move(r));
@@ -39,13 +42,21 @@ std::optional<Route> RouteTable::take(std::uint64_t id) {
   Route r = std::move(it->second);
   routes_.erase(it);
   deadlines_.erase({r.deadline, id});
-  if (r.callerId != 0) byCaller_.erase({r.callerId, r.callerReq});
+  if (r.callerId != 0) {
+    byCaller_.erase({r.callerId, r.callerReq});
+    if (auto c = perCaller_.find(r.callerId); c != perCaller_.end() && --c->second == 0) perCaller_.erase(c);
+  }
   return r;
 }
 
 std::uint64_t RouteTable::byCaller(std::uint32_t callerId, std::uint64_t callerReq) const {
   auto it = byCaller_.find({callerId, callerReq});
   return it == byCaller_.end() ? 0 : it->second;
+}
+
+std::uint32_t RouteTable::pendingOf(std::uint32_t callerId) const {
+  auto it = perCaller_.find(callerId);
+  return it == perCaller_.end() ? 0 : it->second;
 }
 
 const Route* RouteTable::find(std::uint64_t id) const {

@@ -138,10 +138,11 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(SupervisorOptions options
   if (auto v = validateName(NameKind::Bus, options.bus); !v) return v.error();
   if (auto v = validateRoles(options.allowedRoles); !v) return v.error();
   if (auto v = validateRoles(options.invitedRoles); !v) return v.error();
-  if (options.handshakeTimeout.count() <= 0 || options.maxWindows == 0) {
+  if (options.handshakeTimeout.count() <= 0 || options.maxWindows == 0 || options.maxPendingCalls == 0) {
     return makeError(ErrorCode::InvalidArgument,
-                     fmt::format("handshakeTimeout ({} ms) must be positive and maxWindows ({}) at least 1",
-                                 options.handshakeTimeout.count(), options.maxWindows));
+                     fmt::format("handshakeTimeout ({} ms) must be positive, maxWindows ({}) and maxPendingCalls ({}) "
+                                 "at least 1",
+                                 options.handshakeTimeout.count(), options.maxWindows, options.maxPendingCalls));
   }
   options.handshakeTimeout = std::min(options.handshakeTimeout, kMaxTimeout);
   if (!isPowerOfTwo(options.inboxBytes) || !isPowerOfTwo(options.outboxBytes) || options.inboxBytes < 4096 ||
@@ -166,6 +167,7 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(SupervisorOptions options
   ro.logLevel = options.logLevel;
   ro.handshakeTimeout = options.handshakeTimeout;
   ro.maxWindows = options.maxWindows;
+  ro.maxPendingCalls = options.maxPendingCalls;
   auto router = Router::create(std::move(ro), impl->main, impl->callbacks);
   if (!router) return router.error();
   impl->router = std::move(*router);

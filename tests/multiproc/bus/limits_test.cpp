@@ -6,6 +6,9 @@
 #include <sys/resource.h>
 
 #include <climits>
+#include <condition_variable>
+#include <mutex>
+#include <vector>
 
 #include "bus_test.hpp"
 #include "control/socket.hpp"
@@ -272,4 +275,50 @@ TEST_CASE("a supervisor out of file descriptors closes new connections at once a
   (*w).reset();
   link.tellChild("done");
   CHECK(supervisor.join(20s) == 0);
+}
+
+TEST_CASE("a window with maxPendingCalls calls in flight gets Full for the next one, and can call again once one ends") {
+  SupervisorOptions o;
+  o.maxPendingCalls = 3;
+  TestBus tb("pending-cap", o, /*dispatch=*/false);
+  // A main handler that holds every request until the test answers them.
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<Responder> held;
+  auto hold = tb->handleAsync("hold", [&](const Message&, Responder r, const CallContext&) {
+    std::lock_guard lk(mu);
+    held.push_back(std::move(r));
+    cv.notify_all();
+  });
+  Link link;
+  Child caller = Child::fork([&] {
+    auto w = connectWindow(tb.bus, "caller");
+    std::vector<Call> calls;
+    for (int i = 0; i < 3; ++i) calls.push_back(w->invoke("hold", text("x"), {.timeout = 30000ms}));
+    link.tellParent("three");
+    childCheck(link.hearParent(60s) == "fourth", "go");
+    auto refused = w->invoke("hold", text("x")).get();
+    childCheck(refused.code() == ErrorCode::Full, "fourth call: " + refused.error().toString());
+    childCheck(refused.error().message.find("3 calls in flight") != std::string::npos, refused.error().message);
+    link.tellParent("refused");
+    childCheck(link.hearParent(60s) == "answered", "go again");
+    for (auto& c : calls) expectOk(c.get(), "held call");
+    expectOk(w->invoke("hold-free", text("x")).get(), "a call once the others ended");
+  });
+  auto free = tb->handle("hold-free", echoHandler());
+  tb->startDispatchThread();
+  REQUIRE(link.hearChild() == "three");
+  {
+    std::unique_lock lk(mu);
+    REQUIRE(cv.wait_for(lk, 10s, [&] { return held.size() == 3; }));  // all three reached the handler
+  }
+  link.tellChild("fourth");
+  REQUIRE(link.hearChild() == "refused");
+  CHECK(tb->stats().overPendingLimit == 1);
+  {
+    std::lock_guard lk(mu);
+    for (auto& r : held) CHECK(r.reply([](Builder& b) { b.initRoot<test::TestMessage>().setText("x"); }).ok());
+  }
+  link.tellChild("answered");
+  CHECK(caller.join(20s) == 0);
 }
