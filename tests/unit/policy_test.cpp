@@ -122,14 +122,14 @@ TEST_CASE("renderPolicy prints every rule in evaluation order; diffPolicy names 
         "default deny\n"
         "default-admission open\n"
         "role editor: admission open (default), max-windows 2, max-message-bytes - (line 4)\n"
-        "channel Dashboard.*: send (default); invoke [editor,main]; handle [dashboard]; receive (default)\n"
-        "channel log.*: send [editor]; invoke (default); handle (default); receive [*]\n");
+        "channel Dashboard.*: send (unset); invoke [editor,main]; handle [dashboard]; receive (unset)\n"
+        "channel log.*: send [editor]; invoke (unset); handle (unset); receive [*]\n");
   CHECK(diffPolicy(p, p).empty());
   Policy q = p;
   q.roles[0].line = 9;  // moved in the file: not a change
   CHECK(diffPolicy(p, q).empty());
   q.channels[1].send = std::vector<std::string>{"editor", "viewer"};
   CHECK(diffPolicy(p, q) ==
-        "- channel log.*: send [editor]; invoke (default); handle (default); receive [*]\n"
-        "+ channel log.*: send [editor,viewer]; invoke (default); handle (default); receive [*]\n");
+        "- channel log.*: send [editor]; invoke (unset); handle (unset); receive [*]\n"
+        "+ channel log.*: send [editor,viewer]; invoke (unset); handle (unset); receive [*]\n");
 }

@@ -126,7 +126,7 @@ Result<Policy> loadPolicyFile(const std::string& path);
 
 /// The effective rules as text, one line each, for `shmbusd --check` and logs: the defaults,
 /// each role rule with its admission and limits, each channel rule with the decision per action
-/// ("(default)" where it falls through), in evaluation order. Thread contract: pure; any thread.
+/// ("(unset)" where a later rule or the default decides), in evaluation order. Thread contract: pure; any thread.
 std::string renderPolicy(const Policy& policy);
 
 /// What changed from `before` to `after`, as lines ("+ ...", "- ..." of renderPolicy's lines);

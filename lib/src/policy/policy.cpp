@@ -144,7 +144,7 @@ std::string renderPolicy(const Policy& policy) {
     for (PolicyAction a : kActions) {
       const auto* list = c.roles(a);
       if (list == nullptr) {
-        out << fmt::format(" {} (default)", policyActionName(a));
+        out << fmt::format(" {} (unset)", policyActionName(a));
       } else {
         out << fmt::format(" {} [{}]", policyActionName(a), fmt::join(*list, ","));
       }

@@ -120,6 +120,7 @@ class RouterCounters {
   std::uint64_t unanswered = 0;  ///< main-process responders dropped without a reply
   std::uint64_t handshakeTimeouts = 0;  ///< connections closed for not finishing the handshake in time
   std::uint64_t refusedWindows = 0;     ///< connections refused at the window cap or for want of fds
+  std::uint64_t policyDenials = 0;      ///< messages, calls and handler registrations the policy refused
 
  private:
   std::unordered_map<std::uint64_t, Channel> channels_;
