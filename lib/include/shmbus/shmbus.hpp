@@ -7,6 +7,7 @@
 #include "shmbus/inspect.hpp"
 #include "shmbus/log.hpp"
 #include "shmbus/message.hpp"
+#include "shmbus/policy.hpp"
 #include "shmbus/supervisor.hpp"
 #include "shmbus/validate.hpp"
 #include "shmbus/window.hpp"

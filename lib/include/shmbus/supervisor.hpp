@@ -16,6 +16,7 @@
 #include "shmbus/error.hpp"
 #include "shmbus/log.hpp"
 #include "shmbus/message.hpp"
+#include "shmbus/policy.hpp"
 #include "shmbus/validate.hpp"
 
 namespace shmbus {
@@ -112,7 +113,8 @@ struct BroadcastReport {
   std::vector<std::pair<std::uint32_t, Error>> failed;   ///< (window id, why) for the others
 };
 
-/// Access policy of one channel: the roles that may send or invoke it (empty = every role).
+/// Access policy of one channel, for the shorthand Supervisor::setPolicy(channel, ChannelPolicy):
+/// the roles that may send or invoke it (empty = every role).
 struct ChannelPolicy {
   std::vector<std::string> callers;  ///< roles allowed to send or invoke (empty = every role)
 };
@@ -153,7 +155,16 @@ struct RouterStats {
   std::uint64_t refusedWindows = 0;
   /// Invokes refused with Full: their window had SupervisorOptions::maxPendingCalls in flight.
   std::uint64_t overPendingLimit = 0;
+  /// Patterns the policy refused (shmbus/policy.hpp): sends, calls, pushes, broadcast deliveries
+  /// and handler registrations, each reported Denied to whoever made it.
+  std::uint64_t policyDenials = 0;
 };
+
+/// SupervisorOptions' admission fields as a Policy: default admission "invited" when inviteOnly or
+/// allowedRoles is set (else "open"), allowedRoles open unless inviteOnly, invitedRoles invited;
+/// channel rules none, default decision allow. Supervisor::create starts with it.
+/// Thread contract: pure; any thread.
+Policy policyFromOptions(const SupervisorOptions& options);
 
 /// The supervisor. Create one per bus in the main process.
 ///
@@ -190,8 +201,8 @@ class Supervisor {
   /// (waitForRole). `role` is checked as NameKind::Role ("main" itself is allowed here: spawn is
   /// how a window gets it). A spawned window that writes a bad message (a corrupt ring, a
   /// malformed frame or payload) is killed with SIGKILL, where a connected one is only cut off.
-  /// Errors: InvalidArgument (bad role), Full (SupervisorOptions::maxWindows
-  /// reached), SystemError (fork/exec).
+  /// Errors: InvalidArgument (bad role), Full (SupervisorOptions::maxWindows reached, or the
+  /// role's RoleRule::maxWindows), SystemError (fork/exec).
   Result<WindowInfo> spawn(const std::string& role, const std::vector<std::string>& argv,
                            const std::vector<std::string>& env = {});
 
@@ -241,21 +252,41 @@ class Supervisor {
   Registration handleAsync(const Channel& channel, AsyncHandler handler);
 
   /// Push to one window (by id or role). Built in place in its inbox. Errors: InvalidArgument (a
-  /// bad role or channel name), NoTarget, Full, TooLarge, BusClosed (supervisor stopped).
+  /// bad role or channel name), NoTarget, Denied (the policy does not let "main" send the channel
+  /// or the window's role receive it), Full, TooLarge, BusClosed (supervisor stopped).
   Result<void> send(const Target& target, const Channel& channel, const BuildFn& build = {});
 
   /// Push to every live window matching `options` (built once, copied to each inbox).
-  /// A full inbox fails for that window only (reported). Errors: TooLarge; InvalidArgument (a bad
+  /// A full inbox fails for that window only (reported), and so does a window whose role the
+  /// policy does not let receive the channel (Denied in BroadcastReport::failed). Errors:
+  /// TooLarge; Denied (the policy does not let "main" send the channel); InvalidArgument (a bad
   /// channel name or a bad role in `options`).
   Result<BroadcastReport> broadcast(const Channel& channel, const BuildFn& build = {},
                                     const BroadcastOptions& options = {});
 
   /// Call a window's handler (`Window::handle`). Errors through the Call, as Window::invoke
-  /// (InvalidArgument for a bad role, channel name or negative timeout included).
+  /// (InvalidArgument for a bad role, channel name or negative timeout included; Denied when the
+  /// policy does not let "main" invoke the channel or the window's role handle it).
   Call invoke(const Target& target, const Channel& channel, const BuildFn& build = {}, CallOptions options = {});
 
-  /// Who may send/invoke `channel` (routed and to main). Others get Denied.
+  /// Shorthand editing the policy in force (setPolicy(Policy)): the rule for exactly `channel`
+  /// (its name as the pattern, put first so that it wins over globs) lets `policy.callers` and
+  /// the main process send and invoke it (empty callers: every role); others get Denied. Leaves
+  /// handle and receive to later rules or the default. Thread contract: any thread.
   void setPolicy(const Channel& channel, ChannelPolicy policy);
+
+  /// Replaces the whole policy at once (shmbus/policy.hpp, docs/architecture.md §15): admission
+  /// of roles connecting by path, per-role window caps and message limits, which roles may send,
+  /// invoke, handle and receive each channel. Every frame the router reads afterwards is decided
+  /// by it (pending calls keep running; windows already registered keep their role even when
+  /// their admission is now "invited" or their role over its cap). It replaces what
+  /// SupervisorOptions' allowedRoles, invitedRoles and inviteOnly said (policyFromOptions).
+  /// Errors: InvalidArgument (validatePolicy; the policy in force is kept). Thread contract:
+  /// any thread; atomic for the router (no frame sees half of it).
+  Result<void> setPolicy(Policy policy);
+
+  /// The policy in force (a copy). Thread contract: any thread.
+  Policy policy() const;
 
   /// Default timeout of calls on `channel` when the caller gives none (CallOptions::timeout 0).
   /// Must be positive (UsageError otherwise); longer than kMaxTimeout is clamped.

@@ -59,7 +59,9 @@ Router::Router(RouterOptions o, MainPort& main, std::shared_ptr<CallbackTable> m
       main_(main),
       mainCallbacks_(mainCallbacks),
       registry_(std::move(mainCallbacks)),
-      routes_(-1) {}
+      routes_(-1) {
+  policy_.set(std::move(opts_.policy));  // the one copy in force: setPolicy replaces it
+}
 
 Router::~Router() = default;
 
@@ -190,11 +192,6 @@ void Router::expireHandshakes() {
   armHandshakeTimer();
 }
 
-Result<void> Router::checkWindowCap() const {
-  std::lock_guard lk(mu_);
-  return windowCapLocked(nullptr);
-}
-
 Result<void> Router::windowCapLocked(const Conn* except) const {
   std::size_t n = 0;
   for (auto& [id, c] : registry_.all()) {
@@ -252,18 +249,19 @@ Result<Admission> Router::admit(const Conn& c, const HelloRequest& hello) {
   if (role == kMainRole) {
     return deny(fmt::format("role '{}' is reserved for the main process of bus '{}'", role, opts_.bus));
   }
-  auto listed = [&](const std::vector<std::string>& roles) {
-    return std::find(roles.begin(), roles.end(), role) != roles.end();
-  };
-  if (opts_.inviteOnly || listed(opts_.invitedRoles)) {
-    return deny(fmt::format("role '{}' on bus '{}' is by invitation only: connect with a token from "
+  const Policy& policy = policy_.policy();
+  if (policy.admissionOf(role) == RoleAdmission::Invited) {
+    std::vector<std::string> open;
+    for (const RoleRule& r : policy.roles) {
+      if (policy.admissionOf(r.name) == RoleAdmission::Open) open.push_back(r.name);
+    }
+    return deny(fmt::format("role '{}' on bus '{}' is by invitation only{}: connect with a token from "
                             "Supervisor::invite (WindowOptions::token or $SHMBUS_TOKEN), or start the window "
                             "with Supervisor::spawn",
-                            role, opts_.bus));
-  }
-  if (!opts_.allowedRoles.empty() && !listed(opts_.allowedRoles)) {
-    return deny(fmt::format("role '{}' may not connect to bus '{}' by path (allowed: {})", role, opts_.bus,
-                            fmt::join(opts_.allowedRoles, ", ")));
+                            role, opts_.bus,
+                            policy.defaultAdmission == RoleAdmission::Open || open.empty()
+                                ? std::string()
+                                : fmt::format(" (open roles: {})", fmt::join(open, ", "))));
   }
   return Admission::Open;
 }
@@ -288,6 +286,11 @@ void Router::onHello(Conn& c, const Packet& pkt) {
     }
     c.admission = *admission;
     c.role = hello->role;
+  }
+  if (auto cap = roleCapLocked(c.role, &c); !cap) {
+    ++counters_.refusedWindows;
+    log_(LogLevel::Warn, "refused a window (pid {}): {}", c.pid, cap.error().message);
+    return refuse(cap.error(), "role cap reached");
   }
   c.roleId = nameId(c.role);
   const std::uint32_t inCap = hello->inboxBytes != 0 ? hello->inboxBytes : opts_.inboxBytes;

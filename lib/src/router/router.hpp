@@ -27,6 +27,7 @@
 #include "call/call.hpp"
 #include "control/bus_lock.hpp"
 #include "log/log.hpp"
+#include "policy/policy_engine.hpp"
 #include "protocol/frame_io.hpp"
 #include "router/invites.hpp"
 #include "router/registry.hpp"
@@ -84,9 +85,9 @@ class MainPort {
 struct RouterOptions {
   std::string bus;
   std::string socketPath;
-  std::vector<std::string> allowedRoles;
-  std::vector<std::string> invitedRoles;  ///< SupervisorOptions::invitedRoles
-  bool inviteOnly = false;                ///< SupervisorOptions::inviteOnly
+  /// The policy at start: SupervisorOptions' allowedRoles, invitedRoles and inviteOnly as one
+  /// model (policyFromOptions); Supervisor::setPolicy replaces it.
+  Policy policy;
   std::vector<uid_t> allowedUids;         ///< SupervisorOptions::allowedUids
   std::uint32_t inboxBytes = 1u << 20;
   std::uint32_t outboxBytes = 1u << 20;
@@ -125,8 +126,9 @@ class Router {
   /// A one-time token for `role`, good for `ttl` (already checked: positive, clamped) from now
   /// (Supervisor::invite). Errors: Full, SystemError, BusClosed (stopping).
   Result<std::string> invite(const std::string& role, std::chrono::milliseconds ttl);
-  /// Full when the bus has SupervisorOptions::maxWindows windows (registered or registering).
-  Result<void> checkWindowCap() const;
+  /// Full when the bus has SupervisorOptions::maxWindows windows (registered or registering), or
+  /// `role` has its policy's maxWindows.
+  Result<void> checkWindowCap(const std::string& role) const;
   std::vector<WindowInfo> windows() const;
   std::optional<WindowInfo> window(std::uint32_t id) const;
   /// A live window with `roleId` (that handles `channel`, when non-zero), if any.
@@ -155,7 +157,13 @@ class Router {
   /// Releases a record pinned for an in-place main job (MainJob::pinnedConn).
   void unpin(std::uint32_t connId);
 
-  void setPolicy(const Channel& channel, const ChannelPolicy& policy);
+  /// Replaces the policy in force (already validated); logs what changed (Info). Every frame
+  /// read after it is decided by the new rules (docs/architecture.md §15).
+  void setPolicy(Policy policy);
+  /// Supervisor::setPolicy(channel, ChannelPolicy): the rule for exactly `channel`, first in order.
+  void setChannelCallers(const Channel& channel, const std::vector<std::string>& callers);
+  /// The policy in force.
+  Policy policy() const;
   void setChannelTimeout(const Channel& channel, std::chrono::milliseconds timeout);
   RouterStats stats() const;
 
@@ -179,6 +187,9 @@ class Router {
   void expireHandshakes();
   void armHandshakeTimer();
   Result<void> windowCapLocked(const Conn* except) const;
+  /// Full when `role` has its policy's maxWindows windows (registered, registering past their
+  /// Hello, or spawned), `except` not counted.
+  Result<void> roleCapLocked(const std::string& role, const Conn* except) const;
   /// Whether connections from `uid` are accepted: this process's own uid, or allowedUids.
   bool uidAllowed(uid_t uid) const;
   /// The role a window without spawn() asks for in its Hello, by the registration policy
@@ -217,14 +228,27 @@ class Router {
   template <typename W>
   Result<void> writeToWindow(Conn& target, W&& write);
   void internRole(Conn& target, std::uint64_t roleId);
-  bool allowed(std::uint64_t channel, std::uint64_t roleId) const;
+  // ---- policy (router_policy.cpp, docs/architecture.md §15); all under mu_
+  /// Whether `roleId` may do `a` on `channel`. When not: counted (RouterStats::policyDenials),
+  /// logged (Warn), and the Denied error returned, "<what()>: denied by policy (role 'r' may not
+  /// <a> '<channel>', rule at line N | the default)".
+  template <typename What>
+  std::optional<Error> denied(PolicyAction a, std::uint64_t channel, std::uint64_t roleId, std::string_view role,
+                              std::uint32_t callerId, What&& what);
+  /// The channel's trusted name (verified by its hash, or the main process's own), if known.
+  std::optional<std::string> policyName(std::uint64_t channel) const;
+  /// A window's handler registration for a channel its role may not handle: told to the window
+  /// (an Error frame with request id 0, Denied) and logged; calls to it get Denied.
+  void onHandlerAdd(Conn& w, const FrameHeader& h);
+  /// A window's message larger than its role's maxMessageBytes: the TooLarge error, else none.
+  std::optional<Error> overLimit(const Conn& w, const FrameHeader& h, std::size_t payloadBytes);
   std::int64_t deadlineFor(const FrameHeader& h, std::int64_t now, std::int64_t& timeoutMs) const;
   void replyError(Conn& w, const FrameHeader& req, Error e);
   void process(Conn& w, const RecordView& rec);
   void onIntern(Conn& w, const FrameView& f);
   /// A one-way message from `w` that cannot be delivered: counted, logged, and reported back to
   /// `w` as an Error frame with request id 0 (dropped when `w`'s inbox is full: counted only).
-  void undelivered(Conn& w, const FrameHeader& h, const Error& e);
+  void undelivered(Conn& w, const FrameHeader& h, const Error& e, bool logIt = true);
   /// `w` wrote a payload that failed validatePayload (`what`: send, invoke, reply): it is cut off
   /// as a bad message (disconnect() kills a spawned window). docs/architecture.md §5, "Blame".
   void blame(Conn& w, const FrameHeader& h, std::string_view what, const Error& e);
@@ -259,7 +283,7 @@ class Router {
   Registry registry_;
   RouteTable routes_;
   RouterCounters counters_;
-  std::unordered_map<std::uint64_t, std::unordered_set<std::uint64_t>> policies_;
+  PolicyEngine policy_;
   std::unordered_map<std::uint64_t, std::int64_t> channelTimeoutMs_;
   std::vector<WaitWord*> armed_;  // dispatchOnce: the outboxes armed for one park (reused)
   bool mayInline_ = false;        // the current round's thread runs main jobs in place

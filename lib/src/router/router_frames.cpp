@@ -80,11 +80,6 @@ void Router::internRole(Conn& target, std::uint64_t roleId) {
   if (r) target.knownRoles.insert(roleId);
 }
 
-bool Router::allowed(std::uint64_t channel, std::uint64_t roleId) const {
-  auto it = policies_.find(channel);
-  return it == policies_.end() || it->second.empty() || it->second.count(roleId) != 0;
-}
-
 std::int64_t Router::deadlineFor(const FrameHeader& h, std::int64_t now, std::int64_t& timeoutMs) const {
   if (h.deadlineNs != 0) {
     // The header is the sender's (Window::Impl::invokeImpl writes its now + at most kMaxTimeout):
@@ -116,10 +111,7 @@ void Router::process(Conn& w, const RecordView& rec) {
   const FrameHeader& h = f->header;
   switch (static_cast<FrameKind>(h.kind)) {
     case FrameKind::Intern: return onIntern(w, *f);
-    case FrameKind::HandlerAdd:
-      w.handled.insert(h.channel);
-      registryCv_.notify_all();
-      return;
+    case FrameKind::HandlerAdd: return onHandlerAdd(w, h);
     case FrameKind::HandlerRemove: w.handled.erase(h.channel); return;
     case FrameKind::Listen: w.listens.insert(h.channel); return;
     case FrameKind::Send: return onSend(w, *f);
@@ -178,11 +170,11 @@ bool Router::deliverToMain(Conn& w, MainJob& job) {
   return true;
 }
 
-void Router::undelivered(Conn& w, const FrameHeader& h, const Error& e) {
+void Router::undelivered(Conn& w, const FrameHeader& h, const Error& e, bool logIt) {
   ++counters_.undeliverable;
   counters_.error(h.channel, e.code);
   traceMessage(TraceKind::Send, w.id, h, 0, 0, &e);
-  log_(LogLevel::Warn, "{}", e.toString());
+  if (logIt) log_(LogLevel::Warn, "{}", e.toString());
   FrameHeader back{};
   back.channel = h.channel;
   back.target = h.target;
@@ -198,11 +190,15 @@ void Router::blame(Conn& w, const FrameHeader& h, std::string_view what, const E
 void Router::onSend(Conn& w, const FrameView& f) {
   const FrameHeader& h = f.header;
   if (auto v = validatePayload(f.payload, f.payloadBytes); !v) return blame(w, h, "send", v.error());
-  if (!allowed(h.channel, w.roleId)) {
-    return undelivered(w, h, makeError(ErrorCode::Denied, fmt::format("send '{}' from {}: denied by policy",
-                                                                      registry_.nameOf(h.channel, w.id), w.describe())));
-  }
+  if (auto e = overLimit(w, h, f.payloadBytes)) return undelivered(w, h, *e);
+  auto what = [&] { return fmt::format("send '{}' from {}", registry_.nameOf(h.channel, w.id), w.describe()); };
+  // Denials are logged by denied() itself: undelivered() does not log them again.
+  if (auto e = denied(PolicyAction::Send, h.channel, w.roleId, w.role, w.id, what)) return undelivered(w, h, *e, false);
   if (h.target == kTargetMain) {
+    if (auto e = denied(PolicyAction::Receive, h.channel, nameId(kMainRole), kMainRole, w.id,
+                        [&] { return what() + " to main"; })) {
+      return undelivered(w, h, *e, false);
+    }
     ++counters_.at(h.channel).messages;
     traceMessage(TraceKind::Send, w.id, h, 0, static_cast<std::uint32_t>(f.payloadBytes), nullptr);
     if (mainCallbacks_->listenerCount(h.channel) == 0) {
@@ -219,6 +215,10 @@ void Router::onSend(Conn& w, const FrameView& f) {
     return undelivered(w, h, makeError(ErrorCode::NoTarget, fmt::format("send '{}' from {}: no live window with {}",
                                                                         registry_.nameOf(h.channel, w.id), w.describe(),
                                                                         registry_.describeTarget(h.target, h.role))));
+  }
+  if (auto e = denied(PolicyAction::Receive, h.channel, t->roleId, t->role, w.id,
+                      [&] { return what() + " to " + t->describe(); })) {
+    return undelivered(w, h, *e, false);
   }
   FrameHeader out = h;
   out.source = w.id;
@@ -253,16 +253,25 @@ void Router::onInvoke(Conn& w, const FrameView& f) {
                                                                    opts_.maxPendingCalls)));
   }
   const std::int64_t now = monotonicNowNs();
-  if (!allowed(h.channel, w.roleId)) {
-    return replyError(w, h, makeError(ErrorCode::Denied, fmt::format("invoke '{}' from {}: denied by policy",
-                                                                     registry_.nameOf(h.channel, w.id), w.describe())));
+  if (auto e = overLimit(w, h, f.payloadBytes)) return replyError(w, h, std::move(*e));
+  auto what = [&] { return fmt::format("invoke '{}' from {}", registry_.nameOf(h.channel, w.id), w.describe()); };
+  if (auto e = denied(PolicyAction::Invoke, h.channel, w.roleId, w.role, w.id, what)) return replyError(w, h, std::move(*e));
+  if (h.target == kTargetMain) {
+    if (auto e = denied(PolicyAction::Handle, h.channel, nameId(kMainRole), kMainRole, w.id,
+                        [&] { return what() + " to main"; })) {
+      return replyError(w, h, std::move(*e));
+    }
+    return invokeMain(w, f, now);
   }
-  if (h.target == kTargetMain) return invokeMain(w, f, now);
   Conn* t = registry_.resolve(h.target, h.role);
   if (t == nullptr) {
     return replyError(w, h, makeError(ErrorCode::NoTarget, fmt::format("invoke '{}': no live window with {}",
                                                                        registry_.nameOf(h.channel, w.id),
                                                                        registry_.describeTarget(h.target, h.role))));
+  }
+  if (auto e = denied(PolicyAction::Handle, h.channel, t->roleId, t->role, w.id,
+                      [&] { return what() + " to " + t->describe(); })) {
+    return replyError(w, h, std::move(*e));
   }
   if (t->handled.count(h.channel) == 0) {
     return replyError(w, h, makeError(ErrorCode::NoHandler, fmt::format("invoke '{}' to {}: no handler",

@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <optional>
 #include <string_view>
 
 #include "router/router.hpp"
@@ -33,6 +34,24 @@ Result<void> Router::writeToWindow(Conn& target, W&& write) {
     return makeError(ErrorCode::Full, fmt::format("the inbox of {} is full", target.describe()));
   }
   return r;
+}
+
+template <typename What>
+std::optional<Error> Router::denied(PolicyAction a, std::uint64_t channel, std::uint64_t roleId, std::string_view role,
+                                    std::uint32_t callerId, What&& what) {
+  const auto v = policy_.check(a, channel, roleId, [&] { return policyName(channel); });
+  if (v.decision == Decision::Allow) return std::nullopt;
+  ++counters_.policyDenials;
+  std::string by = "the default";
+  if (v.rule >= 0) {
+    by = fmt::format("the rule for '{}'", policy_.policy().channels[static_cast<std::size_t>(v.rule)].pattern);
+    if (v.line > 0) by += fmt::format(" at line {}", v.line);
+  }
+  Error e = makeError(ErrorCode::Denied, fmt::format("{}: denied by policy (role '{}' may not {} '{}': {})", what(),
+                                                     role, policyActionName(a),
+                                                     registry_.nameOf(channel, callerId), by));
+  log_(LogLevel::Warn, "{}", e.message);
+  return e;
 }
 
 }  // namespace shmbus::detail

@@ -60,8 +60,16 @@ Result<void> Router::send(const Target& target, const Channel& channel, const Bu
   h.schemaId = channel.schemaId;
   h.target = t->id;
   h.role = nameId(kMainRole);
-  ++counters_.at(channel.id).messages;
   mainCallbacks_->rememberName(channel.id, channel.name);
+  auto what = [&] { return fmt::format("send '{}' from main to {}", channel.name, t->describe()); };
+  auto e = denied(PolicyAction::Send, channel.id, h.role, kMainRole, 0, what);
+  if (!e) e = denied(PolicyAction::Receive, channel.id, t->roleId, t->role, 0, what);
+  if (e) {
+    counters_.error(channel.id, e->code);
+    traceMessage(TraceKind::Push, 0, h, t->id, 0, &*e);
+    return std::move(*e);
+  }
+  ++counters_.at(channel.id).messages;
   auto r = writeToWindow(*t, [&] { return writeFrame(t->inbox, h, build); });
   traceMessage(TraceKind::Push, 0, h, t->id, 0, r ? nullptr : &r.error());
   return r;
@@ -76,6 +84,12 @@ Result<BroadcastReport> Router::broadcast(const Channel& channel, const BuildFn&
   FrameHeader h = frameHeader(FrameKind::Send, channel.id);
   h.schemaId = channel.schemaId;
   h.role = nameId(kMainRole);
+  mainCallbacks_->rememberName(channel.id, channel.name);
+  if (auto e = denied(PolicyAction::Send, channel.id, h.role, kMainRole, 0,
+                      [&] { return fmt::format("broadcast '{}' from main", channel.name); })) {
+    counters_.error(channel.id, e->code);
+    return std::move(*e);
+  }
   auto has = [](const std::vector<std::string>& v, const std::string& r) {
     return std::find(v.begin(), v.end(), r) != v.end();
   };
@@ -83,6 +97,13 @@ Result<BroadcastReport> Router::broadcast(const Channel& channel, const BuildFn&
     if (!c->live()) continue;
     if (!options.roles.empty() && !has(options.roles, c->role)) continue;
     if (has(options.excludeRoles, c->role)) continue;
+    auto& conn = *c;  // a lambda cannot capture a structured binding before clang 16 (P1091)
+    if (auto e = denied(PolicyAction::Receive, channel.id, c->roleId, c->role, 0,
+                        [&] { return fmt::format("broadcast '{}' from main to {}", channel.name, conn.describe()); })) {
+      counters_.error(channel.id, e->code);
+      report.failed.emplace_back(c->id, std::move(*e));
+      continue;
+    }
     h.target = c->id;
     auto& inbox = c->inbox;  // a lambda cannot capture a structured binding before clang 16 (P1091)
     auto r = writeToWindow(*c, [&] { return writeFrameSegments(inbox, h, segs); });
@@ -133,6 +154,9 @@ void Router::invoke(const Target& target, const Channel& channel, const BuildFn&
   if (stopping()) return fail(ErrorCode::BusClosed, s->what() + ": the supervisor stopped");
   Conn* t = registry_.resolve(target);
   if (t == nullptr) return fail(ErrorCode::NoTarget, s->what() + ": no live window with " + target.describe());
+  auto e = denied(PolicyAction::Invoke, channel.id, nameId(kMainRole), kMainRole, 0, [&] { return s->what(); });
+  if (!e) e = denied(PolicyAction::Handle, channel.id, t->roleId, t->role, 0, [&] { return s->what(); });
+  if (e) return fail(ErrorCode::Denied, std::move(e->message));
   if (t->handled.count(channel.id) == 0) return fail(ErrorCode::NoHandler, s->what() + ": no handler");
   ++counters_.at(channel.id).calls;
   Route p;
@@ -173,14 +197,6 @@ void Router::cancelMainCall(const std::shared_ptr<CallState>& s) {
     }
   }
   completeCall(s, makeError(ErrorCode::Cancelled, s->what() + ": cancelled by the caller"));
-}
-
-void Router::setPolicy(const Channel& channel, const ChannelPolicy& policy) {
-  std::lock_guard lk(mu_);
-  auto& set = policies_[channel.id];
-  set.clear();
-  for (const auto& r : policy.callers) set.insert(nameId(r));
-  mainCallbacks_->rememberName(channel.id, channel.name);
 }
 
 void Router::setChannelTimeout(const Channel& channel, std::chrono::milliseconds timeout) {
@@ -225,6 +241,7 @@ RouterStats Router::statsLocked() const {
   s.handshakeTimeouts = counters_.handshakeTimeouts;
   s.refusedWindows = counters_.refusedWindows;
   s.overPendingLimit = counters_.overPendingLimit;
+  s.policyDenials = counters_.policyDenials;
   return s;
 }
 

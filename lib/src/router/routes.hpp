@@ -124,6 +124,7 @@ class RouterCounters {
   std::uint64_t overPendingLimit = 0;  ///< invokes refused: their window had maxPendingCalls in flight
   std::uint64_t handshakeTimeouts = 0;  ///< connections closed for not finishing the handshake in time
   std::uint64_t refusedWindows = 0;     ///< connections refused at the window cap or for want of fds
+  std::uint64_t policyDenials = 0;      ///< messages, calls and handler registrations the policy refused
 
  private:
   std::unordered_map<std::uint64_t, Channel> channels_;

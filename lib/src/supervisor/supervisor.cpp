@@ -155,9 +155,7 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(SupervisorOptions options
   RouterOptions ro;
   ro.bus = options.bus;
   ro.socketPath = options.socketPath;
-  ro.allowedRoles = options.allowedRoles;
-  ro.invitedRoles = options.invitedRoles;
-  ro.inviteOnly = options.inviteOnly;
+  ro.policy = policyFromOptions(options);
   ro.allowedUids = options.allowedUids;
   ro.inboxBytes = options.inboxBytes;
   ro.outboxBytes = options.outboxBytes;
@@ -186,7 +184,7 @@ Result<WindowInfo> Supervisor::spawn(const std::string& role, const std::vector<
                                      const std::vector<std::string>& env) {
   SHMBUS_REQUIRE(!argv.empty(), "spawn needs argv[0]");
   if (auto v = validateName(NameKind::Role, role); !v) return v.error();
-  if (auto cap = impl_->router->checkWindowCap(); !cap) return cap.error();
+  if (auto cap = impl_->router->checkWindowCap(role); !cap) return cap.error();
   auto child = spawnWindowProcess(impl_->opts.bus, role, argv, env);
   if (!child) return child.error();
   return impl_->router->addSpawned(std::move(child->sock), role, child->pid);
@@ -273,7 +271,29 @@ Call Supervisor::invoke(const Target& target, const Channel& channel, const Buil
   return Call(s);
 }
 
-void Supervisor::setPolicy(const Channel& channel, ChannelPolicy policy) { impl_->router->setPolicy(channel, policy); }
+void Supervisor::setPolicy(const Channel& channel, ChannelPolicy policy) {
+  impl_->router->setChannelCallers(channel, policy.callers);
+}
+
+Result<void> Supervisor::setPolicy(Policy policy) {
+  if (auto v = validatePolicy(policy); !v) return v;
+  impl_->router->setPolicy(std::move(policy));
+  return {};
+}
+
+Policy Supervisor::policy() const { return impl_->router->policy(); }
+
+Policy policyFromOptions(const SupervisorOptions& options) {
+  Policy p;
+  // A non-empty allowedRoles closes every other role to connections by path (they still come
+  // by spawn() or an invitation: "invited"); inviteOnly closes them all.
+  p.defaultAdmission = options.inviteOnly || !options.allowedRoles.empty() ? RoleAdmission::Invited : RoleAdmission::Open;
+  if (!options.inviteOnly) {
+    for (const std::string& r : options.allowedRoles) p.roleRule(r).admission = RoleAdmission::Open;
+  }
+  for (const std::string& r : options.invitedRoles) p.roleRule(r).admission = RoleAdmission::Invited;
+  return p;
+}
 
 void Supervisor::setChannelTimeout(const Channel& channel, std::chrono::milliseconds timeout) {
   SHMBUS_REQUIRE(timeout.count() > 0, "setChannelTimeout needs a positive timeout");

@@ -79,7 +79,12 @@ Result<std::unique_ptr<Window::Impl>> handshake(Fd sock, WindowOptions opts, con
   impl->roleNames[nameId("main")] = "main";
   Window::Impl* raw = impl.get();
   impl->callbacks->setHooks(
-      [raw](std::uint64_t ch, bool present) { raw->control(present ? FrameKind::HandlerAdd : FrameKind::HandlerRemove, ch); },
+      [raw](std::uint64_t ch, bool present) {
+        // The channel's name first: the supervisor checks a handler registration against its
+        // policy by name (docs/architecture.md §15).
+        if (present) raw->internHandled(ch);
+        raw->control(present ? FrameKind::HandlerAdd : FrameKind::HandlerRemove, ch);
+      },
       [raw](std::uint64_t ch) {
         if (ch == nameId(kWindowOpened) || ch == nameId(kWindowClosed)) raw->control(FrameKind::Listen, ch);
       });

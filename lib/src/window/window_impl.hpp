@@ -158,6 +158,15 @@ struct Window::Impl final : CallOwner {
     return {};
   }
 
+  /// Interns the name of a channel this window now handles (its callback table has it), so the
+  /// supervisor's policy can judge the HandlerAdd that follows (takes outMu).
+  void internHandled(std::uint64_t channel) {
+    const std::string name = callbacks->name(channel);
+    if (name.empty()) return;
+    std::lock_guard lk(outMu);
+    (void)internLocked(channel, name, false);  // a bad name is not sent: the default judges it
+  }
+
   void control(FrameKind kind, std::uint64_t channel, std::uint64_t requestId = 0) {
     FrameHeader h{};
     h.kind = static_cast<std::uint16_t>(kind);

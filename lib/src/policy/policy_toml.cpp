@@ -1,0 +1,183 @@
+// The policy file: TOML through toml++ (docs/architecture.md §15). Every error names
+// "SOURCE:LINE:COL" from toml++'s source regions; unknown keys are errors, so a misspelt key
+// never silently leaves a rule out.
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <sstream>
+#include <toml++/toml.h>
+
+#include "shmbus/policy.hpp"
+#include "shmbus/validate.hpp"
+
+namespace shmbus {
+
+namespace {
+
+/// Thrown inside the parser only, turned into a Result at its edge.
+struct PolicyFileError {
+  Error error;
+};
+
+class Parser {
+ public:
+  explicit Parser(std::string_view source) : source_(source) {}
+
+  [[noreturn]] void fail(const toml::source_region& at, const std::string& what) const {
+    throw PolicyFileError{makeError(ErrorCode::InvalidArgument,
+                                    fmt::format("{}:{}:{}: {}", source_, at.begin.line, at.begin.column, what))};
+  }
+
+  Policy parse(const toml::table& root) {
+    Policy p;
+    for (auto&& [key, node] : root) {
+      const std::string_view k = key.str();
+      if (k == "default") {
+        const std::string v = string(node, "default");
+        if (v != "allow" && v != "deny") fail(node.source(), "default must be \"allow\" or \"deny\", not \"" + v + "\"");
+        p.defaultDecision = v == "allow" ? Decision::Allow : Decision::Deny;
+      } else if (k == "default-admission") {
+        p.defaultAdmission = admission(node, "default-admission");
+      } else if (k == "roles") {
+        const toml::table* roles = node.as_table();
+        if (roles == nullptr) fail(node.source(), "roles must be a table of [roles.NAME] tables");
+        for (auto&& [name, rule] : *roles) p.roles.push_back(role(name, rule));
+      } else if (k == "channels") {
+        const toml::array* rules = node.as_array();
+        if (rules == nullptr) fail(node.source(), "channels must be an array of [[channels]] tables");
+        for (const toml::node& rule : *rules) p.channels.push_back(channel(rule));
+      } else {
+        fail(key.source(), fmt::format("unknown key '{}' (known: default, default-admission, roles, channels)", k));
+      }
+    }
+    return p;
+  }
+
+ private:
+  std::string string(const toml::node& node, std::string_view what) const {
+    const auto* s = node.as_string();
+    if (s == nullptr) fail(node.source(), fmt::format("{} must be a string", what));
+    return s->get();
+  }
+
+  std::uint32_t count(const toml::node& node, std::string_view what) const {
+    const auto* i = node.as_integer();
+    if (i == nullptr || i->get() < 0 || i->get() > std::numeric_limits<std::uint32_t>::max()) {
+      fail(node.source(), fmt::format("{} must be an integer in 0..{} (0 = no limit)", what,
+                                      std::numeric_limits<std::uint32_t>::max()));
+    }
+    return static_cast<std::uint32_t>(i->get());
+  }
+
+  RoleAdmission admission(const toml::node& node, std::string_view what) const {
+    const std::string v = string(node, what);
+    if (v != "open" && v != "invited") {
+      fail(node.source(), fmt::format("{} must be \"open\" or \"invited\", not \"{}\"", what, v));
+    }
+    return v == "open" ? RoleAdmission::Open : RoleAdmission::Invited;
+  }
+
+  RoleRule role(const toml::key& name, const toml::node& node) const {
+    RoleRule r;
+    r.name = std::string(name.str());
+    r.line = static_cast<int>(name.source().begin.line);
+    if (auto v = validateName(NameKind::Role, r.name); !v) fail(name.source(), v.error().message);
+    const toml::table* t = node.as_table();
+    if (t == nullptr) fail(node.source(), fmt::format("roles.{} must be a table", r.name));
+    for (auto&& [key, value] : *t) {
+      const std::string_view k = key.str();
+      if (k == "admission") {
+        r.admission = admission(value, "admission");
+        if (r.name == "main" && r.admission == RoleAdmission::Open) {
+          fail(value.source(), "role 'main' names the main process: only spawn() or an invitation gives it");
+        }
+      } else if (k == "max-windows") {
+        r.maxWindows = count(value, "max-windows");
+      } else if (k == "max-message-bytes") {
+        r.maxMessageBytes = count(value, "max-message-bytes");
+      } else {
+        fail(key.source(), fmt::format("unknown key '{}' in roles.{} (known: admission, max-windows, "
+                                       "max-message-bytes)",
+                                       k, r.name));
+      }
+    }
+    return r;
+  }
+
+  std::vector<std::string> roleList(const toml::node& node, std::string_view what) const {
+    const toml::array* a = node.as_array();
+    if (a == nullptr) fail(node.source(), fmt::format("{} must be an array of role names (\"*\": every role)", what));
+    std::vector<std::string> roles;
+    for (const toml::node& e : *a) {
+      std::string role = string(e, fmt::format("each role of {}", what));
+      if (role != "*") {
+        if (auto v = validateName(NameKind::Role, role); !v) fail(e.source(), v.error().message);
+      }
+      roles.push_back(std::move(role));
+    }
+    return roles;
+  }
+
+  ChannelRule channel(const toml::node& node) const {
+    const toml::table* t = node.as_table();
+    if (t == nullptr) fail(node.source(), "each entry of channels must be a table ([[channels]])");
+    ChannelRule c;
+    c.line = static_cast<int>(node.source().begin.line);
+    bool hasPattern = false;
+    for (auto&& [key, value] : *t) {
+      const std::string_view k = key.str();
+      if (k == "pattern") {
+        c.pattern = string(value, "pattern");
+        if (c.pattern.empty() || c.pattern.size() > 256) fail(value.source(), "a channel pattern is 1..256 characters");
+        hasPattern = true;
+      } else if (k == "send") {
+        c.send = roleList(value, "send");
+      } else if (k == "invoke") {
+        c.invoke = roleList(value, "invoke");
+      } else if (k == "handle") {
+        c.handle = roleList(value, "handle");
+      } else if (k == "receive") {
+        c.receive = roleList(value, "receive");
+      } else {
+        fail(key.source(), fmt::format("unknown key '{}' in a channel rule (known: pattern, send, invoke, handle, "
+                                       "receive)",
+                                       k));
+      }
+    }
+    if (!hasPattern) fail(node.source(), "a channel rule needs a pattern");
+    return c;
+  }
+
+  std::string source_;
+};
+
+}  // namespace
+
+Result<Policy> parsePolicy(std::string_view text, std::string_view sourceName) {
+  try {
+    toml::table root = toml::parse(text, sourceName);
+    // A role has one rule: TOML itself refuses a second [roles.NAME] table.
+    return Parser(sourceName).parse(root);
+  } catch (const toml::parse_error& e) {
+    const auto& at = e.source().begin;
+    return makeError(ErrorCode::InvalidArgument,
+                     fmt::format("{}:{}:{}: {}", sourceName, at.line, at.column, e.description()));
+  } catch (const PolicyFileError& e) {
+    return e.error;
+  }
+}
+
+Result<Policy> loadPolicyFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return makeError(ErrorCode::SystemError, fmt::format("{}: {}", path, std::strerror(errno)));
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return makeError(ErrorCode::SystemError, fmt::format("{}: read failed", path));
+  return parsePolicy(text.str(), path);
+}
+
+}  // namespace shmbus
