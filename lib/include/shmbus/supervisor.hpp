@@ -145,8 +145,9 @@ struct RouterStats {
   /// Connections refused at SupervisorOptions::maxWindows, or closed at once because the
   /// supervisor's process had no file descriptor left (EMFILE/ENFILE).
   std::uint64_t refusedWindows = 0;
-  /// Patterns the policy refused (shmbus/policy.hpp): sends, calls, pushes, broadcast deliveries
-  /// and handler registrations, each reported Denied to whoever made it.
+  /// What the policy refused (shmbus/policy.hpp): sends, calls, pushes, broadcasts, broadcast
+  /// deliveries and handler registrations (each reported Denied to whoever made it), and messages
+  /// over their role's RoleRule::maxMessageBytes (TooLarge).
   std::uint64_t policyDenials = 0;
 };
 
