@@ -101,10 +101,8 @@ struct Policy {
   const RoleRule* role(std::string_view name) const;
   /// How a window connecting by path gets `role` ("main": always Invited).
   RoleAdmission admissionOf(std::string_view role) const;
-  /// The role's rule, created (with only its name) when missing.
+  /// The role's rule, created (with only its name) at the end when missing.
   RoleRule& roleRule(std::string_view name);
-  /// The rule whose pattern is exactly `pattern`, created at the end when missing.
-  ChannelRule& channelRule(std::string_view pattern);
 };
 
 /// Checks a policy built through the API: role names (NameKind::Role), role lists (roles or

@@ -155,8 +155,9 @@ struct RouterStats {
   std::uint64_t refusedWindows = 0;
   /// Invokes refused with Full: their window had SupervisorOptions::maxPendingCalls in flight.
   std::uint64_t overPendingLimit = 0;
-  /// Patterns the policy refused (shmbus/policy.hpp): sends, calls, pushes, broadcast deliveries
-  /// and handler registrations, each reported Denied to whoever made it.
+  /// What the policy refused (shmbus/policy.hpp): sends, calls, pushes, broadcasts, broadcast
+  /// deliveries and handler registrations (each reported Denied to whoever made it), and messages
+  /// over their role's RoleRule::maxMessageBytes (TooLarge).
   std::uint64_t policyDenials = 0;
 };
 

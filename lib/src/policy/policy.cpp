@@ -89,13 +89,6 @@ RoleRule& Policy::roleRule(std::string_view name) {
   return roles.back();
 }
 
-ChannelRule& Policy::channelRule(std::string_view pattern) {
-  auto it = std::find_if(channels.begin(), channels.end(), [&](const ChannelRule& c) { return c.pattern == pattern; });
-  if (it != channels.end()) return *it;
-  channels.push_back(ChannelRule{.pattern = std::string(pattern)});
-  return channels.back();
-}
-
 Result<void> validatePolicy(const Policy& policy) {
   auto bad = [](int line, std::string what) {
     return makeError(ErrorCode::InvalidArgument, fmt::format("policy{}: {}", where(line), what));

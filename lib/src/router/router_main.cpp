@@ -88,6 +88,7 @@ Result<BroadcastReport> Router::broadcast(const Channel& channel, const BuildFn&
   if (auto e = denied(PolicyAction::Send, channel.id, h.role, kMainRole, 0,
                       [&] { return fmt::format("broadcast '{}' from main", channel.name); })) {
     counters_.error(channel.id, e->code);
+    traceMessage(TraceKind::Broadcast, 0, h, 0, 0, &*e);
     return std::move(*e);
   }
   auto has = [](const std::vector<std::string>& v, const std::string& r) {
