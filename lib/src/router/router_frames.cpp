@@ -367,12 +367,14 @@ void Router::replyFromMain(std::uint64_t routeId, kj::ArrayPtr<const kj::ArrayPt
   r.requestId = p->callerReq;
   r.schemaId = replySchemaId;
   r.role = nameId(kMainRole);
+  // The event goes into the trace before the caller can see the reply (docs/architecture.md §14:
+  // an inspector never learns of a call after its caller did); a reply that then cannot be
+  // written adds the failure as a second event.
+  if (tracing()) traceCall(*p, TraceKind::Invoke, ErrorCode::Ok, "", static_cast<std::uint32_t>(messageBytes(segments)));
   auto wr = writeToWindow(*caller, [&] { return writeFrameSegments(caller->inbox, r, segments); });
   if (!wr) {
     failCaller(*p, Error{wr.code(), fmt::format("invoke '{}' to main: the reply could not be written: {}",
                                                 registry_.nameOf(p->channel, p->callerId), wr.error().message)});
-  } else if (tracing()) {
-    traceCall(*p, TraceKind::Invoke, ErrorCode::Ok, "", static_cast<std::uint32_t>(messageBytes(segments)));
   }
 }
 
@@ -448,12 +450,8 @@ void Router::onReply(Conn& w, const FrameView& f) {
   out.role = w.roleId;
   out.target = caller->id;
   out.requestId = p.callerReq;
-  auto r = writeToWindow(*caller, [&] { return writeFrameCopy(caller->inbox, out, f.payload, f.payloadBytes); });
-  if (!r) {
-    failCaller(p, Error{r.code(), fmt::format("invoke '{}' to {}: the reply could not be delivered: {}",
-                                              registry_.nameOf(p.channel, p.callerId), w.describe(),
-                                              r.error().message)});
-  } else if (tracing()) {
+  // Traced before the caller can see the outcome (as replyFromMain).
+  if (tracing()) {
     if (isError) {
       InPlaceMessage m;
       const Error e = m.parse(f.payload, f.payloadBytes) ? decodeError(h, m) : Error{errorCodeFromWire(h.status), ""};
@@ -461,6 +459,12 @@ void Router::onReply(Conn& w, const FrameView& f) {
     } else {
       traceCall(p, TraceKind::Invoke, ErrorCode::Ok, "", static_cast<std::uint32_t>(f.payloadBytes));
     }
+  }
+  auto r = writeToWindow(*caller, [&] { return writeFrameCopy(caller->inbox, out, f.payload, f.payloadBytes); });
+  if (!r) {
+    failCaller(p, Error{r.code(), fmt::format("invoke '{}' to {}: the reply could not be delivered: {}",
+                                              registry_.nameOf(p.channel, p.callerId), w.describe(),
+                                              r.error().message)});
   }
 }
 
