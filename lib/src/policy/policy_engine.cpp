@@ -9,6 +9,8 @@ namespace shmbus::detail {
 void PolicyEngine::set(Policy p) {
   policy_ = std::move(p);
   compiled_.clear();
+  hasMessageLimits_ = std::any_of(policy_.roles.begin(), policy_.roles.end(),
+                                  [](const RoleRule& r) { return r.maxMessageBytes != 0; });
 }
 
 PolicyEngine::Verdict PolicyEngine::Compiled::verdict(std::uint64_t roleId, Decision fallback) const {

@@ -30,6 +30,9 @@ class PolicyEngine {
   /// channel compiles it again under the new rules).
   void set(Policy p);
   const Policy& policy() const noexcept { return policy_; }
+  /// Whether any role rule sets maxMessageBytes (computed by set()): when none does, the
+  /// router's per-frame size check skips the role lookup altogether.
+  bool hasMessageLimits() const noexcept { return hasMessageLimits_; }
 
   /// Whether the role `roleId` may do `a` on channel `channel`, whose trusted name `nameOf`
   /// gives (a callable returning std::optional<std::string>; called only the first time a
@@ -65,6 +68,7 @@ class PolicyEngine {
   ChannelDecisions compile(const std::string& name) const;
 
   Policy policy_;
+  bool hasMessageLimits_ = false;
   std::unordered_map<std::uint64_t, ChannelDecisions> compiled_;
 };
 

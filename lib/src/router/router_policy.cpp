@@ -71,6 +71,7 @@ Result<void> Router::roleCapLocked(const std::string& role, const Conn* except) 
 }
 
 std::optional<Error> Router::overLimit(const Conn& w, const FrameHeader& h, std::size_t payloadBytes) {
+  if (!policy_.hasMessageLimits()) return std::nullopt;  // the common case: no role lookup per frame
   const RoleRule* rule = policy_.policy().role(w.role);
   if (rule == nullptr || rule->maxMessageBytes == 0 || payloadBytes <= rule->maxMessageBytes) return std::nullopt;
   ++counters_.policyDenials;
