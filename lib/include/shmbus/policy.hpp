@@ -63,8 +63,9 @@ struct RoleRule {
 /// The rule of the channels whose names match `pattern`, for the actions it lists. An action it
 /// leaves unset is decided by a later rule that sets it, else by Policy::defaultDecision.
 struct ChannelRule {
-  /// fnmatch(3) glob over channel names (`*`, `?`, `[...]`; no flags: `*` crosses `.`), e.g.
-  /// "Dashboard.*"; a name without those characters matches itself only.
+  /// fnmatch(3) glob over channel names: `*` matches any run of characters (dots included, no
+  /// flags are passed), `?` one character, brackets a set; e.g. "Dashboard.*". A name without
+  /// those characters matches itself only.
   std::string pattern;
   // Roles (NameKind::Role, or "*" for every role, "main" for the main process) that may:
   std::optional<std::vector<std::string>> send;     ///< send one-way messages on the channel
@@ -75,6 +76,7 @@ struct ChannelRule {
 
   /// The role list of `a` (null when this rule leaves `a` unset).
   const std::vector<std::string>* roles(PolicyAction a) const noexcept;
+  /// The role list of `a`, writable (the parser fills it); unset until assigned.
   std::optional<std::vector<std::string>>& rolesOf(PolicyAction a) noexcept;
 };
 
