@@ -352,6 +352,38 @@ inline Handler replyWith(std::string answer) {
   return textHandler([answer = std::move(answer)](const std::string&, const CallContext&) { return answer; });
 }
 
+/// A main-process handler on `channel` that holds every request (its Responder) until the test
+/// answers them all: calls stay in flight as long as the test needs.
+class HeldCalls {
+ public:
+  HeldCalls(Supervisor& sup, const std::string& channel)
+      : registration_(sup.handleAsync(channel, [this](const Message&, Responder r, const CallContext&) {
+          std::lock_guard lk(mu_);
+          held_.push_back(std::move(r));
+          cv_.notify_all();
+        })) {}
+  HeldCalls(const HeldCalls&) = delete;
+  HeldCalls& operator=(const HeldCalls&) = delete;
+  ~HeldCalls() { registration_ = Registration(); }  // no handler runs into a destroyed member
+
+  /// Waits until `n` requests are held (the router counts them in flight); false at `timeout`.
+  bool await(std::size_t n, std::chrono::milliseconds timeout = 10s) {
+    std::unique_lock lk(mu_);
+    return cv_.wait_for(lk, timeout, [&] { return held_.size() == n; });
+  }
+  /// Replies "x" to every held request (each reply must succeed).
+  void answerAll() {
+    std::lock_guard lk(mu_);
+    for (auto& r : held_) CHECK(r.reply([](Builder& b) { b.initRoot<test::TestMessage>().setText("x"); }).ok());
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Responder> held_;
+  Registration registration_;
+};
+
 /// A child forked now whose body waits for the parent's go() before it runs: lets a test fork
 /// every child before the dispatch thread starts (see TestBus) while a window still connects only
 /// after others did. The body may take the text go() sends (e.g. an id known only later). A

@@ -116,12 +116,16 @@ TEST_CASE("validatePolicy refuses bad role names, two rules of a role, an open '
 TEST_CASE("renderPolicy prints every rule in evaluation order; diffPolicy names what changed") {
   Policy p = sample(Decision::Deny);
   p.roleRule("editor").maxWindows = 2;
+  p.roles[0].maxBytesInFlight = 1 << 20;
   p.roles[0].line = 4;
+  p.uids = {1000, 1001};
   const std::string text = renderPolicy(p);
   CHECK(text ==
         "default deny\n"
         "default-admission open\n"
-        "role editor: admission open (default), max-windows 2, max-message-bytes - (line 4)\n"
+        "uids 1000,1001\n"
+        "role editor: admission open (default), max-windows 2, max-message-bytes -, max-pending-calls -, "
+        "max-bytes-in-flight 1048576 (line 4)\n"
         "channel Dashboard.*: send (unset); invoke [editor,main]; handle [dashboard]; receive (unset)\n"
         "channel log.*: send [editor]; invoke (unset); handle (unset); receive [*]\n");
   CHECK(diffPolicy(p, p).empty());

@@ -24,11 +24,13 @@ std::string refusal(const std::string& text) {
 TEST_CASE("every key of a policy file reaches the model, with the lines of its rules") {
   auto p = parsePolicy(R"(default = "deny"
 default-admission = "invited"
-
+uids = [1000, 65534]
 [roles.editor]
 admission = "open"
 max-windows = 2
 max-message-bytes = 4096
+max-pending-calls = 16
+max-bytes-in-flight = 8589934592
 
 [roles.viewer]
 
@@ -53,14 +55,19 @@ send = []
   CHECK(e.admission == RoleAdmission::Open);
   CHECK(e.maxWindows == 2);
   CHECK(e.maxMessageBytes == 4096);
+  CHECK(e.maxPendingCalls == 16);
+  CHECK(e.maxBytesInFlight == 8589934592ull);  // 8 GiB: past 32 bits
   CHECK(e.line == 4);
+  CHECK(p->uids == std::vector<std::uint32_t>{1000, 65534});
+  CHECK(p->roles[1].maxPendingCalls == 0);
+  CHECK(p->roles[1].maxBytesInFlight == 0);
   CHECK(p->roles[1].name == "viewer");
   CHECK_FALSE(p->roles[1].admission.has_value());
   CHECK(p->admissionOf("viewer") == RoleAdmission::Invited);
   REQUIRE(p->channels.size() == 2);
   const ChannelRule& c = p->channels[0];
   CHECK(c.pattern == "Dashboard.*");
-  CHECK(c.line == 11);
+  CHECK(c.line == 13);
   CHECK(*c.send == std::vector<std::string>{"editor"});
   CHECK(*c.invoke == std::vector<std::string>{"editor", "main"});
   CHECK(*c.handle == std::vector<std::string>{"dashboard"});
@@ -84,9 +91,10 @@ TEST_CASE("an empty file is the open policy: allow, open admission, no rules") {
 
 TEST_CASE("unknown keys are errors naming the key, its line and column") {
   CHECK(refusal("defualt = \"deny\"\n") ==
-        "p.toml:1:1: unknown key 'defualt' (known: default, default-admission, roles, channels)");
+        "p.toml:1:1: unknown key 'defualt' (known: default, default-admission, uids, roles, channels)");
   CHECK(refusal("[roles.editor]\nmax-window = 2\n") ==
-        "p.toml:2:1: unknown key 'max-window' in roles.editor (known: admission, max-windows, max-message-bytes)");
+        "p.toml:2:1: unknown key 'max-window' in roles.editor (known: admission, max-windows, max-message-bytes, "
+        "max-pending-calls, max-bytes-in-flight)");
   CHECK(refusal("\n[[channels]]\npattern = \"x\"\n  sends = [\"a\"]\n") ==
         "p.toml:4:3: unknown key 'sends' in a channel rule (known: pattern, send, invoke, handle, receive)");
 }
@@ -98,6 +106,13 @@ TEST_CASE("bad values are errors at the value: decisions, admissions, counts, ro
         "p.toml:1:21: default-admission must be \"open\" or \"invited\", not \"closed\"");
   CHECK(refusal("[roles.x]\nmax-windows = -1\n").find("p.toml:2:15: max-windows must be an integer in 0..") == 0);
   CHECK(refusal("[roles.x]\nmax-message-bytes = \"big\"\n").find("p.toml:2:21: max-message-bytes must be") == 0);
+  CHECK(refusal("[roles.x]\nmax-pending-calls = 4294967296\n") ==
+        "p.toml:2:21: max-pending-calls must be an integer in 0..4294967295 (0 = the bus's cap)");
+  CHECK(refusal("[roles.x]\nmax-bytes-in-flight = -5\n") ==
+        "p.toml:2:23: max-bytes-in-flight must be an integer in 0..9223372036854775807 (0 = no limit)");
+  CHECK(refusal("uids = 1000\n") == "p.toml:1:8: uids must be an array of user ids (integers)");
+  CHECK(refusal("uids = [1000, -1]\n") == "p.toml:1:15: each uid must be an integer in 0..4294967294");
+  CHECK(refusal("uids = [\"root\"]\n") == "p.toml:1:9: each uid must be an integer in 0..4294967294");
   CHECK(refusal("[roles.MAIN]\n").find("p.toml:1:8: role 'MAIN'") == 0);
   CHECK(refusal("[roles.main]\nadmission = \"open\"\n").find("p.toml:2:13: role 'main' names the main") == 0);
   CHECK(refusal("[[channels]]\npattern = \"x\"\nsend = [\"ok\", \"a/b\"]\n").find("p.toml:3:15: role 'a/b'") == 0);
@@ -124,7 +139,7 @@ TEST_CASE("loadPolicyFile reads a file and names it in errors") {
   ::close(fd);
   auto r = loadPolicyFile(path);
   CHECK(r.error().message == std::string(path) + ":2:1: unknown key 'bogus' (known: default, default-admission, "
-                                                 "roles, channels)");
+                                                 "uids, roles, channels)");
   ::unlink(path);
   auto missing = loadPolicyFile(path);
   CHECK(missing.code() == ErrorCode::SystemError);

@@ -101,26 +101,38 @@ TEST_CASE("byCaller finds a window's pending request until it is taken") {
   CHECK(table.contains(mainCall));
 }
 
-TEST_CASE("pendingOf counts each window's routes through add, take, takeExpired and takeIf") {
+TEST_CASE("inFlightOf counts each window's routes and request bytes through add, take, takeExpired and takeIf") {
   TimerFd t;
   RouteTable table(t.fd);
   const std::int64_t now = monotonicNowNs();
   const std::int64_t far = now + 100 * kSec;
-  const auto a1 = table.add(route(far, 1, 1));
-  table.add(route(now - kMs, 1, 2));  // already due
-  table.add(route(far, 1, 3, 9));
-  table.add(route(far, 2, 1));
-  table.add(route(far, 0, 1));  // main's own call: no window's count
-  CHECK(table.pendingOf(1) == 3);
-  CHECK(table.pendingOf(2) == 1);
-  CHECK(table.pendingOf(0) == 0);
+  auto sized = [](Route r, std::uint32_t bytes) {
+    r.requestBytes = bytes;
+    return r;
+  };
+  auto calls = [&](std::uint32_t id) { return table.inFlightOf(id).calls; };
+  auto bytes = [&](std::uint32_t id) { return table.inFlightOf(id).bytes; };
+  const auto a1 = table.add(sized(route(far, 1, 1), 100));
+  table.add(sized(route(now - kMs, 1, 2), 20));  // already due
+  table.add(sized(route(far, 1, 3, 9), 3));
+  table.add(sized(route(far, 2, 1), 7));
+  table.add(sized(route(far, 0, 1), 50));  // main's own call: no window's count
+  CHECK(calls(1) == 3);
+  CHECK(bytes(1) == 123);
+  CHECK(calls(2) == 1);
+  CHECK(bytes(2) == 7);
+  CHECK(calls(0) == 0);
+  CHECK(bytes(0) == 0);
   table.take(a1);
-  CHECK(table.pendingOf(1) == 2);
+  CHECK(calls(1) == 2);
+  CHECK(bytes(1) == 23);
   CHECK(table.takeExpired(monotonicNowNs()).size() == 1);
-  CHECK(table.pendingOf(1) == 1);
+  CHECK(calls(1) == 1);
+  CHECK(bytes(1) == 3);
   CHECK(table.takeIf([](const Route& r) { return r.targetId == 9; }).size() == 1);
-  CHECK(table.pendingOf(1) == 0);
-  CHECK(table.pendingOf(2) == 1);
+  CHECK(calls(1) == 0);
+  CHECK(bytes(1) == 0);
+  CHECK(calls(2) == 1);
 }
 
 TEST_CASE("the timer is armed to the earliest deadline, lazily") {

@@ -57,6 +57,16 @@ struct RoleRule {
   /// maximum record still holds). Larger: TooLarge at the sender (a one-way message is reported
   /// back like any undeliverable one).
   std::uint32_t maxMessageBytes = 0;
+  /// Most calls a window of this role may have in flight through the router at once (to main or
+  /// to a window, routed); 0 = the bus's SupervisorOptions::maxPendingCalls. It can only lower
+  /// that cap: a value above it changes nothing. One more: Full at the caller, counted in
+  /// RouterStats::overPendingLimit.
+  std::uint32_t maxPendingCalls = 0;
+  /// Most request bytes (payloads, without frame headers) a window of this role may have in
+  /// flight through the router at once: the sum over its calls not yet answered, this one
+  /// included; 0 = no limit. Past it: Full at the caller, counted in
+  /// RouterStats::overPendingLimit. A single request larger than this is Full too.
+  std::uint64_t maxBytesInFlight = 0;
   int line = 0;  ///< line in the policy file it came from (0: built through the API)
 };
 
@@ -91,6 +101,10 @@ struct ChannelRule {
 struct Policy {
   Decision defaultDecision = Decision::Allow;            ///< for what no channel rule decides
   RoleAdmission defaultAdmission = RoleAdmission::Open;  ///< for roles without a RoleRule admission
+  /// User ids, besides the supervisor's own and SupervisorOptions::allowedUids, whose processes
+  /// may connect (SO_PEERCRED at accept); another uid is told Denied. With any listed the socket
+  /// file is made mode 0666 (the uid check guards it); the socket's directory must let them in.
+  std::vector<std::uint32_t> uids;
   std::vector<RoleRule> roles;        ///< at most one per role name
   std::vector<ChannelRule> channels;  ///< in order: the first matching rule that sets an action wins
 

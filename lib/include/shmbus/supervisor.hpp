@@ -77,7 +77,8 @@ struct SupervisorOptions {
   /// routed, counted from when the router reads the Invoke until the call ends). The next invoke
   /// fails at once with Full ("window ... has N calls in flight"), counted in
   /// RouterStats::overPendingLimit, so a window that fires calls at a slow handler cannot grow
-  /// the router's tables without bound. Must be at least 1.
+  /// the router's tables without bound. A role's RoleRule::maxPendingCalls can lower it for the
+  /// windows of that role. Must be at least 1.
   std::uint32_t maxPendingCalls = 8192;
 };
 
@@ -153,7 +154,9 @@ struct RouterStats {
   /// Connections refused at SupervisorOptions::maxWindows, or closed at once because the
   /// supervisor's process had no file descriptor left (EMFILE/ENFILE).
   std::uint64_t refusedWindows = 0;
-  /// Invokes refused with Full: their window had SupervisorOptions::maxPendingCalls in flight.
+  /// Invokes refused with Full: their window had its cap of calls in flight
+  /// (SupervisorOptions::maxPendingCalls, or its role's RoleRule::maxPendingCalls) or of request
+  /// bytes in flight (RoleRule::maxBytesInFlight).
   std::uint64_t overPendingLimit = 0;
   /// What the policy refused (shmbus/policy.hpp): sends, calls, pushes, broadcasts, broadcast
   /// deliveries and handler registrations (each reported Denied to whoever made it), and messages

@@ -28,6 +28,9 @@ bool listed(const std::vector<std::string>& roles, std::string_view role) {
 }
 
 std::string where(int line) { return line > 0 ? fmt::format(" (line {})", line) : std::string(); }
+
+/// A limit for renderPolicy: its value, or "-" for 0 (none of its own).
+std::string limit(std::uint64_t v) { return v == 0 ? std::string("-") : std::to_string(v); }
 }  // namespace
 
 const char* policyActionName(PolicyAction a) noexcept {
@@ -124,12 +127,14 @@ std::string renderPolicy(const Policy& policy) {
   std::ostringstream out;
   out << fmt::format("default {}\n", decisionName(policy.defaultDecision));
   out << fmt::format("default-admission {}\n", roleAdmissionName(policy.defaultAdmission));
+  if (!policy.uids.empty()) out << fmt::format("uids {}\n", fmt::join(policy.uids, ","));
   for (const RoleRule& r : policy.roles) {
     out << fmt::format("role {}: admission {}{}", r.name, roleAdmissionName(policy.admissionOf(r.name)),
                        r.admission || r.name == kMainRole ? "" : " (default)");
-    out << fmt::format(", max-windows {}", r.maxWindows == 0 ? std::string("-") : std::to_string(r.maxWindows));
-    out << fmt::format(", max-message-bytes {}",
-                       r.maxMessageBytes == 0 ? std::string("-") : std::to_string(r.maxMessageBytes));
+    out << fmt::format(", max-windows {}", limit(r.maxWindows));
+    out << fmt::format(", max-message-bytes {}", limit(r.maxMessageBytes));
+    out << fmt::format(", max-pending-calls {}", limit(r.maxPendingCalls));
+    out << fmt::format(", max-bytes-in-flight {}", limit(r.maxBytesInFlight));
     out << where(r.line) << "\n";
   }
   for (const ChannelRule& c : policy.channels) {

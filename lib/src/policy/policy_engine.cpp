@@ -11,6 +11,8 @@ void PolicyEngine::set(Policy p) {
   compiled_.clear();
   hasMessageLimits_ = std::any_of(policy_.roles.begin(), policy_.roles.end(),
                                   [](const RoleRule& r) { return r.maxMessageBytes != 0; });
+  hasCallLimits_ = std::any_of(policy_.roles.begin(), policy_.roles.end(),
+                               [](const RoleRule& r) { return r.maxPendingCalls != 0 || r.maxBytesInFlight != 0; });
 }
 
 PolicyEngine::Verdict PolicyEngine::Compiled::verdict(std::uint64_t roleId, Decision fallback) const {

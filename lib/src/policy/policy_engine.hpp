@@ -33,6 +33,9 @@ class PolicyEngine {
   /// Whether any role rule sets maxMessageBytes (computed by set()): when none does, the
   /// router's per-frame size check skips the role lookup altogether.
   bool hasMessageLimits() const noexcept { return hasMessageLimits_; }
+  /// Whether any role rule sets maxPendingCalls or maxBytesInFlight (computed by set()): when
+  /// none does, an invoke checks only the bus's cap, without a role lookup.
+  bool hasCallLimits() const noexcept { return hasCallLimits_; }
 
   /// Whether the role `roleId` may do `a` on channel `channel`, whose trusted name `nameOf`
   /// gives (a callable returning std::optional<std::string>; called only the first time a
@@ -69,6 +72,7 @@ class PolicyEngine {
 
   Policy policy_;
   bool hasMessageLimits_ = false;
+  bool hasCallLimits_ = false;
   std::unordered_map<std::uint64_t, ChannelDecisions> compiled_;
 };
 

@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -42,6 +43,8 @@ class Parser {
         p.defaultDecision = v == "allow" ? Decision::Allow : Decision::Deny;
       } else if (k == "default-admission") {
         p.defaultAdmission = admission(node, "default-admission");
+      } else if (k == "uids") {
+        p.uids = uids(node);
       } else if (k == "roles") {
         const toml::table* roles = node.as_table();
         if (roles == nullptr) fail(node.source(), "roles must be a table of [roles.NAME] tables");
@@ -51,7 +54,7 @@ class Parser {
         if (rules == nullptr) fail(node.source(), "channels must be an array of [[channels]] tables");
         for (const toml::node& rule : *rules) p.channels.push_back(channel(rule));
       } else {
-        fail(key.source(), fmt::format("unknown key '{}' (known: default, default-admission, roles, channels)", k));
+        fail(key.source(), fmt::format("unknown key '{}' (known: default, default-admission, uids, roles, channels)", k));
       }
     }
     return p;
@@ -64,13 +67,31 @@ class Parser {
     return s->get();
   }
 
-  std::uint32_t count(const toml::node& node, std::string_view what) const {
+  /// A non-negative integer of at most `max`; `zero` says what 0 means, for the error.
+  template <typename T = std::uint32_t>
+  T count(const toml::node& node, std::string_view what, std::string_view zero = "no limit") const {
     const auto* i = node.as_integer();
-    if (i == nullptr || i->get() < 0 || i->get() > std::numeric_limits<std::uint32_t>::max()) {
-      fail(node.source(), fmt::format("{} must be an integer in 0..{} (0 = no limit)", what,
-                                      std::numeric_limits<std::uint32_t>::max()));
+    constexpr auto max = static_cast<std::int64_t>(std::min<std::uint64_t>(std::numeric_limits<T>::max(),
+                                                                           std::numeric_limits<std::int64_t>::max()));
+    if (i == nullptr || i->get() < 0 || i->get() > max) {
+      fail(node.source(), fmt::format("{} must be an integer in 0..{} (0 = {})", what, max, zero));
     }
-    return static_cast<std::uint32_t>(i->get());
+    return static_cast<T>(i->get());
+  }
+
+  std::vector<std::uint32_t> uids(const toml::node& node) const {
+    const toml::array* a = node.as_array();
+    if (a == nullptr) fail(node.source(), "uids must be an array of user ids (integers)");
+    std::vector<std::uint32_t> out;
+    for (const toml::node& e : *a) {
+      const auto* i = e.as_integer();
+      // (uid_t)-1 means "no uid" to the kernel's calls: not a user.
+      if (i == nullptr || i->get() < 0 || i->get() >= std::numeric_limits<std::uint32_t>::max()) {
+        fail(e.source(), fmt::format("each uid must be an integer in 0..{}", std::numeric_limits<std::uint32_t>::max() - 1));
+      }
+      out.push_back(static_cast<std::uint32_t>(i->get()));
+    }
+    return out;
   }
 
   RoleAdmission admission(const toml::node& node, std::string_view what) const {
@@ -99,9 +120,13 @@ class Parser {
         r.maxWindows = count(value, "max-windows");
       } else if (k == "max-message-bytes") {
         r.maxMessageBytes = count(value, "max-message-bytes");
+      } else if (k == "max-pending-calls") {
+        r.maxPendingCalls = count(value, "max-pending-calls", "the bus's cap");
+      } else if (k == "max-bytes-in-flight") {
+        r.maxBytesInFlight = count<std::uint64_t>(value, "max-bytes-in-flight");
       } else {
         fail(key.source(), fmt::format("unknown key '{}' in roles.{} (known: admission, max-windows, "
-                                       "max-message-bytes)",
+                                       "max-message-bytes, max-pending-calls, max-bytes-in-flight)",
                                        k, r.name));
       }
     }

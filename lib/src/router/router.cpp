@@ -84,8 +84,7 @@ Result<std::unique_ptr<Router>> Router::create(RouterOptions o, MainPort& main,
   auto l = listenSeqpacket(r->path_);
   if (!l) return l.error();
   r->listenFd_ = std::move(*l);
-  // Other uids must be able to connect to be told yes or no: SO_PEERCRED (acceptAll) guards it.
-  if (!r->opts_.allowedUids.empty()) ::chmod(r->path_.c_str(), 0666);
+  r->setSocketMode();
   r->epollFd_.reset(::epoll_create1(EPOLL_CLOEXEC));
   r->doorbellFd_.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   r->timerFd_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
@@ -207,7 +206,9 @@ Result<void> Router::windowCapLocked(const Conn* except) const {
 }
 
 bool Router::uidAllowed(uid_t uid) const {
-  return uid == ::getuid() || std::find(opts_.allowedUids.begin(), opts_.allowedUids.end(), uid) != opts_.allowedUids.end();
+  const auto& policyUids = policy_.policy().uids;
+  return uid == ::getuid() || std::find(opts_.allowedUids.begin(), opts_.allowedUids.end(), uid) != opts_.allowedUids.end() ||
+         std::find(policyUids.begin(), policyUids.end(), uid) != policyUids.end();
 }
 
 WindowInfo Router::addSpawned(Fd sock, const std::string& role, pid_t pid) {
@@ -338,10 +339,11 @@ void Router::onConnReadable(std::uint32_t id) {
     if (!h) return doom(c, h.error().message, true);
     if (c.uidRefused) {
       log_(LogLevel::Warn, "refused a connection from uid {} (pid {})", static_cast<long>(c.uid), c.pid);
-      sendWelcomeError(c.sock.get(), makeError(ErrorCode::Denied, fmt::format("bus '{}' does not accept connections "
-                                                                              "from uid {} "
-                                                                              "(SupervisorOptions::allowedUids)",
-                                                                              opts_.bus, static_cast<long>(c.uid))));
+      sendWelcomeError(c.sock.get(),
+                       makeError(ErrorCode::Denied, fmt::format("bus '{}' does not accept connections from uid {} "
+                                                                "(neither SupervisorOptions::allowedUids nor the "
+                                                                "policy's uids name it)",
+                                                                opts_.bus, static_cast<long>(c.uid))));
       return doom(c, "uid not allowed", false);
     }
     switch (static_cast<ControlType>(h->type)) {

@@ -190,7 +190,12 @@ class Router {
   /// Full when `role` has its policy's maxWindows windows (registered, registering past their
   /// Hello, or spawned), `except` not counted.
   Result<void> roleCapLocked(const std::string& role, const Conn* except) const;
-  /// Whether connections from `uid` are accepted: this process's own uid, or allowedUids.
+  /// Makes the socket file mode 0666 when other uids may connect (allowedUids or the policy's
+  /// uids: they must reach it to be told yes or no, and SO_PEERCRED at accept guards it), else
+  /// 0600. Under mu_ (or before the router runs).
+  void setSocketMode() const;
+  /// Whether connections from `uid` are accepted: this process's own uid, allowedUids, or the
+  /// policy's uids. Under mu_.
   bool uidAllowed(uid_t uid) const;
   /// The role a window without spawn() asks for in its Hello, by the registration policy
   /// (docs/architecture.md §5): its admission (Open or Invited), or Denied with the reason.
@@ -242,6 +247,10 @@ class Router {
   void onHandlerAdd(Conn& w, const FrameHeader& h);
   /// A window's message larger than its role's maxMessageBytes: the TooLarge error, else none.
   std::optional<Error> overLimit(const Conn& w, const FrameHeader& h, std::size_t payloadBytes);
+  /// An invoke of `payloadBytes` from `w` past its calls or bytes in flight (the bus's
+  /// maxPendingCalls, its role's maxPendingCalls and maxBytesInFlight): the Full error, counted
+  /// in overPendingLimit; else none.
+  std::optional<Error> overInFlight(const Conn& w, const FrameHeader& h, std::size_t payloadBytes);
   std::int64_t deadlineFor(const FrameHeader& h, std::int64_t now, std::int64_t& timeoutMs) const;
   void replyError(Conn& w, const FrameHeader& req, Error e);
   void process(Conn& w, const RecordView& rec);

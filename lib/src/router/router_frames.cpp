@@ -245,13 +245,7 @@ void Router::onInvoke(Conn& w, const FrameView& f) {
                                                                   w.describe(), v.error().message)});
     return blame(w, h, "invoke", v.error());
   }
-  if (routes_.pendingOf(w.id) >= opts_.maxPendingCalls) {
-    ++counters_.overPendingLimit;
-    return replyError(w, h, makeError(ErrorCode::Full, fmt::format("invoke '{}' from {}: the window has {} calls in "
-                                                                   "flight (SupervisorOptions::maxPendingCalls)",
-                                                                   registry_.nameOf(h.channel, w.id), w.describe(),
-                                                                   opts_.maxPendingCalls)));
-  }
+  if (auto e = overInFlight(w, h, f.payloadBytes)) return replyError(w, h, std::move(*e));
   const std::int64_t now = monotonicNowNs();
   if (auto e = overLimit(w, h, f.payloadBytes)) return replyError(w, h, std::move(*e));
   auto what = [&] { return fmt::format("invoke '{}' from {}", registry_.nameOf(h.channel, w.id), w.describe()); };

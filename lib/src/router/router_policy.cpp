@@ -1,6 +1,7 @@
 // The router's policy (docs/architecture.md §15): the policy in force, the checks shared by
 // every pattern (Router::denied, router_internal.hpp), role caps and message limits.
 #include <fmt/format.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 
@@ -23,7 +24,13 @@ void Router::setPolicy(Policy policy) {
   std::lock_guard lk(mu_);
   const std::string change = diffPolicy(policy_.policy(), policy);
   policy_.set(std::move(policy));
+  setSocketMode();
   if (!change.empty()) log_(LogLevel::Info, "policy replaced:\n{}", change);
+}
+
+void Router::setSocketMode() const {
+  const bool others = !opts_.allowedUids.empty() || !policy_.policy().uids.empty();
+  ::chmod(path_.c_str(), others ? 0666 : 0600);
 }
 
 void Router::setChannelCallers(const Channel& channel, const std::vector<std::string>& callers) {
@@ -81,6 +88,35 @@ std::optional<Error> Router::overLimit(const Conn& w, const FrameHeader& h, std:
                                h.kind == static_cast<std::uint16_t>(FrameKind::Invoke) ? "invoke" : "send",
                                registry_.nameOf(h.channel, w.id), w.describe(), payloadBytes, rule->maxMessageBytes,
                                w.role));
+}
+
+std::optional<Error> Router::overInFlight(const Conn& w, const FrameHeader& h, std::size_t payloadBytes) {
+  const RouteTable::InFlight now = routes_.inFlightOf(w.id);
+  std::uint32_t maxCalls = opts_.maxPendingCalls;
+  const char* source = "SupervisorOptions::maxPendingCalls";
+  std::uint64_t maxBytes = 0;
+  if (policy_.hasCallLimits()) {  // the common case skips the role lookup
+    if (const RoleRule* rule = policy_.policy().role(w.role)) {
+      if (rule->maxPendingCalls != 0 && rule->maxPendingCalls < maxCalls) {
+        maxCalls = rule->maxPendingCalls;
+        source = "the policy's max-pending-calls of its role";
+      }
+      maxBytes = rule->maxBytesInFlight;
+    }
+  }
+  std::string why;
+  if (now.calls >= maxCalls) {
+    why = fmt::format("the window has {} calls in flight ({})", maxCalls, source);
+  } else if (maxBytes != 0 && now.bytes + payloadBytes > maxBytes) {
+    why = fmt::format("the window has {} request bytes in flight, {} more would pass the {} bytes of the policy's "
+                      "max-bytes-in-flight of role '{}'",
+                      now.bytes, payloadBytes, maxBytes, w.role);
+  } else {
+    return std::nullopt;
+  }
+  ++counters_.overPendingLimit;
+  return makeError(ErrorCode::Full, fmt::format("invoke '{}' from {}: {}", registry_.nameOf(h.channel, w.id),
+                                                w.describe(), why));
 }
 
 void Router::onHandlerAdd(Conn& w, const FrameHeader& h) {

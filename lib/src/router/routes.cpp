@@ -28,7 +28,9 @@ std::uint64_t RouteTable::add(Route r) {
   deadlines_.emplace(r.deadline, id);
   if (r.callerId != 0) {
     byCaller_[{r.callerId, r.callerReq}] = id;
-    ++perCaller_[r.callerId];
+    InFlight& f = perCaller_[r.callerId];
+    ++f.calls;
+    f.bytes += r.requestBytes;
   }
   // Lazy timer: only a deadline earlier than the armed one needs a system call.
   if (armedAt_ == 0 || r.deadline < armedAt_) arm(r.deadline);
@@ -44,7 +46,10 @@ std::optional<Route> RouteTable::take(std::uint64_t id) {
   deadlines_.erase({r.deadline, id});
   if (r.callerId != 0) {
     byCaller_.erase({r.callerId, r.callerReq});
-    if (auto c = perCaller_.find(r.callerId); c != perCaller_.end() && --c->second == 0) perCaller_.erase(c);
+    if (auto c = perCaller_.find(r.callerId); c != perCaller_.end()) {
+      c->second.bytes -= r.requestBytes;
+      if (--c->second.calls == 0) perCaller_.erase(c);
+    }
   }
   return r;
 }
@@ -54,9 +59,9 @@ std::uint64_t RouteTable::byCaller(std::uint32_t callerId, std::uint64_t callerR
   return it == byCaller_.end() ? 0 : it->second;
 }
 
-std::uint32_t RouteTable::pendingOf(std::uint32_t callerId) const {
+RouteTable::InFlight RouteTable::inFlightOf(std::uint32_t callerId) const {
   auto it = perCaller_.find(callerId);
-  return it == perCaller_.end() ? 0 : it->second;
+  return it == perCaller_.end() ? InFlight{} : it->second;
 }
 
 const Route* RouteTable::find(std::uint64_t id) const {

@@ -61,8 +61,13 @@ class RouteTable {
   /// The route id of (caller, caller's request id), or 0.
   std::uint64_t byCaller(std::uint32_t callerId, std::uint64_t callerReq) const;
   bool contains(std::uint64_t id) const { return routes_.count(id) != 0; }
-  /// Calls window `callerId` has in flight (its routes), 0 for none. O(1).
-  std::uint32_t pendingOf(std::uint32_t callerId) const;
+  /// What one window has in flight: its routes, and the sum of their Route::requestBytes.
+  struct InFlight {
+    std::uint32_t calls = 0;
+    std::uint64_t bytes = 0;
+  };
+  /// What window `callerId` has in flight (zeros for none). O(1).
+  InFlight inFlightOf(std::uint32_t callerId) const;
   const Route* find(std::uint64_t id) const;
   /// Removes and returns every route whose deadline is <= now (the timer fired).
   std::vector<Route> takeExpired(std::int64_t now);
@@ -100,7 +105,7 @@ class RouteTable {
   };
   std::pmr::unordered_map<CallerKey, std::uint64_t, CallerKeyHash> byCaller_{&pool_};  // exact (caller, request) → route
   std::pmr::set<std::pair<std::int64_t, std::uint64_t>> deadlines_{&pool_};
-  std::pmr::unordered_map<std::uint32_t, std::uint32_t> perCaller_{&pool_};  // window → its routes (pendingOf)
+  std::pmr::unordered_map<std::uint32_t, InFlight> perCaller_{&pool_};  // window → its routes (inFlightOf)
   std::int64_t armedAt_ = 0;  // 0 = disarmed
   std::uint64_t nextRoute_ = 1;
 };
@@ -121,7 +126,7 @@ class RouterCounters {
 
   std::uint64_t lateReplies = 0, spoofedReplies = 0, undeliverable = 0, badMessages = 0;
   std::uint64_t unanswered = 0;  ///< main-process responders dropped without a reply
-  std::uint64_t overPendingLimit = 0;  ///< invokes refused: their window had maxPendingCalls in flight
+  std::uint64_t overPendingLimit = 0;  ///< invokes refused: their window's calls or bytes in flight were at its cap
   std::uint64_t handshakeTimeouts = 0;  ///< connections closed for not finishing the handshake in time
   std::uint64_t refusedWindows = 0;     ///< connections refused at the window cap or for want of fds
   std::uint64_t policyDenials = 0;      ///< messages, calls and handler registrations the policy refused

@@ -76,6 +76,31 @@ struct SharedDir {
 void becomeNobody() {
   childCheck(::setgroups(0, nullptr) == 0 && ::setgid(kNobody) == 0 && ::setuid(kNobody) == 0, "setuid(65534)");
 }
+
+/// In a child: becomes uid 65534 and connects as `role` through `socket`: Denied, naming the uid.
+void expectUidRefused(const std::string& bus, const std::string& socket, const std::string& role) {
+  becomeNobody();
+  WindowOptions o;
+  o.bus = bus;
+  o.role = role;
+  o.socketPath = socket;
+  auto w = Window::connect(o);
+  childCheck(w.code() == ErrorCode::Denied, "got " + (w ? std::string("a window") : w.error().toString()));
+  childCheck(w.error().message.find("uid 65534") != std::string::npos, w.error().message);
+}
+
+/// A child that becomes uid 65534, connects as "editor" through `socket`, announces ready and
+/// stays until the parent's word on `link`.
+Child nobodyEditor(const std::string& bus, const std::string& socket, Link& link) {
+  return Child::fork([&] {
+    becomeNobody();
+    WindowOptions o;
+    o.socketPath = socket;
+    auto w = connectInvited(bus, "editor", "", o);
+    announceReady(*w);
+    link.hearParent();
+  });
+}
 }  // namespace
 
 TEST_CASE("an invited role is refused without a token; open roles still connect without one") {
@@ -216,16 +241,7 @@ TEST_CASE("another uid is refused with Denied, and accepted when allowedUids nam
     SharedDir dir;
     TestBus tb("inv-uid-no", {.socketPath = dir.socket()}, /*dispatch=*/false);
     REQUIRE(::chmod(dir.socket().c_str(), 0666) == 0);  // reachable: the uid check alone refuses
-    Child c = Child::fork([&] {
-      becomeNobody();
-      WindowOptions o;
-      o.bus = tb.bus;
-      o.role = "editor";
-      o.socketPath = dir.socket();
-      auto w = Window::connect(o);
-      childCheck(w.code() == ErrorCode::Denied, "got " + (w ? std::string("a window") : w.error().toString()));
-      childCheck(w.error().message.find("uid 65534") != std::string::npos, w.error().message);
-    });
+    Child c = Child::fork([&] { expectUidRefused(tb.bus, dir.socket(), "editor"); });
     tb->startDispatchThread();
     CHECK(c.join(30s) == 0);
     CHECK(tb->windows().empty());
@@ -235,19 +251,40 @@ TEST_CASE("another uid is refused with Denied, and accepted when allowedUids nam
     TestBus tb("inv-uid-yes", {.allowedUids = {kNobody}, .socketPath = dir.socket()}, /*dispatch=*/false);
     auto h = tb->handle("echo", echoHandler());
     Link link;
-    Child c = Child::fork([&] {
-      becomeNobody();
-      WindowOptions o;
-      o.socketPath = dir.socket();
-      auto w = connectInvited(tb.bus, "editor", "", o);
-      announceReady(*w);
-      link.hearParent();
-    });
+    Child c = nobodyEditor(tb.bus, dir.socket(), link);
     tb->startDispatchThread();
     tb.awaitReady("editor");
     const WindowInfo e = windowWithRole(*tb.sup, "editor");
     CHECK(e.uid == kNobody);
     CHECK(how(e.admission) == "open");
+    link.tellChild("bye");
+    CHECK(c.join(30s) == 0);
+  }
+  SUBCASE("allowed by the policy's uids, and refused again once a policy drops them") {
+    SharedDir dir;
+    TestBus tb("inv-uid-policy", {.socketPath = dir.socket()}, /*dispatch=*/false);
+    auto h = tb->handle("echo", echoHandler());
+    struct stat st{};
+    REQUIRE(::stat(dir.socket().c_str(), &st) == 0);
+    CHECK((st.st_mode & 0777) == 0600);  // no other uid: only the owner may connect
+    Policy p;
+    p.uids = {kNobody};
+    REQUIRE(tb->setPolicy(p).ok());
+    REQUIRE(::stat(dir.socket().c_str(), &st) == 0);
+    CHECK((st.st_mode & 0777) == 0666);  // reachable: SO_PEERCRED decides
+    Link link;
+    Child c = nobodyEditor(tb.bus, dir.socket(), link);
+    GatedChild again([&] { expectUidRefused(tb.bus, dir.socket(), "viewer"); });  // forked before dispatch
+    tb->startDispatchThread();
+    tb.awaitReady("editor");
+    CHECK(windowWithRole(*tb.sup, "editor").uid == kNobody);
+    REQUIRE(tb->setPolicy(Policy{}).ok());
+    REQUIRE(::stat(dir.socket().c_str(), &st) == 0);
+    CHECK((st.st_mode & 0777) == 0600);
+    // A window already connected keeps its place; the next connection of that uid is refused.
+    REQUIRE(::chmod(dir.socket().c_str(), 0666) == 0);  // reachable: the uid check alone refuses
+    again.go();
+    CHECK(again.join(30s) == 0);
     link.tellChild("bye");
     CHECK(c.join(30s) == 0);
   }

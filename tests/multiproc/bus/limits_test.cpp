@@ -281,15 +281,7 @@ TEST_CASE("a window with maxPendingCalls calls in flight gets Full for the next 
   SupervisorOptions o;
   o.maxPendingCalls = 3;
   TestBus tb("pending-cap", o, /*dispatch=*/false);
-  // A main handler that holds every request until the test answers them.
-  std::mutex mu;
-  std::condition_variable cv;
-  std::vector<Responder> held;
-  auto hold = tb->handleAsync("hold", [&](const Message&, Responder r, const CallContext&) {
-    std::lock_guard lk(mu);
-    held.push_back(std::move(r));
-    cv.notify_all();
-  });
+  HeldCalls held(*tb.sup, "hold");
   Link link;
   Child caller = Child::fork([&] {
     auto w = connectWindow(tb.bus, "caller");
@@ -308,17 +300,11 @@ TEST_CASE("a window with maxPendingCalls calls in flight gets Full for the next 
   auto free = tb->handle("hold-free", echoHandler());
   tb->startDispatchThread();
   REQUIRE(link.hearChild() == "three");
-  {
-    std::unique_lock lk(mu);
-    REQUIRE(cv.wait_for(lk, 10s, [&] { return held.size() == 3; }));  // all three reached the handler
-  }
+  REQUIRE(held.await(3));  // all three reached the handler
   link.tellChild("fourth");
   REQUIRE(link.hearChild() == "refused");
   CHECK(tb->stats().overPendingLimit == 1);
-  {
-    std::lock_guard lk(mu);
-    for (auto& r : held) CHECK(r.reply([](Builder& b) { b.initRoot<test::TestMessage>().setText("x"); }).ok());
-  }
+  held.answerAll();
   link.tellChild("answered");
   CHECK(caller.join(20s) == 0);
 }

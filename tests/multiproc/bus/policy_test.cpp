@@ -237,3 +237,52 @@ TEST_CASE("setPolicy replaces the policy for every later frame: a call denied be
   CHECK(tb->setPolicy(bad).code() == ErrorCode::InvalidArgument);
   CHECK(renderPolicy(tb->policy()) == renderPolicy(deny));
 }
+
+TEST_CASE("a role's max-pending-calls and max-bytes-in-flight refuse the next call with Full; others are not held") {
+  Policy p;
+  p.roleRule("counted").maxPendingCalls = 2;      // below the bus's 8192
+  p.roleRule("weighed").maxBytesInFlight = 1500;  // about one 1000-character request
+  TestBus tb("policy-inflight", {}, /*dispatch=*/false);
+  REQUIRE(tb->setPolicy(p).ok());
+  HeldCalls held(*tb.sup, "hold");
+  auto echo = tb->handle("echo", echoHandler());
+  const std::string big(1000, 'b');
+  Link link;
+  Child child = Child::fork([&] {
+    auto counted = connectWindow(tb.bus, "counted");
+    auto weighed = connectWindow(tb.bus, "weighed");
+    auto other = connectWindow(tb.bus, "other");
+    std::vector<Call> calls;
+    for (int i = 0; i < 2; ++i) calls.push_back(counted->invoke("hold", text("x"), {.timeout = 30000ms}));
+    calls.push_back(weighed->invoke("hold", text(big), {.timeout = 30000ms}));
+    link.tellParent("held");
+    childCheck(link.hearParent(60s) == "go", "go");
+    auto third = counted->invoke("echo", text("x")).get();
+    childCheck(third.code() == ErrorCode::Full, "counted's third call: " + third.error().toString());
+    childCheck(has(third.error().message, "2 calls in flight (the policy's max-pending-calls of its role)"),
+               third.error().message);
+    auto heavy = weighed->invoke("echo", text(big)).get();
+    childCheck(heavy.code() == ErrorCode::Full, "weighed's second big call: " + heavy.error().toString());
+    childCheck(has(heavy.error().message, "more would pass the 1500 bytes of the policy's max-bytes-in-flight of role "
+                                          "'weighed'"),
+               heavy.error().message);
+    // Within its bytes, the weighed window still calls; a role without limits is not held at all.
+    childCheck(replyText(weighed->invoke("echo", text("small")), "weighed's small call") == "small", "small");
+    for (int i = 0; i < 4; ++i) calls.push_back(other->invoke("hold", text(big), {.timeout = 30000ms}));
+    link.tellParent("refused");
+    childCheck(link.hearParent(60s) == "answered", "go again");
+    for (auto& c : calls) expectOk(c.get(), "held call");
+    childCheck(replyText(counted->invoke("echo", text("again")), "counted again") == "again", "counted again");
+    childCheck(replyText(weighed->invoke("echo", text(big)), "weighed again") == big, "weighed again");
+  });
+  tb->startDispatchThread();
+  REQUIRE(link.hearChild() == "held");
+  REQUIRE(held.await(3));  // every held call reached the handler: the router counts them in flight
+  link.tellChild("go");
+  REQUIRE(link.hearChild() == "refused");
+  REQUIRE(held.await(7));  // the unlimited role's four big calls were not refused
+  CHECK(tb->stats().overPendingLimit == 2);
+  held.answerAll();
+  link.tellChild("answered");
+  CHECK(child.join(30s) == 0);
+}
