@@ -449,3 +449,36 @@ TEST_CASE("shmbus-inspect call invokes a typed method from the shell and prints 
   }
   CHECK(studio.finish() == 0);
 }
+
+TEST_CASE("a typed channel is decided by the default until the main process names it (nameChannels), then by its rule") {
+  TestBus tb("typed-policy");
+  Policy p;
+  p.defaultDecision = Decision::Deny;
+  p.channels = {ChannelRule{.pattern = "Studio.*", .invoke = std::vector<std::string>{"client"},
+                            .handle = std::vector<std::string>{"studio"}},
+                ChannelRule{.pattern = "ready", .send = std::vector<std::string>{"*"},
+                            .receive = std::vector<std::string>{"main"}}};
+  REQUIRE(tb->setPolicy(p).ok());
+  StudioWindow studio(tb);
+  Link link;
+  Child client = Child::fork([&] {
+    auto w = connectWindow(tb.bus, "client");
+    StudioClient s(*w);
+    // The window names Studio.echo, but the router cannot check a typed id against a name.
+    auto before = s.echo([](auto q) { q.setText("x"); }).get();
+    childCheck(before.code() == ErrorCode::Denied, "before: " + before.error().toString());
+    childCheck(before.error().message.find("the default") != std::string::npos, before.error().message);
+    link.tellParent("denied");
+    childCheck(link.hearParent(30s) == "named", "named");
+    auto after = s.echo([](auto q) { q.setText("x"); }).get();
+    expectOk(after, "echo once named");
+    childCheck(std::string(after->reader().getText().cStr()) == "x from client", after->reader().getText().cStr());
+  });
+  REQUIRE(link.hearChild() == "denied");
+  REQUIRE(tb->nameChannels(StudioChannels::all()).ok());
+  link.tellChild("named");
+  CHECK(client.join(30s) == 0);
+  CHECK(studio.finish() == 0);
+  const Channel bad{42, "no/slash"};
+  CHECK(tb->nameChannels(std::span(&bad, 1)).code() == ErrorCode::InvalidArgument);
+}

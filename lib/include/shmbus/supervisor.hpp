@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -291,6 +292,15 @@ class Supervisor {
 
   /// The policy in force (a copy). Thread contract: any thread.
   Policy policy() const;
+
+  /// Tells the router the names of typed channels, so that policy rules (whose patterns speak
+  /// of names) can decide them: a typed channel's id derives from its interface and method, so
+  /// the name a window interns cannot be checked, and an id nobody trusted named is decided by
+  /// Policy::defaultDecision (docs/architecture.md §15 "Names"). Pass a contract's generated
+  /// `XChannels::all()` (capnpc-shmbus); a channel the main process already uses (handle, invoke,
+  /// send) is named already. The first name given for an id stays. Errors: InvalidArgument for a
+  /// name that breaks NameKind::Channel (nothing is named then). Thread contract: any thread.
+  Result<void> nameChannels(std::span<const Channel> channels);
 
   /// Default timeout of calls on `channel` when the caller gives none (CallOptions::timeout 0).
   /// Must be positive (UsageError otherwise); longer than kMaxTimeout is clamped.

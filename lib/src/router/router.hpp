@@ -20,6 +20,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -162,6 +163,8 @@ class Router {
   void setPolicy(Policy policy);
   /// Supervisor::setPolicy(channel, ChannelPolicy): the rule for exactly `channel`, first in order.
   void setChannelCallers(const Channel& channel, const std::vector<std::string>& callers);
+  /// Supervisor::nameChannels (names checked by the caller): trusted names for these ids.
+  void nameChannels(std::span<const Channel> channels);
   /// The policy in force.
   Policy policy() const;
   void setChannelTimeout(const Channel& channel, std::chrono::milliseconds timeout);

@@ -33,6 +33,13 @@ void Router::setSocketMode() const {
   ::chmod(path_.c_str(), others ? 0666 : 0600);
 }
 
+void Router::nameChannels(std::span<const Channel> channels) {
+  std::lock_guard lk(mu_);
+  // Trusted from now on (policyName): the policy engine caches no decision for an id without a
+  // trusted name, so the next frame on each is judged by its name.
+  for (const Channel& c : channels) mainCallbacks_->rememberName(c.id, c.name);
+}
+
 void Router::setChannelCallers(const Channel& channel, const std::vector<std::string>& callers) {
   std::lock_guard lk(mu_);
   mainCallbacks_->rememberName(channel.id, channel.name);

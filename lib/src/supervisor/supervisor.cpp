@@ -275,6 +275,14 @@ void Supervisor::setPolicy(const Channel& channel, ChannelPolicy policy) {
   impl_->router->setChannelCallers(channel, policy.callers);
 }
 
+Result<void> Supervisor::nameChannels(std::span<const Channel> channels) {
+  for (const Channel& c : channels) {
+    if (auto v = validateName(NameKind::Channel, c.name); !v) return v.error();
+  }
+  impl_->router->nameChannels(channels);
+  return {};
+}
+
 Result<void> Supervisor::setPolicy(Policy policy) {
   if (auto v = validatePolicy(policy); !v) return v;
   impl_->router->setPolicy(std::move(policy));

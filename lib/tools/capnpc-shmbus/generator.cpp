@@ -346,6 +346,11 @@ class Generator {
       o += "            " + hexLiteral(m.paramsLayout.fingerprint) + ", " + hexLiteral(m.resultsLayout.fingerprint) + "};\n";
       o += "  }\n";
     }
+    o += "  /// Every channel of " + i.capnpName + ", in ordinal order (e.g. for Supervisor::nameChannels).\n";
+    o += "  static constexpr std::array<::shmbus::Channel, " + std::to_string(i.methods.size()) + "> all() noexcept {\n";
+    o += "    return {";
+    for (std::size_t k = 0; k < i.methods.size(); ++k) o += (k == 0 ? "" : ", ") + i.methods[k].member + "()";
+    o += "};\n  }\n";
     o += "};\n";
     return o;
   }

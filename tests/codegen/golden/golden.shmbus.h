@@ -57,6 +57,10 @@ struct StudioChannels {
     return {::shmbus::methodChannelId(0xc7c3d7cdf020eb54ull, 7), "Studio.slow",
             0x018366289dc6118cull, 0x0139f678ac2e4b38ull};
   }
+  /// Every channel of Studio, in ordinal order (e.g. for Supervisor::nameChannels).
+  static constexpr std::array<::shmbus::Channel, 8> all() noexcept {
+    return {echo(), ping(), describe(), store(), notify(), tick(), delete_(), slow()};
+  }
 };
 
 /// Method descriptors of Studio for the helpers of shmbus/typed.hpp (defaultTimeout 0: the
@@ -478,6 +482,10 @@ struct HubChannels {
     return {::shmbus::methodChannelId(0xdff38b0bdc3c50e8ull, 1), "Hub.status",
             0x02cd4d7d1bbff1d9ull, 0x00c0b1e5d1000000ull};
   }
+  /// Every channel of Hub, in ordinal order (e.g. for Supervisor::nameChannels).
+  static constexpr std::array<::shmbus::Channel, 2> all() noexcept {
+    return {report(), status()};
+  }
 };
 
 /// Method descriptors of Hub for the helpers of shmbus/typed.hpp (defaultTimeout 0: the
@@ -619,6 +627,10 @@ struct Scope_InnerChannels {
     return {::shmbus::methodChannelId(0x8d644bbc41a626e6ull, 0), "Scope.Inner.hello",
             0x01f3dadb581e7bccull, 0x01a48248ef7edb3cull};
   }
+  /// Every channel of Scope.Inner, in ordinal order (e.g. for Supervisor::nameChannels).
+  static constexpr std::array<::shmbus::Channel, 1> all() noexcept {
+    return {hello()};
+  }
 };
 
 /// Method descriptors of Scope.Inner for the helpers of shmbus/typed.hpp (defaultTimeout 0: the
@@ -704,6 +716,10 @@ struct Scope_Inner_DeeperChannels {
   static constexpr ::shmbus::Channel depth() noexcept {
     return {::shmbus::methodChannelId(0xd90148de8c6c4395ull, 0), "Scope.Inner.Deeper.depth",
             0x00c0b1e5d1000000ull, 0x01ec4cf6b25e8d53ull};
+  }
+  /// Every channel of Scope.Inner.Deeper, in ordinal order (e.g. for Supervisor::nameChannels).
+  static constexpr std::array<::shmbus::Channel, 1> all() noexcept {
+    return {depth()};
   }
 };
 
@@ -818,6 +834,10 @@ struct VersionedChannels {
   static constexpr ::shmbus::Channel signal() noexcept {
     return {::shmbus::methodChannelId(0xb3100f7c0ebbaa0eull, 6), "Versioned.signal",
             0x019cf9e3f55121cdull, 0x00c0b1e5d1000000ull};
+  }
+  /// Every channel of Versioned, in ordinal order (e.g. for Supervisor::nameChannels).
+  static constexpr std::array<::shmbus::Channel, 7> all() noexcept {
+    return {check(), reply(), report(), note(), add(), extend(), signal()};
   }
 };
 

@@ -51,6 +51,10 @@ struct VersionedChannels {
     return {::shmbus::methodChannelId(0xb3100f7c0ebbaa0eull, 6), "Versioned.signal",
             0x011b7d6e3b88a996ull, 0x00c0b1e5d1000000ull};
   }
+  /// Every channel of Versioned, in ordinal order (e.g. for Supervisor::nameChannels).
+  static constexpr std::array<::shmbus::Channel, 7> all() noexcept {
+    return {check(), reply(), report(), note(), add(), extend(), signal()};
+  }
 };
 
 /// Method descriptors of Versioned for the helpers of shmbus/typed.hpp (defaultTimeout 0: the
