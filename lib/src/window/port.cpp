@@ -172,6 +172,7 @@ void Window::Impl::onPortOffer(const FrameView& f, InPlaceMessage& msg) {
   }
   // The listener returned (its handlers are in place): the opener may now use the port. A port
   // the listener did not keep is closed already and was reported as such.
+  // acquire: pairs with markClosed's release store (a listener that dropped the port closed it).
   if (!(*p)->closed.load(std::memory_order_acquire)) control(FrameKind::PortAccept, f.header.channel, portId);
 }
 
@@ -325,6 +326,8 @@ void Port::close() {
   }
 }
 
-bool Port::closed() const noexcept { return impl_->closed.load(std::memory_order_acquire); }
+bool Port::closed() const noexcept {
+  return impl_->closed.load(std::memory_order_acquire);  // acquire: pairs with markClosed's release store
+}
 
 }  // namespace shmbus

@@ -303,13 +303,15 @@ struct Window::Impl : CallOwner {
 
   // ---- calls
 
+  Error localTimeout(const CallState& s) const {
+    return makeError(ErrorCode::Timeout,
+                     fmt::format("{} timed out after {} ms (no answer from {})", s.what(),
+                                 s.timeoutMs > 0 ? s.timeoutMs : kUnknownDeadlineFallbackNs / 1'000'000,
+                                 port ? "the port's peer" : "the supervisor"));
+  }
+
   void expireLocal(std::int64_t now) {
-    for (auto& s : pending.takeExpired(now)) {
-      completeCall(s, makeError(ErrorCode::Timeout,
-                                fmt::format("{} timed out after {} ms (no answer from {})", s->what(),
-                                            s->timeoutMs > 0 ? s->timeoutMs : kUnknownDeadlineFallbackNs / 1'000'000,
-                                            port ? "the port's peer" : "the supervisor")));
-    }
+    for (auto& s : pending.takeExpired(now)) completeCall(s, localTimeout(*s));
   }
 
   // The waitForCall endpoint contract (endpoint/call_wait.hpp).

@@ -286,6 +286,12 @@ struct LeasedReply final : HeldMessage {
 bool Window::Impl::onReply(const FrameView& f, const RecordView& rec) {
   std::shared_ptr<CallState> s = pending.take(f.header.requestId);
   if (!s) return false;  // cancelled or timed out locally: dropped
+  // A port keeps its calls' deadlines itself (no router): an answer read at or after the deadline
+  // is late, as the router judges a window's.
+  if (port && monotonicNowNs() >= s->deadlineNs) {
+    completeCall(s, localTimeout(*s));
+    return false;
+  }
   if (f.header.kind == static_cast<std::uint16_t>(FrameKind::Error)) {
     InPlaceMessage m;
     (void)m.parse(f.payload, f.payloadBytes);

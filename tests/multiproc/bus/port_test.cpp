@@ -28,14 +28,17 @@ constexpr double kEndMs = kAddressSanitizer ? 50 : 10;
 /// One window of a port test, in a forked child: connects when the parent says "go", then
 /// obeys the parent's commands (one line each, answered with one line):
 ///   open TARGET CHANNEL      → "opened ID" | "error CODE"
-///   invoke CHANNEL TEXT      → "reply TEXT" | "error CODE"
-///   start-hang               → "started"; later, from another thread: "result CODE STAMP_NS"
+///   invoke CHANNEL TEXT [MS] → "reply TEXT" | "error CODE" (MS: the call's timeout, default 5 s)
+///   start-hang [CHANNEL]     → "started"; later, from another thread: "result CODE STAMP_NS"
+///                              (CHANNEL: "hang" by default); cancel → cancels that call (no answer)
 ///   send CHANNEL TEXT        → "sent" | "error CODE";  heard N → the first N texts heard on "note"
 ///   close                    → "closed";  await-close → "close-listener CODE STAMP_NS"
 ///   done                     → exits.
 /// The acceptor ("listen CHANNEL" first) takes ports on CHANNEL. Every port gets handlers "echo",
 /// "whoami" (the caller's id and role) and "hang" (tells the parent "hanging", returns once the
-/// call is cancelled or the port ended), a listener on "note", and a close listener.
+/// call is cancelled or the port ended), "hang-async" (an async handler: tells "hanging", then a
+/// thread tells "handler-cancelled" once its Responder is cancelled), a listener on "note", and a
+/// close listener.
 class PortPeer {
  public:
   PortPeer(TestBus& tb, std::string role) : role_(std::move(role)) {
@@ -51,6 +54,7 @@ class PortPeer {
     return link_.hearChild(timeout);
   }
   std::string hear(std::chrono::milliseconds timeout = 10s) { return link_.hearChild(timeout); }
+  void tell(const std::string& command) { link_.tellChild(command); }
   pid_t pid() const noexcept { return child_.pid(); }
   int finish() {
     link_.tellChild("done");
@@ -66,6 +70,7 @@ class PortPeer {
     std::vector<Registration> regs;
     std::string closed;  // "CODE STAMP" once the close listener ran
     Inbox notes;
+    std::vector<std::thread> responders;  // hang-async's watchers, joined at the end
   };
 
   void setup(State& st, const std::shared_ptr<Port>& p) {
@@ -80,6 +85,15 @@ class PortPeer {
       link.tellParent("hanging");
       // Polls its own cancellation (the port's end turns it true): not a wait for the test.
       while (!ctx.cancelled()) std::this_thread::sleep_for(200us);
+    }));
+    st.regs.push_back(p->handleAsync("hang-async", [&link, &st](const Message&, Responder r, const CallContext&) {
+      link.tellParent("hanging");
+      std::lock_guard lk2(st.mu);
+      st.responders.emplace_back([&link, r = std::move(r)] {
+        // Polls the Responder's cancellation (a Cancel frame turns it true): not a wait for the test.
+        while (!r.cancelled()) std::this_thread::sleep_for(200us);
+        link.tellParent("handler-cancelled");
+      });
     }));
     st.regs.push_back(p->on("note", [&st](const Message& m, const CallContext&) { st.notes.add(textOf(m)); }));
     st.regs.push_back(p->onClose([&st](const Error& why) {
@@ -117,6 +131,7 @@ class PortPeer {
     State st;
     std::vector<Registration> regs;
     std::thread waiter;
+    Call pending;
     announceReady(*w);
     auto port = [&] {
       std::lock_guard lk(st.mu);
@@ -137,15 +152,19 @@ class PortPeer {
         setup(st, *p);
         link_.tellParent(fmt::format("opened {}", (*p)->id()));
       } else if (cmd[0] == "invoke") {
-        auto r = port()->invoke(cmd[1], text(cmd[2]), {.timeout = 5000ms}).get();
+        const std::chrono::milliseconds timeout(cmd.size() > 3 ? std::stol(cmd[3]) : 5000);
+        auto r = port()->invoke(cmd[1], text(cmd[2]), {.timeout = timeout}).get();
         link_.tellParent(r ? "reply " + textOf(*r) : "error " + std::string(errorCodeName(r.code())));
       } else if (cmd[0] == "start-hang") {
-        Call call = port()->invoke("hang", {}, {.timeout = 20000ms});
+        Call call = port()->invoke(cmd.size() > 1 ? cmd[1] : "hang", {}, {.timeout = 20000ms});
+        pending = call;
         waiter = std::thread([this, call]() mutable {
           auto r = call.get();
           link_.tellParent(fmt::format("result {} {}", r ? "Ok" : errorCodeName(r.code()), nowNs()));
         });
         link_.tellParent("started");
+      } else if (cmd[0] == "cancel") {
+        pending.cancel();
       } else if (cmd[0] == "send") {
         auto r = port()->send(cmd[1], text(cmd[2]));
         link_.tellParent(r ? "sent" : "error " + std::string(errorCodeName(r.code())));
@@ -166,6 +185,12 @@ class PortPeer {
       }
     }
     if (waiter.joinable()) waiter.join();
+    std::vector<std::thread> responders;
+    {
+      std::lock_guard lk(st.mu);
+      responders.swap(st.responders);
+    }
+    for (auto& t : responders) t.join();
     std::lock_guard lk(st.mu);
     st.regs.clear();
     st.port.reset();
@@ -309,6 +334,23 @@ TEST_CASE("a peer that scribbles into the port's ring ends only that port, with 
   CHECK(pp.acceptor.ask("open nobody chat").starts_with("error NoTarget"));
   pp.open();
   CHECK(pp.opener.ask("invoke echo again") == "reply again");
+  CHECK(pp.opener.finish() == 0);
+  CHECK(pp.acceptor.finish() == 0);
+}
+
+TEST_CASE("a port call times out at its own deadline, and a cancel reaches the peer's async handler") {
+  PortPair pp("port-deadline");
+  pp.open();
+  const std::int64_t t0 = nowNs();
+  CHECK(pp.opener.ask("invoke hang x 50") == "error Timeout");
+  CHECK(msSince(t0) >= 50);
+  CHECK(pp.acceptor.hear() == "hanging");  // it ran, and returned at the call's deadline
+  REQUIRE(pp.opener.ask("start-hang hang-async") == "started");
+  REQUIRE(pp.acceptor.hear() == "hanging");
+  pp.opener.tell("cancel");
+  CHECK(words(pp.opener.hear())[1] == "Cancelled");
+  CHECK(pp.acceptor.hear() == "handler-cancelled");
+  CHECK(pp.opener.ask("invoke echo still") == "reply still");  // the port goes on
   CHECK(pp.opener.finish() == 0);
   CHECK(pp.acceptor.finish() == 0);
 }
