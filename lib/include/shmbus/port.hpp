@@ -17,8 +17,9 @@ namespace shmbus {
 /// How Window::openPort asks for a port.
 struct PortOptions {
   /// Capacity in bytes of each of the port's two rings (one per direction): a power of two in
-  /// [4 KiB, 64 MiB], else InvalidArgument. 0 = 64 KiB. The largest message is half of it (and
-  /// at most the supervisor's maxRecordBytes).
+  /// [4 KiB, 64 MiB] and at most the supervisor's window ring size (SupervisorOptions::inboxBytes
+  /// or outboxBytes, the larger), else InvalidArgument. 0 = 64 KiB. The largest message is half
+  /// of it (and at most the supervisor's maxRecordBytes).
   std::uint32_t ringBytes = 0;
   /// How long openPort waits for the supervisor and the target (the target's onPort listener
   /// runs within it). 0 = kDefaultTimeout; negative: InvalidArgument; clamped to kMaxTimeout.

@@ -131,7 +131,7 @@ class Window {
   /// dispatches meanwhile, as Call::get()). Errors: Denied (policy), NoTarget (no live window with
   /// that role or id; the main process is not a window), NoHandler (the target has no onPort
   /// listener for `channel`), HandlerError (that listener threw), Timeout
-  /// (PortOptions::timeout), Full (the supervisor's port cap, or a full inbox), InvalidArgument
+  /// (PortOptions::timeout), Full (64 ports per window, or a full inbox), InvalidArgument
   /// (bad names or options, a port to itself), BusClosed, SystemError.
   Result<std::shared_ptr<Port>> openPort(const Target& target, const Channel& channel, PortOptions options = {});
 

@@ -3,6 +3,8 @@
 #include <capnp/message.h>
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "bus.capnp.h"
 #include "protocol/frame_io.hpp"
 #include "router/router.hpp"
@@ -12,8 +14,9 @@ namespace shmbus::detail {
 
 namespace {
 // Ports one window may have open or offered at once (as opener or acceptor): each holds a segment
-// mapped here, so a window cannot make the supervisor map without bound.
-constexpr std::size_t kMaxPortsPerWindow = 256;
+// mapped here, so a window cannot make the supervisor map without bound (with rings no larger than
+// a window's: at most 64 × 2 × the window ring size of shared memory per window).
+constexpr std::size_t kMaxPortsPerWindow = 64;
 }  // namespace
 
 void Router::onPortOpen(Conn& w, const FrameView& f) {
@@ -33,6 +36,12 @@ void Router::onPortOpen(Conn& w, const FrameView& f) {
     }
   }
   if (auto v = checkRingSizes(ring, ring); !v) return replyError(w, h, makeError(v.code(), what() + ": " + v.error().message));
+  if (const std::uint32_t most = std::max(opts_.inboxBytes, opts_.outboxBytes); ring > most) {
+    return replyError(w, h, makeError(ErrorCode::InvalidArgument,
+                                      fmt::format("{}: rings of {} bytes asked, a port's are at most as large as a "
+                                                  "window's ({} bytes, SupervisorOptions::inboxBytes/outboxBytes)",
+                                                  what(), ring, most)));
+  }
   // The policy's choice for ports: opening one on C to T is an invoke of C by the opener that T
   // must be allowed to handle (§15). What then travels on the port is not seen here.
   if (auto e = denied(PolicyAction::Invoke, h.channel, w.roleId, w.role, w.id, what)) return replyError(w, h, std::move(*e));

@@ -27,7 +27,7 @@ constexpr double kEndMs = kAddressSanitizer ? 50 : 10;
 
 /// One window of a port test, in a forked child: connects when the parent says "go", then
 /// obeys the parent's commands (one line each, answered with one line):
-///   open TARGET CHANNEL      → "opened ID" | "error CODE"
+///   open TARGET CHANNEL [RING] → "opened ID" | "error CODE MESSAGE" (RING: PortOptions::ringBytes)
 ///   invoke CHANNEL TEXT [MS] → "reply TEXT" | "error CODE" (MS: the call's timeout, default 5 s)
 ///   start-hang [CHANNEL]     → "started"; later, from another thread: "result CODE STAMP_NS"
 ///                              (CHANNEL: "hang" by default); cancel → cancels that call (no answer)
@@ -144,7 +144,8 @@ class PortPeer {
         regs.push_back(w->onPort(cmd[1], [this, &st](std::shared_ptr<Port> p) { setup(st, p); }));
         link_.tellParent("listening");
       } else if (cmd[0] == "open") {
-        auto p = w->openPort(cmd[1], cmd[2], {.timeout = 5000ms});
+        const auto ring = static_cast<std::uint32_t>(cmd.size() > 3 ? std::stoul(cmd[3]) : 0);
+        auto p = w->openPort(cmd[1], cmd[2], {.ringBytes = ring, .timeout = 5000ms});
         if (!p) {
           link_.tellParent("error " + std::string(errorCodeName(p.code())) + " " + p.error().message);
           continue;
@@ -261,10 +262,15 @@ TEST_CASE("opening a port is checked like an invoke: a role the policy forbids g
   CHECK(pp.acceptor.finish() == 0);
 }
 
-TEST_CASE("a port to a window without an onPort listener is NoHandler, to no window NoTarget") {
+TEST_CASE("a port to a window without an onPort listener is NoHandler, to no window NoTarget, too large or to itself InvalidArgument") {
   PortPair pp("port-nohandler");
   CHECK(words(pp.opener.ask("open acceptor elsewhere"))[1] == "NoHandler");
   CHECK(words(pp.opener.ask("open nobody chat"))[1] == "NoTarget");
+  CHECK(words(pp.opener.ask("open opener chat"))[1] == "InvalidArgument");  // a port to itself
+  // Rings larger than a window's (the supervisor's default: 1 MiB) are refused by the supervisor;
+  // a size that is no power of two already by the window.
+  CHECK(words(pp.opener.ask("open acceptor chat 4194304"))[1] == "InvalidArgument");
+  CHECK(words(pp.opener.ask("open acceptor chat 5000"))[1] == "InvalidArgument");
   CHECK(pp.tb->ports().empty());
   CHECK(pp.opener.finish() == 0);
   CHECK(pp.acceptor.finish() == 0);
