@@ -264,7 +264,13 @@ Result<void> Port::send(const Channel& channel, const BuildFn& build) {
 }
 
 Call Port::invoke(const Channel& channel, const BuildFn& build, CallOptions options) {
-  return impl_->invokeImpl(Target(impl_->port->peerId), channel, build, options);
+  Call call = impl_->invokeImpl(Target(impl_->port->peerId), channel, build, options);
+  // A write refused as Corrupt (the peer scribbled this side's ring indices) fails at once: the
+  // port ends here, outside the outbox lock, as for send().
+  if (call.ready()) {
+    if (auto r = call.get(); !r && r.code() == ErrorCode::Corrupt) impl_->endPortCorrupt(r.error());
+  }
+  return call;
 }
 
 Registration Port::on(const Channel& channel, Listener listener) {
