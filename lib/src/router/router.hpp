@@ -157,8 +157,8 @@ class Router {
   /// Releases a record pinned for an in-place main job (MainJob::pinnedConn).
   void unpin(std::uint32_t connId);
 
-  /// Ports between windows (Supervisor::ports).
-  std::vector<PortInfo> ports() const;
+  /// Ports between windows (Supervisor::ports); offers past their deadline are closed first.
+  std::vector<PortInfo> ports();
   /// Supervisor::revokePort. Errors: NoTarget.
   Result<void> revokePort(std::uint64_t id);
 
@@ -292,6 +292,8 @@ class Router {
   void closePort(std::uint64_t id, std::uint32_t reason, const std::optional<Error>& openerError);
   /// Every port of window `id` (it is gone).
   void closePortsOf(const Conn& c);
+  /// Closes the offered ports whose opener's deadline passed (kPortOpenTimedOut). O(ports).
+  void expirePortOffers();
   std::map<std::uint64_t, PortLink> ports_;
   std::uint64_t nextPortId_ = 1;
 

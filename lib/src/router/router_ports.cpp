@@ -19,8 +19,21 @@ namespace {
 constexpr std::size_t kMaxPortsPerWindow = 64;
 }  // namespace
 
+void Router::expirePortOffers() {
+  const std::int64_t now = monotonicNowNs();
+  std::vector<std::uint64_t> due;
+  for (auto& [id, p] : ports_) {
+    if (!p.accepted && now >= p.deadline) due.push_back(id);
+  }
+  for (auto id : due) {
+    // The opener has given up by now (its own deadline is the same): nothing to answer.
+    closePort(id, kPortOpenTimedOut, std::nullopt);
+  }
+}
+
 void Router::onPortOpen(Conn& w, const FrameView& f) {
   const FrameHeader& h = f.header;
+  expirePortOffers();  // offers whose target never answered do not count against the caps
   if (auto v = validatePayload(f.payload, f.payloadBytes); !v) return blame(w, h, "open port", v.error());
   auto what = [&] { return fmt::format("open port on '{}' from {}", registry_.nameOf(h.channel, w.id), w.describe()); };
   std::uint32_t ring = kDefaultPortRingBytes;
@@ -200,8 +213,9 @@ void Router::closePortsOf(const Conn& c) {
   }
 }
 
-std::vector<PortInfo> Router::ports() const {
+std::vector<PortInfo> Router::ports() {
   std::lock_guard lk(mu_);
+  expirePortOffers();
   std::vector<PortInfo> out;
   out.reserve(ports_.size());
   for (auto& [id, p] : ports_) out.push_back(PortInfo{id, p.opener, p.acceptor, registry_.nameOf(p.channel), p.accepted});

@@ -188,7 +188,9 @@ Result<std::shared_ptr<Port>> Window::openPort(const Target& target, const Chann
   auto callTimeout = checkCallTimeout(options.callTimeout, "PortOptions::callTimeout");
   if (!callTimeout) return callTimeout.error();
   CallOptions co;
-  co.timeout = options.timeout;
+  // 0 = kDefaultTimeout, never a window call's "the channel's default": the router keeps the
+  // open's deadline too (a negative one fails in invokeImpl with InvalidArgument).
+  co.timeout = options.timeout.count() != 0 ? options.timeout : kDefaultTimeout;
   Call call = impl_->invokeImpl(
       target, channel,
       [ring](Builder& b) {

@@ -1,5 +1,6 @@
 // The Window's state shared by its source files (window.cpp: handshake, facade, outbox, calls;
-// window_inbox.cpp: the dispatch loop and what arrives in the inbox). docs/architecture.md §9.
+// window_inbox.cpp: the dispatch loop and what arrives in the inbox; port.cpp: ports, whose ends
+// are this same state over a port's rings). docs/architecture.md §9, §16.
 #pragma once
 
 #include <poll.h>
@@ -9,9 +10,9 @@
 
 #include <atomic>
 #include <condition_variable>
-#include <optional>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
