@@ -163,16 +163,19 @@ void Window::Impl::onPortOffer(const FrameView& f, InPlaceMessage& msg) {
   info->portId = portId;
   auto p = makePort(*this, *info, *fd, false, name, kDefaultTimeout);
   if (!p) return reject(makeError(p.code(), what + ": " + p.error().message));
+  // Held here until the answer is written: a listener that throws must not close the port (and
+  // report TargetGone) before the refusal says why.
   auto handle = std::make_shared<Port>(*p);
   try {
-    fn(std::move(handle));
+    fn(handle);
   } catch (const std::exception& e) {
+    reject(makeError(ErrorCode::HandlerError, fmt::format("{}: the onPort listener threw: {}", what, e.what())));
     (*p)->endPort(kPortClosedByAcceptor, ErrorCode::Cancelled, "the onPort listener threw", false);
-    return reject(makeError(ErrorCode::HandlerError, fmt::format("{}: the onPort listener threw: {}", what, e.what())));
+    return;
   }
   // The listener returned (its handlers are in place): the opener may now use the port. A port
-  // the listener did not keep is closed already and was reported as such.
-  // acquire: pairs with markClosed's release store (a listener that dropped the port closed it).
+  // the listener closed was reported as such (PortClose); one it did not keep closes below.
+  // acquire: pairs with markClosed's release store.
   if (!(*p)->closed.load(std::memory_order_acquire)) control(FrameKind::PortAccept, f.header.channel, portId);
 }
 

@@ -33,6 +33,8 @@ constexpr double kEndMs = kAddressSanitizer ? 50 : 10;
 ///                              (CHANNEL: "hang" by default); cancel → cancels that call (no answer)
 ///   send CHANNEL TEXT        → "sent" | "error CODE";  heard N → the first N texts heard on "note"
 ///   close                    → "closed";  await-close → "close-listener CODE STAMP_NS"
+///   listen CHANNEL | listen-throw CHANNEL (a listener that throws) → "listening"
+///   unlisten                 → "unlistened" (every onPort registration reset)
 ///   done                     → exits.
 /// The acceptor ("listen CHANNEL" first) takes ports on CHANNEL. Every port gets handlers "echo",
 /// "whoami" (the caller's id and role) and "hang" (tells the parent "hanging", returns once the
@@ -143,6 +145,12 @@ class PortPeer {
       if (cmd[0] == "listen") {
         regs.push_back(w->onPort(cmd[1], [this, &st](std::shared_ptr<Port> p) { setup(st, p); }));
         link_.tellParent("listening");
+      } else if (cmd[0] == "listen-throw") {
+        regs.push_back(w->onPort(cmd[1], [](std::shared_ptr<Port>) { throw std::runtime_error("not today"); }));
+        link_.tellParent("listening");
+      } else if (cmd[0] == "unlisten") {
+        regs.clear();
+        link_.tellParent("unlistened");
       } else if (cmd[0] == "open") {
         const auto ring = static_cast<std::uint32_t>(cmd.size() > 3 ? std::stoul(cmd[3]) : 0);
         auto p = w->openPort(cmd[1], cmd[2], {.ringBytes = ring, .timeout = 5000ms});
@@ -262,7 +270,7 @@ TEST_CASE("opening a port is checked like an invoke: a role the policy forbids g
   CHECK(pp.acceptor.finish() == 0);
 }
 
-TEST_CASE("a port to a window without an onPort listener is NoHandler, to no window NoTarget, too large or to itself InvalidArgument") {
+TEST_CASE("a port to a window without an onPort listener is NoHandler, to one that throws HandlerError, to no window NoTarget, too large or to itself InvalidArgument") {
   PortPair pp("port-nohandler");
   CHECK(words(pp.opener.ask("open acceptor elsewhere"))[1] == "NoHandler");
   CHECK(words(pp.opener.ask("open nobody chat"))[1] == "NoTarget");
@@ -271,6 +279,10 @@ TEST_CASE("a port to a window without an onPort listener is NoHandler, to no win
   // a size that is no power of two already by the window.
   CHECK(words(pp.opener.ask("open acceptor chat 4194304"))[1] == "InvalidArgument");
   CHECK(words(pp.opener.ask("open acceptor chat 5000"))[1] == "InvalidArgument");
+  REQUIRE(pp.acceptor.ask("listen-throw thrower") == "listening");
+  CHECK(words(pp.opener.ask("open acceptor thrower"))[1] == "HandlerError");
+  REQUIRE(pp.acceptor.ask("unlisten") == "unlistened");
+  CHECK(words(pp.opener.ask("open acceptor chat"))[1] == "NoHandler");
   CHECK(pp.tb->ports().empty());
   CHECK(pp.opener.finish() == 0);
   CHECK(pp.acceptor.finish() == 0);
