@@ -47,7 +47,8 @@ using PortCloseListener = std::function<void(const Error& why)>;
 /// close listeners when the peer ends the port) run on the port's dispatch thread: the thread of
 /// start(), one inside poll(), or a thread blocked in Call::get() on a port call while nobody else
 /// dispatches. Nothing is delivered before start() or poll() (Electron's MessagePortMain.start):
-/// messages wait in the ring. Close listeners of a close() run on the thread that called it.
+/// messages wait in the ring. Close listeners of a close() run on the thread that called it. A
+/// port nobody dispatches learns that the peer ended it at its next poll(), start() or call.
 class Port {
  public:
   struct Impl;

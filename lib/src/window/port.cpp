@@ -263,12 +263,16 @@ const std::string& Port::peerRole() const noexcept { return impl_->port->peerRol
 bool Port::isOpener() const noexcept { return impl_->port->opener; }
 
 Result<void> Port::send(const Channel& channel, const BuildFn& build) {
+  // Ended by the peer or the supervisor but not yet seen by a dispatcher: end it here, so the
+  // message fails instead of going into a ring nobody reads.
+  if (impl_->portEnded()) impl_->onPortEnded();
   auto r = impl_->sendImpl(Target(impl_->port->peerId), channel, build);
   if (!r && r.code() == ErrorCode::Corrupt) impl_->endPortCorrupt(r.error());
   return r;
 }
 
 Call Port::invoke(const Channel& channel, const BuildFn& build, CallOptions options) {
+  if (impl_->portEnded()) impl_->onPortEnded();  // as in send()
   Call call = impl_->invokeImpl(Target(impl_->port->peerId), channel, build, options);
   // A write refused as Corrupt (the peer scribbled this side's ring indices) fails at once: the
   // port ends here, outside the outbox lock, as for send().
