@@ -3,6 +3,8 @@
 //   PingPong/ring_spin|ring_parked/<bytes>         the foundation's ring round trip (baseline)
 //   Invoke/window_to_main/<bytes>/spin|parked      Window::invoke → Supervisor::handle (2 processes)
 //   Invoke/window_to_window_routed/<bytes>/spin|parked
+//   Invoke/port/64/spin|parked                     Port::invoke → Port::handle, window to window over a
+//                                                  port (no supervisor in the path)
 //                                                  Window::invokeIn → supervisor → Window::handle (3 processes;
 //                                                  "spin" = the default 4 µs budget: 3 spinners on 2 cores starve)
 //   Invoke/dbus_method/<bytes>                     the desktop-bus peer: sd-bus method call Echo(ay) → ay,
@@ -27,6 +29,8 @@
 //   window → main:   caller CPU 0, supervisor CPU 1 (the supervisor's handler/listener is the
 //                    other endpoint, so here it is pinned)
 //   window → window: caller CPU 0, target window CPU 1, supervisor unpinned (the router)
+//   port:            caller CPU 0, target window CPU 1 (its port's dispatch thread), supervisor
+//                    unpinned and idle (it opened the port; it is not in the path)
 //   D-Bus:           client CPU 0, server/subscriber CPU 1, dbus-daemon unpinned (the router)
 //   ring PingPong:   CPU 0 and CPU 1 (no router)
 //
@@ -233,6 +237,15 @@ Partner spawnTarget(const std::string& bus, std::chrono::nanoseconds spin, const
     }
     if (!w) fatal("target window connect failed");
     auto h = w->handle("echo-untyped", echoUntyped);
+    // Invoke/port rows: the caller opens a port on "bench-port"; its calls are echoed on the
+    // port's own dispatch thread (this process, so this CPU), with no supervisor in the path.
+    std::vector<std::shared_ptr<Port>> ports;
+    std::vector<Registration> portHandlers;
+    auto acceptPorts = w->onPort("bench-port", [&](std::shared_ptr<Port> p) {
+      portHandlers.push_back(p->handle("echo-untyped", echoUntyped));
+      p->start();
+      ports.push_back(std::move(p));
+    });
     StreamCheck check{streamCount};
     auto stream = w->on("stream", [&](const Message& m, const CallContext& ctx) {
       const bool last = check.take(m);
@@ -318,7 +331,7 @@ struct BusProcesses {
   }
 };
 
-enum class Route { ToMain, Routed, Typed };
+enum class Route { ToMain, Routed, Typed, Port };
 
 /// One call round trip per iteration over `route`; `traced`: with an inspector reading every
 /// event the supervisor records (the cost of tracing, issue "The inspector" item 5).
@@ -326,7 +339,8 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
             bool traced = false) {
   Watchdog dog("Invoke", kWatchdogSeconds);
   BusProcesses procs;
-  if (!procs.start(route == Route::Routed, spin, 0, traced)) return state.SkipWithError(procs.error.c_str());
+  const bool twoWindows = route == Route::Routed || route == Route::Port;
+  if (!procs.start(twoWindows, spin, 0, traced)) return state.SkipWithError(procs.error.c_str());
   ScopedPin pin(kMainCpu);
   if (!pin.ok()) return state.SkipWithError("cannot pin to CPU 0");
   WindowOptions o;
@@ -347,6 +361,13 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
     while (win.invokeIn("echo", "echo-untyped", build).get().code() == ErrorCode::NoHandler) {
     }
   }
+  // A port's calls are dispatched by the thread waiting in get() (no start(): no hand-off).
+  std::shared_ptr<Port> port;
+  while (route == Route::Port && !port) {
+    auto p = win.openPort("echo", "bench-port");
+    if (p) port = std::move(*p);
+    else if (p.code() != ErrorCode::NoHandler) return state.SkipWithError(p.error().toString().c_str());
+  }
   timeLoop(state, [&] {
     switch (route) {
       case Route::ToMain: {
@@ -359,6 +380,11 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
         failed |= !r;
         break;
       }
+      case Route::Port: {
+        auto r = port->invoke("echo-untyped", build).get();
+        failed |= !r;
+        break;
+      }
       case Route::Typed: {
         auto r = client.echo(Target::main(), [&](auto p) { p.setData(kj::arrayPtr(payload.data(), bytes)); }).get();
         failed |= !r;
@@ -368,6 +394,7 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
     }
   });
   if (failed) state.SkipWithError("a call failed");
+  port.reset();
   win.close();
 }
 
@@ -601,6 +628,12 @@ void registerAll() {
       const auto rspin = spin ? detail::SpinPolicy{}.spin : kParkNow;
       manual(benchmark::RegisterBenchmark(fmt::format("Invoke/window_to_window_routed/{}/{}", bytes, mode).c_str(),
                                           [=](benchmark::State& s) { invoke(s, Route::Routed, bytes, rspin); }));
+      // Window to window through a port (docs/architecture.md §16): two pinned endpoints, the
+      // supervisor idle and out of the path, so both sides may spin.
+      if (bytes == 64) {
+        manual(benchmark::RegisterBenchmark(fmt::format("Invoke/port/{}/{}", bytes, mode).c_str(),
+                                            [=](benchmark::State& s) { invoke(s, Route::Port, bytes, wspin); }));
+      }
       // The same call with an inspector attached (every call recorded and read): compare.py's
       // "traced ÷ untraced" ratio (target <= 1.1).
       if (bytes == 64) {

@@ -30,7 +30,7 @@ MODES = ("spin", "parked")
 # Display order; transports not listed here follow in name order.
 TRANSPORTS = ["floor_spin", "futex_floor", "pipe", "uds", "boost_mq", "ring_spin", "ring_parked",
               "window_to_main", "window_to_window_routed", "dbus_signal"]
-ROUTES = ["window_to_main/spin", "window_to_main/parked", "window_to_window_routed/spin",
+ROUTES = ["window_to_main/spin", "window_to_main/parked", "port/spin", "port/parked", "window_to_window_routed/spin",
           "window_to_window_routed/parked", "window_to_window_routed_traced/spin",
           "window_to_window_routed_traced/parked", "window_to_main_untyped/parked", "window_to_main_typed/parked",
           "dbus_method"]

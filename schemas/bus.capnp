@@ -53,6 +53,9 @@ struct Welcome {
   maxRecord @10 :UInt32;
   busName @11 :Text;
   cancelBoardOffset @12 :UInt64;  # the window's CancelBoard (wire/cancel_board.hpp)
+  portId @13 :UInt64;
+  # A port (FrameKind::PortOffer / the PortOpen reply) is described by a Welcome too: windowId and
+  # role are the peer's, the offsets are this side's inbox and outbox; 0 for a window's Welcome.
 }
 
 struct Cancel {

@@ -295,3 +295,46 @@ TEST_CASE("a control packet that is short or of an unknown type is InvalidMessag
   p.bytes[0] = 77;
   CHECK(parseControlHeader(p).code() == ErrorCode::InvalidMessage);
 }
+
+TEST_CASE("a port's two ends map one window layout with the rings swapped, and share its close word") {
+  const std::string bus = uniqueBus("hs-port");
+  auto seg = createWindowSegment(bus, 7, kDefaultPortRingBytes, kDefaultPortRingBytes, 1u << 18);
+  REQUIRE(seg.ok());
+  NameGuard guard{seg->name};
+  auto fd = openSegmentFd(seg->name);
+  REQUIRE(fd.ok());
+  auto end = [&](bool swapped) {
+    capnp::MallocMessageBuilder mb;
+    fillWelcome(mb, bus, swapped ? 1 : 2, swapped ? "opener" : "acceptor", *seg, swapped, 7);
+    capnp::SegmentArrayMessageReader reader(mb.getSegmentsForOutput());
+    auto info = readWelcome(reader);
+    REQUIRE(info.ok());
+    CHECK(info->portId == 7);
+    CHECK(info->id == (swapped ? 1u : 2u));
+    auto mapped = Segment::map(fd->get(), info->segmentName);
+    REQUIRE(mapped.ok());
+    WindowLink link;
+    REQUIRE(attachLink(link, *info, std::move(*mapped), true, -1).ok());
+    return link;
+  };
+  WindowLink opener = end(false), acceptor = end(true);
+  // What the opener writes, the acceptor reads, and the other way round.
+  auto claim = opener.outbox.tryClaim(8);
+  REQUIRE(claim.ok());
+  std::memcpy(claim->body, "opener!", 8);
+  opener.outbox.publish(*claim, 8);
+  auto rec = acceptor.inbox.tryRead();
+  REQUIRE(rec.ok());
+  REQUIRE(rec->has_value());
+  CHECK(std::memcmp((*rec)->body, "opener!", 8) == 0);
+  CHECK(reinterpret_cast<std::uint8_t*>(acceptor.outbox.control()) - acceptor.segment->base() ==
+        reinterpret_cast<std::uint8_t*>(opener.inbox.control()) - opener.segment->base());
+  // One close word for both (and the supervisor's mapping).
+  // relaxed: one thread; the mappings alias the same page.
+  CHECK(closeWord(opener.segment->base()).load(std::memory_order_relaxed) == kPortOpen);
+  closeWord(seg->segment->base()).store(kPortRevoked, std::memory_order_relaxed);
+  CHECK(closeWord(acceptor.segment->base()).load(std::memory_order_relaxed) == kPortRevoked);
+  CHECK(portCloseText(kPortClosedByAcceptor, true) == "the peer closed it");
+  CHECK(portCloseText(kPortClosedByAcceptor, false) == "this side closed it");
+  CHECK(portCloseText(99, true) == "it was closed (reason 99)");
+}

@@ -8,6 +8,7 @@
 #include "shmbus/log.hpp"
 #include "shmbus/message.hpp"
 #include "shmbus/policy.hpp"
+#include "shmbus/port.hpp"
 #include "shmbus/supervisor.hpp"
 #include "shmbus/validate.hpp"
 #include "shmbus/window.hpp"

@@ -103,6 +103,15 @@ struct WindowInfo {
   uid_t uid = 0;          ///< its user id (SO_PEERCRED; a spawned window: the supervisor's own)
 };
 
+/// A port between two windows (Window::openPort; docs/architecture.md §16).
+struct PortInfo {
+  std::uint64_t id = 0;        ///< the port's id (> 0), as Port::id() on both sides
+  std::uint32_t opener = 0;    ///< the window that opened it
+  std::uint32_t acceptor = 0;  ///< the window it was opened to
+  std::string channel;         ///< the channel it was opened on ("#<hex id>" when unnamed)
+  bool accepted = false;       ///< false while the acceptor's onPort listener has not taken it
+};
+
 /// Roles a broadcast goes to: all windows, or only `roles`, minus `excludeRoles`.
 struct BroadcastOptions {
   std::vector<std::string> roles;         ///< only windows of these roles (empty = every role)
@@ -237,6 +246,13 @@ class Supervisor {
   std::vector<WindowInfo> windows() const;
   /// The window with `id`, if live.
   std::optional<WindowInfo> window(std::uint32_t id) const;
+
+  /// Ports between windows, open or offered, by id. Thread contract: any thread.
+  std::vector<PortInfo> ports() const;
+  /// Closes port `id` for both windows: their pending calls on it fail with TargetGone and their
+  /// close listeners run (an offered port's opener gets TargetGone). Errors: NoTarget (no such
+  /// port). Thread contract: any thread.
+  Result<void> revokePort(std::uint64_t id);
 
   /// Listener for Window::send (listeners accumulate).
   Registration on(const Channel& channel, Listener listener);

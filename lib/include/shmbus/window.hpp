@@ -12,6 +12,7 @@
 #include "shmbus/error.hpp"
 #include "shmbus/log.hpp"
 #include "shmbus/message.hpp"
+#include "shmbus/port.hpp"
 #include "shmbus/validate.hpp"
 
 namespace shmbus {
@@ -122,6 +123,23 @@ class Window {
   /// from any thread, so the dispatch thread is free at once (shmbus/coro.hpp builds co_await
   /// handlers on it). The last registered handler wins, as for handle().
   Registration handleAsync(const Channel& channel, AsyncHandler handler);
+
+  /// Opens a port (docs/architecture.md §16) on `channel` to another window (by role or id): the
+  /// supervisor checks the policy as for an invoke of `channel` by this window that the target
+  /// must be allowed to handle, creates the port's segment and hands it to both windows; the
+  /// target's onPort listener for `channel` takes it. Blocks until then (on the dispatch thread it
+  /// dispatches meanwhile, as Call::get()). Errors: Denied (policy), NoTarget (no live window with
+  /// that role or id; the main process is not a window), NoHandler (the target has no onPort
+  /// listener for `channel`), HandlerError (that listener threw), Timeout
+  /// (PortOptions::timeout), Full (64 ports per window, or a full inbox), InvalidArgument
+  /// (bad names or options, a port to itself), BusClosed, SystemError.
+  Result<std::shared_ptr<Port>> openPort(const Target& target, const Channel& channel, PortOptions options = {});
+
+  /// Accepts the ports other windows open to this one on `channel`: `listener` gets each one on
+  /// the dispatch thread (the port is already accepted; the opener's messages wait in its ring
+  /// until the port's start() or poll()). The last registered listener wins; resetting the
+  /// Registration stops accepting (openers then get NoHandler).
+  Registration onPort(const Channel& channel, PortListener listener);
 
   /// Dispatches until close() or the supervisor's death (then returns).
   void run();

@@ -18,8 +18,10 @@ enum class ControlType : std::uint32_t {
                   ///< (a refusal is a Welcome with an error)
   Snapshot = 7,   ///< inspector → supervisor: a request (no payload); supervisor → inspector: the
                   ///< answer, bus.capnp BusSnapshot
+  PortFd = 8,     ///< supervisor → window: `value` = port id, the port segment's descriptor attached
+                  ///< (sent before the PortOffer frame or the PortOpen reply that names the port)
 };
-inline constexpr ControlType kLastControlType = ControlType::Snapshot;
+inline constexpr ControlType kLastControlType = ControlType::PortFd;
 
 struct ControlHeader {
   std::uint32_t type;   ///< ControlType

@@ -33,8 +33,19 @@ enum class FrameKind : std::uint16_t {
   HandlerRemove = 7,///< window → supervisor: this window no longer handles `channel`
   Intern = 8,       ///< the name behind an id (bus.capnp Intern); sent once per id and peer
   Listen = 9,       ///< window → supervisor: deliver bus events on `channel` (window-opened/closed)
+  // Ports (docs/architecture.md §16). On a port's own rings only Send, Invoke, Reply, Error and
+  // Cancel travel; these travel between a window and the supervisor.
+  PortOpen = 10,    ///< window → supervisor: open a port on `channel` to `target`; answered like an
+                    ///< Invoke (Reply: bus.capnp Welcome describing the port, Error: why not)
+  PortOffer = 11,   ///< supervisor → target window: a port on `channel`, `requestId` = port id,
+                    ///< payload bus.capnp Welcome (the segment's descriptor travels on the socket)
+  PortAccept = 12,  ///< target window → supervisor: port `requestId` is mapped and taken
+  PortReject = 13,  ///< target window → supervisor: port `requestId` refused (payload ErrorInfo)
+  PortClose = 14,   ///< window → supervisor: this window closed port `requestId`
+  PortListen = 15,  ///< window → supervisor: this window accepts ports on `channel` (onPort)
+  PortUnlisten = 16,///< window → supervisor: it no longer does
 };
-inline constexpr std::uint16_t kMaxFrameKind = 9;
+inline constexpr std::uint16_t kMaxFrameKind = 16;
 
 /// Frame flags.
 enum FrameFlags : std::uint16_t {

@@ -45,6 +45,7 @@ struct Conn {
   CancelBoard* cancels = nullptr;  // in the window's segment (wire/cancel_board.hpp)
   std::unordered_set<std::uint64_t> handled;
   std::unordered_set<std::uint64_t> listens;
+  std::unordered_set<std::uint64_t> portChannels;  // channels it accepts ports on (onPort)
   std::unordered_set<std::uint64_t> knownRoles;
   // Names this window gave ids that do not hash to them (typed channels: methodChannelId cannot
   // be checked against a name). Unverified, so they name channels only in this window's own

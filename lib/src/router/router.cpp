@@ -410,6 +410,7 @@ void Router::disconnect(std::uint32_t id) {
   }
   ::epoll_ctl(epollFd_.get(), EPOLL_CTL_DEL, c->sock.get(), nullptr);
   if (!c->segName.empty()) Segment::unlink(c->segName);
+  closePortsOf(*c);
   auto gone = routes_.takeIf([&](const Route& r) { return r.targetId == id || r.callerId == id; });
   for (const Route& r : gone) {
     if (r.targetId == id) {
@@ -597,6 +598,9 @@ void Router::stop() {
     failCaller(r, makeError(ErrorCode::BusClosed,
                             fmt::format("invoke '{}': the supervisor stopped", registry_.nameOf(r.channel))));
   }
+  std::vector<std::uint64_t> portIds;
+  for (auto& [id, p] : ports_) portIds.push_back(id);
+  for (auto id : portIds) closePort(id, kPortBusStopped, std::nullopt);
   for (auto& [id, c] : registry_.all()) doom(*c, "the supervisor stopped", false);
   mayInline_ = false;
   reapDoomed();

@@ -158,6 +158,11 @@ class Router {
   /// Releases a record pinned for an in-place main job (MainJob::pinnedConn).
   void unpin(std::uint32_t connId);
 
+  /// Ports between windows (Supervisor::ports); offers past their deadline are closed first.
+  std::vector<PortInfo> ports();
+  /// Supervisor::revokePort. Errors: NoTarget.
+  Result<void> revokePort(std::uint64_t id);
+
   /// Replaces the policy in force (already validated); logs what changed (Info). Every frame
   /// read after it is decided by the new rules (docs/architecture.md §15).
   void setPolicy(Policy policy);
@@ -276,6 +281,33 @@ class Router {
   bool deliverToMain(Conn& w, MainJob& job);
   std::size_t drain();
   bool anyData();
+
+  // ---- ports (router_ports.cpp, docs/architecture.md §16); all under mu_
+  /// A port: its segment stays mapped here so the router can close it for both ends (the close
+  /// word and a wake-up of every ring word) when a window dies or it is revoked.
+  struct PortLink {
+    std::uint64_t id = 0;
+    std::uint32_t opener = 0, acceptor = 0;
+    std::uint64_t channel = 0;
+    std::uint64_t openerReq = 0;  // the PortOpen's request id, answered when accepted
+    std::int64_t deadline = 0;    // the opener's deadline for the answer
+    bool accepted = false;
+    WindowSegment seg;
+    Fd fd;  // the segment's descriptor (its name is gone): sent to each end
+  };
+  void onPortOpen(Conn& w, const FrameView& f);
+  void onPortAccept(Conn& w, const FrameHeader& h);
+  void onPortReject(Conn& w, const FrameView& f);
+  void onPortClose(Conn& w, const FrameHeader& h);
+  /// Ends `id` with `reason` (wire/handshake.hpp PortCloseReason): the close word, a wake-up of
+  /// both ends, and, for a port not yet accepted, `openerError` to the opener.
+  void closePort(std::uint64_t id, std::uint32_t reason, const std::optional<Error>& openerError);
+  /// Every port of window `id` (it is gone).
+  void closePortsOf(const Conn& c);
+  /// Closes the offered ports whose opener's deadline passed (kPortOpenTimedOut). O(ports).
+  void expirePortOffers();
+  std::map<std::uint64_t, PortLink> ports_;
+  std::uint64_t nextPortId_ = 1;
 
   RouterOptions opts_;
   Logger log_;

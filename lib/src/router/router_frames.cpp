@@ -119,6 +119,13 @@ void Router::process(Conn& w, const RecordView& rec) {
     case FrameKind::Reply:
     case FrameKind::Error: return onReply(w, *f);
     case FrameKind::Cancel: return onCancel(w, h);
+    case FrameKind::PortOpen: return onPortOpen(w, *f);
+    case FrameKind::PortAccept: return onPortAccept(w, h);
+    case FrameKind::PortReject: return onPortReject(w, *f);
+    case FrameKind::PortClose: return onPortClose(w, h);
+    case FrameKind::PortListen: w.portChannels.insert(h.channel); return;
+    case FrameKind::PortUnlisten: w.portChannels.erase(h.channel); return;
+    case FrameKind::PortOffer: return doom(w, "a PortOffer frame is not for the supervisor", true);
   }
 }
 

@@ -9,6 +9,7 @@
 #include <boost/interprocess/mapped_region.hpp>
 #include <boost/interprocess/shared_memory_object.hpp>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -25,9 +26,20 @@ struct SegmentHeader {
   std::uint32_t version;     ///< kSegmentVersion
   std::int32_t creatorPid;   ///< pid of the supervisor that created the segment
   std::uint64_t totalBytes;  ///< size of the whole segment
-  std::uint8_t reserved[40];
+  /// A port's close word (docs/architecture.md §16), accessed only through closeWord(): 0 while
+  /// the port is open, else the PortCloseReason of whoever closed it first (either end or the
+  /// supervisor). Window segments leave it 0.
+  std::uint32_t linkClosed;
+  std::uint8_t reserved[36];
 };
 static_assert(sizeof(SegmentHeader) == 64);
+
+static_assert(offsetof(SegmentHeader, linkClosed) % alignof(std::atomic<std::uint32_t>) == 0);
+
+/// The close word of the segment mapped at `base` (shared memory: every access atomic).
+inline std::atomic_ref<std::uint32_t> closeWord(std::uint8_t* base) noexcept {
+  return std::atomic_ref<std::uint32_t>(reinterpret_cast<SegmentHeader*>(base)->linkClosed);
+}
 
 inline constexpr std::uint64_t kSegmentMagic = 0x314742'4d48'53ull;  // "SHMBG1" little endian
 inline constexpr std::uint32_t kSegmentVersion = 1;

@@ -212,6 +212,8 @@ Result<WindowInfo> Supervisor::waitForHandler(const std::string& role, const Cha
 
 std::vector<WindowInfo> Supervisor::windows() const { return impl_->router->windows(); }
 std::optional<WindowInfo> Supervisor::window(std::uint32_t id) const { return impl_->router->window(id); }
+std::vector<PortInfo> Supervisor::ports() const { return impl_->router->ports(); }
+Result<void> Supervisor::revokePort(std::uint64_t id) { return impl_->router->revokePort(id); }
 
 Registration Supervisor::on(const Channel& channel, Listener listener) {
   return impl_->callbacks->addListener(channel, std::move(listener), false);

@@ -78,6 +78,8 @@ Result<std::unique_ptr<Window::Impl>> handshake(Fd sock, WindowOptions opts, con
   impl->log = Logger{"window", fmt::format("{}/{}#{}", bus, impl->link.role, impl->link.id), opts.logLevel};
   impl->roleNames[nameId("main")] = "main";
   Window::Impl* raw = impl.get();
+  impl->hub = std::make_shared<Window::Impl::PortHub>();
+  impl->hub->window = raw;
   impl->callbacks->setHooks(
       [raw](std::uint64_t ch, bool present) {
         // The channel's name first: the supervisor checks a handler registration against its
@@ -195,24 +197,9 @@ Registration Window::handleAsync(const Channel& channel, AsyncHandler handler) {
   return impl_->callbacks->setAsyncHandler(channel, std::move(handler));
 }
 
-void Window::run() {
-  std::lock_guard g(impl_->gate);
-  const auto prev = impl_->dispatchingThread.exchange(std::this_thread::get_id());
-  while (!impl_->closed.load(std::memory_order_acquire)) impl_->dispatchOnce(kNoDeadline);
-  impl_->dispatchingThread.store(prev);
-}
+void Window::run() { impl_->runLoop(); }
 
-Result<void> Window::poll(std::chrono::milliseconds timeout) {
-  if (impl_->closed.load(std::memory_order_acquire)) return makeError(ErrorCode::BusClosed, impl_->busClosedMessage());
-  auto wait = checkWaitTimeout(timeout, "Window::poll");
-  if (!wait) return wait.error();
-  std::lock_guard g(impl_->gate);
-  const auto prev = impl_->dispatchingThread.exchange(std::this_thread::get_id());
-  impl_->dispatchOnce(deadlineAfter(monotonicNowNs(), *wait));
-  impl_->dispatchingThread.store(prev);
-  if (impl_->closed.load(std::memory_order_acquire)) return makeError(ErrorCode::BusClosed, impl_->busClosedMessage());
-  return {};
-}
+Result<void> Window::poll(std::chrono::milliseconds timeout) { return impl_->pollFor(timeout, "Window::poll"); }
 
 void Window::startDispatchThread() {
   SHMBUS_REQUIRE(!impl_->dispatcher.joinable(), "the dispatch thread is already running");

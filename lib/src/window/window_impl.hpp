@@ -1,5 +1,6 @@
 // The Window's state shared by its source files (window.cpp: handshake, facade, outbox, calls;
-// window_inbox.cpp: the dispatch loop and what arrives in the inbox). docs/architecture.md §9.
+// window_inbox.cpp: the dispatch loop and what arrives in the inbox; port.cpp: ports, whose ends
+// are this same state over a port's rings). docs/architecture.md §9, §16.
 #pragma once
 
 #include <poll.h>
@@ -8,8 +9,10 @@
 #include <fmt/format.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -40,7 +43,7 @@ inline constexpr int kBatch = 64;
 using namespace detail;
 using namespace window_detail;
 
-struct Window::Impl final : CallOwner {
+struct Window::Impl : CallOwner {
   using FrameHeader = detail::FrameHeader;
   using FrameKind = detail::FrameKind;
   WindowOptions opts;
@@ -64,6 +67,59 @@ struct Window::Impl final : CallOwner {
   PendingCalls pending;
   std::unordered_map<std::uint64_t, std::string> roleNames;  // dispatcher only
 
+  // ---- ports (docs/architecture.md §16; port.cpp)
+
+  /// A window's side of its ports: descriptors the supervisor sent, onPort listeners, open ports.
+  struct PortHub {
+    std::mutex mu;
+    std::condition_variable cv;  // a descriptor arrived
+    Impl* window = nullptr;      // guarded by mu: the owning window, null once it closed
+    std::unordered_map<std::uint64_t, Fd> fds;  // guarded by mu: PortFd descriptors by port id
+    struct Acceptor {
+      std::uint64_t token = 0;
+      PortListener fn;
+    };
+    std::unordered_map<std::uint64_t, Acceptor> acceptors;  // guarded by mu: onPort, by channel id
+    std::uint64_t nextToken = 1;                            // guarded by mu
+    std::unordered_map<std::uint64_t, std::weak_ptr<Impl>> ports;  // guarded by mu: this window's
+  };
+  std::shared_ptr<PortHub> hub;  // a window's; null on a port's endpoint
+
+  /// What makes an endpoint a port's: its peer, its close word, its close listeners.
+  struct PortSide {
+    std::uint64_t id = 0;
+    std::string channel;  // the channel it was opened on
+    std::uint32_t peerId = 0;
+    std::string peerRole;
+    bool opener = false;
+    std::chrono::milliseconds callTimeout{0};
+    std::weak_ptr<PortHub> hub;  // the owning window's (tells the supervisor of a close)
+    std::mutex mu;
+    std::vector<std::pair<std::uint64_t, PortCloseListener>> closeListeners;  // guarded by mu
+    std::uint64_t nextListener = 1;                                           // guarded by mu
+    std::optional<Error> ended;                                               // guarded by mu
+    std::mutex joinMu;  // Port::close: one thread joins the dispatch thread
+  };
+  std::unique_ptr<PortSide> port;  // set on a port's endpoint (Port::Impl)
+
+  /// A port's endpoint: the close word in its segment's header is not 0 (acquire: pairs with the
+  /// compare-exchange of whoever closed it; SYNC POINT "port close").
+  bool portEnded() const noexcept {
+    return port && closeWord(link.segment->base()).load(std::memory_order_acquire) != 0;
+  }
+  /// A port's endpoint saw its close word set by the peer or the supervisor: ends it here.
+  void onPortEnded();
+  /// The PortOffer frame of a port another window opened to this one (window dispatcher).
+  void onPortOffer(const FrameView& f, InPlaceMessage& msg);
+  /// Closes every port of this window (the window closes).
+  void closePorts();
+  /// A port's endpoint read garbage from its peer's ring: ends the port with Corrupt.
+  void endPortCorrupt(const Error& e);
+  /// Ends a port's endpoint for `reason` (a PortCloseReason) unless it ended already: sets the
+  /// close word (first writer wins), wakes the peer, fails pending calls with `code`, tells the
+  /// supervisor when this side ended it (`tell`), and runs the close listeners on this thread.
+  void endPort(std::uint32_t reason, ErrorCode code, const std::string& text, bool tell);
+
   /// Cancel state of one handler call: the router's board, a Cancel frame (async handlers that
   /// outlive their callback), the bus closing, or the deadline.
   struct Probe final : CancelProbe {
@@ -74,7 +130,8 @@ struct Window::Impl final : CallOwner {
     bool cancelled() const noexcept override {
       // acquire: pairs with the release stores of onCancelFrame() and markClosed().
       return flag.load(std::memory_order_acquire) || w->closed.load(std::memory_order_acquire) ||
-             w->link.cancels->contains(requestId) || (deadlineNs != 0 && monotonicNowNs() >= deadlineNs);
+             w->link.cancels->contains(requestId) || (deadlineNs != 0 && monotonicNowNs() >= deadlineNs) ||
+             w->portEnded();  // a port's end, seen before its dispatcher (busy in this handler) sees it
     }
   };
   std::mutex asyncMu;
@@ -99,7 +156,7 @@ struct Window::Impl final : CallOwner {
 
   Result<void> writeOutLocked(const FrameHeader& h, const BuildFn& build, std::size_t hint, std::int64_t waitUntil) {
     for (;;) {
-      if (closed.load(std::memory_order_acquire)) return makeError(ErrorCode::BusClosed, busClosedMessage());
+      if (closed.load(std::memory_order_acquire)) return makeError(closeCode(), busClosedMessage());
       auto r = writeFrame(link.outbox, h, build, hint);
       if (r || r.code() != ErrorCode::Full || waitUntil == 0) return r;
       if (waitForSpace(waitUntil) == WaitStatus::Timeout) return r;
@@ -153,6 +210,8 @@ struct Window::Impl final : CallOwner {
 
   /// Interns the channel and the target's role of a message (caller holds outMu).
   Result<void> internFor(const Target& t, const Channel& ch, std::uint64_t roleId) {
+    // A port's peer needs no names (its handlers name their own channels); only the check.
+    if (port) return ch.name.empty() ? Result<void>{} : validateName(NameKind::Channel, ch.name);
     if (auto r = internLocked(ch.id, ch.name, false); !r) return r;
     if (!t.role.empty()) return internLocked(roleId, t.role, true);
     return {};
@@ -196,19 +255,21 @@ struct Window::Impl final : CallOwner {
     return writeOutLocked(h, build, 0, 0);
   }
 
-  Call invokeImpl(const Target& t, const Channel& ch, const BuildFn& build, const CallOptions& o) {
+  Call invokeImpl(const Target& t, const Channel& ch, const BuildFn& build, const CallOptions& o,
+                  FrameKind kind = FrameKind::Invoke) {
     auto s = std::make_shared<CallState>();
     s->owner = this;
     s->channelName = ch.name;
-    s->target = t;
+    s->target = port ? Target(port->peerId) : t;
     auto checked = checkCallTimeout(o.timeout, {});
     if (!checked) {
       completeCall(s, inContext(checked.error(), s->what()));
       return Call(s);
     }
-    const std::chrono::milliseconds timeout = *checked;  // 0 = the channel's default
+    // 0 = the channel's default (a port's: its callTimeout, checked positive when it opened).
+    const std::chrono::milliseconds timeout = port && checked->count() == 0 ? port->callTimeout : *checked;
     s->timeoutMs = timeout.count();
-    FrameHeader h = headerFor(FrameKind::Invoke, t, ch);
+    FrameHeader h = headerFor(kind, t, ch);
     h.traceId = currentTraceId();  // a call made inside a handler continues its flow (0: a new one)
     // A zero timeout asks the supervisor for the channel's default (Supervisor::setChannelTimeout),
     // which this window does not know; its local fallback then waits kUnknownDeadlineFallbackNs.
@@ -216,7 +277,10 @@ struct Window::Impl final : CallOwner {
     // kMaxTimeout fits the 32-bit status field and keeps the sum far from overflowing.
     h.deadlineNs = timeout.count() > 0 ? deadlineAfter(now, timeout) : 0;
     h.status = static_cast<std::uint32_t>(timeout.count());
-    s->deadlineNs = (h.deadlineNs != 0 ? h.deadlineNs : now + kUnknownDeadlineFallbackNs) + kLocalGraceNs;
+    // A port has no supervisor in the path: its own deadline is the call's (always given: the
+    // port's callTimeout default is positive).
+    s->deadlineNs = port ? h.deadlineNs
+                         : (h.deadlineNs != 0 ? h.deadlineNs : now + kUnknownDeadlineFallbackNs) + kLocalGraceNs;
     h.requestId = pending.add(s);
     if (h.requestId == 0) {
       completeCall(s, makeError(ErrorCode::Full, fmt::format("{}: {} calls are in flight already", s->what(),
@@ -240,12 +304,15 @@ struct Window::Impl final : CallOwner {
 
   // ---- calls
 
+  Error localTimeout(const CallState& s) const {
+    return makeError(ErrorCode::Timeout,
+                     fmt::format("{} timed out after {} ms (no answer from {})", s.what(),
+                                 s.timeoutMs > 0 ? s.timeoutMs : kUnknownDeadlineFallbackNs / 1'000'000,
+                                 port ? "the port's peer" : "the supervisor"));
+  }
+
   void expireLocal(std::int64_t now) {
-    for (auto& s : pending.takeExpired(now)) {
-      completeCall(s, makeError(ErrorCode::Timeout,
-                                fmt::format("{} timed out after {} ms (no answer from the supervisor)", s->what(),
-                                            s->timeoutMs > 0 ? s->timeoutMs : kUnknownDeadlineFallbackNs / 1'000'000)));
-    }
+    for (auto& s : pending.takeExpired(now)) completeCall(s, localTimeout(*s));
   }
 
   // The waitForCall endpoint contract (endpoint/call_wait.hpp).
@@ -259,7 +326,7 @@ struct Window::Impl final : CallOwner {
     }
     bool closed() const { return i.closed.load(std::memory_order_acquire); }
     Result<Message> closedResult(const std::shared_ptr<CallState>& s) {
-      return makeError(ErrorCode::BusClosed, fmt::format("{}: {}", s->what(), i.busClosedMessage()));
+      return makeError(i.closeCode(), fmt::format("{}: {}", s->what(), i.busClosedMessage()));
     }
     void giveUp(const std::shared_ptr<CallState>&) { i.expireLocal(monotonicNowNs()); }
   };
@@ -359,18 +426,53 @@ struct Window::Impl final : CallOwner {
 
   // ---- lifecycle
 
-  void markClosed(const std::string& reason) {
+  /// Ends this endpoint: pending calls fail with `code` (a window: BusClosed; a port: why it
+  /// ended). Returns false when it had ended already.
+  bool markClosed(const std::string& reason, ErrorCode code = ErrorCode::BusClosed) {
     {
       std::lock_guard lk(closeMu);
-      if (closed.load(std::memory_order_acquire)) return;
+      if (closed.load(std::memory_order_acquire)) return false;
       closeReason = reason;
+      closeCode_ = code;
       closed.store(true, std::memory_order_release);  // pairs with the acquire loads of `closed`
     }
     for (auto& s : pending.takeAll()) {
-      completeCall(s, makeError(ErrorCode::BusClosed, fmt::format("{}: {}", s->what(), reason)));
+      completeCall(s, makeError(code, fmt::format("{}: {}", s->what(), reason)));
     }
     if (link.inbox.valid()) wakeAll(link.inbox.control()->dataReady);
     if (link.outbox.valid()) wakeAll(link.outbox.control()->spaceReady);
+    return true;
+  }
+
+  /// The code calls get once this endpoint has ended (BusClosed for a window).
+  ErrorCode closeCode() const {
+    std::lock_guard lk(closeMu);
+    return closeCode_;
+  }
+  ErrorCode closeCode_ = ErrorCode::BusClosed;  // guarded by closeMu
+
+  /// Dispatches until closed (Window::run, the port's start()).
+  void runLoop() {
+    std::lock_guard g(gate);
+    const auto prev = dispatchingThread.exchange(std::this_thread::get_id());
+    while (!closed.load(std::memory_order_acquire)) dispatchOnce(kNoDeadline);
+    dispatchingThread.store(prev);
+  }
+
+  /// One dispatch round of at most `timeout` (Window::poll, Port::poll). Errors: the end's code,
+  /// InvalidArgument (negative timeout).
+  Result<void> pollFor(std::chrono::milliseconds timeout, const char* what) {
+    if (closed.load(std::memory_order_acquire)) return makeError(closeCode(), busClosedMessage());
+    auto wait = checkWaitTimeout(timeout, what);
+    if (!wait) return wait.error();
+    {
+      std::lock_guard g(gate);
+      const auto prev = dispatchingThread.exchange(std::this_thread::get_id());
+      dispatchOnce(deadlineAfter(monotonicNowNs(), *wait));
+      dispatchingThread.store(prev);
+    }
+    if (closed.load(std::memory_order_acquire)) return makeError(closeCode(), busClosedMessage());
+    return {};
   }
 
   void watch() {
@@ -382,14 +484,22 @@ struct Window::Impl final : CallOwner {
       auto pkt = recvPacket(sock.get());
       if (!pkt || pkt->hangup) {
         markClosed(fmt::format("the supervisor of bus '{}' is gone", bus));
+        closePorts();
         return;
       }
-      // Nothing else travels supervisor → window on the socket after the Welcome.
+      // After the Welcome only the descriptors of ports travel supervisor → window here.
+      auto h = parseControlHeader(*pkt);
+      if (h && h->type == static_cast<std::uint32_t>(ControlType::PortFd) && !pkt->fds.empty()) {
+        std::lock_guard lk(hub->mu);
+        hub->fds[h->value] = std::move(pkt->fds[0]);
+        hub->cv.notify_all();
+      }
     }
   }
 
   void close(const std::string& reason) {
     markClosed(reason);
+    closePorts();
     if (sock) ::shutdown(sock.get(), SHUT_RDWR);
     if (watchdog.joinable() && watchdog.get_id() != std::this_thread::get_id()) watchdog.join();
     if (dispatcher.joinable() && dispatcher.get_id() != std::this_thread::get_id()) dispatcher.join();

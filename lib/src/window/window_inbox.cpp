@@ -11,10 +11,12 @@ using namespace detail;
 using namespace window_detail;
 
 void Window::Impl::dispatchOnce(std::int64_t deadline, CallState* waiting) {
+  if (portEnded()) return onPortEnded();
   int n = 0;
   while (n < kBatch) {
     auto r = link.inbox.tryRead();
     if (!r) {
+      if (port) return endPortCorrupt(r.error());
       markClosed(fmt::format("the inbox of window {} is corrupt: {}", link.id, r.error().message));
       return;
     }
@@ -33,10 +35,12 @@ void Window::Impl::dispatchOnce(std::int64_t deadline, CallState* waiting) {
   const std::int64_t until = std::min(deadline, pending.nextExpiry());
   if (until <= now) return;
   link.inbox.wait(until, spin, [&] {
-    // acquire: pairs with markClosed's / the lease release's release stores.
-    return closed.load(std::memory_order_acquire) || lease->dirty.load(std::memory_order_acquire);
+    // acquire: pairs with markClosed's / the lease release's release stores; a port's close word
+    // is set before its closer's wakeAll (SYNC POINT "port close").
+    return closed.load(std::memory_order_acquire) || lease->dirty.load(std::memory_order_acquire) || portEnded();
   });
   advanceHead();
+  if (portEnded()) onPortEnded();
 }
 
 void Window::Impl::advanceHead() {
@@ -75,8 +79,22 @@ void Window::Impl::handleRecord(const RecordView& rec) {
     const auto kind = static_cast<FrameKind>(f->header.kind);
     if (!parsed) {
       if (kind == FrameKind::Invoke) replyError(f->header, parsed.error());
+    } else if (port) {
+      // A port's peer is another window: only the patterns travel here, anything else is ignored
+      // (no names to learn, no offers, no undelivered reports: a peer cannot grow our tables).
+      switch (kind) {
+        case FrameKind::Send: onPush(*f, msg); break;
+        case FrameKind::Invoke: onInvoke(*f, msg); break;
+        case FrameKind::Cancel: onCancelFrame(f->header.requestId); break;
+        case FrameKind::Reply:
+        case FrameKind::Error:
+          if (f->header.requestId != 0) leased = onReply(*f, rec);
+          break;
+        default: break;
+      }
     } else {
       switch (kind) {
+        case FrameKind::PortOffer: onPortOffer(*f, msg); break;
         case FrameKind::Intern: onIntern(msg); break;
         case FrameKind::Send: onPush(*f, msg); break;
         case FrameKind::Invoke: onInvoke(*f, msg); break;
@@ -113,10 +131,16 @@ void Window::Impl::onCancelFrame(std::uint64_t requestId) {
 
 CallContext Window::Impl::contextFor(const FrameHeader& h, std::string& channelName) {
   CallContext ctx;
-  ctx.sourceWindowId = h.source;
-  auto it = roleNames.find(h.role);
-  ctx.sourceRole = h.source == 0 ? std::string_view("main")
-                                 : (it != roleNames.end() ? std::string_view(it->second) : std::string_view());
+  if (port) {
+    // Who wrote into a port's ring is known from the supervisor, not from the frame.
+    ctx.sourceWindowId = port->peerId;
+    ctx.sourceRole = port->peerRole;
+  } else {
+    ctx.sourceWindowId = h.source;
+    auto it = roleNames.find(h.role);
+    ctx.sourceRole = h.source == 0 ? std::string_view("main")
+                                   : (it != roleNames.end() ? std::string_view(it->second) : std::string_view());
+  }
   channelName = callbacks->name(h.channel);
   ctx.channel = channelName;
   ctx.channelId = h.channel;
@@ -169,12 +193,17 @@ void Window::Impl::replyError(const FrameHeader& req, const Error& e) {
 }
 
 void Window::Impl::onInvoke(const FrameView& f, InPlaceMessage& msg) {
-  const FrameHeader& h = f.header;
+  FrameHeader h = f.header;
+  // A port's peer stamps its own deadline: cut to [now, now + kMaxTimeout] as the router does.
+  if (port && h.deadlineNs != 0) h.deadlineNs = clampPeerDeadline(h.deadlineNs, monotonicNowNs());
   auto slot = callbacks->handler(h.channel);
   std::string name;
   CallContext ctx = contextFor(h, name);
   // Only error paths name the call: format it on demand, not once per call.
-  auto what = [&] { return fmt::format("invoke '{}' on window {} (role '{}')", name, link.id, link.role); };
+  auto what = [&] {
+    return port ? fmt::format("invoke '{}' on port {} of window {} (role '{}')", name, port->id, link.id, link.role)
+                : fmt::format("invoke '{}' on window {} (role '{}')", name, link.id, link.role);
+  };
   if (!slot) return replyError(h, makeError(ErrorCode::NoHandler, fmt::format("{}: no handler", what())));
   if (slot->schemaId != 0 && h.schemaId != 0 && slot->schemaId != h.schemaId) {
     return replyError(h, makeError(ErrorCode::InvalidMessage,
@@ -257,6 +286,12 @@ struct LeasedReply final : HeldMessage {
 bool Window::Impl::onReply(const FrameView& f, const RecordView& rec) {
   std::shared_ptr<CallState> s = pending.take(f.header.requestId);
   if (!s) return false;  // cancelled or timed out locally: dropped
+  // A port keeps its calls' deadlines itself (no router): an answer read at or after the deadline
+  // is late, as the router judges a window's.
+  if (port && monotonicNowNs() >= s->deadlineNs) {
+    completeCall(s, localTimeout(*s));
+    return false;
+  }
   if (f.header.kind == static_cast<std::uint16_t>(FrameKind::Error)) {
     InPlaceMessage m;
     (void)m.parse(f.payload, f.payloadBytes);

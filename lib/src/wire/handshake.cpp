@@ -116,31 +116,44 @@ Result<WindowSegment> createWindowSegment(const std::string& bus, std::uint32_t 
   return w;
 }
 
-Result<void> sendWelcome(int sock, const std::string& bus, std::uint32_t id, const std::string& role,
-                         const WindowSegment& seg, int doorbellFd) {
-  capnp::MallocMessageBuilder mb;
+void fillWelcome(capnp::MessageBuilder& mb, const std::string& bus, std::uint32_t id, const std::string& role,
+                 const WindowSegment& seg, bool swapped, std::uint64_t portId) {
   auto w = mb.initRoot<schema::Welcome>();
   w.setOk(true);
   w.setWindowId(id);
   w.setRole(role);
   w.setSegmentName(seg.name);
   w.setSegmentBytes(seg.segment->size());
-  w.setInboxOffset(seg.inboxOffset);
-  w.setInboxCapacity(seg.inboxBytes);
-  w.setOutboxOffset(seg.outboxOffset);
-  w.setOutboxCapacity(seg.outboxBytes);
+  // A port's acceptor reads what the opener writes: the two rings trade places (§16).
+  w.setInboxOffset(swapped ? seg.outboxOffset : seg.inboxOffset);
+  w.setInboxCapacity(swapped ? seg.outboxBytes : seg.inboxBytes);
+  w.setOutboxOffset(swapped ? seg.inboxOffset : seg.outboxOffset);
+  w.setOutboxCapacity(swapped ? seg.inboxBytes : seg.outboxBytes);
   w.setMaxRecord(seg.maxRecord);
   w.setBusName(bus);
   w.setCancelBoardOffset(seg.boardOffset);
+  w.setPortId(portId);
+}
+
+Result<Fd> openSegmentFd(const std::string& name) {
+  Fd segFd(::shm_open(name.c_str(), O_RDWR | O_CLOEXEC, 0));
+  if (!segFd) {
+    return makeError(ErrorCode::SystemError, fmt::format("cannot open segment '{}': {}", name, std::strerror(errno)));
+  }
+  return segFd;
+}
+
+Result<void> sendWelcome(int sock, const std::string& bus, std::uint32_t id, const std::string& role,
+                         const WindowSegment& seg, int doorbellFd) {
+  capnp::MallocMessageBuilder mb;
+  fillWelcome(mb, bus, id, role, seg, false, 0);
   // The segment's own descriptor, opened here just for the window: the creator's mapping kept none.
   // It travels second, after the doorbell (a window that predates it uses the first only); with no
   // doorbell to send (a test of that refusal) nothing is sent.
   if (doorbellFd < 0) return sendControl(sock, ControlType::Welcome, 0, &mb);
-  Fd segFd(::shm_open(seg.name.c_str(), O_RDWR | O_CLOEXEC, 0));
-  if (!segFd) {
-    return makeError(ErrorCode::SystemError, fmt::format("cannot open segment '{}': {}", seg.name, std::strerror(errno)));
-  }
-  return sendControl(sock, ControlType::Welcome, 0, &mb, doorbellFd, segFd.get());
+  auto segFd = openSegmentFd(seg.name);
+  if (!segFd) return segFd.error();
+  return sendControl(sock, ControlType::Welcome, 0, &mb, doorbellFd, segFd->get());
 }
 
 void sendWelcomeError(int sock, const Error& e) {
@@ -187,33 +200,32 @@ Result<WindowLink> helloAndWelcome(int sock, const HelloParams& p, const std::st
   if (pkt->fds.empty()) return makeError(ErrorCode::InvalidMessage, "welcome without a doorbell descriptor");
   WindowLink link;
   link.doorbell = std::move(pkt->fds[0]);
-  link.id = welcome->id;
-  link.role = welcome->role;
   // The segment's descriptor when the supervisor sent one (any uid can map it), else its name.
   auto seg = pkt->fds.size() >= 2 ? Segment::map(pkt->fds[1].get(), welcome->segmentName)
                                   : Segment::open(welcome->segmentName);
   if (!seg) return seg.error();
-  link.segment = std::make_shared<Segment>(std::move(*seg));
-  if (auto ok = checkWelcomeLayout(*welcome, link.segment->size()); !ok) return ok.error();
-  std::uint8_t* base = link.segment->base();
-  link.cancels = reinterpret_cast<const CancelBoard*>(base + welcome->boardOffset);
-  link.inbox = RingConsumer(reinterpret_cast<RingControl*>(base + welcome->inboxOffset),
-                            base + welcome->inboxOffset + sizeof(RingControl), welcome->inbox);
   // The supervisor zeroes what it consumed, so the outbox's free space is zero: no memset.
-  link.outbox = RingProducer(reinterpret_cast<RingControl*>(base + welcome->outboxOffset),
-                             base + welcome->outboxOffset + sizeof(RingControl), welcome->outbox, false,
-                             link.doorbell.get());
+  if (auto ok = attachLink(link, *welcome, std::move(*seg), false, link.doorbell.get()); !ok) return ok.error();
   if (auto r = sendControl(sock, ControlType::Mapped, 0); !r) return r.error();
   return link;
 }
 
-Result<WelcomeInfo> parseWelcome(const Packet& pkt, const std::string& bus) {
-  if (pkt.bytes.size() < sizeof(ControlHeader) + sizeof(capnp::word)) {
-    return makeError(ErrorCode::BusClosed, fmt::format("the supervisor of bus '{}' closed the connection", bus));
-  }
-  auto words = bodyWords(pkt);
+Result<void> attachLink(WindowLink& link, const WelcomeInfo& w, Segment seg, bool zeroOnClaim, int doorbellFd) {
+  link.id = w.id;
+  link.role = w.role;
+  link.segment = std::make_shared<Segment>(std::move(seg));
+  if (auto ok = checkWelcomeLayout(w, link.segment->size()); !ok) return ok.error();
+  std::uint8_t* base = link.segment->base();
+  link.cancels = reinterpret_cast<const CancelBoard*>(base + w.boardOffset);
+  link.inbox = RingConsumer(reinterpret_cast<RingControl*>(base + w.inboxOffset),
+                            base + w.inboxOffset + sizeof(RingControl), w.inbox);
+  link.outbox = RingProducer(reinterpret_cast<RingControl*>(base + w.outboxOffset),
+                             base + w.outboxOffset + sizeof(RingControl), w.outbox, zeroOnClaim, doorbellFd);
+  return {};
+}
+
+Result<WelcomeInfo> readWelcome(capnp::MessageReader& reader) {
   try {
-    capnp::FlatArrayMessageReader reader(wordsOf(words), boundedControlReader());
     auto w = reader.getRoot<schema::Welcome>();
     if (!w.getOk()) {
       auto e = w.getError();
@@ -228,7 +240,21 @@ Result<WelcomeInfo> parseWelcome(const Packet& pkt, const std::string& bus) {
     info.inboxOffset = w.getInboxOffset();
     info.outboxOffset = w.getOutboxOffset();
     info.boardOffset = w.getCancelBoardOffset();
+    info.portId = w.getPortId();
     return info;
+  } catch (const kj::Exception& e) {
+    return makeError(ErrorCode::InvalidMessage, std::string("malformed welcome: ") + e.getDescription().cStr());
+  }
+}
+
+Result<WelcomeInfo> parseWelcome(const Packet& pkt, const std::string& bus) {
+  if (pkt.bytes.size() < sizeof(ControlHeader) + sizeof(capnp::word)) {
+    return makeError(ErrorCode::BusClosed, fmt::format("the supervisor of bus '{}' closed the connection", bus));
+  }
+  auto words = bodyWords(pkt);
+  try {
+    capnp::FlatArrayMessageReader reader(wordsOf(words), boundedControlReader());
+    return readWelcome(reader);
   } catch (const kj::Exception& e) {
     return makeError(ErrorCode::InvalidMessage, std::string("malformed welcome: ") + e.getDescription().cStr());
   }
@@ -245,6 +271,24 @@ Result<void> checkWelcomeLayout(const WelcomeInfo& w, std::size_t size) {
     return makeError(ErrorCode::InvalidMessage, "welcome describes rings outside the segment");
   }
   return {};
+}
+
+std::string portCloseText(std::uint32_t reason, bool opener) {
+  const bool byPeer = (reason == kPortClosedByAcceptor || reason == kPortAcceptorGone ||
+                       reason == kPortCorruptAtAcceptor) == opener;
+  switch (reason) {
+    case kPortClosedByOpener:
+    case kPortClosedByAcceptor: return byPeer ? "the peer closed it" : "this side closed it";
+    case kPortOpenerGone:
+    case kPortAcceptorGone: return byPeer ? "the peer's window closed or died" : "this window closed";
+    case kPortRevoked: return "the supervisor revoked it";
+    case kPortBusStopped: return "the supervisor stopped";
+    case kPortCorruptAtOpener:
+    case kPortCorruptAtAcceptor:
+      return byPeer ? "the peer found this side's ring corrupt" : "the peer's ring was corrupt";
+    case kPortOpenTimedOut: return "the opener gave up before it was accepted";
+    default: return fmt::format("it was closed (reason {})", reason);
+  }
 }
 
 Result<ControlHeader> parseControlHeader(const Packet& pkt) {

@@ -90,6 +90,16 @@ struct WindowSegment {
 Result<WindowSegment> createWindowSegment(const std::string& bus, std::uint32_t id, std::uint32_t inboxBytes,
                                           std::uint32_t outboxBytes, std::uint32_t maxRecordBytes);
 
+/// Writes a Welcome describing `seg` into `mb`: for a window (`swapped` false, `portId` 0), or for
+/// one end of a port (docs/architecture.md §16): `id` and `role` are then the peer's, and the
+/// acceptor's (`swapped`) inbox is the opener's outbox.
+void fillWelcome(capnp::MessageBuilder& mb, const std::string& bus, std::uint32_t id, const std::string& role,
+                 const WindowSegment& seg, bool swapped, std::uint64_t portId);
+
+/// A new descriptor of segment `name` (read/write, close-on-exec), to hand to a window.
+/// Errors: SystemError.
+Result<Fd> openSegmentFd(const std::string& name);
+
 /// Sends the Welcome for `seg` with the doorbell eventfd and a descriptor of the segment (the
 /// window maps that one, so the segment's mode 0600 does not keep a window of another uid out;
 /// a window that predates it opens the segment by name).
@@ -128,7 +138,42 @@ struct WelcomeInfo {
   std::string segmentName;
   RingGeometry inbox, outbox;
   std::uint64_t inboxOffset = 0, outboxOffset = 0, boardOffset = 0;
+  std::uint64_t portId = 0;  ///< a port's description (docs/architecture.md §16); 0 for a window
 };
+
+/// Decodes a Welcome message (untrusted: the caller's reader bounds it). A refusal comes back as
+/// its error. Errors: InvalidMessage (malformed), or the refusal's code.
+Result<WelcomeInfo> readWelcome(capnp::MessageReader& reader);
+
+/// Fills `link` (id, role, segment, rings, cancel board) from `w` over the mapped `seg`, after
+/// checkWelcomeLayout. `zeroOnClaim`: the producer zeroes what it claims (a peer that does not
+/// zero what it consumed cannot then corrupt what this side builds); `doorbellFd` >= 0: the
+/// outbox also rings that eventfd. Errors: InvalidMessage (layout outside the segment).
+Result<void> attachLink(WindowLink& link, const WelcomeInfo& w, Segment seg, bool zeroOnClaim, int doorbellFd);
+
+// ---- ports (docs/architecture.md §16)
+
+/// Why a port ended: the value of its segment's close word (closeWord, SegmentHeader::linkClosed).
+/// The first closer's value stays; a value outside this list came from a hostile peer.
+enum PortCloseReason : std::uint32_t {
+  kPortOpen = 0,
+  kPortClosedByOpener = 1,    ///< the opener's close() (or its Port was dropped)
+  kPortClosedByAcceptor = 2,  ///< the acceptor's close()
+  kPortOpenerGone = 3,        ///< the opener's window closed, died or was cut off
+  kPortAcceptorGone = 4,      ///< the acceptor's window closed, died or was cut off
+  kPortRevoked = 5,           ///< Supervisor::revokePort
+  kPortBusStopped = 6,        ///< the supervisor stopped
+  kPortCorruptAtOpener = 7,   ///< the opener found the acceptor's ring corrupt
+  kPortCorruptAtAcceptor = 8, ///< the acceptor found the opener's ring corrupt
+  kPortOpenTimedOut = 9,      ///< the opener gave up before the acceptor took the port
+};
+
+/// Default capacity of each of a port's rings (PortOptions::ringBytes 0).
+inline constexpr std::uint32_t kDefaultPortRingBytes = 64u << 10;
+
+/// Why a port ended, worded for the side `opener` ("the peer closed it", "the peer's window is
+/// gone", ...); any other value is "it was closed (reason N)".
+std::string portCloseText(std::uint32_t reason, bool opener);
 
 /// Decodes a Welcome packet (untrusted: bounded reader). A refusal comes back as its error (an
 /// unknown code as InvalidMessage). Errors: BusClosed (no body: the supervisor hung up),

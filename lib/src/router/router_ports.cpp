@@ -1,0 +1,232 @@
+// The router's side of ports (docs/architecture.md §16): opening (policy, target, listener,
+// segment), handing the segment to both windows, closing on a close, a death or a revoke.
+#include <capnp/message.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "bus.capnp.h"
+#include "protocol/frame_io.hpp"
+#include "router/router.hpp"
+#include "router/router_internal.hpp"
+
+namespace shmbus::detail {
+
+namespace {
+// Ports one window may have open or offered at once (as opener or acceptor): each holds a segment
+// mapped here, so a window cannot make the supervisor map without bound (with rings no larger than
+// a window's: at most 64 × 2 × the window ring size of shared memory per window).
+constexpr std::size_t kMaxPortsPerWindow = 64;
+}  // namespace
+
+void Router::expirePortOffers() {
+  const std::int64_t now = monotonicNowNs();
+  std::vector<std::uint64_t> due;
+  for (auto& [id, p] : ports_) {
+    if (!p.accepted && now >= p.deadline) due.push_back(id);
+  }
+  for (auto id : due) {
+    // The opener has given up by now (its own deadline is the same): nothing to answer.
+    closePort(id, kPortOpenTimedOut, std::nullopt);
+  }
+}
+
+void Router::onPortOpen(Conn& w, const FrameView& f) {
+  const FrameHeader& h = f.header;
+  expirePortOffers();  // offers whose target never answered do not count against the caps
+  if (auto v = validatePayload(f.payload, f.payloadBytes); !v) return blame(w, h, "open port", v.error());
+  auto what = [&] { return fmt::format("open port on '{}' from {}", registry_.nameOf(h.channel, w.id), w.describe()); };
+  std::uint32_t ring = kDefaultPortRingBytes;
+  {
+    InPlaceMessage m;
+    if (m.parse(f.payload, f.payloadBytes) && !m.empty()) {
+      try {
+        const std::uint32_t asked = m.reader().getRoot<schema::Hello>().getInboxBytes();
+        if (asked != 0) ring = asked;
+      } catch (const kj::Exception& e) {
+        return replyError(w, h, makeError(ErrorCode::InvalidMessage, what() + ": " + e.getDescription().cStr()));
+      }
+    }
+  }
+  if (auto v = checkRingSizes(ring, ring); !v) return replyError(w, h, makeError(v.code(), what() + ": " + v.error().message));
+  if (const std::uint32_t most = std::max(opts_.inboxBytes, opts_.outboxBytes); ring > most) {
+    return replyError(w, h, makeError(ErrorCode::InvalidArgument,
+                                      fmt::format("{}: rings of {} bytes asked, a port's are at most as large as a "
+                                                  "window's ({} bytes, SupervisorOptions::inboxBytes/outboxBytes)",
+                                                  what(), ring, most)));
+  }
+  // The policy's choice for ports: opening one on C to T is an invoke of C by the opener that T
+  // must be allowed to handle (§15). What then travels on the port is not seen here.
+  if (auto e = denied(PolicyAction::Invoke, h.channel, w.roleId, w.role, w.id, what)) return replyError(w, h, std::move(*e));
+  if (h.target == kTargetMain) {
+    return replyError(w, h, makeError(ErrorCode::NoTarget, what() + ": ports connect two windows"));
+  }
+  Conn* t = registry_.resolve(h.target, h.role);
+  if (t == nullptr) {
+    return replyError(w, h, makeError(ErrorCode::NoTarget, fmt::format("{}: no live window with {}", what(),
+                                                                       registry_.describeTarget(h.target, h.role))));
+  }
+  if (t == &w) return replyError(w, h, makeError(ErrorCode::InvalidArgument, what() + ": a port to itself"));
+  if (auto e = denied(PolicyAction::Handle, h.channel, t->roleId, t->role, w.id,
+                      [&] { return what() + " to " + t->describe(); })) {
+    return replyError(w, h, std::move(*e));
+  }
+  if (t->portChannels.count(h.channel) == 0) {
+    return replyError(w, h, makeError(ErrorCode::NoHandler,
+                                      fmt::format("{} to {}: no onPort listener", what(), t->describe())));
+  }
+  std::size_t mine = 0, theirs = 0;
+  for (auto& [id, p] : ports_) {
+    mine += (p.opener == w.id || p.acceptor == w.id) ? 1 : 0;
+    theirs += (p.opener == t->id || p.acceptor == t->id) ? 1 : 0;
+  }
+  if (mine >= kMaxPortsPerWindow || theirs >= kMaxPortsPerWindow) {
+    return replyError(w, h, makeError(ErrorCode::Full, fmt::format("{} to {}: a window may have {} ports", what(),
+                                                                   t->describe(), kMaxPortsPerWindow)));
+  }
+  const std::uint64_t id = nextPortId_++;
+  // The window segment's layout and code serve (wire/handshake): the opener's "inbox" and
+  // "outbox" are the port's two directions; the acceptor sees them swapped.
+  auto seg = createWindowSegment(opts_.bus, static_cast<std::uint32_t>(id), ring, ring, opts_.maxRecordBytes);
+  if (!seg) return replyError(w, h, makeError(seg.code(), what() + ": " + seg.error().message));
+  auto fd = openSegmentFd(seg->name);
+  // Both ends map the descriptor, never the name: it goes at once, so no crash can leave it.
+  Segment::unlink(seg->name);
+  if (!fd) return replyError(w, h, makeError(fd.code(), what() + ": " + fd.error().message));
+  PortLink p;
+  p.id = id;
+  p.opener = w.id;
+  p.acceptor = t->id;
+  p.channel = h.channel;
+  p.openerReq = h.requestId;
+  std::int64_t timeoutMs = 0;
+  p.deadline = deadlineFor(h, monotonicNowNs(), timeoutMs);
+  p.seg = std::move(*seg);
+  p.fd = std::move(*fd);
+  // The descriptor before the frame that names it (the window's watchdog files it by id).
+  if (auto s = sendControl(t->sock.get(), ControlType::PortFd, id, nullptr, p.fd.get()); !s) {
+    return replyError(w, h, makeError(s.code(), fmt::format("{} to {}: {}", what(), t->describe(), s.error().message)));
+  }
+  FrameHeader offer = frameHeader(FrameKind::PortOffer, h.channel);
+  offer.requestId = id;
+  offer.source = w.id;
+  offer.role = w.roleId;
+  offer.target = t->id;
+  auto r = writeToWindow(*t, [&] {
+    return writeFrame(t->inbox, offer, [&](Builder& b) { fillWelcome(b, opts_.bus, w.id, w.role, p.seg, true, id); },
+                      1024);
+  });
+  if (!r) {
+    return replyError(w, h, makeError(r.code(), fmt::format("{} to {}: {}", what(), t->describe(), r.error().message)));
+  }
+  log_(LogLevel::Debug, "port {}: offered to {}", id, t->describe());
+  ports_.emplace(id, std::move(p));
+}
+
+void Router::onPortAccept(Conn& w, const FrameHeader& h) {
+  auto it = ports_.find(h.requestId);
+  if (it == ports_.end() || it->second.accepted || it->second.acceptor != w.id) return;  // closed meanwhile
+  PortLink& p = it->second;
+  Conn* opener = registry_.live(p.opener);
+  if (opener == nullptr) return closePort(p.id, kPortOpenerGone, std::nullopt);
+  if (monotonicNowNs() >= p.deadline) {
+    // The opener has given up (or is about to): the port is not handed over half-way.
+    return closePort(p.id, kPortOpenTimedOut,
+                     makeError(ErrorCode::Timeout, fmt::format("open port on '{}' to {} timed out",
+                                                               registry_.nameOf(p.channel, p.opener), w.describe())));
+  }
+  FrameHeader reply = frameHeader(FrameKind::Reply, p.channel);
+  reply.requestId = p.openerReq;
+  reply.source = w.id;
+  reply.role = w.roleId;
+  Result<void> r = sendControl(opener->sock.get(), ControlType::PortFd, p.id, nullptr, p.fd.get());
+  if (r) {
+    r = writeToWindow(*opener, [&] {
+      return writeFrame(opener->inbox, reply, [&](Builder& b) { fillWelcome(b, opts_.bus, w.id, w.role, p.seg, false, p.id); },
+                        1024);
+    });
+  }
+  if (!r) {
+    log_(LogLevel::Warn, "port {}: cannot hand it to {}: {}", p.id, opener->describe(), r.error().message);
+    return closePort(p.id, kPortOpenerGone, std::nullopt);
+  }
+  p.accepted = true;
+  p.fd.reset();  // both ends have it
+  log_(LogLevel::Debug, "port {}: {} ↔ {}", p.id, opener->describe(), w.describe());
+}
+
+void Router::onPortReject(Conn& w, const FrameView& f) {
+  auto it = ports_.find(f.header.requestId);
+  if (it == ports_.end() || it->second.accepted || it->second.acceptor != w.id) return;
+  InPlaceMessage m;
+  Error e = m.parse(f.payload, f.payloadBytes) ? decodeError(f.header, m)
+                                               : Error{errorCodeFromWire(f.header.status), "refused"};
+  closePort(it->first, kPortClosedByAcceptor, std::move(e));
+}
+
+void Router::onPortClose(Conn& w, const FrameHeader& h) {
+  auto it = ports_.find(h.requestId);
+  if (it == ports_.end() || (it->second.opener != w.id && it->second.acceptor != w.id)) return;
+  const bool byOpener = it->second.opener == w.id;
+  closePort(it->first, byOpener ? kPortClosedByOpener : kPortClosedByAcceptor,
+            makeError(ErrorCode::TargetGone, fmt::format("open port on '{}' to {}: it closed the port before taking it",
+                                                         registry_.nameOf(it->second.channel, it->second.opener),
+                                                         w.describe())));
+}
+
+void Router::closePort(std::uint64_t id, std::uint32_t reason, const std::optional<Error>& openerError) {
+  auto it = ports_.find(id);
+  if (it == ports_.end()) return;
+  PortLink p = std::move(it->second);
+  ports_.erase(it);
+  std::uint32_t expected = kPortOpen;
+  // SYNC POINT "port close" (window/port.cpp): release publishes the reason to both ends' acquire
+  // loads; the first closer's reason stays.
+  (void)closeWord(p.seg.segment->base())
+      .compare_exchange_strong(expected, reason, std::memory_order_acq_rel, std::memory_order_acquire);
+  // Every word either end may park on; wakeAll's release increment orders the close word first.
+  for (RingControl* c : {p.seg.inbox.control(), p.seg.outbox.control()}) {
+    wakeAll(c->dataReady);
+    wakeAll(c->spaceReady);
+  }
+  log_(LogLevel::Debug, "port {} closed: {}", id, portCloseText(reason, true));
+  if (p.accepted || !openerError) return;
+  Conn* opener = registry_.live(p.opener);
+  if (opener == nullptr) return;
+  FrameHeader req{};
+  req.channel = p.channel;
+  req.requestId = p.openerReq;
+  replyError(*opener, req, *openerError);
+}
+
+void Router::closePortsOf(const Conn& c) {
+  std::vector<std::uint64_t> ids;
+  for (auto& [id, p] : ports_) {
+    if (p.opener == c.id || p.acceptor == c.id) ids.push_back(id);
+  }
+  for (auto id : ids) {
+    const bool opener = ports_.at(id).opener == c.id;
+    closePort(id, opener ? kPortOpenerGone : kPortAcceptorGone,
+              makeError(ErrorCode::TargetGone, fmt::format("open port on '{}' to {}: the target {} before taking it",
+                                                           registry_.nameOf(ports_.at(id).channel), c.describe(),
+                                                           c.bad ? "was disconnected" : "closed")));
+  }
+}
+
+std::vector<PortInfo> Router::ports() {
+  std::lock_guard lk(mu_);
+  expirePortOffers();
+  std::vector<PortInfo> out;
+  out.reserve(ports_.size());
+  for (auto& [id, p] : ports_) out.push_back(PortInfo{id, p.opener, p.acceptor, registry_.nameOf(p.channel), p.accepted});
+  return out;
+}
+
+Result<void> Router::revokePort(std::uint64_t id) {
+  std::lock_guard lk(mu_);
+  if (ports_.count(id) == 0) return makeError(ErrorCode::NoTarget, fmt::format("no port {}", id));
+  closePort(id, kPortRevoked, makeError(ErrorCode::TargetGone, fmt::format("port {} was revoked by the supervisor", id)));
+  return {};
+}
+
+}  // namespace shmbus::detail

@@ -1,0 +1,348 @@
+// Ports (docs/architecture.md §16): a window's side of opening and accepting them, and the Port
+// facade. A port's end is a Window::Impl over the port's ring pair (`port` set), so sends,
+// calls, handlers, cancels, deadlines and the dispatch loop are the window's own code.
+#include "shmbus/port.hpp"
+
+#include <fmt/format.h>
+
+#include "bus.capnp.h"
+#include "control/control_protocol.hpp"
+#include "window/window_impl.hpp"
+
+namespace shmbus {
+
+using namespace detail;
+
+struct Port::Impl final : Window::Impl {};
+
+namespace {
+
+// How long a window waits for a port's descriptor once the frame naming the port is read: the
+// supervisor sends the descriptor first, so only the watchdog thread's turn is awaited.
+constexpr auto kFdWait = std::chrono::seconds(1);
+
+Result<Fd> takeFd(Window::Impl::PortHub& hub, std::uint64_t portId) {
+  std::unique_lock lk(hub.mu);
+  if (!hub.cv.wait_for(lk, kFdWait, [&] { return hub.fds.count(portId) != 0; })) {
+    return makeError(ErrorCode::SystemError, fmt::format("the descriptor of port {} did not arrive", portId));
+  }
+  Fd fd = std::move(hub.fds[portId]);
+  hub.fds.erase(portId);
+  return fd;
+}
+
+/// One end of port `info.portId` for window `w`, mapped from `fd`.
+Result<std::shared_ptr<Port::Impl>> makePort(Window::Impl& w, const WelcomeInfo& info, const Fd& fd, bool opener,
+                                             std::string channel, std::chrono::milliseconds callTimeout) {
+  auto seg = Segment::map(fd.get(), info.segmentName);
+  if (!seg) return seg.error();
+  auto p = std::make_shared<Port::Impl>();
+  p->opts = w.opts;
+  p->bus = w.bus;
+  p->spin = w.spin;
+  // Both producers zero what they claim: the peer is another window, which may not zero what it
+  // consumed. No doorbell: the peer parks on the ring's own futex word.
+  if (auto ok = attachLink(p->link, info, std::move(*seg), true, -1); !ok) return ok.error();
+  p->link.id = w.link.id;  // the Welcome named the peer; this end is still this window
+  p->link.role = w.link.role;
+  p->port = std::make_unique<Window::Impl::PortSide>();
+  p->port->id = info.portId;
+  p->port->channel = std::move(channel);
+  p->port->peerId = info.id;
+  p->port->peerRole = info.role;
+  p->port->opener = opener;
+  p->port->callTimeout = callTimeout;
+  p->port->hub = w.hub;
+  p->log = Logger{"port", fmt::format("{}/{}#{} port {}", w.bus, w.link.role, w.link.id, info.portId), w.opts.logLevel};
+  std::lock_guard lk(w.hub->mu);
+  w.hub->ports[info.portId] = p;
+  return p;
+}
+
+std::string portName(const Window::Impl& p) {
+  return fmt::format("port {} on '{}' to window {} (role '{}')", p.port->id, p.port->channel, p.port->peerId,
+                     p.port->peerRole);
+}
+
+}  // namespace
+
+// ---- the window's side
+
+void Window::Impl::endPort(std::uint32_t reason, ErrorCode code, const std::string& text, bool tell) {
+  // Ended here first, so this side's own dispatcher, which may see the close word below before
+  // this thread is done, finds the port closed and does not end it again as the peer's doing.
+  const std::string why = fmt::format("{}: {}", portName(*this), text);
+  const bool first = markClosed(why, code);
+  std::uint32_t expected = kPortOpen;
+  // SYNC POINT "port close": the release half publishes the reason to the peer's and the
+  // supervisor's acquire loads (portEnded, Router); the acquire half reads a reason set first.
+  (void)closeWord(link.segment->base())
+      .compare_exchange_strong(expected, reason, std::memory_order_acq_rel, std::memory_order_acquire);
+  // The peer parks on our outbox's data word or our inbox's space word; wakeAll's release
+  // increment orders the close word before the wake-up (wait.hpp SYNC POINT seq).
+  for (RingControl* c : {link.inbox.control(), link.outbox.control()}) {
+    wakeAll(c->dataReady);
+    wakeAll(c->spaceReady);
+  }
+  if (!first) return;
+  if (auto h = port->hub.lock()) {
+    std::lock_guard lk(h->mu);
+    h->ports.erase(port->id);
+    if (tell && h->window != nullptr) h->window->control(FrameKind::PortClose, 0, port->id);
+  }
+  std::vector<std::pair<std::uint64_t, PortCloseListener>> listeners;
+  {
+    std::lock_guard lk(port->mu);
+    port->ended = Error{code, why};
+    listeners.swap(port->closeListeners);
+  }
+  for (auto& [token, fn] : listeners) {
+    try {
+      fn(*port->ended);
+    } catch (const std::exception& e) {
+      log(LogLevel::Warn, "a close listener of {} threw: {}", portName(*this), e.what());
+    }
+  }
+}
+
+void Window::Impl::onPortEnded() {
+  if (closed.load(std::memory_order_acquire)) return;  // acquire: pairs with markClosed
+  // acquire: SYNC POINT "port close".
+  const std::uint32_t reason = closeWord(link.segment->base()).load(std::memory_order_acquire);
+  endPort(reason, ErrorCode::TargetGone, portCloseText(reason, port->opener), true);
+}
+
+void Window::Impl::endPortCorrupt(const Error& e) {
+  log(LogLevel::Warn, "{}: the peer's ring is corrupt: {}", portName(*this), e.message);
+  endPort(port->opener ? kPortCorruptAtOpener : kPortCorruptAtAcceptor, ErrorCode::Corrupt,
+          "the peer's ring is corrupt: " + e.message, true);
+}
+
+void Window::Impl::closePorts() {
+  if (!hub) return;
+  std::vector<std::shared_ptr<Impl>> open;
+  {
+    std::lock_guard lk(hub->mu);
+    hub->window = nullptr;
+    for (auto& [id, weak] : hub->ports) {
+      if (auto p = weak.lock()) open.push_back(std::move(p));
+    }
+    hub->ports.clear();
+    hub->acceptors.clear();
+    hub->fds.clear();
+  }
+  for (auto& p : open) {
+    p->endPort(p->port->opener ? kPortOpenerGone : kPortAcceptorGone, ErrorCode::BusClosed, "this window closed", false);
+  }
+}
+
+void Window::Impl::onPortOffer(const FrameView& f, InPlaceMessage& msg) {
+  const std::uint64_t portId = f.header.requestId;
+  const std::string name = callbacks->name(f.header.channel);
+  auto reject = [&](Error e) {
+    FrameHeader h{};
+    h.kind = static_cast<std::uint16_t>(FrameKind::PortReject);
+    h.channel = f.header.channel;
+    h.requestId = portId;
+    h.status = static_cast<std::uint32_t>(e.code);
+    (void)writeOut(h, [&](Builder& b) { buildErrorInfo(b, e); }, 0, monotonicNowNs() + 1'000'000'000);
+  };
+  const std::string what = fmt::format("port {} on '{}' to window {} (role '{}')", portId, name, link.id, link.role);
+  // The descriptor first, whatever comes next: a refused port must not leave it filed.
+  auto fd = takeFd(*hub, portId);
+  if (!fd) return reject(makeError(fd.code(), what + ": " + fd.error().message));
+  PortListener fn;
+  {
+    std::lock_guard lk(hub->mu);
+    if (auto it = hub->acceptors.find(f.header.channel); it != hub->acceptors.end()) fn = it->second.fn;
+  }
+  if (!fn) return reject(makeError(ErrorCode::NoHandler, what + ": no onPort listener"));
+  if (msg.empty()) return reject(makeError(ErrorCode::InvalidMessage, what + ": the offer has no description"));
+  auto info = readWelcome(msg.reader());
+  if (!info) return reject(makeError(ErrorCode::InvalidMessage, what + ": " + info.error().message));
+  info->portId = portId;
+  auto p = makePort(*this, *info, *fd, false, name, kDefaultTimeout);
+  if (!p) return reject(makeError(p.code(), what + ": " + p.error().message));
+  // Held here until the answer is written: a listener that throws must not close the port (and
+  // report TargetGone) before the refusal says why.
+  auto handle = std::make_shared<Port>(*p);
+  try {
+    fn(handle);
+  } catch (const std::exception& e) {
+    reject(makeError(ErrorCode::HandlerError, fmt::format("{}: the onPort listener threw: {}", what, e.what())));
+    (*p)->endPort(kPortClosedByAcceptor, ErrorCode::Cancelled, "the onPort listener threw", false);
+    return;
+  }
+  // The listener returned (its handlers are in place): the opener may now use the port. A port
+  // the listener closed was reported as such (PortClose); one it did not keep closes below.
+  // acquire: pairs with markClosed's release store.
+  if (!(*p)->closed.load(std::memory_order_acquire)) control(FrameKind::PortAccept, f.header.channel, portId);
+}
+
+Result<std::shared_ptr<Port>> Window::openPort(const Target& target, const Channel& channel, PortOptions options) {
+  if (target.isMain()) {
+    return makeError(ErrorCode::NoTarget, fmt::format("open port on '{}': ports connect two windows, and the main "
+                                                      "process is not one",
+                                                      channel.name));
+  }
+  if (auto v = validateTarget(target); !v) return v.error();
+  const std::uint32_t ring = options.ringBytes != 0 ? options.ringBytes : kDefaultPortRingBytes;
+  if (auto v = checkRingSizes(ring, ring); !v) return v.error();
+  auto callTimeout = checkCallTimeout(options.callTimeout, "PortOptions::callTimeout");
+  if (!callTimeout) return callTimeout.error();
+  CallOptions co;
+  // 0 = kDefaultTimeout, never a window call's "the channel's default": the router keeps the
+  // open's deadline too (a negative one fails in invokeImpl with InvalidArgument).
+  co.timeout = options.timeout.count() != 0 ? options.timeout : kDefaultTimeout;
+  Call call = impl_->invokeImpl(
+      target, channel,
+      [ring](Builder& b) {
+        // A port's rings are asked for as a window's are.
+        auto h = b.initRoot<schema::Hello>();
+        h.setInboxBytes(ring);
+        h.setOutboxBytes(ring);
+      },
+      co, FrameKind::PortOpen);
+  auto reply = call.get();
+  if (!reply) return reply.error();
+  Result<WelcomeInfo> info = makeError(ErrorCode::InvalidMessage, "empty");
+  try {
+    info = readWelcome(reply->reader());
+  } catch (const std::exception& e) {
+    info = makeError(ErrorCode::InvalidMessage, e.what());
+  }
+  if (!info) return info.error();
+  const std::uint64_t portId = info->portId;
+  auto fd = takeFd(*impl_->hub, portId);
+  Result<std::shared_ptr<Port::Impl>> p = fd ? makePort(*impl_, *info, *fd, true, std::string(channel.name),
+                                                        callTimeout->count() != 0 ? *callTimeout : kDefaultTimeout)
+                                             : Result<std::shared_ptr<Port::Impl>>(fd.error());
+  if (!p) {
+    impl_->control(FrameKind::PortClose, 0, portId);  // the acceptor must not wait for us
+    return makeError(p.code(), fmt::format("open port on '{}' to {}: {}", channel.name, target.describe(),
+                                           p.error().message));
+  }
+  return std::make_shared<Port>(*p);
+}
+
+Registration Window::onPort(const Channel& channel, PortListener listener) {
+  auto hub = impl_->hub;
+  std::uint64_t token = 0;
+  {
+    std::lock_guard lk(hub->mu);
+    token = hub->nextToken++;
+    hub->acceptors[channel.id] = Impl::PortHub::Acceptor{token, std::move(listener)};
+  }
+  impl_->callbacks->rememberName(channel.id, channel.name);
+  // The name first, so the supervisor's policy can judge openers by it (docs/architecture.md §15).
+  {
+    std::lock_guard lk(impl_->outMu);
+    (void)impl_->internLocked(channel.id, channel.name, false);
+  }
+  impl_->control(FrameKind::PortListen, channel.id);
+  Impl* raw = impl_.get();
+  return Registration([hub, raw, token, id = channel.id] {
+    std::lock_guard lk(hub->mu);
+    auto it = hub->acceptors.find(id);
+    if (it == hub->acceptors.end() || it->second.token != token) return;
+    hub->acceptors.erase(it);
+    if (hub->window == raw) raw->control(FrameKind::PortUnlisten, id);
+  });
+}
+
+// ---- the Port facade
+
+Port::Port(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Port::~Port() { close(); }
+
+std::uint64_t Port::id() const noexcept { return impl_->port->id; }
+const std::string& Port::channel() const noexcept { return impl_->port->channel; }
+std::uint32_t Port::peerId() const noexcept { return impl_->port->peerId; }
+const std::string& Port::peerRole() const noexcept { return impl_->port->peerRole; }
+bool Port::isOpener() const noexcept { return impl_->port->opener; }
+
+Result<void> Port::send(const Channel& channel, const BuildFn& build) {
+  // Ended by the peer or the supervisor but not yet seen by a dispatcher: end it here, so the
+  // message fails instead of going into a ring nobody reads.
+  if (impl_->portEnded()) impl_->onPortEnded();
+  auto r = impl_->sendImpl(Target(impl_->port->peerId), channel, build);
+  if (!r && r.code() == ErrorCode::Corrupt) impl_->endPortCorrupt(r.error());
+  return r;
+}
+
+Call Port::invoke(const Channel& channel, const BuildFn& build, CallOptions options) {
+  if (impl_->portEnded()) impl_->onPortEnded();  // as in send()
+  Call call = impl_->invokeImpl(Target(impl_->port->peerId), channel, build, options);
+  // A write refused as Corrupt (the peer scribbled this side's ring indices) fails at once: the
+  // port ends here, outside the outbox lock, as for send().
+  if (call.ready()) {
+    if (auto r = call.get(); !r && r.code() == ErrorCode::Corrupt) impl_->endPortCorrupt(r.error());
+  }
+  return call;
+}
+
+Registration Port::on(const Channel& channel, Listener listener) {
+  return impl_->callbacks->addListener(channel, std::move(listener), false);
+}
+
+Registration Port::once(const Channel& channel, Listener listener) {
+  return impl_->callbacks->addListener(channel, std::move(listener), true);
+}
+
+Registration Port::handle(const Channel& channel, Handler handler) {
+  return impl_->callbacks->setHandler(channel, std::move(handler));
+}
+
+Registration Port::handleAsync(const Channel& channel, AsyncHandler handler) {
+  return impl_->callbacks->setAsyncHandler(channel, std::move(handler));
+}
+
+Registration Port::onClose(PortCloseListener listener) {
+  auto& side = *impl_->port;
+  std::unique_lock lk(side.mu);
+  if (side.ended) {
+    const Error why = *side.ended;
+    lk.unlock();
+    listener(why);
+    return Registration();
+  }
+  const std::uint64_t token = side.nextListener++;
+  side.closeListeners.emplace_back(token, std::move(listener));
+  std::weak_ptr<Impl> weak = impl_;
+  return Registration([weak, token] {
+    auto p = weak.lock();
+    if (!p) return;
+    std::lock_guard lk(p->port->mu);
+    auto& v = p->port->closeListeners;
+    std::erase_if(v, [&](const auto& e) { return e.first == token; });
+  });
+}
+
+void Port::start() {
+  SHMBUS_REQUIRE(!impl_->dispatcher.joinable(), "the port's dispatch thread is already running");
+  // The thread keeps the port's state alive: a Port dropped by one of its own callbacks ends
+  // the loop, and the state goes with the thread.
+  std::shared_ptr<Impl> self = impl_;
+  impl_->dispatcher = startDispatcher(impl_->gate, [self] { self->runLoop(); });
+}
+
+Result<void> Port::poll(std::chrono::milliseconds timeout) { return impl_->pollFor(timeout, "Port::poll"); }
+
+void Port::close() {
+  impl_->endPort(impl_->port->opener ? kPortClosedByOpener : kPortClosedByAcceptor, ErrorCode::Cancelled,
+                 "this side closed it", true);
+  std::lock_guard lk(impl_->port->joinMu);
+  if (!impl_->dispatcher.joinable()) return;
+  if (impl_->dispatcher.get_id() == std::this_thread::get_id()) {
+    impl_->dispatcher.detach();  // closed from one of its callbacks: the loop ends on return
+  } else {
+    impl_->dispatcher.join();
+  }
+}
+
+bool Port::closed() const noexcept {
+  return impl_->closed.load(std::memory_order_acquire);  // acquire: pairs with markClosed's release store
+}
+
+}  // namespace shmbus
