@@ -13,9 +13,11 @@
 #include <dirent.h>
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -543,5 +545,33 @@ class ToolProcess {
   int out_ = -1, err_ = -1;
   std::string outBuf_, errBuf_;
 };
+
+/// The uid (and gid) "nobody", for tests of another user's access (run as root).
+inline constexpr uid_t kNobody = 65534;
+
+/// A directory others may search, for a socket a process of another uid can reach (the default
+/// runtime directory is 0700). Removed on destruction.
+struct SharedDir {
+  SharedDir() {
+    char tmpl[] = "/tmp/shmbus-shared-XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    path = tmpl;
+    REQUIRE(::chmod(path.c_str(), 0711) == 0);
+  }
+  ~SharedDir() {
+    ::unlink((path + "/bus.sock").c_str());
+    ::unlink((path + "/bus.sock.lock").c_str());
+    ::rmdir(path.c_str());
+  }
+  SharedDir(const SharedDir&) = delete;
+  SharedDir& operator=(const SharedDir&) = delete;
+  std::string socket() const { return path + "/bus.sock"; }
+  std::string path;
+};
+
+/// In a child: becomes uid/gid kNobody (no supplementary groups). Fails the child when it cannot.
+inline void becomeNobody() {
+  childCheck(::setgroups(0, nullptr) == 0 && ::setgid(kNobody) == 0 && ::setuid(kNobody) == 0, "setuid(65534)");
+}
 
 }  // namespace shmbus::test

@@ -209,7 +209,7 @@ TEST_CASE("shmbusd --policy FILE --check prints the effective rules of the examp
   INFO(said);
   CHECK(status == 0);
   CHECK(said.starts_with("default deny\ndefault-admission invited\n"));
-  CHECK(said.find("role editor: admission open, max-windows 4, max-message-bytes 65536 (line 12)\n") !=
+  CHECK(said.find("role editor: admission open, max-windows 4, max-message-bytes 65536 (line 15)\n") !=
         std::string::npos);
   CHECK(said.find("role worker: admission invited (default), max-windows -, max-message-bytes 1048576") !=
         std::string::npos);
