@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -472,6 +473,12 @@ TEST_CASE("shmbus-inspect tail --payloads --schema shows a routed typed call's r
   auto asText = tail({"--schema", schema, "-I", imports});
   auto asJson = tail({"--schema", schema, "-I", imports, "--json"});
   auto noSchema = tail({});
+  const std::string timeline = "/tmp/shmbus-typed-tail-" + tb.bus + ".json";
+  ToolProcess record(toolPath("SHMBUS_INSPECT"), {tb.bus, "record", "-o", timeline, "--payloads", "--channel",
+                                                   "Studio.echo", "--count", "1", "--schema", schema, "-I", imports});
+  for (std::string l = record.errLine(); l.find("recording bus") == std::string::npos; l = record.errLine()) {
+    REQUIRE_MESSAGE(!l.empty(), "shmbus-inspect record did not start");
+  }
 
   Child editor = Child::fork([&] {
     auto w = connectWindow(tb.bus, "editor");
@@ -500,5 +507,12 @@ TEST_CASE("shmbus-inspect tail --payloads --schema shows a routed typed call's r
   CHECK_MESSAGE(hex.starts_with("    request "), hex);  // size and a hex prefix: no struct to read it with
   CHECK_MESSAGE(hex.find(" B: 00000000") != std::string::npos, hex);
   CHECK(noSchema->wait() == 0);
+
+  CHECK(record.wait() == 0);  // the timeline's slices carry the decoded payloads as arguments
+  std::ifstream in(timeline);
+  const std::string doc((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ::unlink(timeline.c_str());
+  CHECK(doc.find(R"j("request":"(text = \"hi\")")j") != std::string::npos);
+  CHECK(doc.find(R"j("reply":"(text = \"hi from editor\", length = 2)")j") != std::string::npos);
   CHECK(studio.finish() == 0);
 }
