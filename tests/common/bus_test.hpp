@@ -377,6 +377,21 @@ class GatedChild {
   Child child_;
 };
 
+/// A child window (role "worker") that, once go() releases it, calls main's "echo" `calls` times
+/// with the texts `textFor(i)`, checks every reply, tells the parent "done" through `link` and
+/// waits for the parent's next word. For tests that watch a stream of calls (the inspector's).
+inline GatedChild echoCaller(const TestBus& tb, const Link& link, int calls, std::function<std::string(int)> textFor) {
+  return GatedChild([&tb, &link, calls, textFor = std::move(textFor)] {
+    auto w = connectWindow(tb.bus, "worker");
+    for (int i = 0; i < calls; ++i) {
+      const std::string t = textFor(i);
+      childCheck(replyText(w->invoke("echo", text(t)), "echo") == t, "echo");
+    }
+    link.tellParent("done");
+    link.hearParent();
+  });
+}
+
 /// A window in a forked child that serves: `setup` registers its handlers and listeners (it keeps
 /// the Registrations in the vector it gets; its lambdas may capture the Window by reference),
 /// then the child announces "ready" and dispatches until finish(). The constructor returns once

@@ -220,3 +220,39 @@ TEST_CASE("an inspector of another uid gets events but no payloads, whatever the
   CHECK(win.join(std::chrono::milliseconds(10000)) == 0);
   CHECK(spy.join(std::chrono::milliseconds(10000)) == 0);
 }
+
+TEST_CASE("a stalled payload reader loses payloads, counted, and never pairs one with another call's event") {
+  SupervisorOptions o;
+  o.traceRingBytes = 64 * 1024;  // the smallest rings: the payload ring laps after ~60 calls
+  o.payloadCapture.maxBytes = 1024;
+  TestBus tb("pl-stall", o, /*dispatch=*/false);
+  REQUIRE(tb->setPolicy(payloadPolicy()).ok());
+  auto echo = tb->handle("echo", echoHandler());
+  constexpr int kCalls = 2000;
+  Link toWin;
+  GatedChild win = echoCaller(tb, toWin, kCalls, [](int i) {
+    return std::to_string(i) + std::string(static_cast<std::size_t>(i % 400), '.');  // 0 to 400 bytes
+  });
+  tb->startDispatchThread();
+  auto insp = payloadInspector(tb.bus);
+  REQUIRE(insp->payloadsGranted());
+  win.go();
+  CHECK(toWin.hearChild(std::chrono::milliseconds(60000)) == "done");  // the bus never waited for the reader
+  int withPayloads = 0;
+  for (;;) {
+    auto e = insp->next(std::chrono::milliseconds(0));
+    REQUIRE_MESSAGE(e.ok(), e.error().toString());
+    if (!*e) break;
+    const TraceEvent& ev = **e;
+    if (ev.kind != TraceKind::Invoke || !ev.request || !ev.reply) continue;
+    ++withPayloads;
+    // The echo's reply is its request: a payload joined to the wrong call would differ.
+    CHECK(capturedText(*ev.request) == capturedText(*ev.reply));
+  }
+  MESSAGE("events with both payloads: " << withPayloads << ", payload records dropped: " << insp->payloadsDropped()
+                                        << ", events lost: " << insp->lost());
+  CHECK(withPayloads > 0);
+  CHECK(insp->payloadsDropped() > 0);
+  toWin.tellChild("finish");
+  CHECK(win.join(std::chrono::milliseconds(10000)) == 0);
+}
