@@ -13,9 +13,11 @@
 #include <dirent.h>
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -407,6 +409,21 @@ class GatedChild {
   Child child_;
 };
 
+/// A child window (role "worker") that, once go() releases it, calls main's "echo" `calls` times
+/// with the texts `textFor(i)`, checks every reply, tells the parent "done" through `link` and
+/// waits for the parent's next word. For tests that watch a stream of calls (the inspector's).
+inline GatedChild echoCaller(const TestBus& tb, const Link& link, int calls, std::function<std::string(int)> textFor) {
+  return GatedChild([&tb, &link, calls, textFor = std::move(textFor)] {
+    auto w = connectWindow(tb.bus, "worker");
+    for (int i = 0; i < calls; ++i) {
+      const std::string t = textFor(i);
+      childCheck(replyText(w->invoke("echo", text(t)), "echo") == t, "echo");
+    }
+    link.tellParent("done");
+    link.hearParent();
+  });
+}
+
 /// A window in a forked child that serves: `setup` registers its handlers and listeners (it keeps
 /// the Registrations in the vector it gets; its lambdas may capture the Window by reference),
 /// then the child announces "ready" and dispatches until finish(). The constructor returns once
@@ -575,5 +592,33 @@ class ToolProcess {
   int out_ = -1, err_ = -1;
   std::string outBuf_, errBuf_;
 };
+
+/// The uid (and gid) "nobody", for tests of another user's access (run as root).
+inline constexpr uid_t kNobody = 65534;
+
+/// A directory others may search, for a socket a process of another uid can reach (the default
+/// runtime directory is 0700). Removed on destruction.
+struct SharedDir {
+  SharedDir() {
+    char tmpl[] = "/tmp/shmbus-shared-XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    path = tmpl;
+    REQUIRE(::chmod(path.c_str(), 0711) == 0);
+  }
+  ~SharedDir() {
+    ::unlink((path + "/bus.sock").c_str());
+    ::unlink((path + "/bus.sock.lock").c_str());
+    ::rmdir(path.c_str());
+  }
+  SharedDir(const SharedDir&) = delete;
+  SharedDir& operator=(const SharedDir&) = delete;
+  std::string socket() const { return path + "/bus.sock"; }
+  std::string path;
+};
+
+/// In a child: becomes uid/gid kNobody (no supplementary groups). Fails the child when it cannot.
+inline void becomeNobody() {
+  childCheck(::setgroups(0, nullptr) == 0 && ::setgid(kNobody) == 0 && ::setuid(kNobody) == 0, "setuid(65534)");
+}
 
 }  // namespace shmbus::test

@@ -87,11 +87,21 @@ TEST_CASE("an empty file is the open policy: allow, open admission, no rules") {
   CHECK(p->defaultAdmission == RoleAdmission::Open);
   CHECK(p->roles.empty());
   CHECK(p->channels.empty());
+  CHECK_FALSE(p->inspectPayloads);
+}
+
+TEST_CASE("inspect-payloads lets inspectors read captured payloads; it must be a boolean") {
+  auto p = parsePolicy("inspect-payloads = true\n", "p.toml");
+  REQUIRE(p.ok());
+  CHECK(p->inspectPayloads);
+  CHECK(renderPolicy(*p).find("inspect-payloads true\n") != std::string::npos);
+  CHECK(diffPolicy(Policy{}, *p) == "+ inspect-payloads true\n");
+  CHECK(refusal("inspect-payloads = \"yes\"\n") == "p.toml:1:20: inspect-payloads must be true or false");
 }
 
 TEST_CASE("unknown keys are errors naming the key, its line and column") {
   CHECK(refusal("defualt = \"deny\"\n") ==
-        "p.toml:1:1: unknown key 'defualt' (known: default, default-admission, uids, roles, channels)");
+        "p.toml:1:1: unknown key 'defualt' (known: default, default-admission, uids, inspect-payloads, roles, channels)");
   CHECK(refusal("[roles.editor]\nmax-window = 2\n") ==
         "p.toml:2:1: unknown key 'max-window' in roles.editor (known: admission, max-windows, max-message-bytes, "
         "max-pending-calls, max-bytes-in-flight)");
@@ -139,7 +149,7 @@ TEST_CASE("loadPolicyFile reads a file and names it in errors") {
   ::close(fd);
   auto r = loadPolicyFile(path);
   CHECK(r.error().message == std::string(path) + ":2:1: unknown key 'bogus' (known: default, default-admission, "
-                                                 "uids, roles, channels)");
+                                                 "uids, inspect-payloads, roles, channels)");
   ::unlink(path);
   auto missing = loadPolicyFile(path);
   CHECK(missing.code() == ErrorCode::SystemError);

@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "shmbus/error.hpp"
@@ -35,6 +36,18 @@ enum class TraceKind : std::uint16_t {
 /// Stable lower-case name of a kind ("send", "invoke", ..., "window-open"). Never null.
 const char* traceKindName(TraceKind kind) noexcept;
 
+/// A captured payload (SupervisorOptions::payloadCapture): the message in Cap'n Proto's standard
+/// serialization (a segment table, then the segments: what capnp::messageToFlatArray writes and
+/// capnp::FlatArrayMessageReader reads), cut at the capture limit. The bytes come from the bus's
+/// windows and through shared memory: read them with bounded capnp::ReaderOptions and expect
+/// kj::Exception from a malformed or truncated message.
+struct TracePayload {
+  std::vector<std::uint8_t> bytes;  ///< the captured bytes (a prefix of the serialization)
+  std::uint32_t fullBytes = 0;      ///< size of the whole serialization, bytes
+  /// True when `bytes` is a cut prefix (the message was longer than the capture limit).
+  bool truncated() const noexcept { return bytes.size() < fullBytes; }
+};
+
 /// One trace event. Window id 0 is the main process. Times are CLOCK_MONOTONIC ns (one clock for
 /// every process on the machine); for one-way messages and window events startNs == endNs.
 struct TraceEvent {
@@ -55,6 +68,11 @@ struct TraceEvent {
   std::uint32_t requestBytes = 0;  ///< payload bytes of the message or request
   std::uint32_t replyBytes = 0;    ///< payload bytes of the reply (calls)
   std::uint32_t pid = 0;           ///< window events: the window's pid
+  /// The message's or the call's request payload, when captured and this inspector may read
+  /// payloads (InspectOptions::payloads); else empty.
+  std::optional<TracePayload> request;
+  /// A call's reply payload (successful calls), when captured and readable; else empty.
+  std::optional<TracePayload> reply;
 
   /// Duration of a call, ms (0 for one-way messages and window events).
   double durationMs() const noexcept { return static_cast<double>(endNs - startNs) / 1e6; }
@@ -81,8 +99,11 @@ std::string toJson(const TraceEvent& e);
 /// Thread contract: one thread at a time.
 class ChromeTrace {
  public:
-  /// Adds one event (any order: json() sorts by start time).
+  /// Adds one event (any order: json() sorts by start time). Its payload bytes are not kept.
   void add(const TraceEvent& e);
+  /// Adds a string argument `name` (e.g. "request", "reply": a decoded payload) to the slices
+  /// and instants of the event numbered `seq`; shown in the UI's details of the event.
+  void addText(std::uint64_t seq, std::string name, std::string text);
   /// Events lost by the inspector that read these (Inspector::lost()), kept in the document's
   /// "otherData" so a reader knows the timeline has gaps.
   void setLost(std::uint64_t n) noexcept { lost_ = n; }
@@ -97,6 +118,7 @@ class ChromeTrace {
 
  private:
   std::vector<TraceEvent> events_;
+  std::map<std::uint64_t, std::vector<std::pair<std::string, std::string>>> texts_;  // addText, by seq
   std::uint64_t lost_ = 0;
 };
 
@@ -120,6 +142,15 @@ struct BusSnapshot {
   bool truncated = false;        ///< a list was cut to its bound (256 windows, channels, pending calls)
 };
 
+/// How an inspector attaches (Inspector::attach).
+struct InspectOptions {
+  std::string socketPath;  ///< the bus's socket ("" = the default for the bus name)
+  /// Ask for captured payloads. The supervisor grants them only to a process of its own uid and
+  /// while its policy says Policy::inspectPayloads; else the inspector gets events without
+  /// payloads (Inspector::payloadsGranted() false).
+  bool payloads = false;
+};
+
 /// A live reader of a bus's trace events. Attaching connects to the bus's socket (the
 /// supervisor must be running and of the same user); the supervisor starts recording events
 /// when the first inspector attaches and stops when the last one leaves (closes or dies).
@@ -131,6 +162,8 @@ class Inspector {
   /// name), BusClosed (no supervisor answers on the socket), Denied (refused: another user),
   /// InvalidMessage (the supervisor's answer is not a trace ring), SystemError.
   static Result<std::unique_ptr<Inspector>> attach(const std::string& bus, const std::string& socketPath = "");
+  /// Attaches with `options` (payloads asked for or not); errors as attach(bus, socketPath).
+  static Result<std::unique_ptr<Inspector>> attach(const std::string& bus, const InspectOptions& options);
 
   ~Inspector();
   Inspector(const Inspector&) = delete;
@@ -148,6 +181,13 @@ class Inspector {
 
   /// Events this inspector lost because it fell behind (the trace ring is bounded), so far.
   std::uint64_t lost() const noexcept;
+
+  /// Whether the supervisor handed this inspector the payload ring (it asked, and the policy and
+  /// its uid allow it). Payloads stay off while the policy later forbids them.
+  bool payloadsGranted() const noexcept;
+  /// Payload records this inspector could not use so far: lost because it fell behind,
+  /// malformed (the payload ring is shared memory), or never matched to an event.
+  std::uint64_t payloadsDropped() const noexcept;
 
   struct Impl;  ///< internal: the socket and the mapped trace ring
 

@@ -107,6 +107,10 @@ struct Policy {
   std::vector<std::uint32_t> uids;
   std::vector<RoleRule> roles;        ///< at most one per role name
   std::vector<ChannelRule> channels;  ///< in order: the first matching rule that sets an action wins
+  /// Whether inspectors may read captured payloads (SupervisorOptions::payloadCapture): an
+  /// inspector of the supervisor's own uid that asks for them gets them only while this is
+  /// true (TOML `inspect-payloads = true`). Default false: inspectors see events, never bytes.
+  bool inspectPayloads = false;
 
   /// The decision for `role` doing `action` on the channel named `channel` (null: a name the
   /// supervisor does not know; then defaultDecision). Thread contract: const; any thread.

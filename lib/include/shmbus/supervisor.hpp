@@ -22,6 +22,25 @@
 
 namespace shmbus {
 
+/// Largest PayloadCapture::maxBytes, bytes.
+inline constexpr std::uint32_t kMaxPayloadCaptureBytes = 16 * 1024;
+
+/// Which message payloads the trace captures for inspectors (docs/architecture.md §14,
+/// "Payloads"). Off by default. Captured: the payloads windows write (send, sendTo, a call's
+/// request, a window's reply), the main process's replies and broadcasts; not the main process's
+/// pushes and calls. Only an inspector that asked for payloads and that the policy lets read
+/// them (Policy::inspectPayloads, same uid as the supervisor) gets them; while none is attached
+/// nothing is captured or copied.
+struct PayloadCapture {
+  /// Bytes kept of each payload (its Cap'n Proto standard serialization: segment table, then
+  /// segments); a longer payload is cut there and flagged truncated (TracePayload). 0 = capture
+  /// off. At most kMaxPayloadCaptureBytes.
+  std::uint32_t maxBytes = 0;
+  /// fnmatch(3) globs of the channel names captured ("Dashboard.*"); empty = every channel.
+  /// A channel the supervisor knows no name of is matched as "#<hex id>".
+  std::vector<std::string> channels;
+};
+
 /// How a supervisor is created (Supervisor::create). Sizes in bytes, times as typed.
 struct SupervisorOptions {
   std::string bus;  ///< bus name, 1..64 characters of [A-Za-z0-9_-] (NameKind::Bus, shmbus/validate.hpp)
@@ -57,6 +76,9 @@ struct SupervisorOptions {
   /// at least 64 KiB). Created when the first inspector attaches; events are recorded only while
   /// one is attached.
   std::size_t traceRingBytes = 4u << 20;
+  /// Payload capture for inspectors (off by default); the payload ring is as large as the trace
+  /// ring. Supervisor::setPayloadCapture changes it later. Checked by create (InvalidArgument).
+  PayloadCapture payloadCapture;
   /// Ceiling of this supervisor's log records (the sink is shmbus/log.hpp's).
   LogLevel logLevel = LogLevel::Warn;
   /// How many main-process callbacks (handlers, listeners, then-callbacks) may run at once.
@@ -317,6 +339,12 @@ class Supervisor {
   /// send) is named already. The first name given for an id stays. Errors: InvalidArgument for a
   /// name that breaks NameKind::Channel (nothing is named then). Thread contract: any thread.
   Result<void> nameChannels(std::span<const Channel> channels);
+
+  /// Switches payload capture on, off or to other channels (SupervisorOptions::payloadCapture);
+  /// every message the router reads afterwards follows it. Errors: InvalidArgument (maxBytes over
+  /// kMaxPayloadCaptureBytes, an empty or overlong glob; the settings in force are kept).
+  /// Thread contract: any thread.
+  Result<void> setPayloadCapture(PayloadCapture capture);
 
   /// Default timeout of calls on `channel` when the caller gives none (CallOptions::timeout 0).
   /// Must be positive (UsageError otherwise); longer than kMaxTimeout is clamped.

@@ -13,15 +13,19 @@ enum class ControlType : std::uint32_t {
   Welcome = 2,  ///< supervisor → window: bus.capnp Welcome (+ the doorbell eventfd)
   Mapped = 3,   ///< window → supervisor: segment mapped; the supervisor unlinks its name
   Cancel = 4,   ///< supervisor → window: `value` = request id whose caller gave up (or timed out)
-  Inspect = 5,  ///< inspector → supervisor (instead of Hello): attach to the bus's trace ring
-  TraceRing = 6,  ///< supervisor → inspector: `value` = bytes of the trace ring, its memfd attached
-                  ///< (a refusal is a Welcome with an error)
+  Inspect = 5,  ///< inspector → supervisor (instead of Hello): attach to the bus's trace ring;
+                ///< `value`: flags (kInspectPayloads)
+  TraceRing = 6,  ///< supervisor → inspector: `value` = bytes of the trace ring, its memfd attached,
+                  ///< then the payload ring's when granted (a refusal is a Welcome with an error)
   Snapshot = 7,   ///< inspector → supervisor: a request (no payload); supervisor → inspector: the
                   ///< answer, bus.capnp BusSnapshot
   PortFd = 8,     ///< supervisor → window: `value` = port id, the port segment's descriptor attached
                   ///< (sent before the PortOffer frame or the PortOpen reply that names the port)
 };
 inline constexpr ControlType kLastControlType = ControlType::PortFd;
+
+/// Inspect's `value` bit: the inspector asks for the payload ring (docs/architecture.md §14).
+inline constexpr std::uint64_t kInspectPayloads = 1;
 
 struct ControlHeader {
   std::uint32_t type;   ///< ControlType

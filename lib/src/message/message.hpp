@@ -98,6 +98,10 @@ class InPlaceMessage {
 
   bool empty() const noexcept { return count_ == 0; }
   std::size_t words() const noexcept { return words_; }
+  /// The parsed segments, in order (none for an empty message); views into the parsed span.
+  kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments() const noexcept {
+    return kj::arrayPtr(segments_.data(), count_);
+  }
   /// The reader; only valid after a successful parse of a non-empty message.
   capnp::MessageReader& reader();
   /// Reads the whole parsed message once, the way a receiver may: every pointer from the root

@@ -128,6 +128,7 @@ std::string renderPolicy(const Policy& policy) {
   out << fmt::format("default {}\n", decisionName(policy.defaultDecision));
   out << fmt::format("default-admission {}\n", roleAdmissionName(policy.defaultAdmission));
   if (!policy.uids.empty()) out << fmt::format("uids {}\n", fmt::join(policy.uids, ","));
+  if (policy.inspectPayloads) out << "inspect-payloads true\n";
   for (const RoleRule& r : policy.roles) {
     out << fmt::format("role {}: admission {}{}", r.name, roleAdmissionName(policy.admissionOf(r.name)),
                        r.admission || r.name == kMainRole ? "" : " (default)");

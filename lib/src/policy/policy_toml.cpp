@@ -45,6 +45,10 @@ class Parser {
         p.defaultAdmission = admission(node, "default-admission");
       } else if (k == "uids") {
         p.uids = uids(node);
+      } else if (k == "inspect-payloads") {
+        const auto* b = node.as_boolean();
+        if (b == nullptr) fail(node.source(), "inspect-payloads must be true or false");
+        p.inspectPayloads = b->get();
       } else if (k == "roles") {
         const toml::table* roles = node.as_table();
         if (roles == nullptr) fail(node.source(), "roles must be a table of [roles.NAME] tables");
@@ -54,7 +58,7 @@ class Parser {
         if (rules == nullptr) fail(node.source(), "channels must be an array of [[channels]] tables");
         for (const toml::node& rule : *rules) p.channels.push_back(channel(rule));
       } else {
-        fail(key.source(), fmt::format("unknown key '{}' (known: default, default-admission, uids, roles, channels)", k));
+        fail(key.source(), fmt::format("unknown key '{}' (known: default, default-admission, uids, inspect-payloads, roles, channels)", k));
       }
     }
     return p;

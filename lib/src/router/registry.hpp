@@ -37,6 +37,7 @@ struct Conn {
   Admission admission = Admission::Open;  // how it got its role (Spawned iff spawned)
   // Inspector: an inspector's connection (shmbus/inspect.hpp), no segment, never routed to.
   enum class State { AwaitHello, AwaitMapped, Live, Inspector } state = State::AwaitHello;
+  bool payloadReader = false;  // an inspector given the payload ring (Router::payloadReaders_)
   Fd sock;
   std::string segName;  // non-empty until unlinked
   std::shared_ptr<Segment> seg;

@@ -61,6 +61,7 @@ Router::Router(RouterOptions o, MainPort& main, std::shared_ptr<CallbackTable> m
       registry_(std::move(mainCallbacks)),
       routes_(-1) {
   policy_.set(std::move(opts_.policy));  // the one copy in force: setPolicy replaces it
+  capture_.set(opts_.payloadCapture);
 }
 
 Router::~Router() = default;
@@ -349,7 +350,7 @@ void Router::onConnReadable(std::uint32_t id) {
     switch (static_cast<ControlType>(h->type)) {
       case ControlType::Hello: onHello(c, *pkt); break;
       case ControlType::Mapped: onMapped(c); break;
-      case ControlType::Inspect: onInspect(c); break;
+      case ControlType::Inspect: onInspect(c, h->value); break;
       case ControlType::Snapshot: onSnapshot(c); break;
       default: return doom(c, fmt::format("control packet type {} is not for the supervisor", h->type), true);
     }
@@ -397,6 +398,7 @@ void Router::disconnect(std::uint32_t id) {
   const bool wasLive = c->state == Conn::State::Live;
   if (c->state == Conn::State::Inspector) {
     --inspectors_;
+    if (c->payloadReader) --payloadReaders_;
     log_(LogLevel::Info, "inspector {} detached: {}; {} attached", c->id, c->doomed, inspectors_);
   } else if (c->bad) {
     ++counters_.badMessages;

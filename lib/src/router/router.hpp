@@ -36,6 +36,7 @@
 #include "shmbus/inspect.hpp"
 #include "shmbus/supervisor.hpp"
 #include "spawn/spawn.hpp"
+#include "trace/payload_capture.hpp"
 #include "trace/trace_ring.hpp"
 #include "wait/wait.hpp"
 #include "wire/handshake.hpp"
@@ -96,6 +97,7 @@ struct RouterOptions {
   std::chrono::nanoseconds spin{std::chrono::microseconds(4)};
   LogLevel logLevel = LogLevel::Warn;
   std::size_t traceRingBytes = kTraceDefaultCapacity;
+  PayloadCapture payloadCapture;  ///< SupervisorOptions::payloadCapture (checked)
   std::chrono::milliseconds handshakeTimeout{5000};  ///< SupervisorOptions::handshakeTimeout
   std::uint32_t maxWindows = 1024;                   ///< SupervisorOptions::maxWindows
   std::uint32_t maxPendingCalls = 8192;              ///< SupervisorOptions::maxPendingCalls
@@ -172,6 +174,8 @@ class Router {
   void nameChannels(std::span<const Channel> channels);
   /// The policy in force.
   Policy policy() const;
+  /// Supervisor::setPayloadCapture (already checked): the next message read follows it.
+  void setPayloadCapture(PayloadCapture capture);
   void setChannelTimeout(const Channel& channel, std::chrono::milliseconds timeout);
   RouterStats stats() const;
 
@@ -212,8 +216,10 @@ class Router {
   void onHello(Conn& c, const Packet& pkt);
   void onMapped(Conn& c);
   // ---- the trace (router_trace.cpp, docs/architecture.md §14); all under mu_
-  /// An inspector asks for the trace ring: created on first use, its memfd sent back.
-  void onInspect(Conn& c);
+  /// An inspector asks for the trace ring: created on first use, its memfd sent back, with the
+  /// payload ring's when `flags` asks for payloads (kInspectPayloads) and the policy and the
+  /// inspector's uid allow it.
+  void onInspect(Conn& c, std::uint64_t flags);
   /// An inspector asks for a snapshot: the registry and the counters, as bus.capnp BusSnapshot.
   void onSnapshot(Conn& c);
   RouterStats statsLocked() const;
@@ -222,11 +228,27 @@ class Router {
   /// The flow id of a new call: the caller's when it sent one, else a fresh one.
   std::uint64_t traceIdFor(std::uint64_t fromCaller) noexcept { return fromCaller != 0 ? fromCaller : nextTraceId_++; }
   void record(TraceEvent& e);
-  /// A call ended (reply, error, timeout, target gone, cancel).
-  void traceCall(const Route& r, TraceKind kind, ErrorCode status, std::string_view error, std::uint32_t replyBytes);
-  /// A one-way message (send, push, broadcast) or a call refused before it was routed.
+  /// A call ended (reply, error, timeout, target gone, cancel); `reply`: its payload, captured
+  /// when capturing().
+  void traceCall(const Route& r, TraceKind kind, ErrorCode status, std::string_view error, std::uint32_t replyBytes,
+                 PayloadView reply = {});
+  /// A one-way message (send, push, broadcast) or a call refused before it was routed;
+  /// `payload`: the message's, captured when capturing().
   void traceMessage(TraceKind kind, std::uint32_t sourceId, const FrameHeader& h, std::uint32_t targetId,
-                    std::uint32_t bytes, const Error* e);
+                    std::uint32_t bytes, const Error* e, PayloadView payload = {});
+  /// Whether payloads of `channel` go into the payload ring: an inspector that may read them is
+  /// attached, the policy still lets them (Policy::inspectPayloads) and capture_ selects it.
+  /// One load while no such inspector is attached.
+  bool capturing(std::uint64_t channel);
+  /// Writes `p` into the payload ring when capturing(channel) (payload_capture.hpp: `key` is
+  /// the caller's request id for a request, else the seq of the event written next). Inline
+  /// test first: a routed call pays one load and branch while no payload reader is attached.
+  void capturePayload(PayloadPart part, std::uint32_t sourceId, std::uint64_t key, std::uint64_t channel,
+                      const PayloadView& p) {
+    if (payloadReaders_ != 0) captureIfSelected(part, sourceId, key, channel, p);
+  }
+  void captureIfSelected(PayloadPart part, std::uint32_t sourceId, std::uint64_t key, std::uint64_t channel,
+                         const PayloadView& p);
   /// A window registered, left or was cut off.
   void traceWindow(TraceKind kind, const Conn& c, const std::string& reason);
   void doom(Conn& c, std::string reason, bool bad);
@@ -335,6 +357,10 @@ class Router {
   std::atomic<bool> stopping_{false};
   std::optional<TraceProducer> trace_;   // created when the first inspector attaches
   std::uint32_t inspectors_ = 0;         // connections in state Inspector
+  std::optional<TraceProducer> payloadRing_;  // created when the first payload reader attaches
+  std::uint32_t payloadReaders_ = 0;     // inspectors holding the payload ring (Conn::payloadReader)
+  CaptureFilter capture_;                // SupervisorOptions::payloadCapture
+  std::vector<std::uint8_t> payloadBuf_; // encodePayloadRecord's scratch (reused)
   std::uint64_t nextTraceId_ = 1;
   std::vector<std::uint8_t> traceBuf_;   // encodeTraceEvent's scratch (reused)
   Reaper reaper_;

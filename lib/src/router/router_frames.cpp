@@ -207,7 +207,8 @@ void Router::onSend(Conn& w, const FrameView& f) {
       return undelivered(w, h, *e, false);
     }
     ++counters_.at(h.channel).messages;
-    traceMessage(TraceKind::Send, w.id, h, 0, static_cast<std::uint32_t>(f.payloadBytes), nullptr);
+    traceMessage(TraceKind::Send, w.id, h, 0, static_cast<std::uint32_t>(f.payloadBytes), nullptr,
+                 PayloadView{f.payload, f.payloadBytes});
     if (mainCallbacks_->listenerCount(h.channel) == 0) {
       ++counters_.undeliverable;
       log_(LogLevel::Debug, "send '{}' from {} has no listener", registry_.statName(h.channel), w.describe());
@@ -240,7 +241,8 @@ void Router::onSend(Conn& w, const FrameView& f) {
                                                              t->describe(), r.error().message)));
   }
   ++counters_.at(h.channel).messages;
-  traceMessage(TraceKind::Send, w.id, out, t->id, static_cast<std::uint32_t>(f.payloadBytes), nullptr);
+  traceMessage(TraceKind::Send, w.id, out, t->id, static_cast<std::uint32_t>(f.payloadBytes), nullptr,
+               PayloadView{f.payload, f.payloadBytes});
 }
 
 void Router::onInvoke(Conn& w, const FrameView& f) {
@@ -298,6 +300,7 @@ void Router::onInvoke(Conn& w, const FrameView& f) {
   out.traceId = p.traceId;
   const std::uint64_t rid = routes_.add(std::move(p));
   out.requestId = rid;
+  capturePayload(PayloadPart::Request, w.id, h.requestId, h.channel, PayloadView{f.payload, f.payloadBytes});
   internRole(*t, w.roleId);
   auto r = writeToWindow(*t, [&] { return writeFrameCopy(t->inbox, out, f.payload, f.payloadBytes); });
   if (!r) {
@@ -334,6 +337,7 @@ void Router::invokeMain(Conn& w, const FrameView& f, std::int64_t now) {
   job.deadlineNs = p.deadline;
   job.timeoutMs = p.timeoutMs;
   job.routeId = routes_.add(std::move(p));
+  capturePayload(PayloadPart::Request, w.id, h.requestId, h.channel, PayloadView{f.payload, f.payloadBytes});
   deliverToMain(w, job);
 }
 
@@ -371,7 +375,10 @@ void Router::replyFromMain(std::uint64_t routeId, kj::ArrayPtr<const kj::ArrayPt
   // The event goes into the trace before the caller can see the reply (docs/architecture.md §14:
   // an inspector never learns of a call after its caller did); a reply that then cannot be
   // written adds the failure as a second event.
-  if (tracing()) traceCall(*p, TraceKind::Invoke, ErrorCode::Ok, "", static_cast<std::uint32_t>(messageBytes(segments)));
+  if (tracing()) {
+    traceCall(*p, TraceKind::Invoke, ErrorCode::Ok, "", static_cast<std::uint32_t>(messageBytes(segments)),
+              PayloadView{.segments = segments});
+  }
   auto wr = writeToWindow(*caller, [&] { return writeFrameSegments(caller->inbox, r, segments); });
   if (!wr) {
     failCaller(*p, Error{wr.code(), fmt::format("invoke '{}' to main: the reply could not be written: {}",
@@ -458,7 +465,8 @@ void Router::onReply(Conn& w, const FrameView& f) {
       const Error e = m.parse(f.payload, f.payloadBytes) ? decodeError(h, m) : Error{errorCodeFromWire(h.status), ""};
       traceCall(p, TraceKind::Invoke, e.code, e.message, 0);
     } else {
-      traceCall(p, TraceKind::Invoke, ErrorCode::Ok, "", static_cast<std::uint32_t>(f.payloadBytes));
+      traceCall(p, TraceKind::Invoke, ErrorCode::Ok, "", static_cast<std::uint32_t>(f.payloadBytes),
+                PayloadView{f.payload, f.payloadBytes});
     }
   }
   auto r = writeToWindow(*caller, [&] { return writeFrameCopy(caller->inbox, out, f.payload, f.payloadBytes); });

@@ -132,7 +132,7 @@ Result<BroadcastReport> Router::broadcast(const Channel& channel, const BuildFn&
                                   report.failed.front().second.message)};
     }
     traceMessage(TraceKind::Broadcast, 0, h, 0, static_cast<std::uint32_t>(messageBytes(segs)),
-                 report.failed.empty() ? nullptr : &partial);
+                 report.failed.empty() ? nullptr : &partial, PayloadView{.segments = segs});
   }
   return report;
 }

@@ -3,35 +3,75 @@
 // as a TraceEvent (docs/architecture.md §14).
 #include <capnp/message.h>
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <unordered_map>
 
 #include "bus.capnp.h"
 
 #include "router/router.hpp"
+#include "control/control_protocol.hpp"
 #include "router/router_internal.hpp"
 #include "trace/trace_event.hpp"
 #include "wire/handshake.hpp"
 
 namespace shmbus::detail {
 
-void Router::onInspect(Conn& c) {
+void Router::onInspect(Conn& c, std::uint64_t flags) {
   if (c.state != Conn::State::AwaitHello || c.spawned) return doom(c, "an inspect request from a window", true);
-  if (!trace_) {
+  auto ring = [&](std::optional<TraceProducer>& r, const char* what) {
+    if (r) return true;
     auto t = TraceProducer::create(opts_.traceRingBytes);
     if (!t) {
       sendWelcomeError(c.sock.get(), t.error());
-      return doom(c, "no trace ring: " + t.error().message, false);
+      doom(c, fmt::format("no {}: {}", what, t.error().message), false);
+      return false;
     }
-    trace_ = std::move(*t);
+    r = std::move(*t);
+    return true;
+  };
+  if (!ring(trace_, "trace ring")) return;
+  // Payloads only to the supervisor's own user (an allowedUids inspector sees events only), and
+  // only while the policy says so: the payload ring's memfd is the whole permission.
+  const bool wants = (flags & kInspectPayloads) != 0;
+  const bool grant = wants && policy_.policy().inspectPayloads && c.uid == ::geteuid();
+  if (wants && !grant) {
+    log_(LogLevel::Info, "inspector {} (pid {}, uid {}) gets no payloads: {}", c.id, c.pid, static_cast<long>(c.uid),
+         c.uid != ::geteuid() ? "another uid" : "the policy does not set inspectPayloads");
   }
-  if (auto r = sendControl(c.sock.get(), ControlType::TraceRing, trace_->mappedBytes(), nullptr, trace_->fd()); !r) {
+  if (grant && !ring(payloadRing_, "payload ring")) return;
+  if (auto r = sendControl(c.sock.get(), ControlType::TraceRing, trace_->mappedBytes(), nullptr, trace_->fd(),
+                           grant ? payloadRing_->fd() : -1);
+      !r) {
     return doom(c, r.error().message, false);
   }
   c.state = Conn::State::Inspector;
   c.role = "inspector";
   ++inspectors_;
-  log_(LogLevel::Info, "inspector {} attached (pid {}); {} attached", c.id, c.pid, inspectors_);
+  c.payloadReader = grant;
+  if (grant) ++payloadReaders_;
+  log_(LogLevel::Info, "inspector {} attached (pid {}{}); {} attached", c.id, c.pid, grant ? ", payloads" : "",
+       inspectors_);
+}
+
+void Router::setPayloadCapture(PayloadCapture capture) {
+  std::lock_guard lk(mu_);
+  capture_.set(std::move(capture));
+}
+
+bool Router::capturing(std::uint64_t channel) {
+  return payloadReaders_ != 0 && capture_.maxBytes() != 0 && policy_.policy().inspectPayloads &&
+         capture_.matches(channel, [&] { return registry_.statName(channel); });
+}
+
+void Router::captureIfSelected(PayloadPart part, std::uint32_t sourceId, std::uint64_t key, std::uint64_t channel,
+                               const PayloadView& p) {
+  if (!capturing(channel)) return;
+  // A window's payload was validated before it got here; a table that no longer parses (the
+  // window rewrote its ring meanwhile) is simply not captured.
+  if (encodePayloadRecord(part, sourceId, key, channel, p, capture_.maxBytes(), payloadBuf_)) {
+    payloadRing_->write(payloadBuf_);
+  }
 }
 
 void Router::onSnapshot(Conn& c) {
@@ -113,8 +153,9 @@ void Router::record(TraceEvent& e) {
 }
 
 void Router::traceCall(const Route& r, TraceKind kind, ErrorCode status, std::string_view error,
-                       std::uint32_t replyBytes) {
+                       std::uint32_t replyBytes, PayloadView reply) {
   if (!tracing()) return;
+  if (reply.any()) capturePayload(PayloadPart::Reply, r.callerId, trace_->written() + 1, r.channel, reply);
   TraceEvent e;
   e.kind = kind;
   e.startNs = r.start;
@@ -141,8 +182,9 @@ void Router::traceCall(const Route& r, TraceKind kind, ErrorCode status, std::st
 }
 
 void Router::traceMessage(TraceKind kind, std::uint32_t sourceId, const FrameHeader& h, std::uint32_t targetId,
-                          std::uint32_t bytes, const Error* err) {
+                          std::uint32_t bytes, const Error* err, PayloadView payload) {
   if (!tracing()) return;
+  if (payload.any()) capturePayload(PayloadPart::Message, sourceId, trace_->written() + 1, h.channel, payload);
   TraceEvent e;
   e.kind = kind;
   e.startNs = e.endNs = monotonicNowNs();

@@ -162,6 +162,8 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(SupervisorOptions options
   ro.maxRecordBytes = options.maxRecordBytes;
   ro.spin = options.spin;
   ro.traceRingBytes = options.traceRingBytes;
+  if (auto c = checkPayloadCapture(options.payloadCapture); !c) return c.error();
+  ro.payloadCapture = options.payloadCapture;
   ro.logLevel = options.logLevel;
   ro.handshakeTimeout = options.handshakeTimeout;
   ro.maxWindows = options.maxWindows;
@@ -292,6 +294,12 @@ Result<void> Supervisor::setPolicy(Policy policy) {
 }
 
 Policy Supervisor::policy() const { return impl_->router->policy(); }
+
+Result<void> Supervisor::setPayloadCapture(PayloadCapture capture) {
+  if (auto c = checkPayloadCapture(capture); !c) return c;
+  impl_->router->setPayloadCapture(std::move(capture));
+  return {};
+}
 
 Policy policyFromOptions(const SupervisorOptions& options) {
   Policy p;

@@ -62,7 +62,9 @@ std::string micros(std::int64_t ns, std::int64_t t0) {
 /// Whether a call reached a handler whose side can be drawn: a window, or main's own handler.
 bool hasHandlerSide(const TraceEvent& e) { return e.targetId != 0 || e.targetRole == "main"; }
 
-void appendArgs(std::string& out, const TraceEvent& e) {
+/// `texts`: ChromeTrace::addText's arguments, by seq.
+void appendArgs(std::string& out, const TraceEvent& e,
+                const std::map<std::uint64_t, std::vector<std::pair<std::string, std::string>>>& texts) {
   out += "\"args\":{\"channel\":";
   jsonString(out, e.channel);
   out += ",\"from\":";
@@ -73,13 +75,31 @@ void appendArgs(std::string& out, const TraceEvent& e) {
                       : detail::endpointName(e.targetRole, e.targetId));
   out += fmt::format(",\"status\":\"{}\",\"error\":", e.status == ErrorCode::Ok ? "Ok" : errorCodeName(e.status));
   jsonString(out, e.error);
-  out += fmt::format(",\"seq\":{},\"requestId\":{},\"traceId\":{},\"requestBytes\":{},\"replyBytes\":{}}}", e.seq,
+  out += fmt::format(",\"seq\":{},\"requestId\":{},\"traceId\":{},\"requestBytes\":{},\"replyBytes\":{}", e.seq,
                      e.requestId, e.traceId, e.requestBytes, e.replyBytes);
+  if (const auto it = texts.find(e.seq); it != texts.end()) {
+    for (const auto& [name, text] : it->second) {
+      out += ',';
+      jsonString(out, name);
+      out += ':';
+      jsonString(out, text);
+    }
+  }
+  out += '}';
 }
 
 }  // namespace
 
-void ChromeTrace::add(const TraceEvent& e) { events_.push_back(e); }
+void ChromeTrace::add(const TraceEvent& e) {
+  events_.push_back(e);
+  // The bytes are not written into the document (the texts are): keep no copy of them.
+  events_.back().request.reset();
+  events_.back().reply.reset();
+}
+
+void ChromeTrace::addText(std::uint64_t seq, std::string name, std::string text) {
+  texts_[seq].emplace_back(std::move(name), std::move(text));
+}
 
 std::map<std::string, std::uint64_t> ChromeTrace::countsByKind() const {
   std::map<std::string, std::uint64_t> counts;
@@ -154,7 +174,7 @@ std::string ChromeTrace::json() const {
                        micros(s.end, s.start), failed ? "\"cname\":\"terrible\"," : "");
     jsonString(out, name);
     out += ',';
-    appendArgs(out, e);
+    appendArgs(out, e, texts_);
     out += '}';
     if (!s.handler) callerThread[s.event] = s.thread;
   }
@@ -180,7 +200,7 @@ std::string ChromeTrace::json() const {
                        traceKindName(e.kind), trackOf(e.sourceId), micros(e.startNs, t0));
     jsonString(out, name);
     out += ',';
-    appendArgs(out, e);
+    appendArgs(out, e, texts_);
     out += '}';
   }
   out += "]}\n";

@@ -10,12 +10,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
 #include <vector>
 
 #include "common/validate.hpp"
 #include "control/control_protocol.hpp"
 #include "control/socket.hpp"
 #include "shmbus/inspect.hpp"
+#include "trace/payload_capture.hpp"
 #include "trace/trace_event.hpp"
 #include "trace/trace_ring.hpp"
 #include "wire/handshake.hpp"
@@ -29,6 +31,9 @@ namespace {
 /// supervisor writes nothing more, so only the socket can tell).
 constexpr std::int64_t kSocketCheckNs = 200'000'000;
 constexpr int kAttachTimeoutMs = 5000;
+/// Payload records waiting for their event (a request until its call ends): at most this many,
+/// the oldest dropped first.
+constexpr std::size_t kMaxPendingPayloads = 4096;
 }  // namespace
 
 struct Inspector::Impl {
@@ -37,6 +42,50 @@ struct Inspector::Impl {
   TraceReader reader;
   std::vector<std::uint8_t> body;
   bool closed = false;
+  std::optional<TraceReader> payloads;  // the payload ring, when granted
+  std::vector<std::uint8_t> payloadBody;
+  std::deque<PayloadRecord> pending;    // payload records not yet matched to their event
+  std::uint64_t payloadsDropped = 0;    // malformed, stale or pushed out of `pending`
+
+  /// Moves the payloads of `e` from the payload ring onto it. Every record of `e` was published
+  /// before `e` (the router writes both under its mutex, payload first), and this thread's
+  /// acquire of `e` in the trace ring orders the payload ring's tail after it: draining the
+  /// payload ring now finds them.
+  void attachPayloads(TraceEvent& e) {
+    if (!payloads) return;
+    while (payloads->next(payloadBody)) {
+      auto r = decodePayloadRecord(payloadBody);
+      if (!r) {
+        ++payloadsDropped;  // the ring is shared memory: a scribbled record is skipped, counted
+        continue;
+      }
+      pending.push_back(std::move(*r));
+      if (pending.size() > kMaxPendingPayloads) {
+        pending.pop_front();
+        ++payloadsDropped;
+      }
+    }
+    const bool call = e.kind == TraceKind::Invoke || e.kind == TraceKind::Cancel;
+    for (auto it = pending.begin(); it != pending.end();) {
+      const bool mine = it->channelId == e.channelId;
+      if (it->part == PayloadPart::Request) {
+        if (call && mine && it->sourceId == e.sourceId && it->key == e.requestId) {
+          e.request = std::move(it->payload);
+          it = pending.erase(it);
+          continue;
+        }
+      } else if (it->key == e.seq && mine) {
+        (it->part == PayloadPart::Reply ? e.reply : e.request) = std::move(it->payload);
+        it = pending.erase(it);
+        continue;
+      } else if (it->key <= e.seq) {
+        ++payloadsDropped;  // its event was lost (or the record lies about it)
+        it = pending.erase(it);
+        continue;
+      }
+      ++it;
+    }
+  }
 
   /// True once the supervisor hung up (the bus stopped). Never blocks.
   bool supervisorGone() {
@@ -55,8 +104,12 @@ Inspector::Inspector(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Inspector::~Inspector() = default;
 
 Result<std::unique_ptr<Inspector>> Inspector::attach(const std::string& bus, const std::string& socketPath) {
+  return attach(bus, InspectOptions{.socketPath = socketPath});
+}
+
+Result<std::unique_ptr<Inspector>> Inspector::attach(const std::string& bus, const InspectOptions& options) {
   if (auto ok = validateName(NameKind::Bus, bus); !ok) return ok.error();
-  std::string path = socketPath;
+  std::string path = options.socketPath;
   if (path.empty()) {
     auto p = detail::socketPath(bus);
     if (!p) return p.error();
@@ -69,7 +122,9 @@ Result<std::unique_ptr<Inspector>> Inspector::attach(const std::string& bus, con
     }
     return sock.error();
   }
-  if (auto r = sendControl(sock->get(), ControlType::Inspect, 0); !r) return r.error();
+  if (auto r = sendControl(sock->get(), ControlType::Inspect, options.payloads ? kInspectPayloads : 0); !r) {
+    return r.error();
+  }
   auto readable = waitReadable(sock->get(), deadlineAfter(monotonicNowNs(), std::chrono::milliseconds(kAttachTimeoutMs)));
   if (!readable) return readable.error();
   if (!*readable) {
@@ -87,7 +142,7 @@ Result<std::unique_ptr<Inspector>> Inspector::attach(const std::string& bus, con
     if (!w) return w.error();
     return makeError(ErrorCode::InvalidMessage, "the supervisor answered an inspector with a welcome");
   }
-  if (h->type != static_cast<std::uint32_t>(ControlType::TraceRing) || pkt->fds.size() != 1) {
+  if (h->type != static_cast<std::uint32_t>(ControlType::TraceRing) || pkt->fds.empty() || pkt->fds.size() > 2) {
     return makeError(ErrorCode::InvalidMessage,
                      fmt::format("the supervisor of bus '{}' answered with control packet {} (expected a trace ring)",
                                  bus, h->type));
@@ -95,6 +150,11 @@ Result<std::unique_ptr<Inspector>> Inspector::attach(const std::string& bus, con
   auto reader = TraceReader::attach(pkt->fds[0].get());  // the packet's fd closes; the mapping stays
   if (!reader) return reader.error();
   auto impl = std::make_unique<Impl>();
+  if (pkt->fds.size() == 2 && options.payloads) {
+    auto p = TraceReader::attach(pkt->fds[1].get());
+    if (!p) return p.error();
+    impl->payloads = std::move(*p);
+  }
   impl->bus = bus;
   impl->sock = std::move(*sock);
   impl->reader = std::move(*reader);
@@ -106,6 +166,7 @@ Result<std::optional<TraceEvent>> Inspector::next(std::chrono::milliseconds time
   auto current = [&]() -> Result<std::optional<TraceEvent>> {
     auto e = decodeTraceEvent(i.body, i.reader.lastSeq());
     if (!e) return e.error();
+    i.attachPayloads(*e);
     return std::optional<TraceEvent>(std::move(*e));
   };
   auto wait = checkWaitTimeout(timeout, "Inspector::next");
@@ -188,5 +249,11 @@ Result<BusSnapshot> Inspector::snapshot(std::chrono::milliseconds timeout) {
 }
 
 std::uint64_t Inspector::lost() const noexcept { return impl_->reader.lost(); }
+
+bool Inspector::payloadsGranted() const noexcept { return impl_->payloads.has_value(); }
+
+std::uint64_t Inspector::payloadsDropped() const noexcept {
+  return impl_->payloadsDropped + (impl_->payloads ? impl_->payloads->lost() : 0);
+}
 
 }  // namespace shmbus

@@ -101,17 +101,6 @@ namespace detail {
 
 namespace {
 constexpr std::size_t kFixed = 72;
-
-template <typename T>
-void put(std::uint8_t* at, T v) {
-  std::memcpy(at, &v, sizeof v);
-}
-template <typename T>
-T get(const std::uint8_t* at) {
-  T v;
-  std::memcpy(&v, at, sizeof v);
-  return v;
-}
 }  // namespace
 
 void encodeTraceEvent(const TraceEvent& e, std::vector<std::uint8_t>& out) {
@@ -122,19 +111,19 @@ void encodeTraceEvent(const TraceEvent& e, std::vector<std::uint8_t>& out) {
   for (const auto& s : strs) total += s.size();
   out.resize(total);
   std::uint8_t* p = out.data();
-  put<std::uint16_t>(p + 0, static_cast<std::uint16_t>(e.kind));
-  put<std::uint16_t>(p + 2, static_cast<std::uint16_t>(e.status));
-  for (int i = 0; i < 4; ++i) put<std::uint16_t>(p + 4 + 2 * i, static_cast<std::uint16_t>(strs[i].size()));
-  put<std::uint32_t>(p + 12, e.sourceId);
-  put<std::uint32_t>(p + 16, e.targetId);
-  put<std::uint32_t>(p + 20, e.requestBytes);
-  put<std::uint32_t>(p + 24, e.replyBytes);
-  put<std::uint32_t>(p + 28, e.pid);
-  put<std::int64_t>(p + 32, e.startNs);
-  put<std::int64_t>(p + 40, e.endNs);
-  put<std::uint64_t>(p + 48, e.requestId);
-  put<std::uint64_t>(p + 56, e.traceId);
-  put<std::uint64_t>(p + 64, e.channelId);
+  putField<std::uint16_t>(p + 0, static_cast<std::uint16_t>(e.kind));
+  putField<std::uint16_t>(p + 2, static_cast<std::uint16_t>(e.status));
+  for (int i = 0; i < 4; ++i) putField<std::uint16_t>(p + 4 + 2 * i, static_cast<std::uint16_t>(strs[i].size()));
+  putField<std::uint32_t>(p + 12, e.sourceId);
+  putField<std::uint32_t>(p + 16, e.targetId);
+  putField<std::uint32_t>(p + 20, e.requestBytes);
+  putField<std::uint32_t>(p + 24, e.replyBytes);
+  putField<std::uint32_t>(p + 28, e.pid);
+  putField<std::int64_t>(p + 32, e.startNs);
+  putField<std::int64_t>(p + 40, e.endNs);
+  putField<std::uint64_t>(p + 48, e.requestId);
+  putField<std::uint64_t>(p + 56, e.traceId);
+  putField<std::uint64_t>(p + 64, e.channelId);
   std::size_t off = kFixed;
   for (const auto& s : strs) {
     std::memcpy(p + off, s.data(), s.size());
@@ -149,30 +138,30 @@ Result<TraceEvent> decodeTraceEvent(std::span<const std::uint8_t> body, std::uin
   const std::uint8_t* p = body.data();
   TraceEvent e;
   e.seq = seq;
-  const auto kind = get<std::uint16_t>(p);
+  const auto kind = getField<std::uint16_t>(p);
   if (kind < static_cast<std::uint16_t>(TraceKind::Send) || kind > static_cast<std::uint16_t>(TraceKind::BadMessage)) {
     return makeError(ErrorCode::InvalidMessage, fmt::format("trace event of unknown kind {}", kind));
   }
   e.kind = static_cast<TraceKind>(kind);
-  const auto status = get<std::uint16_t>(p + 2);
+  const auto status = getField<std::uint16_t>(p + 2);
   e.status = status > static_cast<std::uint16_t>(kLastErrorCode) ? ErrorCode::InvalidMessage : static_cast<ErrorCode>(status);
   std::size_t lens[4];
   std::size_t total = kFixed;
-  for (int i = 0; i < 4; ++i) total += lens[i] = get<std::uint16_t>(p + 4 + 2 * i);
+  for (int i = 0; i < 4; ++i) total += lens[i] = getField<std::uint16_t>(p + 4 + 2 * i);
   if (total != body.size()) {
     return makeError(ErrorCode::InvalidMessage, fmt::format("trace event strings of {} bytes in a body of {}",
                                                             total - kFixed, body.size()));
   }
-  e.sourceId = get<std::uint32_t>(p + 12);
-  e.targetId = get<std::uint32_t>(p + 16);
-  e.requestBytes = get<std::uint32_t>(p + 20);
-  e.replyBytes = get<std::uint32_t>(p + 24);
-  e.pid = get<std::uint32_t>(p + 28);
-  e.startNs = get<std::int64_t>(p + 32);
-  e.endNs = get<std::int64_t>(p + 40);
-  e.requestId = get<std::uint64_t>(p + 48);
-  e.traceId = get<std::uint64_t>(p + 56);
-  e.channelId = get<std::uint64_t>(p + 64);
+  e.sourceId = getField<std::uint32_t>(p + 12);
+  e.targetId = getField<std::uint32_t>(p + 16);
+  e.requestBytes = getField<std::uint32_t>(p + 20);
+  e.replyBytes = getField<std::uint32_t>(p + 24);
+  e.pid = getField<std::uint32_t>(p + 28);
+  e.startNs = getField<std::int64_t>(p + 32);
+  e.endNs = getField<std::int64_t>(p + 40);
+  e.requestId = getField<std::uint64_t>(p + 48);
+  e.traceId = getField<std::uint64_t>(p + 56);
+  e.channelId = getField<std::uint64_t>(p + 64);
   std::string* strs[4] = {&e.channel, &e.sourceRole, &e.targetRole, &e.error};
   std::size_t off = kFixed;
   for (int i = 0; i < 4; ++i) {

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <string>
 #include <string_view>
@@ -21,6 +22,20 @@ namespace shmbus::detail {
 /// characters escaped; other bytes as they are). The library's JSON (toJson, ChromeTrace) is
 /// flat objects of known fields written with fmt, so this is all the escaping it needs.
 void jsonString(std::string& out, std::string_view s);
+
+/// Stores `v` at `at` (any alignment, host order: little endian on every target of the library),
+/// for the trace's record bodies (events, payload records).
+template <typename T>
+void putField(std::uint8_t* at, T v) {
+  std::memcpy(at, &v, sizeof v);
+}
+/// Loads a T stored by putField at `at` (any alignment).
+template <typename T>
+T getField(const std::uint8_t* at) {
+  T v;
+  std::memcpy(&v, at, sizeof v);
+  return v;
+}
 
 /// How events name one end: "<role>#<id>" for a window, the role ("main") for id 0.
 std::string endpointName(std::string_view role, std::uint32_t id);

@@ -81,8 +81,9 @@ static_assert(sizeof(TraceRecordHeader) == 16);
 
 inline constexpr std::uint32_t kTraceRecordData = 1;
 inline constexpr std::uint32_t kTraceRecordPadding = 2;
-/// Largest record body, bytes (a trace event with its strings is far below it).
-inline constexpr std::size_t kTraceMaxBody = 4096;
+/// Largest record body, bytes: a trace event with its strings is far below it; a payload record
+/// (payload_capture.hpp) is at most 32 + kMaxPayloadCaptureBytes (16 KiB).
+inline constexpr std::size_t kTraceMaxBody = 16 * 1024 + 64;
 /// Smallest and default record space of a trace ring, bytes.
 inline constexpr std::size_t kTraceMinCapacity = 64 * 1024;
 inline constexpr std::size_t kTraceDefaultCapacity = 4 * 1024 * 1024;

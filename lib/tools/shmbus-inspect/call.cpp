@@ -10,10 +10,8 @@
 
 #include <capnp/dynamic.h>
 #include <capnp/message.h>
-#include <capnp/schema-parser.h>
 #include <capnp/serialize-text.h>
 #include <fmt/format.h>
-#include <kj/filesystem.h>
 
 #include <cstdio>
 #include <memory>
@@ -21,6 +19,7 @@
 #include <string_view>
 
 #include "../capnpc-shmbus/layout.hpp"
+#include "schema.hpp"
 #include "shmbus/contract.hpp"
 #include "shmbus/window.hpp"
 
@@ -61,25 +60,13 @@ std::optional<capnp::InterfaceSchema::Method> findMethod(const capnp::ParsedSche
 }  // namespace
 
 int call(const CallRequest& rq) {
-  auto fs = kj::newDiskFilesystem();
-  const kj::ReadableDirectory& root = fs->getRoot();
-  std::vector<kj::Own<const kj::ReadableDirectory>> dirs;
-  std::vector<const kj::ReadableDirectory*> importPath;
-  std::vector<std::string> searched = rq.importDirs;
-  for (const char* d : {SHMBUS_SCHEMA_INSTALL_DIR, "/usr/local/include", "/usr/include"}) searched.emplace_back(d);
-  capnp::SchemaParser parser;
+  std::unique_ptr<SchemaFile> schema;
   capnp::MallocMessageBuilder request;
   capnp::StructSchema resultsSchema;
   Channel channel("");
   try {
-    for (const std::string& d : searched) {
-      KJ_IF_MAYBE(dir, root.tryOpenSubdir(fs->getCurrentPath().evalNative(d))) {
-        importPath.push_back(dir->get());
-        dirs.push_back(kj::mv(*dir));
-      }
-    }
-    const auto file = parser.parseFromDirectory(root, fs->getCurrentPath().evalNative(rq.schemaFile),
-                                                kj::arrayPtr(importPath.data(), importPath.size()));
+    schema = std::make_unique<SchemaFile>(rq.schemaFile, rq.importDirs);
+    const capnp::ParsedSchema& file = schema->root();
     std::string why;
     const auto found = findMethod(file, rq.channel, why);
     if (!found) {

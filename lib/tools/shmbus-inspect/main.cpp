@@ -1,7 +1,10 @@
 // shmbus-inspect: watch a running bus (docs/architecture.md §14), like `busctl monitor|status`.
 //   shmbus-inspect BUS tail [--channel C] [--role R] [--json] [--count N] [--duration S]
+//                           [--payloads] [--schema FILE [-I DIR]...]
 //     one line per trace event the supervisor records (human form, or JSON Lines with --json)
-//     until Ctrl-C, --count events, --duration seconds, or the bus stops;
+//     until Ctrl-C, --count events, --duration seconds, or the bus stops; with --payloads the
+//     captured request, reply or message under it (payload.hpp: Cap'n Proto text, or JSON with
+//     --json, for typed channels FILE declares; else size and hex);
 //   shmbus-inspect BUS record -o FILE [--channel C] [--role R] [--count N] [--duration S]
 //     the same events as a Chrome trace-event JSON file (ChromeTrace: ui.perfetto.dev,
 //     chrome://tracing), written when recording ends; prints the events per kind;
@@ -23,6 +26,7 @@
 #include <thread>
 
 #include "call.hpp"
+#include "payload.hpp"
 #include "shmbus/inspect.hpp"
 
 namespace {
@@ -33,6 +37,9 @@ struct TailOptions {
   bool json = false;
   std::uint64_t count = 0;  // 0 = no limit
   double durationS = 0;     // 0 = no limit
+  bool payloads = false;    // ask for captured payloads
+  std::string schemaFile;   // decode payloads and name typed channels with this schema
+  std::vector<std::string> importDirs;
 };
 
 volatile std::sig_atomic_t interrupted = 0;  // SIGINT/SIGTERM: finish (record writes its file)
@@ -44,12 +51,48 @@ bool selected(const shmbus::TraceEvent& e, const TailOptions& o) {
   return true;
 }
 
-std::unique_ptr<shmbus::Inspector> attachOrSay(const std::string& bus, const std::string& socket);
+std::unique_ptr<shmbus::Inspector> attachOrSay(const std::string& bus, const std::string& socket,
+                                               bool payloads = false);
+
+/// What the first payload of `e` is: a call's request, or a one-way message.
+const char* requestName(const shmbus::TraceEvent& e) {
+  return e.kind == shmbus::TraceKind::Invoke || e.kind == shmbus::TraceKind::Cancel ? "request" : "message";
+}
+
+/// The printer of `o`'s schema (none: sizes and hex), or null after saying why the schema
+/// cannot be read.
+std::unique_ptr<shmbus::inspect::PayloadPrinter> printerFor(const TailOptions& o) {
+  std::unique_ptr<shmbus::inspect::SchemaFile> schema;
+  if (!o.schemaFile.empty()) {
+    try {
+      schema = std::make_unique<shmbus::inspect::SchemaFile>(o.schemaFile, o.importDirs);
+    } catch (const kj::Exception& e) {
+      fmt::print(stderr, "shmbus-inspect: {}: {}\n", o.schemaFile, e.getDescription().cStr());
+      return nullptr;
+    }
+  }
+  return std::make_unique<shmbus::inspect::PayloadPrinter>(std::move(schema));
+}
+
+/// Attaches as `o` says and makes its printer; null (said why) when either fails. Tells on
+/// stderr when payloads were asked for and refused.
+std::unique_ptr<shmbus::Inspector> attachFor(const std::string& bus, const std::string& socket, const TailOptions& o,
+                                             std::unique_ptr<shmbus::inspect::PayloadPrinter>& printer) {
+  printer = printerFor(o);
+  if (!printer) return nullptr;
+  auto insp = attachOrSay(bus, socket, o.payloads);
+  if (insp && o.payloads && !insp->payloadsGranted()) {
+    fmt::print(stderr, "shmbus-inspect: no payloads: the supervisor gives them only to its own user, and only while "
+                       "its policy sets inspect-payloads\n");
+  }
+  return insp;
+}
 
 /// Reads `insp`'s events until Ctrl-C, o.count selected events, o.durationS seconds or the bus
 /// stops: `onLost(n)` when n more were lost, `onEvent(e)` for each event `o` selects. Returns the
 /// exit status (1: an error other than the bus closing, printed).
-int follow(shmbus::Inspector& insp, const TailOptions& o, const std::function<void(std::uint64_t)>& onLost,
+int follow(shmbus::Inspector& insp, const TailOptions& o, const shmbus::inspect::PayloadPrinter& printer,
+           const std::function<void(std::uint64_t)>& onLost,
            const std::function<void(const shmbus::TraceEvent&)>& onEvent) {
   std::signal(SIGINT, onInterrupt);
   std::signal(SIGTERM, onInterrupt);
@@ -76,7 +119,12 @@ int follow(shmbus::Inspector& insp, const TailOptions& o, const std::function<vo
       onLost(lost - lostReported);
       lostReported = lost;
     }
-    if (!*e || !selected(**e, o)) continue;
+    if (!*e) continue;
+    // A typed channel only windows named shows as "#<hex id>": the schema knows its method.
+    if (const std::string m = printer.methodName((*e)->channelId); !m.empty() && (*e)->channel.starts_with('#')) {
+      (*e)->channel = m;
+    }
+    if (!selected(**e, o)) continue;
     onEvent(**e);
     if (o.count != 0 && ++taken >= o.count) break;
   }
@@ -84,8 +132,9 @@ int follow(shmbus::Inspector& insp, const TailOptions& o, const std::function<vo
 }
 
 int tail(const std::string& bus, const std::string& socket, const TailOptions& o) {
-  auto insp = attachOrSay(bus, socket);
-  if (!insp) return 1;
+  std::unique_ptr<shmbus::inspect::PayloadPrinter> printer;
+  auto insp = attachFor(bus, socket, o, printer);
+  if (!insp) return printer ? 1 : 2;
   fmt::print(stderr, "shmbus-inspect: tailing bus '{}'\n", bus);
   auto lost = [&](std::uint64_t n) {
     if (o.json) {
@@ -94,18 +143,33 @@ int tail(const std::string& bus, const std::string& socket, const TailOptions& o
       fmt::print("... {} events lost: this inspector fell behind the bus\n", n);
     }
   };
-  return follow(*insp, o, lost, [&](const shmbus::TraceEvent& e) {
-    fmt::print("{}\n", o.json ? shmbus::toJson(e) : shmbus::toText(e));
+  return follow(*insp, o, *printer, lost, [&](const shmbus::TraceEvent& e) {
+    if (o.json) {
+      std::string line = shmbus::toJson(e);
+      line.pop_back();  // the closing brace: the payloads go inside
+      if (e.request) line += fmt::format(",\"{}\":{}", requestName(e), printer->json(*e.request, e.channelId, false));
+      if (e.reply) line += ",\"reply\":" + printer->json(*e.reply, e.channelId, true);
+      fmt::print("{}}}\n", line);
+    } else {
+      fmt::print("{}\n", shmbus::toText(e));
+      if (e.request) fmt::print("    {:<8}{}\n", requestName(e), printer->text(*e.request, e.channelId, false));
+      if (e.reply) fmt::print("    {:<8}{}\n", "reply", printer->text(*e.reply, e.channelId, true));
+    }
     std::fflush(stdout);
   });
 }
 
 int record(const std::string& bus, const std::string& socket, const TailOptions& o, const std::string& path) {
-  auto insp = attachOrSay(bus, socket);
-  if (!insp) return 1;
+  std::unique_ptr<shmbus::inspect::PayloadPrinter> printer;
+  auto insp = attachFor(bus, socket, o, printer);
+  if (!insp) return printer ? 1 : 2;
   fmt::print(stderr, "shmbus-inspect: recording bus '{}' into {} (Ctrl-C to stop)\n", bus, path);
   shmbus::ChromeTrace trace;
-  const int status = follow(*insp, o, [](std::uint64_t) {}, [&](const shmbus::TraceEvent& e) { trace.add(e); });
+  const int status = follow(*insp, o, *printer, [](std::uint64_t) {}, [&](const shmbus::TraceEvent& e) {
+    trace.add(e);
+    if (e.request) trace.addText(e.seq, requestName(e), printer->text(*e.request, e.channelId, false));
+    if (e.reply) trace.addText(e.seq, "reply", printer->text(*e.reply, e.channelId, true));
+  });
   trace.setLost(insp->lost());
   if (auto w = trace.write(path); !w) {
     fmt::print(stderr, "shmbus-inspect: {}\n", w.error().toString());
@@ -119,8 +183,8 @@ int record(const std::string& bus, const std::string& socket, const TailOptions&
   return status;
 }
 
-std::unique_ptr<shmbus::Inspector> attachOrSay(const std::string& bus, const std::string& socket) {
-  auto insp = shmbus::Inspector::attach(bus, socket);
+std::unique_ptr<shmbus::Inspector> attachOrSay(const std::string& bus, const std::string& socket, bool payloads) {
+  auto insp = shmbus::Inspector::attach(bus, shmbus::InspectOptions{.socketPath = socket, .payloads = payloads});
   if (!insp) {
     fmt::print(stderr, "shmbus-inspect: {}\n", insp.error().toString());
     return nullptr;
@@ -187,6 +251,10 @@ void addFollowOptions(CLI::App& cmd, TailOptions& o) {
   cmd.add_option("-r,--role", o.role, "only events from or to this role");
   cmd.add_option("-n,--count", o.count, "stop after this many events");
   cmd.add_option("-d,--duration", o.durationS, "stop after this many seconds");
+  cmd.add_flag("-p,--payloads", o.payloads,
+               "ask for captured payloads (the supervisor's SupervisorOptions::payloadCapture; policy inspect-payloads)");
+  cmd.add_option("--schema", o.schemaFile, "decode payloads of the typed channels this .capnp file declares");
+  cmd.add_option("-I,--import-path", o.importDirs, "a directory searched for the schema's absolute imports");
 }
 
 }  // namespace

@@ -72,6 +72,11 @@ int main(int argc, char** argv) {
   app.add_option("--allow-uid", opts.allowedUids, "user id allowed to connect besides shmbusd's own (repeat; the "
                                                   "socket is then mode 0666: give a --socket others can reach)");
   app.add_option("-s,--socket", opts.socketPath, "socket path (default: $XDG_RUNTIME_DIR/shmbus-<bus>.sock)");
+  app.add_option("--capture-payloads", opts.payloadCapture.maxBytes,
+                 "bytes of each payload captured for inspectors (0 = off, at most 16384; readers need the policy's "
+                 "inspect-payloads)");
+  app.add_option("--capture-channel", opts.payloadCapture.channels,
+                 "capture only channels matching this glob (repeat; default: every channel)");
   app.add_option("--inbox-bytes", opts.inboxBytes, "inbox ring capacity per window, a power of two");
   app.add_option("--outbox-bytes", opts.outboxBytes, "outbox ring capacity per window, a power of two");
   app.add_option("--max-record-bytes", opts.maxRecordBytes, "largest record (frame + message) in bytes");

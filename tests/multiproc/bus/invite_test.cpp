@@ -16,7 +16,6 @@ using namespace shmbus::test;
 using namespace std::chrono_literals;
 
 namespace {
-constexpr uid_t kNobody = 65534;
 
 /// In a child: connecting `role` with `token` fails with Denied, its message holds `part` and
 /// never the token's text.
@@ -52,29 +51,6 @@ WindowInfo windowWithRole(Supervisor& sup, const std::string& role) {
   }
   FAIL("no window with role '" << role << "'");
   return {};
-}
-
-/// A directory others may search, for a socket a window of another uid can reach (the default
-/// runtime directory is 0700). Removed on destruction.
-struct SharedDir {
-  SharedDir() {
-    char tmpl[] = "/tmp/shmbus-invite-XXXXXX";
-    REQUIRE(::mkdtemp(tmpl) != nullptr);
-    path = tmpl;
-    REQUIRE(::chmod(path.c_str(), 0711) == 0);
-  }
-  ~SharedDir() {
-    ::unlink((path + "/bus.sock").c_str());
-    ::unlink((path + "/bus.sock.lock").c_str());
-    ::rmdir(path.c_str());
-  }
-  std::string socket() const { return path + "/bus.sock"; }
-  std::string path;
-};
-
-/// In a child: becomes uid/gid kNobody (no supplementary groups). Fails the child when it cannot.
-void becomeNobody() {
-  childCheck(::setgroups(0, nullptr) == 0 && ::setgid(kNobody) == 0 && ::setuid(kNobody) == 0, "setuid(65534)");
 }
 
 /// In a child: becomes uid 65534 and connects as `role` through `socket`: Denied, naming the uid.

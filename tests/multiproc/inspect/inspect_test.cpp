@@ -138,14 +138,7 @@ TEST_CASE("a stalled inspector loses the oldest events and is told how many; the
   auto echo = tb->handle("echo", echoHandler());
   constexpr int kCalls = 3000;
   Link toWin;
-  GatedChild win([&] {
-    auto w = connectWindow(tb.bus, "worker");
-    for (int i = 0; i < kCalls; ++i) {
-      childCheck(replyText(w->invoke("echo", text(std::to_string(i))), "echo") == std::to_string(i), "echo");
-    }
-    toWin.tellParent("done");
-    toWin.hearParent();
-  });
+  GatedChild win = echoCaller(tb, toWin, kCalls, [](int i) { return std::to_string(i); });
   tb->startDispatchThread();
   auto insp = Inspector::attach(tb.bus);
   REQUIRE_MESSAGE(insp.ok(), insp.error().toString());

@@ -210,7 +210,7 @@ TEST_CASE("shmbusd --policy FILE --check prints the effective rules of the examp
   CHECK(status == 0);
   CHECK(said.starts_with("default deny\ndefault-admission invited\n"));
   CHECK(said.find("role editor: admission open, max-windows 4, max-message-bytes 65536, max-pending-calls 64, "
-                  "max-bytes-in-flight 1048576 (line 15)\n") !=
+                  "max-bytes-in-flight 1048576 (line 18)\n") !=
         std::string::npos);
   CHECK(said.find("role worker: admission invited (default), max-windows -, max-message-bytes 1048576") !=
         std::string::npos);
