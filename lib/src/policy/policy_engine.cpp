@@ -9,10 +9,10 @@ namespace shmbus::detail {
 void PolicyEngine::set(Policy p) {
   policy_ = std::move(p);
   compiled_.clear();
-  hasMessageLimits_ = std::any_of(policy_.roles.begin(), policy_.roles.end(),
-                                  [](const RoleRule& r) { return r.maxMessageBytes != 0; });
-  hasCallLimits_ = std::any_of(policy_.roles.begin(), policy_.roles.end(),
-                               [](const RoleRule& r) { return r.maxPendingCalls != 0 || r.maxBytesInFlight != 0; });
+  limits_.clear();
+  for (const RoleRule& r : policy_.roles) {
+    if (r.maxMessageBytes != 0 || r.maxPendingCalls != 0 || r.maxBytesInFlight != 0) limits_.emplace(nameId(r.name), &r);
+  }
 }
 
 PolicyEngine::Verdict PolicyEngine::Compiled::verdict(std::uint64_t roleId, Decision fallback) const {

@@ -18,6 +18,9 @@ namespace shmbus::detail {
 
 class PolicyEngine {
  public:
+  PolicyEngine() = default;
+  PolicyEngine(const PolicyEngine&) = delete;  // limits_ points into policy_
+  PolicyEngine& operator=(const PolicyEngine&) = delete;
   /// What decided a check: the rule's line in the policy file (0: built through the API), or
   /// the default (rule < 0).
   struct Verdict {
@@ -30,12 +33,15 @@ class PolicyEngine {
   /// channel compiles it again under the new rules).
   void set(Policy p);
   const Policy& policy() const noexcept { return policy_; }
-  /// Whether any role rule sets maxMessageBytes (computed by set()): when none does, the
-  /// router's per-frame size check skips the role lookup altogether.
-  bool hasMessageLimits() const noexcept { return hasMessageLimits_; }
-  /// Whether any role rule sets maxPendingCalls or maxBytesInFlight (computed by set()): when
-  /// none does, an invoke checks only the bus's cap, without a role lookup.
-  bool hasCallLimits() const noexcept { return hasCallLimits_; }
+  /// The limits of role `roleId` (its nameId) when its rule sets any of maxMessageBytes,
+  /// maxPendingCalls, maxBytesInFlight; else null. Compiled by set() into a map by role id, so a
+  /// frame costs one branch when no role has limits and one hash lookup otherwise, never a scan
+  /// of role names.
+  const RoleRule* limitsOf(std::uint64_t roleId) const {
+    if (limits_.empty()) return nullptr;
+    auto it = limits_.find(roleId);
+    return it == limits_.end() ? nullptr : it->second;
+  }
 
   /// Whether the role `roleId` may do `a` on channel `channel`, whose trusted name `nameOf`
   /// gives (a callable returning std::optional<std::string>; called only the first time a
@@ -71,8 +77,7 @@ class PolicyEngine {
   ChannelDecisions compile(const std::string& name) const;
 
   Policy policy_;
-  bool hasMessageLimits_ = false;
-  bool hasCallLimits_ = false;
+  std::unordered_map<std::uint64_t, const RoleRule*> limits_;  // roleId → its rule in policy_.roles
   std::unordered_map<std::uint64_t, ChannelDecisions> compiled_;
 };
 

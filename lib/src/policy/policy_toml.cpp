@@ -3,9 +3,9 @@
 // never silently leaves a rule out.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
-#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <limits>

@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 
 #include "call/callbacks.hpp"
 #include "protocol/frame_io.hpp"
@@ -30,7 +32,9 @@ void Router::setPolicy(Policy policy) {
 
 void Router::setSocketMode() const {
   const bool others = !opts_.allowedUids.empty() || !policy_.policy().uids.empty();
-  ::chmod(path_.c_str(), others ? 0666 : 0600);
+  if (::chmod(path_.c_str(), others ? 0666 : 0600) != 0) {
+    log_(LogLevel::Warn, "chmod {} of {}: {}", others ? "0666" : "0600", path_, std::strerror(errno));
+  }
 }
 
 void Router::nameChannels(std::span<const Channel> channels) {
@@ -85,8 +89,7 @@ Result<void> Router::roleCapLocked(const std::string& role, const Conn* except) 
 }
 
 std::optional<Error> Router::overLimit(const Conn& w, const FrameHeader& h, std::size_t payloadBytes) {
-  if (!policy_.hasMessageLimits()) return std::nullopt;  // the common case: no role lookup per frame
-  const RoleRule* rule = policy_.policy().role(w.role);
+  const RoleRule* rule = policy_.limitsOf(w.roleId);
   if (rule == nullptr || rule->maxMessageBytes == 0 || payloadBytes <= rule->maxMessageBytes) return std::nullopt;
   ++counters_.policyDenials;
   return makeError(ErrorCode::TooLarge,
@@ -102,14 +105,12 @@ std::optional<Error> Router::overInFlight(const Conn& w, const FrameHeader& h, s
   std::uint32_t maxCalls = opts_.maxPendingCalls;
   const char* source = "SupervisorOptions::maxPendingCalls";
   std::uint64_t maxBytes = 0;
-  if (policy_.hasCallLimits()) {  // the common case skips the role lookup
-    if (const RoleRule* rule = policy_.policy().role(w.role)) {
-      if (rule->maxPendingCalls != 0 && rule->maxPendingCalls < maxCalls) {
-        maxCalls = rule->maxPendingCalls;
-        source = "the policy's max-pending-calls of its role";
-      }
-      maxBytes = rule->maxBytesInFlight;
+  if (const RoleRule* rule = policy_.limitsOf(w.roleId)) {
+    if (rule->maxPendingCalls != 0 && rule->maxPendingCalls < maxCalls) {
+      maxCalls = rule->maxPendingCalls;
+      source = "the policy's max-pending-calls of its role";
     }
+    maxBytes = rule->maxBytesInFlight;
   }
   std::string why;
   if (now.calls >= maxCalls) {
