@@ -7,6 +7,7 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
@@ -79,8 +80,51 @@ TEST_CASE("add numbers routes from 1 and take removes exactly the route asked fo
   CHECK_FALSE(table.take(2).has_value());
   CHECK(table.contains(1));
   CHECK(table.contains(3));
-  CHECK(table.all().size() == 2);
-  CHECK(table.add(route(far)) == 4);  // ids are never reused
+  CHECK(table.size() == 2);
+  // The freed slot is reused under a new generation: the id differs from every earlier one, and
+  // the old id (a late or forged reply) names nothing.
+  const std::uint64_t reused = table.add(route(far, 7, 70));
+  CHECK(reused != 1);
+  CHECK(reused != 2);
+  CHECK(reused != 3);
+  CHECK((reused & 0xffffffffu) == 2);  // the slot of route 2, generation 1
+  CHECK(table.find(2) == nullptr);
+  CHECK_FALSE(table.take(2).has_value());
+  CHECK(table.find(reused)->callerId == 7);
+}
+
+TEST_CASE("ids that name no route are refused: zero, out of range, a stale generation") {
+  TimerFd t;
+  RouteTable table(t.fd);
+  const std::int64_t far = monotonicNowNs() + 100 * kSec;
+  const std::uint64_t a = table.add(route(far, 1, 1));
+  CHECK(table.find(0) == nullptr);
+  CHECK(table.find(a + 1) == nullptr);                  // a slot never used
+  CHECK(table.find(0xffffffffull) == nullptr);          // far out of range
+  CHECK(table.find(a | (std::uint64_t{5} << 32)) == nullptr);  // right slot, wrong generation
+  CHECK_FALSE(table.take(a | (std::uint64_t{1} << 32)).has_value());
+  CHECK(table.contains(a));
+  for (int round = 0; round < 1000; ++round) {  // one slot, reused: its ids never repeat
+    auto r = table.take(table.add(route(far, 2, static_cast<std::uint64_t>(round))));
+    REQUIRE(r.has_value());
+  }
+  CHECK(table.size() == 1);
+  CHECK(table.byCaller(1, 1) == a);
+}
+
+TEST_CASE("many routes with mixed deadlines expire in deadline order, whatever was taken between") {
+  TimerFd t;
+  RouteTable table(t.fd);
+  const std::int64_t base = monotonicNowNs() + 1000 * kSec;  // never due by the clock
+  std::vector<std::uint64_t> ids;
+  for (int i = 0; i < 200; ++i) ids.push_back(table.add(route(base + ((i * 7919) % 200) * kMs, 1, i + 1)));
+  for (int i = 0; i < 200; i += 3) REQUIRE(table.take(ids[i]).has_value());
+  auto due = table.takeExpired(base + 199 * kMs);
+  std::vector<std::int64_t> got = deadlinesOf(due);
+  CHECK(std::is_sorted(got.begin(), got.end()));
+  CHECK(got.size() == 200 - 67);
+  CHECK(table.size() == 0);
+  CHECK(table.inFlightOf(1).calls == 0);
 }
 
 TEST_CASE("byCaller finds a window's pending request until it is taken") {
@@ -173,7 +217,7 @@ TEST_CASE("takeExpired returns exactly the due routes in deadline order and re-a
   std::set<std::uint64_t> reqs;
   for (const auto& r : due) reqs.insert(r.callerReq);
   CHECK(reqs == std::set<std::uint64_t>{1, 3, 4, 6, 7});
-  CHECK(table.all().size() == 2);
+  CHECK(table.size() == 2);
   CHECK(table.byCaller(1, 3) == 0);
   CHECK(table.byCaller(1, 5) != 0);
   CHECK(armedFor(t.fd, scan + 1));
@@ -213,7 +257,7 @@ TEST_CASE("takeIf removes every route the predicate selects and nothing else") {
   std::set<std::uint32_t> callers;
   for (const auto& r : gone) callers.insert(r.callerId);
   CHECK(callers == std::set<std::uint32_t>{3, 5, 6});
-  CHECK(table.all().size() == 1);
+  CHECK(table.size() == 1);
   CHECK(table.byCaller(3, 1) == 0);
   CHECK(table.byCaller(6, 2) == 0);
   CHECK(table.byCaller(4, 1) != 0);

@@ -214,10 +214,10 @@ RouterStats Router::stats() const {
 RouterStats Router::statsLocked() const {
   RouterStats s;
   const std::int64_t now = monotonicNowNs();
-  for (auto& [rid, p] : routes_.all()) {
+  routes_.forEach([&](const Route& p) {
     s.pending.push_back({registry_.nameOf(p.channel), p.callerId, registry_.roleOf(p.callerId), p.targetId,
                          registry_.roleOf(p.targetId), static_cast<double>(now - p.start) / 1e6});
-  }
+  });
   for (auto& [ch, c] : counters_.channels()) {
     RouterStats::ChannelStats cs;
     cs.channel = registry_.statName(ch);

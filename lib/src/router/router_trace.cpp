@@ -90,7 +90,7 @@ void Router::onSnapshot(Conn& c) {
     if (w->state == Conn::State::Live) live.push_back(w.get());
   }
   std::unordered_map<std::uint32_t, std::uint32_t> callsBy;  // calls in flight by caller window
-  for (auto& [rid, r] : routes_.all()) ++callsBy[r.callerId];
+  routes_.forEach([&](const Route& r) { ++callsBy[r.callerId]; });
   auto windows = snap.initWindows(bounded(live.size()));
   for (unsigned i = 0; i < windows.size(); ++i) {
     const Conn& w = *live[i];

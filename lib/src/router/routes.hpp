@@ -10,13 +10,12 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <memory_resource>
 #include <optional>
-#include <set>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "common/flat_map.hpp"
 #include "shmbus/error.hpp"
 #include "shmbus/supervisor.hpp"
 
@@ -45,6 +44,14 @@ struct Route {
 };
 
 /// The routes table with its deadline index and timer. Guarded by the router mutex.
+///
+/// Layout (docs/architecture.md §10, the lean call path): routes live in a slab whose slots are
+/// reused; a route id is the slot's index + 1 in its low 32 bits and the slot's generation in the
+/// high 32 (bumped at every take), so an id is never given twice (a late or forged reply names a
+/// slot whose generation moved on and finds nothing) and lookup by id is an index, not a hash.
+/// Deadlines are a binary min-heap of slot indexes (each slot knows its heap position, so take
+/// removes in O(log n)); (caller, request) and per-caller counts are FlatMaps. Once the slab,
+/// heap and maps have grown to the most calls ever in flight, add and take allocate nothing.
 class RouteTable {
  public:
   /// `timerFd`: a CLOCK_MONOTONIC timerfd (owned by the router; -1 until setTimer).
@@ -54,13 +61,13 @@ class RouteTable {
   /// The timerfd, once the router has made it (before the first route).
   void setTimer(int timerFd) noexcept { timerFd_ = timerFd; }
 
-  /// Adds `r`, giving it the next route id; returns that id.
+  /// Adds `r`, giving it a route id never given before (never 0); returns that id.
   std::uint64_t add(Route r);
-  /// Removes and returns route `id`, if present.
+  /// Removes and returns route `id`, if present (any id, even forged, is safe to ask for).
   std::optional<Route> take(std::uint64_t id);
   /// The route id of (caller, caller's request id), or 0.
   std::uint64_t byCaller(std::uint32_t callerId, std::uint64_t callerReq) const;
-  bool contains(std::uint64_t id) const { return routes_.count(id) != 0; }
+  bool contains(std::uint64_t id) const { return find(id) != nullptr; }
   /// What one window has in flight: its routes, and the sum of their Route::requestBytes.
   struct InFlight {
     std::uint32_t calls = 0;
@@ -68,46 +75,68 @@ class RouteTable {
   };
   /// What window `callerId` has in flight (zeros for none). O(1).
   InFlight inFlightOf(std::uint32_t callerId) const;
+  /// Route `id`, or nullptr. Valid until the next add or take.
   const Route* find(std::uint64_t id) const;
-  /// Removes and returns every route whose deadline is <= now (the timer fired).
+  /// Removes and returns every route whose deadline is <= now (the timer fired), earliest first.
   std::vector<Route> takeExpired(std::int64_t now);
   /// Removes and returns every route that `pred` selects.
   template <typename Pred>
   std::vector<Route> takeIf(Pred&& pred) {
     std::vector<std::uint64_t> ids;
-    for (auto& [id, r] : routes_) {
-      if (pred(r)) ids.push_back(id);
-    }
+    forEach([&](const Route& r) {
+      if (pred(r)) ids.push_back(r.routeId);
+    });
     std::vector<Route> out;
     for (auto id : ids) out.push_back(*take(id));
     return out;
   }
-  const std::pmr::unordered_map<std::uint64_t, Route>& all() const noexcept { return routes_; }
+  /// Calls `f(const Route&)` for every route in flight, in slot order. `f` must not add or take.
+  template <typename F>
+  void forEach(F&& f) const {
+    for (const Slot& s : slots_) {
+      if (s.heapPos != kNotLive) f(s.route);
+    }
+  }
+  /// Routes in flight.
+  std::size_t size() const noexcept { return heap_.size(); }
 
  private:
-  void arm(std::int64_t at);
-
-  int timerFd_;
-  // The three indexes allocate their nodes from one pool: a route costs no malloc/free once the
-  // pool holds as many nodes as calls were ever in flight at once (docs/architecture.md §10).
-  // Declared before the containers, so it outlives them.
-  std::pmr::unsynchronized_pool_resource pool_;
-  std::pmr::unordered_map<std::uint64_t, Route> routes_{&pool_};
+  static constexpr std::uint32_t kNotLive = 0xffffffffu;
+  struct Slot {
+    Route route;
+    std::uint32_t gen = 0;
+    std::uint32_t heapPos = kNotLive;  // position in heap_, or kNotLive for a free slot
+    std::uint64_t seq = 0;             // add order: ties of equal deadlines expire oldest first
+  };
   struct CallerKey {
-    std::uint32_t callerId;
-    std::uint64_t callerReq;
+    std::uint32_t callerId = 0;
+    std::uint64_t callerReq = 0;
     bool operator==(const CallerKey&) const = default;
   };
   struct CallerKeyHash {
-    std::size_t operator()(const CallerKey& k) const noexcept {
-      return std::hash<std::uint64_t>()(k.callerReq * 0x9e3779b97f4a7c15ull ^ k.callerId);
+    std::uint64_t operator()(const CallerKey& k) const noexcept {
+      return k.callerReq * 0xff51afd7ed558ccdull ^ k.callerId;
     }
   };
-  std::pmr::unordered_map<CallerKey, std::uint64_t, CallerKeyHash> byCaller_{&pool_};  // exact (caller, request) → route
-  std::pmr::set<std::pair<std::int64_t, std::uint64_t>> deadlines_{&pool_};
-  std::pmr::unordered_map<std::uint32_t, InFlight> perCaller_{&pool_};  // window → its routes (inFlightOf)
+  struct IdHash {
+    std::uint64_t operator()(std::uint32_t id) const noexcept { return id; }
+  };
+
+  void arm(std::int64_t at);
+  std::uint32_t slotOf(std::uint64_t id) const noexcept;  // index, or kNotLive when id names no route
+  bool earlier(std::uint32_t a, std::uint32_t b) const noexcept;
+  void place(std::uint32_t pos, std::uint32_t slot) noexcept;
+  void siftUp(std::uint32_t pos) noexcept;
+  void siftDown(std::uint32_t pos) noexcept;
+
+  int timerFd_;
+  std::vector<Slot> slots_;
+  std::vector<std::uint32_t> free_;  // free slot indexes, reused last-in first-out (hot lines)
+  std::vector<std::uint32_t> heap_;  // slot indexes, min-heap by (deadline, seq)
+  FlatMap<CallerKey, std::uint64_t, CallerKeyHash> byCaller_;  // exact (caller, request) → route
+  FlatMap<std::uint32_t, InFlight, IdHash> perCaller_;          // window → its routes (inFlightOf)
   std::int64_t armedAt_ = 0;  // 0 = disarmed
-  std::uint64_t nextRoute_ = 1;
+  std::uint64_t nextSeq_ = 1;
 };
 
 /// Per-channel counters and latency samples (RouterStats). Guarded by the router mutex.
