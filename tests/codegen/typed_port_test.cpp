@@ -81,11 +81,12 @@ class TypedPortPeer : public DrivenWindow {
       at.setY(shape.getStyle().getStroke());
     }));
     st.regs.push_back(StudioHandlers::handleSlow(port, [&link, &st](auto, auto results, const CallContext& ctx) {
-      st.running.fetch_add(1);
+      // relaxed: a count the parent asks for after this handler's own report over the Link.
+      st.running.fetch_add(1, std::memory_order_relaxed);
       link.tellParent(fmt::format("slow-started {}", ctx.requestId));
       // Polls its own cancellation, the event under test: not a wait for the test.
       while (!ctx.cancelled()) std::this_thread::sleep_for(200us);
-      st.running.fetch_sub(1);
+      st.running.fetch_sub(1, std::memory_order_relaxed);  // relaxed: as above
       link.tellParent(fmt::format("slow-ended {}", ctx.requestId));
       results.setDone(true);
     }));
@@ -105,7 +106,7 @@ class TypedPortPeer : public DrivenWindow {
       std::lock_guard lk(st.mu);
       return *st.port;
     };
-    auto answer = [&](const auto& r, auto ok) { link_.tellParent(r ? ok(*r) : errorLine(r.error())); };
+    auto answer = [&](auto&& r, auto ok) { link_.tellParent(r ? ok(*r) : errorLine(r.error())); };
     for (;;) {
       const auto cmd = words(link_.hearParent(120s));
       if (cmd.empty() || cmd[0] == "done") break;
@@ -172,7 +173,7 @@ class TypedPortPeer : public DrivenWindow {
       } else if (cmd[0] == "cancel") {
         slow.cancel();
       } else if (cmd[0] == "running") {
-        link_.tellParent(fmt::format("running {}", st.running.load()));
+        link_.tellParent(fmt::format("running {}", st.running.load(std::memory_order_relaxed)));  // as above
       } else if (cmd[0] == "close") {
         port().close();
         link_.tellParent("closed");
