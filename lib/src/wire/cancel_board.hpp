@@ -59,8 +59,9 @@ struct BasicCancelBoard {
   }
 };
 
-/// A window's board: the router posts the calls it cancelled at that window.
-using CancelBoard = BasicCancelBoard<63>;
+/// A window's board: the router posts the calls it cancelled at that window. A struct, not an
+/// alias, so that headers can forward-declare it (router/registry.hpp).
+struct CancelBoard : BasicCancelBoard<63> {};
 static_assert(sizeof(CancelBoard) == 512);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 
