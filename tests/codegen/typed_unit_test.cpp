@@ -48,6 +48,17 @@ static_assert(CanReport<HubMainClient, Target>);
 static_assert(CanBroadcastNotify<StudioMainClient>);
 static_assert(!CanBroadcastNotify<StudioClient>);
 static_assert(std::same_as<decltype(std::declval<StudioClient&>().notify()), Result<void>>);
+// On a port: only the target-less forms (to the peer), $target or not; no broadcast.
+static_assert(CanEcho<StudioPortClient>);
+static_assert(CanEcho<StudioPortClient, BuildEcho, CallOptions>);
+static_assert(!CanEcho<StudioPortClient, const char*>, "a port has one peer: no target");
+static_assert(!CanEcho<StudioPortClient, Target, BuildEcho>);
+static_assert(CanReport<HubPortClient>);
+static_assert(!CanReport<HubPortClient, Target>);
+static_assert(!CanBroadcastNotify<StudioPortClient>);
+static_assert(std::same_as<decltype(std::declval<StudioPortClient&>().echo()), TypedCall<Studio::EchoResults>>);
+static_assert(std::same_as<decltype(std::declval<StudioPortClient&>().notify()), Result<void>>);
+static_assert(Endpoint<Port> && !RoutedEndpoint<Port> && RoutedEndpoint<Window> && RoutedEndpoint<Supervisor>);
 
 // Generated constants.
 static_assert(StudioChannels::echo().id == methodChannelId(0xc7c3d7cdf020eb54ull, 0));

@@ -409,6 +409,55 @@ class GatedChild {
   Child child_;
 };
 
+/// A window in a forked child that the test drives one command line at a time over a Link (the
+/// port tests): a derived class forks its body with forkBody() once its own members exist; the
+/// body runs when start() says "go" (so children can be forked before the supervisor's dispatch
+/// thread runs, see TestBus), connects with role(), announces "ready" and answers the parent's
+/// lines until "done". A child never finished is killed on destruction.
+class DrivenWindow {
+ public:
+  explicit DrivenWindow(std::string role) : role_(std::move(role)) {}
+  DrivenWindow(const DrivenWindow&) = delete;
+  DrivenWindow& operator=(const DrivenWindow&) = delete;
+
+  /// Lets the child connect; returns its window id once the supervisor heard its "ready".
+  std::uint32_t start(TestBus& tb) {
+    link_.tellChild("go");
+    return tb.awaitReady(role_);
+  }
+  /// Tells the child `command` and returns its one-line answer.
+  std::string ask(const std::string& command, std::chrono::milliseconds timeout = 10s) {
+    link_.tellChild(command);
+    return link_.hearChild(timeout);
+  }
+  /// The child's next line (an answer, or what a callback of its reported).
+  std::string hear(std::chrono::milliseconds timeout = 10s) { return link_.hearChild(timeout); }
+  /// Tells the child `command` without waiting for an answer.
+  void tell(const std::string& command) { link_.tellChild(command); }
+  pid_t pid() const noexcept { return child_.pid(); }
+  /// Tells the child "done"; returns its exit status (0: every check in it held).
+  int finish() {
+    link_.tellChild("done");
+    return child_.join(10s);
+  }
+  /// Waits for the child to exit (one the test killed: 128 + the signal).
+  int join() { return child_.join(10s); }
+
+ protected:
+  /// Forks the child: it waits for start()'s "go", then runs `body(bus)`.
+  void forkBody(const TestBus& tb, std::function<void(const std::string& bus)> body) {
+    child_ = Child::fork([this, bus = tb.bus, body = std::move(body)] {
+      if (link_.hearParent(120s) == "go") body(bus);
+    });
+  }
+
+  std::string role_;  ///< the role the body connects with
+  Link link_;         ///< the body's side: hearParent / tellParent; before child_ (made before the fork)
+
+ private:
+  Child child_;
+};
+
 /// A child window (role "worker") that, once go() releases it, calls main's "echo" `calls` times
 /// with the texts `textFor(i)`, checks every reply, tells the parent "done" through `link` and
 /// waits for the parent's next word. For tests that watch a stream of calls (the inspector's).

@@ -1,5 +1,5 @@
-// Unit tests of the cancel board (lib/src/wire/cancel_board.hpp): the router posts cancelled
-// request ids, a window's threads look them up.
+// Unit tests of the cancel boards (lib/src/wire/cancel_board.hpp): the router (a port's caller)
+// posts cancelled request ids, a window's (the port peer's) threads look them up.
 #include "wire/cancel_board.hpp"
 
 #include <doctest/doctest.h>
@@ -97,4 +97,41 @@ TEST_CASE("a reader racing the poster finds every post it sees counted and never
   CHECK(b->seq.load() == kPosts);
   for (std::uint64_t k = kPosts - 62; k <= kPosts; ++k) REQUIRE(b->contains(id(k)));
   CHECK_FALSE(b->contains(id(kPosts - 63)));
+}
+
+TEST_CASE("a port's two boards share the window board's bytes and keep the two directions apart") {
+  static_assert(sizeof(PortCancelBoards) == sizeof(CancelBoard));
+  static_assert(PortCancelBoard::kSlots == 31);
+  auto boards = std::make_unique<PortCancelBoards>();
+  // Both ends' first calls carry the same request id: a cancel of one is not a cancel of the other.
+  boards->byOpener.post(1);
+  CHECK(boards->byOpener.contains(1));
+  CHECK_FALSE(boards->byAcceptor.contains(1));
+  boards->byAcceptor.post(2);
+  CHECK(boards->byAcceptor.contains(2));
+  CHECK_FALSE(boards->byOpener.contains(2));
+  // 31 slots each: the 32nd post of one direction forgets its oldest, and only its own.
+  for (std::uint64_t id = 100; id < 131; ++id) boards->byOpener.post(id);
+  CHECK_FALSE(boards->byOpener.contains(1));
+  CHECK(boards->byOpener.contains(100));
+  CHECK(boards->byAcceptor.contains(2));
+}
+
+TEST_CASE("a board a hostile peer scribbled is read and posted on within its bounds") {
+  auto b = freshBoard();
+  // Any count, any ids: lookups scan at most kSlots slots, a post lands in slot count % kSlots.
+  b->seq.store(std::uint64_t{1} << 62, std::memory_order_relaxed);
+  for (auto& slot : b->ids) slot.store(0xdead, std::memory_order_relaxed);
+  CHECK(b->contains(0xdead));
+  CHECK_FALSE(b->contains(7));
+  b->post(7);
+  CHECK(b->contains(7));
+  // A count about to wrap: the post wraps it to 0, and the scan then covers no slot (a late
+  // hint, nothing worse); the next post counts again.
+  b->seq.store(~std::uint64_t{0}, std::memory_order_relaxed);
+  b->post(8);
+  CHECK(b->seq.load() == 0);
+  CHECK_FALSE(b->contains(8));
+  b->post(9);
+  CHECK(b->contains(9));
 }

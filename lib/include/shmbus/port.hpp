@@ -35,7 +35,9 @@ using PortCloseListener = std::function<void(const Error& why)>;
 /// One end of a port: a pair of rings shared by exactly two windows, with no supervisor in the
 /// path of its messages. The patterns are the window's: send/on/once, invoke/handle/handleAsync
 /// with deadlines, cancellation and the same Error codes; channels on a port are the port's own
-/// (policy judged the port when it opened, not the messages on it).
+/// (policy judged the port when it opened, not the messages on it). The typed stubs of
+/// capnpc-shmbus take a Port as they take a Window (shmbus/typed.hpp): `XHandlers::handleM(port,
+/// fn)` serves the peer's calls, `XPortClient(port).m(build)` calls the peer.
 ///
 /// Lifetime: the port closes when close() is called, when the last shared_ptr to it is dropped,
 /// when either window closes or dies, or when the supervisor revokes it. Then every call pending
@@ -71,7 +73,9 @@ class Port {
   Result<void> send(const Channel& channel, const BuildFn& build = {});
 
   /// Request to the peer's Port::handle. The deadline is kept by this side (no supervisor in the
-  /// path): Timeout at CallOptions::timeout (0: PortOptions::callTimeout). Errors come back
+  /// path): Timeout at CallOptions::timeout (0: PortOptions::callTimeout). Call::cancel reaches the
+  /// peer's handler while it runs (ctx.cancelled(), synchronous handlers included: this side posts
+  /// on its cancel board in the port's segment), as does the deadline. Errors come back
   /// through the Call: NoHandler, Timeout, HandlerError, TargetGone, Cancelled, Full, TooLarge,
   /// InvalidMessage, Corrupt; InvalidArgument at once for a bad channel or a negative timeout.
   Call invoke(const Channel& channel, const BuildFn& build = {}, CallOptions options = {});

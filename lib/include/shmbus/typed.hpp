@@ -10,8 +10,9 @@
 //     static constexpr bool oneway;             // $oneway: a send/push/broadcast, no reply
 //
 // and thin client and registration functions that forward to the templates below. Everything
-// here is a layer over the untyped API (Window / Supervisor): the same records, the same
-// routing, no extra copy. Builders write straight into ring space; readers read in place.
+// here is a layer over the untyped API (Window / Supervisor / Port): the same records, the same
+// routing, no extra copy. Builders write straight into ring space; readers read in place. On a
+// Port (docs/architecture.md §16) the same stubs call, send to and serve the port's peer.
 //
 // Contract checks: every typed message carries the fingerprint of its struct's layout
 // (Channel::schemaId on requests and sends, Channel::replySchemaId on replies; shmbus/contract.hpp).
@@ -42,6 +43,7 @@
 #include "shmbus/contract.hpp"
 #include "shmbus/error.hpp"
 #include "shmbus/message.hpp"
+#include "shmbus/port.hpp"
 #include "shmbus/supervisor.hpp"
 #include "shmbus/window.hpp"
 
@@ -86,9 +88,15 @@ struct NoParams {
 template <class F, class M>
 concept ParamsBuilder = std::invocable<F&, typename M::Params::Builder&>;
 
-/// The two endpoints of a bus: a window, or the supervisor in the main process.
+/// The endpoints whose calls and sends name a target: a window (to the main process, or routed
+/// to other windows) and the supervisor in the main process (to windows).
 template <class E>
-concept Endpoint = std::same_as<E, Window> || std::same_as<E, Supervisor>;
+concept RoutedEndpoint = std::same_as<E, Window> || std::same_as<E, Supervisor>;
+
+/// Every endpoint typed contracts work on: a RoutedEndpoint, or one end of a port, whose calls
+/// and sends go to its peer without a target (docs/architecture.md §16).
+template <class E>
+concept Endpoint = RoutedEndpoint<E> || std::same_as<E, Port>;
 
 namespace detail {
 
@@ -241,6 +249,27 @@ TypedCall<typename M::Results> invoke(Supervisor& s, const Target& target, F& bu
           resultsLayoutOf<M>()};
 }
 
+/// Typed request (method descriptor M) to the peer of a port (Port::invoke): the deadline is the
+/// caller's own (no supervisor in the path); errors name the peer's window id.
+template <class M, class F>
+TypedCall<typename M::Results> invoke(Port& p, F& build, CallOptions options) {
+  static_assert(!M::oneway, "a $oneway method has no reply: use send");
+  const Channel ch = M::channel();
+  return {p.invoke(ch, buildFn<M>(build), withTimeout(options, M::defaultTimeout)), ch, Target(p.peerId()),
+          resultsLayoutOf<M>()};
+}
+
+/// The call of a generated client's overload without a target: to `fallback` (the interface's
+/// $target role, else the main process) from a window or the supervisor; to the peer on a port.
+template <class M, Endpoint E, class F>
+TypedCall<typename M::Results> invokeDefault(E& endpoint, const Target& fallback, F& build, CallOptions options) {
+  if constexpr (std::same_as<E, Port>) {
+    return invoke<M>(endpoint, build, options);
+  } else {
+    return invoke<M>(endpoint, fallback, build, options);
+  }
+}
+
 /// Typed one-way message from a window: to main (Window::send) or to a window (Window::sendTo).
 template <class M, class F>
 Result<void> send(Window& w, const Target& target, F& build) {
@@ -253,6 +282,23 @@ template <class M, class F>
 Result<void> send(Supervisor& s, const Target& target, F& build) {
   static_assert(M::oneway, "only $oneway methods are pushed; call the others");
   return s.send(target, M::channel(), buildFn<M>(build));
+}
+
+/// Typed one-way message to the peer of a port (Port::send).
+template <class M, class F>
+Result<void> send(Port& p, F& build) {
+  static_assert(M::oneway, "only $oneway methods are sent; call the others");
+  return p.send(M::channel(), buildFn<M>(build));
+}
+
+/// The send of a generated client's overload without a target (see invokeDefault).
+template <class M, Endpoint E, class F>
+Result<void> sendDefault(E& endpoint, const Target& fallback, F& build) {
+  if constexpr (std::same_as<E, Port>) {
+    return send<M>(endpoint, build);
+  } else {
+    return send<M>(endpoint, fallback, build);
+  }
 }
 
 /// Typed broadcast from the main process (Supervisor::broadcast).

@@ -52,6 +52,10 @@ Result<std::shared_ptr<Port::Impl>> makePort(Window::Impl& w, const WelcomeInfo&
   p->port->peerRole = info.role;
   p->port->opener = opener;
   p->port->callTimeout = callTimeout;
+  // The welcome's board offset is checked to hold 512 bytes, the size of the two boards.
+  auto* boards = reinterpret_cast<PortCancelBoards*>(p->link.segment->base() + info.boardOffset);
+  p->port->ownCancels = opener ? &boards->byOpener : &boards->byAcceptor;
+  p->port->peerCancels = opener ? &boards->byAcceptor : &boards->byOpener;
   p->port->hub = w.hub;
   p->log = Logger{"port", fmt::format("{}/{}#{} port {}", w.bus, w.link.role, w.link.id, info.portId), w.opts.logLevel};
   std::lock_guard lk(w.hub->mu);

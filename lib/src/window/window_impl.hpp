@@ -93,6 +93,10 @@ struct Window::Impl : CallOwner {
     std::string peerRole;
     bool opener = false;
     std::chrono::milliseconds callTimeout{0};
+    // The port's two cancel boards (wire/cancel_board.hpp, §11): this end posts the calls it
+    // cancels on its own (under outMu, its one writer) and its handlers read the peer's.
+    PortCancelBoard* ownCancels = nullptr;
+    const PortCancelBoard* peerCancels = nullptr;
     std::weak_ptr<PortHub> hub;  // the owning window's (tells the supervisor of a close)
     std::mutex mu;
     std::vector<std::pair<std::uint64_t, PortCloseListener>> closeListeners;  // guarded by mu
@@ -120,8 +124,15 @@ struct Window::Impl : CallOwner {
   /// supervisor when this side ended it (`tell`), and runs the close listeners on this thread.
   void endPort(std::uint32_t reason, ErrorCode code, const std::string& text, bool tell);
 
-  /// Cancel state of one handler call: the router's board, a Cancel frame (async handlers that
-  /// outlive their callback), the bus closing, or the deadline.
+  /// True when the caller of request `requestId` posted its cancel on the board this endpoint
+  /// reads: the router's for a window, the peer's for a port (wire/cancel_board.hpp).
+  bool cancelPosted(std::uint64_t requestId) const noexcept {
+    return port ? port->peerCancels->contains(requestId) : link.cancels->contains(requestId);
+  }
+
+  /// Cancel state of one handler call: the caller's board post (the router's, or a port's
+  /// peer's), a Cancel frame (async handlers that outlive their callback), the bus closing, or
+  /// the deadline.
   struct Probe final : CancelProbe {
     const Impl* w = nullptr;
     std::uint64_t requestId = 0;
@@ -130,7 +141,7 @@ struct Window::Impl : CallOwner {
     bool cancelled() const noexcept override {
       // acquire: pairs with the release stores of onCancelFrame() and markClosed().
       return flag.load(std::memory_order_acquire) || w->closed.load(std::memory_order_acquire) ||
-             w->link.cancels->contains(requestId) || (deadlineNs != 0 && monotonicNowNs() >= deadlineNs) ||
+             w->cancelPosted(requestId) || (deadlineNs != 0 && monotonicNowNs() >= deadlineNs) ||
              w->portEnded();  // a port's end, seen before its dispatcher (busy in this handler) sees it
     }
   };
@@ -338,8 +349,16 @@ struct Window::Impl : CallOwner {
   void cancel(const std::shared_ptr<CallState>& s) override {
     const bool wasPending = pending.take(s->requestId) != nullptr;
     completeCall(s, makeError(ErrorCode::Cancelled, s->what() + ": cancelled by the caller"));
-    // Behind its Invoke on the same ring: the router never sees a Cancel before its call.
-    if (wasPending) control(FrameKind::Cancel, 0, s->requestId);
+    if (!wasPending) return;
+    if (port) {
+      // No router on a port: this end posts on its own board for the peer's running sync
+      // handler, before the frame as the router does (§11, §16). outMu: the board's one writer.
+      std::lock_guard lk(outMu);
+      port->ownCancels->post(s->requestId);
+    }
+    // Behind its Invoke on the same ring: the router (a port's peer) never sees a Cancel before
+    // its call.
+    control(FrameKind::Cancel, 0, s->requestId);
   }
 
   // ---- dispatch

@@ -10,6 +10,8 @@
 //
 // Segment layout, computed here for both sides:
 //   [SegmentHeader 64 B][CancelBoard 512 B][inbox RingControl + data][outbox RingControl + data]
+// A port's segment has the same layout; its ends read the board's 512 bytes as PortCancelBoards,
+// one board per direction (wire/cancel_board.hpp, docs/architecture.md §16).
 #pragma once
 
 #include <sys/types.h>

@@ -4,7 +4,8 @@
 //   <I>Channels          constexpr shmbus::Channel per method: id from (interface id, ordinal),
 //                        name "I.method", params/results fingerprints
 //   <I>Methods           one descriptor per method (Params, Results, channel, default timeout)
-//   Basic<I>Client<E>    typed calls / sends; <I>Client = on a Window, <I>MainClient = on the Supervisor
+//   Basic<I>Client<E>    typed calls / sends; <I>Client = on a Window, <I>MainClient = on the
+//                        Supervisor, <I>PortClient = on a Port (to its peer)
 //   <I>Handlers          typed handle<Method> / on<Method> / once<Method> registration
 //
 // `<I>` is the interface's name, its enclosing scopes joined by '_' (Cap'n Proto names cannot
@@ -401,15 +402,19 @@ class Generator {
   static std::string generateClient(const Interface& i) {
     const std::string& n = i.flatName;
     const std::string fallback = i.target ? "role \"" + *i.target + "\"" : "the main process";
-    // The target-less overloads go to $target, else (windows only) to the main process.
+    // The target-less overloads go to $target, else (not from the supervisor) to the main
+    // process; on a port, to its peer. Only they exist on a port (docs/architecture.md §16).
     const std::string fallbackTarget = i.target ? "::shmbus::Target(\"" + *i.target + "\")" : "::shmbus::Target::main()";
-    const std::string fallbackEndpoint = i.target ? "" : "std::same_as<E, ::shmbus::Window> && ";
+    const std::string fallbackEndpoint = i.target ? "" : "!std::same_as<E, ::shmbus::Supervisor> && ";
+    const std::string targetEndpoint = "::shmbus::RoutedEndpoint<E> && ";
     std::string o;
     o += "\n/// Typed client of " + i.capnpName + ". " + n + "Client{window} calls the main process\n";
     o += "/// (Target::main()) or windows (routed by the supervisor) and sends one-way messages;\n";
-    o += "/// " + n + "MainClient{supervisor} calls windows, pushes and broadcasts. A build callable gets\n";
-    o += "/// `Params::Builder` and fills the params in place (omit it to send the defaults); a reply\n";
-    o += "/// is read in place (zero copy). The overloads without a target go to " + fallback + ".\n";
+    o += "/// " + n + "MainClient{supervisor} calls windows, pushes and broadcasts; " + n + "PortClient{port}\n";
+    o += "/// calls and sends to the peer of a port (the overloads without a target). A build callable\n";
+    o += "/// gets `Params::Builder` and fills the params in place (omit it to send the defaults); a\n";
+    o += "/// reply is read in place (zero copy). The overloads without a target go to " + fallback + "\n";
+    o += "/// (on a port: to its peer).\n";
     o += "template <::shmbus::Endpoint E>\n";
     o += "class Basic" + n + "Client {\n";
     o += " public:\n";
@@ -427,26 +432,27 @@ class Generator {
         const std::string ret = "  ::shmbus::TypedCall<" + desc + "::Results>\n";
         o += "  /// Calls " + qualified + " on `target`" +
              (m.timeoutMs ? " (default timeout " + std::to_string(m.timeoutMs) + " ms)" : std::string()) + ".\n";
-        o += head + builds + ret;
+        o += head + targetEndpoint + builds + ret;
         o += "  " + m.member +
              "(const ::shmbus::Target& target, Build&& build = {}, ::shmbus::CallOptions options = {}) {\n";
         o += "    return ::shmbus::detail::invoke<" + desc + ">(endpoint_, target, build, options);\n";
         o += "  }\n";
-        o += "  /// Calls " + qualified + " on " + fallback + ".\n";
+        o += "  /// Calls " + qualified + " on " + fallback + " (on a port: its peer).\n";
         o += head + fallbackEndpoint + builds + ret;
         o += "  " + m.member + "(Build&& build = {}, ::shmbus::CallOptions options = {}) {\n";
-        o += "    return " + m.member + "(" + fallbackTarget + ", build, options);\n";
+        o += "    return ::shmbus::detail::invokeDefault<" + desc + ">(endpoint_, " + fallbackTarget +
+             ", build, options);\n";
         o += "  }\n";
       } else {
         o += "  /// Sends " + qualified + " to `target` (a push, from the supervisor).\n";
-        o += head + builds;
+        o += head + targetEndpoint + builds;
         o += "  ::shmbus::Result<void>\n  " + m.member + "(const ::shmbus::Target& target, Build&& build = {}) {\n";
         o += "    return ::shmbus::detail::send<" + desc + ">(endpoint_, target, build);\n";
         o += "  }\n";
-        o += "  /// Sends " + qualified + " to " + fallback + ".\n";
+        o += "  /// Sends " + qualified + " to " + fallback + " (on a port: its peer).\n";
         o += head + fallbackEndpoint + builds;
         o += "  ::shmbus::Result<void>\n  " + m.member + "(Build&& build = {}) {\n";
-        o += "    return " + m.member + "(" + fallbackTarget + ", build);\n";
+        o += "    return ::shmbus::detail::sendDefault<" + desc + ">(endpoint_, " + fallbackTarget + ", build);\n";
         o += "  }\n";
         o += "  /// Broadcasts " + qualified + " to the windows `options` selects (supervisor only).\n";
         o += head + "std::same_as<E, ::shmbus::Supervisor> && " + builds;
@@ -461,6 +467,7 @@ class Generator {
     o += "};\n";
     o += "using " + n + "Client = Basic" + n + "Client<::shmbus::Window>;\n";
     o += "using " + n + "MainClient = Basic" + n + "Client<::shmbus::Supervisor>;\n";
+    o += "using " + n + "PortClient = Basic" + n + "Client<::shmbus::Port>;\n";
     return o;
   }
 
@@ -468,8 +475,9 @@ class Generator {
     const std::string& n = i.flatName;
     std::string o;
     o += "\n/// Typed handlers and listeners of " + i.capnpName +
-         " on a window, or on the supervisor for calls and\n";
-    o += "/// sends to the main process. Each returns the Registration that undoes it.\n";
+         " on a window, on one end of a port (for its peer's\n";
+    o += "/// calls and sends), or on the supervisor for calls and sends to the main process. Each\n";
+    o += "/// returns the Registration that undoes it.\n";
     o += "///   handle<Method>(endpoint, fn(Params::Reader, Results::Builder, const shmbus::CallContext&))\n";
     o += "///     the results builder is the reply's root; a throw fails the call with HandlerError.\n";
     o += "///   on<Method> / once<Method>(endpoint, fn(Params::Reader, const shmbus::CallContext&))\n";

@@ -250,9 +250,11 @@ struct StudioMethods {
 
 /// Typed client of Studio. StudioClient{window} calls the main process
 /// (Target::main()) or windows (routed by the supervisor) and sends one-way messages;
-/// StudioMainClient{supervisor} calls windows, pushes and broadcasts. A build callable gets
-/// `Params::Builder` and fills the params in place (omit it to send the defaults); a reply
-/// is read in place (zero copy). The overloads without a target go to role "studio".
+/// StudioMainClient{supervisor} calls windows, pushes and broadcasts; StudioPortClient{port}
+/// calls and sends to the peer of a port (the overloads without a target). A build callable
+/// gets `Params::Builder` and fills the params in place (omit it to send the defaults); a
+/// reply is read in place (zero copy). The overloads without a target go to role "studio"
+/// (on a port: to its peer).
 template <::shmbus::Endpoint E>
 class BasicStudioClient {
  public:
@@ -261,81 +263,81 @@ class BasicStudioClient {
   /// Returns the text it got and its length.
   /// Calls Studio.echo on `target`.
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, StudioMethods::Echo>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, StudioMethods::Echo>)
   ::shmbus::TypedCall<StudioMethods::Echo::Results>
   echo(const ::shmbus::Target& target, Build&& build = {}, ::shmbus::CallOptions options = {}) {
     return ::shmbus::detail::invoke<StudioMethods::Echo>(endpoint_, target, build, options);
   }
-  /// Calls Studio.echo on role "studio".
+  /// Calls Studio.echo on role "studio" (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
     requires(::shmbus::ParamsBuilder<Build, StudioMethods::Echo>)
   ::shmbus::TypedCall<StudioMethods::Echo::Results>
   echo(Build&& build = {}, ::shmbus::CallOptions options = {}) {
-    return echo(::shmbus::Target("studio"), build, options);
+    return ::shmbus::detail::invokeDefault<StudioMethods::Echo>(endpoint_, ::shmbus::Target("studio"), build, options);
   }
 
   /// Void params and void results.
   /// Calls Studio.ping on `target`.
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, StudioMethods::Ping>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, StudioMethods::Ping>)
   ::shmbus::TypedCall<StudioMethods::Ping::Results>
   ping(const ::shmbus::Target& target, Build&& build = {}, ::shmbus::CallOptions options = {}) {
     return ::shmbus::detail::invoke<StudioMethods::Ping>(endpoint_, target, build, options);
   }
-  /// Calls Studio.ping on role "studio".
+  /// Calls Studio.ping on role "studio" (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
     requires(::shmbus::ParamsBuilder<Build, StudioMethods::Ping>)
   ::shmbus::TypedCall<StudioMethods::Ping::Results>
   ping(Build&& build = {}, ::shmbus::CallOptions options = {}) {
-    return ping(::shmbus::Target("studio"), build, options);
+    return ::shmbus::detail::invokeDefault<StudioMethods::Ping>(endpoint_, ::shmbus::Target("studio"), build, options);
   }
 
   /// Nested structs, unions and lists both ways.
   /// Calls Studio.describe on `target` (default timeout 2500 ms).
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, StudioMethods::Describe>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, StudioMethods::Describe>)
   ::shmbus::TypedCall<StudioMethods::Describe::Results>
   describe(const ::shmbus::Target& target, Build&& build = {}, ::shmbus::CallOptions options = {}) {
     return ::shmbus::detail::invoke<StudioMethods::Describe>(endpoint_, target, build, options);
   }
-  /// Calls Studio.describe on role "studio".
+  /// Calls Studio.describe on role "studio" (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
     requires(::shmbus::ParamsBuilder<Build, StudioMethods::Describe>)
   ::shmbus::TypedCall<StudioMethods::Describe::Results>
   describe(Build&& build = {}, ::shmbus::CallOptions options = {}) {
-    return describe(::shmbus::Target("studio"), build, options);
+    return ::shmbus::detail::invokeDefault<StudioMethods::Describe>(endpoint_, ::shmbus::Target("studio"), build, options);
   }
 
   /// A named struct as params and as results.
   /// Calls Studio.store on `target`.
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, StudioMethods::Store>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, StudioMethods::Store>)
   ::shmbus::TypedCall<StudioMethods::Store::Results>
   store(const ::shmbus::Target& target, Build&& build = {}, ::shmbus::CallOptions options = {}) {
     return ::shmbus::detail::invoke<StudioMethods::Store>(endpoint_, target, build, options);
   }
-  /// Calls Studio.store on role "studio".
+  /// Calls Studio.store on role "studio" (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
     requires(::shmbus::ParamsBuilder<Build, StudioMethods::Store>)
   ::shmbus::TypedCall<StudioMethods::Store::Results>
   store(Build&& build = {}, ::shmbus::CallOptions options = {}) {
-    return store(::shmbus::Target("studio"), build, options);
+    return ::shmbus::detail::invokeDefault<StudioMethods::Store>(endpoint_, ::shmbus::Target("studio"), build, options);
   }
 
   /// A one-way note (send, sendTo, push, broadcast).
   /// Sends Studio.notify to `target` (a push, from the supervisor).
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, StudioMethods::Notify>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, StudioMethods::Notify>)
   ::shmbus::Result<void>
   notify(const ::shmbus::Target& target, Build&& build = {}) {
     return ::shmbus::detail::send<StudioMethods::Notify>(endpoint_, target, build);
   }
-  /// Sends Studio.notify to role "studio".
+  /// Sends Studio.notify to role "studio" (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
     requires(::shmbus::ParamsBuilder<Build, StudioMethods::Notify>)
   ::shmbus::Result<void>
   notify(Build&& build = {}) {
-    return notify(::shmbus::Target("studio"), build);
+    return ::shmbus::detail::sendDefault<StudioMethods::Notify>(endpoint_, ::shmbus::Target("studio"), build);
   }
   /// Broadcasts Studio.notify to the windows `options` selects (supervisor only).
   template <class Build = ::shmbus::NoParams>
@@ -347,17 +349,17 @@ class BasicStudioClient {
 
   /// Sends Studio.tick to `target` (a push, from the supervisor).
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, StudioMethods::Tick>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, StudioMethods::Tick>)
   ::shmbus::Result<void>
   tick(const ::shmbus::Target& target, Build&& build = {}) {
     return ::shmbus::detail::send<StudioMethods::Tick>(endpoint_, target, build);
   }
-  /// Sends Studio.tick to role "studio".
+  /// Sends Studio.tick to role "studio" (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
     requires(::shmbus::ParamsBuilder<Build, StudioMethods::Tick>)
   ::shmbus::Result<void>
   tick(Build&& build = {}) {
-    return tick(::shmbus::Target("studio"), build);
+    return ::shmbus::detail::sendDefault<StudioMethods::Tick>(endpoint_, ::shmbus::Target("studio"), build);
   }
   /// Broadcasts Studio.tick to the windows `options` selects (supervisor only).
   template <class Build = ::shmbus::NoParams>
@@ -370,33 +372,33 @@ class BasicStudioClient {
   /// A method whose name is a C++ keyword.
   /// Calls Studio.delete on `target`.
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, StudioMethods::Delete>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, StudioMethods::Delete>)
   ::shmbus::TypedCall<StudioMethods::Delete::Results>
   delete_(const ::shmbus::Target& target, Build&& build = {}, ::shmbus::CallOptions options = {}) {
     return ::shmbus::detail::invoke<StudioMethods::Delete>(endpoint_, target, build, options);
   }
-  /// Calls Studio.delete on role "studio".
+  /// Calls Studio.delete on role "studio" (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
     requires(::shmbus::ParamsBuilder<Build, StudioMethods::Delete>)
   ::shmbus::TypedCall<StudioMethods::Delete::Results>
   delete_(Build&& build = {}, ::shmbus::CallOptions options = {}) {
-    return delete_(::shmbus::Target("studio"), build, options);
+    return ::shmbus::detail::invokeDefault<StudioMethods::Delete>(endpoint_, ::shmbus::Target("studio"), build, options);
   }
 
   /// Runs until the caller gives up; the default timeout is 150 ms.
   /// Calls Studio.slow on `target` (default timeout 150 ms).
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, StudioMethods::Slow>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, StudioMethods::Slow>)
   ::shmbus::TypedCall<StudioMethods::Slow::Results>
   slow(const ::shmbus::Target& target, Build&& build = {}, ::shmbus::CallOptions options = {}) {
     return ::shmbus::detail::invoke<StudioMethods::Slow>(endpoint_, target, build, options);
   }
-  /// Calls Studio.slow on role "studio".
+  /// Calls Studio.slow on role "studio" (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
     requires(::shmbus::ParamsBuilder<Build, StudioMethods::Slow>)
   ::shmbus::TypedCall<StudioMethods::Slow::Results>
   slow(Build&& build = {}, ::shmbus::CallOptions options = {}) {
-    return slow(::shmbus::Target("studio"), build, options);
+    return ::shmbus::detail::invokeDefault<StudioMethods::Slow>(endpoint_, ::shmbus::Target("studio"), build, options);
   }
 
  private:
@@ -404,9 +406,11 @@ class BasicStudioClient {
 };
 using StudioClient = BasicStudioClient<::shmbus::Window>;
 using StudioMainClient = BasicStudioClient<::shmbus::Supervisor>;
+using StudioPortClient = BasicStudioClient<::shmbus::Port>;
 
-/// Typed handlers and listeners of Studio on a window, or on the supervisor for calls and
-/// sends to the main process. Each returns the Registration that undoes it.
+/// Typed handlers and listeners of Studio on a window, on one end of a port (for its peer's
+/// calls and sends), or on the supervisor for calls and sends to the main process. Each
+/// returns the Registration that undoes it.
 ///   handle<Method>(endpoint, fn(Params::Reader, Results::Builder, const shmbus::CallContext&))
 ///     the results builder is the reply's root; a throw fails the call with HandlerError.
 ///   on<Method> / once<Method>(endpoint, fn(Params::Reader, const shmbus::CallContext&))
@@ -539,9 +543,11 @@ struct HubMethods {
 
 /// Typed client of Hub. HubClient{window} calls the main process
 /// (Target::main()) or windows (routed by the supervisor) and sends one-way messages;
-/// HubMainClient{supervisor} calls windows, pushes and broadcasts. A build callable gets
-/// `Params::Builder` and fills the params in place (omit it to send the defaults); a reply
-/// is read in place (zero copy). The overloads without a target go to the main process.
+/// HubMainClient{supervisor} calls windows, pushes and broadcasts; HubPortClient{port}
+/// calls and sends to the peer of a port (the overloads without a target). A build callable
+/// gets `Params::Builder` and fills the params in place (omit it to send the defaults); a
+/// reply is read in place (zero copy). The overloads without a target go to the main process
+/// (on a port: to its peer).
 template <::shmbus::Endpoint E>
 class BasicHubClient {
  public:
@@ -549,32 +555,32 @@ class BasicHubClient {
 
   /// Calls Hub.report on `target`.
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, HubMethods::Report>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, HubMethods::Report>)
   ::shmbus::TypedCall<HubMethods::Report::Results>
   report(const ::shmbus::Target& target, Build&& build = {}, ::shmbus::CallOptions options = {}) {
     return ::shmbus::detail::invoke<HubMethods::Report>(endpoint_, target, build, options);
   }
-  /// Calls Hub.report on the main process.
+  /// Calls Hub.report on the main process (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
-    requires(std::same_as<E, ::shmbus::Window> && ::shmbus::ParamsBuilder<Build, HubMethods::Report>)
+    requires(!std::same_as<E, ::shmbus::Supervisor> && ::shmbus::ParamsBuilder<Build, HubMethods::Report>)
   ::shmbus::TypedCall<HubMethods::Report::Results>
   report(Build&& build = {}, ::shmbus::CallOptions options = {}) {
-    return report(::shmbus::Target::main(), build, options);
+    return ::shmbus::detail::invokeDefault<HubMethods::Report>(endpoint_, ::shmbus::Target::main(), build, options);
   }
 
   /// Sends Hub.status to `target` (a push, from the supervisor).
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, HubMethods::Status>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, HubMethods::Status>)
   ::shmbus::Result<void>
   status(const ::shmbus::Target& target, Build&& build = {}) {
     return ::shmbus::detail::send<HubMethods::Status>(endpoint_, target, build);
   }
-  /// Sends Hub.status to the main process.
+  /// Sends Hub.status to the main process (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
-    requires(std::same_as<E, ::shmbus::Window> && ::shmbus::ParamsBuilder<Build, HubMethods::Status>)
+    requires(!std::same_as<E, ::shmbus::Supervisor> && ::shmbus::ParamsBuilder<Build, HubMethods::Status>)
   ::shmbus::Result<void>
   status(Build&& build = {}) {
-    return status(::shmbus::Target::main(), build);
+    return ::shmbus::detail::sendDefault<HubMethods::Status>(endpoint_, ::shmbus::Target::main(), build);
   }
   /// Broadcasts Hub.status to the windows `options` selects (supervisor only).
   template <class Build = ::shmbus::NoParams>
@@ -589,9 +595,11 @@ class BasicHubClient {
 };
 using HubClient = BasicHubClient<::shmbus::Window>;
 using HubMainClient = BasicHubClient<::shmbus::Supervisor>;
+using HubPortClient = BasicHubClient<::shmbus::Port>;
 
-/// Typed handlers and listeners of Hub on a window, or on the supervisor for calls and
-/// sends to the main process. Each returns the Registration that undoes it.
+/// Typed handlers and listeners of Hub on a window, on one end of a port (for its peer's
+/// calls and sends), or on the supervisor for calls and sends to the main process. Each
+/// returns the Registration that undoes it.
 ///   handle<Method>(endpoint, fn(Params::Reader, Results::Builder, const shmbus::CallContext&))
 ///     the results builder is the reply's root; a throw fails the call with HandlerError.
 ///   on<Method> / once<Method>(endpoint, fn(Params::Reader, const shmbus::CallContext&))
@@ -661,9 +669,11 @@ struct Scope_InnerMethods {
 
 /// Typed client of Scope.Inner. Scope_InnerClient{window} calls the main process
 /// (Target::main()) or windows (routed by the supervisor) and sends one-way messages;
-/// Scope_InnerMainClient{supervisor} calls windows, pushes and broadcasts. A build callable gets
-/// `Params::Builder` and fills the params in place (omit it to send the defaults); a reply
-/// is read in place (zero copy). The overloads without a target go to role "inner".
+/// Scope_InnerMainClient{supervisor} calls windows, pushes and broadcasts; Scope_InnerPortClient{port}
+/// calls and sends to the peer of a port (the overloads without a target). A build callable
+/// gets `Params::Builder` and fills the params in place (omit it to send the defaults); a
+/// reply is read in place (zero copy). The overloads without a target go to role "inner"
+/// (on a port: to its peer).
 template <::shmbus::Endpoint E>
 class BasicScope_InnerClient {
  public:
@@ -671,17 +681,17 @@ class BasicScope_InnerClient {
 
   /// Calls Scope.Inner.hello on `target`.
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, Scope_InnerMethods::Hello>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, Scope_InnerMethods::Hello>)
   ::shmbus::TypedCall<Scope_InnerMethods::Hello::Results>
   hello(const ::shmbus::Target& target, Build&& build = {}, ::shmbus::CallOptions options = {}) {
     return ::shmbus::detail::invoke<Scope_InnerMethods::Hello>(endpoint_, target, build, options);
   }
-  /// Calls Scope.Inner.hello on role "inner".
+  /// Calls Scope.Inner.hello on role "inner" (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
     requires(::shmbus::ParamsBuilder<Build, Scope_InnerMethods::Hello>)
   ::shmbus::TypedCall<Scope_InnerMethods::Hello::Results>
   hello(Build&& build = {}, ::shmbus::CallOptions options = {}) {
-    return hello(::shmbus::Target("inner"), build, options);
+    return ::shmbus::detail::invokeDefault<Scope_InnerMethods::Hello>(endpoint_, ::shmbus::Target("inner"), build, options);
   }
 
  private:
@@ -689,9 +699,11 @@ class BasicScope_InnerClient {
 };
 using Scope_InnerClient = BasicScope_InnerClient<::shmbus::Window>;
 using Scope_InnerMainClient = BasicScope_InnerClient<::shmbus::Supervisor>;
+using Scope_InnerPortClient = BasicScope_InnerClient<::shmbus::Port>;
 
-/// Typed handlers and listeners of Scope.Inner on a window, or on the supervisor for calls and
-/// sends to the main process. Each returns the Registration that undoes it.
+/// Typed handlers and listeners of Scope.Inner on a window, on one end of a port (for its peer's
+/// calls and sends), or on the supervisor for calls and sends to the main process. Each
+/// returns the Registration that undoes it.
 ///   handle<Method>(endpoint, fn(Params::Reader, Results::Builder, const shmbus::CallContext&))
 ///     the results builder is the reply's root; a throw fails the call with HandlerError.
 ///   on<Method> / once<Method>(endpoint, fn(Params::Reader, const shmbus::CallContext&))
@@ -749,9 +761,11 @@ struct Scope_Inner_DeeperMethods {
 
 /// Typed client of Scope.Inner.Deeper. Scope_Inner_DeeperClient{window} calls the main process
 /// (Target::main()) or windows (routed by the supervisor) and sends one-way messages;
-/// Scope_Inner_DeeperMainClient{supervisor} calls windows, pushes and broadcasts. A build callable gets
-/// `Params::Builder` and fills the params in place (omit it to send the defaults); a reply
-/// is read in place (zero copy). The overloads without a target go to the main process.
+/// Scope_Inner_DeeperMainClient{supervisor} calls windows, pushes and broadcasts; Scope_Inner_DeeperPortClient{port}
+/// calls and sends to the peer of a port (the overloads without a target). A build callable
+/// gets `Params::Builder` and fills the params in place (omit it to send the defaults); a
+/// reply is read in place (zero copy). The overloads without a target go to the main process
+/// (on a port: to its peer).
 template <::shmbus::Endpoint E>
 class BasicScope_Inner_DeeperClient {
  public:
@@ -759,17 +773,17 @@ class BasicScope_Inner_DeeperClient {
 
   /// Calls Scope.Inner.Deeper.depth on `target`.
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, Scope_Inner_DeeperMethods::Depth>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, Scope_Inner_DeeperMethods::Depth>)
   ::shmbus::TypedCall<Scope_Inner_DeeperMethods::Depth::Results>
   depth(const ::shmbus::Target& target, Build&& build = {}, ::shmbus::CallOptions options = {}) {
     return ::shmbus::detail::invoke<Scope_Inner_DeeperMethods::Depth>(endpoint_, target, build, options);
   }
-  /// Calls Scope.Inner.Deeper.depth on the main process.
+  /// Calls Scope.Inner.Deeper.depth on the main process (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
-    requires(std::same_as<E, ::shmbus::Window> && ::shmbus::ParamsBuilder<Build, Scope_Inner_DeeperMethods::Depth>)
+    requires(!std::same_as<E, ::shmbus::Supervisor> && ::shmbus::ParamsBuilder<Build, Scope_Inner_DeeperMethods::Depth>)
   ::shmbus::TypedCall<Scope_Inner_DeeperMethods::Depth::Results>
   depth(Build&& build = {}, ::shmbus::CallOptions options = {}) {
-    return depth(::shmbus::Target::main(), build, options);
+    return ::shmbus::detail::invokeDefault<Scope_Inner_DeeperMethods::Depth>(endpoint_, ::shmbus::Target::main(), build, options);
   }
 
  private:
@@ -777,9 +791,11 @@ class BasicScope_Inner_DeeperClient {
 };
 using Scope_Inner_DeeperClient = BasicScope_Inner_DeeperClient<::shmbus::Window>;
 using Scope_Inner_DeeperMainClient = BasicScope_Inner_DeeperClient<::shmbus::Supervisor>;
+using Scope_Inner_DeeperPortClient = BasicScope_Inner_DeeperClient<::shmbus::Port>;
 
-/// Typed handlers and listeners of Scope.Inner.Deeper on a window, or on the supervisor for calls and
-/// sends to the main process. Each returns the Registration that undoes it.
+/// Typed handlers and listeners of Scope.Inner.Deeper on a window, on one end of a port (for its peer's
+/// calls and sends), or on the supervisor for calls and sends to the main process. Each
+/// returns the Registration that undoes it.
 ///   handle<Method>(endpoint, fn(Params::Reader, Results::Builder, const shmbus::CallContext&))
 ///     the results builder is the reply's root; a throw fails the call with HandlerError.
 ///   on<Method> / once<Method>(endpoint, fn(Params::Reader, const shmbus::CallContext&))
@@ -993,9 +1009,11 @@ struct VersionedMethods {
 
 /// Typed client of Versioned. VersionedClient{window} calls the main process
 /// (Target::main()) or windows (routed by the supervisor) and sends one-way messages;
-/// VersionedMainClient{supervisor} calls windows, pushes and broadcasts. A build callable gets
-/// `Params::Builder` and fills the params in place (omit it to send the defaults); a reply
-/// is read in place (zero copy). The overloads without a target go to the main process.
+/// VersionedMainClient{supervisor} calls windows, pushes and broadcasts; VersionedPortClient{port}
+/// calls and sends to the peer of a port (the overloads without a target). A build callable
+/// gets `Params::Builder` and fills the params in place (omit it to send the defaults); a
+/// reply is read in place (zero copy). The overloads without a target go to the main process
+/// (on a port: to its peer).
 template <::shmbus::Endpoint E>
 class BasicVersionedClient {
  public:
@@ -1003,49 +1021,49 @@ class BasicVersionedClient {
 
   /// Calls Versioned.check on `target`.
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Check>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Check>)
   ::shmbus::TypedCall<VersionedMethods::Check::Results>
   check(const ::shmbus::Target& target, Build&& build = {}, ::shmbus::CallOptions options = {}) {
     return ::shmbus::detail::invoke<VersionedMethods::Check>(endpoint_, target, build, options);
   }
-  /// Calls Versioned.check on the main process.
+  /// Calls Versioned.check on the main process (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
-    requires(std::same_as<E, ::shmbus::Window> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Check>)
+    requires(!std::same_as<E, ::shmbus::Supervisor> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Check>)
   ::shmbus::TypedCall<VersionedMethods::Check::Results>
   check(Build&& build = {}, ::shmbus::CallOptions options = {}) {
-    return check(::shmbus::Target::main(), build, options);
+    return ::shmbus::detail::invokeDefault<VersionedMethods::Check>(endpoint_, ::shmbus::Target::main(), build, options);
   }
 
   /// The params agree between the versions, the results do not.
   /// Calls Versioned.reply on `target`.
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Reply>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Reply>)
   ::shmbus::TypedCall<VersionedMethods::Reply::Results>
   reply(const ::shmbus::Target& target, Build&& build = {}, ::shmbus::CallOptions options = {}) {
     return ::shmbus::detail::invoke<VersionedMethods::Reply>(endpoint_, target, build, options);
   }
-  /// Calls Versioned.reply on the main process.
+  /// Calls Versioned.reply on the main process (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
-    requires(std::same_as<E, ::shmbus::Window> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Reply>)
+    requires(!std::same_as<E, ::shmbus::Supervisor> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Reply>)
   ::shmbus::TypedCall<VersionedMethods::Reply::Results>
   reply(Build&& build = {}, ::shmbus::CallOptions options = {}) {
-    return reply(::shmbus::Target::main(), build, options);
+    return ::shmbus::detail::invokeDefault<VersionedMethods::Reply>(endpoint_, ::shmbus::Target::main(), build, options);
   }
 
   /// Same layout in both versions: the v2 peer reports its findings with it.
   /// Sends Versioned.report to `target` (a push, from the supervisor).
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Report>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Report>)
   ::shmbus::Result<void>
   report(const ::shmbus::Target& target, Build&& build = {}) {
     return ::shmbus::detail::send<VersionedMethods::Report>(endpoint_, target, build);
   }
-  /// Sends Versioned.report to the main process.
+  /// Sends Versioned.report to the main process (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
-    requires(std::same_as<E, ::shmbus::Window> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Report>)
+    requires(!std::same_as<E, ::shmbus::Supervisor> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Report>)
   ::shmbus::Result<void>
   report(Build&& build = {}) {
-    return report(::shmbus::Target::main(), build);
+    return ::shmbus::detail::sendDefault<VersionedMethods::Report>(endpoint_, ::shmbus::Target::main(), build);
   }
   /// Broadcasts Versioned.report to the windows `options` selects (supervisor only).
   template <class Build = ::shmbus::NoParams>
@@ -1058,17 +1076,17 @@ class BasicVersionedClient {
   /// A one-way message to which v2 appends a field: compatible.
   /// Sends Versioned.note to `target` (a push, from the supervisor).
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Note>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Note>)
   ::shmbus::Result<void>
   note(const ::shmbus::Target& target, Build&& build = {}) {
     return ::shmbus::detail::send<VersionedMethods::Note>(endpoint_, target, build);
   }
-  /// Sends Versioned.note to the main process.
+  /// Sends Versioned.note to the main process (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
-    requires(std::same_as<E, ::shmbus::Window> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Note>)
+    requires(!std::same_as<E, ::shmbus::Supervisor> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Note>)
   ::shmbus::Result<void>
   note(Build&& build = {}) {
-    return note(::shmbus::Target::main(), build);
+    return ::shmbus::detail::sendDefault<VersionedMethods::Note>(endpoint_, ::shmbus::Target::main(), build);
   }
   /// Broadcasts Versioned.note to the windows `options` selects (supervisor only).
   template <class Build = ::shmbus::NoParams>
@@ -1081,49 +1099,49 @@ class BasicVersionedClient {
   /// v2 makes every field a Float64 (issue 12's silent `inf`): refused both ways.
   /// Calls Versioned.add on `target`.
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Add>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Add>)
   ::shmbus::TypedCall<VersionedMethods::Add::Results>
   add(const ::shmbus::Target& target, Build&& build = {}, ::shmbus::CallOptions options = {}) {
     return ::shmbus::detail::invoke<VersionedMethods::Add>(endpoint_, target, build, options);
   }
-  /// Calls Versioned.add on the main process.
+  /// Calls Versioned.add on the main process (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
-    requires(std::same_as<E, ::shmbus::Window> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Add>)
+    requires(!std::same_as<E, ::shmbus::Supervisor> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Add>)
   ::shmbus::TypedCall<VersionedMethods::Add::Results>
   add(Build&& build = {}, ::shmbus::CallOptions options = {}) {
-    return add(::shmbus::Target::main(), build, options);
+    return ::shmbus::detail::invokeDefault<VersionedMethods::Add>(endpoint_, ::shmbus::Target::main(), build, options);
   }
 
   /// v2 appends a field to the params and one to the results: works both ways.
   /// Calls Versioned.extend on `target`.
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Extend>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Extend>)
   ::shmbus::TypedCall<VersionedMethods::Extend::Results>
   extend(const ::shmbus::Target& target, Build&& build = {}, ::shmbus::CallOptions options = {}) {
     return ::shmbus::detail::invoke<VersionedMethods::Extend>(endpoint_, target, build, options);
   }
-  /// Calls Versioned.extend on the main process.
+  /// Calls Versioned.extend on the main process (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
-    requires(std::same_as<E, ::shmbus::Window> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Extend>)
+    requires(!std::same_as<E, ::shmbus::Supervisor> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Extend>)
   ::shmbus::TypedCall<VersionedMethods::Extend::Results>
   extend(Build&& build = {}, ::shmbus::CallOptions options = {}) {
-    return extend(::shmbus::Target::main(), build, options);
+    return ::shmbus::detail::invokeDefault<VersionedMethods::Extend>(endpoint_, ::shmbus::Target::main(), build, options);
   }
 
   /// A one-way message whose field v2 retypes: refused.
   /// Sends Versioned.signal to `target` (a push, from the supervisor).
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Signal>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Signal>)
   ::shmbus::Result<void>
   signal(const ::shmbus::Target& target, Build&& build = {}) {
     return ::shmbus::detail::send<VersionedMethods::Signal>(endpoint_, target, build);
   }
-  /// Sends Versioned.signal to the main process.
+  /// Sends Versioned.signal to the main process (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
-    requires(std::same_as<E, ::shmbus::Window> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Signal>)
+    requires(!std::same_as<E, ::shmbus::Supervisor> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Signal>)
   ::shmbus::Result<void>
   signal(Build&& build = {}) {
-    return signal(::shmbus::Target::main(), build);
+    return ::shmbus::detail::sendDefault<VersionedMethods::Signal>(endpoint_, ::shmbus::Target::main(), build);
   }
   /// Broadcasts Versioned.signal to the windows `options` selects (supervisor only).
   template <class Build = ::shmbus::NoParams>
@@ -1138,9 +1156,11 @@ class BasicVersionedClient {
 };
 using VersionedClient = BasicVersionedClient<::shmbus::Window>;
 using VersionedMainClient = BasicVersionedClient<::shmbus::Supervisor>;
+using VersionedPortClient = BasicVersionedClient<::shmbus::Port>;
 
-/// Typed handlers and listeners of Versioned on a window, or on the supervisor for calls and
-/// sends to the main process. Each returns the Registration that undoes it.
+/// Typed handlers and listeners of Versioned on a window, on one end of a port (for its peer's
+/// calls and sends), or on the supervisor for calls and sends to the main process. Each
+/// returns the Registration that undoes it.
 ///   handle<Method>(endpoint, fn(Params::Reader, Results::Builder, const shmbus::CallContext&))
 ///     the results builder is the reply's root; a throw fails the call with HandlerError.
 ///   on<Method> / once<Method>(endpoint, fn(Params::Reader, const shmbus::CallContext&))

@@ -219,9 +219,11 @@ struct VersionedMethods {
 
 /// Typed client of Versioned. VersionedClient{window} calls the main process
 /// (Target::main()) or windows (routed by the supervisor) and sends one-way messages;
-/// VersionedMainClient{supervisor} calls windows, pushes and broadcasts. A build callable gets
-/// `Params::Builder` and fills the params in place (omit it to send the defaults); a reply
-/// is read in place (zero copy). The overloads without a target go to the main process.
+/// VersionedMainClient{supervisor} calls windows, pushes and broadcasts; VersionedPortClient{port}
+/// calls and sends to the peer of a port (the overloads without a target). A build callable
+/// gets `Params::Builder` and fills the params in place (omit it to send the defaults); a
+/// reply is read in place (zero copy). The overloads without a target go to the main process
+/// (on a port: to its peer).
 template <::shmbus::Endpoint E>
 class BasicVersionedClient {
  public:
@@ -230,48 +232,48 @@ class BasicVersionedClient {
   /// Retyped and appended params: incompatible.
   /// Calls Versioned.check on `target`.
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Check>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Check>)
   ::shmbus::TypedCall<VersionedMethods::Check::Results>
   check(const ::shmbus::Target& target, Build&& build = {}, ::shmbus::CallOptions options = {}) {
     return ::shmbus::detail::invoke<VersionedMethods::Check>(endpoint_, target, build, options);
   }
-  /// Calls Versioned.check on the main process.
+  /// Calls Versioned.check on the main process (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
-    requires(std::same_as<E, ::shmbus::Window> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Check>)
+    requires(!std::same_as<E, ::shmbus::Supervisor> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Check>)
   ::shmbus::TypedCall<VersionedMethods::Check::Results>
   check(Build&& build = {}, ::shmbus::CallOptions options = {}) {
-    return check(::shmbus::Target::main(), build, options);
+    return ::shmbus::detail::invokeDefault<VersionedMethods::Check>(endpoint_, ::shmbus::Target::main(), build, options);
   }
 
   /// Retyped and appended results: incompatible.
   /// Calls Versioned.reply on `target`.
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Reply>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Reply>)
   ::shmbus::TypedCall<VersionedMethods::Reply::Results>
   reply(const ::shmbus::Target& target, Build&& build = {}, ::shmbus::CallOptions options = {}) {
     return ::shmbus::detail::invoke<VersionedMethods::Reply>(endpoint_, target, build, options);
   }
-  /// Calls Versioned.reply on the main process.
+  /// Calls Versioned.reply on the main process (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
-    requires(std::same_as<E, ::shmbus::Window> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Reply>)
+    requires(!std::same_as<E, ::shmbus::Supervisor> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Reply>)
   ::shmbus::TypedCall<VersionedMethods::Reply::Results>
   reply(Build&& build = {}, ::shmbus::CallOptions options = {}) {
-    return reply(::shmbus::Target::main(), build, options);
+    return ::shmbus::detail::invokeDefault<VersionedMethods::Reply>(endpoint_, ::shmbus::Target::main(), build, options);
   }
 
   /// Sends Versioned.report to `target` (a push, from the supervisor).
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Report>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Report>)
   ::shmbus::Result<void>
   report(const ::shmbus::Target& target, Build&& build = {}) {
     return ::shmbus::detail::send<VersionedMethods::Report>(endpoint_, target, build);
   }
-  /// Sends Versioned.report to the main process.
+  /// Sends Versioned.report to the main process (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
-    requires(std::same_as<E, ::shmbus::Window> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Report>)
+    requires(!std::same_as<E, ::shmbus::Supervisor> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Report>)
   ::shmbus::Result<void>
   report(Build&& build = {}) {
-    return report(::shmbus::Target::main(), build);
+    return ::shmbus::detail::sendDefault<VersionedMethods::Report>(endpoint_, ::shmbus::Target::main(), build);
   }
   /// Broadcasts Versioned.report to the windows `options` selects (supervisor only).
   template <class Build = ::shmbus::NoParams>
@@ -284,17 +286,17 @@ class BasicVersionedClient {
   /// An appended field: compatible.
   /// Sends Versioned.note to `target` (a push, from the supervisor).
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Note>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Note>)
   ::shmbus::Result<void>
   note(const ::shmbus::Target& target, Build&& build = {}) {
     return ::shmbus::detail::send<VersionedMethods::Note>(endpoint_, target, build);
   }
-  /// Sends Versioned.note to the main process.
+  /// Sends Versioned.note to the main process (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
-    requires(std::same_as<E, ::shmbus::Window> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Note>)
+    requires(!std::same_as<E, ::shmbus::Supervisor> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Note>)
   ::shmbus::Result<void>
   note(Build&& build = {}) {
-    return note(::shmbus::Target::main(), build);
+    return ::shmbus::detail::sendDefault<VersionedMethods::Note>(endpoint_, ::shmbus::Target::main(), build);
   }
   /// Broadcasts Versioned.note to the windows `options` selects (supervisor only).
   template <class Build = ::shmbus::NoParams>
@@ -307,49 +309,49 @@ class BasicVersionedClient {
   /// Int64 -> Float64: incompatible.
   /// Calls Versioned.add on `target`.
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Add>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Add>)
   ::shmbus::TypedCall<VersionedMethods::Add::Results>
   add(const ::shmbus::Target& target, Build&& build = {}, ::shmbus::CallOptions options = {}) {
     return ::shmbus::detail::invoke<VersionedMethods::Add>(endpoint_, target, build, options);
   }
-  /// Calls Versioned.add on the main process.
+  /// Calls Versioned.add on the main process (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
-    requires(std::same_as<E, ::shmbus::Window> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Add>)
+    requires(!std::same_as<E, ::shmbus::Supervisor> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Add>)
   ::shmbus::TypedCall<VersionedMethods::Add::Results>
   add(Build&& build = {}, ::shmbus::CallOptions options = {}) {
-    return add(::shmbus::Target::main(), build, options);
+    return ::shmbus::detail::invokeDefault<VersionedMethods::Add>(endpoint_, ::shmbus::Target::main(), build, options);
   }
 
   /// Appended fields on both sides: compatible.
   /// Calls Versioned.extend on `target`.
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Extend>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Extend>)
   ::shmbus::TypedCall<VersionedMethods::Extend::Results>
   extend(const ::shmbus::Target& target, Build&& build = {}, ::shmbus::CallOptions options = {}) {
     return ::shmbus::detail::invoke<VersionedMethods::Extend>(endpoint_, target, build, options);
   }
-  /// Calls Versioned.extend on the main process.
+  /// Calls Versioned.extend on the main process (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
-    requires(std::same_as<E, ::shmbus::Window> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Extend>)
+    requires(!std::same_as<E, ::shmbus::Supervisor> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Extend>)
   ::shmbus::TypedCall<VersionedMethods::Extend::Results>
   extend(Build&& build = {}, ::shmbus::CallOptions options = {}) {
-    return extend(::shmbus::Target::main(), build, options);
+    return ::shmbus::detail::invokeDefault<VersionedMethods::Extend>(endpoint_, ::shmbus::Target::main(), build, options);
   }
 
   /// Int64 -> Float64 on a one-way message: incompatible.
   /// Sends Versioned.signal to `target` (a push, from the supervisor).
   template <class Build = ::shmbus::NoParams>
-    requires(::shmbus::ParamsBuilder<Build, VersionedMethods::Signal>)
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Signal>)
   ::shmbus::Result<void>
   signal(const ::shmbus::Target& target, Build&& build = {}) {
     return ::shmbus::detail::send<VersionedMethods::Signal>(endpoint_, target, build);
   }
-  /// Sends Versioned.signal to the main process.
+  /// Sends Versioned.signal to the main process (on a port: its peer).
   template <class Build = ::shmbus::NoParams>
-    requires(std::same_as<E, ::shmbus::Window> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Signal>)
+    requires(!std::same_as<E, ::shmbus::Supervisor> && ::shmbus::ParamsBuilder<Build, VersionedMethods::Signal>)
   ::shmbus::Result<void>
   signal(Build&& build = {}) {
-    return signal(::shmbus::Target::main(), build);
+    return ::shmbus::detail::sendDefault<VersionedMethods::Signal>(endpoint_, ::shmbus::Target::main(), build);
   }
   /// Broadcasts Versioned.signal to the windows `options` selects (supervisor only).
   template <class Build = ::shmbus::NoParams>
@@ -364,9 +366,11 @@ class BasicVersionedClient {
 };
 using VersionedClient = BasicVersionedClient<::shmbus::Window>;
 using VersionedMainClient = BasicVersionedClient<::shmbus::Supervisor>;
+using VersionedPortClient = BasicVersionedClient<::shmbus::Port>;
 
-/// Typed handlers and listeners of Versioned on a window, or on the supervisor for calls and
-/// sends to the main process. Each returns the Registration that undoes it.
+/// Typed handlers and listeners of Versioned on a window, on one end of a port (for its peer's
+/// calls and sends), or on the supervisor for calls and sends to the main process. Each
+/// returns the Registration that undoes it.
 ///   handle<Method>(endpoint, fn(Params::Reader, Results::Builder, const shmbus::CallContext&))
 ///     the results builder is the reply's root; a throw fails the call with HandlerError.
 ///   on<Method> / once<Method>(endpoint, fn(Params::Reader, const shmbus::CallContext&))
