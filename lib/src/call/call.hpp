@@ -45,6 +45,12 @@ struct CallState {
   /// Where the then-callback runs: null = on the completing thread (a window's dispatcher); the
   /// supervisor posts it to its callback lane, so user code never runs on the router.
   std::function<void(std::function<void()>)> post;
+  /// Set on a call made over a port while an inspector is attached (docs/architecture.md §14
+  /// "Ports"): runs once, on the completing thread, with the outcome before anyone can see it.
+  std::function<void(const CallState&, const Result<Message>&)> onEnd;  // guarded by mu until taken
+  std::size_t requestBytes = 0;  ///< traced calls: the request's payload bytes, written before its commit
+  std::uint32_t replyBytes = 0;  ///< a reply's payload bytes, set before it completes the call
+  bool ending = false;           // guarded by mu: onEnd is running (the call completes after it)
 };
 
 /// How long after a call's deadline a waiter gives up by itself when nobody answers it (the
