@@ -517,6 +517,38 @@ inline std::string toolPath(const char* var) {
   return p;
 }
 
+/// The test's side of a window in a forked child that it drives through a Link, one line each
+/// way: "go" lets the child connect (it announces "ready"), each command then gets one answer,
+/// "done" ends it. A subclass forks `child_` in its constructor with a body that reads `link_`
+/// (before the supervisor's dispatch thread runs, as TestBus says).
+class DrivenWindow {
+ public:
+  explicit DrivenWindow(std::string role) : role_(std::move(role)) {}
+  /// Lets it connect; returns its window id once the supervisor heard its "ready".
+  std::uint32_t start(TestBus& tb) {
+    link_.tellChild("go");
+    return tb.awaitReady(role_);
+  }
+  /// Sends `command` and returns the child's answer (throws after `timeout`).
+  std::string ask(const std::string& command, std::chrono::milliseconds timeout = 10s) {
+    link_.tellChild(command);
+    return link_.hearChild(timeout);
+  }
+  pid_t pid() const noexcept { return child_.pid(); }
+  /// Says "done" and waits for the child's exit status.
+  int finish() {
+    link_.tellChild("done");
+    return child_.join(10s);
+  }
+  /// Waits for the child's exit status (a child killed: -1 or its signal status).
+  int join() { return child_.join(10s); }
+
+ protected:
+  std::string role_;
+  Link link_;
+  Child child_;
+};
+
 /// A program run in its own process with its stdout and stderr on pipes (the CLI tools' tests:
 /// shmbus-inspect, shmbusd). The child only dup2s and execs: nothing that could take a lock, so
 /// it may be started while the test's threads run.

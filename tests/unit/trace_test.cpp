@@ -168,18 +168,9 @@ TEST_CASE("trace events round-trip; malformed bodies are InvalidMessage; JSON es
 }
 
 TEST_CASE("port events carry their port id in an optional tail; a body with a bad tail is InvalidMessage") {
-  TraceEvent e;
-  e.kind = TraceKind::PortClose;
-  e.startNs = e.endNs = 500;
-  e.channelId = 0x77;
-  e.channel = "chat";
-  e.sourceId = 3;
-  e.sourceRole = "opener";
-  e.targetId = 4;
-  e.targetRole = "acceptor";
-  e.status = ErrorCode::TargetGone;
-  e.error = "the acceptor's window closed or died";
-  e.portId = 12;
+  TraceEvent e{.kind = TraceKind::PortClose, .startNs = 500, .endNs = 500, .channelId = 0x77, .channel = "chat",
+               .sourceId = 3, .sourceRole = "opener", .targetId = 4, .targetRole = "acceptor",
+               .status = ErrorCode::TargetGone, .error = "the acceptor's window closed or died", .portId = 12};
   std::vector<std::uint8_t> withPort;
   encodeTraceEvent(e, withPort);
   auto d = decodeTraceEvent(withPort, 9);

@@ -41,28 +41,13 @@ constexpr double kEndMs = kAddressSanitizer ? 50 : 10;
 /// call is cancelled or the port ended), "hang-async" (an async handler: tells "hanging", then a
 /// thread tells "handler-cancelled" once its Responder is cancelled), a listener on "note", and a
 /// close listener.
-class PortPeer {
+class PortPeer : public DrivenWindow {
  public:
-  PortPeer(TestBus& tb, std::string role) : role_(std::move(role)) {
+  PortPeer(TestBus& tb, std::string role) : DrivenWindow(std::move(role)) {
     child_ = Child::fork([this, bus = tb.bus] { body(bus); });
-  }
-  /// Lets it connect; returns its window id once the supervisor heard its "ready".
-  std::uint32_t start(TestBus& tb) {
-    link_.tellChild("go");
-    return tb.awaitReady(role_);
-  }
-  std::string ask(const std::string& command, std::chrono::milliseconds timeout = 10s) {
-    link_.tellChild(command);
-    return link_.hearChild(timeout);
   }
   std::string hear(std::chrono::milliseconds timeout = 10s) { return link_.hearChild(timeout); }
   void tell(const std::string& command) { link_.tellChild(command); }
-  pid_t pid() const noexcept { return child_.pid(); }
-  int finish() {
-    link_.tellChild("done");
-    return child_.join(10s);
-  }
-  int join() { return child_.join(10s); }
 
  private:
   struct State {
@@ -204,10 +189,6 @@ class PortPeer {
     st.regs.clear();
     st.port.reset();
   }
-
-  std::string role_;
-  Link link_;
-  Child child_;
 };
 
 /// The two ends of a port on "chat": the acceptor listens, the opener opens. Forked before the

@@ -37,25 +37,11 @@ constexpr std::size_t kTableBytes = sizeof(detail::MessageTable);  // a payload'
 /// Its handler "run" (main calls it with "N M") makes N "size" calls of growing requests, one
 /// "fail" call and M sends on "note" over the port, and answers "REQWORDS:REPLYWORDS ..." for
 /// the size calls and the fail call's code: inside a handler, so they carry its trace id.
-class PortEnd {
+class PortEnd : public DrivenWindow {
  public:
-  PortEnd(TestBus& tb, std::string role) : role_(std::move(role)) {
+  PortEnd(TestBus& tb, std::string role) : DrivenWindow(std::move(role)) {
     child_ = Child::fork([this, bus = tb.bus] { body(bus); });
   }
-  std::uint32_t start(TestBus& tb) {
-    link_.tellChild("go");
-    return tb.awaitReady(role_);
-  }
-  std::string ask(const std::string& command) {
-    link_.tellChild(command);
-    return link_.hearChild(10s);
-  }
-  pid_t pid() const noexcept { return child_.pid(); }
-  int finish() {
-    link_.tellChild("done");
-    return child_.join(10s);
-  }
-  int join() { return child_.join(10s); }
 
  private:
   struct State {
@@ -152,10 +138,6 @@ class PortEnd {
     st.regs.clear();
     st.port.reset();
   }
-
-  std::string role_;
-  Link link_;
-  Child child_;
 };
 
 /// Reads events until one satisfies `last` (included); fails the test after 10 s without one.
