@@ -147,7 +147,7 @@ std::function<void(const CallState&, const Result<Message>&)> Window::Impl::port
     PortTraceRecord rec = base;
     rec.requestId = s.requestId;
     rec.endNs = monotonicNowNs();
-    rec.requestBytes = static_cast<std::uint32_t>(s.requestBytes);
+    rec.requestBytes = static_cast<std::uint32_t>(s.requestBytes.load(std::memory_order_relaxed));  // see CallState
     if (r) {
       rec.replyBytes = s.replyBytes;
     } else {
@@ -363,9 +363,9 @@ Result<void> Port::send(const Channel& channel, const BuildFn& build) {
   rec.channel = std::string(channel.name);
   rec.traceId = currentTraceId();
   rec.startNs = rec.endNs = monotonicNowNs();
-  std::size_t bytes = 0;
+  std::atomic<std::size_t> bytes{0};
   auto r = impl_->sendImpl(Target(impl_->port->peerId), channel, build, &bytes);
-  rec.requestBytes = static_cast<std::uint32_t>(bytes);
+  rec.requestBytes = static_cast<std::uint32_t>(bytes.load(std::memory_order_relaxed));  // this thread's own store
   if (!r) {
     rec.status = r.code();
     rec.error = r.error().message;

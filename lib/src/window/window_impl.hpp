@@ -198,7 +198,7 @@ struct Window::Impl : CallOwner {
   // ---- outbox
 
   Result<void> writeOutLocked(const FrameHeader& h, const BuildFn& build, std::size_t hint, std::int64_t waitUntil,
-                              std::size_t* payloadBytes = nullptr) {
+                              std::atomic<std::size_t>* payloadBytes = nullptr) {
     for (;;) {
       if (closed.load(std::memory_order_acquire)) return makeError(closeCode(), busClosedMessage());
       auto r = writeFrame(link.outbox, h, build, hint, true, payloadBytes);
@@ -293,7 +293,8 @@ struct Window::Impl : CallOwner {
   }
 
   /// `payloadBytes` (optional): the message's payload size once written.
-  Result<void> sendImpl(const Target& t, const Channel& ch, const BuildFn& build, std::size_t* payloadBytes = nullptr) {
+  Result<void> sendImpl(const Target& t, const Channel& ch, const BuildFn& build,
+                        std::atomic<std::size_t>* payloadBytes = nullptr) {
     FrameHeader h = headerFor(FrameKind::Send, t, ch);
     std::lock_guard lk(outMu);
     if (auto r = internFor(t, ch, h.role); !r) return r;
