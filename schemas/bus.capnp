@@ -78,6 +78,15 @@ struct BusSnapshot {
   unansweredCalls @7 :UInt64;
   inspectors @8 :UInt32;
   truncated @9 :Bool;       # a list was cut to its bound
+  ports @10 :List(PortRow); # the bus's ports, open or offered (Supervisor::ports)
+
+  struct PortRow {
+    id @0 :UInt64;
+    opener @1 :UInt32;      # window ids
+    acceptor @2 :UInt32;
+    channel @3 :Text;
+    accepted @4 :Bool;
+  }
 
   struct WindowRow {
     id @0 :UInt32;
@@ -110,5 +119,27 @@ struct BusSnapshot {
     targetId @3 :UInt32;
     targetRole @4 :Text;
     waitingMs @5 :Float64;
+  }
+}
+
+struct PortTrace {
+  # A window → supervisor PortTrace frame (docs/architecture.md §14 "Ports"): calls and sends the
+  # window's port ends made while an inspector was attached, batched. Untrusted: the supervisor
+  # keeps only records of ports this window holds, and fills in the peer itself.
+  records @0 :List(Record);
+
+  struct Record {
+    portId @0 :UInt64;
+    kind @1 :UInt16;        # shmbus::TraceKind: 2 invoke (this end's call ended), 1 send
+    channelId @2 :UInt64;
+    channel @3 :Text;       # the channel's name as this end knows it ("" = none)
+    requestId @4 :UInt64;   # this end's request id (invoke)
+    traceId @5 :UInt64;
+    startNs @6 :Int64;      # CLOCK_MONOTONIC ns: the call made or the message written
+    endNs @7 :Int64;        # the call ended (= startNs for a send)
+    status @8 :UInt16;      # shmbus::ErrorCode (0 = Ok)
+    error @9 :Text;
+    requestBytes @10 :UInt32;  # payload bytes (message table + segments), as the router counts
+    replyBytes @11 :UInt32;
   }
 }

@@ -5,6 +5,8 @@
 #include <dirent.h>
 #include <unistd.h>
 
+#include <capnp/message.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
@@ -62,6 +64,20 @@ class RawOutbox {
     std::uint8_t body[sizeof header + sizeof(detail::MessageTable)] = {};
     std::memcpy(body, &header, sizeof header);
     record(body, sizeof body);
+  }
+
+  /// Commits a frame: `header` followed by the message `mb` (a well-formed payload a real window
+  /// would not send: forged records, docs/architecture.md §14 "Ports").
+  void frameWithMessage(const detail::FrameHeader& header, capnp::MessageBuilder& mb) {
+    auto segs = mb.getSegmentsForOutput();
+    childCheck(segs.size() <= detail::kMaxSegments, "too many segments for a frame");
+    detail::MessageTable t{};
+    t.segmentCount = static_cast<std::uint32_t>(segs.size());
+    std::string body(reinterpret_cast<const char*>(&header), sizeof header);
+    for (std::size_t i = 0; i < segs.size(); ++i) t.segmentWords[i] = static_cast<std::uint32_t>(segs[i].size());
+    body.append(reinterpret_cast<const char*>(&t), sizeof t);
+    for (auto seg : segs) body.append(reinterpret_cast<const char*>(seg.begin()), seg.size() * sizeof(capnp::word));
+    record(body.data(), body.size());
   }
 
   /// Commits a frame: `header` followed by a message whose table is sound but whose root is a

@@ -3,6 +3,7 @@
 // producer overwrites), the event codec round-trips and rejects malformed bodies, JSON escaping.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "bus_test.hpp"
@@ -164,4 +165,56 @@ TEST_CASE("trace events round-trip; malformed bodies are InvalidMessage; JSON es
   auto cut = decodeTraceEvent(buf, 1);
   REQUIRE(cut.ok());
   CHECK(cut->channel.size() == kTraceChannelMax);
+}
+
+TEST_CASE("port events carry their port id in an optional tail; a body with a bad tail is InvalidMessage") {
+  TraceEvent e{.kind = TraceKind::PortClose, .startNs = 500, .endNs = 500, .channelId = 0x77, .channel = "chat",
+               .sourceId = 3, .sourceRole = "opener", .targetId = 4, .targetRole = "acceptor",
+               .status = ErrorCode::TargetGone, .error = "the acceptor's window closed or died", .portId = 12};
+  std::vector<std::uint8_t> withPort;
+  encodeTraceEvent(e, withPort);
+  auto d = decodeTraceEvent(withPort, 9);
+  REQUIRE(d.ok());
+  CHECK(d->kind == TraceKind::PortClose);
+  CHECK(d->portId == 12);
+  CHECK(d->error == e.error);
+  CHECK(std::string(traceKindName(TraceKind::PortOpen)) == "port-open");
+  CHECK(std::string(traceKindName(TraceKind::PortClose)) == "port-close");
+  CHECK(toText(*d).find("opener#3 ↔ acceptor#4") != std::string::npos);
+  CHECK(toText(*d).find("port 12") != std::string::npos);
+  CHECK(toJson(*d).find(R"("portId":12)") != std::string::npos);
+  CHECK(toJson(*d).find(R"("kind":"port-close")") != std::string::npos);
+
+  // Without a port the body is the layout readers before ports knew: 8 bytes shorter.
+  e.portId = 0;
+  std::vector<std::uint8_t> without;
+  encodeTraceEvent(e, without);
+  CHECK(without.size() + 8 == withPort.size());
+  auto plain = decodeTraceEvent(without, 1);
+  REQUIRE(plain.ok());
+  CHECK(plain->portId == 0);
+
+  // An invoke over a port keeps its kind and gains the port.
+  e.kind = TraceKind::Invoke;
+  e.portId = 5;
+  encodeTraceEvent(e, withPort);
+  auto call = decodeTraceEvent(withPort, 2);
+  REQUIRE(call.ok());
+  CHECK(call->kind == TraceKind::Invoke);
+  CHECK(call->portId == 5);
+  CHECK(toText(*call).find("port 5") != std::string::npos);
+
+  // A tail of 0, a tail of the wrong size, an unknown kind past the port kinds: rejected.
+  auto zeroTail = withPort;
+  std::fill(zeroTail.end() - 8, zeroTail.end(), std::uint8_t{0});
+  CHECK(decodeTraceEvent(zeroTail, 1).code() == ErrorCode::InvalidMessage);
+  auto shortTail = withPort;
+  shortTail.resize(shortTail.size() - 4);
+  CHECK(decodeTraceEvent(shortTail, 1).code() == ErrorCode::InvalidMessage);
+  auto longTail = withPort;
+  longTail.resize(longTail.size() + 8);
+  CHECK(decodeTraceEvent(longTail, 1).code() == ErrorCode::InvalidMessage);
+  auto kind11 = withPort;
+  kind11[0] = 11;
+  CHECK(decodeTraceEvent(kind11, 1).code() == ErrorCode::InvalidMessage);
 }

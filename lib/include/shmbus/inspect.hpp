@@ -31,6 +31,15 @@ enum class TraceKind : std::uint16_t {
   WindowOpen = 6,   ///< a window registered (role, pid)
   WindowClose = 7,  ///< a window left: closed, died or was disconnected (reason in `error`)
   BadMessage = 8,   ///< a window was disconnected for a malformed frame or a corrupt ring
+  /// A port was asked for (Window::openPort): status Ok once the acceptor took it, else why not
+  /// (Denied, NoTarget, NoHandler, HandlerError, Full, Timeout, TargetGone, ...). Source = the
+  /// opener, target = the acceptor (or the role asked for); `portId` set once the router gave one.
+  PortOpen = 9,
+  /// An accepted port ended: closed by either side, a window's close or death, a revoke, a
+  /// corrupt ring, the supervisor stopping. Source = the opener, target = the acceptor; the
+  /// reason in `error`; status Ok for a close() by either side, else TargetGone, Corrupt or
+  /// BusClosed.
+  PortClose = 10,
 };
 
 /// Stable lower-case name of a kind ("send", "invoke", ..., "window-open"). Never null.
@@ -53,8 +62,8 @@ struct TracePayload {
 struct TraceEvent {
   TraceKind kind = TraceKind::Send;  ///< what happened
   std::uint64_t seq = 0;        ///< position in the bus's trace, from 1 (gaps = lost events)
-  std::int64_t startNs = 0;     ///< when the router saw the message or call, ns
-  std::int64_t endNs = 0;       ///< when the call ended (reply or error routed), ns
+  std::int64_t startNs = 0;     ///< when the router (a port's end: the caller) saw the message or call, ns
+  std::int64_t endNs = 0;       ///< when the call ended (reply or error routed or read), ns
   std::uint64_t requestId = 0;  ///< the caller's request id (calls), else 0
   std::uint64_t traceId = 0;    ///< the flow this call belongs to (nested calls share it), else 0
   std::uint64_t channelId = 0;  ///< the channel's id
@@ -68,6 +77,9 @@ struct TraceEvent {
   std::uint32_t requestBytes = 0;  ///< payload bytes of the message or request
   std::uint32_t replyBytes = 0;    ///< payload bytes of the reply (calls)
   std::uint32_t pid = 0;           ///< window events: the window's pid
+  /// The port the event is about (PortOpen, PortClose) or came over (an Invoke or Send recorded
+  /// by a port's end: its times, status and sizes are that end's own), else 0.
+  std::uint64_t portId = 0;
   /// The message's or the call's request payload, when captured and this inspector may read
   /// payloads (InspectOptions::payloads); else empty.
   std::optional<TracePayload> request;
@@ -92,8 +104,9 @@ std::string toJson(const TraceEvent& e);
 /// handler's (no handler track when the call never reached one: NoTarget, Denied...), each from
 /// when the router saw the request to when the call ended, joined by a flow arrow (flow id = the
 /// event's seq; args carry the trace id that nested calls share); a failed call's slices are
-/// named "<channel> [<Code>]" and coloured "terrible"; one-way messages, broadcasts, cancels and
-/// window events are instants on the sender's (the window's) track. Slices that overlap without
+/// named "<channel> [<Code>]" and coloured "terrible"; one-way messages, broadcasts, cancels,
+/// window events and port events are instants on the sender's (the window's, the opener's)
+/// track; calls over a port are slices like routed ones (their args carry "port"). Slices that overlap without
 /// nesting (concurrent calls of one window) go to extra threads of its track ("calls 2", ...),
 /// so every thread's slices nest as the format requires. Times are µs from the earliest event.
 /// Thread contract: one thread at a time.
@@ -137,9 +150,11 @@ struct BusSnapshot {
     std::uint32_t pendingCalls = 0;   ///< calls it made that are in flight
   };
   std::vector<Window> windows;   ///< in registration order
+  /// The bus's ports (Window::openPort), open or offered, by id: as Supervisor::ports().
+  std::vector<PortInfo> ports;
   RouterStats stats;             ///< per channel counters and pending calls, as Supervisor::stats()
   std::uint32_t inspectors = 0;  ///< inspectors attached (this one included)
-  bool truncated = false;        ///< a list was cut to its bound (256 windows, channels, pending calls)
+  bool truncated = false;        ///< a list was cut to its bound (256 windows, ports, channels, pending calls)
 };
 
 /// How an inspector attaches (Inspector::attach).

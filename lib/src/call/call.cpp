@@ -118,8 +118,18 @@ std::string CallState::what() const { return fmt::format("invoke '{}' to {}", ch
 bool completeCall(const std::shared_ptr<CallState>& s, Result<Message> r) {
   std::function<void(Result<Message>)> cb;
   {
-    std::lock_guard lk(s->mu);
-    if (s->result) return false;
+    std::unique_lock lk(s->mu);
+    if (s->result || s->ending) return false;
+    if (s->onEnd) {
+      // Traced: the record is made before the outcome is visible (a caller that then closes
+      // its port flushes it); `ending` keeps a second completer out meanwhile.
+      auto onEnd = std::move(s->onEnd);
+      s->onEnd = nullptr;
+      s->ending = true;
+      lk.unlock();
+      onEnd(*s, r);
+      lk.lock();
+    }
     s->result.emplace(std::move(r));
     cb = std::move(s->then);
     s->then = nullptr;

@@ -2,6 +2,7 @@
 // plus the holders behind Message.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -45,6 +46,15 @@ struct CallState {
   /// Where the then-callback runs: null = on the completing thread (a window's dispatcher); the
   /// supervisor posts it to its callback lane, so user code never runs on the router.
   std::function<void(std::function<void()>)> post;
+  /// Set on a call made over a port while an inspector is attached (docs/architecture.md §14
+  /// "Ports"): runs once, on the completing thread, with the outcome before anyone can see it.
+  std::function<void(const CallState&, const Result<Message>&)> onEnd;  // guarded by mu until taken
+  /// Traced calls: the request's payload bytes, stored before the request's commit (writeFrame)
+  /// and read by onEnd, possibly on the thread that read the reply: ordered through the peer's
+  /// process (SYNC POINT "record" both ways), which a race detector cannot see, hence atomic.
+  std::atomic<std::size_t> requestBytes{0};
+  std::uint32_t replyBytes = 0;  ///< a reply's payload bytes, set before it completes the call
+  bool ending = false;           // guarded by mu: onEnd is running (the call completes after it)
 };
 
 /// How long after a call's deadline a waiter gives up by itself when nobody answers it (the

@@ -44,8 +44,10 @@ enum class FrameKind : std::uint16_t {
   PortClose = 14,   ///< window → supervisor: this window closed port `requestId`
   PortListen = 15,  ///< window → supervisor: this window accepts ports on `channel` (onPort)
   PortUnlisten = 16,///< window → supervisor: it no longer does
+  PortTrace = 17,   ///< window → supervisor: calls and sends its port ends made while tracing
+                    ///< (payload bus.capnp PortTrace; docs/architecture.md §14 "Ports")
 };
-inline constexpr std::uint16_t kMaxFrameKind = 16;
+inline constexpr std::uint16_t kMaxFrameKind = 17;
 
 /// Frame flags.
 enum FrameFlags : std::uint16_t {

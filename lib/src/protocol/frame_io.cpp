@@ -24,7 +24,7 @@ Result<Claim> claimFor(RingProducer& p, std::size_t bodyBytes) {
 }  // namespace
 
 Result<void> writeFrame(RingProducer& p, const FrameHeader& header, const BuildFn& build, std::size_t sizeHint,
-                        bool notify) {
+                        bool notify, std::atomic<std::size_t>* payloadBytes) {
   // Claim the free contiguous space (a message's final size is known only once it is built); a
   // hint bounds it so a small message does not need the room of the largest record.
   const std::size_t maxBody = sizeHint != 0 ? kMinFrameBody + sizeHint + 64 : SIZE_MAX;
@@ -48,6 +48,8 @@ Result<void> writeFrame(RingProducer& p, const FrameHeader& header, const BuildF
   } else {
     std::memset(c.body + sizeof(FrameHeader), 0, sizeof(MessageTable));
   }
+  // relaxed: the commit's release store below publishes it with the frame (SYNC POINT "record").
+  if (payloadBytes != nullptr) payloadBytes->store(used - sizeof(FrameHeader), std::memory_order_relaxed);
   p.commit(c, used);
   if (notify) p.notifyConsumer();
   return {};

@@ -4,6 +4,7 @@
 
 #include <capnp/message.h>
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -18,10 +19,14 @@ namespace shmbus::detail {
 inline constexpr std::size_t kMinFrameBody = sizeof(FrameHeader) + sizeof(MessageTable);
 
 /// Claims space, writes `header`, builds the payload in place with `build` (empty: no payload)
-/// and commits; notifies the consumer when `notify`. Errors: TooLarge, Full, Corrupt.
-/// Exceptions thrown by `build` abort the claim and propagate.
+/// and commits; notifies the consumer when `notify`. `payloadBytes` (optional) gets the payload's
+/// size (message table + segments, what the reader's FrameView::payloadBytes will be) before the
+/// commit publishes it (relaxed: whoever learns of the frame through the ring, however
+/// indirectly, also sees the size; atomic, as the one who reads it may be another thread whose
+/// synchronisation runs through another process). Errors: TooLarge, Full, Corrupt. Exceptions
+/// thrown by `build` abort the claim and propagate.
 Result<void> writeFrame(RingProducer& p, const FrameHeader& header, const BuildFn& build, std::size_t sizeHint = 0,
-                        bool notify = true);
+                        bool notify = true, std::atomic<std::size_t>* payloadBytes = nullptr);
 
 /// Bytes of a message given as its segments (what writeFrameSegments copies after the table).
 inline std::size_t messageBytes(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments) noexcept {

@@ -305,6 +305,8 @@ void Router::onHello(Conn& c, const Packet& pkt) {
   c.inbox = std::move(seg->inbox);
   c.outbox = std::move(seg->outbox);
   c.cancels = seg->cancels;
+  // relaxed: as in setTraceWords; the Welcome's sendmsg orders it before the window maps it.
+  traceWord(c.seg->base()).store(tracing() ? 1 : 0, std::memory_order_relaxed);
   // A failed Welcome leaves the window nothing to map: refused (disconnect() unlinks the segment).
   if (auto sent = sendWelcome(c.sock.get(), opts_.bus, c.id, c.role, *seg, doorbellFd_.get()); !sent) {
     return refuse(sent.error(), "welcome failed");
@@ -397,7 +399,7 @@ void Router::disconnect(std::uint32_t id) {
   if (!c) return;
   const bool wasLive = c->state == Conn::State::Live;
   if (c->state == Conn::State::Inspector) {
-    --inspectors_;
+    if (--inspectors_ == 0) setTraceWords();
     if (c->payloadReader) --payloadReaders_;
     log_(LogLevel::Info, "inspector {} detached: {}; {} attached", c->id, c->doomed, inspectors_);
   } else if (c->bad) {

@@ -227,7 +227,7 @@ class Router {
   bool tracing() const noexcept { return inspectors_ > 0; }
   /// The flow id of a new call: the caller's when it sent one, else a fresh one.
   std::uint64_t traceIdFor(std::uint64_t fromCaller) noexcept { return fromCaller != 0 ? fromCaller : nextTraceId_++; }
-  void record(TraceEvent& e);
+  void record(const TraceEvent& e);
   /// A call ended (reply, error, timeout, target gone, cancel); `reply`: its payload, captured
   /// when capturing().
   void traceCall(const Route& r, TraceKind kind, ErrorCode status, std::string_view error, std::uint32_t replyBytes,
@@ -251,6 +251,15 @@ class Router {
                          const PayloadView& p);
   /// A window registered, left or was cut off.
   void traceWindow(TraceKind kind, const Conn& c, const std::string& reason);
+  /// Writes every window segment's trace word (traceWord): 1 while tracing(), else 0. Called
+  /// when the first inspector attaches and when the last one leaves. O(windows).
+  void setTraceWords();
+  /// A PortTrace frame from `w` (docs/architecture.md §14 "Ports"): a malformed payload cuts `w`
+  /// off (blame); each record of a port `w` holds (open, or among the last kRecentPorts closed)
+  /// becomes a TraceEvent whose target is the port's other end as the router knows it; other
+  /// records are dropped with one log line per frame (Warn). Nothing is written while no
+  /// inspector is attached.
+  void onPortTrace(Conn& w, const FrameView& f);
   void doom(Conn& c, std::string reason, bool bad);
   void reapDoomed();
   void drainClosing(Conn& c);
@@ -282,7 +291,8 @@ class Router {
   /// in overPendingLimit; else none.
   std::optional<Error> overInFlight(const Conn& w, const FrameHeader& h, std::size_t payloadBytes);
   std::int64_t deadlineFor(const FrameHeader& h, std::int64_t now, std::int64_t& timeoutMs) const;
-  void replyError(Conn& w, const FrameHeader& req, Error e);
+  /// Answers request `req` of `w` with `e` (counted; traced as an Invoke when `traced`).
+  void replyError(Conn& w, const FrameHeader& req, Error e, bool traced = true);
   void process(Conn& w, const RecordView& rec);
   void onIntern(Conn& w, const FrameView& f);
   /// A one-way message from `w` that cannot be delivered: counted, logged, and reported back to
@@ -307,10 +317,14 @@ class Router {
   // ---- ports (router_ports.cpp, docs/architecture.md §16); all under mu_
   /// A port: its segment stays mapped here so the router can close it for both ends (the close
   /// word and a wake-up of every ring word) when a window dies or it is revoked.
-  struct PortLink {
+  /// Who a port connects, kept after it ended too (recentPorts_) for the trace.
+  struct PortEnds {
     std::uint64_t id = 0;
     std::uint32_t opener = 0, acceptor = 0;
+    std::string openerRole, acceptorRole;
     std::uint64_t channel = 0;
+  };
+  struct PortLink : PortEnds {
     std::uint64_t openerReq = 0;  // the PortOpen's request id, answered when accepted
     std::int64_t deadline = 0;    // the opener's deadline for the answer
     bool accepted = false;
@@ -323,13 +337,26 @@ class Router {
   void onPortClose(Conn& w, const FrameHeader& h);
   /// Ends `id` with `reason` (wire/handshake.hpp PortCloseReason): the close word, a wake-up of
   /// both ends, and, for a port not yet accepted, `openerError` to the opener.
-  void closePort(std::uint64_t id, std::uint32_t reason, const std::optional<Error>& openerError);
+  /// `detail` (optional) is added to the trace event's reason (a window's disconnect reason).
+  void closePort(std::uint64_t id, std::uint32_t reason, const std::optional<Error>& openerError,
+                 std::string_view detail = {});
+  /// A refused open (no port yet) as a PortOpen event: `w` asked `h`, `t` the target when known.
+  void tracePortRefused(const Conn& w, const FrameHeader& h, const Conn* t, const Error& e);
+  /// The event of port `p` (source the opener, target the acceptor), `kind` and outcome set.
+  TraceEvent portEvent(TraceKind kind, const PortEnds& p, ErrorCode status, std::string error);
+  /// Port `id` if `windowId` is one of its ends: open, or among the last kRecentPorts ended.
+  const PortEnds* portOf(std::uint64_t id, std::uint32_t windowId) const;
+  /// Ports as Supervisor::ports() lists them (under mu_).
+  std::vector<PortInfo> portsLocked();
   /// Every port of window `id` (it is gone).
   void closePortsOf(const Conn& c);
   /// Closes the offered ports whose opener's deadline passed (kPortOpenTimedOut). O(ports).
   void expirePortOffers();
   std::map<std::uint64_t, PortLink> ports_;
   std::uint64_t nextPortId_ = 1;
+  /// Ports ended lately, newest last, at most kRecentPorts: a window's port end flushes its last
+  /// trace records when it sees the end, after the router has closed the port.
+  std::deque<PortEnds> recentPorts_;
 
   RouterOptions opts_;
   Logger log_;

@@ -96,9 +96,9 @@ std::int64_t Router::deadlineFor(const FrameHeader& h, std::int64_t now, std::in
   return deadlineAfter(now, std::chrono::milliseconds(timeoutMs));
 }
 
-void Router::replyError(Conn& w, const FrameHeader& req, Error e) {
+void Router::replyError(Conn& w, const FrameHeader& req, Error e, bool traced) {
   counters_.error(req.channel, e.code);
-  traceMessage(TraceKind::Invoke, w.id, req, 0, 0, &e);
+  if (traced) traceMessage(TraceKind::Invoke, w.id, req, 0, 0, &e);
   FrameHeader h{};
   h.channel = req.channel;
   h.requestId = req.requestId;
@@ -126,6 +126,7 @@ void Router::process(Conn& w, const RecordView& rec) {
     case FrameKind::PortListen: w.portChannels.insert(h.channel); return;
     case FrameKind::PortUnlisten: w.portChannels.erase(h.channel); return;
     case FrameKind::PortOffer: return doom(w, "a PortOffer frame is not for the supervisor", true);
+    case FrameKind::PortTrace: return onPortTrace(w, *f);
   }
 }
 

@@ -9,10 +9,13 @@
 #include "protocol/frame_io.hpp"
 #include "router/router.hpp"
 #include "router/router_internal.hpp"
+#include "trace/trace_event.hpp"
 
 namespace shmbus::detail {
 
 namespace {
+// Ended ports remembered for their ends' last trace records (Router::recentPorts_).
+constexpr std::size_t kRecentPorts = 64;
 // Ports one window may have open or offered at once (as opener or acceptor): each holds a segment
 // mapped here, so a window cannot make the supervisor map without bound (with rings no larger than
 // a window's: at most 64 × 2 × the window ring size of shared memory per window).
@@ -34,6 +37,11 @@ void Router::expirePortOffers() {
 void Router::onPortOpen(Conn& w, const FrameView& f) {
   const FrameHeader& h = f.header;
   expirePortOffers();  // offers whose target never answered do not count against the caps
+  // A refusal is the open's Error, traced as a PortOpen (not as an Invoke) with the target if known.
+  auto refuse = [&](Error e, const Conn* to = nullptr) {
+    tracePortRefused(w, h, to, e);
+    replyError(w, h, std::move(e), false);
+  };
   if (auto v = validatePayload(f.payload, f.payloadBytes); !v) return blame(w, h, "open port", v.error());
   auto what = [&] { return fmt::format("open port on '{}' from {}", registry_.nameOf(h.channel, w.id), w.describe()); };
   std::uint32_t ring = kDefaultPortRingBytes;
@@ -44,36 +52,36 @@ void Router::onPortOpen(Conn& w, const FrameView& f) {
         const std::uint32_t asked = m.reader().getRoot<schema::Hello>().getInboxBytes();
         if (asked != 0) ring = asked;
       } catch (const kj::Exception& e) {
-        return replyError(w, h, makeError(ErrorCode::InvalidMessage, what() + ": " + e.getDescription().cStr()));
+        return refuse(makeError(ErrorCode::InvalidMessage, what() + ": " + e.getDescription().cStr()));
       }
     }
   }
-  if (auto v = checkRingSizes(ring, ring); !v) return replyError(w, h, makeError(v.code(), what() + ": " + v.error().message));
+  if (auto v = checkRingSizes(ring, ring); !v) return refuse(makeError(v.code(), what() + ": " + v.error().message));
   if (const std::uint32_t most = std::max(opts_.inboxBytes, opts_.outboxBytes); ring > most) {
-    return replyError(w, h, makeError(ErrorCode::InvalidArgument,
+    return refuse(makeError(ErrorCode::InvalidArgument,
                                       fmt::format("{}: rings of {} bytes asked, a port's are at most as large as a "
                                                   "window's ({} bytes, SupervisorOptions::inboxBytes/outboxBytes)",
                                                   what(), ring, most)));
   }
   // The policy's choice for ports: opening one on C to T is an invoke of C by the opener that T
   // must be allowed to handle (§15). What then travels on the port is not seen here.
-  if (auto e = denied(PolicyAction::Invoke, h.channel, w.roleId, w.role, w.id, what)) return replyError(w, h, std::move(*e));
+  if (auto e = denied(PolicyAction::Invoke, h.channel, w.roleId, w.role, w.id, what)) return refuse(std::move(*e));
   if (h.target == kTargetMain) {
-    return replyError(w, h, makeError(ErrorCode::NoTarget, what() + ": ports connect two windows"));
+    return refuse(makeError(ErrorCode::NoTarget, what() + ": ports connect two windows"));
   }
   Conn* t = registry_.resolve(h.target, h.role);
   if (t == nullptr) {
-    return replyError(w, h, makeError(ErrorCode::NoTarget, fmt::format("{}: no live window with {}", what(),
-                                                                       registry_.describeTarget(h.target, h.role))));
+    return refuse(makeError(ErrorCode::NoTarget, fmt::format("{}: no live window with {}", what(),
+                                                                       registry_.describeTarget(h.target, h.role))), t);
   }
-  if (t == &w) return replyError(w, h, makeError(ErrorCode::InvalidArgument, what() + ": a port to itself"));
+  if (t == &w) return refuse(makeError(ErrorCode::InvalidArgument, what() + ": a port to itself"), t);
   if (auto e = denied(PolicyAction::Handle, h.channel, t->roleId, t->role, w.id,
                       [&] { return what() + " to " + t->describe(); })) {
-    return replyError(w, h, std::move(*e));
+    return refuse(std::move(*e), t);
   }
   if (t->portChannels.count(h.channel) == 0) {
-    return replyError(w, h, makeError(ErrorCode::NoHandler,
-                                      fmt::format("{} to {}: no onPort listener", what(), t->describe())));
+    return refuse(makeError(ErrorCode::NoHandler,
+                                      fmt::format("{} to {}: no onPort listener", what(), t->describe())), t);
   }
   std::size_t mine = 0, theirs = 0;
   for (auto& [id, p] : ports_) {
@@ -81,22 +89,24 @@ void Router::onPortOpen(Conn& w, const FrameView& f) {
     theirs += (p.opener == t->id || p.acceptor == t->id) ? 1 : 0;
   }
   if (mine >= kMaxPortsPerWindow || theirs >= kMaxPortsPerWindow) {
-    return replyError(w, h, makeError(ErrorCode::Full, fmt::format("{} to {}: a window may have {} ports", what(),
-                                                                   t->describe(), kMaxPortsPerWindow)));
+    return refuse(makeError(ErrorCode::Full, fmt::format("{} to {}: a window may have {} ports", what(),
+                                                                   t->describe(), kMaxPortsPerWindow)), t);
   }
   const std::uint64_t id = nextPortId_++;
   // The window segment's layout and code serve (wire/handshake): the opener's "inbox" and
   // "outbox" are the port's two directions; the acceptor sees them swapped.
   auto seg = createWindowSegment(opts_.bus, static_cast<std::uint32_t>(id), ring, ring, opts_.maxRecordBytes);
-  if (!seg) return replyError(w, h, makeError(seg.code(), what() + ": " + seg.error().message));
+  if (!seg) return refuse(makeError(seg.code(), what() + ": " + seg.error().message), t);
   auto fd = openSegmentFd(seg->name);
   // Both ends map the descriptor, never the name: it goes at once, so no crash can leave it.
   Segment::unlink(seg->name);
-  if (!fd) return replyError(w, h, makeError(fd.code(), what() + ": " + fd.error().message));
+  if (!fd) return refuse(makeError(fd.code(), what() + ": " + fd.error().message), t);
   PortLink p;
   p.id = id;
   p.opener = w.id;
   p.acceptor = t->id;
+  p.openerRole = w.role;
+  p.acceptorRole = t->role;
   p.channel = h.channel;
   p.openerReq = h.requestId;
   std::int64_t timeoutMs = 0;
@@ -105,7 +115,7 @@ void Router::onPortOpen(Conn& w, const FrameView& f) {
   p.fd = std::move(*fd);
   // The descriptor before the frame that names it (the window's watchdog files it by id).
   if (auto s = sendControl(t->sock.get(), ControlType::PortFd, id, nullptr, p.fd.get()); !s) {
-    return replyError(w, h, makeError(s.code(), fmt::format("{} to {}: {}", what(), t->describe(), s.error().message)));
+    return refuse(makeError(s.code(), fmt::format("{} to {}: {}", what(), t->describe(), s.error().message)), t);
   }
   FrameHeader offer = frameHeader(FrameKind::PortOffer, h.channel);
   offer.requestId = id;
@@ -117,7 +127,7 @@ void Router::onPortOpen(Conn& w, const FrameView& f) {
                       1024);
   });
   if (!r) {
-    return replyError(w, h, makeError(r.code(), fmt::format("{} to {}: {}", what(), t->describe(), r.error().message)));
+    return refuse(makeError(r.code(), fmt::format("{} to {}: {}", what(), t->describe(), r.error().message)), t);
   }
   log_(LogLevel::Debug, "port {}: offered to {}", id, t->describe());
   ports_.emplace(id, std::move(p));
@@ -153,6 +163,7 @@ void Router::onPortAccept(Conn& w, const FrameHeader& h) {
   p.accepted = true;
   p.fd.reset();  // both ends have it
   log_(LogLevel::Debug, "port {}: {} ↔ {}", p.id, opener->describe(), w.describe());
+  if (tracing()) record(portEvent(TraceKind::PortOpen, p, ErrorCode::Ok, ""));
 }
 
 void Router::onPortReject(Conn& w, const FrameView& f) {
@@ -174,29 +185,51 @@ void Router::onPortClose(Conn& w, const FrameHeader& h) {
                                                          w.describe())));
 }
 
-void Router::closePort(std::uint64_t id, std::uint32_t reason, const std::optional<Error>& openerError) {
+void Router::closePort(std::uint64_t id, std::uint32_t reason, const std::optional<Error>& openerError,
+                       std::string_view detail) {
   auto it = ports_.find(id);
   if (it == ports_.end()) return;
   PortLink p = std::move(it->second);
   ports_.erase(it);
   std::uint32_t expected = kPortOpen;
   // SYNC POINT "port close" (window/port.cpp): release publishes the reason to both ends' acquire
-  // loads; the first closer's reason stays.
-  (void)closeWord(p.seg.segment->base())
-      .compare_exchange_strong(expected, reason, std::memory_order_acq_rel, std::memory_order_acquire);
+  // loads; the first closer's reason stays. The acquire half reads the reason of an end that
+  // closed first, which the trace reports: a PortClose may come from the peer that saw the word
+  // (before the closer's own), and a corrupt ring is known only to the end that found it. The
+  // two ends share the word, so either could misname the other: it is their word, not the
+  // router's (a death or a revoke the router sees itself sets the word first).
+  const bool first = closeWord(p.seg.segment->base())
+                         .compare_exchange_strong(expected, reason, std::memory_order_acq_rel, std::memory_order_acquire);
+  if (!first && expected >= kPortClosedByOpener && expected <= kPortOpenTimedOut) reason = expected;
   // Every word either end may park on; wakeAll's release increment orders the close word first.
   for (RingControl* c : {p.seg.inbox.control(), p.seg.outbox.control()}) {
     wakeAll(c->dataReady);
     wakeAll(c->spaceReady);
   }
-  log_(LogLevel::Debug, "port {} closed: {}", id, portCloseText(reason, true));
+  log_(LogLevel::Debug, "port {} closed: {}", id, portEndText(reason));
+  if (tracing()) {
+    if (p.accepted) {
+      std::string why = portEndText(reason);
+      if (!detail.empty()) why += fmt::format(" ({})", detail);
+      record(portEvent(TraceKind::PortClose, p, portEndStatus(reason), std::move(why)));
+    } else {
+      const ErrorCode code = openerError ? openerError->code
+                             : reason == kPortOpenTimedOut ? ErrorCode::Timeout
+                                                           : ErrorCode::TargetGone;
+      record(portEvent(TraceKind::PortOpen, p, code, openerError ? openerError->message : portEndText(reason)));
+    }
+  }
+  if (p.accepted) {
+    recentPorts_.push_back(static_cast<const PortEnds&>(p));
+    if (recentPorts_.size() > kRecentPorts) recentPorts_.pop_front();
+  }
   if (p.accepted || !openerError) return;
   Conn* opener = registry_.live(p.opener);
   if (opener == nullptr) return;
   FrameHeader req{};
   req.channel = p.channel;
   req.requestId = p.openerReq;
-  replyError(*opener, req, *openerError);
+  replyError(*opener, req, *openerError, false);
 }
 
 void Router::closePortsOf(const Conn& c) {
@@ -209,12 +242,17 @@ void Router::closePortsOf(const Conn& c) {
     closePort(id, opener ? kPortOpenerGone : kPortAcceptorGone,
               makeError(ErrorCode::TargetGone, fmt::format("open port on '{}' to {}: the target {} before taking it",
                                                            registry_.nameOf(ports_.at(id).channel), c.describe(),
-                                                           c.bad ? "was disconnected" : "closed")));
+                                                           c.bad ? "was disconnected" : "closed")),
+              c.doomed);
   }
 }
 
 std::vector<PortInfo> Router::ports() {
   std::lock_guard lk(mu_);
+  return portsLocked();
+}
+
+std::vector<PortInfo> Router::portsLocked() {
   expirePortOffers();
   std::vector<PortInfo> out;
   out.reserve(ports_.size());
@@ -227,6 +265,103 @@ Result<void> Router::revokePort(std::uint64_t id) {
   if (ports_.count(id) == 0) return makeError(ErrorCode::NoTarget, fmt::format("no port {}", id));
   closePort(id, kPortRevoked, makeError(ErrorCode::TargetGone, fmt::format("port {} was revoked by the supervisor", id)));
   return {};
+}
+
+// ---- the trace of ports (docs/architecture.md §14 "Ports")
+
+TraceEvent Router::portEvent(TraceKind kind, const PortEnds& p, ErrorCode status, std::string error) {
+  TraceEvent e;
+  e.kind = kind;
+  e.startNs = e.endNs = monotonicNowNs();
+  e.portId = p.id;
+  e.channelId = p.channel;
+  e.channel = registry_.statName(p.channel);
+  e.sourceId = p.opener;
+  e.sourceRole = p.openerRole;
+  e.targetId = p.acceptor;
+  e.targetRole = p.acceptorRole;
+  e.status = status;
+  e.error = std::move(error);
+  return e;
+}
+
+void Router::tracePortRefused(const Conn& w, const FrameHeader& h, const Conn* t, const Error& e) {
+  if (!tracing()) return;
+  PortEnds ends;
+  ends.opener = w.id;
+  ends.openerRole = w.role;
+  ends.channel = h.channel;
+  if (t != nullptr) {
+    ends.acceptor = t->id;
+    ends.acceptorRole = t->role;
+  } else if (h.target == kTargetByRole) {
+    if (const std::string* role = registry_.roleName(h.role)) ends.acceptorRole = *role;
+  } else if (h.target != kTargetMain) {
+    ends.acceptor = h.target;  // the id asked for (no live window has it)
+  }
+  TraceEvent ev = portEvent(TraceKind::PortOpen, ends, e.code, e.message);
+  ev.requestId = h.requestId;
+  record(ev);
+}
+
+const Router::PortEnds* Router::portOf(std::uint64_t id, std::uint32_t windowId) const {
+  const PortEnds* p = nullptr;
+  if (auto it = ports_.find(id); it != ports_.end()) {
+    p = &it->second;
+  } else {
+    for (const PortEnds& r : recentPorts_) {
+      if (r.id == id) p = &r;
+    }
+  }
+  return p != nullptr && (p->opener == windowId || p->acceptor == windowId) ? p : nullptr;
+}
+
+void Router::onPortTrace(Conn& w, const FrameView& f) {
+  if (auto v = validatePayload(f.payload, f.payloadBytes); !v) return blame(w, f.header, "port trace", v.error());
+  if (!tracing()) return;  // the last inspector left since the window looked at its trace word
+  InPlaceMessage m;
+  if (auto r = m.parse(f.payload, f.payloadBytes); !r || m.empty()) return doom(w, "malformed port trace frame", true);
+  std::size_t dropped = 0;
+  std::string why;
+  try {
+    for (auto r : m.reader().getRoot<schema::PortTrace>().getRecords()) {
+      const PortEnds* p = portOf(r.getPortId(), w.id);
+      const auto kind = static_cast<TraceKind>(r.getKind());
+      if (p == nullptr || (kind != TraceKind::Invoke && kind != TraceKind::Send)) {
+        ++dropped;
+        why = p == nullptr ? fmt::format("port {} is not this window's", r.getPortId())
+                           : fmt::format("kind {} is neither invoke nor send", r.getKind());
+        continue;
+      }
+      // The window's own figures (its clock, ids, sizes, outcome) are its word about its own
+      // call; who it talked to is the router's (the peer of the port it holds).
+      const bool opener = p->opener == w.id;
+      PortEnds ends = *p;
+      if (!opener) {
+        std::swap(ends.opener, ends.acceptor);
+        std::swap(ends.openerRole, ends.acceptorRole);
+      }
+      ends.channel = r.getChannelId();
+      const std::uint32_t status = r.getStatus();
+      TraceEvent e = portEvent(kind, ends, status == 0 ? ErrorCode::Ok : errorCodeFromWire(status),
+                               std::string(r.getError().cStr()).substr(0, kTraceErrorMax));
+      if (e.channel.starts_with("#")) {
+        // A port's ends intern no names: the window's is shown when it is the id's own (its hash).
+        const std::string_view name(r.getChannel().cStr(), r.getChannel().size());
+        if (!name.empty() && nameId(name) == e.channelId) e.channel = std::string(name);
+      }
+      e.startNs = r.getStartNs();
+      e.endNs = std::max(r.getEndNs(), e.startNs);
+      e.requestId = kind == TraceKind::Invoke ? r.getRequestId() : 0;
+      e.traceId = r.getTraceId();
+      e.requestBytes = r.getRequestBytes();
+      e.replyBytes = kind == TraceKind::Invoke ? r.getReplyBytes() : 0;
+      record(e);
+    }
+  } catch (const kj::Exception& e) {
+    return doom(w, fmt::format("malformed port trace frame: {}", e.getDescription().cStr()), true);
+  }
+  if (dropped != 0) log_(LogLevel::Warn, "{}: dropped {} port trace records: {}", w.describe(), dropped, why);
 }
 
 }  // namespace shmbus::detail

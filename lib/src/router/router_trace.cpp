@@ -47,11 +47,21 @@ void Router::onInspect(Conn& c, std::uint64_t flags) {
   }
   c.state = Conn::State::Inspector;
   c.role = "inspector";
-  ++inspectors_;
+  if (++inspectors_ == 1) setTraceWords();
   c.payloadReader = grant;
   if (grant) ++payloadReaders_;
   log_(LogLevel::Info, "inspector {} attached (pid {}{}); {} attached", c.id, c.pid, grant ? ", payloads" : "",
        inspectors_);
+}
+
+void Router::setTraceWords() {
+  const std::uint32_t on = tracing() ? 1 : 0;
+  for (auto& [id, w] : registry_.all()) {
+    // relaxed: a hint to the window's port ends, publishing nothing else: their records travel
+    // on the outbox (SYNC POINT "record"), and onPortTrace checks tracing() itself. A call that
+    // ends while the word flips may or may not be recorded.
+    if (w->seg) traceWord(w->seg->base()).store(on, std::memory_order_relaxed);
+  }
 }
 
 void Router::setPayloadCapture(PayloadCapture capture) {
@@ -109,6 +119,16 @@ void Router::onSnapshot(Conn& c) {
     const auto calls = callsBy.find(w.id);
     row.setPendingCalls(calls != callsBy.end() ? calls->second : 0);
   }
+  const std::vector<PortInfo> ports = portsLocked();
+  auto portRows = snap.initPorts(bounded(ports.size()));
+  for (unsigned i = 0; i < portRows.size(); ++i) {
+    auto row = portRows[i];
+    row.setId(ports[i].id);
+    row.setOpener(ports[i].opener);
+    row.setAcceptor(ports[i].acceptor);
+    row.setChannel(ports[i].channel);
+    row.setAccepted(ports[i].accepted);
+  }
   auto channels = snap.initChannels(bounded(stats.channels.size()));
   for (unsigned i = 0; i < channels.size(); ++i) {
     const auto& cs = stats.channels[i];
@@ -147,7 +167,7 @@ void Router::onSnapshot(Conn& c) {
   if (auto r = sendControl(c.sock.get(), ControlType::Snapshot, 0, &mb); !r) doom(c, r.error().message, false);
 }
 
-void Router::record(TraceEvent& e) {
+void Router::record(const TraceEvent& e) {
   encodeTraceEvent(e, traceBuf_);
   trace_->write(traceBuf_);
 }

@@ -30,15 +30,27 @@ struct SegmentHeader {
   /// the port is open, else the PortCloseReason of whoever closed it first (either end or the
   /// supervisor). Window segments leave it 0.
   std::uint32_t linkClosed;
-  std::uint8_t reserved[36];
+  /// A window segment's trace word (docs/architecture.md §14 "Ports"), accessed only through
+  /// traceWord(): non-zero while an inspector is attached to the bus, set by the supervisor; the
+  /// window's port ends then record their calls and sends. Port segments leave it 0.
+  std::uint32_t tracing;
+  std::uint8_t reserved[32];
 };
 static_assert(sizeof(SegmentHeader) == 64);
 
 static_assert(offsetof(SegmentHeader, linkClosed) % alignof(std::atomic<std::uint32_t>) == 0);
+static_assert(offsetof(SegmentHeader, tracing) % alignof(std::atomic<std::uint32_t>) == 0);
 
 /// The close word of the segment mapped at `base` (shared memory: every access atomic).
 inline std::atomic_ref<std::uint32_t> closeWord(std::uint8_t* base) noexcept {
   return std::atomic_ref<std::uint32_t>(reinterpret_cast<SegmentHeader*>(base)->linkClosed);
+}
+
+/// The trace word of the window segment mapped at `base` (shared memory: every access atomic).
+/// Only the supervisor writes it; the window reads it as a hint (a window that scribbles on it
+/// only makes its own port ends send records the supervisor drops or reads).
+inline std::atomic_ref<std::uint32_t> traceWord(std::uint8_t* base) noexcept {
+  return std::atomic_ref<std::uint32_t>(reinterpret_cast<SegmentHeader*>(base)->tracing);
 }
 
 inline constexpr std::uint64_t kSegmentMagic = 0x314742'4d48'53ull;  // "SHMBG1" little endian

@@ -77,6 +77,7 @@ void appendArgs(std::string& out, const TraceEvent& e,
   jsonString(out, e.error);
   out += fmt::format(",\"seq\":{},\"requestId\":{},\"traceId\":{},\"requestBytes\":{},\"replyBytes\":{}", e.seq,
                      e.requestId, e.traceId, e.requestBytes, e.replyBytes);
+  if (e.portId != 0) out += fmt::format(",\"port\":{}", e.portId);
   if (const auto it = texts.find(e.seq); it != texts.end()) {
     for (const auto& [name, text] : it->second) {
       out += ',';

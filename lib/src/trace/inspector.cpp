@@ -220,6 +220,9 @@ Result<BusSnapshot> Inspector::snapshot(std::chrono::milliseconds timeout) {
       out.windows.push_back({w.getId(), w.getRole(), w.getPid(), w.getSpawned(), admission, w.getUid(),
                              w.getInboxUsed(), w.getInboxBytes(), w.getPendingCalls()});
     }
+    for (auto p : snap.getPorts()) {
+      out.ports.push_back({p.getId(), p.getOpener(), p.getAcceptor(), p.getChannel(), p.getAccepted()});
+    }
     for (auto c : snap.getChannels()) {
       RouterStats::ChannelStats cs;
       cs.channel = c.getName();

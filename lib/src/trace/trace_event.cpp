@@ -18,6 +18,8 @@ const char* traceKindName(TraceKind kind) noexcept {
     case TraceKind::WindowOpen: return "window-open";
     case TraceKind::WindowClose: return "window-close";
     case TraceKind::BadMessage: return "bad-message";
+    case TraceKind::PortOpen: return "port-open";
+    case TraceKind::PortClose: return "port-close";
   }
   return "unknown";
 }
@@ -64,6 +66,13 @@ std::string toText(const TraceEvent& e) {
       return s;
     default: break;
   }
+  if (e.kind == TraceKind::PortOpen || e.kind == TraceKind::PortClose) {
+    s += fmt::format(" {}  {} ↔ {}  {}", e.channel, endpoint(e.sourceRole, e.sourceId),
+                     endpoint(e.targetRole, e.targetId), e.status == ErrorCode::Ok ? "ok" : errorCodeName(e.status));
+    if (e.portId != 0) s += fmt::format("  port {}", e.portId);
+    if (!e.error.empty()) s += fmt::format("  {}", e.error);
+    return s;
+  }
   const std::string target = e.kind == TraceKind::Broadcast
                                  ? (e.targetRole.empty() ? std::string("all") : "role " + e.targetRole)
                                  : endpoint(e.targetRole, e.targetId);
@@ -75,6 +84,7 @@ std::string toText(const TraceEvent& e) {
   } else {
     s += fmt::format("  ({} B)", e.requestBytes);
   }
+  if (e.portId != 0) s += fmt::format("  port {}", e.portId);
   if (e.requestId != 0) s += fmt::format("  req {}", e.requestId);
   if (e.traceId != 0) s += fmt::format("  trace {}", e.traceId);
   if (!e.error.empty()) s += fmt::format("  {}", e.error);
@@ -92,8 +102,8 @@ std::string toJson(const TraceEvent& e) {
   jsonString(s, e.error);
   s += fmt::format(
       ",\"requestId\":{},\"traceId\":{},\"startNs\":{},\"endNs\":{},\"durationMs\":{:.6f},\"requestBytes\":{},"
-      "\"replyBytes\":{},\"pid\":{}}}",
-      e.requestId, e.traceId, e.startNs, e.endNs, e.durationMs(), e.requestBytes, e.replyBytes, e.pid);
+      "\"replyBytes\":{},\"pid\":{},\"portId\":{}}}",
+      e.requestId, e.traceId, e.startNs, e.endNs, e.durationMs(), e.requestBytes, e.replyBytes, e.pid, e.portId);
   return s;
 }
 
@@ -101,6 +111,10 @@ namespace detail {
 
 namespace {
 constexpr std::size_t kFixed = 72;
+// The optional tail after the strings: the port id (8 bytes), written only when non-zero, so an
+// event without a port has the layout readers before ports knew (and a reader before ports
+// rejects one with a port: its string lengths do not add up to the body).
+constexpr std::size_t kPortTail = 8;
 }  // namespace
 
 void encodeTraceEvent(const TraceEvent& e, std::vector<std::uint8_t>& out) {
@@ -109,7 +123,7 @@ void encodeTraceEvent(const TraceEvent& e, std::vector<std::uint8_t>& out) {
       std::string_view(e.targetRole).substr(0, kTraceRoleMax), std::string_view(e.error).substr(0, kTraceErrorMax)};
   std::size_t total = kFixed;
   for (const auto& s : strs) total += s.size();
-  out.resize(total);
+  out.resize(total + (e.portId != 0 ? kPortTail : 0));
   std::uint8_t* p = out.data();
   putField<std::uint16_t>(p + 0, static_cast<std::uint16_t>(e.kind));
   putField<std::uint16_t>(p + 2, static_cast<std::uint16_t>(e.status));
@@ -129,6 +143,7 @@ void encodeTraceEvent(const TraceEvent& e, std::vector<std::uint8_t>& out) {
     std::memcpy(p + off, s.data(), s.size());
     off += s.size();
   }
+  if (e.portId != 0) putField<std::uint64_t>(p + off, e.portId);
 }
 
 Result<TraceEvent> decodeTraceEvent(std::span<const std::uint8_t> body, std::uint64_t seq) {
@@ -139,7 +154,7 @@ Result<TraceEvent> decodeTraceEvent(std::span<const std::uint8_t> body, std::uin
   TraceEvent e;
   e.seq = seq;
   const auto kind = getField<std::uint16_t>(p);
-  if (kind < static_cast<std::uint16_t>(TraceKind::Send) || kind > static_cast<std::uint16_t>(TraceKind::BadMessage)) {
+  if (kind < static_cast<std::uint16_t>(TraceKind::Send) || kind > static_cast<std::uint16_t>(TraceKind::PortClose)) {
     return makeError(ErrorCode::InvalidMessage, fmt::format("trace event of unknown kind {}", kind));
   }
   e.kind = static_cast<TraceKind>(kind);
@@ -148,7 +163,8 @@ Result<TraceEvent> decodeTraceEvent(std::span<const std::uint8_t> body, std::uin
   std::size_t lens[4];
   std::size_t total = kFixed;
   for (int i = 0; i < 4; ++i) total += lens[i] = getField<std::uint16_t>(p + 4 + 2 * i);
-  if (total != body.size()) {
+  const bool hasPort = total + kPortTail == body.size();
+  if (total != body.size() && !hasPort) {
     return makeError(ErrorCode::InvalidMessage, fmt::format("trace event strings of {} bytes in a body of {}",
                                                             total - kFixed, body.size()));
   }
@@ -167,6 +183,10 @@ Result<TraceEvent> decodeTraceEvent(std::span<const std::uint8_t> body, std::uin
   for (int i = 0; i < 4; ++i) {
     strs[i]->assign(reinterpret_cast<const char*>(p + off), lens[i]);
     off += lens[i];
+  }
+  if (hasPort) {
+    e.portId = getField<std::uint64_t>(p + off);
+    if (e.portId == 0) return makeError(ErrorCode::InvalidMessage, "trace event with a port tail of port 0");
   }
   return e;
 }

@@ -2,7 +2,9 @@
 // one record body (docs/architecture.md §14).
 //
 // Layout, little endian: a fixed 72-byte part, then the four strings back to back (channel,
-// source role, target role, error), each cut to its bound. The record header's sequence number
+// source role, target role, error), each cut to its bound, then, only for an event with a port
+// (TraceEvent::portId != 0), the port id (8 bytes). A body is exactly 72 + the strings, or that
+// + 8: anything else is malformed. The record header's sequence number
 // is the event's `seq`; it is not repeated in the body.
 #pragma once
 
@@ -45,11 +47,13 @@ inline constexpr std::size_t kTraceChannelMax = 256;
 inline constexpr std::size_t kTraceRoleMax = 64;
 inline constexpr std::size_t kTraceErrorMax = 1024;
 
-/// Encodes `e` (without its seq) into `out` (cleared first). At most 72 + 256 + 2·64 + 1024 bytes.
+/// Encodes `e` (without its seq) into `out` (cleared first). At most 72 + 256 + 2·64 + 1024 + 8
+/// bytes.
 void encodeTraceEvent(const TraceEvent& e, std::vector<std::uint8_t>& out);
 
 /// Decodes a record body written by encodeTraceEvent; `seq` is the record's sequence number.
-/// Errors: InvalidMessage (short body, string lengths past its end, an unknown kind).
+/// Errors: InvalidMessage (short body, string lengths that do not add up to it with or without
+/// the port tail, a port tail of 0, an unknown kind).
 Result<TraceEvent> decodeTraceEvent(std::span<const std::uint8_t> body, std::uint64_t seq);
 
 }  // namespace shmbus::detail

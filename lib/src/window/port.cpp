@@ -7,6 +7,7 @@
 
 #include "bus.capnp.h"
 #include "control/control_protocol.hpp"
+#include "trace/trace_event.hpp"
 #include "window/window_impl.hpp"
 
 namespace shmbus {
@@ -57,6 +58,7 @@ Result<std::shared_ptr<Port::Impl>> makePort(Window::Impl& w, const WelcomeInfo&
   p->port->ownCancels = opener ? &boards->byOpener : &boards->byAcceptor;
   p->port->peerCancels = opener ? &boards->byAcceptor : &boards->byOpener;
   p->port->hub = w.hub;
+  p->port->windowSegment = w.link.segment;
   p->log = Logger{"port", fmt::format("{}/{}#{} port {}", w.bus, w.link.role, w.link.id, info.portId), w.opts.logLevel};
   std::lock_guard lk(w.hub->mu);
   w.hub->ports[info.portId] = p;
@@ -92,6 +94,8 @@ void Window::Impl::endPort(std::uint32_t reason, ErrorCode code, const std::stri
   if (auto h = port->hub.lock()) {
     std::lock_guard lk(h->mu);
     h->ports.erase(port->id);
+    // Before the PortClose on the same outbox: the port's last calls reach the trace before its end.
+    flushPortTraceLocked(*h);
     if (tell && h->window != nullptr) h->window->control(FrameKind::PortClose, 0, port->id);
   }
   std::vector<std::pair<std::uint64_t, PortCloseListener>> listeners;
@@ -107,6 +111,87 @@ void Window::Impl::endPort(std::uint32_t reason, ErrorCode code, const std::stri
       log(LogLevel::Warn, "a close listener of {} threw: {}", portName(*this), e.what());
     }
   }
+}
+
+// ---- the trace of a port's calls and sends (docs/architecture.md §14 "Ports")
+
+void Window::Impl::tracePort(const std::weak_ptr<PortHub>& weakHub, PortTraceRecord rec) {
+  auto hub = weakHub.lock();
+  if (!hub) return;  // the window is gone: nobody to send it
+  bool full = false;
+  {
+    std::lock_guard lk(hub->traceMu);
+    if (hub->traceBatch.empty()) {
+      hub->traceSince = monotonicNowNs();
+      // The watchdog, parked without a timeout, now polls for kPortTraceDelayNs at most.
+      const std::uint64_t one = 1;
+      [[maybe_unused]] auto n = ::write(hub->traceKick.get(), &one, sizeof one);
+    }
+    hub->traceBatch.push_back(std::move(rec));
+    full = hub->traceBatch.size() >= kPortTraceBatch;
+  }
+  if (full) {
+    std::lock_guard lk(hub->mu);
+    flushPortTraceLocked(*hub);
+  }
+}
+
+std::function<void(const CallState&, const Result<Message>&)> Window::Impl::portCallTracer(const FrameHeader& h,
+                                                                                            std::string channel) {
+  PortTraceRecord base;
+  base.portId = port->id;
+  base.kind = TraceKind::Invoke;
+  base.channelId = h.channel;
+  base.channel = std::move(channel);
+  base.traceId = h.traceId;
+  base.startNs = monotonicNowNs();
+  // The Port::Impl may be gone when the call ends (a caller that dropped its port keeps its
+  // Call): the hook keeps what it needs, and the window's batch by a weak reference.
+  return [hub = port->hub, base = std::move(base)](const CallState& s, const Result<Message>& r) {
+    PortTraceRecord rec = base;
+    rec.requestId = s.requestId;
+    rec.endNs = monotonicNowNs();
+    rec.requestBytes = static_cast<std::uint32_t>(s.requestBytes.load(std::memory_order_relaxed));  // see CallState
+    if (r) {
+      rec.replyBytes = s.replyBytes;
+    } else {
+      rec.status = r.code();
+      rec.error = r.error().message;
+    }
+    tracePort(hub, std::move(rec));
+  };
+}
+
+void Window::Impl::flushPortTraceLocked(PortHub& hub) {
+  std::vector<PortTraceRecord> batch;
+  {
+    std::lock_guard lk(hub.traceMu);
+    batch.swap(hub.traceBatch);
+  }
+  if (batch.empty() || hub.window == nullptr) return;
+  FrameHeader h{};
+  h.kind = static_cast<std::uint16_t>(FrameKind::PortTrace);
+  // No wait for room: tracing never holds up a caller; a batch that does not fit is dropped.
+  auto r = hub.window->writeOut(h, [&](Builder& b) {
+    auto list = b.initRoot<schema::PortTrace>().initRecords(static_cast<unsigned>(batch.size()));
+    for (unsigned i = 0; i < list.size(); ++i) {
+      const PortTraceRecord& rec = batch[i];
+      auto row = list[i];
+      row.setPortId(rec.portId);
+      row.setKind(static_cast<std::uint16_t>(rec.kind));
+      row.setChannelId(rec.channelId);
+      row.setChannel(rec.channel);
+      row.setRequestId(rec.requestId);
+      row.setTraceId(rec.traceId);
+      row.setStartNs(rec.startNs);
+      row.setEndNs(rec.endNs);
+      row.setStatus(static_cast<std::uint16_t>(rec.status));
+      row.setError(rec.error.size() <= kTraceErrorMax ? rec.error : rec.error.substr(0, kTraceErrorMax));
+      row.setRequestBytes(rec.requestBytes);
+      row.setReplyBytes(rec.replyBytes);
+    }
+  }, 0, 0);
+  if (!r) hub.window->log(LogLevel::Debug, "dropped {} port trace records: {}", batch.size(), r.error().message);
 }
 
 void Window::Impl::onPortEnded() {
@@ -270,7 +355,26 @@ Result<void> Port::send(const Channel& channel, const BuildFn& build) {
   // Ended by the peer or the supervisor but not yet seen by a dispatcher: end it here, so the
   // message fails instead of going into a ring nobody reads.
   if (impl_->portEnded()) impl_->onPortEnded();
-  auto r = impl_->sendImpl(Target(impl_->port->peerId), channel, build);
+  if (!impl_->port->tracing()) {
+    auto r = impl_->sendImpl(Target(impl_->port->peerId), channel, build);
+    if (!r && r.code() == ErrorCode::Corrupt) impl_->endPortCorrupt(r.error());
+    return r;
+  }
+  // Traced (an inspector is attached): the same send, measured and recorded by this end.
+  PortTraceRecord rec;
+  rec.portId = impl_->port->id;
+  rec.channelId = channel.id;
+  rec.channel = std::string(channel.name);
+  rec.traceId = currentTraceId();
+  rec.startNs = rec.endNs = monotonicNowNs();
+  std::atomic<std::size_t> bytes{0};
+  auto r = impl_->sendImpl(Target(impl_->port->peerId), channel, build, &bytes);
+  rec.requestBytes = static_cast<std::uint32_t>(bytes.load(std::memory_order_relaxed));  // this thread's own store
+  if (!r) {
+    rec.status = r.code();
+    rec.error = r.error().message;
+  }
+  Impl::tracePort(impl_->port->hub, std::move(rec));
   if (!r && r.code() == ErrorCode::Corrupt) impl_->endPortCorrupt(r.error());
   return r;
 }

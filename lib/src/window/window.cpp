@@ -4,6 +4,7 @@
 #include "shmbus/window.hpp"
 
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -80,6 +81,8 @@ Result<std::unique_ptr<Window::Impl>> handshake(Fd sock, WindowOptions opts, con
   Window::Impl* raw = impl.get();
   impl->hub = std::make_shared<Window::Impl::PortHub>();
   impl->hub->window = raw;
+  // Without it the port trace's batches wait for a full batch or a port's end (watch()).
+  impl->hub->traceKick = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   impl->callbacks->setHooks(
       [raw](std::uint64_t ch, bool present) {
         // The channel's name first: the supervisor checks a handler registration against its

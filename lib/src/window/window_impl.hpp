@@ -26,6 +26,7 @@
 #include "endpoint/pending_calls.hpp"
 #include "log/log.hpp"
 #include "protocol/frame_io.hpp"
+#include "shmbus/inspect.hpp"
 #include "shmbus/window.hpp"
 #include "wire/handshake.hpp"
 
@@ -36,12 +37,31 @@ namespace window_detail {
 // default (5 s unless configured); this only bounds a wait on a supervisor that is alive but wedged.
 inline constexpr std::int64_t kUnknownDeadlineFallbackNs = 60'000'000'000;
 inline constexpr int kBatch = 64;
+// Port trace records (docs/architecture.md §14 "Ports"): a batch goes to the supervisor at this
+// many records, or this long after its first record, whichever comes first: at most one
+// wake-up of the supervisor per batch, and an inspector sees a port's call within ~50 ms.
+inline constexpr std::size_t kPortTraceBatch = 32;
+inline constexpr std::int64_t kPortTraceDelayNs = 50'000'000;
 }  // namespace window_detail
 
 // This header is included by the window's own sources only (never by a public header): they
 // use the library internals throughout, so it opens them here once.
 using namespace detail;
 using namespace window_detail;
+
+/// One call or send of a port's end, waiting in its window's batch (PortHub::traceBatch) for
+/// the PortTrace frame; the fields of bus.capnp PortTrace.Record.
+struct PortTraceRecord {
+  std::uint64_t portId = 0;
+  TraceKind kind = TraceKind::Send;
+  std::uint64_t channelId = 0;
+  std::string channel;
+  std::uint64_t requestId = 0, traceId = 0;
+  std::int64_t startNs = 0, endNs = 0;
+  ErrorCode status = ErrorCode::Ok;
+  std::string error;
+  std::uint32_t requestBytes = 0, replyBytes = 0;
+};
 
 struct Window::Impl : CallOwner {
   using FrameHeader = detail::FrameHeader;
@@ -82,6 +102,13 @@ struct Window::Impl : CallOwner {
     std::unordered_map<std::uint64_t, Acceptor> acceptors;  // guarded by mu: onPort, by channel id
     std::uint64_t nextToken = 1;                            // guarded by mu
     std::unordered_map<std::uint64_t, std::weak_ptr<Impl>> ports;  // guarded by mu: this window's
+    // The trace of its ports' calls and sends (docs/architecture.md §14 "Ports"), batched here
+    // and sent as one PortTrace frame (flushPortTrace) when kPortTraceBatch records wait, when
+    // a port ends, or by the watchdog kPortTraceDelayNs after a batch's first record.
+    std::mutex traceMu;
+    std::vector<PortTraceRecord> traceBatch;  // guarded by traceMu
+    std::int64_t traceSince = 0;              // guarded by traceMu: when the batch's first came
+    Fd traceKick;  // eventfd: a batch's first record wakes the watchdog, which then flushes it
   };
   std::shared_ptr<PortHub> hub;  // a window's; null on a port's endpoint
 
@@ -103,6 +130,13 @@ struct Window::Impl : CallOwner {
     std::uint64_t nextListener = 1;                                           // guarded by mu
     std::optional<Error> ended;                                               // guarded by mu
     std::mutex joinMu;  // Port::close: one thread joins the dispatch thread
+    std::shared_ptr<Segment> windowSegment;  // the owning window's: its trace word (kept mapped)
+    /// Whether an inspector is attached to the bus: the window segment's trace word.
+    bool tracing() const noexcept {
+      // relaxed: a hint (Router::setTraceWords); the records travel on the outbox, which orders
+      // them itself (SYNC POINT "record"), and the router checks that it still traces.
+      return traceWord(windowSegment->base()).load(std::memory_order_relaxed) != 0;
+    }
   };
   std::unique_ptr<PortSide> port;  // set on a port's endpoint (Port::Impl)
 
@@ -119,6 +153,15 @@ struct Window::Impl : CallOwner {
   void closePorts();
   /// A port's endpoint read garbage from its peer's ring: ends the port with Corrupt.
   void endPortCorrupt(const Error& e);
+  /// Records a call or send of a port's end for the trace (kind Invoke or Send) in the batch of
+  /// the window of `hub` (gone: dropped).
+  static void tracePort(const std::weak_ptr<PortHub>& hub, PortTraceRecord rec);
+  /// The onEnd hook of a call made over this port's end while tracing (CallState::onEnd).
+  std::function<void(const CallState&, const Result<Message>&)> portCallTracer(const FrameHeader& h,
+                                                                                 std::string channel);
+  /// Sends the window's batch of port trace records as one PortTrace frame (caller holds
+  /// hub->mu; this window's outbox, no wait: a full outbox drops the batch).
+  static void flushPortTraceLocked(PortHub& hub);
   /// Ends a port's endpoint for `reason` (a PortCloseReason) unless it ended already: sets the
   /// close word (first writer wins), wakes the peer, fails pending calls with `code`, tells the
   /// supervisor when this side ended it (`tell`), and runs the close listeners on this thread.
@@ -165,10 +208,11 @@ struct Window::Impl : CallOwner {
 
   // ---- outbox
 
-  Result<void> writeOutLocked(const FrameHeader& h, const BuildFn& build, std::size_t hint, std::int64_t waitUntil) {
+  Result<void> writeOutLocked(const FrameHeader& h, const BuildFn& build, std::size_t hint, std::int64_t waitUntil,
+                              std::atomic<std::size_t>* payloadBytes = nullptr) {
     for (;;) {
       if (closed.load(std::memory_order_acquire)) return makeError(closeCode(), busClosedMessage());
-      auto r = writeFrame(link.outbox, h, build, hint);
+      auto r = writeFrame(link.outbox, h, build, hint, true, payloadBytes);
       if (r || r.code() != ErrorCode::Full || waitUntil == 0) return r;
       if (waitForSpace(waitUntil) == WaitStatus::Timeout) return r;
     }
@@ -259,11 +303,13 @@ struct Window::Impl : CallOwner {
     return h;
   }
 
-  Result<void> sendImpl(const Target& t, const Channel& ch, const BuildFn& build) {
+  /// `payloadBytes` (optional): the message's payload size once written.
+  Result<void> sendImpl(const Target& t, const Channel& ch, const BuildFn& build,
+                        std::atomic<std::size_t>* payloadBytes = nullptr) {
     FrameHeader h = headerFor(FrameKind::Send, t, ch);
     std::lock_guard lk(outMu);
     if (auto r = internFor(t, ch, h.role); !r) return r;
-    return writeOutLocked(h, build, 0, 0);
+    return writeOutLocked(h, build, 0, 0, payloadBytes);
   }
 
   Call invokeImpl(const Target& t, const Channel& ch, const BuildFn& build, const CallOptions& o,
@@ -292,6 +338,8 @@ struct Window::Impl : CallOwner {
     // port's callTimeout default is positive).
     s->deadlineNs = port ? h.deadlineNs
                          : (h.deadlineNs != 0 ? h.deadlineNs : now + kUnknownDeadlineFallbackNs) + kLocalGraceNs;
+    // A port's call is traced by this end while an inspector is attached (one load otherwise).
+    if (port && kind == FrameKind::Invoke && port->tracing()) s->onEnd = portCallTracer(h, std::string(ch.name));
     h.requestId = pending.add(s);
     if (h.requestId == 0) {
       completeCall(s, makeError(ErrorCode::Full, fmt::format("{}: {} calls are in flight already", s->what(),
@@ -302,7 +350,9 @@ struct Window::Impl : CallOwner {
     {
       std::lock_guard lk(outMu);
       r = internFor(t, ch, h.role);
-      if (r) r = writeOutLocked(h, build, o.sizeHint, 0);
+      // requestBytes is stored before the commit publishes the request, so the thread that reads
+      // the reply and runs onEnd sees it (SYNC POINT "record", to the peer and back).
+      if (r) r = writeOutLocked(h, build, o.sizeHint, 0, s->onEnd ? &s->requestBytes : nullptr);
     }
     if (!r) {
       pending.take(s->requestId);
@@ -496,10 +546,21 @@ struct Window::Impl : CallOwner {
 
   void watch() {
     for (;;) {
-      pollfd p{sock.get(), POLLIN, 0};
-      const int r = ::poll(&p, 1, -1);
+      pollfd p[2] = {{sock.get(), POLLIN, 0}, {hub->traceKick.get(), POLLIN, 0}};
+      const int r = ::poll(p, hub->traceKick ? 2 : 1, portTraceWait());
       if (r < 0 && errno == EINTR) continue;
       if (closed.load(std::memory_order_acquire)) return;
+      if ((p[1].revents & POLLIN) != 0) {
+        std::uint64_t n = 0;
+        [[maybe_unused]] auto got = ::read(hub->traceKick.get(), &n, sizeof n);
+      }
+      if ((p[0].revents & (POLLIN | POLLHUP | POLLERR)) == 0) {
+        if (portTraceWait() == 0) {
+          std::lock_guard lk(hub->mu);
+          flushPortTraceLocked(*hub);
+        }
+        continue;
+      }
       auto pkt = recvPacket(sock.get());
       if (!pkt || pkt->hangup) {
         markClosed(fmt::format("the supervisor of bus '{}' is gone", bus));
@@ -514,6 +575,15 @@ struct Window::Impl : CallOwner {
         hub->cv.notify_all();
       }
     }
+  }
+
+  /// The watchdog's poll timeout, ms: -1 while no port trace record waits, else what is left of
+  /// kPortTraceDelayNs since the batch's first record (0: flush now).
+  int portTraceWait() {
+    std::lock_guard lk(hub->traceMu);
+    if (hub->traceBatch.empty()) return -1;
+    const std::int64_t left = hub->traceSince + kPortTraceDelayNs - monotonicNowNs();
+    return left <= 0 ? 0 : static_cast<int>((left + 999'999) / 1'000'000);
   }
 
   void close(const std::string& reason) {

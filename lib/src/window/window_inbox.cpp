@@ -308,6 +308,7 @@ bool Window::Impl::onReply(const FrameView& f, const RecordView& rec) {
   held->ctl = link.inbox.control();
   held->seg = link.segment;
   held->dispatcher = &dispatchingThread;
+  s->replyBytes = static_cast<std::uint32_t>(f.payloadBytes);  // for a traced call's onEnd
   completeCall(s, Message(std::move(held), f.header.schemaId));
   return true;
 }

@@ -291,6 +291,29 @@ std::string portCloseText(std::uint32_t reason, bool opener) {
   }
 }
 
+std::string portEndText(std::uint32_t reason) {
+  switch (reason) {
+    case kPortClosedByOpener: return "closed by the opener";
+    case kPortClosedByAcceptor: return "closed by the acceptor";
+    case kPortOpenerGone: return "the opener's window closed or died";
+    case kPortAcceptorGone: return "the acceptor's window closed or died";
+    case kPortCorruptAtOpener: return "the opener found the acceptor's ring corrupt";
+    case kPortCorruptAtAcceptor: return "the acceptor found the opener's ring corrupt";
+    default: return portCloseText(reason, true);  // worded alike from either side
+  }
+}
+
+ErrorCode portEndStatus(std::uint32_t reason) noexcept {
+  switch (reason) {
+    case kPortClosedByOpener:
+    case kPortClosedByAcceptor: return ErrorCode::Ok;
+    case kPortCorruptAtOpener:
+    case kPortCorruptAtAcceptor: return ErrorCode::Corrupt;
+    case kPortBusStopped: return ErrorCode::BusClosed;
+    default: return ErrorCode::TargetGone;
+  }
+}
+
 Result<ControlHeader> parseControlHeader(const Packet& pkt) {
   if (pkt.bytes.size() < sizeof(ControlHeader)) {
     return makeError(ErrorCode::InvalidMessage,

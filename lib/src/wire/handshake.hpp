@@ -177,6 +177,14 @@ inline constexpr std::uint32_t kDefaultPortRingBytes = 64u << 10;
 /// gone", ...); any other value is "it was closed (reason N)".
 std::string portCloseText(std::uint32_t reason, bool opener);
 
+/// Why a port ended, worded for a third party (the supervisor's log, the trace's PortClose):
+/// "closed by the opener", "the acceptor's window closed or died", ...
+std::string portEndText(std::uint32_t reason);
+
+/// The status a PortClose event gives `reason`: Ok for a close() by either side, Corrupt for a
+/// corrupt ring, BusClosed when the supervisor stopped, else TargetGone.
+ErrorCode portEndStatus(std::uint32_t reason) noexcept;
+
 /// Decodes a Welcome packet (untrusted: bounded reader). A refusal comes back as its error (an
 /// unknown code as InvalidMessage). Errors: BusClosed (no body: the supervisor hung up),
 /// InvalidMessage (malformed), or the refusal's code.

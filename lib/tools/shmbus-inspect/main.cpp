@@ -205,8 +205,21 @@ int windows(const std::string& bus, const std::string& socket) {
   for (const auto& w : s->windows) {
     fmt::print("{:>4}  {:<16} {:>8} {:>6}  {:<8}  {:>6} / {:>6}  {:>7}\n", w.id, w.role, w.pid, w.uid,
                shmbus::toString(w.admission), w.inboxUsedBytes, w.inboxBytes, w.pendingCalls);
+    // Its ports, from either end: "port 3 on 'chan' → editor#4" (opened by it) or "← ..." (to it).
+    for (const auto& p : s->ports) {
+      if (p.opener != w.id && p.acceptor != w.id) continue;
+      const bool opener = p.opener == w.id;
+      const std::uint32_t peer = opener ? p.acceptor : p.opener;
+      std::string peerName = fmt::format("window {}", peer);
+      for (const auto& o : s->windows) {
+        if (o.id == peer) peerName = fmt::format("{}#{}", o.role, o.id);
+      }
+      fmt::print("        port {} on '{}' {} {}{}\n", p.id, p.channel, opener ? "→" : "←", peerName,
+                 p.accepted ? "" : " (offered)");
+    }
   }
-  fmt::print("{} windows, {} inspector(s){}\n", s->windows.size(), s->inspectors, s->truncated ? " (list cut)" : "");
+  fmt::print("{} windows, {} port(s), {} inspector(s){}\n", s->windows.size(), s->ports.size(), s->inspectors,
+             s->truncated ? " (list cut)" : "");
   return 0;
 }
 
