@@ -44,8 +44,11 @@ enum class FrameKind : std::uint16_t {
   PortClose = 14,   ///< window → supervisor: this window closed port `requestId`
   PortListen = 15,  ///< window → supervisor: this window accepts ports on `channel` (onPort)
   PortUnlisten = 16,///< window → supervisor: it no longer does
+  // 17 is assigned to another feature.
+  Schema = 18,      ///< window → supervisor: a typed contract's schema (bus.capnp SchemaAnnouncement),
+                    ///< once per contract and connection (docs/architecture.md §6)
 };
-inline constexpr std::uint16_t kMaxFrameKind = 16;
+inline constexpr std::uint16_t kMaxFrameKind = 18;
 
 /// Frame flags.
 enum FrameFlags : std::uint16_t {

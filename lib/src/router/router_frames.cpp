@@ -126,6 +126,7 @@ void Router::process(Conn& w, const RecordView& rec) {
     case FrameKind::PortListen: w.portChannels.insert(h.channel); return;
     case FrameKind::PortUnlisten: w.portChannels.erase(h.channel); return;
     case FrameKind::PortOffer: return doom(w, "a PortOffer frame is not for the supervisor", true);
+    case FrameKind::Schema: return onSchema(w, *f);
   }
 }
 
