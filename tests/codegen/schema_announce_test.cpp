@@ -6,6 +6,8 @@
 #include <capnp/serialize.h>
 #include <doctest/doctest.h>
 
+#include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <set>
 #include <type_traits>
@@ -116,6 +118,22 @@ TEST_CASE("an announcement carries every node a decoder needs and decodes to eac
   REQUIRE_MESSAGE(hub.ok(), hub.error().toString());
   const AnnouncedMethod& status = hub->methods.at(HubChannels::status().id);
   CHECK(status.params.getFieldByName("level").getType().isEnum());  // the enum's node came along
+}
+
+TEST_CASE("the fuzz seeds of the announcement check are these encodings (written when SHMBUS_SCHEMA_SEED_DIR is set)") {
+  const std::vector<std::pair<std::string, kj::Array<capnp::word>>> seeds = [] {
+    std::vector<std::pair<std::string, kj::Array<capnp::word>>> v;
+    v.emplace_back("studio", announcementOf(StudioContract::schema()));
+    v.emplace_back("hub", announcementOf(HubContract::schema()));
+    return v;
+  }();
+  for (const auto& [name, words] : seeds) CHECK(decodeAnnouncementWords(words).ok());
+  const char* dir = std::getenv("SHMBUS_SCHEMA_SEED_DIR");
+  if (dir == nullptr) return;
+  for (const auto& [name, words] : seeds) {
+    std::ofstream(std::string(dir) + "/" + name, std::ios::binary | std::ios::trunc)
+        .write(reinterpret_cast<const char*>(words.begin()), static_cast<std::streamsize>(words.asBytes().size()));
+  }
 }
 
 TEST_CASE("a malformed or inconsistent announcement is refused with its reason") {
