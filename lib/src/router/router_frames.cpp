@@ -128,6 +128,9 @@ void Router::process(Conn& w, const RecordView& rec) {
     case FrameKind::PortOffer: return doom(w, "a PortOffer frame is not for the supervisor", true);
     case FrameKind::Schema: return onSchema(w, *f);
   }
+  // Every kind above returns: a number below kMaxFrameKind that names none (17, assigned to
+  // another feature) is as bad as one above it.
+  doom(w, fmt::format("frame kind {} is not for the supervisor", h.kind), true);
 }
 
 void Router::onIntern(Conn& w, const FrameView& f) {
