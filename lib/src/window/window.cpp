@@ -200,7 +200,8 @@ Result<void> Window::announceSchema(const ContractSchema& contract) {
   if (!impl_->announcedSchemas.insert(h.channel).second) return {};
   auto r = impl_->writeOutLocked(h, [&](Builder& b) { encodeAnnouncement(contract, b.initRoot<schema::SchemaAnnouncement>()); },
                                  0, monotonicNowNs() + 1'000'000'000);
-  if (!r) {
+  // A closed bus says so to the typed operation itself; anything else is worth a line.
+  if (!r && r.code() != ErrorCode::BusClosed) {
     impl_->log(LogLevel::Warn, "the schema of {} was not announced: {}", contract.name, r.error().message);
   }
   return r;
