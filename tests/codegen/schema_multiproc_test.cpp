@@ -113,7 +113,7 @@ void schemaFrame(RawOutbox& out, capnp::MessageBuilder& mb) {
   std::memcpy(body.data(), &h, sizeof h);
   std::memcpy(body.data() + sizeof h, &t, sizeof t);
   std::memcpy(body.data() + sizeof h + sizeof t, segments[0].begin(), segments[0].asBytes().size());
-  out.record(body.data(), body.size());
+  out.recordWhenRoom(body.data(), body.size());
   RawOutbox::ringDoorbell();
 }
 
@@ -251,7 +251,7 @@ TEST_CASE("malformed and oversized schema announcements are logged and dropped; 
       t.segmentWords[0] = (kJunkPayload - sizeof t) / sizeof(capnp::word);
       std::memcpy(body.data(), &h, sizeof h);
       std::memcpy(body.data() + sizeof h, &t, sizeof t);
-      out.record(body.data(), body.size());
+      out.recordWhenRoom(body.data(), body.size());
       RawOutbox::ringDoorbell();
       toIntruder.tellParent("sent");
       toIntruder.hearParent();
