@@ -143,3 +143,23 @@ struct PortTrace {
     replyBytes @11 :UInt32;
   }
 }
+
+# A typed contract's schema, announced by its stubs once per contract and connection
+# (FrameKind::Schema, window → supervisor; docs/architecture.md §6). Untrusted: the router
+# validates it with capnp::SchemaLoader and never routes or judges policy by it.
+struct SchemaAnnouncement {
+  interfaceId @0 :UInt64;
+  name @1 :Text;                       # "Outer.Inner", as capnpc-shmbus names it
+  methods @2 :List(MethodChannel);     # the methods the stubs serve
+  nodes @3 :List(import "/capnp/schema.capnp".Node);  # the interface, its methods' params and
+                                       # results structs and every type they reach
+  struct MethodChannel {
+    ordinal @0 :UInt16;
+    channel @1 :UInt64;                # methodChannelId(interfaceId, ordinal)
+  }
+}
+
+# The answer to ControlType::Schemas: every contract schema the bus keeps.
+struct SchemaSet {
+  contracts @0 :List(SchemaAnnouncement);
+}

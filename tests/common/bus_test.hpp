@@ -291,6 +291,14 @@ class Mailbox {
   Registration reg_;  // last: unregistered before the queue goes
 };
 
+/// A policy that allows everything and lets inspectors read captured payloads
+/// (docs/architecture.md §14 "Payloads").
+inline Policy payloadPolicy() {
+  Policy p;
+  p.inspectPayloads = true;
+  return p;
+}
+
 /// A supervisor on a fresh bus name with its dispatch thread running (start it after forking
 /// children that must not inherit a running thread, or at once), plus the "ready" mailbox.
 /// On destruction it stops the supervisor and checks that no segment name is left behind.

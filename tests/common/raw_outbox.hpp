@@ -59,6 +59,20 @@ class RawOutbox {
     producer_.commit(*c, bytes);
   }
 
+  /// Commits one record like record(), waiting (up to 10 s) for the supervisor to release room
+  /// when the ring is full: it releases what it read at the end of each batch, so a writer that
+  /// outpaces it finds the ring full although every record was handled.
+  void recordWhenRoom(const void* body, std::size_t bytes) {
+    childCheck(awaitCondition([&] {
+                 auto c = producer_.tryClaim(bytes);
+                 if (!c) return false;
+                 std::memcpy(c->body, body, bytes);
+                 producer_.commit(*c, bytes);
+                 return true;
+               }),
+               "no room for a raw record within 10 s");
+  }
+
   /// Commits a frame: `header` followed by an empty message table.
   void frame(const detail::FrameHeader& header) {
     std::uint8_t body[sizeof header + sizeof(detail::MessageTable)] = {};

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "shmbus/error.hpp"
+#include "shmbus/schema.hpp"
 #include "shmbus/supervisor.hpp"
 
 namespace shmbus {
@@ -193,6 +194,15 @@ class Inspector {
   /// answer. Errors: BusClosed (the supervisor is gone), Timeout, InvalidMessage (a malformed
   /// answer).
   Result<BusSnapshot> snapshot(std::chrono::milliseconds timeout = std::chrono::milliseconds(5000));
+
+  /// Asks the supervisor for the contract schemas the bus keeps (announced by typed stubs of
+  /// windows and of the main process, docs/architecture.md §6), waiting up to `timeout` for the
+  /// answer, and loads them: every method of every contract by channel id, its params and
+  /// results structs ready for capnp::DynamicStruct readers. The answer travels in a memfd (no
+  /// packet limit); it is checked as the supervisor checked each announcement, and a contract
+  /// that fails is left out. Errors: BusClosed (the supervisor is gone), Timeout,
+  /// InvalidMessage (a malformed answer).
+  Result<AnnouncedSchemas> schemas(std::chrono::milliseconds timeout = std::chrono::milliseconds(5000));
 
   /// Events this inspector lost because it fell behind (the trace ring is bounded), so far.
   std::uint64_t lost() const noexcept;

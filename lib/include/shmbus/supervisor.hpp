@@ -22,6 +22,8 @@
 
 namespace shmbus {
 
+struct ContractSchema;  // shmbus/schema.hpp
+
 /// Largest PayloadCapture::maxBytes, bytes.
 inline constexpr std::uint32_t kMaxPayloadCaptureBytes = 16 * 1024;
 
@@ -339,6 +341,15 @@ class Supervisor {
   /// send) is named already. The first name given for an id stays. Errors: InvalidArgument for a
   /// name that breaks NameKind::Channel (nothing is named then). Thread contract: any thread.
   Result<void> nameChannels(std::span<const Channel> channels);
+
+  /// Gives the router a typed contract's schema for inspectors (docs/architecture.md §6), once
+  /// per contract: later calls with the same interface return at once. The main process's typed
+  /// stubs call it when a typed handler or listener is registered or a typed client is first
+  /// used. Main's schema of a contract is kept in preference to one a window announced; it
+  /// names nothing for the policy (nameChannels does). Errors: InvalidMessage (a schema the
+  /// check refuses), Full (the bus keeps kMaxSchemaBytesPerBus already); a failed announcement
+  /// is not tried again. Thread contract: any thread.
+  Result<void> announceSchema(const ContractSchema& contract);
 
   /// Switches payload capture on, off or to other channels (SupervisorOptions::payloadCapture);
   /// every message the router reads afterwards follows it. Errors: InvalidArgument (maxBytes over

@@ -44,6 +44,7 @@
 #include "shmbus/error.hpp"
 #include "shmbus/message.hpp"
 #include "shmbus/port.hpp"
+#include "shmbus/schema.hpp"
 #include "shmbus/supervisor.hpp"
 #include "shmbus/window.hpp"
 
@@ -218,6 +219,15 @@ inline CallOptions withTimeout(CallOptions options, std::chrono::milliseconds me
   return options;
 }
 
+/// Announces the schema of method descriptor M's contract on `endpoint` (Window::announceSchema,
+/// Supervisor::announceSchema: once per contract and connection; a failure is logged there and
+/// does not fail the typed operation). A descriptor without `Contract` (written by hand, or by an
+/// older capnpc-shmbus) announces nothing.
+template <class M, class E>
+void announce(E& endpoint) {
+  if constexpr (requires { typename M::Contract; }) (void)endpoint.announceSchema(M::Contract::schema());
+}
+
 /// The untyped build callback for a typed one. Captures `build` by reference: a BuildFn runs
 /// synchronously inside the call that takes it, so the reference outlives every use (and the
 /// std::function needs no allocation).
@@ -234,6 +244,7 @@ BuildFn buildFn(F& build) {
 template <class M, class F>
 TypedCall<typename M::Results> invoke(Window& w, const Target& target, F& build, CallOptions options) {
   static_assert(!M::oneway, "a $oneway method has no reply: use send/push/broadcast");
+  announce<M>(w);
   const Channel ch = M::channel();
   options = withTimeout(options, M::defaultTimeout);
   Call c = target.isMain() ? w.invoke(ch, buildFn<M>(build), options) : w.invokeIn(target, ch, buildFn<M>(build), options);
@@ -244,6 +255,7 @@ TypedCall<typename M::Results> invoke(Window& w, const Target& target, F& build,
 template <class M, class F>
 TypedCall<typename M::Results> invoke(Supervisor& s, const Target& target, F& build, CallOptions options) {
   static_assert(!M::oneway, "a $oneway method has no reply: use send/push/broadcast");
+  announce<M>(s);
   const Channel ch = M::channel();
   return {s.invoke(target, ch, buildFn<M>(build), withTimeout(options, M::defaultTimeout)), ch, target,
           resultsLayoutOf<M>()};
@@ -274,6 +286,7 @@ TypedCall<typename M::Results> invokeDefault(E& endpoint, const Target& fallback
 template <class M, class F>
 Result<void> send(Window& w, const Target& target, F& build) {
   static_assert(M::oneway, "only $oneway methods are sent; call the others");
+  announce<M>(w);
   return target.isMain() ? w.send(M::channel(), buildFn<M>(build)) : w.sendTo(target, M::channel(), buildFn<M>(build));
 }
 
@@ -281,6 +294,7 @@ Result<void> send(Window& w, const Target& target, F& build) {
 template <class M, class F>
 Result<void> send(Supervisor& s, const Target& target, F& build) {
   static_assert(M::oneway, "only $oneway methods are pushed; call the others");
+  announce<M>(s);
   return s.send(target, M::channel(), buildFn<M>(build));
 }
 
@@ -305,6 +319,7 @@ Result<void> sendDefault(E& endpoint, const Target& fallback, F& build) {
 template <class M, class F>
 Result<BroadcastReport> broadcast(Supervisor& s, F& build, const BroadcastOptions& options) {
   static_assert(M::oneway, "only $oneway methods are broadcast; call the others");
+  announce<M>(s);
   return s.broadcast(M::channel(), buildFn<M>(build), options);
 }
 
@@ -324,6 +339,7 @@ Registration handle(E& endpoint, F&& fn) {
   constexpr bool withContext = std::is_invocable_v<Fn&, typename P::Reader&, typename R::Builder&, const CallContext&>;
   static_assert(withContext || std::is_invocable_v<Fn&, typename P::Reader&, typename R::Builder&>,
                 "a typed handler takes (Params::Reader, Results::Builder[, const shmbus::CallContext&])");
+  announce<M>(endpoint);
   constexpr Channel ch = M::channel();
   const Channel registered(ch.id, ch.name, paramsLayoutOf<M>() != nullptr ? 0 : ch.schemaId, ch.replySchemaId);
   return endpoint.handle(registered, [fn = Fn(std::forward<F>(fn))](const Message& req, Builder& reply,
@@ -353,6 +369,7 @@ Registration listen(E& endpoint, F&& fn, bool once) {
   constexpr bool withContext = std::is_invocable_v<Fn&, typename P::Reader&, const CallContext&>;
   static_assert(withContext || std::is_invocable_v<Fn&, typename P::Reader&>,
                 "a typed listener takes (Params::Reader[, const shmbus::CallContext&])");
+  announce<M>(endpoint);
   Listener l = [fn = Fn(std::forward<F>(fn))](const Message& m, const CallContext& ctx) mutable {
     auto params = readChecked<P>(m, M::channel().schemaId, paramsLayoutOf<M>());
     if (!params) {  // the endpoint logs what the listener throws and goes on

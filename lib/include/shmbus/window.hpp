@@ -17,6 +17,8 @@
 
 namespace shmbus {
 
+struct ContractSchema;  // shmbus/schema.hpp
+
 /// How a window connects.
 struct WindowOptions {
   std::string bus;         ///< bus name (NameKind::Bus); empty = $SHMBUS_BUS (set for spawned windows)
@@ -112,6 +114,17 @@ class Window {
   /// stayed full). Without a listener the window logs each at Warn: no failed send is silent.
   /// A send to main that simply has no listener there is not a failure (as with ipcMain).
   Registration onSendFailed(SendFailureListener listener);
+
+  /// Announces a typed contract's schema to the supervisor (a Schema frame), once per contract
+  /// and connection: later calls with the same interface return at once. Typed stubs call it
+  /// when a typed handler or listener is registered or a typed client is first used, so that
+  /// inspectors decode the contract's captured payloads without a schema file
+  /// (docs/architecture.md §6). The supervisor checks the announcement, keeps it within
+  /// kMaxSchemaBytesPerWindow / kMaxSchemaBytesPerBus and never routes by it; a refusal is in
+  /// its log only. Errors: TooLarge (the announcement does not fit a ring record), Full (the
+  /// outbox stayed full for 1 s), BusClosed; a failed announcement is not tried again.
+  /// Thread contract: any thread; it does not dispatch.
+  Result<void> announceSchema(const ContractSchema& contract);
 
   /// Handles calls on `channel` (Supervisor::invoke and routed invokeIn). The last registered
   /// handler wins; the returned Registration removes this one (the previous one does not return).

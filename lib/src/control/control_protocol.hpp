@@ -21,8 +21,10 @@ enum class ControlType : std::uint32_t {
                   ///< answer, bus.capnp BusSnapshot
   PortFd = 8,     ///< supervisor → window: `value` = port id, the port segment's descriptor attached
                   ///< (sent before the PortOffer frame or the PortOpen reply that names the port)
+  Schemas = 9,    ///< inspector → supervisor: a request (no payload); supervisor → inspector: `value` =
+                  ///< bytes of a bus.capnp SchemaSet in the memfd attached (any size: no packet limit)
 };
-inline constexpr ControlType kLastControlType = ControlType::PortFd;
+inline constexpr ControlType kLastControlType = ControlType::Schemas;
 
 /// Inspect's `value` bit: the inspector asks for the payload ring (docs/architecture.md §14).
 inline constexpr std::uint64_t kInspectPayloads = 1;

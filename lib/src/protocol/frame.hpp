@@ -46,8 +46,10 @@ enum class FrameKind : std::uint16_t {
   PortUnlisten = 16,///< window → supervisor: it no longer does
   PortTrace = 17,   ///< window → supervisor: calls and sends its port ends made while tracing
                     ///< (payload bus.capnp PortTrace; docs/architecture.md §14 "Ports")
+  Schema = 18,      ///< window → supervisor: a typed contract's schema (bus.capnp SchemaAnnouncement),
+                    ///< once per contract and connection (docs/architecture.md §6)
 };
-inline constexpr std::uint16_t kMaxFrameKind = 17;
+inline constexpr std::uint16_t kMaxFrameKind = 18;
 
 /// Frame flags.
 enum FrameFlags : std::uint16_t {

@@ -52,6 +52,9 @@ struct Conn {
   // be checked against a name). Unverified, so they name channels only in this window's own
   // errors, never in other windows' messages or in stats.
   std::unordered_map<std::uint64_t, std::string> ownNames;
+  // Bytes of schema announcements this window sent (docs/architecture.md §6): at most
+  // kMaxSchemaBytesPerWindow are read over its connection, refused or kept alike.
+  std::size_t schemaBytes = 0;
   std::string doomed;  // non-empty: disconnect after the current batch, with this reason
   bool bad = false;
   // Records of this outbox still in use (a main-process callback reads one in place, or a nested

@@ -354,6 +354,7 @@ void Router::onConnReadable(std::uint32_t id) {
       case ControlType::Mapped: onMapped(c); break;
       case ControlType::Inspect: onInspect(c, h->value); break;
       case ControlType::Snapshot: onSnapshot(c); break;
+      case ControlType::Schemas: onSchemas(c); break;
       default: return doom(c, fmt::format("control packet type {} is not for the supervisor", h->type), true);
     }
   }

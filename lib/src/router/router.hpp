@@ -33,7 +33,9 @@
 #include "router/invites.hpp"
 #include "router/registry.hpp"
 #include "router/routes.hpp"
+#include "router/schema_store.hpp"
 #include "shmbus/inspect.hpp"
+#include "shmbus/schema.hpp"
 #include "shmbus/supervisor.hpp"
 #include "spawn/spawn.hpp"
 #include "trace/payload_capture.hpp"
@@ -176,6 +178,10 @@ class Router {
   Policy policy() const;
   /// Supervisor::setPayloadCapture (already checked): the next message read follows it.
   void setPayloadCapture(PayloadCapture capture);
+  /// Supervisor::announceSchema: the main process's typed stubs give their contract's schema
+  /// straight to the store (router_schemas.cpp; checked like a window's, kept in preference to
+  /// one). Errors: InvalidMessage, Full (the bus's kMaxSchemaBytesPerBus).
+  Result<void> announceSchema(const ContractSchema& contract);
   void setChannelTimeout(const Channel& channel, std::chrono::milliseconds timeout);
   RouterStats stats() const;
 
@@ -295,6 +301,14 @@ class Router {
   void replyError(Conn& w, const FrameHeader& req, Error e, bool traced = true);
   void process(Conn& w, const RecordView& rec);
   void onIntern(Conn& w, const FrameView& f);
+
+  // ---- announced schemas (router_schemas.cpp, docs/architecture.md §6); all under mu_
+  /// A Schema frame from `w`: within the window's bytes, copied, checked and kept; a refusal is
+  /// logged (Warn) and changes nothing else.
+  void onSchema(Conn& w, const FrameView& f);
+  /// An inspector asks for the schemas: a bus.capnp SchemaSet in a memfd.
+  void onSchemas(Conn& c);
+  SchemaStore schemas_;  // announced schemas; they outlive their announcers
   /// A one-way message from `w` that cannot be delivered: counted, logged, and reported back to
   /// `w` as an Error frame with request id 0 (dropped when `w`'s inbox is full: counted only).
   void undelivered(Conn& w, const FrameHeader& h, const Error& e, bool logIt = true);

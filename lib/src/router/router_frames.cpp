@@ -127,7 +127,11 @@ void Router::process(Conn& w, const RecordView& rec) {
     case FrameKind::PortUnlisten: w.portChannels.erase(h.channel); return;
     case FrameKind::PortOffer: return doom(w, "a PortOffer frame is not for the supervisor", true);
     case FrameKind::PortTrace: return onPortTrace(w, *f);
+    case FrameKind::Schema: return onSchema(w, *f);
   }
+  // Every kind above returns; parseFrame refuses numbers above kMaxFrameKind. This catches a
+  // number that names no kind (a gap, should one ever be left) as bad as one above it.
+  doom(w, fmt::format("frame kind {} is not for the supervisor", h.kind), true);
 }
 
 void Router::onIntern(Conn& w, const FrameView& f) {

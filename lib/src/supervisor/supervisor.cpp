@@ -4,7 +4,9 @@
 
 #include <fmt/format.h>
 
+#include <mutex>
 #include <thread>
+#include <unordered_set>
 
 #include "call/call.hpp"
 #include "call/callbacks.hpp"
@@ -13,6 +15,7 @@
 #include "endpoint/handler_run.hpp"
 #include "protocol/frame.hpp"
 #include "router/router.hpp"
+#include "shmbus/schema.hpp"
 #include "spawn/spawn.hpp"
 #include "supervisor/lane.hpp"
 #include "supervisor/main_endpoint.hpp"
@@ -46,6 +49,8 @@ struct Supervisor::Impl final : CallOwner {
   std::recursive_mutex gate;  // held by the thread that dispatches (run, poll, Call::get)
   std::thread dispatcher;
   std::atomic<bool> stopped{false};
+  std::mutex schemaMu;
+  std::unordered_set<std::uint64_t> announcedSchemas;  // interface ids given to the router; under schemaMu
 
   explicit Impl(SupervisorOptions o)
       : opts(std::move(o)), log{"supervisor", opts.bus, opts.logLevel}, main(callbacks, Logger{"lane", opts.bus, opts.logLevel}) {}
@@ -285,6 +290,16 @@ Result<void> Supervisor::nameChannels(std::span<const Channel> channels) {
   }
   impl_->router->nameChannels(channels);
   return {};
+}
+
+Result<void> Supervisor::announceSchema(const ContractSchema& contract) {
+  {
+    std::lock_guard lk(impl_->schemaMu);
+    if (!impl_->announcedSchemas.insert(contract.interface.getProto().getId()).second) return {};
+  }
+  auto r = impl_->router->announceSchema(contract);
+  if (!r) impl_->log(LogLevel::Warn, "the schema of {} was not kept: {}", contract.name, r.error().message);
+  return r;
 }
 
 Result<void> Supervisor::setPolicy(Policy policy) {

@@ -2,6 +2,7 @@
 // (docs/architecture.md §14).
 #include <poll.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <capnp/serialize.h>
 #include <fmt/format.h>
@@ -17,7 +18,9 @@
 #include "control/control_protocol.hpp"
 #include "control/socket.hpp"
 #include "shmbus/inspect.hpp"
+#include "message/message.hpp"
 #include "trace/payload_capture.hpp"
+#include "trace/schema_announce.hpp"
 #include "trace/trace_event.hpp"
 #include "trace/trace_ring.hpp"
 #include "wire/handshake.hpp"
@@ -85,6 +88,30 @@ struct Inspector::Impl {
       }
       ++it;
     }
+  }
+
+  /// Sends a request of `type` and waits up to `timeout` for the supervisor's answer, a packet of
+  /// the same type (`what` names it in errors). Errors: BusClosed, Timeout, InvalidMessage.
+  Result<Packet> ask(ControlType type, std::chrono::milliseconds timeout, const char* what) {
+    if (closed) return makeError(ErrorCode::BusClosed, fmt::format("the supervisor of bus '{}' stopped", bus));
+    if (auto r = sendControl(sock.get(), type, 0); !r) return r.error();
+    auto readable = waitReadable(sock.get(), deadlineAfter(monotonicNowNs(), std::max(timeout, {})));
+    if (!readable) return readable.error();
+    if (!*readable) {
+      return makeError(ErrorCode::Timeout,
+                       fmt::format("no {} from the supervisor of bus '{}' within {} ms", what, bus, timeout.count()));
+    }
+    auto pkt = recvPacket(sock.get());
+    if (!pkt) return pkt.error();
+    auto h = parseControlHeader(*pkt);
+    if (!h) {
+      closed = true;
+      return makeError(ErrorCode::BusClosed, fmt::format("the supervisor of bus '{}' stopped", bus));
+    }
+    if (h->type != static_cast<std::uint32_t>(type)) {
+      return makeError(ErrorCode::InvalidMessage, fmt::format("expected a {}, got control packet {}", what, h->type));
+    }
+    return pkt;
   }
 
   /// True once the supervisor hung up (the bus stopped). Never blocks.
@@ -186,26 +213,10 @@ Result<std::optional<TraceEvent>> Inspector::next(std::chrono::milliseconds time
 }
 
 Result<BusSnapshot> Inspector::snapshot(std::chrono::milliseconds timeout) {
-  Impl& i = *impl_;
-  if (i.closed) return makeError(ErrorCode::BusClosed, fmt::format("the supervisor of bus '{}' stopped", i.bus));
-  if (auto r = sendControl(i.sock.get(), ControlType::Snapshot, 0); !r) return r.error();
-  auto readable = waitReadable(i.sock.get(), deadlineAfter(monotonicNowNs(), std::max(timeout, {})));
-  if (!readable) return readable.error();
-  if (!*readable) {
-    return makeError(ErrorCode::Timeout, fmt::format("no snapshot from the supervisor of bus '{}' within {} ms", i.bus,
-                                                     timeout.count()));
-  }
-  auto pkt = recvPacket(i.sock.get());
+  auto pkt = impl_->ask(ControlType::Snapshot, timeout, "snapshot");
   if (!pkt) return pkt.error();
-  auto h = parseControlHeader(*pkt);
-  if (!h) {
-    i.closed = true;
-    return makeError(ErrorCode::BusClosed, fmt::format("the supervisor of bus '{}' stopped", i.bus));
-  }
   const auto words = bodyWords(*pkt);
-  if (h->type != static_cast<std::uint32_t>(ControlType::Snapshot) || words.empty()) {
-    return makeError(ErrorCode::InvalidMessage, fmt::format("expected a snapshot, got control packet {}", h->type));
-  }
+  if (words.empty()) return makeError(ErrorCode::InvalidMessage, "an empty snapshot");
   try {
     // Bounded by the packet: a list cannot be traversed for more words than it holds, times 8.
     capnp::FlatArrayMessageReader reader(wordsOf(words), boundedControlReader(words.size() * 8 + 1024));
@@ -249,6 +260,40 @@ Result<BusSnapshot> Inspector::snapshot(std::chrono::milliseconds timeout) {
   } catch (const kj::Exception& e) {
     return makeError(ErrorCode::InvalidMessage, std::string("malformed snapshot: ") + e.getDescription().cStr());
   }
+}
+
+Result<AnnouncedSchemas> Inspector::schemas(std::chrono::milliseconds timeout) {
+  auto pkt = impl_->ask(ControlType::Schemas, timeout, "schema set");
+  if (!pkt) return pkt.error();
+  auto h = parseControlHeader(*pkt);
+  // The supervisor keeps at most kMaxSchemaBytesPerBus; the set adds a few words per contract.
+  constexpr std::uint64_t kMaxAnswer = 2 * kMaxSchemaBytesPerBus;
+  if (pkt->fds.size() != 1 || h->value % sizeof(capnp::word) != 0 || h->value > kMaxAnswer) {
+    return makeError(ErrorCode::InvalidMessage,
+                     fmt::format("a schema set of {} B with {} descriptors", h->value, pkt->fds.size()));
+  }
+  auto words = kj::heapArray<capnp::word>(h->value / sizeof(capnp::word));
+  auto* bytes = reinterpret_cast<std::uint8_t*>(words.begin());
+  for (std::size_t done = 0; done < h->value;) {
+    const ssize_t n = ::pread(pkt->fds[0].get(), bytes + done, h->value - done, static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return makeError(ErrorCode::InvalidMessage, fmt::format("the schema set ends at {} of {} B", done, h->value));
+    done += static_cast<std::size_t>(n);
+  }
+  AnnouncedSchemas out;
+  try {
+    capnp::FlatArrayMessageReader reader(words, readerOptionsFor(words.size()));
+    for (auto a : reader.getRoot<schema::SchemaSet>().getContracts()) {
+      auto loaded = decodeAnnouncement(a);
+      if (!loaded) continue;  // the supervisor checked it: a newer one's, or a bug; left out
+      for (auto& [channel, method] : loaded->methods) out.methods.insert_or_assign(channel, std::move(method));
+      out.contracts.push_back(std::move(loaded->name));
+      out.loaders.push_back(std::move(loaded->loader));
+    }
+  } catch (const kj::Exception& e) {
+    return makeError(ErrorCode::InvalidMessage, std::string("malformed schema set: ") + e.getDescription().cStr());
+  }
+  return out;
 }
 
 std::uint64_t Inspector::lost() const noexcept { return impl_->reader.lost(); }

@@ -29,6 +29,8 @@
 #include "endpoint/pending_calls.hpp"
 #include "log/log.hpp"
 #include "protocol/frame_io.hpp"
+#include "shmbus/schema.hpp"
+#include "trace/schema_announce.hpp"
 #include "wire/handshake.hpp"
 #include "window/window_impl.hpp"
 
@@ -190,6 +192,22 @@ Registration Window::onWindowClosed(WindowEventListener listener) {
 
 Registration Window::onSendFailed(SendFailureListener listener) {
   return on(Channel(kSendFailed), sendFailureListener(std::move(listener)));
+}
+
+Result<void> Window::announceSchema(const ContractSchema& contract) {
+  FrameHeader h{};
+  h.kind = static_cast<std::uint16_t>(FrameKind::Schema);
+  h.channel = contract.interface.getProto().getId();
+  std::lock_guard lk(impl_->outMu);
+  // TODO(perf): a hash lookup under outMu per typed call; the first one builds the frame.
+  if (!impl_->announcedSchemas.insert(h.channel).second) return {};
+  auto r = impl_->writeOutLocked(h, [&](Builder& b) { encodeAnnouncement(contract, b.initRoot<schema::SchemaAnnouncement>()); },
+                                 0, monotonicNowNs() + 1'000'000'000);
+  // A closed bus says so to the typed operation itself; anything else is worth a line.
+  if (!r && r.code() != ErrorCode::BusClosed) {
+    impl_->log(LogLevel::Warn, "the schema of {} was not announced: {}", contract.name, r.error().message);
+  }
+  return r;
 }
 
 Registration Window::handle(const Channel& channel, Handler handler) {

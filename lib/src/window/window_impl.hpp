@@ -74,6 +74,7 @@ struct Window::Impl : CallOwner {
   WindowLink link;  // id, role, segment, inbox (dispatcher only), outbox (under outMu), cancel board
   std::mutex outMu;
   std::unordered_map<std::uint64_t, std::string> interned;  // id -> name sent in an Intern frame; guarded by outMu
+  std::unordered_set<std::uint64_t> announcedSchemas;  // interface ids announced (Schema frames); guarded by outMu
 
   std::atomic<bool> closed{false};
   mutable std::mutex closeMu;

@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "layout.hpp"
+#include "message/capnp_texts.hpp"
 
 namespace shmbus::codegen {
 namespace {
@@ -77,27 +78,6 @@ std::string docLines(kj::StringPtr text, const std::string& indent, const std::s
   return out;
 }
 
-void readAllTexts(capnp::DynamicStruct::Reader s);
-
-/// Reads `v` and every text below it (readAllTexts).
-void readAllTexts(const capnp::DynamicValue::Reader& v) {
-  switch (v.getType()) {
-    case capnp::DynamicValue::TEXT: (void)v.as<capnp::Text>().size(); break;
-    case capnp::DynamicValue::STRUCT: readAllTexts(v.as<capnp::DynamicStruct>()); break;
-    case capnp::DynamicValue::LIST:
-      for (auto e : v.as<capnp::DynamicList>()) readAllTexts(e);
-      break;
-    default: break;
-  }
-}
-
-/// Reads every text field reachable from `s` (the active union member only), so that a
-/// malformed one throws kj::Exception here. Bounded by the reader's traversal and nesting limits.
-void readAllTexts(capnp::DynamicStruct::Reader s) {
-  for (auto field : s.getSchema().getNonUnionFields()) readAllTexts(s.get(field));
-  KJ_IF_MAYBE(field, s.which()) { readAllTexts(s.get(*field)); }
-}
-
 template <class List>
 std::optional<capnp::schema::Value::Reader> annotation(List annotations, std::uint64_t id) {
   for (auto a : annotations) {
@@ -137,7 +117,7 @@ class Generator {
     // when it reports a problem: a malformed text there makes Cap'n Proto 0.9's report fail
     // again while reporting, without end (a stack overflow; fuzz/corpus/plugin/crash-*). So
     // every text is read once first, where a malformed one is a plain exception.
-    readAllTexts(capnp::DynamicStruct::Reader(request));
+    ::shmbus::detail::readAllTexts(capnp::DynamicStruct::Reader(request));
     for (auto node : request.getNodes()) loader_.load(node);
     for (auto info : request.getSourceInfo()) sourceInfo_.emplace(info.getId(), info);
   }
@@ -327,6 +307,7 @@ class Generator {
          (i.target ? ", default role \"" + *i.target + "\"" : std::string()) + "\n";
     if (!i.doc.empty()) o += docLines(i.doc, "", "//");
     o += generateChannels(i);
+    o += generateContract(i);
     o += generateMethods(i);
     o += generateClient(i);
     o += generateHandlers(i);
@@ -356,6 +337,28 @@ class Generator {
     return o;
   }
 
+  /// `<I>Contract`: what the stubs announce to the supervisor (shmbus/schema.hpp): capnpc-c++'s
+  /// compiled schema of the interface (its raw schema reaches every node a decoder needs), the
+  /// name and the method → channel map.
+  static std::string generateContract(const Interface& i) {
+    std::string o;
+    o += "\n/// The schema typed stubs of " + i.capnpName + " announce to the supervisor once per connection, so\n";
+    o += "/// that inspectors decode its payloads without a schema file (shmbus/schema.hpp).\n";
+    o += "struct " + i.flatName + "Contract {\n";
+    o += "  /// The methods the stubs serve: ordinal and channel id.\n";
+    o += "  static constexpr std::array<::shmbus::MethodChannel, " + std::to_string(i.methods.size()) + "> methods{{\n";
+    for (const auto& m : i.methods) {
+      o += "      {" + std::to_string(m.ordinal) + ", " + i.flatName + "Channels::" + m.member + "().id},\n";
+    }
+    o += "  }};\n";
+    o += "  /// The compiled schema nodes (capnpc-c++'s), the name and the methods.\n";
+    o += "  static ::shmbus::ContractSchema schema() noexcept {\n";
+    o += "    return {::capnp::Schema::from<" + i.cppType + ">(), \"" + i.capnpName + "\", methods};\n";
+    o += "  }\n";
+    o += "};\n";
+    return o;
+  }
+
   static std::string generateMethods(const Interface& i) {
     std::string o;
     o += "\n/// Method descriptors of " + i.capnpName +
@@ -364,6 +367,7 @@ class Generator {
     o += "struct " + i.flatName + "Methods {\n";
     for (const auto& m : i.methods) {
       o += "  struct " + m.title + " {\n";
+      o += "    using Contract = " + i.flatName + "Contract;  // the schema its stubs announce\n";
       o += "    using Params = " + m.params + ";\n";
       o += "    using Results = " + m.results + ";\n";
       o += "    static constexpr ::shmbus::Channel channel() noexcept { return " + i.flatName + "Channels::" + m.member +

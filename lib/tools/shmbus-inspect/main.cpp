@@ -4,7 +4,8 @@
 //     one line per trace event the supervisor records (human form, or JSON Lines with --json)
 //     until Ctrl-C, --count events, --duration seconds, or the bus stops; with --payloads the
 //     captured request, reply or message under it (payload.hpp: Cap'n Proto text, or JSON with
-//     --json, for typed channels FILE declares; else size and hex);
+//     --json, for typed channels FILE declares or typed stubs announced to the bus (FILE wins);
+//     else size and hex);
 //   shmbus-inspect BUS record -o FILE [--channel C] [--role R] [--count N] [--duration S]
 //     the same events as a Chrome trace-event JSON file (ChromeTrace: ui.perfetto.dev,
 //     chrome://tracing), written when recording ends; prints the events per kind;
@@ -23,6 +24,7 @@
 #include <csignal>
 #include <cstdio>
 #include <functional>
+#include <set>
 #include <thread>
 
 #include "call.hpp"
@@ -91,7 +93,7 @@ std::unique_ptr<shmbus::Inspector> attachFor(const std::string& bus, const std::
 /// Reads `insp`'s events until Ctrl-C, o.count selected events, o.durationS seconds or the bus
 /// stops: `onLost(n)` when n more were lost, `onEvent(e)` for each event `o` selects. Returns the
 /// exit status (1: an error other than the bus closing, printed).
-int follow(shmbus::Inspector& insp, const TailOptions& o, const shmbus::inspect::PayloadPrinter& printer,
+int follow(shmbus::Inspector& insp, const TailOptions& o, shmbus::inspect::PayloadPrinter& printer,
            const std::function<void(std::uint64_t)>& onLost,
            const std::function<void(const shmbus::TraceEvent&)>& onEvent) {
   std::signal(SIGINT, onInterrupt);
@@ -101,6 +103,8 @@ int follow(shmbus::Inspector& insp, const TailOptions& o, const shmbus::inspect:
                                                  std::chrono::duration<double>(o.durationS))
                                    : std::chrono::steady_clock::time_point::max();
   std::uint64_t taken = 0, lostReported = 0;
+  std::set<std::uint64_t> asked;  // channels the bus was asked about (announced schemas)
+  constexpr std::size_t kMaxAsked = 4096;
   while (interrupted == 0) {
     const auto now = std::chrono::steady_clock::now();
     if (now >= end) break;
@@ -120,6 +124,17 @@ int follow(shmbus::Inspector& insp, const TailOptions& o, const shmbus::inspect:
       lostReported = lost;
     }
     if (!*e) continue;
+    // A channel with payloads (or no name) the printer cannot decode yet: typed stubs announce
+    // their contract before their first message on it, so the bus may know it now. Asked once
+    // per channel (an untyped channel stays unknown).
+    if (o.payloads && ((*e)->request || (*e)->reply || (*e)->channel.starts_with('#')) &&
+        !printer.knows((*e)->channelId) && asked.size() < kMaxAsked && asked.insert((*e)->channelId).second) {
+      if (auto s = insp.schemas(); s) {
+        printer.addAnnounced(std::move(*s));
+      } else if (s.code() != shmbus::ErrorCode::BusClosed) {
+        fmt::print(stderr, "shmbus-inspect: no announced schemas: {}\n", s.error().toString());
+      }
+    }
     // A typed channel only windows named shows as "#<hex id>": the schema knows its method.
     if (const std::string m = printer.methodName((*e)->channelId); !m.empty() && (*e)->channel.starts_with('#')) {
       (*e)->channel = m;

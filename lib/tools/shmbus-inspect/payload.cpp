@@ -38,6 +38,14 @@ struct PayloadPrinter::Decoded {
 
 PayloadPrinter::PayloadPrinter(std::unique_ptr<SchemaFile> schema) : schema_(std::move(schema)) {
   if (schema_) methods_ = methodsByChannel(schema_->root());
+  for (const auto& [channel, m] : methods_) fromFile_.insert(channel);
+}
+
+void PayloadPrinter::addAnnounced(AnnouncedSchemas announced) {
+  for (auto& [channel, m] : announced.methods) {
+    if (fromFile_.count(channel) == 0) methods_.insert_or_assign(channel, std::move(m));
+  }
+  for (auto& l : announced.loaders) loaders_.push_back(std::move(l));
 }
 
 std::string PayloadPrinter::methodName(std::uint64_t channelId) const {

@@ -5,15 +5,17 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "schema.hpp"
 #include "shmbus/inspect.hpp"
 
 namespace shmbus::inspect {
 
-/// Renders the payloads of trace events. With a schema, a payload of a typed channel the schema
+/// Renders the payloads of trace events. With a schema (a file, or announced by typed stubs), a payload of a typed channel the schema
 /// declares (MethodSchema: its channel id) is read as the method's params (a request or a
 /// one-way message) or results (a reply); anything else is shown as its size and a hex prefix.
 /// The bytes are untrusted (they come from the bus's windows, through shared memory): they are
@@ -23,6 +25,13 @@ class PayloadPrinter {
  public:
   /// Without a schema (`schema` null) every payload is shown as size and hex.
   explicit PayloadPrinter(std::unique_ptr<SchemaFile> schema);
+
+  /// Adds the schemas typed stubs announced to the bus (Inspector::schemas()) for the channels
+  /// the schema file does not declare: the file wins where both do.
+  void addAnnounced(AnnouncedSchemas announced);
+
+  /// Whether the schema file or an announced schema declares the channel.
+  bool knows(std::uint64_t channelId) const { return methods_.count(channelId) != 0; }
 
   /// The method name of a typed channel the schema declares ("Studio.echo"), else "".
   std::string methodName(std::uint64_t channelId) const;
@@ -45,6 +54,8 @@ class PayloadPrinter {
 
   std::unique_ptr<SchemaFile> schema_;
   std::map<std::uint64_t, MethodSchema> methods_;
+  std::set<std::uint64_t> fromFile_;  // channels the file declares (announced ones never replace them)
+  std::vector<std::shared_ptr<capnp::SchemaLoader>> loaders_;  // keep announced schemas alive
 };
 
 }  // namespace shmbus::inspect

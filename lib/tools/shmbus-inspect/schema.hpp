@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "shmbus/schema.hpp"
+
 namespace shmbus::inspect {
 
 /// A parsed .capnp file and its import path: the `-I` dirs, then the installed
@@ -34,12 +36,10 @@ class SchemaFile {
 };
 
 /// One interface method as the bus sees it: a channel (methodChannelId of the interface id and
-/// the method's ordinal, as capnpc-shmbus's stubs use), named as capnpc-shmbus names it.
-struct MethodSchema {
-  std::string name;             ///< "Interface.method" ("Outer.Inner.method" for nested scopes)
-  capnp::StructSchema params;   ///< the params struct
-  capnp::StructSchema results;  ///< the results struct
-};
+/// the method's ordinal, as capnpc-shmbus's stubs use), named as capnpc-shmbus names it
+/// ("Outer.Inner.method"), with its params and results structs; the shape announced schemas
+/// have too (shmbus/schema.hpp).
+using MethodSchema = AnnouncedMethod;
 
 /// Every interface method `file` declares, at any depth of nesting, by channel id.
 std::map<std::uint64_t, MethodSchema> methodsByChannel(const capnp::ParsedSchema& file);

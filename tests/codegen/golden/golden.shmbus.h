@@ -63,10 +63,31 @@ struct StudioChannels {
   }
 };
 
+/// The schema typed stubs of Studio announce to the supervisor once per connection, so
+/// that inspectors decode its payloads without a schema file (shmbus/schema.hpp).
+struct StudioContract {
+  /// The methods the stubs serve: ordinal and channel id.
+  static constexpr std::array<::shmbus::MethodChannel, 8> methods{{
+      {0, StudioChannels::echo().id},
+      {1, StudioChannels::ping().id},
+      {2, StudioChannels::describe().id},
+      {3, StudioChannels::store().id},
+      {4, StudioChannels::notify().id},
+      {5, StudioChannels::tick().id},
+      {6, StudioChannels::delete_().id},
+      {7, StudioChannels::slow().id},
+  }};
+  /// The compiled schema nodes (capnpc-c++'s), the name and the methods.
+  static ::shmbus::ContractSchema schema() noexcept {
+    return {::capnp::Schema::from<::shmbus::golden::Studio>(), "Studio", methods};
+  }
+};
+
 /// Method descriptors of Studio for the helpers of shmbus/typed.hpp (defaultTimeout 0: the
 /// channel's timeout, else the bus default).
 struct StudioMethods {
   struct Echo {
+    using Contract = StudioContract;  // the schema its stubs announce
     using Params = ::shmbus::golden::Studio::EchoParams;
     using Results = ::shmbus::golden::Studio::EchoResults;
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::echo(); }
@@ -90,6 +111,7 @@ struct StudioMethods {
                   ::shmbus::contractFingerprint(resultsLayout) == StudioChannels::echo().replySchemaId);
   };
   struct Ping {
+    using Contract = StudioContract;  // the schema its stubs announce
     using Params = ::shmbus::golden::Studio::PingParams;
     using Results = ::shmbus::golden::Studio::PingResults;
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::ping(); }
@@ -107,6 +129,7 @@ struct StudioMethods {
                   ::shmbus::contractFingerprint(resultsLayout) == StudioChannels::ping().replySchemaId);
   };
   struct Describe {
+    using Contract = StudioContract;  // the schema its stubs announce
     using Params = ::shmbus::golden::Studio::DescribeParams;
     using Results = ::shmbus::golden::Studio::DescribeResults;
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::describe(); }
@@ -132,6 +155,7 @@ struct StudioMethods {
                   ::shmbus::contractFingerprint(resultsLayout) == StudioChannels::describe().replySchemaId);
   };
   struct Store {
+    using Contract = StudioContract;  // the schema its stubs announce
     using Params = ::shmbus::golden::Shape;
     using Results = ::shmbus::golden::Point;
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::store(); }
@@ -167,6 +191,7 @@ struct StudioMethods {
                   ::shmbus::contractFingerprint(resultsLayout) == StudioChannels::store().replySchemaId);
   };
   struct Notify {
+    using Contract = StudioContract;  // the schema its stubs announce
     using Params = ::shmbus::golden::Studio::NotifyParams;
     using Results = ::shmbus::golden::Studio::NotifyResults;
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::notify(); }
@@ -188,6 +213,7 @@ struct StudioMethods {
                   ::shmbus::contractFingerprint(resultsLayout) == StudioChannels::notify().replySchemaId);
   };
   struct Tick {
+    using Contract = StudioContract;  // the schema its stubs announce
     using Params = ::shmbus::golden::Studio::TickParams;
     using Results = ::shmbus::golden::Studio::TickResults;
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::tick(); }
@@ -205,6 +231,7 @@ struct StudioMethods {
                   ::shmbus::contractFingerprint(resultsLayout) == StudioChannels::tick().replySchemaId);
   };
   struct Delete {
+    using Contract = StudioContract;  // the schema its stubs announce
     using Params = ::shmbus::golden::Studio::DeleteParams;
     using Results = ::shmbus::golden::Studio::DeleteResults;
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::delete_(); }
@@ -226,6 +253,7 @@ struct StudioMethods {
                   ::shmbus::contractFingerprint(resultsLayout) == StudioChannels::delete_().replySchemaId);
   };
   struct Slow {
+    using Contract = StudioContract;  // the schema its stubs announce
     using Params = ::shmbus::golden::Studio::SlowParams;
     using Results = ::shmbus::golden::Studio::SlowResults;
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::slow(); }
@@ -492,10 +520,25 @@ struct HubChannels {
   }
 };
 
+/// The schema typed stubs of Hub announce to the supervisor once per connection, so
+/// that inspectors decode its payloads without a schema file (shmbus/schema.hpp).
+struct HubContract {
+  /// The methods the stubs serve: ordinal and channel id.
+  static constexpr std::array<::shmbus::MethodChannel, 2> methods{{
+      {0, HubChannels::report().id},
+      {1, HubChannels::status().id},
+  }};
+  /// The compiled schema nodes (capnpc-c++'s), the name and the methods.
+  static ::shmbus::ContractSchema schema() noexcept {
+    return {::capnp::Schema::from<::shmbus::golden::Hub>(), "Hub", methods};
+  }
+};
+
 /// Method descriptors of Hub for the helpers of shmbus/typed.hpp (defaultTimeout 0: the
 /// channel's timeout, else the bus default).
 struct HubMethods {
   struct Report {
+    using Contract = HubContract;  // the schema its stubs announce
     using Params = ::shmbus::golden::Hub::ReportParams;
     using Results = ::shmbus::golden::Hub::ReportResults;
     static constexpr ::shmbus::Channel channel() noexcept { return HubChannels::report(); }
@@ -519,6 +562,7 @@ struct HubMethods {
                   ::shmbus::contractFingerprint(resultsLayout) == HubChannels::report().replySchemaId);
   };
   struct Status {
+    using Contract = HubContract;  // the schema its stubs announce
     using Params = ::shmbus::golden::Hub::StatusParams;
     using Results = ::shmbus::golden::Hub::StatusResults;
     static constexpr ::shmbus::Channel channel() noexcept { return HubChannels::status(); }
@@ -641,10 +685,24 @@ struct Scope_InnerChannels {
   }
 };
 
+/// The schema typed stubs of Scope.Inner announce to the supervisor once per connection, so
+/// that inspectors decode its payloads without a schema file (shmbus/schema.hpp).
+struct Scope_InnerContract {
+  /// The methods the stubs serve: ordinal and channel id.
+  static constexpr std::array<::shmbus::MethodChannel, 1> methods{{
+      {0, Scope_InnerChannels::hello().id},
+  }};
+  /// The compiled schema nodes (capnpc-c++'s), the name and the methods.
+  static ::shmbus::ContractSchema schema() noexcept {
+    return {::capnp::Schema::from<::shmbus::golden::Scope::Inner>(), "Scope.Inner", methods};
+  }
+};
+
 /// Method descriptors of Scope.Inner for the helpers of shmbus/typed.hpp (defaultTimeout 0: the
 /// channel's timeout, else the bus default).
 struct Scope_InnerMethods {
   struct Hello {
+    using Contract = Scope_InnerContract;  // the schema its stubs announce
     using Params = ::shmbus::golden::Scope::Inner::HelloParams;
     using Results = ::shmbus::golden::Scope::Inner::HelloResults;
     static constexpr ::shmbus::Channel channel() noexcept { return Scope_InnerChannels::hello(); }
@@ -735,10 +793,24 @@ struct Scope_Inner_DeeperChannels {
   }
 };
 
+/// The schema typed stubs of Scope.Inner.Deeper announce to the supervisor once per connection, so
+/// that inspectors decode its payloads without a schema file (shmbus/schema.hpp).
+struct Scope_Inner_DeeperContract {
+  /// The methods the stubs serve: ordinal and channel id.
+  static constexpr std::array<::shmbus::MethodChannel, 1> methods{{
+      {0, Scope_Inner_DeeperChannels::depth().id},
+  }};
+  /// The compiled schema nodes (capnpc-c++'s), the name and the methods.
+  static ::shmbus::ContractSchema schema() noexcept {
+    return {::capnp::Schema::from<::shmbus::golden::Scope::Inner::Deeper>(), "Scope.Inner.Deeper", methods};
+  }
+};
+
 /// Method descriptors of Scope.Inner.Deeper for the helpers of shmbus/typed.hpp (defaultTimeout 0: the
 /// channel's timeout, else the bus default).
 struct Scope_Inner_DeeperMethods {
   struct Depth {
+    using Contract = Scope_Inner_DeeperContract;  // the schema its stubs announce
     using Params = ::shmbus::golden::Scope::Inner::Deeper::DepthParams;
     using Results = ::shmbus::golden::Scope::Inner::Deeper::DepthResults;
     static constexpr ::shmbus::Channel channel() noexcept { return Scope_Inner_DeeperChannels::depth(); }
@@ -857,10 +929,30 @@ struct VersionedChannels {
   }
 };
 
+/// The schema typed stubs of Versioned announce to the supervisor once per connection, so
+/// that inspectors decode its payloads without a schema file (shmbus/schema.hpp).
+struct VersionedContract {
+  /// The methods the stubs serve: ordinal and channel id.
+  static constexpr std::array<::shmbus::MethodChannel, 7> methods{{
+      {0, VersionedChannels::check().id},
+      {1, VersionedChannels::reply().id},
+      {2, VersionedChannels::report().id},
+      {3, VersionedChannels::note().id},
+      {4, VersionedChannels::add().id},
+      {5, VersionedChannels::extend().id},
+      {6, VersionedChannels::signal().id},
+  }};
+  /// The compiled schema nodes (capnpc-c++'s), the name and the methods.
+  static ::shmbus::ContractSchema schema() noexcept {
+    return {::capnp::Schema::from<::shmbus::golden::Versioned>(), "Versioned", methods};
+  }
+};
+
 /// Method descriptors of Versioned for the helpers of shmbus/typed.hpp (defaultTimeout 0: the
 /// channel's timeout, else the bus default).
 struct VersionedMethods {
   struct Check {
+    using Contract = VersionedContract;  // the schema its stubs announce
     using Params = ::shmbus::golden::Versioned::CheckParams;
     using Results = ::shmbus::golden::Versioned::CheckResults;
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::check(); }
@@ -882,6 +974,7 @@ struct VersionedMethods {
                   ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::check().replySchemaId);
   };
   struct Reply {
+    using Contract = VersionedContract;  // the schema its stubs announce
     using Params = ::shmbus::golden::Versioned::ReplyParams;
     using Results = ::shmbus::golden::Versioned::ReplyResults;
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::reply(); }
@@ -903,6 +996,7 @@ struct VersionedMethods {
                   ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::reply().replySchemaId);
   };
   struct Report {
+    using Contract = VersionedContract;  // the schema its stubs announce
     using Params = ::shmbus::golden::Versioned::ReportParams;
     using Results = ::shmbus::golden::Versioned::ReportResults;
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::report(); }
@@ -924,6 +1018,7 @@ struct VersionedMethods {
                   ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::report().replySchemaId);
   };
   struct Note {
+    using Contract = VersionedContract;  // the schema its stubs announce
     using Params = ::shmbus::golden::Versioned::NoteParams;
     using Results = ::shmbus::golden::Versioned::NoteResults;
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::note(); }
@@ -943,6 +1038,7 @@ struct VersionedMethods {
                   ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::note().replySchemaId);
   };
   struct Add {
+    using Contract = VersionedContract;  // the schema its stubs announce
     using Params = ::shmbus::golden::Versioned::AddParams;
     using Results = ::shmbus::golden::Versioned::AddResults;
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::add(); }
@@ -966,6 +1062,7 @@ struct VersionedMethods {
                   ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::add().replySchemaId);
   };
   struct Extend {
+    using Contract = VersionedContract;  // the schema its stubs announce
     using Params = ::shmbus::golden::Versioned::ExtendParams;
     using Results = ::shmbus::golden::Versioned::ExtendResults;
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::extend(); }
@@ -987,6 +1084,7 @@ struct VersionedMethods {
                   ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::extend().replySchemaId);
   };
   struct Signal {
+    using Contract = VersionedContract;  // the schema its stubs announce
     using Params = ::shmbus::golden::Versioned::SignalParams;
     using Results = ::shmbus::golden::Versioned::SignalResults;
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::signal(); }

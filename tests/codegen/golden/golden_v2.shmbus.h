@@ -57,10 +57,30 @@ struct VersionedChannels {
   }
 };
 
+/// The schema typed stubs of Versioned announce to the supervisor once per connection, so
+/// that inspectors decode its payloads without a schema file (shmbus/schema.hpp).
+struct VersionedContract {
+  /// The methods the stubs serve: ordinal and channel id.
+  static constexpr std::array<::shmbus::MethodChannel, 7> methods{{
+      {0, VersionedChannels::check().id},
+      {1, VersionedChannels::reply().id},
+      {2, VersionedChannels::report().id},
+      {3, VersionedChannels::note().id},
+      {4, VersionedChannels::add().id},
+      {5, VersionedChannels::extend().id},
+      {6, VersionedChannels::signal().id},
+  }};
+  /// The compiled schema nodes (capnpc-c++'s), the name and the methods.
+  static ::shmbus::ContractSchema schema() noexcept {
+    return {::capnp::Schema::from<::shmbus::golden_v2::Versioned>(), "Versioned", methods};
+  }
+};
+
 /// Method descriptors of Versioned for the helpers of shmbus/typed.hpp (defaultTimeout 0: the
 /// channel's timeout, else the bus default).
 struct VersionedMethods {
   struct Check {
+    using Contract = VersionedContract;  // the schema its stubs announce
     using Params = ::shmbus::golden_v2::Versioned::CheckParams;
     using Results = ::shmbus::golden_v2::Versioned::CheckResults;
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::check(); }
@@ -84,6 +104,7 @@ struct VersionedMethods {
                   ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::check().replySchemaId);
   };
   struct Reply {
+    using Contract = VersionedContract;  // the schema its stubs announce
     using Params = ::shmbus::golden_v2::Versioned::ReplyParams;
     using Results = ::shmbus::golden_v2::Versioned::ReplyResults;
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::reply(); }
@@ -107,6 +128,7 @@ struct VersionedMethods {
                   ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::reply().replySchemaId);
   };
   struct Report {
+    using Contract = VersionedContract;  // the schema its stubs announce
     using Params = ::shmbus::golden_v2::Versioned::ReportParams;
     using Results = ::shmbus::golden_v2::Versioned::ReportResults;
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::report(); }
@@ -128,6 +150,7 @@ struct VersionedMethods {
                   ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::report().replySchemaId);
   };
   struct Note {
+    using Contract = VersionedContract;  // the schema its stubs announce
     using Params = ::shmbus::golden_v2::Versioned::NoteParams;
     using Results = ::shmbus::golden_v2::Versioned::NoteResults;
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::note(); }
@@ -149,6 +172,7 @@ struct VersionedMethods {
                   ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::note().replySchemaId);
   };
   struct Add {
+    using Contract = VersionedContract;  // the schema its stubs announce
     using Params = ::shmbus::golden_v2::Versioned::AddParams;
     using Results = ::shmbus::golden_v2::Versioned::AddResults;
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::add(); }
@@ -172,6 +196,7 @@ struct VersionedMethods {
                   ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::add().replySchemaId);
   };
   struct Extend {
+    using Contract = VersionedContract;  // the schema its stubs announce
     using Params = ::shmbus::golden_v2::Versioned::ExtendParams;
     using Results = ::shmbus::golden_v2::Versioned::ExtendResults;
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::extend(); }
@@ -197,6 +222,7 @@ struct VersionedMethods {
                   ::shmbus::contractFingerprint(resultsLayout) == VersionedChannels::extend().replySchemaId);
   };
   struct Signal {
+    using Contract = VersionedContract;  // the schema its stubs announce
     using Params = ::shmbus::golden_v2::Versioned::SignalParams;
     using Results = ::shmbus::golden_v2::Versioned::SignalResults;
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::signal(); }

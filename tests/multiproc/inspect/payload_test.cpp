@@ -40,13 +40,6 @@ std::unique_ptr<Inspector> payloadInspector(const std::string& bus, const std::s
   return std::move(*insp);
 }
 
-/// The policy of these tests: everything allowed, inspectors may read payloads.
-Policy payloadPolicy() {
-  Policy p;
-  p.inspectPayloads = true;
-  return p;
-}
-
 }  // namespace
 
 TEST_CASE("a permitted inspector sees a routed call's request and reply and a send's message; long ones are cut") {
