@@ -222,10 +222,15 @@ inline CallOptions withTimeout(CallOptions options, std::chrono::milliseconds me
 /// Announces the schema of method descriptor M's contract on `endpoint` (Window::announceSchema,
 /// Supervisor::announceSchema: once per contract and connection; a failure is logged there and
 /// does not fail the typed operation). A descriptor without `Contract` (written by hand, or by an
-/// older capnpc-shmbus) announces nothing.
+/// older capnpc-shmbus) announces nothing, and neither does a `Port`: no supervisor is on its
+/// path, so nothing of its traffic is captured for an inspector to decode.
 template <class M, class E>
 void announce(E& endpoint) {
-  if constexpr (requires { typename M::Contract; }) (void)endpoint.announceSchema(M::Contract::schema());
+  if constexpr (requires { typename M::Contract; }) {
+    if constexpr (requires { endpoint.announceSchema(M::Contract::schema()); }) {
+      (void)endpoint.announceSchema(M::Contract::schema());
+    }
+  }
 }
 
 /// The untyped build callback for a typed one. Captures `build` by reference: a BuildFn runs
