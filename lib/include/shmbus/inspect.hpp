@@ -188,6 +188,9 @@ class Inspector {
   /// The next event, waiting up to `timeout` (0 = do not wait; longer than kMaxTimeout: clamped).
   /// nullopt when none came in time. Errors: BusClosed once the supervisor is gone and every
   /// event it wrote has been read; InvalidArgument (negative timeout).
+  /// Waiting: within 100 ms of the last event it polls the ring every 1 ms (so an event reaches
+  /// it up to 1 ms late, and the router is never asked for a wake-up per event); after that it
+  /// parks on the ring's futex word (no CPU on a quiet bus) and the next event wakes it.
   Result<std::optional<TraceEvent>> next(std::chrono::milliseconds timeout);
 
   /// Asks the supervisor for the registry and its counters, waiting up to `timeout` for the

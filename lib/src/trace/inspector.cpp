@@ -2,6 +2,7 @@
 // (docs/architecture.md §14).
 #include <poll.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <capnp/serialize.h>
@@ -10,6 +11,7 @@
 #include "bus.capnp.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <deque>
 #include <vector>
@@ -33,6 +35,19 @@ namespace {
 /// How long the inspector parks on the ring before it looks at the socket again (a stopped
 /// supervisor writes nothing more, so only the socket can tell).
 constexpr std::int64_t kSocketCheckNs = 200'000'000;
+/// While events keep coming (one seen less than kActiveNs ago) the inspector polls the ring every
+/// kPollNs instead of parking on its futex word: the router's notify() then finds no parked reader
+/// and costs it one load, not a FUTEX_WAKE per event (docs/architecture.md §14 "Cost"). After
+/// kActiveNs without an event it parks (no CPU while the bus is quiet).
+constexpr std::int64_t kPollNs = 1'000'000;
+constexpr std::int64_t kActiveNs = 100'000'000;
+
+/// Sleeps until CLOCK_MONOTONIC `atNs` (absolute, so a signal's EINTR just sleeps again).
+void sleepUntil(std::int64_t atNs) {
+  const timespec ts{static_cast<time_t>(atNs / 1'000'000'000), static_cast<long>(atNs % 1'000'000'000)};
+  while (::clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr) == EINTR) {
+  }
+}
 constexpr int kAttachTimeoutMs = 5000;
 /// Payload records waiting for their event (a request until its call ends): at most this many,
 /// the oldest dropped first.
@@ -49,6 +64,7 @@ struct Inspector::Impl {
   std::vector<std::uint8_t> payloadBody;
   std::deque<PayloadRecord> pending;    // payload records not yet matched to their event
   std::uint64_t payloadsDropped = 0;    // malformed, stale or pushed out of `pending`
+  std::int64_t lastEventNs = 0;         // CLOCK_MONOTONIC ns of the last event read (0: none yet)
 
   /// Moves the payloads of `e` from the payload ring onto it. Every record of `e` was published
   /// before `e` (the router writes both under its mutex, payload first), and this thread's
@@ -191,6 +207,7 @@ Result<std::unique_ptr<Inspector>> Inspector::attach(const std::string& bus, con
 Result<std::optional<TraceEvent>> Inspector::next(std::chrono::milliseconds timeout) {
   Impl& i = *impl_;
   auto current = [&]() -> Result<std::optional<TraceEvent>> {
+    i.lastEventNs = monotonicNowNs();
     auto e = decodeTraceEvent(i.body, i.reader.lastSeq());
     if (!e) return e.error();
     i.attachPayloads(*e);
@@ -208,7 +225,11 @@ Result<std::optional<TraceEvent>> Inspector::next(std::chrono::milliseconds time
     }
     const std::int64_t now = monotonicNowNs();
     if (now >= deadline) return std::optional<TraceEvent>();
-    i.reader.wait(std::min(deadline, now + kSocketCheckNs));
+    if (i.lastEventNs != 0 && now - i.lastEventNs < kActiveNs) {
+      sleepUntil(std::min(deadline, now + kPollNs));  // active: poll, no wake-up asked of the router
+    } else {
+      i.reader.wait(std::min(deadline, now + kSocketCheckNs));
+    }
   }
 }
 
