@@ -215,7 +215,7 @@ RouterStats Router::statsLocked() const {
   RouterStats s;
   const std::int64_t now = monotonicNowNs();
   routes_.forEach([&](const Route& p) {
-    s.pending.push_back({registry_.nameOf(p.channel), p.callerId, registry_.roleOf(p.callerId), p.targetId,
+    s.pending.push_back({registry_.statName(p.channel), p.callerId, registry_.roleOf(p.callerId), p.targetId,
                          registry_.roleOf(p.targetId), static_cast<double>(now - p.start) / 1e6});
   });
   for (auto& [ch, c] : counters_.channels()) {
