@@ -48,7 +48,7 @@ Result<void> Router::announceSchema(const ContractSchema& contract) {
   encodeAnnouncement(contract, mb.initRoot<schema::SchemaAnnouncement>());
   auto flat = capnp::messageToFlatArray(mb);
   std::lock_guard lk(mu_);
-  auto kept = schemas_.keep(0, kj::heapArray<capnp::word>(flat.asPtr()));
+  auto kept = schemas_.keep(0, kj::mv(flat));
   if (!kept) return kept.error();
   log_(LogLevel::Debug, "schema of the main process: {}", *kept);
   return {};

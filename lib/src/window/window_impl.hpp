@@ -341,6 +341,10 @@ struct Window::Impl : CallOwner {
                          : (h.deadlineNs != 0 ? h.deadlineNs : now + kUnknownDeadlineFallbackNs) + kLocalGraceNs;
     // A port's call is traced by this end while an inspector is attached (one load otherwise).
     if (port && kind == FrameKind::Invoke && port->tracing()) s->onEnd = portCallTracer(h, std::string(ch.name));
+    // Read before pending.add: the reply's completeCall (another thread, after pending.take)
+    // moves onEnd out, and the PendingCalls mutex orders this read before it; read after the
+    // publish, the only order is through the peer's process, which ThreadSanitizer cannot see.
+    std::atomic<std::size_t>* requestBytes = s->onEnd ? &s->requestBytes : nullptr;
     h.requestId = pending.add(s);
     if (h.requestId == 0) {
       completeCall(s, makeError(ErrorCode::Full, fmt::format("{}: {} calls are in flight already", s->what(),
@@ -353,7 +357,7 @@ struct Window::Impl : CallOwner {
       r = internFor(t, ch, h.role);
       // requestBytes is stored before the commit publishes the request, so the thread that reads
       // the reply and runs onEnd sees it (SYNC POINT "record", to the peer and back).
-      if (r) r = writeOutLocked(h, build, o.sizeHint, 0, s->onEnd ? &s->requestBytes : nullptr);
+      if (r) r = writeOutLocked(h, build, o.sizeHint, 0, requestBytes);
     }
     if (!r) {
       pending.take(s->requestId);
