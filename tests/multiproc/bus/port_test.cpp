@@ -69,14 +69,14 @@ class PortPeer : public DrivenWindow {
     st.regs.push_back(p->handle("hang", [&link](const Message&, Builder&, const CallContext& ctx) {
       link.tellParent("hanging");
       // Polls its own cancellation (the port's end turns it true): not a wait for the test.
-      while (!ctx.cancelled()) std::this_thread::sleep_for(200us);
+      while (!ctx.cancelled()) std::this_thread::sleep_for(200us);  // allowed: cancelled() has no wait; the handler polls the event under test
     }));
     st.regs.push_back(p->handleAsync("hang-async", [&link, &st](const Message&, Responder r, const CallContext&) {
       link.tellParent("hanging");
       std::lock_guard lk2(st.mu);
       st.responders.emplace_back([&link, r = std::move(r)] {
         // Polls the Responder's cancellation (a Cancel frame turns it true): not a wait for the test.
-        while (!r.cancelled()) std::this_thread::sleep_for(200us);
+        while (!r.cancelled()) std::this_thread::sleep_for(200us);  // allowed: cancelled() has no wait; polls the event under test
         link.tellParent("handler-cancelled");
       });
     }));
