@@ -52,6 +52,7 @@ std::chrono::nanoseconds CallContext::remaining() const noexcept {
 
 Result<Message> Call::get() {
   SHMBUS_REQUIRE(state_ != nullptr, "get() on an empty Call");
+  if (detail::isDone(*state_)) return *state_->result;  // immutable once done
   detail::CallOwner* owner = nullptr;
   {
     std::lock_guard lk(state_->mu);
@@ -62,11 +63,7 @@ Result<Message> Call::get() {
   return owner->waitFor(state_);
 }
 
-bool Call::ready() const {
-  if (state_ == nullptr) return false;
-  std::lock_guard lk(state_->mu);
-  return state_->result.has_value();
-}
+bool Call::ready() const { return state_ != nullptr && detail::isDone(*state_); }
 
 void Call::then(std::function<void(Result<Message>)> cb) {
   SHMBUS_REQUIRE(state_ != nullptr, "then() on an empty Call");
@@ -131,6 +128,7 @@ bool completeCall(const std::shared_ptr<CallState>& s, Result<Message> r) {
       lk.lock();
     }
     s->result.emplace(std::move(r));
+    s->done.store(true, std::memory_order_release);  // pairs with isDone()'s acquire load
     cb = std::move(s->then);
     s->then = nullptr;
   }

@@ -31,7 +31,11 @@ struct CallOwner {
 struct CallState {
   std::mutex mu;
   std::condition_variable cv;
-  std::optional<Result<Message>> result;             // guarded by mu
+  std::optional<Result<Message>> result;             // guarded by mu until `done`; immutable after
+  /// True once `result` is set (it never changes after): a waiter checks this without the mutex,
+  /// once per spin of its dispatch loop (docs/architecture.md §10). Stored with release under
+  /// `mu` right after `result` (completeCall); read with acquire, which makes `result` readable.
+  std::atomic<bool> done{false};
   std::function<void(Result<Message>)> then;         // guarded by mu
   CallOwner* owner = nullptr;                        // guarded by mu; null once the owner closed
   std::uint64_t requestId = 0;
@@ -64,6 +68,10 @@ inline constexpr std::int64_t kLocalGraceNs = 20'000'000;
 /// Completes `s` once: stores the result, wakes waiters, runs the then-callback on this thread.
 /// Returns false (and drops `r`) when `s` was already complete.
 bool completeCall(const std::shared_ptr<CallState>& s, Result<Message> r);
+
+/// True when `s` is complete; then `s.result` may be read without `s.mu` (it is immutable once
+/// set). Lock-free: one acquire load, pairing with completeCall's release store of `done`.
+inline bool isDone(const CallState& s) noexcept { return s.done.load(std::memory_order_acquire); }
 
 /// A message that outlives its callback: either an in-place view whose record stays reserved
 /// until the holder is destroyed (window replies, zero copy: a derived holder releases the record

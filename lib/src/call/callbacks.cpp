@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "common/tls.hpp"
+
 namespace shmbus::detail {
 
 Registration CallbackTable::addListener(const Channel& ch, Listener fn, bool once) {
@@ -88,7 +90,7 @@ Registration CallbackTable::install(const Channel& ch, std::shared_ptr<HandlerSl
 namespace {
 /// The gates this thread is running callbacks of, innermost last (re-entrant dispatch nests
 /// them). retire() does not wait for these: they are below it on its own stack.
-thread_local std::vector<const CallbackGate*> tEntered;
+SHMBUS_HOT_TLS thread_local std::vector<const CallbackGate*> tEntered;
 }  // namespace
 
 bool CallbackGate::enter() noexcept {

@@ -29,15 +29,10 @@ namespace shmbus::detail {
 ///                                                      with Timeout unless already complete
 template <typename Endpoint>
 Result<Message> waitForCall(const std::shared_ptr<CallState>& s, Endpoint& ep) {
-  auto done = [&] {
-    std::lock_guard lk(s->mu);
-    return s->result.has_value();
-  };
+  // isDone: a lock-free check per round of the loop; `result` is immutable once done.
+  auto done = [&] { return isDone(*s); };
   for (;;) {
-    {
-      std::lock_guard lk(s->mu);
-      if (s->result) return *s->result;
-    }
+    if (done()) return *s->result;
     if (ep.gate().try_lock()) {
       while (!done() && !ep.closed()) {
         if (monotonicNowNs() >= s->deadlineNs) {
@@ -47,10 +42,7 @@ Result<Message> waitForCall(const std::shared_ptr<CallState>& s, Endpoint& ep) {
         ep.dispatchRound(s->deadlineNs, s.get());
       }
       ep.gate().unlock();
-      {
-        std::lock_guard lk(s->mu);
-        if (s->result) return *s->result;
-      }
+      if (done()) return *s->result;
       return ep.closedResult(s);
     }
     // Another thread dispatches: wait for the result, re-checking now and then in case that

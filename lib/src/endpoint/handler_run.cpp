@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "bus.capnp.h"
+#include "common/tls.hpp"
 #include "protocol/frame.hpp"
 #include "protocol/frame_io.hpp"
 
@@ -64,8 +65,8 @@ namespace {
 /// destroyed (docs/architecture.md §13), so each buffer stays zero between calls: no allocation and no 8 KiB
 /// memset per reply, only the reply's own words are touched.
 constexpr std::size_t kScratchWords = 1024;
-thread_local std::vector<std::unique_ptr<capnp::word[]>> tScratch;
-thread_local std::size_t tScratchDepth = 0;
+SHMBUS_HOT_TLS thread_local std::vector<std::unique_ptr<capnp::word[]>> tScratch;
+SHMBUS_HOT_TLS thread_local std::size_t tScratchDepth = 0;
 
 struct ScratchSegment {
   kj::ArrayPtr<capnp::word> words;
@@ -86,7 +87,7 @@ ResponderState::~ResponderState() {
 }
 
 namespace {
-thread_local std::uint64_t tCurrentTraceId = 0;
+SHMBUS_HOT_TLS thread_local std::uint64_t tCurrentTraceId = 0;
 /// Sets this thread's current trace id for one handler run (nested runs restore the outer one).
 class TraceScope {
  public:

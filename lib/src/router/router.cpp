@@ -21,6 +21,7 @@
 
 #include "bus.capnp.h"
 #include "call/callbacks.hpp"
+#include "common/tls.hpp"
 #include "common/validate.hpp"
 #include "protocol/frame_io.hpp"
 #include "router/router_internal.hpp"
@@ -527,8 +528,8 @@ void Router::dispatchOnce(std::int64_t deadline, bool mayInline) {
   }
   // The words armed for this park, each with its segment kept mapped until the park ends (another
   // round may disconnect the window meanwhile). Reused per thread: no allocation per park.
-  thread_local std::vector<std::pair<WaitWord*, std::shared_ptr<Segment>>> armed;
-  thread_local std::vector<WaitWord*> words;
+  SHMBUS_HOT_TLS thread_local std::vector<std::pair<WaitWord*, std::shared_ptr<Segment>>> armed;
+  SHMBUS_HOT_TLS thread_local std::vector<WaitWord*> words;
   armed.clear();
   words.clear();
   for (auto& [id, c] : registry_.all()) {

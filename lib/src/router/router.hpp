@@ -50,6 +50,8 @@ class CallbackTable;
 /// Work for the main process, produced by the router (a one-way message, a call to a handler, a
 /// bus event). The payload is either read in place from the sender's outbox record (`pinnedConn`
 /// set: the router keeps that record until Router::unpin) or owned by `held`.
+struct HandlerSlot;
+
 struct MainJob {
   enum class Kind : std::uint8_t { Listen, Invoke };
   Kind kind = Kind::Listen;
@@ -60,6 +62,10 @@ struct MainJob {
   const std::uint8_t* payload = nullptr;  ///< MessageTable + segments
   std::size_t payloadBytes = 0;
   std::shared_ptr<HeldMessage> held;      ///< owner of the payload when not in place
+  /// Invoke run in place: the handler the router looked up when it routed the call (the main
+  /// endpoint then does not look it up again). Null for a queued job, which looks its handler up
+  /// when it runs (the handler may have changed meanwhile).
+  std::shared_ptr<HandlerSlot> slot;
   std::uint64_t routeId = 0;      ///< Invoke: the route whose deadline the router enforces
   std::int64_t deadlineNs = 0;    ///< Invoke: absolute CLOCK_MONOTONIC ns
   std::int64_t timeoutMs = 0;     ///< Invoke: the caller's timeout, for messages

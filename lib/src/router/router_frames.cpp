@@ -342,6 +342,7 @@ void Router::invokeMain(Conn& w, const FrameView& f, std::int64_t now) {
   job.deadlineNs = p.deadline;
   job.timeoutMs = p.timeoutMs;
   job.routeId = routes_.add(std::move(p));
+  job.slot = std::move(slot);
   capturePayload(PayloadPart::Request, w.id, h.requestId, h.channel, PayloadView{f.payload, f.payloadBytes});
   deliverToMain(w, job);
 }

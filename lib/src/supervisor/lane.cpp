@@ -1,5 +1,6 @@
 #include "supervisor/lane.hpp"
 
+#include "common/tls.hpp"
 #include "wait/wait.hpp"
 
 namespace shmbus::detail {
@@ -7,8 +8,8 @@ namespace shmbus::detail {
 namespace {
 // The lane whose callback this thread runs now, and how deeply nested (a callback that blocks in
 // Call::get() dispatches, and that round may run further callbacks of the same lane in place).
-thread_local const Lane* tLane = nullptr;
-thread_local int tDepth = 0;
+SHMBUS_HOT_TLS thread_local const Lane* tLane = nullptr;
+SHMBUS_HOT_TLS thread_local int tDepth = 0;
 }  // namespace
 
 Lane::Lane(unsigned width, Logger log, std::function<void(std::int64_t)> takeoverRound,
@@ -49,9 +50,11 @@ void Lane::runJob(const Job& fn, bool onDispatcher) {
   const Lane* outer = tLane;
   tLane = this;
   ++tDepth;
+  std::int64_t started = 0;
   if (onDispatcher && tDepth == 1) {
     startThreads();
-    busySince_.store(monotonicNowNs(), std::memory_order_seq_cst);  // SYNC POINT "deep"
+    started = monotonicNowNs();
+    busySince_.store(started, std::memory_order_seq_cst);  // SYNC POINT "deep"
     if (deep_.load(std::memory_order_seq_cst)) {
       std::lock_guard lk(standbyMu_);
       standbyCv_.notify_one();
@@ -65,7 +68,8 @@ void Lane::runJob(const Job& fn, bool onDispatcher) {
     log_(LogLevel::Error, "a main-process callback threw a non-standard exception");
   }
   if (onDispatcher && tDepth == 1) {
-    lastEnd_.store(monotonicNowNs(), std::memory_order_relaxed);  // relaxed: a hint for the standby
+    // relaxed: a hint for the standby. The start, not the end: one clock read per callback.
+    lastStart_.store(started, std::memory_order_relaxed);
     busySince_.store(0, std::memory_order_release);                // pairs with the standby's acquire
   }
   --tDepth;
@@ -79,6 +83,7 @@ void Lane::runReserved(const Job& fn) {
   {
     std::lock_guard lk(mu_);
     --running_;
+    if (queue_.empty()) return;  // the common case: one lock, no second look at the queue
   }
   runQueued();
 }
@@ -89,6 +94,7 @@ void Lane::enqueue(Job job) {
     std::lock_guard lk(mu_);
     if (stopping_) return;
     queue_.push_back(std::move(job));
+    queued_.store(queue_.size(), std::memory_order_release);  // pairs with runQueued's acquire
   }
   if (!workers_.empty()) workCv_.notify_one();
   // A dispatching thread runs the queue after every round; this makes sure a round ends soon
@@ -99,6 +105,9 @@ void Lane::enqueue(Job job) {
 }
 
 void Lane::runQueued() {
+  // acquire: pairs with enqueue()'s release store; a job this misses (queued concurrently) comes
+  // with a wake-up of the dispatcher of its own (see queued_).
+  if (queued_.load(std::memory_order_acquire) == 0) return;
   for (;;) {
     Job job;
     {
@@ -107,6 +116,7 @@ void Lane::runQueued() {
       if (tLane != this && !acquireLocked()) return;
       job = std::move(queue_.front());
       queue_.pop_front();
+      queued_.store(queue_.size(), std::memory_order_relaxed);  // under mu_
     }
     const bool nested = tLane == this;
     runJob(job, true);
@@ -125,6 +135,7 @@ void Lane::workerLoop() {
     ++running_;
     Job job = std::move(queue_.front());
     queue_.pop_front();
+    queued_.store(queue_.size(), std::memory_order_relaxed);  // under mu_
     lk.unlock();
     runJob(job, false);
     lk.lock();
@@ -159,7 +170,7 @@ void Lane::standbyLoop() {
       standbyCv_.wait_for(lk, std::chrono::nanoseconds(kTakeoverNs - (now - since)));
       continue;
     }
-    if (now - lastEnd_.load(std::memory_order_relaxed) < kStayAwakeNs) {  // relaxed: a hint
+    if (now - lastStart_.load(std::memory_order_relaxed) < kStayAwakeNs) {  // relaxed: a hint
       standbyCv_.wait_for(lk, std::chrono::nanoseconds(kTakeoverNs));
       continue;
     }
@@ -175,6 +186,7 @@ void Lane::stop() {
     if (stopping_) return;
     stopping_ = true;
     queue_.clear();
+    queued_.store(0, std::memory_order_relaxed);  // under mu_
   }
   workCv_.notify_all();
   {

@@ -33,7 +33,8 @@ class Lane {
   using Job = std::function<void()>;
   /// How long a callback runs in place before the standby takes over routing, ns.
   static constexpr std::int64_t kTakeoverNs = 1'000'000;
-  /// How long the standby keeps checking after the last callback before it parks for good, ns.
+  /// How long the standby keeps checking after the start of the last callback that ended before
+  /// it parks for good, ns.
   static constexpr std::int64_t kStayAwakeNs = 200'000'000;
 
   /// `width` >= 1 callbacks at once. `takeoverRound` runs one routing round that must return
@@ -78,6 +79,11 @@ class Lane {
   std::mutex mu_;
   std::condition_variable workCv_;
   std::deque<Job> queue_;          // guarded by mu_
+  /// queue_.size(), written under mu_ (enqueue: release; pops: relaxed, the mutex orders them) and
+  /// read without it (acquire) by runQueued's first check, so the dispatcher takes no lock per round when nothing is queued
+  /// (docs/architecture.md §10). A job queued just after that check is not lost: its enqueue()
+  /// wakes the dispatcher (or runs on this thread's return from the callback that queued it).
+  std::atomic<std::size_t> queued_{0};
   unsigned running_ = 0;           // guarded by mu_
   bool stopping_ = false;          // guarded by mu_
 
@@ -85,7 +91,7 @@ class Lane {
   // the standby stores deep_ then loads busySince_ (both seq_cst) before it parks for good: one of
   // the two sees the other, so a callback never starts unseen while the standby sleeps for good.
   std::atomic<std::int64_t> busySince_{0};  ///< start of the callback running on a dispatcher (0 = none)
-  std::atomic<std::int64_t> lastEnd_{0};    ///< end of the last callback, ns
+  std::atomic<std::int64_t> lastStart_{0};  ///< start of the last callback that ended, ns
   std::atomic<bool> deep_{false};
   std::mutex standbyMu_;
   std::condition_variable standbyCv_;

@@ -74,6 +74,7 @@ bool MainEndpoint::deliver(MainJob& job, bool inPlaceOk) {
     inPlace_.emplace(std::move(job));
     return true;
   }
+  job.slot.reset();  // queued: its handler is looked up when it runs
   if (auto d = job.detach(); !d) {
     log_(LogLevel::Warn, "dropped a message on '{}' from window {}: {}", job.channelName, job.sourceId, d.error().message);
     if (job.kind == MainJob::Kind::Invoke) router_->failFromMain(job.routeId, d.error());
@@ -115,7 +116,9 @@ void MainEndpoint::track(std::uint64_t routeId, Running* r) {
   std::lock_guard lk(runMu_);
   running_.emplace_back(routeId, r);
   // relaxed: r is published to other threads through runMu_.
-  if (cancelledEarly_.erase(routeId) != 0 || closing_) r->flag.store(true, std::memory_order_relaxed);
+  if ((!cancelledEarly_.empty() && cancelledEarly_.erase(routeId) != 0) || closing_) {
+    r->flag.store(true, std::memory_order_relaxed);
+  }
 }
 
 void MainEndpoint::untrack(std::uint64_t routeId) {
@@ -158,7 +161,7 @@ void MainEndpoint::runListen(MainJob& job, const Message& m) {
 void MainEndpoint::runInvoke(MainJob& job, const Message& m) {
   const FrameHeader& h = job.header;
   auto what = [&] { return fmt::format("invoke '{}' to main", job.channelName); };
-  auto slot = callbacks_->handler(h.channel);
+  auto slot = job.slot ? std::move(job.slot) : callbacks_->handler(h.channel);
   if (!slot) {
     router_->failFromMain(job.routeId, makeError(ErrorCode::NoHandler, what() + ": no handler"));
     return;

@@ -11,39 +11,46 @@ using namespace detail;
 using namespace window_detail;
 
 void Window::Impl::dispatchOnce(std::int64_t deadline, CallState* waiting) {
-  if (portEnded()) return onPortEnded();
-  int n = 0;
-  while (n < kBatch) {
-    auto r = link.inbox.tryRead();
-    if (!r) {
-      if (port) return endPortCorrupt(r.error());
-      markClosed(fmt::format("the inbox of window {} is corrupt: {}", link.id, r.error().message));
-      return;
+  // Two passes at most: a wait that ends because a record came reads it in this round rather
+  // than returning to the caller's loop first (a reply is handled one clock read and one round's
+  // bookkeeping sooner, docs/architecture.md §10). The second pass never waits.
+  for (int pass = 0; pass < 2; ++pass) {
+    if (portEnded()) return onPortEnded();
+    int n = 0;
+    while (n < kBatch) {
+      auto r = link.inbox.tryRead();
+      if (!r) {
+        if (port) return endPortCorrupt(r.error());
+        markClosed(fmt::format("the inbox of window {} is corrupt: {}", link.id, r.error().message));
+        return;
+      }
+      if (!*r) break;
+      handleRecord(**r);
+      ++n;
+      if (waiting != nullptr && isDone(*waiting)) break;
     }
-    if (!*r) break;
-    handleRecord(**r);
-    ++n;
-    if (waiting != nullptr) {
-      std::lock_guard lk(waiting->mu);
-      if (waiting->result) break;
-    }
+    advanceHead();
+    const std::int64_t now = monotonicNowNs();
+    expireLocal(now);
+    if (n > 0 || pass > 0 || closed.load(std::memory_order_acquire)) return;
+    const std::int64_t until = std::min(deadline, pending.nextExpiry());
+    if (until <= now) return;
+    const WaitStatus st = link.inbox.wait(until, spin, [&] {
+      // acquire: pairs with markClosed's / the lease release's release stores; a port's close word
+      // is set before its closer's wakeAll (SYNC POINT "port close").
+      return closed.load(std::memory_order_acquire) || lease->dirty.load(std::memory_order_acquire) || portEnded();
+    });
+    advanceHead();
+    if (portEnded()) return onPortEnded();
+    if (st != WaitStatus::Ready || closed.load(std::memory_order_acquire)) return;  // acquire: as above
   }
-  advanceHead();
-  const std::int64_t now = monotonicNowNs();
-  expireLocal(now);
-  if (n > 0 || closed.load(std::memory_order_acquire)) return;
-  const std::int64_t until = std::min(deadline, pending.nextExpiry());
-  if (until <= now) return;
-  link.inbox.wait(until, spin, [&] {
-    // acquire: pairs with markClosed's / the lease release's release stores; a port's close word
-    // is set before its closer's wakeAll (SYNC POINT "port close").
-    return closed.load(std::memory_order_acquire) || lease->dirty.load(std::memory_order_acquire) || portEnded();
-  });
-  advanceHead();
-  if (portEnded()) onPortEnded();
 }
 
 void Window::Impl::advanceHead() {
+  // Nothing was released since the last look: no lock (docs/architecture.md §10). acquire: pairs
+  // with markReleased's store under the lease mutex and the reply holder's release store; a
+  // release this misses sets `dirty` after, and the dispatcher's wait predicate sees it.
+  if (!lease->dirty.load(std::memory_order_acquire)) return;
   std::uint64_t to = 0;
   {
     std::lock_guard lk(lease->mu);
@@ -64,6 +71,10 @@ void Window::Impl::markReleased(Lease& l, std::uint64_t end) {
       break;
     }
   }
+  // relaxed: under the lease mutex, which advanceHead takes before it pops; its lock-free first
+  // look may miss this store only when the record is released by another thread, and that
+  // thread then stores `dirty` with release and wakes a parked dispatcher (LeasedReply).
+  l.dirty.store(true, std::memory_order_relaxed);
 }
 
 void Window::Impl::handleRecord(const RecordView& rec) {
@@ -73,7 +84,11 @@ void Window::Impl::handleRecord(const RecordView& rec) {
   }
   bool leased = false;
   auto f = parseFrame(rec);
-  if (f) {
+  if (f && f->header.kind == static_cast<std::uint16_t>(FrameKind::Reply) && f->header.requestId != 0) {
+    // A reply is parsed once, by onReply, into the holder that leases its record (a malformed one
+    // fails its call with InvalidMessage).
+    leased = onReply(*f, rec);
+  } else if (f) {
     InPlaceMessage msg;
     auto parsed = msg.parse(f->payload, f->payloadBytes);
     const auto kind = static_cast<FrameKind>(f->header.kind);
