@@ -226,8 +226,10 @@ class CallFailure : public std::runtime_error {
 /// to the same call; exactly one reply or fail() counts. When the last copy is destroyed without a
 /// reply, the call is counted as unanswered (RouterStats::unansweredCalls, a warning in the log)
 /// and the caller gets Timeout at its deadline: never a hang.
-/// Lifetime: every copy must be gone before its endpoint (Window, Supervisor) is destroyed; a
-/// thread that replies later is joined before the endpoint goes.
+/// Lifetime: a copy may outlive its endpoint (Window, Port, Supervisor). Once the endpoint's
+/// destructor has begun, reply() and fail() return BusClosed, cancelled() is true, and dropping the
+/// last copy counts nothing; a reply already in progress on another thread finishes first (the
+/// destructor waits for it).
 /// Thread contract: every method from any thread.
 class Responder {
  public:

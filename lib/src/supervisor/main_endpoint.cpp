@@ -42,8 +42,9 @@ class MainReplySink final : public ReplySink {
 struct OwnedRunning {
   MainEndpoint::Running running;
   std::function<void()> untrack;
+  std::shared_ptr<const EndpointLife> life;  // the Responder may outlive the supervisor
   ~OwnedRunning() {
-    if (untrack) untrack();
+    if (untrack) life->ifAlive(untrack);
   }
 };
 class AsyncMainSink final : public ReplySink {
@@ -189,9 +190,11 @@ void MainEndpoint::runInvoke(MainJob& job, const Message& m) {
   owned->running.deadlineNs = job.deadlineNs;
   track(job.routeId, &owned->running);
   owned->untrack = [this, rid = job.routeId] { untrack(rid); };
+  owned->life = life_;
   ctx.cancelProbe = &owned->running;
   MainReplySink inner(*this, *router_, job.routeId, h.channel, slot->replySchemaId, owned->running);
-  runHandler(*slot, m, ctx, what, inner, [&] { return std::make_shared<AsyncMainSink>(owned, inner); });
+  runHandler(*slot, m, ctx, what, inner,
+             [&] { return std::make_shared<GuardedSink>(life_, std::make_shared<AsyncMainSink>(owned, inner)); });
 }
 
 }  // namespace shmbus::detail

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "call/callbacks.hpp"
+#include "endpoint/endpoint_life.hpp"
 #include "router/router.hpp"
 #include "supervisor/lane.hpp"
 
@@ -42,6 +43,10 @@ class MainEndpoint final : public MainPort {
   void runReady();
   /// Marks every running main handler cancelled (the bus closes).
   void cancelAll();
+  /// The supervisor is being destroyed: async handlers' Responders that outlive it reply
+  /// BusClosed from now on (endpoint/endpoint_life.hpp). Waits for replies in progress. Call
+  /// before the router and the lane go; not from inside a Responder call.
+  void endLife() { life_->end(); }
 
   /// The cancel state of one main-process handler call (CallContext::cancelled()).
   struct Running final : CancelProbe {
@@ -70,6 +75,7 @@ class MainEndpoint final : public MainPort {
   std::vector<std::pair<std::uint64_t, Running*>> running_;  // guarded by runMu_
   std::unordered_set<std::uint64_t> cancelledEarly_;        // guarded by runMu_: cancelled while queued
   bool closing_ = false;                                    // guarded by runMu_
+  std::shared_ptr<EndpointLife> life_ = std::make_shared<EndpointLife>();  // see endLife()
 };
 
 }  // namespace shmbus::detail

@@ -134,6 +134,7 @@ Supervisor::Supervisor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Supervisor::~Supervisor() {
   if (impl_) {
+    impl_->main.endLife();  // a Responder kept past this point replies BusClosed
     impl_->stop();
     impl_->callbacks->clearHooks();
   }

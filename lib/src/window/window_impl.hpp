@@ -22,6 +22,7 @@
 #include "call/callbacks.hpp"
 #include "common/validate.hpp"
 #include "endpoint/call_wait.hpp"
+#include "endpoint/endpoint_life.hpp"
 #include "endpoint/handler_run.hpp"
 #include "endpoint/pending_calls.hpp"
 #include "log/log.hpp"
@@ -200,7 +201,14 @@ struct Window::Impl : CallOwner {
   };
   std::shared_ptr<Lease> lease = std::make_shared<Lease>();
 
-  ~Impl() override { callbacks->clearHooks(); }
+  /// Shared with the async handlers' Responders, which may outlive this endpoint
+  /// (endpoint/endpoint_life.hpp): ended first thing in the destructor.
+  std::shared_ptr<EndpointLife> life = std::make_shared<EndpointLife>();
+
+  ~Impl() override {
+    life->end();
+    callbacks->clearHooks();
+  }
 
   std::string busClosedMessage() const {
     std::lock_guard lk(closeMu);

@@ -242,13 +242,17 @@ void Window::Impl::onInvoke(const FrameView& f, InPlaceMessage& msg) {
   struct OwnedProbe {
     Probe probe;
     Impl* w = nullptr;
+    std::shared_ptr<const EndpointLife> life;  // the Responder may outlive the window
     ~OwnedProbe() {
-      std::lock_guard lk(w->asyncMu);
-      w->asyncRunning.erase(probe.requestId);
+      life->ifAlive([&] {
+        std::lock_guard lk(w->asyncMu);
+        w->asyncRunning.erase(probe.requestId);
+      });
     }
   };
   auto owned = std::make_shared<OwnedProbe>();
   owned->w = this;
+  owned->life = life;
   owned->probe.w = this;
   owned->probe.requestId = h.requestId;
   owned->probe.deadlineNs = h.deadlineNs;
@@ -268,7 +272,8 @@ void Window::Impl::onInvoke(const FrameView& f, InPlaceMessage& msg) {
   };
   OutboxSink unused(*this, h, slot->replySchemaId, std::string(), owned->probe);
   runHandler(*slot, request, ctx, what, unused, [&] {
-    return std::make_shared<AsyncSink>(owned, OutboxSink(*this, h, slot->replySchemaId, what(), owned->probe));
+    return std::make_shared<GuardedSink>(
+        life, std::make_shared<AsyncSink>(owned, OutboxSink(*this, h, slot->replySchemaId, what(), owned->probe)));
   });
 }
 

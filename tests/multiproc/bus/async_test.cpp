@@ -1,6 +1,8 @@
 // Asynchronous replies (Responder) and C++20 coroutines (shmbus/coro.hpp) across processes.
 #include <shmbus/coro.hpp>
 
+#include <future>
+#include <optional>
 #include <thread>
 
 #include "bus_test.hpp"
@@ -12,7 +14,8 @@ namespace {
 BuildFn replyTextFn(const std::string& s) { return text(s); }
 
 /// Threads a handler starts to reply later, joined before the endpoint they reply through is
-/// destroyed: a Responder must not outlive its endpoint (message.hpp).
+/// destroyed, so that their replies are delivered (a Responder that outlives its endpoint replies
+/// BusClosed: the last two cases).
 class ReplyThreads {
  public:
   template <typename F>
@@ -170,4 +173,68 @@ TEST_CASE("a window handler sees ctx.cancelled() turn true when the bus closes")
   CHECK(call.get().code() == ErrorCode::BusClosed);
   toW.tellChild("done");
   CHECK(w.join(10s) == 0);
+}
+
+TEST_CASE("a Responder that outlives its window replies BusClosed, and dropping it later is safe") {
+  TestBus tb("async-outlive-window", {}, /*dispatch=*/false);
+  Link toParent;
+  GatedChild child([&] {
+    std::optional<Responder> kept;  // declared before the window: it outlives it
+    std::promise<void> handled;
+    auto win = connectWindow(tb.bus, "keeper");
+    auto reg = std::make_unique<Registration>(
+        win->handleAsync("keep", [&](const Message&, Responder r, const CallContext&) {
+          kept = std::move(r);
+          handled.set_value();
+        }));
+    announceReady(*win);
+    handled.get_future().wait();
+    childCheck(!kept->cancelled(), "cancelled before the window went");
+    reg.reset();
+    win.reset();  // the window goes while its call's Responder lives on
+    auto r = kept->reply(replyTextFn("too late"));
+    childCheck(r.code() == ErrorCode::BusClosed, std::string("a reply after the window went: ") + errorCodeName(r.code()));
+    childCheck(kept->cancelled(), "cancelled() after the window went");
+    kept.reset();  // the last copy: counts nothing, touches nothing of the window
+    toParent.tellParent("ok");
+  });
+  tb->startDispatchThread();
+  child.go();
+  const std::uint32_t id = tb.awaitReady("keeper");
+  Call call = tb->invoke(Target(id), "keep", {}, {.timeout = 10000ms});
+  CHECK(toParent.hearChild() == "ok");
+  CHECK(call.get().code() == ErrorCode::TargetGone);
+  CHECK(child.join(10s) == 0);
+}
+
+TEST_CASE("a Responder that outlives its supervisor replies BusClosed, and dropping it later is safe") {
+  std::optional<Responder> kept;  // declared before the supervisor: it outlives it
+  std::promise<void> handled;
+  Link toChild;
+  std::optional<GatedChild> child;
+  {
+    TestBus tb("async-outlive-main", {}, /*dispatch=*/false);
+    auto reg = tb->handleAsync("keep", [&](const Message&, Responder r, const CallContext&) {
+      kept = std::move(r);
+      handled.set_value();
+    });
+    child.emplace([&] {
+      auto w = connectWindow(tb.bus, "caller");
+      auto r = w->invoke("keep", {}, {.timeout = 10000ms}).get();
+      // The supervisor went with the call in flight: the window's bus closed under it.
+      childCheck(!r.ok(), "the kept call cannot succeed");
+      toChild.tellParent("done");
+    });
+    tb->startDispatchThread();
+    child->go();
+    handled.get_future().wait();
+    CHECK_FALSE(kept->cancelled());
+    tb->stop();
+  }  // the supervisor is destroyed here
+  auto r = kept->reply(replyTextFn("too late"));
+  CHECK(r.code() == ErrorCode::BusClosed);
+  CHECK(kept->cancelled());
+  kept.reset();  // the last copy: counts nothing, touches nothing of the supervisor
+  CHECK(toChild.hearChild() == "done");
+  CHECK(child->join(10s) == 0);
 }
