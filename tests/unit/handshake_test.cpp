@@ -65,7 +65,10 @@ struct NameGuard {
 }  // namespace
 
 TEST_CASE("the segment layout places board and rings 64-byte aligned, in order, without overlap") {
-  for (auto [in, out] : {std::pair{4096u, 4096u}, {16384u, 8192u}, {64u << 20, 4096u}, {4096u, 64u << 20}}) {
+  for (auto sizes : {std::pair{4096u, 4096u}, {16384u, 8192u}, {64u << 20, 4096u}, {4096u, 64u << 20}}) {
+    // Plain variables, not a structured binding: INFO captures them in a lambda (clang 14 refuses
+    // to capture structured bindings).
+    const unsigned in = sizes.first, out = sizes.second;
     INFO("inbox ", in, " outbox ", out);
     const SegmentLayout l = segmentLayout(in, out);
     CHECK(l.boardOffset == sizeof(SegmentHeader));

@@ -9,7 +9,9 @@
 //   <I>Handlers          typed handle<Method> / on<Method> / once<Method> registration
 //
 // `<I>` is the interface's name, its enclosing scopes joined by '_' (Cap'n Proto names cannot
-// contain '_', so the flat names never collide). The C++ namespace is the file's $Cxx.namespace.
+// contain '_', so the flat names of two interfaces never collide; the types generated from them can,
+// `Foo`'s FooPortClient and `FooPort`'s, and such a file is refused naming both: checkTypeNames).
+// The C++ namespace is the file's $Cxx.namespace.
 // Annotations (schemas/shmbus.capnp): $timeoutMs (method default timeout), $oneway (no reply),
 // $target (interface default role). Generic interfaces, generic methods and streaming methods
 // are skipped with a warning.
@@ -279,6 +281,7 @@ class Generator {
     capnp::Schema file = loader_.get(fileId);
     std::vector<Interface> interfaces;
     collect(file, filename, interfaces);
+    checkTypeNames(file, interfaces);
     const std::string ns = fileNamespace(file);
     const std::string slash = filename.substr(filename.rfind('/') + 1);
 
@@ -299,6 +302,32 @@ class Generator {
     for (const auto& iface : interfaces) o += generateInterface(iface);
     if (!ns.empty()) o += "\n}  // namespace " + ns + "\n";
     return o;
+  }
+
+  /// The C++ types generated for interface `i`, all in the file's namespace.
+  static std::vector<std::string> typeNames(const Interface& i) {
+    const std::string& n = i.flatName;
+    return {n + "Channels", n + "Contract", n + "Methods", "Basic" + n + "Client", n + "Client",
+            n + "MainClient", n + "PortClient", n + "Handlers"};
+  }
+
+  /// Fails (naming both) when two interfaces would generate the same type name (interfaces `Foo`
+  /// and `FooPort` both give `FooPortClient`), or when a generated name is the name capnpc-c++
+  /// gives a top-level declaration of the file: the header would not compile.
+  static void checkTypeNames(capnp::Schema file, const std::vector<Interface>& interfaces) {
+    std::map<std::string, std::string> owner;  // generated or declared name -> who makes it
+    for (auto nested : file.getProto().getNestedNodes()) {
+      owner.emplace(nested.getName().cStr(), "the declaration " + std::string(nested.getName().cStr()));
+    }
+    for (const auto& i : interfaces) {
+      for (const auto& name : typeNames(i)) {
+        auto [it, fresh] = owner.emplace(name, "interface " + i.capnpName);
+        if (!fresh) {
+          const std::string why = name + " would be generated for both " + it->second + " and interface " + i.capnpName;
+          KJ_FAIL_REQUIRE("generated type names clash; rename an interface", why);
+        }
+      }
+    }
   }
 
   static std::string generateInterface(const Interface& i) {
