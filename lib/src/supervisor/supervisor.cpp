@@ -6,10 +6,10 @@
 
 #include <mutex>
 #include <thread>
-#include <unordered_set>
 
 #include "call/call.hpp"
 #include "call/callbacks.hpp"
+#include "common/grow_only_ids.hpp"
 #include "common/validate.hpp"
 #include "endpoint/call_wait.hpp"
 #include "endpoint/handler_run.hpp"
@@ -50,7 +50,7 @@ struct Supervisor::Impl final : CallOwner {
   std::thread dispatcher;
   std::atomic<bool> stopped{false};
   std::mutex schemaMu;
-  std::unordered_set<std::uint64_t> announcedSchemas;  // interface ids given to the router; under schemaMu
+  GrowOnlyIds announcedSchemas;  // interface ids given to the router; inserted under schemaMu
 
   explicit Impl(SupervisorOptions o)
       : opts(std::move(o)), log{"supervisor", opts.bus, opts.logLevel}, main(callbacks, Logger{"lane", opts.bus, opts.logLevel}) {}
@@ -294,9 +294,11 @@ Result<void> Supervisor::nameChannels(std::span<const Channel> channels) {
 }
 
 Result<void> Supervisor::announceSchema(const ContractSchema& contract) {
+  const std::uint64_t id = contract.interface.getProto().getId();
+  if (impl_->announcedSchemas.contains(id)) return {};  // the common answer, without a lock
   {
     std::lock_guard lk(impl_->schemaMu);
-    if (!impl_->announcedSchemas.insert(contract.interface.getProto().getId()).second) return {};
+    if (!impl_->announcedSchemas.insert(id)) return {};
   }
   auto r = impl_->router->announceSchema(contract);
   if (!r) impl_->log(LogLevel::Warn, "the schema of {} was not kept: {}", contract.name, r.error().message);

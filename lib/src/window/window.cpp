@@ -198,9 +198,11 @@ Result<void> Window::announceSchema(const ContractSchema& contract) {
   FrameHeader h{};
   h.kind = static_cast<std::uint16_t>(FrameKind::Schema);
   h.channel = contract.interface.getProto().getId();
+  // Once per contract: typed stubs call this before every operation, so the common answer
+  // ("announced already") takes no lock.
+  if (impl_->announcedSchemas.contains(h.channel)) return {};
   std::lock_guard lk(impl_->outMu);
-  // TODO(perf): a hash lookup under outMu per typed call; the first one builds the frame.
-  if (!impl_->announcedSchemas.insert(h.channel).second) return {};
+  if (!impl_->announcedSchemas.insert(h.channel)) return {};
   auto r = impl_->writeOutLocked(h, [&](Builder& b) { encodeAnnouncement(contract, b.initRoot<schema::SchemaAnnouncement>()); },
                                  0, monotonicNowNs() + 1'000'000'000);
   // A closed bus says so to the typed operation itself; anything else is worth a line.

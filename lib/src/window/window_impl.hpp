@@ -16,10 +16,10 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
-#include <unordered_set>
 
 #include "call/call.hpp"
 #include "call/callbacks.hpp"
+#include "common/grow_only_ids.hpp"
 #include "common/validate.hpp"
 #include "endpoint/call_wait.hpp"
 #include "endpoint/endpoint_life.hpp"
@@ -75,7 +75,7 @@ struct Window::Impl : CallOwner {
   WindowLink link;  // id, role, segment, inbox (dispatcher only), outbox (under outMu), cancel board
   std::mutex outMu;
   std::unordered_map<std::uint64_t, std::string> interned;  // id -> name sent in an Intern frame; guarded by outMu
-  std::unordered_set<std::uint64_t> announcedSchemas;  // interface ids announced (Schema frames); guarded by outMu
+  GrowOnlyIds announcedSchemas;  // interface ids announced (Schema frames); inserted under outMu
 
   std::atomic<bool> closed{false};
   mutable std::mutex closeMu;
