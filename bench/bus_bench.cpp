@@ -7,6 +7,11 @@
 //                                                  port (no supervisor in the path)
 //                                                  Window::invokeIn → supervisor → Window::handle (3 processes;
 //                                                  "spin" = the default 4 µs budget: 3 spinners on 2 cores starve)
+//   Invoke/<route>/64/default                      the default wait policy of every process (4 µs spin and
+//                                                  the learned reply spin of WindowOptions::replySpinCap)
+//   Invoke/window_to_window_routed/64/default_1ms|parked_1ms, PingPong/ring_parked/64/1ms,
+//   Invoke/dbus_method/64/1ms                      calls spaced 1 ms apart (untimed): every process parks
+//                                                  between calls, the figure of sporadic desktop traffic
 //   Invoke/dbus_method/<bytes>                     the desktop-bus peer: sd-bus method call Echo(ay) → ay,
 //                                                  client → private dbus-daemon → server and back (3 processes)
 //   Invoke/window_to_main_typed/<bytes>/parked     the same call through capnpc-shmbus stubs, vs
@@ -49,8 +54,11 @@
 
 #include <sched.h>
 
+#include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <optional>
+#include <utility>
 #include <string>
 
 #include "bench_support.hpp"
@@ -87,15 +95,29 @@ void finish(benchmark::State& state, std::vector<std::uint64_t>& ticks, double t
   state.counters["msgs_per_s"] = totalNs > 0 ? static_cast<double>(ticks.size()) * 1e9 / totalNs : 0;
 }
 
-/// Times `roundTrip()` per iteration (manual time).
+/// Sleeps `gap` (nothing when zero): the caller of a spaced row lets every process park.
+void pause(std::chrono::nanoseconds gap) {
+  if (gap.count() <= 0) return;
+  timespec ts{static_cast<time_t>(gap.count() / 1'000'000'000), static_cast<long>(gap.count() % 1'000'000'000)};
+  while (::clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, &ts) == EINTR) {
+  }
+}
+
+/// Times `roundTrip()` per iteration (manual time). `gap` > 0: the calls are spaced that far apart
+/// (untimed), so that every process has parked before each call: the figure of sporadic traffic.
 template <typename F>
-void timeLoop(benchmark::State& state, F&& roundTrip) {
+void timeLoop(benchmark::State& state, F&& roundTrip, std::chrono::nanoseconds gap = {}) {
   std::vector<std::uint64_t> ticks;
   ticks.reserve(1 << 20);
-  for (int i = 0; i < 200; ++i) roundTrip();  // warm-up: page faults, caches, first wake-ups
+  // Warm-up: page faults, caches, first wake-ups (and, spaced, the learned reply spin).
+  for (int i = 0; i < (gap.count() > 0 ? 50 : 200); ++i) {
+    roundTrip();
+    pause(gap);
+  }
   const double nsTick = nsPerTick();
   double total = 0;
   for (auto _ : state) {
+    pause(gap);
     const std::uint64_t t0 = ticksNow();
     roundTrip();
     const std::uint64_t dt = ticksNow() - t0;
@@ -109,7 +131,8 @@ void timeLoop(benchmark::State& state, F&& roundTrip) {
 
 // ---- baseline: the foundation's ring ping-pong (one record each way)
 
-void ringPingPong(benchmark::State& state, std::size_t bytes, detail::SpinPolicy policy) {
+void ringPingPong(benchmark::State& state, std::size_t bytes, detail::SpinPolicy policy,
+                  std::chrono::nanoseconds gap = {}) {
   const RingGeometry g{1u << 20, 1u << 18};
   const std::string name = detail::Segment::makeName(uniqueName("ring"), 0);
   auto seg = detail::Segment::create(name, 2 * detail::ringFootprint(g.capacity) + 4096);
@@ -120,7 +143,7 @@ void ringPingPong(benchmark::State& state, std::size_t bytes, detail::SpinPolicy
   auto* ctlB = reinterpret_cast<detail::RingControl*>(base + detail::ringFootprint(g.capacity));
   auto* dataA = base + sizeof(detail::RingControl);
   auto* dataB = base + detail::ringFootprint(g.capacity) + sizeof(detail::RingControl);
-  const std::int64_t total = static_cast<std::int64_t>(state.max_iterations) + 200;
+  const std::int64_t total = static_cast<std::int64_t>(state.max_iterations) + (gap.count() > 0 ? 50 : 200);
   Partner echo = Partner::spawn(kPartnerCpu, [&] {
     RingConsumer in(ctlA, dataA, g);
     RingProducer out(ctlB, dataB, g);
@@ -149,7 +172,7 @@ void ringPingPong(benchmark::State& state, std::size_t bytes, detail::SpinPolicy
     if (!r || !*r) fatal("ring ping: read failed");
     benchmark::DoNotOptimize((*r)->body[0]);
     in.releaseAll();
-  });
+  }, gap);
 }
 
 // ---- bus processes
@@ -335,8 +358,10 @@ enum class Route { ToMain, Routed, Typed, Port };
 
 /// One call round trip per iteration over `route`; `traced`: with an inspector reading every
 /// event the supervisor records (the cost of tracing, issue "The inspector" item 5).
+/// `replySpinCap`: the caller's WindowOptions::replySpinCap (0 in the spin/parked rows, so that
+/// they measure the named policy alone; the default in the "default" rows). `gap`: see timeLoop.
 void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono::nanoseconds spin,
-            bool traced = false) {
+            bool traced = false, std::chrono::nanoseconds replySpinCap = {}, std::chrono::nanoseconds gap = {}) {
   Watchdog dog("Invoke", kWatchdogSeconds);
   BusProcesses procs;
   const bool twoWindows = route == Route::Routed || route == Route::Port;
@@ -347,6 +372,7 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
   o.bus = procs.bus;
   o.role = "caller";
   o.spin = spin;
+  o.replySpinCap = replySpinCap;
   auto w = Window::connect(o);
   if (!w) return state.SkipWithError(w.error().toString().c_str());
   Window& win = **w;
@@ -392,7 +418,7 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
         break;
       }
     }
-  });
+  }, gap);
   if (failed) state.SkipWithError("a call failed");
   port.reset();
   win.close();
@@ -469,7 +495,7 @@ void stream(benchmark::State& state, bool routed) {
 
 /// Invoke/dbus_method/<bytes>: sd-bus Echo(ay) → ay round trips from the benchmark process
 /// (CPU 0) to a server partner (CPU 1) through a private, unpinned dbus-daemon.
-void dbusMethod(benchmark::State& state, std::size_t bytes) {
+void dbusMethod(benchmark::State& state, std::size_t bytes, std::chrono::nanoseconds gap = {}) {
   Watchdog dog("Invoke/dbus_method", kWatchdogSeconds);
   auto daemon = dbus::Daemon::start();
   if (!daemon) return state.SkipWithError(daemon.error().message.c_str());
@@ -487,7 +513,7 @@ void dbusMethod(benchmark::State& state, std::size_t bytes) {
   timeLoop(state, [&] {
     const long got = dbus::callEcho(bus->get(), payload.data(), bytes);
     failed |= got != static_cast<long>(bytes);
-  });
+  }, gap);
   if (failed) state.SkipWithError("a D-Bus call failed or echoed the wrong size");
 }
 
@@ -643,6 +669,31 @@ void registerAll() {
       }
     }
   }
+  // The default wait policy of every process (WindowOptions{}: 4 µs spin, learned reply spin up to
+  // 100 µs; SupervisorOptions{}), calls back to back and spaced 1 ms apart (issue 13 item 3), with
+  // the baselines spaced the same way.
+  const auto defSpin = detail::SpinPolicy{}.spin;
+  const auto defCap = WindowOptions{}.replySpinCap;
+  constexpr auto kGap = std::chrono::milliseconds(1);
+  for (auto [name, route] : {std::pair{"window_to_main", Route::ToMain}, std::pair{"window_to_window_routed", Route::Routed},
+                             std::pair{"port", Route::Port}}) {
+    manual(benchmark::RegisterBenchmark(fmt::format("Invoke/{}/64/default", name).c_str(),
+                                        [=](benchmark::State& s) { invoke(s, route, 64, defSpin, false, defCap); }));
+  }
+  // A fixed count (about 2.5 s each): MinTime would count the untimed gaps as nothing.
+  auto spaced = [](benchmark::internal::Benchmark* b) {
+    b->UseManualTime()->Iterations(2000)->Unit(benchmark::kMicrosecond);
+  };
+  spaced(benchmark::RegisterBenchmark("Invoke/window_to_window_routed/64/default_1ms", [=](benchmark::State& s) {
+    invoke(s, Route::Routed, 64, defSpin, false, defCap, kGap);
+  }));
+  spaced(benchmark::RegisterBenchmark("Invoke/window_to_window_routed/64/parked_1ms", [=](benchmark::State& s) {
+    invoke(s, Route::Routed, 64, kParkNow, false, {}, kGap);
+  }));
+  spaced(benchmark::RegisterBenchmark("PingPong/ring_parked/64/1ms", [=](benchmark::State& s) {
+    ringPingPong(s, 64, detail::SpinPolicy{kParkNow}, kGap);
+  }));
+  spaced(benchmark::RegisterBenchmark("Invoke/dbus_method/64/1ms", [=](benchmark::State& s) { dbusMethod(s, 64, kGap); }));
   for (std::size_t bytes : {std::size_t{64}, std::size_t{1024}, std::size_t{65536}}) {
     manual(benchmark::RegisterBenchmark(fmt::format("Invoke/dbus_method/{}", bytes).c_str(),
                                         [=](benchmark::State& s) { dbusMethod(s, bytes); }));

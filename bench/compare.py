@@ -7,7 +7,8 @@
     python3 bench/compare.py out.json --check    # same, exit status 1 if a ring_bench target is missed
 
 Benchmark names are PingPong/<transport>/<bytes>, Stream/<transport>/<bytes> and (bus_bench)
-Invoke/<route>/<bytes>[/spin|parked]; Google Benchmark may append "/min_time:0.500/manual_time"
+Invoke/<route>/<bytes>[/<mode>] (spin, parked, default, default_1ms, ...; PingPong may have one too:
+ring_parked/64/1ms); Google Benchmark may append "/min_time:0.500/manual_time"
 and, with --benchmark_repetitions, aggregate suffixes. With repetitions the "median" aggregate is
 used when present, else the median of the repetitions.
 
@@ -26,14 +27,15 @@ import statistics
 import sys
 
 KINDS = ("PingPong", "Stream", "Invoke")
-MODES = ("spin", "parked")
 # Display order; transports not listed here follow in name order.
-TRANSPORTS = ["floor_spin", "futex_floor", "pipe", "uds", "boost_mq", "ring_spin", "ring_parked",
+TRANSPORTS = ["floor_spin", "futex_floor", "pipe", "uds", "boost_mq", "ring_spin", "ring_parked", "ring_parked/1ms",
               "window_to_main", "window_to_window_routed", "dbus_signal"]
-ROUTES = ["window_to_main/spin", "window_to_main/parked", "port/spin", "port/parked", "window_to_window_routed/spin",
-          "window_to_window_routed/parked", "window_to_window_routed_traced/spin",
+ROUTES = ["window_to_main/spin", "window_to_main/parked", "window_to_main/default", "port/spin", "port/parked",
+          "port/default", "window_to_window_routed/spin", "window_to_window_routed/parked",
+          "window_to_window_routed/default", "window_to_window_routed/default_1ms",
+          "window_to_window_routed/parked_1ms", "window_to_window_routed_traced/spin",
           "window_to_window_routed_traced/parked", "window_to_main_untyped/parked", "window_to_main_typed/parked",
-          "dbus_method"]
+          "dbus_method", "dbus_method/1ms"]
 COUNTERS = ["p50_ns", "p99_ns", "msgs_per_s", "full_retries", "credit_waits", "dbus_flushes"]
 SENDER_WAITS = [("full_retries", "Full retries"), ("credit_waits", "credit waits"), ("dbus_flushes", "blocking flushes")]
 DBUS_CALL = "dbus_method"
@@ -55,7 +57,9 @@ def parse_name(name):
     if len(parts) < 3 or parts[0] not in KINDS or not parts[2].isdigit():
         return None
     transport = parts[1]
-    if parts[0] == "Invoke" and len(parts) > 3 and parts[3] in MODES:
+    # A fourth part is the mode ("parked", "default_1ms", PingPong's "1ms"), unless it is one of
+    # Google Benchmark's suffixes ("min_time:0.300", "iterations:2000", "manual_time").
+    if len(parts) > 3 and ":" not in parts[3] and parts[3] not in ("manual_time", "real_time"):
         transport += "/" + parts[3]
     return parts[0], transport, int(parts[2])
 
@@ -228,6 +232,41 @@ def traced_ratios(out, data):
                  sizes, data, fmt_ns)
 
 
+# The wait-policy targets of issue 13 (item 3 and its Targets): (label, numerator, denominator,
+# comparison, threshold); threshold None = informational.
+WAIT_TARGETS = [
+    ("routed default, back to back ÷ D-Bus", ("Invoke", "window_to_window_routed/default"), ("Invoke", DBUS_CALL), "<=", 0.1),
+    ("routed default, 1 ms apart ÷ D-Bus 1 ms apart", ("Invoke", "window_to_window_routed/default_1ms"),
+     ("Invoke", DBUS_CALL + "/1ms"), "<=", 0.75),
+    ("routed default, 1 ms apart ÷ ring_parked 1 ms apart", ("Invoke", "window_to_window_routed/default_1ms"),
+     ("PingPong", "ring_parked/1ms"), "<=", 1.2),
+    ("routed parked, 1 ms apart ÷ ring_parked 1 ms apart", ("Invoke", "window_to_window_routed/parked_1ms"),
+     ("PingPong", "ring_parked/1ms"), None, None),
+    ("window→main default ÷ ring_spin", ("Invoke", "window_to_main/default"), ("PingPong", "ring_spin"), None, None),
+]
+
+
+def wait_targets(out, data):
+    """The 64 B wait-policy ratios (WAIT_TARGETS) that this run has both sides of."""
+    lines = []
+    for label, num, den, op, threshold in WAIT_TARGETS:
+        a = get(data, num[0], num[1], 64, "p50_ns")
+        b = get(data, den[0], den[1], 64, "p50_ns")
+        if a is None or b is None or b == 0:
+            continue
+        r = a / b
+        met = "–" if threshold is None else ("yes" if (r <= threshold if op == "<=" else r >= threshold) else "**no**")
+        goal = "–" if threshold is None else f"{op} {threshold}"
+        lines.append(f"| {label} | {fmt_ns(a)} | {fmt_ns(b)} | {r:.2f} | {goal} | {met} |")
+    if not lines:
+        return
+    out.append("### Wait policy at 64 B (p50 ÷ p50)\n")
+    out.append("| ratio | numerator | denominator | ratio | target | met |")
+    out.append("|---|---|---|---|---|---|")
+    out.extend(lines)
+    out.append("")
+
+
 def targets(out, data):
     """ring_bench's targets; returns the number missed. Left out for bus_bench's JSON (it has
     Invoke results and none of the floors)."""
@@ -286,6 +325,7 @@ def main():
     dbus_ratios(out, data)
     baseline_ratios(out, data)
     traced_ratios(out, data)
+    wait_targets(out, data)
     missed = targets(out, data)
     print("\n".join(out).rstrip("\n"))
     return 1 if (args.check and missed) else 0

@@ -36,6 +36,13 @@ struct WindowOptions {
   std::uint32_t outboxBytes = 0;  ///< requested outbox ring capacity in bytes (0 = supervisor default)
   /// Spin budget before parking on a futex, in ns. 0 = park at once.
   std::chrono::nanoseconds spin{std::chrono::microseconds(4)};
+  /// Longest learned spin for a reply, in ns (docs/architecture.md §4, "Learned reply spin"). A
+  /// thread blocked in Call::get() spins for its reply instead of parking when the channel's recent
+  /// replies (on this window and its ports) mostly came within this cap: for up to twice their
+  /// average, never more than the cap. Costs at most this much CPU per call, only while the
+  /// caller waits anyway; an idle window still parks at once. 0 = off (only `spin` applies);
+  /// negative: InvalidArgument. Off by itself on a machine with one CPU.
+  std::chrono::nanoseconds replySpinCap{std::chrono::microseconds(100)};
   /// Give up waiting for the supervisor's welcome after this long. Must be positive
   /// (InvalidArgument); longer than kMaxTimeout is clamped.
   std::chrono::milliseconds connectTimeout{5000};
@@ -170,6 +177,11 @@ class Window {
 
   /// True after close() or once the supervisor is gone.
   bool closed() const noexcept;
+
+  /// Diagnostics: the spin, in ns, that a call on `channel` from this window would now get
+  /// before it parks (WindowOptions::replySpinCap; 0 = it parks after the ordinary `spin`).
+  /// Learned from the replies read so far; a port's calls learn on the port. Any thread.
+  std::chrono::nanoseconds learnedReplySpin(const Channel& channel) const noexcept;
 
   struct Impl;
 

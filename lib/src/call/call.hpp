@@ -58,6 +58,11 @@ struct CallState {
   /// process (SYNC POINT "record" both ways), which a race detector cannot see, hence atomic.
   std::atomic<std::size_t> requestBytes{0};
   std::uint32_t replyBytes = 0;  ///< a reply's payload bytes, set before it completes the call
+  // Learned reply spin (wait/reply_spin.hpp), set before the call is published (pending.add) and
+  // read by the thread that reads its reply or waits for it: ordered by the PendingCalls mutex.
+  std::uint64_t spinChannel = 0;  ///< the channel whose reply times this call feeds
+  std::int64_t sentNs = 0;        ///< CLOCK_MONOTONIC ns when the request was written; 0 = not learning
+  std::int64_t spinUntilNs = 0;   ///< a waiter may spin for the reply until this time (ns)
   bool ending = false;           // guarded by mu: onEnd is running (the call completes after it)
 };
 

@@ -3,6 +3,8 @@
 // calls, handlers, cancels, deadlines and the dispatch loop are the window's own code.
 #include "shmbus/port.hpp"
 
+#include <sys/sysinfo.h>
+
 #include <fmt/format.h>
 
 #include "bus.capnp.h"
@@ -41,6 +43,7 @@ Result<std::shared_ptr<Port::Impl>> makePort(Window::Impl& w, const WelcomeInfo&
   p->opts = w.opts;
   p->bus = w.bus;
   p->spin = w.spin;
+  p->replySpin.configure(w.replySpin.capNs(), ::get_nprocs());  // a port learns its own channels
   // Both producers zero what they claim: the peer is another window, which may not zero what it
   // consumed. No doorbell: the peer parks on the ring's own futex word.
   if (auto ok = attachLink(p->link, info, std::move(*seg), true, -1); !ok) return ok.error();

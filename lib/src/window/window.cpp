@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -58,6 +59,11 @@ Result<void> checkOptions(const WindowOptions& o, const std::string& bus, bool s
       return v.error();
     }
   }
+  if (o.replySpinCap.count() < 0) {
+    return makeError(ErrorCode::InvalidArgument,
+                     fmt::format("replySpinCap {} ns must not be negative (0 turns the learned spin off)",
+                                 o.replySpinCap.count()));
+  }
   if (o.connectTimeout.count() <= 0) {
     return makeError(ErrorCode::InvalidArgument,
                      fmt::format("connectTimeout {} ms must be positive", o.connectTimeout.count()));
@@ -72,6 +78,7 @@ Result<std::unique_ptr<Window::Impl>> handshake(Fd sock, WindowOptions opts, con
   impl->opts = opts;
   impl->bus = bus;
   impl->spin.spin = opts.spin;
+  impl->replySpin.configure(opts.replySpinCap.count(), ::get_nprocs());
   impl->sock = std::move(sock);
   auto link = helloAndWelcome(impl->sock.get(), HelloParams{opts.role, opts.inboxBytes, opts.outboxBytes, spawned,
                                                                       spawned ? std::string() : opts.token},
@@ -154,6 +161,9 @@ Result<std::unique_ptr<Window>> Window::fromSpawn(WindowOptions options) {
 
 std::uint32_t Window::id() const noexcept { return impl_->link.id; }
 const std::string& Window::role() const noexcept { return impl_->link.role; }
+std::chrono::nanoseconds Window::learnedReplySpin(const Channel& channel) const noexcept {
+  return std::chrono::nanoseconds(impl_->replySpin.budgetNs(channel.id));
+}
 const std::string& Window::bus() const noexcept { return impl_->bus; }
 
 Result<void> Window::send(const Channel& channel, const BuildFn& build) {

@@ -29,6 +29,7 @@
 #include "protocol/frame_io.hpp"
 #include "shmbus/inspect.hpp"
 #include "shmbus/window.hpp"
+#include "wait/reply_spin.hpp"
 #include "wire/handshake.hpp"
 
 namespace shmbus {
@@ -71,6 +72,7 @@ struct Window::Impl : CallOwner {
   std::string bus;
   Logger log;
   SpinPolicy spin;
+  ReplySpin replySpin;  // learned spin per channel for this endpoint's callers (wait/reply_spin.hpp)
   Fd sock;
   WindowLink link;  // id, role, segment, inbox (dispatcher only), outbox (under outMu), cancel board
   std::mutex outMu;
@@ -353,6 +355,12 @@ struct Window::Impl : CallOwner {
     // moves onEnd out, and the PendingCalls mutex orders this read before it; read after the
     // publish, the only order is through the peer's process, which ThreadSanitizer cannot see.
     std::atomic<std::size_t>* requestBytes = s->onEnd ? &s->requestBytes : nullptr;
+    if (replySpin.capNs() > 0) {
+      // Learned reply spin (docs/architecture.md §4): a waiter may spin until spinUntilNs.
+      s->spinChannel = ch.id;
+      s->sentNs = now;
+      s->spinUntilNs = now + replySpin.budgetNs(ch.id);
+    }
     h.requestId = pending.add(s);
     if (h.requestId == 0) {
       completeCall(s, makeError(ErrorCode::Full, fmt::format("{}: {} calls are in flight already", s->what(),
@@ -431,6 +439,13 @@ struct Window::Impl : CallOwner {
   void dispatchOnce(std::int64_t deadline, CallState* waiting = nullptr);
 
   void advanceHead();
+
+  /// The spin of a dispatch round's inbox wait at `now`: the window's own, or longer while the
+  /// call `waiting` has a learned spin left (docs/architecture.md §4, "Learned reply spin").
+  SpinPolicy waitPolicy(const CallState* waiting, std::int64_t now) const noexcept {
+    if (waiting == nullptr || waiting->spinUntilNs - now <= spin.spin.count()) return spin;
+    return SpinPolicy{std::chrono::nanoseconds(waiting->spinUntilNs - now)};
+  }
 
   static void markReleased(Lease& l, std::uint64_t end);
 

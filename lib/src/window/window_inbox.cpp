@@ -35,7 +35,7 @@ void Window::Impl::dispatchOnce(std::int64_t deadline, CallState* waiting) {
     if (n > 0 || pass > 0 || closed.load(std::memory_order_acquire)) return;
     const std::int64_t until = std::min(deadline, pending.nextExpiry());
     if (until <= now) return;
-    const WaitStatus st = link.inbox.wait(until, spin, [&] {
+    const WaitStatus st = link.inbox.wait(until, waitPolicy(waiting, now), [&] {
       // acquire: pairs with markClosed's / the lease release's release stores; a port's close word
       // is set before its closer's wakeAll (SYNC POINT "port close").
       return closed.load(std::memory_order_acquire) || lease->dirty.load(std::memory_order_acquire) || portEnded();
@@ -306,9 +306,12 @@ struct LeasedReply final : HeldMessage {
 bool Window::Impl::onReply(const FrameView& f, const RecordView& rec) {
   std::shared_ptr<CallState> s = pending.take(f.header.requestId);
   if (!s) return false;  // cancelled or timed out locally: dropped
+  // One clock read serves the learned spin and a port's deadline check.
+  const std::int64_t now = port || s->sentNs != 0 ? monotonicNowNs() : 0;
+  if (s->sentNs != 0) replySpin.observe(s->spinChannel, now - s->sentNs);
   // A port keeps its calls' deadlines itself (no router): an answer read at or after the deadline
   // is late, as the router judges a window's.
-  if (port && monotonicNowNs() >= s->deadlineNs) {
+  if (port && now >= s->deadlineNs) {
     completeCall(s, localTimeout(*s));
     return false;
   }
