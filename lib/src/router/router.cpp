@@ -366,13 +366,24 @@ void Router::doom(Conn& c, std::string reason, bool bad) {
     c.doomed = std::move(reason);
     c.bad = bad;
   }
+  anyDoomed_ = true;
 }
 
 void Router::reapDoomed() {
+  // Called a few times per call (after each round, each drain, each unpin): nothing to do unless
+  // doom() ran, so no walk over the registry per call (docs/architecture.md §10).
+  if (!anyDoomed_) return;
   std::vector<std::uint32_t> ids;
+  bool pinned = false;  // a doomed window still pinned by a running job waits for its unpin
   for (auto& [id, c] : registry_.all()) {
-    if (!c->doomed.empty() && c->pinDepth == 0) ids.push_back(id);
+    if (c->doomed.empty()) continue;
+    if (c->pinDepth == 0) {
+      ids.push_back(id);
+    } else {
+      pinned = true;
+    }
   }
+  anyDoomed_ = pinned;
   for (auto id : ids) {
     Conn* c = registry_.find(id);
     // A window that closed (not one that misbehaved) gets what it wrote before closing

@@ -401,6 +401,7 @@ class Router {
   std::vector<WaitWord*> armed_;  // dispatchOnce: the outboxes armed for one park (reused)
   bool mayInline_ = false;        // the current round's thread runs main jobs in place
   bool endRound_ = false;         // a main job was taken in place: end the round
+  bool anyDoomed_ = false;        // doom() ran since reapDoomed() last found every doomed window gone
   std::atomic<bool> stopping_{false};
   std::optional<TraceProducer> trace_;   // created when the first inspector attaches
   std::uint32_t inspectors_ = 0;         // connections in state Inspector

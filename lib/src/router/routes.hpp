@@ -142,6 +142,9 @@ class RouteTable {
 /// Per-channel counters and latency samples (RouterStats). Guarded by the router mutex.
 class RouterCounters {
  public:
+  RouterCounters() = default;
+  RouterCounters(const RouterCounters&) = delete;  // at() remembers a pointer into channels_
+  RouterCounters& operator=(const RouterCounters&) = delete;
   struct Channel {
     std::uint64_t calls = 0, messages = 0, late = 0;
     std::map<ErrorCode, std::uint64_t> errors;
@@ -149,8 +152,17 @@ class RouterCounters {
     std::size_t next = 0;
     void sample(double ms);
   };
-  Channel& at(std::uint64_t channel) { return channels_[channel]; }
-  void error(std::uint64_t channel, ErrorCode code) { ++channels_[channel].errors[code]; }
+  /// The counters of `channel` (created empty). The last channel's entry is remembered: a stream
+  /// of calls on one channel costs a compare, not a hash lookup, per call (docs/architecture.md
+  /// §10); the map's nodes never move, so the pointer stays valid until the map is destroyed.
+  Channel& at(std::uint64_t channel) {
+    if (last_ == nullptr || lastId_ != channel) {
+      last_ = &channels_[channel];
+      lastId_ = channel;
+    }
+    return *last_;
+  }
+  void error(std::uint64_t channel, ErrorCode code) { ++at(channel).errors[code]; }
   const std::unordered_map<std::uint64_t, Channel>& channels() const noexcept { return channels_; }
 
   std::uint64_t lateReplies = 0, spoofedReplies = 0, undeliverable = 0, badMessages = 0;
@@ -161,7 +173,9 @@ class RouterCounters {
   std::uint64_t policyDenials = 0;      ///< messages, calls and handler registrations the policy refused
 
  private:
-  std::unordered_map<std::uint64_t, Channel> channels_;
+  std::unordered_map<std::uint64_t, Channel> channels_;  // never erased from (at()'s pointer)
+  Channel* last_ = nullptr;
+  std::uint64_t lastId_ = 0;
 };
 
 }  // namespace shmbus::detail
