@@ -18,6 +18,7 @@
 //   Invoke/window_to_main_untyped/<bytes>/parked   the untyped API with the same payload struct
 //   Stream/window_to_main/64                       Window::send of 64 B payloads, a Supervisor::on listener counts
 //   Stream/window_to_window_routed/64              Window::sendTo → supervisor → Window::on, with credits (below)
+//   Stream/port/64                                 Port::send → Port::on, window to window over a port
 //   Stream/dbus_signal/64                          sd-bus signal Tick(ay) of 64 B → dbus-daemon → subscriber
 //   Message/build_read_in_place/1024               build a ~1 KiB struct in a ring claim and read it in place
 //   Message/build_read_malloc_copy/1024            MallocMessageBuilder + flat-array copy + reader
@@ -262,14 +263,18 @@ Partner spawnTarget(const std::string& bus, std::chrono::nanoseconds spin, const
     auto h = w->handle("echo-untyped", echoUntyped);
     // Invoke/port rows: the caller opens a port on "bench-port"; its calls are echoed on the
     // port's own dispatch thread (this process, so this CPU), with no supervisor in the path.
+    StreamCheck check{streamCount};
     std::vector<std::shared_ptr<Port>> ports;
     std::vector<Registration> portHandlers;
     auto acceptPorts = w->onPort("bench-port", [&](std::shared_ptr<Port> p) {
       portHandlers.push_back(p->handle("echo-untyped", echoUntyped));
+      // Stream/port/64: the stream arrives on the port (no credits: a full port ring refuses).
+      portHandlers.push_back(p->on("stream", [&](const Message& m, const CallContext&) {
+        if (check.take(m)) ev.notify(check.errors);
+      }));
       p->start();
       ports.push_back(std::move(p));
     });
-    StreamCheck check{streamCount};
     auto stream = w->on("stream", [&](const Message& m, const CallContext& ctx) {
       const bool last = check.take(m);
       if (check.received % kCreditBatch == 0) {
@@ -432,16 +437,22 @@ void finishStream(benchmark::State& state, std::uint64_t n, std::uint64_t ticks)
   state.SetBytesProcessed(static_cast<std::int64_t>(n * kStreamBytes));
 }
 
-/// Stream/window_to_main/64 (`routed` false) and Stream/window_to_window_routed/64: the benchmark
+enum class StreamRoute { ToMain, Routed, Port };
+
+/// Stream/window_to_main/64, Stream/window_to_window_routed/64 and Stream/port/64: the benchmark
 /// process (a window, CPU 0) sends state.max_iterations messages of kStreamBytes as fast as the
-/// bus takes them; the time runs from the first send until the receiver reports the last one
-/// (EventPipe). Default spin budgets everywhere (what an application gets).
-void stream(benchmark::State& state, bool routed) {
-  Watchdog dog(routed ? "Stream/window_to_window_routed" : "Stream/window_to_main", kWatchdogSeconds);
+/// bus (the port) takes them; the time runs from the first send until the receiver reports the
+/// last one (EventPipe). Default spin budgets everywhere (what an application gets). A full port
+/// ring refuses with Full (nothing written), so the port stream needs no credits.
+void stream(benchmark::State& state, StreamRoute route) {
+  const bool routed = route == StreamRoute::Routed;
+  const bool twoWindows = route != StreamRoute::ToMain;
+  Watchdog dog(routed ? "Stream/window_to_window_routed" : twoWindows ? "Stream/port" : "Stream/window_to_main",
+               kWatchdogSeconds);
   const auto spin = WindowOptions{}.spin;
   const std::uint64_t n = static_cast<std::uint64_t>(state.max_iterations);
   BusProcesses procs;
-  if (!procs.start(routed, spin, n)) return state.SkipWithError(procs.error.c_str());
+  if (!procs.start(twoWindows, spin, n)) return state.SkipWithError(procs.error.c_str());
   ScopedPin pin(kMainCpu);
   if (!pin.ok()) return state.SkipWithError("cannot pin to CPU 0");
   WindowOptions o;
@@ -458,6 +469,12 @@ void stream(benchmark::State& state, bool routed) {
   std::uint64_t credited = 0, creditWaits = 0, retries = 0, seq = 0;
   auto credits = win.on("stream-credit", [&](const Message&, const CallContext&) { credited += kCreditBatch; });
   const Target target("echo");
+  std::shared_ptr<Port> port;
+  while (route == StreamRoute::Port && !port) {
+    auto p = win.openPort("echo", "bench-port");
+    if (p) port = std::move(*p);
+    else if (p.code() != ErrorCode::NoHandler) return state.SkipWithError(p.error().toString().c_str());
+  }
   bool failed = false;
   const std::uint64_t start = ticksNow();
   for (auto _ : state) {
@@ -469,7 +486,7 @@ void stream(benchmark::State& state, bool routed) {
     }
     putSeq(payload.data(), ++seq);
     for (;;) {
-      auto r = routed ? win.sendTo(target, "stream", build) : win.send("stream", build);
+      auto r = port ? port->send("stream", build) : routed ? win.sendTo(target, "stream", build) : win.send("stream", build);
       if (r) break;
       if (r.code() != ErrorCode::Full) {
         failed = true;
@@ -481,13 +498,14 @@ void stream(benchmark::State& state, bool routed) {
     if (failed) break;
   }
   if (failed) return state.SkipWithError("a send failed");
-  const auto errors = procs.streamDone(routed);
+  const auto errors = procs.streamDone(twoWindows);
   const std::uint64_t end = ticksNow();
   if (!errors) return state.SkipWithError("the receiver exited before the last message");
   if (*errors != 0) return state.SkipWithError("the receiver saw messages lost, reordered or malformed");
   finishStream(state, n, end - start);
   state.counters["full_retries"] = static_cast<double>(retries);
   if (routed) state.counters["credit_waits"] = static_cast<double>(creditWaits);
+  port.reset();
   win.close();
 }
 
@@ -698,8 +716,11 @@ void registerAll() {
     manual(benchmark::RegisterBenchmark(fmt::format("Invoke/dbus_method/{}", bytes).c_str(),
                                         [=](benchmark::State& s) { dbusMethod(s, bytes); }));
   }
-  manual(benchmark::RegisterBenchmark("Stream/window_to_main/64", [](benchmark::State& s) { stream(s, false); }));
-  manual(benchmark::RegisterBenchmark("Stream/window_to_window_routed/64", [](benchmark::State& s) { stream(s, true); }));
+  manual(benchmark::RegisterBenchmark("Stream/window_to_main/64",
+                                      [](benchmark::State& s) { stream(s, StreamRoute::ToMain); }));
+  manual(benchmark::RegisterBenchmark("Stream/window_to_window_routed/64",
+                                      [](benchmark::State& s) { stream(s, StreamRoute::Routed); }));
+  manual(benchmark::RegisterBenchmark("Stream/port/64", [](benchmark::State& s) { stream(s, StreamRoute::Port); }));
   manual(benchmark::RegisterBenchmark("Stream/dbus_signal/64", dbusSignals));
   for (std::size_t bytes : {std::size_t{64}, std::size_t{1024}}) {
     manual(benchmark::RegisterBenchmark(fmt::format("Invoke/window_to_main_untyped/{}/parked", bytes).c_str(),

@@ -29,7 +29,7 @@ import sys
 KINDS = ("PingPong", "Stream", "Invoke")
 # Display order; transports not listed here follow in name order.
 TRANSPORTS = ["floor_spin", "futex_floor", "pipe", "uds", "boost_mq", "ring_spin", "ring_parked", "ring_parked/1ms",
-              "window_to_main", "window_to_window_routed", "dbus_signal"]
+              "window_to_main", "window_to_window_routed", "port", "dbus_signal"]
 ROUTES = ["window_to_main/spin", "window_to_main/parked", "window_to_main/default", "port/spin", "port/parked",
           "port/default", "window_to_window_routed/spin", "window_to_window_routed/parked",
           "window_to_window_routed/default", "window_to_window_routed/default_1ms",
