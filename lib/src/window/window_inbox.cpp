@@ -65,9 +65,12 @@ void Window::Impl::advanceHead() {
 
 void Window::Impl::markReleased(Lease& l, std::uint64_t end) {
   std::lock_guard lk(l.mu);
-  for (auto& e : l.held) {
-    if (e.first == end) {
-      e.second = true;
+  // `held` is in ring order (record ends only grow) and released entries stay until the next
+  // advanceHead pops them; the record released is nearly always the newest (a callback that just
+  // returned): search from the back, not over a batch's worth of released ones per record.
+  for (auto it = l.held.rbegin(); it != l.held.rend() && it->first >= end; ++it) {
+    if (it->first == end) {
+      it->second = true;
       break;
     }
   }
