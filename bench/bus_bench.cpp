@@ -688,7 +688,7 @@ void registerAll() {
     }
   }
   // The default wait policy of every process (WindowOptions{}: 4 µs spin, learned reply spin up to
-  // 100 µs; SupervisorOptions{}), calls back to back and spaced 1 ms apart (issue 13 item 3), with
+  // 50 µs; SupervisorOptions{}), calls back to back and spaced 1 ms apart (issue 13 item 3), with
   // the baselines spaced the same way.
   const auto defSpin = detail::SpinPolicy{}.spin;
   const auto defCap = WindowOptions{}.replySpinCap;

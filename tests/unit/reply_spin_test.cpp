@@ -94,3 +94,26 @@ TEST_CASE("two channels sharing a slot take it over in turn") {
   CHECK(rs.budgetNs(other) == 6'000);
   CHECK(rs.budgetNs(kFast) == 0);  // forgotten, not mixed with the other's figures
 }
+
+TEST_CASE("spinFor probes an unknown channel and, once in kProbeEvery calls, one that earned no spin") {
+  ReplySpin rs;
+  rs.configure(kCap, 2);
+  CHECK(rs.spinFor(kSlow) == kCap);  // not known yet: a probe
+  CHECK(rs.spinFor(kSlow) == kCap);  // still unknown until its first reply
+  for (int i = 0; i < 20; ++i) rs.observe(kSlow, 60'000'000);
+  int probes = 0;
+  for (std::uint32_t i = 0; i < 4 * ReplySpin::kProbeEvery; ++i) {
+    const auto b = rs.spinFor(kSlow);
+    CHECK((b == 0 || b == kCap));
+    probes += b == kCap;
+  }
+  CHECK(probes == 4);
+  // A probe that finds fast replies turns into a learned spin.
+  for (int i = 0; i < 30; ++i) rs.observe(kSlow, 5'000);
+  CHECK(rs.spinFor(kSlow) == rs.budgetNs(kSlow));
+  CHECK(rs.budgetNs(kSlow) > 0);
+  CHECK(rs.budgetNs(kSlow) < kCap);
+  ReplySpin off;
+  off.configure(0, 8);
+  CHECK(off.spinFor(kFast) == 0);
+}

@@ -39,10 +39,12 @@ struct WindowOptions {
   /// Longest learned spin for a reply, in ns (docs/architecture.md §4, "Learned reply spin"). A
   /// thread blocked in Call::get() spins for its reply instead of parking when the channel's recent
   /// replies (on this window and its ports) mostly came within this cap: for up to twice their
-  /// average, never more than the cap. Costs at most this much CPU per call, only while the
-  /// caller waits anyway; an idle window still parks at once. 0 = off (only `spin` applies);
-  /// negative: InvalidArgument. Off by itself on a machine with one CPU.
-  std::chrono::nanoseconds replySpinCap{std::chrono::microseconds(100)};
+  /// average, never more than the cap; a channel not known yet, and one call in 64 on a channel
+  /// that earned no spin, spins for the cap once (a probe). Costs at most this much CPU per call,
+  /// only while the caller waits anyway; an idle window still parks at once. Spinning longer than
+  /// a wake-up costs (tens of µs) saves nothing, hence the default. 0 = off (only `spin`
+  /// applies); negative: InvalidArgument. Off by itself on a machine with one CPU.
+  std::chrono::nanoseconds replySpinCap{std::chrono::microseconds(50)};
   /// Give up waiting for the supervisor's welcome after this long. Must be positive
   /// (InvalidArgument); longer than kMaxTimeout is clamped.
   std::chrono::milliseconds connectTimeout{5000};

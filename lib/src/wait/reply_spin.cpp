@@ -12,6 +12,7 @@ void ReplySpin::configure(std::int64_t capNs, int cpus) noexcept {
     s.channel.store(0, std::memory_order_relaxed);
     s.avgNs.store(0, std::memory_order_relaxed);
     s.hitScore.store(0, std::memory_order_relaxed);
+    s.unspun.store(0, std::memory_order_relaxed);
   }
 }
 
@@ -22,6 +23,18 @@ std::int64_t ReplySpin::budgetNs(std::uint64_t channel) const noexcept {
   if (s.channel.load(std::memory_order_relaxed) != channel) return 0;
   if (s.hitScore.load(std::memory_order_relaxed) < kMinHitScore) return 0;
   return std::min(cap_, 2 * s.avgNs.load(std::memory_order_relaxed));  // relaxed: as above
+}
+
+std::int64_t ReplySpin::spinFor(std::uint64_t channel) noexcept {
+  if (cap_ <= 0) return 0;
+  Slot& s = slots_[slotOf(channel)];
+  // relaxed: a heuristic (class comment).
+  if (s.channel.load(std::memory_order_relaxed) != channel) return cap_;  // not known yet: probe
+  if (const std::int64_t b = budgetNs(channel); b > 0) return b;
+  // relaxed: a lost increment only moves the next probe.
+  if (s.unspun.fetch_add(1, std::memory_order_relaxed) + 1 < kProbeEvery) return 0;
+  s.unspun.store(0, std::memory_order_relaxed);
+  return cap_;
 }
 
 void ReplySpin::observe(std::uint64_t channel, std::int64_t replyNs) noexcept {

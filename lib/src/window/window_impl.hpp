@@ -359,7 +359,7 @@ struct Window::Impl : CallOwner {
       // Learned reply spin (docs/architecture.md §4): a waiter may spin until spinUntilNs.
       s->spinChannel = ch.id;
       s->sentNs = now;
-      s->spinUntilNs = now + replySpin.budgetNs(ch.id);
+      s->spinUntilNs = now + replySpin.spinFor(ch.id);
     }
     h.requestId = pending.add(s);
     if (h.requestId == 0) {
