@@ -7,6 +7,8 @@
 //                                                  port (no supervisor in the path)
 //                                                  Window::invokeIn → supervisor → Window::handle (3 processes;
 //                                                  "spin" = the default 4 µs budget: 3 spinners on 2 cores starve)
+//   Invoke/port_blob/<bytes>/default               a request of <bytes> (allocated, not filled) answered with
+//                                                  its size, over a port: larger than the ring, it is a blob
 //   Invoke/<route>/64/default                      the default wait policy of every process (4 µs spin and
 //                                                  the learned reply spin of WindowOptions::replySpinCap)
 //   Invoke/window_to_window_routed/64/default_1ms|parked_1ms, PingPong/ring_parked/64/1ms,
@@ -215,6 +217,14 @@ void echoUntyped(const Message& req, Builder& reply, const CallContext&) {
   reply.initRoot<benchschema::Echo::EchoResults>().setData(req.root<benchschema::Echo::EchoParams>().getData());
 }
 
+/// Answers a request of any size with its data's size (8 bytes): the large-request rows
+/// (Invoke/port_blob), whose reply must stay small.
+void sizeUntyped(const Message& req, Builder& reply, const CallContext&) {
+  const std::uint64_t n = req.root<benchschema::Echo::EchoParams>().getData().size();
+  reply.initRoot<benchschema::Echo::EchoResults>().setData(
+      kj::arrayPtr(reinterpret_cast<const kj::byte*>(&n), sizeof n));
+}
+
 /// A supervisor in a partner process on `cpu` (kPartnerCpu when it is an endpoint, kUnpinned when
 /// it routes between two windows), echoing `echo` calls (typed and untyped handlers share the
 /// channel's payload struct) and counting `stream` sends. Notifies `ev` once it listens (value 1)
@@ -268,6 +278,7 @@ Partner spawnTarget(const std::string& bus, std::chrono::nanoseconds spin, const
     std::vector<Registration> portHandlers;
     auto acceptPorts = w->onPort("bench-port", [&](std::shared_ptr<Port> p) {
       portHandlers.push_back(p->handle("echo-untyped", echoUntyped));
+      portHandlers.push_back(p->handle("size-untyped", sizeUntyped));
       // Stream/port/64: the stream arrives on the port (no credits: a full port ring refuses).
       portHandlers.push_back(p->on("stream", [&](const Message& m, const CallContext&) {
         if (check.take(m)) ev.notify(check.errors);
@@ -359,7 +370,7 @@ struct BusProcesses {
   }
 };
 
-enum class Route { ToMain, Routed, Typed, Port };
+enum class Route { ToMain, Routed, Typed, Port, PortBlob };
 
 /// One call round trip per iteration over `route`; `traced`: with an inspector reading every
 /// event the supervisor records (the cost of tracing, issue "The inspector" item 5).
@@ -369,7 +380,7 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
             bool traced = false, std::chrono::nanoseconds replySpinCap = {}, std::chrono::nanoseconds gap = {}) {
   Watchdog dog("Invoke", kWatchdogSeconds);
   BusProcesses procs;
-  const bool twoWindows = route == Route::Routed || route == Route::Port;
+  const bool twoWindows = route == Route::Routed || route == Route::Port || route == Route::PortBlob;
   if (!procs.start(twoWindows, spin, 0, traced)) return state.SkipWithError(procs.error.c_str());
   ScopedPin pin(kMainCpu);
   if (!pin.ok()) return state.SkipWithError("cannot pin to CPU 0");
@@ -387,6 +398,7 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
   };
   benchschema::EchoClient client(win);
   bool failed = false;
+  std::string firstError;  // the PortBlob rows report why a call failed
   // A routed call may race the target's handler registration: wait until it answers.
   if (route == Route::Routed) {
     while (win.invokeIn("echo", "echo-untyped", build).get().code() == ErrorCode::NoHandler) {
@@ -394,7 +406,7 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
   }
   // A port's calls are dispatched by the thread waiting in get() (no start(): no hand-off).
   std::shared_ptr<Port> port;
-  while (route == Route::Port && !port) {
+  while ((route == Route::Port || route == Route::PortBlob) && !port) {
     auto p = win.openPort("echo", "bench-port");
     if (p) port = std::move(*p);
     else if (p.code() != ErrorCode::NoHandler) return state.SkipWithError(p.error().toString().c_str());
@@ -416,6 +428,18 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
         failed |= !r;
         break;
       }
+      case Route::PortBlob: {
+        // The request's data is allocated, not filled (two bytes touched): what is timed is the
+        // bus's cost for a large message (docs/architecture.md §17), not the caller's writing.
+        auto r = port->invoke("size-untyped", [&](Builder& b) {
+          auto d = b.initRoot<benchschema::Echo::EchoParams>().initData(static_cast<unsigned>(bytes));
+          d[0] = 1;
+          d[bytes - 1] = 1;
+        }).get();
+        failed |= !r;
+        if (!r && firstError.empty()) firstError = r.error().toString();
+        break;
+      }
       case Route::Typed: {
         auto r = client.echo(Target::main(), [&](auto p) { p.setData(kj::arrayPtr(payload.data(), bytes)); }).get();
         failed |= !r;
@@ -424,7 +448,7 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
       }
     }
   }, gap);
-  if (failed) state.SkipWithError("a call failed");
+  if (failed) state.SkipWithError(firstError.empty() ? "a call failed" : firstError.c_str());
   port.reset();
   win.close();
 }
@@ -699,6 +723,11 @@ void registerAll() {
                                         [=](benchmark::State& s) { invoke(s, route, 64, defSpin, false, defCap); }));
   }
   // A fixed count (about 2.5 s each): MinTime would count the untimed gaps as nothing.
+  // Large requests over a port (blobs, issue 13 item 4: RTT of 1 MiB and 64 MiB ÷ RTT of 64 B).
+  for (std::size_t bytes : {std::size_t{64}, std::size_t{1} << 20, std::size_t{64} << 20}) {
+    manual(benchmark::RegisterBenchmark(fmt::format("Invoke/port_blob/{}/default", bytes).c_str(),
+                                        [=](benchmark::State& s) { invoke(s, Route::PortBlob, bytes, defSpin, false, defCap); }));
+  }
   auto spaced = [](benchmark::internal::Benchmark* b) {
     b->UseManualTime()->Iterations(2000)->Unit(benchmark::kMicrosecond);
   };
