@@ -175,15 +175,8 @@ kj::ArrayPtr<capnp::word> BlobMessageBuilder::allocateSegment(capnp::uint minimu
 }
 
 void BlobMessageBuilder::throwExhausted(std::size_t minimumSize) {
-  std::size_t usedWords = minimumSize;
-  for (auto segment : getSegmentsForOutput()) usedWords += segment.size();
-  const std::size_t need = sizeof(MessageTable) + usedWords * kWord;
-  if (need > maxMessage_ || claim_.capacity >= maxMessage_) {
-    throw ClaimExhausted(ErrorCode::TooLarge, fmt::format("message needs at least {} bytes; the blob arena holds at "
-                                                          "most {}", need, maxMessage_));
-  }
-  throw ClaimExhausted(ErrorCode::Full, fmt::format("message needs at least {} bytes; the blob arena has no more "
-                                                    "contiguous room now", need));
+  throwClaimExhausted(*this, minimumSize, sizeof(MessageTable), maxMessage_, claim_.capacity >= maxMessage_,
+                      "the blob arena");
 }
 
 std::size_t BlobMessageBuilder::finish() {

@@ -14,7 +14,10 @@
 #include <set>
 #include <thread>
 
+#include "blob/blob.hpp"
 #include "bus_test.hpp"
+#include "port_peer.hpp"
+#include "protocol/frame_io.hpp"
 #include "segment/segment.hpp"
 
 using namespace shmbus;
@@ -79,6 +82,10 @@ std::string checkBig(const Message& m, std::size_t expected) {
 ///   stats                       → "stats HELD MESSAGES HIGHWATER ARENA" (Port::blobStats)
 ///   await-free                  → "free" once blobStats holds nothing (bounded poll, 10 s), else "held N"
 ///   await-close                 → "closed CODE" once the port ended
+///   hostile                     → "written": as a hostile peer, writes kFlagBlob frames with bad
+///                                 descriptors on "big" into the port's ring to the peer, then a
+///                                 good 1000-byte message (use it before this side sent anything;
+///                                 this side's own producer is out of step afterwards)
 ///   done                        → exits.
 class BlobPeer : public DrivenWindow {
  public:
@@ -87,11 +94,7 @@ class BlobPeer : public DrivenWindow {
   }
 
  private:
-  struct State {
-    std::mutex mu;
-    std::condition_variable cv;
-    std::shared_ptr<Port> port;
-    std::vector<Registration> regs;
+  struct State : PortHolder {
     std::deque<std::string> heard;  // checks of "big" messages
     std::string handled;            // the handler's check of its last request
     std::string closed;             // the close code once ended
@@ -123,15 +126,42 @@ class BlobPeer : public DrivenWindow {
     p->start();
   }
 
+  /// The "hostile" command: a second producer over this side's ring of port `id` (found by the
+  /// segment's name in /proc/self/maps, at position 0: nothing was sent on it yet).
+  static void hostile(const std::string& bus, std::uint64_t id) {
+    std::uint8_t* base = portMapping(bus, id);
+    constexpr std::uint32_t kRing = detail::kDefaultPortRingBytes;
+    const auto layout = detail::segmentLayout(kRing, kRing, detail::kDefaultPortBlobBytes);
+    detail::RingProducer raw(reinterpret_cast<detail::RingControl*>(base + layout.outboxOffset),
+                             base + layout.outboxOffset + sizeof(detail::RingControl),
+                             detail::RingGeometry{kRing, kRing / 2}, true);
+    detail::FrameHeader h{};
+    h.kind = static_cast<std::uint16_t>(detail::FrameKind::Send);
+    h.channel = Channel("big").id;
+    detail::FrameHeader blob = h;
+    blob.flags = detail::kFlagBlob;
+    const std::uint64_t arena = detail::kDefaultPortBlobBytes;
+    const detail::BlobDescriptor bad[] = {
+        {64, std::uint64_t{1} << 40, 1, 0, 0},  // past the arena
+        {72, 64, 1, 0, 0},                      // misaligned
+        {arena - 64, 64, 1, 0, 0},              // the body past the end
+        {64, 64, 0, 0, 0},                      // generation 0
+        {64, 64, 7, 0, 0},                      // no such record
+    };
+    for (const auto& d : bad) {
+      expectOk(detail::writeFrameCopy(raw, blob, reinterpret_cast<const std::uint8_t*>(&d), sizeof d), "bad frame");
+    }
+    // A blob frame whose payload is not a descriptor at all.
+    expectOk(detail::writeFrame(raw, blob, bigMessage(100, 60)), "short frame");
+    expectOk(detail::writeFrame(raw, h, bigMessage(1000, 61)), "good frame");
+  }
+
   void body(const std::string& bus) {
     auto w = connectWindow(bus, role_);
     State st;
     std::vector<Registration> regs;
     announceReady(*w);
-    auto port = [&] {
-      std::lock_guard lk(st.mu);
-      return st.port;
-    };
+    auto port = [&] { return st.get(); };
     for (;;) {
       const auto cmd = words(link_.hearParent(120s));
       if (cmd.empty() || cmd[0] == "done") break;
@@ -140,13 +170,8 @@ class BlobPeer : public DrivenWindow {
         link_.tellParent("listening");
       } else if (cmd[0] == "open") {
         const std::uint64_t blob = cmd.size() > 3 ? std::stoull(cmd[3]) : 0;
-        auto p = w->openPort(cmd[1], cmd[2], {.blobBytes = blob, .timeout = 5000ms});
-        if (!p) {
-          link_.tellParent("error " + std::string(errorCodeName(p.code())) + " " + p.error().message);
-          continue;
-        }
-        setup(st, *p);
-        link_.tellParent(fmt::format("opened {}", (*p)->id()));
+        answerOpen(link_, *w, cmd[1], cmd[2], {.blobBytes = blob, .timeout = 5000ms},
+                   [&](const std::shared_ptr<Port>& p) { setup(st, p); });
       } else if (cmd[0] == "send") {
         auto r = port()->send("big", bigMessage(std::stoull(cmd[1]), std::stoull(cmd[2])));
         link_.tellParent(r ? "sent" : "error " + std::string(errorCodeName(r.code())));
@@ -177,23 +202,16 @@ class BlobPeer : public DrivenWindow {
           s = port()->blobStats();
         }
         link_.tellParent(s.messagesHeld == 0 ? "free" : fmt::format("held {}", s.messagesHeld));
+      } else if (cmd[0] == "hostile") {
+        hostile(bus, port()->id());
+        link_.tellParent("written");
       } else if (cmd[0] == "await-close") {
         std::unique_lock lk(st.mu);
         st.cv.wait_for(lk, 10s, [&] { return !st.closed.empty(); });
         link_.tellParent("closed " + st.closed);
       }
     }
-    // Taken out under the lock, dropped outside it: the close listener, which a peer's close may
-    // be running on the dispatch thread that closing joins, takes the lock too.
-    std::shared_ptr<Port> p;
-    std::vector<Registration> r;
-    {
-      std::lock_guard lk(st.mu);
-      p = std::move(st.port);
-      r.swap(st.regs);
-    }
-    r.clear();
-    p.reset();
+    st.drop();
   }
 };
 
@@ -209,6 +227,11 @@ struct BlobPair {
   /// Opens the port (BLOB: PortOptions::blobBytes, 0 = default); the opener's answer.
   std::string open(std::uint64_t blob = 0) {
     return opener.ask(blob == 0 ? "open acceptor blobs" : fmt::format("open acceptor blobs {}", blob));
+  }
+  /// Lets both children exit; each must have held every check.
+  void finish() {
+    CHECK(opener.finish() == 0);
+    CHECK(acceptor.finish() == 0);
   }
   TestBus tb;
   BlobPeer acceptor, opener;
@@ -248,8 +271,7 @@ TEST_CASE("a 64 MiB message each way on a port is read in place and freed once i
   // Small messages still go through the ring, and the port serves on.
   CHECK(bp.opener.ask("send 1000 13") == "sent");
   CHECK(bp.acceptor.ask("heard") == "ok 1000 inplace");
-  CHECK(bp.opener.finish() == 0);
-  CHECK(bp.acceptor.finish() == 0);
+  bp.finish();
 }
 
 TEST_CASE("a large invoke request and a large reply travel as blobs, and a reply's blob is freed when dropped") {
@@ -264,8 +286,7 @@ TEST_CASE("a large invoke request and a large reply travel as blobs, and a reply
   // And the other way.
   CHECK(bp.acceptor.ask("invoke 1048576 22", 30s) == "reply ok 1048576 inplace");
   CHECK(bp.opener.ask("await-free", 15s) == "free");
-  CHECK(bp.opener.finish() == 0);
-  CHECK(bp.acceptor.finish() == 0);
+  bp.finish();
 }
 
 TEST_CASE("a message larger than the port's arena is TooLarge, and the port keeps serving") {
@@ -276,8 +297,7 @@ TEST_CASE("a message larger than the port's arena is TooLarge, and the port keep
   CHECK(bp.opener.ask("send 524288 32") == "sent");
   CHECK(bp.acceptor.ask("heard") == "ok 524288 inplace");
   CHECK(bp.opener.ask("invoke 2097152 33") == "error TooLarge");
-  CHECK(bp.opener.finish() == 0);
-  CHECK(bp.acceptor.finish() == 0);
+  bp.finish();
 }
 
 TEST_CASE("the supervisor's blob limits: an explicit size past them fails with TooLarge, the default is clamped") {
@@ -291,8 +311,7 @@ TEST_CASE("the supervisor's blob limits: an explicit size past them fails with T
   CHECK(words(bp.opener.ask("stats"))[4] == std::to_string(32u << 20));
   CHECK(bp.opener.ask("send 16777216 41") == "sent");
   CHECK(bp.acceptor.ask("heard", 30s) == "ok 16777216 inplace");
-  CHECK(bp.opener.finish() == 0);
-  CHECK(bp.acceptor.finish() == 0);
+  bp.finish();
 }
 
 TEST_CASE("kill -9 of either side of a port holding blobs leaves no name in /dev/shm") {
@@ -315,4 +334,15 @@ TEST_CASE("kill -9 of either side of a port holding blobs leaves no name in /dev
   }
   // The TestBus destructors checked their buses' names; nothing else was left either.
   CHECK(shmNames() == before);
+}
+
+TEST_CASE("bad blob descriptors from a hostile peer are dropped as InvalidMessage and the port keeps serving") {
+  BlobPair bp("blob-hostile");
+  REQUIRE(words(bp.open())[0] == "opened");
+  CHECK(bp.opener.ask("hostile") == "written");
+  // Only the good message after the bad ones is heard; the port did not end.
+  CHECK(bp.acceptor.ask("heard") == "ok 1000 inplace");
+  CHECK(bp.acceptor.ask("send 1048576 62") == "sent");
+  CHECK(bp.opener.ask("heard") == "ok 1048576 inplace");
+  bp.finish();
 }
