@@ -78,6 +78,8 @@ std::string checkBig(const Message& m, std::size_t expected) {
 ///   heard                       → the check of the next "big" message heard (checkBig)
 ///   invoke N SEED               → "reply " + checkBig of the reply | "error CODE"; the "big-echo"
 ///                                 handler checks the request and answers N bytes of SEED + 1
+///   invoke-async N SEED         → the same through "big-echo-async" (a Responder replying from
+///                                 another thread)
 ///   handled                     → the handler's check of the last request
 ///   stats                       → "stats HELD MESSAGES HIGHWATER ARENA" (Port::blobStats)
 ///   await-free                  → "free" once blobStats holds nothing (bounded poll, 10 s), else "held N"
@@ -117,6 +119,17 @@ class BlobPeer : public DrivenWindow {
         st.handled = checkBig(req, n);
       }
       bigMessage(n, r.getSeq() + 1)(reply);
+    }));
+    // The same from an async handler: its Responder replies from another thread.
+    st.regs.push_back(p->handleAsync("big-echo-async", [&st](const Message& req, Responder r, const CallContext&) {
+      const auto m = req.root<TestMessage>();
+      const std::size_t n = m.getBlob().size();
+      const std::uint64_t seed = m.getSeq() + 1;
+      {
+        std::lock_guard lk2(st.mu);
+        st.handled = checkBig(req, n);
+      }
+      std::thread([r, n, seed]() mutable { (void)r.reply(bigMessage(n, seed)); }).detach();
     }));
     st.regs.push_back(p->onClose([&st](const Error& why) {
       std::lock_guard lk2(st.mu);
@@ -182,9 +195,10 @@ class BlobPeer : public DrivenWindow {
         if (!st.heard.empty()) st.heard.pop_front();
         lk.unlock();
         link_.tellParent(c);
-      } else if (cmd[0] == "invoke") {
+      } else if (cmd[0] == "invoke" || cmd[0] == "invoke-async") {
         const std::size_t n = std::stoull(cmd[1]);
-        auto r = port()->invoke("big-echo", bigMessage(n, std::stoull(cmd[2])), {.timeout = 20000ms}).get();
+        const char* channel = cmd[0] == "invoke" ? "big-echo" : "big-echo-async";
+        auto r = port()->invoke(channel, bigMessage(n, std::stoull(cmd[2])), {.timeout = 20000ms}).get();
         link_.tellParent(r ? "reply " + checkBig(*r, n) : "error " + std::string(errorCodeName(r.code())));
       } else if (cmd[0] == "handled") {
         std::lock_guard lk(st.mu);
@@ -274,7 +288,7 @@ TEST_CASE("a 64 MiB message each way on a port is read in place and freed once i
   bp.finish();
 }
 
-TEST_CASE("a large invoke request and a large reply travel as blobs, and a reply's blob is freed when dropped") {
+TEST_CASE("a large invoke request and a large reply (sync or async handler) travel as blobs, and a reply's blob is freed when dropped") {
   BlobPair bp("blob-invoke");
   REQUIRE(words(bp.open())[0] == "opened");
   CHECK(bp.opener.ask("invoke 8388608 21", 30s) == "reply ok 8388608 inplace");
@@ -286,6 +300,10 @@ TEST_CASE("a large invoke request and a large reply travel as blobs, and a reply
   // And the other way.
   CHECK(bp.acceptor.ask("invoke 1048576 22", 30s) == "reply ok 1048576 inplace");
   CHECK(bp.opener.ask("await-free", 15s) == "free");
+  // An async handler's reply, from its Responder on another thread.
+  CHECK(bp.opener.ask("invoke-async 4194304 23", 30s) == "reply ok 4194304 inplace");
+  CHECK(bp.acceptor.ask("handled") == "ok 4194304 inplace");
+  CHECK(bp.acceptor.ask("await-free", 15s) == "free");
   bp.finish();
 }
 
