@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "blob/blob.hpp"
 #include "control/socket.hpp"
 #include "fuzz_util.hpp"
 #include "payload_layout.hpp"
@@ -169,6 +170,32 @@ void controlSeeds(const fs::path& corpus) {
   (void)sendControl(a.get(), ControlType::Mapped, 0);
   capture("mapped");
 }
+/// The blob harness's seeds: a descriptor and the arena it names, the message built by the
+/// sender's own code (BlobMessageBuilder), and the same descriptor with a stale generation. The
+/// arena image is cut after its last non-zero byte (the harness zero-fills the rest).
+void blobSeeds(const fs::path& corpus) {
+  constexpr std::size_t kArena = 16384;  // the harness's
+  fuzz::Bytes arena(nullptr, kArena);
+  BlobProducer producer(arena.data(), kArena);
+  auto c = producer.claim(sizeof(MessageTable));
+  if (!c) return;
+  BlobMessageBuilder mb(*c, producer.maxMessage());
+  auto data = mb.initRoot<capnp::AnyPointer>().initAs<capnp::Data>(3000);
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<std::uint8_t>(i);
+  const BlobDescriptor d = producer.commit(*c, mb.finish());
+  std::size_t used = kArena;
+  while (used > 0 && arena.data()[used - 1] == 0) --used;
+  auto seed = [&](const BlobDescriptor& desc) {
+    std::vector<std::uint8_t> out;
+    put(out, desc);
+    out.insert(out.end(), arena.data(), arena.data() + used);
+    return out;
+  };
+  save(corpus / "blob", "message", seed(d));
+  BlobDescriptor stale = d;
+  ++stale.generation;
+  save(corpus / "blob", "stale", seed(stale));
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -180,6 +207,7 @@ int main(int argc, char** argv) {
   frameSeeds(corpus);
   payloadSeeds(corpus, contractFingerprint(fuzz::kPayloadLayout));
   controlSeeds(corpus);
+  blobSeeds(corpus);
   std::printf("seeds written under %s\n", corpus.c_str());
   return 0;
 }

@@ -36,6 +36,7 @@ struct Hello {
   outboxBytes @3 :UInt32;
   spawnToken @4 :UInt64;    # non-zero for windows started by Supervisor::spawn
   inviteToken @5 :Text;     # Supervisor::invite's one-time token (hex), empty = none
+  blobBytes @6 :UInt64;     # a PortOpen's blob arena per direction (PortOptions::blobBytes; 0 = default)
 }
 
 struct Welcome {
@@ -54,6 +55,9 @@ struct Welcome {
   busName @11 :Text;
   cancelBoardOffset @12 :UInt64;  # the window's CancelBoard (wire/cancel_board.hpp)
   portId @13 :UInt64;
+  blobOutOffset @14 :UInt64;  # a port's blob arenas (docs/architecture.md §17): this side's, written
+  blobInOffset @15 :UInt64;   # by it, and the peer's, read in place; blobBytes 0 = no arenas
+  blobBytes @16 :UInt64;
   # A port (FrameKind::PortOffer / the PortOpen reply) is described by a Welcome too: windowId and
   # role are the peer's, the offsets are this side's inbox and outbox; 0 for a window's Welcome.
 }

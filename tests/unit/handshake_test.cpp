@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <capnp/message.h>
@@ -340,4 +341,51 @@ TEST_CASE("a port's two ends map one window layout with the rings swapped, and s
   CHECK(portCloseText(kPortClosedByAcceptor, true) == "the peer closed it");
   CHECK(portCloseText(kPortClosedByAcceptor, false) == "this side closed it");
   CHECK(portCloseText(99, true) == "it was closed (reason 99)");
+}
+
+TEST_CASE("a port's blob arenas follow its rings, page aligned, sparse, and each end writes the one the other reads") {
+  const std::string bus = uniqueBus("hs-blob");
+  constexpr std::uint64_t kBlob = 64u << 20;
+  const SegmentLayout l = segmentLayout(kDefaultPortRingBytes, kDefaultPortRingBytes, kBlob);
+  CHECK(l.inboxBlobOffset % 4096 == 0);
+  CHECK(l.inboxBlobOffset >= segmentLayout(kDefaultPortRingBytes, kDefaultPortRingBytes).totalBytes);
+  CHECK(l.outboxBlobOffset == l.inboxBlobOffset + kBlob);
+  CHECK(l.totalBytes == l.outboxBlobOffset + kBlob);
+  auto seg = createWindowSegment(bus, 9, kDefaultPortRingBytes, kDefaultPortRingBytes, 1u << 18, kBlob);
+  REQUIRE(seg.ok());
+  NameGuard guard{seg->name};
+  CHECK(seg->segment->size() == l.totalBytes);
+  {
+    // Sparse: the file is as large as both arenas, yet holds only the pages written so far.
+    auto fd = openSegmentFd(seg->name);
+    REQUIRE(fd.ok());
+    struct stat st {};
+    REQUIRE(::fstat(fd->get(), &st) == 0);
+    CHECK(static_cast<std::uint64_t>(st.st_size) == l.totalBytes);
+    CHECK(static_cast<std::uint64_t>(st.st_blocks) * 512 < (1u << 20));
+  }
+  auto info = [&](bool swapped) {
+    capnp::MallocMessageBuilder mb;
+    fillWelcome(mb, bus, 1, "peer", *seg, swapped, 9);
+    capnp::SegmentArrayMessageReader reader(mb.getSegmentsForOutput());
+    auto w = readWelcome(reader);
+    REQUIRE(w.ok());
+    CHECK(checkWelcomeLayout(*w, seg->segment->size()).ok());
+    return *w;
+  };
+  const WelcomeInfo opener = info(false), acceptor = info(true);
+  CHECK(opener.blobBytes == kBlob);
+  CHECK(opener.blobOutOffset == acceptor.blobInOffset);
+  CHECK(opener.blobInOffset == acceptor.blobOutOffset);
+  CHECK(opener.blobOutOffset != opener.blobInOffset);
+  // An arena outside the segment, of a size no page multiple, or overflowing is refused.
+  WelcomeInfo bad = opener;
+  bad.blobOutOffset = seg->segment->size() - 4096;
+  CHECK(checkWelcomeLayout(bad, seg->segment->size()).code() == ErrorCode::InvalidMessage);
+  bad = opener;
+  bad.blobBytes = kBlob + 64;
+  CHECK(checkWelcomeLayout(bad, seg->segment->size()).code() == ErrorCode::InvalidMessage);
+  bad = opener;
+  bad.blobInOffset = ~std::uint64_t{4095};
+  CHECK(checkWelcomeLayout(bad, seg->segment->size()).code() == ErrorCode::InvalidMessage);
 }

@@ -34,11 +34,15 @@ struct CancelProbe {
 /// (requests, sends, pushes: built in place, zero copy) or a process-local scratch arena (handler
 /// replies; see Window::handle). Call `initRoot<T>()` once. A message that outgrows the ring's
 /// maximum record makes the operation fail with TooLarge; one that outgrows the free space, Full.
+/// On a port, a message that outgrows the ring is a blob instead (shmbus/port.hpp,
+/// docs/architecture.md §17): built in the port's blob arena and read there in place.
 using Builder = capnp::MessageBuilder;
 
 /// A build callback: fills the payload of an outgoing message. It runs synchronously inside the
 /// call that takes it, on the calling thread, while the ring space is reserved: it must not send
-/// on the same endpoint itself.
+/// on the same endpoint itself. On a port it may run more than once for one message (a second
+/// time in the blob arena when the message outgrew the ring, a third after waiting for arena
+/// room), so it must build the same message each time and have no other effects.
 using BuildFn = std::function<void(Builder&)>;
 
 /// A received Cap'n Proto message, read in place from an inbox or outbox record (zero copy).

@@ -19,14 +19,30 @@ struct PortOptions {
   /// Capacity in bytes of each of the port's two rings (one per direction): a power of two in
   /// [4 KiB, 64 MiB] and at most the supervisor's window ring size (SupervisorOptions::inboxBytes
   /// or outboxBytes, the larger), else InvalidArgument. 0 = 64 KiB. The largest message is half
-  /// of it (and at most the supervisor's maxRecordBytes).
+  /// of it (and at most the supervisor's maxRecordBytes); larger messages travel as blobs.
   std::uint32_t ringBytes = 0;
+  /// Bytes of each of the port's two blob arenas (docs/architecture.md §17): messages larger
+  /// than the ring are built there and read in place, zero copy. 0 = 256 MiB, clamped to what
+  /// SupervisorOptions::blobBytesPerWindow and blobBytesPerBus leave (possibly none: then larger
+  /// messages are TooLarge). Given explicitly, it is rounded up to a multiple of 4 KiB, must be
+  /// at most 64 GiB (else InvalidArgument), and an open that the limits cannot grant fails with
+  /// TooLarge. The arenas are sparse: only blobs in flight use memory. The largest blob is the
+  /// arena's size minus 128 bytes.
+  std::uint64_t blobBytes = 0;
   /// How long openPort waits for the supervisor and the target (the target's onPort listener
   /// runs within it). 0 = kDefaultTimeout; negative: InvalidArgument; clamped to kMaxTimeout.
   std::chrono::milliseconds timeout{0};
   /// Timeout of the port's calls that give none (CallOptions::timeout 0), on this side.
   /// 0 = kDefaultTimeout; negative: InvalidArgument; clamped to kMaxTimeout.
   std::chrono::milliseconds callTimeout{0};
+};
+
+/// What one side of a port holds in its outgoing blob arena (Port::blobStats).
+struct BlobStats {
+  std::uint64_t bytesHeld = 0;      ///< bytes of blobs sent and not yet released by the peer
+  std::uint64_t messagesHeld = 0;   ///< how many such blobs
+  std::uint64_t bytesHighWater = 0; ///< the most bytes held at once since the port opened
+  std::uint64_t arenaBytes = 0;     ///< the arena's size (0: this port has no blob arenas)
 };
 
 /// Why a port ended, as its close listeners hear it.
@@ -68,8 +84,14 @@ class Port {
   bool isOpener() const noexcept;                ///< true on the side that called openPort
 
   /// One-way message to the peer (its Port::on listeners). Built in place in the port's ring.
-  /// Errors: Full (ring full; nothing written), TooLarge, TargetGone/Cancelled (the port is
-  /// closed), InvalidArgument (bad channel name).
+  /// A message too large for the ring is a blob (docs/architecture.md §17): `build` then runs a
+  /// second time (possibly a third, after waiting for room) over a builder in the port's blob
+  /// arena, and the ring carries a small descriptor; the peer reads the message in place and
+  /// releases it when its listeners return. So `build` must be repeatable (no side effects that
+  /// may not happen twice). When the arena has no room the send waits for the peer's releases
+  /// up to PortOptions::callTimeout, then fails with Full.
+  /// Errors: Full (ring or arena full; nothing sent), TooLarge (larger than the arena, or no
+  /// arena), TargetGone/Cancelled (the port is closed), InvalidArgument (bad channel name).
   Result<void> send(const Channel& channel, const BuildFn& build = {});
 
   /// Request to the peer's Port::handle. The deadline is kept by this side (no supervisor in the
@@ -78,6 +100,9 @@ class Port {
   /// on its cancel board in the port's segment), as does the deadline. Errors come back
   /// through the Call: NoHandler, Timeout, HandlerError, TargetGone, Cancelled, Full, TooLarge,
   /// InvalidMessage, Corrupt; InvalidArgument at once for a bad channel or a negative timeout.
+  /// Requests and replies larger than the ring travel as blobs as for send() (a blob request's
+  /// arena wait ends at the call's deadline); a reply held by its Message keeps its blob until
+  /// the last copy of that Message is dropped.
   Call invoke(const Channel& channel, const BuildFn& build = {}, CallOptions options = {});
 
   /// Adds a listener for the peer's send() on `channel` (listeners accumulate).
@@ -98,6 +123,10 @@ class Port {
   /// Dispatches what is ready, waiting up to `timeout` for the first message (0: do not wait).
   /// Errors: the port's end (its code), InvalidArgument (negative timeout).
   Result<void> poll(std::chrono::milliseconds timeout);
+
+  /// What this side's outgoing blob arena holds now (releases the peer made are reclaimed
+  /// first). For tests and diagnostics. Thread contract: any thread (takes the send lock).
+  BlobStats blobStats() const;
 
   /// Closes the port: the peer's pending calls fail with TargetGone and its close listeners run;
   /// this side's with Cancelled. Idempotent.

@@ -72,6 +72,14 @@ struct SupervisorOptions {
   std::uint32_t inboxBytes = 1u << 20;      ///< default inbox capacity per window (power of two)
   std::uint32_t outboxBytes = 1u << 20;     ///< default outbox capacity per window (power of two)
   std::uint32_t maxRecordBytes = 1u << 18;  ///< largest record (frame header + message), bytes
+  /// Most blob arena bytes (both directions of every port, docs/architecture.md §17) the ports
+  /// of one window may hold at once, as opener or acceptor. A port whose PortOptions::blobBytes
+  /// is 0 (the default) gets what is left, clamped (0 left: no arenas, and a message larger than
+  /// the ring is TooLarge as without blobs); one that asks more than is left fails to open with
+  /// TooLarge naming the limit. The arenas are sparse: only bytes of blobs in flight use memory.
+  std::uint64_t blobBytesPerWindow = 1ull << 30;
+  /// Most blob arena bytes of all the bus's ports at once; as blobBytesPerWindow.
+  std::uint64_t blobBytesPerBus = 4ull << 30;
   /// Spin budget of the dispatch loop before it parks in epoll, ns. 0 = park at once.
   std::chrono::nanoseconds spin{std::chrono::microseconds(4)};
   /// Bytes of the trace ring inspectors read (shmbus/inspect.hpp; rounded up to a power of two,

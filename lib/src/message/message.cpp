@@ -60,21 +60,24 @@ kj::ArrayPtr<capnp::word> RingMessageBuilder::allocateSegment(capnp::uint minimu
 }
 
 void RingMessageBuilder::throwExhausted(std::size_t minimumSize) {
-  // TooLarge only when no claim could hold the message: the words Cap'n Proto has used plus the
-  // new segment exceed the maximum record, or this claim already spans the maximum record (a new
-  // claim would be laid out the same way). Otherwise Full: the space handed out but unused at the
-  // end of the earlier segments does not count, and a larger claim made once the consumer has
-  // freed space may hold the message.
-  std::size_t usedWords = minimumSize;
-  for (auto segment : getSegmentsForOutput()) usedWords += segment.size();
+  // The space handed out but unused at the end of the earlier segments does not count: a larger
+  // claim may hold the message.
   const std::size_t maxRecord = producer_.geometry().maxRecord;
-  const std::size_t need = sizeof(RecordHeader) + offset_ + sizeof(MessageTable) + usedWords * kWord;
-  if (need > maxRecord || sizeof(RecordHeader) + claim_.bodyCapacity >= maxRecord) {
-    throw ClaimExhausted(ErrorCode::TooLarge, fmt::format("message needs at least {} bytes; the ring's maximum "
-                                                          "record is {} bytes", need, maxRecord));
+  throwClaimExhausted(*this, minimumSize, sizeof(RecordHeader) + offset_ + sizeof(MessageTable), maxRecord,
+                      sizeof(RecordHeader) + claim_.bodyCapacity >= maxRecord, "the ring");
+}
+
+void throwClaimExhausted(capnp::MessageBuilder& b, std::size_t minimumSize, std::size_t fixedBytes, std::size_t limit,
+                         bool claimSpansLimit, const char* space) {
+  std::size_t usedWords = minimumSize;
+  for (auto segment : b.getSegmentsForOutput()) usedWords += segment.size();
+  const std::size_t need = fixedBytes + usedWords * kWord;
+  if (need > limit || claimSpansLimit) {
+    throw ClaimExhausted(ErrorCode::TooLarge, fmt::format("message needs at least {} bytes; {}'s maximum record is "
+                                                          "{} bytes", need, space, limit));
   }
-  throw ClaimExhausted(ErrorCode::Full, fmt::format("message needs at least {} bytes; the ring has no more "
-                                                    "contiguous room now", need));
+  throw ClaimExhausted(ErrorCode::Full, fmt::format("message needs at least {} bytes; {} has no more contiguous room "
+                                                    "now", need, space));
 }
 
 std::size_t RingMessageBuilder::finish() {

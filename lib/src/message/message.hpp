@@ -42,6 +42,15 @@ struct ClaimExhausted : std::runtime_error {
   ErrorCode code;
 };
 
+/// Throws ClaimExhausted for builder `b`, out of space for a segment of `minimumSize` words:
+/// TooLarge when the words Cap'n Proto has used plus that segment, with `fixedBytes` (headers and
+/// the segment table), exceed `limit`, or when the claim already spans the limit
+/// (`claimSpansLimit`: a new claim would be laid out the same way); else Full, since a larger
+/// claim made once the consumer has freed space may hold the message. `space` names where the
+/// message goes in the error ("the ring", "the blob arena").
+[[noreturn]] void throwClaimExhausted(capnp::MessageBuilder& b, std::size_t minimumSize, std::size_t fixedBytes,
+                                      std::size_t limit, bool claimSpansLimit, const char* space);
+
 /// A capnp::MessageBuilder whose segments are carved out of one ring Claim, starting `offset`
 /// bytes into the claim's body. Segment 0 takes the rest of the claim (or, when the producer must
 /// zero, a first chunk that doubles on demand). When the claim is exhausted it tries to extend it

@@ -54,6 +54,9 @@ inline constexpr std::uint16_t kMaxFrameKind = 18;
 /// Frame flags.
 enum FrameFlags : std::uint16_t {
   kFlagNone = 0,
+  /// Ports only (docs/architecture.md §17): the payload is not a message but a BlobDescriptor
+  /// (blob/blob.hpp) naming a message in the sender's blob arena, read there in place.
+  kFlagBlob = 1,
 };
 
 /// `target` values: 0 is the supervisor (main); kTargetByRole means "resolve `role`".

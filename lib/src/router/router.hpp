@@ -102,6 +102,8 @@ struct RouterOptions {
   std::uint32_t inboxBytes = 1u << 20;
   std::uint32_t outboxBytes = 1u << 20;
   std::uint32_t maxRecordBytes = 1u << 18;
+  std::uint64_t blobBytesPerWindow = 1ull << 30;  ///< SupervisorOptions::blobBytesPerWindow
+  std::uint64_t blobBytesPerBus = 4ull << 30;     ///< SupervisorOptions::blobBytesPerBus
   std::chrono::nanoseconds spin{std::chrono::microseconds(4)};
   LogLevel logLevel = LogLevel::Warn;
   std::size_t traceRingBytes = kTraceDefaultCapacity;
@@ -348,7 +350,7 @@ class Router {
     std::uint64_t openerReq = 0;  // the PortOpen's request id, answered when accepted
     std::int64_t deadline = 0;    // the opener's deadline for the answer
     bool accepted = false;
-    WindowSegment seg;
+    WindowSegment seg;  // seg.blobBytes: the arena bytes per direction granted (§17)
     Fd fd;  // the segment's descriptor (its name is gone): sent to each end
   };
   void onPortOpen(Conn& w, const FrameView& f);

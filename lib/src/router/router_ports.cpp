@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "blob/blob.hpp"
 #include "bus.capnp.h"
 #include "protocol/frame_io.hpp"
 #include "router/router.hpp"
@@ -45,12 +46,15 @@ void Router::onPortOpen(Conn& w, const FrameView& f) {
   if (auto v = validatePayload(f.payload, f.payloadBytes); !v) return blame(w, h, "open port", v.error());
   auto what = [&] { return fmt::format("open port on '{}' from {}", registry_.nameOf(h.channel, w.id), w.describe()); };
   std::uint32_t ring = kDefaultPortRingBytes;
+  std::uint64_t blobAsked = 0;  // per direction; 0 = the default, clamped to what the limits leave
   {
     InPlaceMessage m;
     if (m.parse(f.payload, f.payloadBytes) && !m.empty()) {
       try {
-        const std::uint32_t asked = m.reader().getRoot<schema::Hello>().getInboxBytes();
+        auto hello = m.reader().getRoot<schema::Hello>();
+        const std::uint32_t asked = hello.getInboxBytes();
         if (asked != 0) ring = asked;
+        blobAsked = hello.getBlobBytes();
       } catch (const kj::Exception& e) {
         return refuse(makeError(ErrorCode::InvalidMessage, what() + ": " + e.getDescription().cStr()));
       }
@@ -84,18 +88,45 @@ void Router::onPortOpen(Conn& w, const FrameView& f) {
                                       fmt::format("{} to {}: no onPort listener", what(), t->describe())), t);
   }
   std::size_t mine = 0, theirs = 0;
+  std::uint64_t myBlobs = 0, theirBlobs = 0, busBlobs = 0;  // arena bytes held, both directions
   for (auto& [id, p] : ports_) {
-    mine += (p.opener == w.id || p.acceptor == w.id) ? 1 : 0;
-    theirs += (p.opener == t->id || p.acceptor == t->id) ? 1 : 0;
+    const bool m = p.opener == w.id || p.acceptor == w.id, th = p.opener == t->id || p.acceptor == t->id;
+    mine += m ? 1 : 0;
+    theirs += th ? 1 : 0;
+    myBlobs += m ? 2 * p.seg.blobBytes : 0;
+    theirBlobs += th ? 2 * p.seg.blobBytes : 0;
+    busBlobs += 2 * p.seg.blobBytes;
   }
   if (mine >= kMaxPortsPerWindow || theirs >= kMaxPortsPerWindow) {
     return refuse(makeError(ErrorCode::Full, fmt::format("{} to {}: a window may have {} ports", what(),
                                                                    t->describe(), kMaxPortsPerWindow)), t);
   }
+  // The blob arenas (§17): what the limits leave, per direction, in whole pages.
+  auto leftOf = [](std::uint64_t limit, std::uint64_t used) { return used >= limit ? 0 : limit - used; };
+  const std::uint64_t left = std::min({leftOf(opts_.blobBytesPerWindow, myBlobs), leftOf(opts_.blobBytesPerWindow, theirBlobs),
+                                       leftOf(opts_.blobBytesPerBus, busBlobs)}) / 2 / kBlobPage * kBlobPage;
+  std::uint64_t blob = 0;
+  if (blobAsked == 0) {
+    blob = std::min(kDefaultPortBlobBytes, left);
+    if (blob <= kBlobOverhead) blob = 0;  // nothing left: large messages are TooLarge on this port
+  } else {
+    if (blobAsked > kMaxPortBlobBytes) {
+      return refuse(makeError(ErrorCode::InvalidArgument, fmt::format("{}: blob arenas of {} bytes asked, at most {}",
+                                                                      what(), blobAsked, kMaxPortBlobBytes)), t);
+    }
+    blob = (blobAsked + kBlobPage - 1) / kBlobPage * kBlobPage;
+    if (blob > left) {
+      return refuse(makeError(ErrorCode::TooLarge,
+                              fmt::format("{} to {}: blob arenas of {} bytes per direction asked, {} left within the "
+                                          "limits (SupervisorOptions::blobBytesPerWindow {}, blobBytesPerBus {})",
+                                          what(), t->describe(), blob, left, opts_.blobBytesPerWindow,
+                                          opts_.blobBytesPerBus)), t);
+    }
+  }
   const std::uint64_t id = nextPortId_++;
   // The window segment's layout and code serve (wire/handshake): the opener's "inbox" and
   // "outbox" are the port's two directions; the acceptor sees them swapped.
-  auto seg = createWindowSegment(opts_.bus, static_cast<std::uint32_t>(id), ring, ring, opts_.maxRecordBytes);
+  auto seg = createWindowSegment(opts_.bus, static_cast<std::uint32_t>(id), ring, ring, opts_.maxRecordBytes, blob);
   if (!seg) return refuse(makeError(seg.code(), what() + ": " + seg.error().message), t);
   auto fd = openSegmentFd(seg->name);
   // Both ends map the descriptor, never the name: it goes at once, so no crash can leave it.

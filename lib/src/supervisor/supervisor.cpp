@@ -166,6 +166,8 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(SupervisorOptions options
   ro.inboxBytes = options.inboxBytes;
   ro.outboxBytes = options.outboxBytes;
   ro.maxRecordBytes = options.maxRecordBytes;
+  ro.blobBytesPerWindow = options.blobBytesPerWindow;
+  ro.blobBytesPerBus = options.blobBytesPerBus;
   ro.spin = options.spin;
   ro.traceRingBytes = options.traceRingBytes;
   if (auto c = checkPayloadCapture(options.payloadCapture); !c) return c.error();

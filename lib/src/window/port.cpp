@@ -7,6 +7,8 @@
 
 #include <fmt/format.h>
 
+#include <cstring>
+
 #include "bus.capnp.h"
 #include "control/control_protocol.hpp"
 #include "trace/trace_event.hpp"
@@ -62,6 +64,11 @@ Result<std::shared_ptr<Port::Impl>> makePort(Window::Impl& w, const WelcomeInfo&
   p->port->peerCancels = opener ? &boards->byAcceptor : &boards->byOpener;
   p->port->hub = w.hub;
   p->port->windowSegment = w.link.segment;
+  if (info.blobBytes != 0) {  // checkWelcomeLayout (attachLink) checked both arenas lie inside the segment
+    p->port->blobOut = BlobProducer(p->link.segment->base() + info.blobOutOffset, info.blobBytes);
+    p->port->blobIn = p->link.segment->base() + info.blobInOffset;
+    p->port->blobInBytes = info.blobBytes;
+  }
   p->log = Logger{"port", fmt::format("{}/{}#{} port {}", w.bus, w.link.role, w.link.id, info.portId), w.opts.logLevel};
   std::lock_guard lk(w.hub->mu);
   w.hub->ports[info.portId] = p;
@@ -114,6 +121,113 @@ void Window::Impl::endPort(std::uint32_t reason, ErrorCode code, const std::stri
       log(LogLevel::Warn, "a close listener of {} threw: {}", portName(*this), e.what());
     }
   }
+}
+
+// ---- blobs (docs/architecture.md §17)
+
+namespace {
+/// Claims arena room for a message of at least `minBody` bytes and lets `fill` write it (returns
+/// the bytes used, or ClaimExhausted's code: Full retries after the peer's next release, until
+/// `deadline`); commits the record and returns its descriptor. Caller holds outMu.
+template <typename Fill>
+Result<BlobDescriptor> claimBlob(Window::Impl& w, std::size_t minBody, std::int64_t deadline, Fill&& fill) {
+  BlobProducer& arena = w.port->blobOut;
+  for (;;) {
+    if (w.closed.load(std::memory_order_acquire)) return makeError(w.closeCode(), w.busClosedMessage());  // pairs with markClosed
+    Error why;
+    if (auto c = arena.claim(minBody); c) {
+      Result<std::size_t> used = fill(*c);
+      if (used) return arena.commit(*c, *used);
+      why = used.error();
+    } else {
+      why = c.error();
+    }
+    if (why.code != ErrorCode::Full) return why;
+    const auto st = arena.waitForRelease(deadline, w.spin, [&] {
+      // acquire: pairs with markClosed; a port's close word: SYNC POINT "port close".
+      return w.closed.load(std::memory_order_acquire) || w.portEnded();
+    });
+    if (st == WaitStatus::Timeout) {
+      why.message = fmt::format("{} (the peer released nothing in time)", why.message);
+      return why;
+    }
+  }
+}
+
+/// The deadline of a blob's waits: the frame's, else the port's call timeout from now.
+std::int64_t blobDeadline(const Window::Impl& w, const FrameHeader& h) {
+  return h.deadlineNs != 0 ? h.deadlineNs : deadlineAfter(monotonicNowNs(), w.port->callTimeout);
+}
+
+/// Sends the descriptor of a committed blob in a kFlagBlob frame, waiting for ring room until
+/// `deadline`; a descriptor that cannot be sent gives its record back. Caller holds outMu.
+Result<void> sendBlob(Window::Impl& w, FrameHeader h, const BlobDescriptor& d, std::int64_t deadline) {
+  h.flags |= kFlagBlob;
+  for (;;) {
+    auto r = writeFrameCopy(w.link.outbox, h, reinterpret_cast<const std::uint8_t*>(&d), sizeof d);
+    if (r || r.code() != ErrorCode::Full || w.waitForSpace(deadline) == WaitStatus::Timeout ||
+        w.closed.load(std::memory_order_acquire)) {  // acquire: pairs with markClosed
+      if (!r) w.port->blobOut.dropLast();
+      return r;
+    }
+  }
+}
+}  // namespace
+
+Result<void> Window::Impl::writeBlobLocked(const FrameHeader& h, const BuildFn& build,
+                                           std::atomic<std::size_t>* payloadBytes) {
+  const std::int64_t deadline = blobDeadline(*this, h);
+  auto d = claimBlob(*this, sizeof(MessageTable), deadline, [&](const BlobClaim& c) -> Result<std::size_t> {
+    BlobMessageBuilder mb(c, port->blobOut.maxMessage());
+    try {
+      if (build) build(mb);
+    } catch (const ClaimExhausted& e) {
+      port->blobOut.abort(c, mb.touched());
+      return makeError(e.code, e.what());
+    } catch (...) {
+      port->blobOut.abort(c, mb.touched());
+      throw;
+    }
+    return mb.finish();
+  });
+  if (!d) return d.error();
+  // relaxed: the ring's commit (SYNC POINT "record") publishes it with the frame, as writeFrame's.
+  if (payloadBytes != nullptr) payloadBytes->store(d->bytes, std::memory_order_relaxed);
+  return sendBlob(*this, h, *d, deadline);
+}
+
+Result<void> Window::Impl::writeBlobSegmentsLocked(const FrameHeader& h,
+                                                   kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments) {
+  if (segments.size() > kMaxSegments) {
+    return makeError(ErrorCode::TooLarge, fmt::format("message of {} segments (max {})", segments.size(), kMaxSegments));
+  }
+  const std::size_t bytes = sizeof(MessageTable) + messageBytes(segments);
+  const std::int64_t deadline = blobDeadline(*this, h);
+  auto d = claimBlob(*this, bytes, deadline, [&](const BlobClaim& c) -> Result<std::size_t> {
+    return copyBlobSegments(c, segments);
+  });
+  if (!d) return d.error();
+  return sendBlob(*this, h, *d, deadline);
+}
+
+Result<std::pair<const std::uint8_t*, std::size_t>> Window::Impl::payloadOf(const FrameView& f,
+                                                                             BlobRecordHeader*& blob) {
+  if ((f.header.flags & kFlagBlob) == 0) return std::pair{f.payload, f.payloadBytes};
+  if (!hasBlobs()) return makeError(ErrorCode::InvalidMessage, "a blob frame where there is no blob arena");
+  if (f.payloadBytes != sizeof(BlobDescriptor)) {
+    return makeError(ErrorCode::InvalidMessage,
+                     fmt::format("a blob frame of {} payload bytes (a descriptor is {})", f.payloadBytes,
+                                 sizeof(BlobDescriptor)));
+  }
+  BlobDescriptor d;
+  std::memcpy(&d, f.payload, sizeof d);  // copy before use: the peer may be hostile
+  auto v = checkBlobDescriptor(d, port->blobIn, port->blobInBytes);
+  if (!v) {
+    log(LogLevel::Warn, "{}: {}", portName(*this), v.error().message);
+    return v.error();
+  }
+  blob = v->record;
+  return std::pair{v->message, v->bytes};
 }
 
 // ---- the trace of a port's calls and sends (docs/architecture.md §14 "Ports")
@@ -282,17 +396,23 @@ Result<std::shared_ptr<Port>> Window::openPort(const Target& target, const Chann
   if (auto v = checkRingSizes(ring, ring); !v) return v.error();
   auto callTimeout = checkCallTimeout(options.callTimeout, "PortOptions::callTimeout");
   if (!callTimeout) return callTimeout.error();
+  if (options.blobBytes > kMaxPortBlobBytes) {
+    return makeError(ErrorCode::InvalidArgument, fmt::format("open port on '{}': PortOptions::blobBytes {} is more "
+                                                             "than {}", channel.name, options.blobBytes,
+                                                             kMaxPortBlobBytes));
+  }
   CallOptions co;
   // 0 = kDefaultTimeout, never a window call's "the channel's default": the router keeps the
   // open's deadline too (a negative one fails in invokeImpl with InvalidArgument).
   co.timeout = options.timeout.count() != 0 ? options.timeout : kDefaultTimeout;
   Call call = impl_->invokeImpl(
       target, channel,
-      [ring](Builder& b) {
+      [ring, blob = options.blobBytes](Builder& b) {
         // A port's rings are asked for as a window's are.
         auto h = b.initRoot<schema::Hello>();
         h.setInboxBytes(ring);
         h.setOutboxBytes(ring);
+        h.setBlobBytes(blob);
       },
       co, FrameKind::PortOpen);
   auto reply = call.get();
@@ -450,6 +570,14 @@ void Port::close() {
   } else {
     impl_->dispatcher.join();
   }
+}
+
+BlobStats Port::blobStats() const {
+  std::lock_guard lk(impl_->outMu);
+  BlobProducer& a = impl_->port->blobOut;
+  if (!a.valid()) return {};
+  a.reclaim();
+  return BlobStats{a.bytesHeld(), a.messagesHeld(), a.bytesHighWater(), a.arenaBytes()};
 }
 
 bool Port::closed() const noexcept {

@@ -17,6 +17,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "blob/blob.hpp"
 #include "call/call.hpp"
 #include "call/callbacks.hpp"
 #include "common/grow_only_ids.hpp"
@@ -135,6 +136,11 @@ struct Window::Impl : CallOwner {
     std::optional<Error> ended;                                               // guarded by mu
     std::mutex joinMu;  // Port::close: one thread joins the dispatch thread
     std::shared_ptr<Segment> windowSegment;  // the owning window's: its trace word (kept mapped)
+    // The blob arenas (blob/blob.hpp, docs/architecture.md §17): the one this end writes (its
+    // one producer holds outMu) and the peer's, read in place; none when blobIn is null.
+    BlobProducer blobOut;  // guarded by outMu
+    std::uint8_t* blobIn = nullptr;
+    std::size_t blobInBytes = 0;
     /// Whether an inspector is attached to the bus: the window segment's trace word.
     bool tracing() const noexcept {
       // relaxed: a hint (Router::setTraceWords); the records travel on the outbox, which orders
@@ -224,9 +230,32 @@ struct Window::Impl : CallOwner {
     for (;;) {
       if (closed.load(std::memory_order_acquire)) return makeError(closeCode(), busClosedMessage());
       auto r = writeFrame(link.outbox, h, build, hint, true, payloadBytes);
+      // Too large for a port's ring: built again in its blob arena (§17).
+      if (!r && r.code() == ErrorCode::TooLarge && hasBlobs()) return writeBlobLocked(h, build, payloadBytes);
       if (r || r.code() != ErrorCode::Full || waitUntil == 0) return r;
       if (waitForSpace(waitUntil) == WaitStatus::Timeout) return r;
     }
+  }
+
+  // ---- blobs (docs/architecture.md §17; port.cpp)
+
+  /// A port's end with blob arenas.
+  bool hasBlobs() const noexcept { return port && port->blobIn != nullptr; }
+  /// Builds `build`'s message in this end's blob arena and sends its descriptor (caller holds
+  /// outMu). Waits for the peer's releases, and then for ring room for the descriptor, until the
+  /// frame's deadline or the port's callTimeout. Errors: TooLarge, Full, the end's close code.
+  Result<void> writeBlobLocked(const FrameHeader& h, const BuildFn& build, std::atomic<std::size_t>* payloadBytes);
+  /// Copies the message `segments` into the blob arena and sends its descriptor (caller holds
+  /// outMu): a handler's reply too large for the ring. Errors: as writeBlobLocked.
+  Result<void> writeBlobSegmentsLocked(const FrameHeader& h,
+                                       kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments);
+  /// The payload of `f`: its bytes in the ring or, for a kFlagBlob frame on a port, the message
+  /// its descriptor names in the peer's arena (`blob` then set to its record, which the caller
+  /// releases when done). Errors: InvalidMessage (a bad descriptor, or kFlagBlob off a port).
+  Result<std::pair<const std::uint8_t*, std::size_t>> payloadOf(const FrameView& f, BlobRecordHeader*& blob);
+  /// Releases a record of the peer's arena read through payloadOf.
+  void releaseBlobIn(BlobRecordHeader* blob) noexcept {
+    releaseBlob(blob, reinterpret_cast<BlobControl*>(port->blobIn));
   }
 
   Result<void> writeOut(const FrameHeader& h, const BuildFn& build, std::size_t hint, std::int64_t waitUntil) {
@@ -468,9 +497,11 @@ struct Window::Impl : CallOwner {
 
   void onInvoke(const FrameView& f, InPlaceMessage& msg);
 
-  /// Completes a pending call from a Reply/Error record. Returns true when the record is now
-  /// leased to a Message (released when that Message dies).
-  bool onReply(const FrameView& f, const RecordView& rec);
+  /// Completes a pending call from a Reply/Error record whose payload is `payload` (payloadOf).
+  /// Returns true when the record is now leased to a Message (released when that Message dies),
+  /// and then takes `blob` too (set to null).
+  bool onReply(const FrameView& f, const RecordView& rec,
+               const Result<std::pair<const std::uint8_t*, std::size_t>>& payload, BlobRecordHeader*& blob);
 
 
   /// A handler's outcome for one request goes into the outbox (from any thread).
@@ -490,6 +521,7 @@ struct Window::Impl : CallOwner {
       for (;;) {
         if (w_.closed.load(std::memory_order_acquire)) return makeError(ErrorCode::BusClosed, w_.busClosedMessage());
         auto wr = writeFrameSegments(w_.link.outbox, r, segs);
+        if (!wr && wr.code() == ErrorCode::TooLarge && w_.hasBlobs()) wr = w_.writeBlobSegmentsLocked(r, segs);
         if (wr) return wr;
         if (wr.code() != ErrorCode::Full ||
             w_.waitForSpace(deadline_ != 0 ? deadline_ : monotonicNowNs() + 1'000'000'000) == WaitStatus::Timeout) {

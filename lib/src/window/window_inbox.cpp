@@ -86,14 +86,16 @@ void Window::Impl::handleRecord(const RecordView& rec) {
     lease->held.emplace_back(rec.end, false);
   }
   bool leased = false;
+  BlobRecordHeader* blob = nullptr;  // a blob read from the peer's arena: released below unless leased
   auto f = parseFrame(rec);
   if (f && f->header.kind == static_cast<std::uint16_t>(FrameKind::Reply) && f->header.requestId != 0) {
     // A reply is parsed once, by onReply, into the holder that leases its record (a malformed one
     // fails its call with InvalidMessage).
-    leased = onReply(*f, rec);
+    leased = onReply(*f, rec, payloadOf(*f, blob), blob);
   } else if (f) {
     InPlaceMessage msg;
-    auto parsed = msg.parse(f->payload, f->payloadBytes);
+    auto payload = payloadOf(*f, blob);
+    auto parsed = payload ? msg.parse(payload->first, payload->second) : Result<void>(payload.error());
     const auto kind = static_cast<FrameKind>(f->header.kind);
     if (!parsed) {
       if (kind == FrameKind::Invoke) replyError(f->header, parsed.error());
@@ -106,7 +108,7 @@ void Window::Impl::handleRecord(const RecordView& rec) {
         case FrameKind::Cancel: onCancelFrame(f->header.requestId); break;
         case FrameKind::Reply:
         case FrameKind::Error:
-          if (f->header.requestId != 0) leased = onReply(*f, rec);
+          if (f->header.requestId != 0) leased = onReply(*f, rec, payload, blob);
           break;
         default: break;
       }
@@ -122,14 +124,17 @@ void Window::Impl::handleRecord(const RecordView& rec) {
             onSendFailed(*f, msg);
             break;
           }
-          leased = onReply(*f, rec);
+          leased = onReply(*f, rec, payload, blob);
           break;
-        case FrameKind::Reply: leased = onReply(*f, rec); break;
+        case FrameKind::Reply: leased = onReply(*f, rec, payload, blob); break;
         default: break;
       }
     }
   }
   if (!leased) markReleased(*lease, rec.end);
+  // The listeners and handlers have returned (an async handler copied what it keeps): the peer
+  // may reuse the blob.
+  if (blob != nullptr) releaseBlobIn(blob);
 }
 
 void Window::Impl::onIntern(InPlaceMessage& msg) {
@@ -289,8 +294,12 @@ struct LeasedReply final : HeldMessage {
   RingControl* ctl = nullptr;
   std::shared_ptr<Segment> seg;  // keeps the mapping while the window closes under a held reply
   const std::atomic<std::thread::id>* dispatcher = nullptr;
+  BlobRecordHeader* blob = nullptr;  // a blob reply's record in the peer's arena (§17)
+  BlobControl* blobControl = nullptr;
 
   ~LeasedReply() override {
+    // The mapping is still ours (seg): the peer may reuse the blob, whether or not the port lives.
+    if (blob != nullptr) releaseBlob(blob, blobControl);
     auto l = lease.lock();
     if (!l) return;
     Window::Impl::markReleased(*l, end);
@@ -306,7 +315,8 @@ struct LeasedReply final : HeldMessage {
 };
 }  // namespace
 
-bool Window::Impl::onReply(const FrameView& f, const RecordView& rec) {
+bool Window::Impl::onReply(const FrameView& f, const RecordView& rec,
+                           const Result<std::pair<const std::uint8_t*, std::size_t>>& payload, BlobRecordHeader*& blob) {
   std::shared_ptr<CallState> s = pending.take(f.header.requestId);
   if (!s) return false;  // cancelled or timed out locally: dropped
   // One clock read serves the learned spin and a port's deadline check.
@@ -320,21 +330,26 @@ bool Window::Impl::onReply(const FrameView& f, const RecordView& rec) {
   }
   if (f.header.kind == static_cast<std::uint16_t>(FrameKind::Error)) {
     InPlaceMessage m;
-    (void)m.parse(f.payload, f.payloadBytes);
+    if (payload) (void)m.parse(payload->first, payload->second);
     completeCall(s, decodeError(f.header, m));
     return false;
   }
   auto held = std::make_shared<LeasedReply>();
-  if (auto parsed = held->msg.parse(f.payload, f.payloadBytes); !parsed) {
+  if (auto parsed = payload ? held->msg.parse(payload->first, payload->second) : Result<void>(payload.error());
+      !parsed) {
     completeCall(s, parsed.error());
     return false;
+  }
+  if (blob != nullptr) {
+    held->blob = std::exchange(blob, nullptr);
+    held->blobControl = reinterpret_cast<BlobControl*>(port->blobIn);
   }
   held->lease = lease;
   held->end = rec.end;
   held->ctl = link.inbox.control();
   held->seg = link.segment;
   held->dispatcher = &dispatchingThread;
-  s->replyBytes = static_cast<std::uint32_t>(f.payloadBytes);  // for a traced call's onEnd
+  s->replyBytes = static_cast<std::uint32_t>(payload->second);  // for a traced call's onEnd
   completeCall(s, Message(std::move(held), f.header.schemaId));
   return true;
 }

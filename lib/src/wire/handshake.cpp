@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "blob/blob.hpp"
 #include "common/validate.hpp"
 #include "protocol/frame.hpp"
 #include "wait/wait.hpp"
@@ -82,22 +83,30 @@ Result<void> checkRingSizes(std::uint32_t in, std::uint32_t out) {
                    fmt::format("ring sizes {} / {} bytes must be powers of two in [4 KiB, 64 MiB]", in, out));
 }
 
-SegmentLayout segmentLayout(std::uint32_t inCap, std::uint32_t outCap) noexcept {
+SegmentLayout segmentLayout(std::uint32_t inCap, std::uint32_t outCap, std::uint64_t blobBytes) noexcept {
   SegmentLayout l;
   l.boardOffset = sizeof(SegmentHeader);
   l.inboxOffset = l.boardOffset + sizeof(CancelBoard);
   l.outboxOffset = l.inboxOffset + ringFootprint(inCap);
   l.totalBytes = l.outboxOffset + ringFootprint(outCap);
+  if (blobBytes != 0) {
+    l.inboxBlobOffset = alignUp(l.totalBytes, kBlobPage);
+    l.outboxBlobOffset = l.inboxBlobOffset + blobBytes;
+    l.totalBytes = l.outboxBlobOffset + blobBytes;
+  }
   return l;
 }
 
 Result<WindowSegment> createWindowSegment(const std::string& bus, std::uint32_t id, std::uint32_t inCap,
-                                          std::uint32_t outCap, std::uint32_t maxRecordBytes) {
+                                          std::uint32_t outCap, std::uint32_t maxRecordBytes, std::uint64_t blobBytes) {
   WindowSegment w;
   w.inboxBytes = inCap;
   w.outboxBytes = outCap;
   w.maxRecord = std::min<std::uint32_t>(maxRecordBytes, std::min(inCap, outCap) / 2);
-  const SegmentLayout l = segmentLayout(inCap, outCap);
+  const SegmentLayout l = segmentLayout(inCap, outCap, blobBytes);
+  w.inboxBlobOffset = l.inboxBlobOffset;
+  w.outboxBlobOffset = l.outboxBlobOffset;
+  w.blobBytes = blobBytes;
   w.boardOffset = l.boardOffset;
   w.inboxOffset = l.inboxOffset;
   w.outboxOffset = l.outboxOffset;
@@ -133,6 +142,11 @@ void fillWelcome(capnp::MessageBuilder& mb, const std::string& bus, std::uint32_
   w.setBusName(bus);
   w.setCancelBoardOffset(seg.boardOffset);
   w.setPortId(portId);
+  // A port's arenas: the opener writes the outbox's (its outbox is that ring), the acceptor the
+  // inbox's; each reads the other's (§17).
+  w.setBlobBytes(seg.blobBytes);
+  w.setBlobOutOffset(swapped ? seg.inboxBlobOffset : seg.outboxBlobOffset);
+  w.setBlobInOffset(swapped ? seg.outboxBlobOffset : seg.inboxBlobOffset);
 }
 
 Result<Fd> openSegmentFd(const std::string& name) {
@@ -241,6 +255,9 @@ Result<WelcomeInfo> readWelcome(capnp::MessageReader& reader) {
     info.outboxOffset = w.getOutboxOffset();
     info.boardOffset = w.getCancelBoardOffset();
     info.portId = w.getPortId();
+    info.blobOutOffset = w.getBlobOutOffset();
+    info.blobInOffset = w.getBlobInOffset();
+    info.blobBytes = w.getBlobBytes();
     return info;
   } catch (const kj::Exception& e) {
     return makeError(ErrorCode::InvalidMessage, std::string("malformed welcome: ") + e.getDescription().cStr());
@@ -269,6 +286,10 @@ Result<void> checkWelcomeLayout(const WelcomeInfo& w, std::size_t size) {
       !fits(w.inboxOffset, ringFootprint(w.inbox.capacity)) || !fits(w.outboxOffset, ringFootprint(w.outbox.capacity)) ||
       !fits(w.boardOffset, sizeof(CancelBoard))) {
     return makeError(ErrorCode::InvalidMessage, "welcome describes rings outside the segment");
+  }
+  if (w.blobBytes != 0 && (w.blobBytes % kBlobPage != 0 || w.blobBytes <= kBlobOverhead ||
+                           !fits(w.blobOutOffset, w.blobBytes) || !fits(w.blobInOffset, w.blobBytes))) {
+    return makeError(ErrorCode::InvalidMessage, "welcome describes blob arenas outside the segment");
   }
   return {};
 }

@@ -72,9 +72,13 @@ Result<void> checkRingSizes(std::uint32_t inboxBytes, std::uint32_t outboxBytes)
 /// Where the parts of a window's segment lie (bytes from its start).
 struct SegmentLayout {
   std::uint64_t boardOffset = 0, inboxOffset = 0, outboxOffset = 0, totalBytes = 0;
+  /// A port's blob arenas (docs/architecture.md §17), after the rings, page aligned: the one
+  /// written by the inbox's producer first, then the outbox's; 0 when there are none.
+  std::uint64_t inboxBlobOffset = 0, outboxBlobOffset = 0;
 };
-/// The layout of a segment with rings of `inboxBytes` and `outboxBytes` capacity.
-SegmentLayout segmentLayout(std::uint32_t inboxBytes, std::uint32_t outboxBytes) noexcept;
+/// The layout of a segment with rings of `inboxBytes` and `outboxBytes` capacity and, for a port,
+/// two blob arenas of `blobBytes` each (a multiple of 4 KiB; 0 = none).
+SegmentLayout segmentLayout(std::uint32_t inboxBytes, std::uint32_t outboxBytes, std::uint64_t blobBytes = 0) noexcept;
 
 /// A window's segment, created and laid out by the supervisor.
 struct WindowSegment {
@@ -85,12 +89,16 @@ struct WindowSegment {
   CancelBoard* cancels = nullptr;
   std::uint64_t inboxOffset = 0, outboxOffset = 0, boardOffset = 0;
   std::uint32_t inboxBytes = 0, outboxBytes = 0, maxRecord = 0;
+  std::uint64_t inboxBlobOffset = 0, outboxBlobOffset = 0, blobBytes = 0;  ///< a port's arenas (§17)
 };
 
 /// Creates the segment of window `id` on `bus` (rings of the given capacities; records up to
-/// min(maxRecordBytes, capacity / 2)). Errors: SystemError.
+/// min(maxRecordBytes, capacity / 2)) and, for a port, two sparse blob arenas of `blobBytes`
+/// each (a multiple of 4 KiB; the file is ftruncate'd, so untouched arena pages use no memory).
+/// Errors: SystemError.
 Result<WindowSegment> createWindowSegment(const std::string& bus, std::uint32_t id, std::uint32_t inboxBytes,
-                                          std::uint32_t outboxBytes, std::uint32_t maxRecordBytes);
+                                          std::uint32_t outboxBytes, std::uint32_t maxRecordBytes,
+                                          std::uint64_t blobBytes = 0);
 
 /// Writes a Welcome describing `seg` into `mb`: for a window (`swapped` false, `portId` 0), or for
 /// one end of a port (docs/architecture.md §16): `id` and `role` are then the peer's, and the
@@ -141,6 +149,9 @@ struct WelcomeInfo {
   RingGeometry inbox, outbox;
   std::uint64_t inboxOffset = 0, outboxOffset = 0, boardOffset = 0;
   std::uint64_t portId = 0;  ///< a port's description (docs/architecture.md §16); 0 for a window
+  /// A port's blob arenas (§17): the one this side writes, the one the peer writes, and the size
+  /// of each (0: none).
+  std::uint64_t blobOutOffset = 0, blobInOffset = 0, blobBytes = 0;
 };
 
 /// Decodes a Welcome message (untrusted: the caller's reader bounds it). A refusal comes back as

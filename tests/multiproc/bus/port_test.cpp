@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "bus_test.hpp"
+#include "port_peer.hpp"
 #include "segment/segment.hpp"
 #include "wire/handshake.hpp"
 
@@ -48,11 +49,7 @@ class PortPeer : public DrivenWindow {
   }
 
  private:
-  struct State {
-    std::mutex mu;
-    std::condition_variable cv;
-    std::shared_ptr<Port> port;
-    std::vector<Registration> regs;
+  struct State : PortHolder {
     std::string closed;  // "CODE STAMP" once the close listener ran
     Inbox notes;
     std::vector<std::thread> responders;  // hang-async's watchers, joined at the end
@@ -93,15 +90,7 @@ class PortPeer : public DrivenWindow {
   /// next record would go in port `id`'s ring to the acceptor (nothing was sent on it yet), and
   /// wakes the acceptor. The mapping is found by the segment's name in /proc/self/maps.
   static void scribble(const std::string& bus, std::uint64_t id) {
-    std::ifstream maps("/proc/self/maps");
-    const std::string name = fmt::format("/dev/shm/shmbus.{}.{}.", bus, id);
-    std::uint8_t* base = nullptr;
-    for (std::string line; std::getline(maps, line);) {
-      if (line.find(name) == std::string::npos) continue;
-      base = reinterpret_cast<std::uint8_t*>(std::stoull(line.substr(0, line.find('-')), nullptr, 16));
-      break;
-    }
-    childCheck(base != nullptr, "the port's mapping was not found");
+    std::uint8_t* base = portMapping(bus, id);
     const auto layout = detail::segmentLayout(detail::kDefaultPortRingBytes, detail::kDefaultPortRingBytes);
     auto* control = reinterpret_cast<detail::RingControl*>(base + layout.outboxOffset);
     auto* record = detail::headerAt(base + layout.outboxOffset + sizeof(detail::RingControl), 0);
@@ -117,10 +106,7 @@ class PortPeer : public DrivenWindow {
     std::thread waiter;
     Call pending;
     announceReady(*w);
-    auto port = [&] {
-      std::lock_guard lk(st.mu);
-      return st.port;
-    };
+    auto port = [&] { return st.get(); };
     for (;;) {
       const auto cmd = words(link_.hearParent(120s));
       if (cmd.empty() || cmd[0] == "done") break;
@@ -135,13 +121,8 @@ class PortPeer : public DrivenWindow {
         link_.tellParent("unlistened");
       } else if (cmd[0] == "open") {
         const auto ring = static_cast<std::uint32_t>(cmd.size() > 3 ? std::stoul(cmd[3]) : 0);
-        auto p = w->openPort(cmd[1], cmd[2], {.ringBytes = ring, .timeout = 5000ms});
-        if (!p) {
-          link_.tellParent("error " + std::string(errorCodeName(p.code())) + " " + p.error().message);
-          continue;
-        }
-        setup(st, *p);
-        link_.tellParent(fmt::format("opened {}", (*p)->id()));
+        answerOpen(link_, *w, cmd[1], cmd[2], {.ringBytes = ring, .timeout = 5000ms},
+                   [&](const std::shared_ptr<Port>& p) { setup(st, p); });
       } else if (cmd[0] == "invoke") {
         const std::chrono::milliseconds timeout(cmd.size() > 3 ? std::stol(cmd[3]) : 5000);
         auto r = port()->invoke(cmd[1], text(cmd[2]), {.timeout = timeout}).get();
@@ -182,9 +163,7 @@ class PortPeer : public DrivenWindow {
       responders.swap(st.responders);
     }
     for (auto& t : responders) t.join();
-    std::lock_guard lk(st.mu);
-    st.regs.clear();
-    st.port.reset();
+    st.drop();
   }
 };
 

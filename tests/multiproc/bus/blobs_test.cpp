@@ -1,0 +1,366 @@
+// Blobs on ports (docs/architecture.md §17) across real processes: two windows, each in a forked
+// child driven by the test process through a Link, send messages far larger than the port's
+// ring both ways, call with large requests and replies, and are killed with SIGKILL while blobs
+// are held. Each side checks what it read in place (the pattern, and that the bytes lie in the
+// port's shared mapping, not in a copy); the sender's Port::blobStats tell when the receiver
+// released. Tens of MiB per case: the program runs alone (meson is_parallel: false).
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+
+#include <csignal>
+#include <dirent.h>
+#include <fstream>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "blob/blob.hpp"
+#include "bus_test.hpp"
+#include "port_peer.hpp"
+#include "protocol/frame_io.hpp"
+#include "segment/segment.hpp"
+
+using namespace shmbus;
+using namespace shmbus::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+/// The byte at `i` of a blob made with `seed`.
+std::uint8_t patternByte(std::uint64_t seed, std::size_t i) {
+  return static_cast<std::uint8_t>((i * 2654435761u + seed) >> 7);
+}
+
+/// Builds a TestMessage whose blob holds `n` pattern bytes of `seed` (and `seq` = n).
+BuildFn bigMessage(std::size_t n, std::uint64_t seed) {
+  return [n, seed](Builder& b) {
+    auto m = b.initRoot<TestMessage>();
+    m.setSeq(seed);
+    auto data = m.initBlob(static_cast<unsigned>(n));
+    for (std::size_t i = 0; i < n; ++i) data[i] = patternByte(seed, i);
+  };
+}
+
+/// The address ranges of this process's shared mappings of the bus's segments (/proc/self/maps).
+std::vector<std::pair<std::uintptr_t, std::uintptr_t>> segmentMappings() {
+  std::ifstream maps("/proc/self/maps");
+  std::vector<std::pair<std::uintptr_t, std::uintptr_t>> out;
+  for (std::string line; std::getline(maps, line);) {
+    if (line.find("/dev/shm/shmbus.") == std::string::npos) continue;
+    const auto dash = line.find('-'), space = line.find(' ');
+    out.emplace_back(std::stoull(line.substr(0, dash), nullptr, 16),
+                     std::stoull(line.substr(dash + 1, space - dash - 1), nullptr, 16));
+  }
+  return out;
+}
+
+/// "ok SIZE inplace" when `m` holds the pattern its seq names over `expected` bytes, read where
+/// the peer wrote it (inside a segment's mapping); else what is wrong.
+std::string checkBig(const Message& m, std::size_t expected) {
+  auto r = m.tryRoot<TestMessage>();
+  if (!r) return "bad " + r.error().message;
+  const auto data = r->getBlob();
+  if (data.size() != expected) return fmt::format("bad size {}", data.size());
+  const std::uint64_t seed = r->getSeq();
+  for (std::size_t i = 0; i < data.size(); ++i) {
+    if (data[i] != patternByte(seed, i)) return fmt::format("bad byte {}", i);
+  }
+  const auto at = reinterpret_cast<std::uintptr_t>(data.begin());
+  bool inPlace = false;
+  for (auto [from, to] : segmentMappings()) inPlace = inPlace || (at >= from && at + data.size() <= to);
+  return fmt::format("ok {} {}", data.size(), inPlace ? "inplace" : "copied");
+}
+
+/// One window of a blob test, in a forked child (DrivenWindow). Commands, one line each:
+///   listen CHANNEL              → "listening" (accepts ports on CHANNEL)
+///   open TARGET CHANNEL [BLOB]  → "opened ID" | "error CODE MESSAGE" (BLOB: PortOptions::blobBytes)
+///   send N SEED                 → "sent" | "error CODE" (a TestMessage with N blob bytes, on "big")
+///   heard                       → the check of the next "big" message heard (checkBig)
+///   invoke N SEED               → "reply " + checkBig of the reply | "error CODE"; the "big-echo"
+///                                 handler checks the request and answers N bytes of SEED + 1
+///   invoke-async N SEED         → the same through "big-echo-async" (a Responder replying from
+///                                 another thread)
+///   handled                     → the handler's check of the last request
+///   stats                       → "stats HELD MESSAGES HIGHWATER ARENA" (Port::blobStats)
+///   await-free                  → "free" once blobStats holds nothing (bounded poll, 10 s), else "held N"
+///   await-close                 → "closed CODE" once the port ended
+///   hostile                     → "written": as a hostile peer, writes kFlagBlob frames with bad
+///                                 descriptors on "big" into the port's ring to the peer, then a
+///                                 good 1000-byte message (use it before this side sent anything;
+///                                 this side's own producer is out of step afterwards)
+///   done                        → exits.
+class BlobPeer : public DrivenWindow {
+ public:
+  BlobPeer(TestBus& tb, std::string role) : DrivenWindow(std::move(role)) {
+    forkBody(tb, [this](const std::string& bus) { body(bus); });
+  }
+
+ private:
+  struct State : PortHolder {
+    std::deque<std::string> heard;  // checks of "big" messages
+    std::string handled;            // the handler's check of its last request
+    std::string closed;             // the close code once ended
+  };
+
+  void setup(State& st, const std::shared_ptr<Port>& p) {
+    std::lock_guard lk(st.mu);
+    st.port = p;
+    st.regs.push_back(p->on("big", [&st](const Message& m, const CallContext&) {
+      const std::string c = checkBig(m, m.root<TestMessage>().getBlob().size());
+      std::lock_guard lk2(st.mu);
+      st.heard.push_back(c);
+      st.cv.notify_all();
+    }));
+    st.regs.push_back(p->handle("big-echo", [&st](const Message& req, Builder& reply, const CallContext&) {
+      const auto r = req.root<TestMessage>();
+      const std::size_t n = r.getBlob().size();
+      {
+        std::lock_guard lk2(st.mu);
+        st.handled = checkBig(req, n);
+      }
+      bigMessage(n, r.getSeq() + 1)(reply);
+    }));
+    // The same from an async handler: its Responder replies from another thread.
+    st.regs.push_back(p->handleAsync("big-echo-async", [&st](const Message& req, Responder r, const CallContext&) {
+      const auto m = req.root<TestMessage>();
+      const std::size_t n = m.getBlob().size();
+      const std::uint64_t seed = m.getSeq() + 1;
+      {
+        std::lock_guard lk2(st.mu);
+        st.handled = checkBig(req, n);
+      }
+      std::thread([r, n, seed]() mutable { (void)r.reply(bigMessage(n, seed)); }).detach();
+    }));
+    st.regs.push_back(p->onClose([&st](const Error& why) {
+      std::lock_guard lk2(st.mu);
+      st.closed = errorCodeName(why.code);
+      st.cv.notify_all();
+    }));
+    p->start();
+  }
+
+  /// The "hostile" command: a second producer over this side's ring of port `id` (found by the
+  /// segment's name in /proc/self/maps, at position 0: nothing was sent on it yet).
+  static void hostile(const std::string& bus, std::uint64_t id) {
+    std::uint8_t* base = portMapping(bus, id);
+    constexpr std::uint32_t kRing = detail::kDefaultPortRingBytes;
+    const auto layout = detail::segmentLayout(kRing, kRing, detail::kDefaultPortBlobBytes);
+    detail::RingProducer raw(reinterpret_cast<detail::RingControl*>(base + layout.outboxOffset),
+                             base + layout.outboxOffset + sizeof(detail::RingControl),
+                             detail::RingGeometry{kRing, kRing / 2}, true);
+    detail::FrameHeader h{};
+    h.kind = static_cast<std::uint16_t>(detail::FrameKind::Send);
+    h.channel = Channel("big").id;
+    detail::FrameHeader blob = h;
+    blob.flags = detail::kFlagBlob;
+    const std::uint64_t arena = detail::kDefaultPortBlobBytes;
+    const detail::BlobDescriptor bad[] = {
+        {64, std::uint64_t{1} << 40, 1, 0, 0},  // past the arena
+        {72, 64, 1, 0, 0},                      // misaligned
+        {arena - 64, 64, 1, 0, 0},              // the body past the end
+        {64, 64, 0, 0, 0},                      // generation 0
+        {64, 64, 7, 0, 0},                      // no such record
+    };
+    for (const auto& d : bad) {
+      expectOk(detail::writeFrameCopy(raw, blob, reinterpret_cast<const std::uint8_t*>(&d), sizeof d), "bad frame");
+    }
+    // A blob frame whose payload is not a descriptor at all.
+    expectOk(detail::writeFrame(raw, blob, bigMessage(100, 60)), "short frame");
+    expectOk(detail::writeFrame(raw, h, bigMessage(1000, 61)), "good frame");
+  }
+
+  void body(const std::string& bus) {
+    auto w = connectWindow(bus, role_);
+    State st;
+    std::vector<Registration> regs;
+    announceReady(*w);
+    auto port = [&] { return st.get(); };
+    for (;;) {
+      const auto cmd = words(link_.hearParent(120s));
+      if (cmd.empty() || cmd[0] == "done") break;
+      if (cmd[0] == "listen") {
+        regs.push_back(w->onPort(cmd[1], [this, &st](std::shared_ptr<Port> p) { setup(st, p); }));
+        link_.tellParent("listening");
+      } else if (cmd[0] == "open") {
+        const std::uint64_t blob = cmd.size() > 3 ? std::stoull(cmd[3]) : 0;
+        answerOpen(link_, *w, cmd[1], cmd[2], {.blobBytes = blob, .timeout = 5000ms},
+                   [&](const std::shared_ptr<Port>& p) { setup(st, p); });
+      } else if (cmd[0] == "send") {
+        auto r = port()->send("big", bigMessage(std::stoull(cmd[1]), std::stoull(cmd[2])));
+        link_.tellParent(r ? "sent" : "error " + std::string(errorCodeName(r.code())));
+      } else if (cmd[0] == "heard") {
+        std::unique_lock lk(st.mu);
+        st.cv.wait_for(lk, 20s, [&] { return !st.heard.empty(); });
+        std::string c = st.heard.empty() ? "nothing" : st.heard.front();
+        if (!st.heard.empty()) st.heard.pop_front();
+        lk.unlock();
+        link_.tellParent(c);
+      } else if (cmd[0] == "invoke" || cmd[0] == "invoke-async") {
+        const std::size_t n = std::stoull(cmd[1]);
+        const char* channel = cmd[0] == "invoke" ? "big-echo" : "big-echo-async";
+        auto r = port()->invoke(channel, bigMessage(n, std::stoull(cmd[2])), {.timeout = 20000ms}).get();
+        link_.tellParent(r ? "reply " + checkBig(*r, n) : "error " + std::string(errorCodeName(r.code())));
+      } else if (cmd[0] == "handled") {
+        std::lock_guard lk(st.mu);
+        link_.tellParent(st.handled);
+      } else if (cmd[0] == "stats") {
+        const BlobStats s = port()->blobStats();
+        link_.tellParent(fmt::format("stats {} {} {} {}", s.bytesHeld, s.messagesHeld, s.bytesHighWater, s.arenaBytes));
+      } else if (cmd[0] == "await-free") {
+        // The event is the peer's release store in shared memory, which has no notification this
+        // process can wait on outside a send: a bounded poll of that condition.
+        const std::int64_t until = nowNs() + 10'000'000'000;
+        BlobStats s = port()->blobStats();
+        while (s.messagesHeld != 0 && nowNs() < until) {
+          std::this_thread::sleep_for(1ms);  // allowed: bounded poll of the condition under test
+          s = port()->blobStats();
+        }
+        link_.tellParent(s.messagesHeld == 0 ? "free" : fmt::format("held {}", s.messagesHeld));
+      } else if (cmd[0] == "hostile") {
+        hostile(bus, port()->id());
+        link_.tellParent("written");
+      } else if (cmd[0] == "await-close") {
+        std::unique_lock lk(st.mu);
+        st.cv.wait_for(lk, 10s, [&] { return !st.closed.empty(); });
+        link_.tellParent("closed " + st.closed);
+      }
+    }
+    st.drop();
+  }
+};
+
+/// The two ends of a port on "blobs", forked before the supervisor's dispatch thread runs.
+struct BlobPair {
+  explicit BlobPair(std::string_view tag, SupervisorOptions options = {})
+      : tb(tag, std::move(options), false), acceptor(tb, "acceptor"), opener(tb, "opener") {
+    tb->startDispatchThread();
+    acceptor.start(tb);
+    opener.start(tb);
+    REQUIRE(acceptor.ask("listen blobs") == "listening");
+  }
+  /// Opens the port (BLOB: PortOptions::blobBytes, 0 = default); the opener's answer.
+  std::string open(std::uint64_t blob = 0) {
+    return opener.ask(blob == 0 ? "open acceptor blobs" : fmt::format("open acceptor blobs {}", blob));
+  }
+  /// Lets both children exit; each must have held every check.
+  void finish() {
+    CHECK(opener.finish() == 0);
+    CHECK(acceptor.finish() == 0);
+  }
+  TestBus tb;
+  BlobPeer acceptor, opener;
+};
+
+/// Names in /dev/shm.
+std::set<std::string> shmNames() {
+  std::set<std::string> out;
+  if (DIR* d = ::opendir("/dev/shm")) {
+    while (dirent* e = ::readdir(d)) {
+      if (e->d_name[0] != '.') out.insert(e->d_name);
+    }
+    ::closedir(d);
+  }
+  return out;
+}
+
+constexpr std::size_t k64MiB = 64u << 20;
+
+}  // namespace
+
+TEST_CASE("a 64 MiB message each way on a port is read in place and freed once its listener returned") {
+  BlobPair bp("blob-each-way");
+  REQUIRE(words(bp.open())[0] == "opened");
+  // The port's ring is 64 KiB (its largest message 32 KiB): these travel as blobs.
+  CHECK(bp.opener.ask("send 67108864 11", 30s) == "sent");
+  CHECK(bp.acceptor.ask("heard", 30s) == fmt::format("ok {} inplace", k64MiB));
+  CHECK(bp.opener.ask("await-free", 15s) == "free");
+  CHECK(bp.acceptor.ask("send 67108864 12", 30s) == "sent");
+  CHECK(bp.opener.ask("heard", 30s) == fmt::format("ok {} inplace", k64MiB));
+  CHECK(bp.acceptor.ask("await-free", 15s) == "free");
+  const auto s = words(bp.opener.ask("stats"));
+  REQUIRE(s.size() == 5);
+  CHECK(s[1] == "0");                                    // bytes held
+  CHECK(std::stoull(s[3]) >= k64MiB);                    // high-water
+  CHECK(std::stoull(s[4]) == 256u << 20);                // the default arena
+  // Small messages still go through the ring, and the port serves on.
+  CHECK(bp.opener.ask("send 1000 13") == "sent");
+  CHECK(bp.acceptor.ask("heard") == "ok 1000 inplace");
+  bp.finish();
+}
+
+TEST_CASE("a large invoke request and a large reply (sync or async handler) travel as blobs, and a reply's blob is freed when dropped") {
+  BlobPair bp("blob-invoke");
+  REQUIRE(words(bp.open())[0] == "opened");
+  CHECK(bp.opener.ask("invoke 8388608 21", 30s) == "reply ok 8388608 inplace");
+  CHECK(bp.acceptor.ask("handled") == "ok 8388608 inplace");
+  // The caller dropped its reply after checking it: the handler's side holds nothing; the request
+  // was released when the handler returned.
+  CHECK(bp.acceptor.ask("await-free", 15s) == "free");
+  CHECK(bp.opener.ask("await-free", 15s) == "free");
+  // And the other way.
+  CHECK(bp.acceptor.ask("invoke 1048576 22", 30s) == "reply ok 1048576 inplace");
+  CHECK(bp.opener.ask("await-free", 15s) == "free");
+  // An async handler's reply, from its Responder on another thread.
+  CHECK(bp.opener.ask("invoke-async 4194304 23", 30s) == "reply ok 4194304 inplace");
+  CHECK(bp.acceptor.ask("handled") == "ok 4194304 inplace");
+  CHECK(bp.acceptor.ask("await-free", 15s) == "free");
+  bp.finish();
+}
+
+TEST_CASE("a message larger than the port's arena is TooLarge, and the port keeps serving") {
+  BlobPair bp("blob-too-large");
+  REQUIRE(words(bp.open(1u << 20))[0] == "opened");
+  CHECK(words(bp.opener.ask("stats"))[4] == std::to_string(1u << 20));
+  CHECK(bp.opener.ask("send 2097152 31") == "error TooLarge");
+  CHECK(bp.opener.ask("send 524288 32") == "sent");
+  CHECK(bp.acceptor.ask("heard") == "ok 524288 inplace");
+  CHECK(bp.opener.ask("invoke 2097152 33") == "error TooLarge");
+  bp.finish();
+}
+
+TEST_CASE("the supervisor's blob limits: an explicit size past them fails with TooLarge, the default is clamped") {
+  SupervisorOptions o;
+  o.blobBytesPerWindow = 64u << 20;  // 32 MiB per direction for a window's ports together
+  BlobPair bp("blob-limits", o);
+  const auto refused = words(bp.open(64u << 20));
+  REQUIRE(refused.size() >= 2);
+  CHECK(refused[1] == "TooLarge");
+  REQUIRE(words(bp.open())[0] == "opened");
+  CHECK(words(bp.opener.ask("stats"))[4] == std::to_string(32u << 20));
+  CHECK(bp.opener.ask("send 16777216 41") == "sent");
+  CHECK(bp.acceptor.ask("heard", 30s) == "ok 16777216 inplace");
+  bp.finish();
+}
+
+TEST_CASE("kill -9 of either side of a port holding blobs leaves no name in /dev/shm") {
+  const auto before = shmNames();
+  for (const bool killSender : {true, false}) {
+    CAPTURE(killSender);
+    BlobPair bp(killSender ? "blob-kill-sender" : "blob-kill-receiver");
+    REQUIRE(words(bp.open())[0] == "opened");
+    // A blob the receiver has read (and released) and one it holds while the sender dies: the
+    // acceptor's listener has returned for the first; the second is in flight.
+    CHECK(bp.opener.ask("send 33554432 51", 30s) == "sent");
+    CHECK(bp.acceptor.ask("heard", 30s) == "ok 33554432 inplace");
+    CHECK(bp.opener.ask("send 33554432 52", 30s) == "sent");
+    BlobPeer& victim = killSender ? bp.opener : bp.acceptor;
+    BlobPeer& survivor = killSender ? bp.acceptor : bp.opener;
+    ::kill(victim.pid(), SIGKILL);
+    CHECK(victim.join() == 128 + SIGKILL);
+    CHECK(survivor.ask("await-close", 15s) == "closed TargetGone");
+    CHECK(survivor.finish() == 0);
+  }
+  // The TestBus destructors checked their buses' names; nothing else was left either.
+  CHECK(shmNames() == before);
+}
+
+TEST_CASE("bad blob descriptors from a hostile peer are dropped as InvalidMessage and the port keeps serving") {
+  BlobPair bp("blob-hostile");
+  REQUIRE(words(bp.open())[0] == "opened");
+  CHECK(bp.opener.ask("hostile") == "written");
+  // Only the good message after the bad ones is heard; the port did not end.
+  CHECK(bp.acceptor.ask("heard") == "ok 1000 inplace");
+  CHECK(bp.acceptor.ask("send 1048576 62") == "sent");
+  CHECK(bp.opener.ask("heard") == "ok 1048576 inplace");
+  bp.finish();
+}

@@ -1,0 +1,263 @@
+// Unit tests of a port's blob arena (lib/src/blob): allocation oldest first with wrap, release by
+// the receiver and reclaim by the sender, pages returned, messages built in place and read back,
+// and descriptors with hostile values. Both sides are driven by hand in one process over a shared
+// anonymous mapping (shmem, as a port segment is, so MADV_REMOVE behaves as it does there).
+#include "blob/blob.hpp"
+
+#include <doctest/doctest.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "test.capnp.h"
+
+using namespace shmbus;
+using namespace shmbus::detail;
+using shmbus::test::TestMessage;
+
+namespace {
+
+/// A shared anonymous mapping of `bytes`, unmapped on destruction.
+struct Arena {
+  explicit Arena(std::size_t n) : bytes(n) {
+    void* p = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(p != MAP_FAILED);
+    base = static_cast<std::uint8_t*>(p);
+  }
+  ~Arena() { ::munmap(base, bytes); }
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+  BlobControl* control() const { return reinterpret_cast<BlobControl*>(base); }
+  /// Resident pages of [p, p + n) (mincore).
+  std::size_t resident(const std::uint8_t* p, std::size_t n) const {
+    const std::size_t pages = n / kBlobPage;
+    std::vector<unsigned char> v(pages);
+    REQUIRE(::mincore(const_cast<std::uint8_t*>(p), pages * kBlobPage, v.data()) == 0);
+    std::size_t r = 0;
+    for (unsigned char c : v) r += c & 1;
+    return r;
+  }
+  std::uint8_t* base = nullptr;
+  std::size_t bytes = 0;
+};
+
+/// Claims `body` bytes, writes a byte pattern over them and commits them.
+BlobDescriptor put(BlobProducer& p, std::size_t body) {
+  auto c = p.claim(body);
+  REQUIRE(c.ok());
+  std::memset(c->body, 0x5a, body);
+  return p.commit(*c, body);
+}
+
+/// The receiver's release of the record `d` names.
+void release(Arena& a, const BlobDescriptor& d) {
+  auto v = checkBlobDescriptor(d, a.base, a.bytes);
+  REQUIRE(v.ok());
+  releaseBlob(v->record, a.control());
+}
+
+/// Builds a TestMessage with `blob` bytes of data in a fresh claim of `p`; the code of the
+/// ClaimExhausted it threw (Ok when it fit). The claim is given back either way.
+ErrorCode buildCode(BlobProducer& p, std::size_t blob) {
+  auto c = p.claim(sizeof(MessageTable));
+  REQUIRE(c.ok());
+  BlobMessageBuilder mb(*c, p.maxMessage());
+  ErrorCode code = ErrorCode::Ok;
+  try {
+    mb.initRoot<TestMessage>().initBlob(static_cast<unsigned>(blob));
+  } catch (const ClaimExhausted& e) {
+    code = e.code;
+  }
+  p.abort(*c, mb.touched());
+  return code;
+}
+
+}  // namespace
+
+TEST_CASE("records are held until released, and reclaimed oldest first") {
+  Arena a(1u << 20);
+  BlobProducer p(a.base, a.bytes);
+  CHECK(p.maxMessage() == a.bytes - kBlobOverhead);
+  const auto d1 = put(p, 1000);
+  const auto d2 = put(p, 2000);
+  CHECK(p.messagesHeld() == 2);
+  CHECK(p.bytesHeld() == 1088 + 2112);  // each with its 64-byte header, 64-byte aligned
+  CHECK(d1.offset == sizeof(BlobControl));
+  CHECK(d2.offset == sizeof(BlobControl) + 1088);
+  CHECK(d1.generation != d2.generation);
+  release(a, d2);  // out of order: the first still holds the front
+  CHECK(p.reclaim() == 0);
+  CHECK(p.messagesHeld() == 2);
+  release(a, d1);
+  CHECK(p.reclaim() == 2);
+  CHECK(p.messagesHeld() == 0);
+  CHECK(p.bytesHeld() == 0);
+  CHECK(p.bytesHighWater() == 1088 + 2112);
+  // What the records used is zero again (the next claims rely on it).
+  for (std::size_t i = 0; i < 4096; ++i) REQUIRE(a.base[sizeof(BlobControl) + i] == 0);
+}
+
+TEST_CASE("a claim takes the larger run: before the end, or from the front after a wrap") {
+  Arena a(64u << 10);
+  BlobProducer p(a.base, a.bytes);
+  const std::size_t span = a.bytes - sizeof(BlobControl);
+  const auto d1 = put(p, 25'000);
+  const auto d2 = put(p, 25'000);
+  // Left before the end: about 15 KiB; a larger message does not fit anywhere yet.
+  CHECK(p.claim(30'000).code() == ErrorCode::Full);
+  release(a, d1);
+  // Now the front has about 25 KiB free and the end less: the claim wraps.
+  auto c = p.claim(19'000);
+  REQUIRE(c.ok());
+  CHECK(c->skip != 0);
+  CHECK(c->pos % span == 0);
+  const auto d3 = p.commit(*c, 19'000);
+  CHECK(d3.offset == sizeof(BlobControl));
+  // The skipped tail counts as held until the records before it go.
+  CHECK(p.bytesHeld() > 2 * 19'000);
+  release(a, d2);
+  release(a, d3);
+  p.reclaim();
+  CHECK(p.bytesHeld() == 0);
+  // Empty again: one run spans the whole arena.
+  auto whole = p.claim(p.maxMessage());
+  REQUIRE(whole.ok());
+  CHECK(whole->capacity == p.maxMessage());
+}
+
+TEST_CASE("a message larger than the arena is TooLarge; one larger than the free run is Full") {
+  Arena a(64u << 10);
+  BlobProducer p(a.base, a.bytes);
+  CHECK(p.claim(p.maxMessage() + 1).code() == ErrorCode::TooLarge);
+  const auto d = put(p, 40'000);
+  CHECK(p.claim(40'000).code() == ErrorCode::Full);
+  release(a, d);
+  CHECK(p.claim(40'000).ok());
+}
+
+TEST_CASE("a dropped record (its descriptor never sent) is reclaimed without the receiver") {
+  Arena a(64u << 10);
+  BlobProducer p(a.base, a.bytes);
+  (void)put(p, 5000);
+  p.dropLast();
+  CHECK(p.messagesHeld() == 0);
+  CHECK(p.bytesHeld() == 0);
+}
+
+TEST_CASE("the pages of a large released record go back to the kernel") {
+  Arena a(8u << 20);
+  BlobProducer p(a.base, a.bytes);
+  const auto d = put(p, 4u << 20);
+  const std::uint8_t* body = a.base + d.offset + sizeof(BlobRecordHeader);
+  CHECK(a.resident(a.base + kBlobPage, 4u << 20) >= 1000);
+  release(a, d);
+  p.reclaim();
+  CHECK(a.resident(a.base + kBlobPage, 4u << 20) <= 2);
+  CHECK(body[12345] == 0);
+}
+
+TEST_CASE("a message built in the arena is read back in place through its descriptor") {
+  Arena a(4u << 20);
+  BlobProducer p(a.base, a.bytes);
+  auto c = p.claim(sizeof(MessageTable));
+  REQUIRE(c.ok());
+  BlobMessageBuilder mb(*c, p.maxMessage());
+  auto root = mb.initRoot<TestMessage>();
+  root.setSeq(7);
+  auto data = root.initBlob(1u << 20);
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<std::uint8_t>(i * 31);
+  root.setText("after the data");
+  const std::size_t used = mb.finish();
+  const auto d = p.commit(*c, used);
+  auto v = checkBlobDescriptor(d, a.base, a.bytes);
+  REQUIRE(v.ok());
+  InPlaceMessage msg;
+  REQUIRE(msg.parse(v->message, v->bytes).ok());
+  auto r = msg.reader().getRoot<TestMessage>();
+  CHECK(r.getSeq() == 7);
+  CHECK(std::string(r.getText()) == "after the data");
+  auto got = r.getBlob();
+  REQUIRE(got.size() == 1u << 20);
+  bool same = true;
+  for (std::size_t i = 0; i < got.size(); ++i) same = same && got[i] == static_cast<std::uint8_t>(i * 31);
+  CHECK(same);
+  CHECK(msg.traverse().ok());
+}
+
+TEST_CASE("a message that outgrows the arena throws TooLarge; one that outgrows the free run, Full") {
+  Arena a(1u << 20);
+  BlobProducer p(a.base, a.bytes);
+  CHECK(buildCode(p, 2u << 20) == ErrorCode::TooLarge);
+  const auto held = put(p, 600'000);
+  CHECK(buildCode(p, 500'000) == ErrorCode::Full);
+  release(a, held);
+}
+
+TEST_CASE("segments copied into the arena read back as the original message") {
+  Arena a(1u << 20);
+  BlobProducer p(a.base, a.bytes);
+  capnp::MallocMessageBuilder src(16);  // small first segment: several segments
+  auto root = src.initRoot<TestMessage>();
+  root.initBlob(100'000);
+  root.setText("copied");
+  auto segs = src.getSegmentsForOutput();
+  REQUIRE(segs.size() > 1);
+  auto c = p.claim(sizeof(MessageTable) + 8 * 20'000);
+  REQUIRE(c.ok());
+  const std::size_t used = copyBlobSegments(*c, segs);
+  const auto d = p.commit(*c, used);
+  auto v = checkBlobDescriptor(d, a.base, a.bytes);
+  REQUIRE(v.ok());
+  InPlaceMessage msg;
+  REQUIRE(msg.parse(v->message, v->bytes).ok());
+  CHECK(std::string(msg.reader().getRoot<TestMessage>().getText()) == "copied");
+}
+
+TEST_CASE("checkBlobDescriptor refuses hostile descriptors with InvalidMessage") {
+  Arena a(64u << 10);
+  BlobProducer p(a.base, a.bytes);
+  const auto good = put(p, 1000);
+  REQUIRE(checkBlobDescriptor(good, a.base, a.bytes).ok());
+  constexpr auto kMax = std::numeric_limits<std::uint64_t>::max();
+  std::vector<BlobDescriptor> bad;
+  auto with = [&](auto change) {
+    BlobDescriptor d = good;
+    change(d);
+    bad.push_back(d);
+  };
+  with([](BlobDescriptor& d) { d.offset = 0; });                  // the control block
+  with([](BlobDescriptor& d) { d.offset += 8; });                 // misaligned
+  with([&](BlobDescriptor& d) { d.offset = a.bytes; });           // past the end
+  with([&](BlobDescriptor& d) { d.offset = a.bytes - 64; d.bytes = 64; });  // body past the end
+  with([](BlobDescriptor& d) { d.offset = kMax - 63; });          // overflowing offset
+  with([](BlobDescriptor& d) { d.bytes = kMax; });                // overflowing length
+  with([&](BlobDescriptor& d) { d.bytes = a.bytes; });            // longer than the arena
+  with([](BlobDescriptor& d) { d.bytes = 16; });                  // shorter than a segment table
+  with([](BlobDescriptor& d) { d.bytes = 1001; });                // not whole words
+  with([](BlobDescriptor& d) { d.generation = 0; });
+  with([](BlobDescriptor& d) { d.generation += 1; });             // a stale or forged record
+  with([](BlobDescriptor& d) { d.reserved = 1; });
+  with([](BlobDescriptor& d) { d.reserved2 = 1; });
+  for (const auto& d : bad) {
+    auto r = checkBlobDescriptor(d, a.base, a.bytes);
+    CHECK_MESSAGE(r.code() == ErrorCode::InvalidMessage, "offset " << d.offset << " bytes " << d.bytes);
+  }
+  CHECK(checkBlobDescriptor(good, nullptr, 0).code() == ErrorCode::InvalidMessage);  // no arena
+  CHECK(checkBlobDescriptor(good, a.base, 64).code() == ErrorCode::InvalidMessage);  // arena too small
+}
+
+TEST_CASE("a sender waiting for room wakes on the receiver's release") {
+  Arena a(64u << 10);
+  BlobProducer p(a.base, a.bytes);
+  const auto d = put(p, 40'000);
+  SpinPolicy spin;
+  // Nothing released: the wait ends at its deadline.
+  CHECK(p.waitForRelease(monotonicNowNs() + 1'000'000, spin, [] { return false; }) == WaitStatus::Timeout);
+  release(a, d);
+  CHECK(p.waitForRelease(monotonicNowNs() + 1'000'000'000, spin, [] { return false; }) == WaitStatus::Ready);
+  CHECK(p.messagesHeld() == 0);
+}
