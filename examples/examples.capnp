@@ -19,3 +19,8 @@ struct Notice { text @0 :Text; level @1 :Text; }
 
 struct Job { numbers @0 :List(Float64); }
 struct JobResult { sum @0 :Float64; mean @1 :Float64; stddev @2 :Float64; }
+
+# examples/big-buffer: a frame too large for any ring, sent as a blob over a port. A Cap'n Proto
+# Data field holds at most 2^29 - 1 bytes, so a 512 MiB frame is a list of chunks.
+struct Frame { chunks @0 :List(Data); }
+struct FrameDigest { bytes @0 :UInt64; sum @1 :UInt64; }

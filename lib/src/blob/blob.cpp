@@ -161,7 +161,10 @@ kj::ArrayPtr<capnp::word> BlobMessageBuilder::allocateSegment(capnp::uint minimu
   if (count_ == kMaxSegments) throwExhausted(minimumSize);
   const std::size_t available = (claim_.capacity - cursor_) / kWord;
   std::size_t words = std::max<std::size_t>(minimumSize, nextChunkWords_);
-  nextChunkWords_ *= 4;
+  // The table holds kMaxSegments segments: grow at least to twice what this one needed, so that a
+  // message of many large fields (a list of 64 MiB Data chunks) packs several into one segment
+  // instead of running out of segments (Cap'n Proto fills the newest segment first).
+  nextChunkWords_ = std::max(nextChunkWords_ * 4, words * 2);
   if (count_ + 1 == kMaxSegments) words = std::max<std::size_t>(minimumSize, available);  // the last slot
   if (words > available) {
     if (minimumSize > available) throwExhausted(minimumSize);
