@@ -9,9 +9,9 @@
 //                                                  "spin" = the default 4 µs budget: 3 spinners on 2 cores starve)
 //   Invoke/port_blob/<bytes>/default               a request of <bytes> (allocated, not filled) answered with
 //                                                  its size, over a port: larger than the ring, it is a blob
-//   Invoke/<route>/64/default                      the default wait policy of every process (4 µs spin and
-//                                                  the learned reply spin of WindowOptions::replySpinCap)
-//   Invoke/window_to_window_routed/64/default_1ms|parked_1ms, PingPong/ring_parked/64/1ms,
+//   Invoke/<route>/64/learned                      the default wait policy of every process (4 µs spin) and the
+//                                                  caller's learned reply spin (replySpinCap 50 µs; off by default)
+//   Invoke/window_to_window_routed/64/learned_1ms|parked_1ms, PingPong/ring_parked/64/1ms,
 //   Invoke/dbus_method/64/1ms                      calls spaced 1 ms apart (untimed): every process parks
 //                                                  between calls, the figure of sporadic desktop traffic
 //   Invoke/dbus_method/<bytes>                     the desktop-bus peer: sd-bus method call Echo(ay) → ay,
@@ -375,7 +375,7 @@ enum class Route { ToMain, Routed, Typed, Port, PortBlob };
 /// One call round trip per iteration over `route`; `traced`: with an inspector reading every
 /// event the supervisor records (the cost of tracing, issue "The inspector" item 5).
 /// `replySpinCap`: the caller's WindowOptions::replySpinCap (0 in the spin/parked rows, so that
-/// they measure the named policy alone; the default in the "default" rows). `gap`: see timeLoop.
+/// they measure the named policy alone; kLearnedCap in the "learned" rows). `gap`: see timeLoop.
 void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono::nanoseconds spin,
             bool traced = false, std::chrono::nanoseconds replySpinCap = {}, std::chrono::nanoseconds gap = {}) {
   Watchdog dog("Invoke", kWatchdogSeconds);
@@ -711,27 +711,27 @@ void registerAll() {
       }
     }
   }
-  // The default wait policy of every process (WindowOptions{}: 4 µs spin, learned reply spin up to
-  // 50 µs; SupervisorOptions{}), calls back to back and spaced 1 ms apart (issue 13 item 3), with
-  // the baselines spaced the same way.
+  // The default wait policy of every process (WindowOptions{} and SupervisorOptions{}: 4 µs spin)
+  // with the caller's learned reply spin on (kLearnedCap; off by default, docs/architecture.md §4),
+  // calls back to back and spaced 1 ms apart (issue 13 item 3), the baselines spaced the same way.
   const auto defSpin = detail::SpinPolicy{}.spin;
-  const auto defCap = WindowOptions{}.replySpinCap;
+  constexpr std::chrono::nanoseconds defCap = std::chrono::microseconds(50);
   constexpr auto kGap = std::chrono::milliseconds(1);
   for (auto [name, route] : {std::pair{"window_to_main", Route::ToMain}, std::pair{"window_to_window_routed", Route::Routed},
                              std::pair{"port", Route::Port}}) {
-    manual(benchmark::RegisterBenchmark(fmt::format("Invoke/{}/64/default", name).c_str(),
+    manual(benchmark::RegisterBenchmark(fmt::format("Invoke/{}/64/learned", name).c_str(),
                                         [=](benchmark::State& s) { invoke(s, route, 64, defSpin, false, defCap); }));
   }
   // A fixed count (about 2.5 s each): MinTime would count the untimed gaps as nothing.
   // Large requests over a port (blobs, issue 13 item 4: RTT of 1 MiB and 64 MiB ÷ RTT of 64 B).
   for (std::size_t bytes : {std::size_t{64}, std::size_t{1} << 20, std::size_t{64} << 20}) {
     manual(benchmark::RegisterBenchmark(fmt::format("Invoke/port_blob/{}/default", bytes).c_str(),
-                                        [=](benchmark::State& s) { invoke(s, Route::PortBlob, bytes, defSpin, false, defCap); }));
+                                        [=](benchmark::State& s) { invoke(s, Route::PortBlob, bytes, defSpin); }));
   }
   auto spaced = [](benchmark::internal::Benchmark* b) {
     b->UseManualTime()->Iterations(2000)->Unit(benchmark::kMicrosecond);
   };
-  spaced(benchmark::RegisterBenchmark("Invoke/window_to_window_routed/64/default_1ms", [=](benchmark::State& s) {
+  spaced(benchmark::RegisterBenchmark("Invoke/window_to_window_routed/64/learned_1ms", [=](benchmark::State& s) {
     invoke(s, Route::Routed, 64, defSpin, false, defCap, kGap);
   }));
   spaced(benchmark::RegisterBenchmark("Invoke/window_to_window_routed/64/parked_1ms", [=](benchmark::State& s) {

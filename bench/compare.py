@@ -7,7 +7,7 @@
     python3 bench/compare.py out.json --check    # same, exit status 1 if a ring_bench target is missed
 
 Benchmark names are PingPong/<transport>/<bytes>, Stream/<transport>/<bytes> and (bus_bench)
-Invoke/<route>/<bytes>[/<mode>] (spin, parked, default, default_1ms, ...; PingPong may have one too:
+Invoke/<route>/<bytes>[/<mode>] (spin, parked, learned, learned_1ms, ...; PingPong may have one too:
 ring_parked/64/1ms); Google Benchmark may append "/min_time:0.500/manual_time"
 and, with --benchmark_repetitions, aggregate suffixes. With repetitions the "median" aggregate is
 used when present, else the median of the repetitions.
@@ -30,9 +30,9 @@ KINDS = ("PingPong", "Stream", "Invoke")
 # Display order; transports not listed here follow in name order.
 TRANSPORTS = ["floor_spin", "futex_floor", "pipe", "uds", "boost_mq", "ring_spin", "ring_parked", "ring_parked/1ms",
               "window_to_main", "window_to_window_routed", "port", "dbus_signal"]
-ROUTES = ["window_to_main/spin", "window_to_main/parked", "window_to_main/default", "port/spin", "port/parked",
-          "port/default", "port_blob/default", "window_to_window_routed/spin", "window_to_window_routed/parked",
-          "window_to_window_routed/default", "window_to_window_routed/default_1ms",
+ROUTES = ["window_to_main/spin", "window_to_main/parked", "window_to_main/learned", "port/spin", "port/parked",
+          "port/learned", "port_blob/default", "window_to_window_routed/spin", "window_to_window_routed/parked",
+          "window_to_window_routed/learned", "window_to_window_routed/learned_1ms",
           "window_to_window_routed/parked_1ms", "window_to_window_routed_traced/spin",
           "window_to_window_routed_traced/parked", "window_to_main_untyped/parked", "window_to_main_typed/parked",
           "dbus_method", "dbus_method/1ms"]
@@ -57,7 +57,7 @@ def parse_name(name):
     if len(parts) < 3 or parts[0] not in KINDS or not parts[2].isdigit():
         return None
     transport = parts[1]
-    # A fourth part is the mode ("parked", "default_1ms", PingPong's "1ms"), unless it is one of
+    # A fourth part is the mode ("parked", "learned_1ms", PingPong's "1ms"), unless it is one of
     # Google Benchmark's suffixes ("min_time:0.300", "iterations:2000", "manual_time").
     if len(parts) > 3 and ":" not in parts[3] and parts[3] not in ("manual_time", "real_time"):
         transport += "/" + parts[3]
@@ -235,14 +235,14 @@ def traced_ratios(out, data):
 # The wait-policy targets of issue 13 (item 3 and its Targets): (label, numerator, denominator,
 # comparison, threshold); threshold None = informational.
 WAIT_TARGETS = [
-    ("routed default, back to back ÷ D-Bus", ("Invoke", "window_to_window_routed/default"), ("Invoke", DBUS_CALL), "<=", 0.1),
-    ("routed default, 1 ms apart ÷ D-Bus 1 ms apart", ("Invoke", "window_to_window_routed/default_1ms"),
+    ("routed learned, back to back ÷ D-Bus", ("Invoke", "window_to_window_routed/learned"), ("Invoke", DBUS_CALL), "<=", 0.1),
+    ("routed learned, 1 ms apart ÷ D-Bus 1 ms apart", ("Invoke", "window_to_window_routed/learned_1ms"),
      ("Invoke", DBUS_CALL + "/1ms"), "<=", 0.75),
-    ("routed default, 1 ms apart ÷ ring_parked 1 ms apart", ("Invoke", "window_to_window_routed/default_1ms"),
+    ("routed learned, 1 ms apart ÷ ring_parked 1 ms apart", ("Invoke", "window_to_window_routed/learned_1ms"),
      ("PingPong", "ring_parked/1ms"), "<=", 1.2),
     ("routed parked, 1 ms apart ÷ ring_parked 1 ms apart", ("Invoke", "window_to_window_routed/parked_1ms"),
      ("PingPong", "ring_parked/1ms"), None, None),
-    ("window→main default ÷ ring_spin", ("Invoke", "window_to_main/default"), ("PingPong", "ring_spin"), None, None),
+    ("window→main learned ÷ ring_spin", ("Invoke", "window_to_main/learned"), ("PingPong", "ring_spin"), None, None),
 ]
 
 

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdint>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
@@ -133,7 +134,7 @@ class Soak {
     report_.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     setPhase(Phase::Quiet);
     report_.bump(Op::Broadcast, sup_.broadcast(kQuiet));
-    if (!failed() && settle(true)) {
+    if (!failed() && settle(true, start.fds)) {
       const Snapshot end = takeSnapshot(sup_.bus());
       const RouterStats stats = sup_.stats();
       report_.router(stats);
@@ -302,8 +303,10 @@ class Soak {
   }
 
   // Waits for the steady state: every slot's window registered (and, in the quiet phase, its final
-  // tally heard), exactly `windows` windows in the registry, no call pending.
-  bool settle(bool quiet) {
+  // tally heard), exactly `windows` windows in the registry, no call pending. `fds` (the quiet
+  // phase): the descriptors of the start's steady state, which the last processes' pidfds and
+  // sockets return to once the router has handled their ends.
+  bool settle(bool quiet, std::size_t fds = SIZE_MAX) {
     const auto limit = Clock::now() + kSettleLimit;
     Clock::time_point reapSince{};
     for (;;) {
@@ -312,9 +315,11 @@ class Soak {
       all = all && sup_.windows().size() == slots_.size() && sup_.stats().pending.empty();
       if (all) {
         // Processes killed or gone are reaped on events the soak cannot wait for (the Reaper's
-        // pidfds in the router; its own waitpid below): one process per slot, no zombie.
+        // pidfds in the router, closed in a routing round after the window's end; its own waitpid
+        // below): one process per slot, no zombie, no descriptor more than at the start. A
+        // descriptor that stays past kReapLimit is a leak, which compare() reports.
         const Snapshot now = takeSnapshot(sup_.bus());
-        if (now.children == slots_.size() && now.zombies == 0) return true;
+        if (now.children == slots_.size() && now.zombies == 0 && now.fds <= fds) return true;
         if (reapSince == Clock::time_point{}) reapSince = Clock::now();
         if (Clock::now() - reapSince > kReapLimit) return true;  // compare() names what stayed
       }

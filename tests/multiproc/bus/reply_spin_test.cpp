@@ -75,7 +75,7 @@ TEST_CASE("a window learns to spin for a fast channel and parks at once for a sl
   CHECK(child.join(10s) == 0);
 }
 
-TEST_CASE("replySpinCap 0 turns the learned spin off; a negative cap is refused") {
+TEST_CASE("the learned spin is off by default and with replySpinCap 0; a negative cap is refused") {
   TestBus tb("reply-spin-off", {}, /*dispatch=*/false);
   std::vector<Registration> regs;
   serveFastAndSlow(tb, regs);
@@ -85,6 +85,9 @@ TEST_CASE("replySpinCap 0 turns the learned spin off; a negative cap is refused"
     o.replySpinCap = 0ns;
     auto w = connectWindow(tb.bus, "caller", o);
     for (int i = 0; i < 30; ++i) childCheck(replyText(w->invoke("fast", {}), "fast") == "ok", "fast");
+    auto plain = connectWindow(tb.bus, "plain");  // WindowOptions{}: the default cap
+    for (int i = 0; i < 30; ++i) childCheck(replyText(plain->invoke("fast", {}), "fast") == "ok", "fast");
+    childCheck(plain->learnedReplySpin("fast").count() == 0, "the default learns no spin");
     WindowOptions bad;
     bad.bus = tb.bus;
     bad.role = "other";
