@@ -232,60 +232,49 @@ def traced_ratios(out, data):
                  sizes, data, fmt_ns)
 
 
-# The wait-policy targets of issue 13 (item 3 and its Targets): (label, numerator, denominator,
-# comparison, threshold); threshold None = informational.
-WAIT_TARGETS = [
-    ("routed learned, back to back ÷ D-Bus", ("Invoke", "window_to_window_routed/learned"), ("Invoke", DBUS_CALL), "<=", 0.1),
-    ("routed learned, 1 ms apart ÷ D-Bus 1 ms apart", ("Invoke", "window_to_window_routed/learned_1ms"),
-     ("Invoke", DBUS_CALL + "/1ms"), "<=", 0.75),
-    ("routed learned, 1 ms apart ÷ ring_parked 1 ms apart", ("Invoke", "window_to_window_routed/learned_1ms"),
-     ("PingPong", "ring_parked/1ms"), "<=", 1.2),
-    ("routed parked, 1 ms apart ÷ ring_parked 1 ms apart", ("Invoke", "window_to_window_routed/parked_1ms"),
-     ("PingPong", "ring_parked/1ms"), None, None),
-    ("window→main learned ÷ ring_spin", ("Invoke", "window_to_main/learned"), ("PingPong", "ring_spin"), None, None),
+# Issue 13's targets within one bus_bench run: (label, (kind, transport, bytes) numerator,
+# (kind, transport, bytes) denominator, comparison, threshold); threshold None = informational.
+ISSUE13_TARGETS = [
+    ("Wait policy at 64 B (p50 ÷ p50)", [
+        ("routed learned, back to back ÷ D-Bus", ("Invoke", "window_to_window_routed/learned", 64),
+         ("Invoke", DBUS_CALL, 64), "<=", 0.1),
+        ("routed learned, 1 ms apart ÷ D-Bus 1 ms apart", ("Invoke", "window_to_window_routed/learned_1ms", 64),
+         ("Invoke", DBUS_CALL + "/1ms", 64), "<=", 0.75),
+        ("routed learned, 1 ms apart ÷ ring_parked 1 ms apart", ("Invoke", "window_to_window_routed/learned_1ms", 64),
+         ("PingPong", "ring_parked/1ms", 64), "<=", 1.2),
+        ("routed parked, 1 ms apart ÷ ring_parked 1 ms apart", ("Invoke", "window_to_window_routed/parked_1ms", 64),
+         ("PingPong", "ring_parked/1ms", 64), None, None),
+        ("window→main learned ÷ ring_spin", ("Invoke", "window_to_main/learned", 64), ("PingPong", "ring_spin", 64),
+         None, None),
+    ]),
+    ("Large requests over a port (blobs): p50 ÷ p50 of the 64 B request", [
+        ("port invoke 1 MiB ÷ 64 B", ("Invoke", "port_blob/default", 1 << 20), ("Invoke", "port_blob/default", 64),
+         "<=", 1.2),
+        ("port invoke 64 MiB ÷ 64 B", ("Invoke", "port_blob/default", 64 << 20), ("Invoke", "port_blob/default", 64),
+         "<=", 2.0),
+    ]),
 ]
 
 
-def wait_targets(out, data):
-    """The 64 B wait-policy ratios (WAIT_TARGETS) that this run has both sides of."""
-    lines = []
-    for label, num, den, op, threshold in WAIT_TARGETS:
-        a = get(data, num[0], num[1], 64, "p50_ns")
-        b = get(data, den[0], den[1], 64, "p50_ns")
-        if a is None or b is None or b == 0:
-            continue
-        r = a / b
-        met = "–" if threshold is None else ("yes" if (r <= threshold if op == "<=" else r >= threshold) else "**no**")
-        goal = "–" if threshold is None else f"{op} {threshold}"
-        lines.append(f"| {label} | {fmt_ns(a)} | {fmt_ns(b)} | {r:.2f} | {goal} | {met} |")
-    if not lines:
-        return
-    out.append("### Wait policy at 64 B (p50 ÷ p50)\n")
-    out.append("| ratio | numerator | denominator | ratio | target | met |")
-    out.append("|---|---|---|---|---|---|")
-    out.extend(lines)
-    out.append("")
-
-
-def blob_targets(out, data):
-    """Issue 13's zero-copy targets: port invoke RTT of a 1 MiB and a 64 MiB request ÷ the same
-    row at 64 B (Invoke/port_blob/<bytes>/default)."""
-    base = get(data, "Invoke", "port_blob/default", 64, "p50_ns")
-    lines = []
-    for size, label, threshold in ((1 << 20, "1 MiB", 1.2), (64 << 20, "64 MiB", 2.0)):
-        a = get(data, "Invoke", "port_blob/default", size, "p50_ns")
-        if a is None or not base:
-            continue
-        r = a / base
-        lines.append(f"| port invoke {label} ÷ 64 B | {fmt_ns(a)} | {fmt_ns(base)} | {r:.2f} | <= {threshold} | "
-                     f"{'yes' if r <= threshold else '**no**'} |")
-    if not lines:
-        return
-    out.append("### Large requests over a port (blobs): p50 ÷ p50 of the 64 B request\n")
-    out.append("| ratio | numerator | denominator | ratio | target | met |")
-    out.append("|---|---|---|---|---|---|")
-    out.extend(lines)
-    out.append("")
+def issue13_targets(out, data):
+    """One table per ISSUE13_TARGETS group, with the rows this run has both sides of."""
+    for title, rows in ISSUE13_TARGETS:
+        lines = []
+        for label, num, den, op, threshold in rows:
+            a = get(data, num[0], num[1], num[2], "p50_ns")
+            b = get(data, den[0], den[1], den[2], "p50_ns")
+            if a is None or not b:
+                continue
+            r = a / b
+            met = "–" if threshold is None else ("yes" if (r <= threshold if op == "<=" else r >= threshold) else "**no**")
+            goal = "–" if threshold is None else f"{op} {threshold}"
+            lines.append(f"| {label} | {fmt_ns(a)} | {fmt_ns(b)} | {r:.2f} | {goal} | {met} |")
+        if lines:
+            out.append(f"### {title}\n")
+            out.append("| ratio | numerator | denominator | ratio | target | met |")
+            out.append("|---|---|---|---|---|---|")
+            out.extend(lines)
+            out.append("")
 
 
 def targets(out, data):
@@ -346,8 +335,7 @@ def main():
     dbus_ratios(out, data)
     baseline_ratios(out, data)
     traced_ratios(out, data)
-    wait_targets(out, data)
-    blob_targets(out, data)
+    issue13_targets(out, data)
     missed = targets(out, data)
     print("\n".join(out).rstrip("\n"))
     return 1 if (args.check and missed) else 0
