@@ -22,6 +22,9 @@
 //   Stream/window_to_window_routed/64              Window::sendTo → supervisor → Window::on, with credits (below)
 //   Stream/port/64                                 Port::send → Port::on, window to window over a port
 //   Stream/dbus_signal/64                          sd-bus signal Tick(ay) of 64 B → dbus-daemon → subscriber
+//   Stream/port_stream|routed_stream/65536         a shmbus::Stream of 1 GiB in 64 KiB chunks (credit-based flow
+//                                                  control), over a port or routed; bytes_per_s
+//   Stream/memcpy/67108864                         single-core memcpy bandwidth, the baseline of the chunk streams
 //   Message/build_read_in_place/1024               build a ~1 KiB struct in a ring claim and read it in place
 //   Message/build_read_malloc_copy/1024            MallocMessageBuilder + flat-array copy + reader
 //
@@ -195,6 +198,7 @@ void putSeq(std::uint8_t* payload, std::uint64_t seq) noexcept { std::memcpy(pay
 /// kStreamBytes, sequence number the next one (from 1). Used on the receiver's dispatch thread.
 struct StreamCheck {
   std::uint64_t expected = 0;  ///< messages the run sends (0: this process takes no stream)
+  std::size_t bytes = kStreamBytes;  ///< the size of each message's data
   std::uint64_t received = 0;
   std::uint64_t errors = 0;
 
@@ -202,7 +206,7 @@ struct StreamCheck {
   bool take(const Message& m) {
     auto d = m.root<benchschema::Echo::EchoParams>().getData();
     std::uint64_t seq = 0;
-    if (d.size() != kStreamBytes) {
+    if (d.size() != bytes) {
       ++errors;
     } else {
       std::memcpy(&seq, d.begin(), sizeof seq);
@@ -258,8 +262,8 @@ Partner spawnSupervisor(const std::string& bus, std::chrono::nanoseconds spin, i
 /// its handler and listener registered (value 1) and, when `streamCount` > 0, again after the last
 /// stream message with the number of bad ones. Runs until killed.
 Partner spawnTarget(const std::string& bus, std::chrono::nanoseconds spin, const EventPipe& ev,
-                    std::uint64_t streamCount = 0) {
-  return Partner::spawn(kPartnerCpu, [&, bus, spin, streamCount] {
+                    std::uint64_t streamCount = 0, std::size_t streamBytes = kStreamBytes) {
+  return Partner::spawn(kPartnerCpu, [&, bus, spin, streamCount, streamBytes] {
     WindowOptions o;
     o.bus = bus;
     o.role = "echo";
@@ -273,12 +277,19 @@ Partner spawnTarget(const std::string& bus, std::chrono::nanoseconds spin, const
     auto h = w->handle("echo-untyped", echoUntyped);
     // Invoke/port rows: the caller opens a port on "bench-port"; its calls are echoed on the
     // port's own dispatch thread (this process, so this CPU), with no supervisor in the path.
-    StreamCheck check{streamCount};
+    StreamCheck check{streamCount, streamBytes};
+    // Stream/{port,routed}_stream rows: each write of a shmbus::Stream is a call on "chunk",
+    // acknowledged by returning (an empty reply).
+    const Handler chunk = [&](const Message& m, Builder&, const CallContext&) {
+      if (check.take(m)) ev.notify(check.errors);
+    };
+    auto routedChunks = w->handle("chunk", chunk);
     std::vector<std::shared_ptr<Port>> ports;
     std::vector<Registration> portHandlers;
     auto acceptPorts = w->onPort("bench-port", [&](std::shared_ptr<Port> p) {
       portHandlers.push_back(p->handle("echo-untyped", echoUntyped));
       portHandlers.push_back(p->handle("size-untyped", sizeUntyped));
+      portHandlers.push_back(p->handle("chunk", chunk));
       // Stream/port/64: the stream arrives on the port (no credits: a full port ring refuses).
       portHandlers.push_back(p->on("stream", [&](const Message& m, const CallContext&) {
         if (check.take(m)) ev.notify(check.errors);
@@ -335,7 +346,8 @@ struct BusProcesses {
   /// and, when `routed`, the target window on kPartnerCpu, waiting until each is ready.
   /// `streamCount` > 0 makes the receiving endpoint count that many stream messages. `traced`
   /// attaches an inspector (spawnInspector) before any window connects.
-  bool start(bool routed, std::chrono::nanoseconds spin, std::uint64_t streamCount, bool traced = false) {
+  bool start(bool routed, std::chrono::nanoseconds spin, std::uint64_t streamCount, bool traced = false,
+             std::size_t streamBytes = kStreamBytes) {
     sup.emplace(spawnSupervisor(bus, spin, routed ? kUnpinned : kPartnerCpu, supEvents, routed ? 0 : streamCount));
     supEvents.closeWriter();
     if (!supEvents.wait()) {
@@ -351,7 +363,7 @@ struct BusProcesses {
       }
     }
     if (routed) {
-      target.emplace(spawnTarget(bus, spin, targetEvents, streamCount));
+      target.emplace(spawnTarget(bus, spin, targetEvents, streamCount, streamBytes));
       targetEvents.closeWriter();
       if (!targetEvents.wait()) {
         error = "target window failed to start";
@@ -370,6 +382,27 @@ struct BusProcesses {
   }
 };
 
+/// The benchmark process's window (role "caller") on `bus`, with spin budget `spin` and
+/// WindowOptions::replySpinCap `replySpinCap`.
+Result<std::unique_ptr<Window>> connectCaller(const std::string& bus, std::chrono::nanoseconds spin,
+                                              std::chrono::nanoseconds replySpinCap = {}) {
+  WindowOptions o;
+  o.bus = bus;
+  o.role = "caller";
+  o.spin = spin;
+  o.replySpinCap = replySpinCap;
+  return Window::connect(o);
+}
+
+/// A port from `win` to the target window on "bench-port", asked again while the target has not
+/// registered its onPort yet (NoHandler).
+Result<std::shared_ptr<Port>> openBenchPort(Window& win, PortOptions options = {}) {
+  for (;;) {
+    auto p = win.openPort("echo", "bench-port", options);
+    if (p || p.code() != ErrorCode::NoHandler) return p;
+  }
+}
+
 enum class Route { ToMain, Routed, Typed, Port, PortBlob };
 
 /// One call round trip per iteration over `route`; `traced`: with an inspector reading every
@@ -384,12 +417,7 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
   if (!procs.start(twoWindows, spin, 0, traced)) return state.SkipWithError(procs.error.c_str());
   ScopedPin pin(kMainCpu);
   if (!pin.ok()) return state.SkipWithError("cannot pin to CPU 0");
-  WindowOptions o;
-  o.bus = procs.bus;
-  o.role = "caller";
-  o.spin = spin;
-  o.replySpinCap = replySpinCap;
-  auto w = Window::connect(o);
+  auto w = connectCaller(procs.bus, spin, replySpinCap);
   if (!w) return state.SkipWithError(w.error().toString().c_str());
   Window& win = **w;
   std::vector<std::uint8_t> payload = touchedBuffer(bytes, 0x5a);
@@ -406,10 +434,10 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
   }
   // A port's calls are dispatched by the thread waiting in get() (no start(): no hand-off).
   std::shared_ptr<Port> port;
-  while ((route == Route::Port || route == Route::PortBlob) && !port) {
-    auto p = win.openPort("echo", "bench-port");
-    if (p) port = std::move(*p);
-    else if (p.code() != ErrorCode::NoHandler) return state.SkipWithError(p.error().toString().c_str());
+  if (route == Route::Port || route == Route::PortBlob) {
+    auto p = openBenchPort(win);
+    if (!p) return state.SkipWithError(p.error().toString().c_str());
+    port = std::move(*p);
   }
   timeLoop(state, [&] {
     switch (route) {
@@ -463,6 +491,7 @@ void finishStream(benchmark::State& state, std::uint64_t n, std::uint64_t ticks)
 
 enum class StreamRoute { ToMain, Routed, Port };
 
+
 /// Stream/window_to_main/64, Stream/window_to_window_routed/64 and Stream/port/64: the benchmark
 /// process (a window, CPU 0) sends state.max_iterations messages of kStreamBytes as fast as the
 /// bus (the port) takes them; the time runs from the first send until the receiver reports the
@@ -479,11 +508,7 @@ void stream(benchmark::State& state, StreamRoute route) {
   if (!procs.start(twoWindows, spin, n)) return state.SkipWithError(procs.error.c_str());
   ScopedPin pin(kMainCpu);
   if (!pin.ok()) return state.SkipWithError("cannot pin to CPU 0");
-  WindowOptions o;
-  o.bus = procs.bus;
-  o.role = "caller";
-  o.spin = spin;
-  auto w = Window::connect(o);
+  auto w = connectCaller(procs.bus, spin);
   if (!w) return state.SkipWithError(w.error().toString().c_str());
   Window& win = **w;
   std::vector<std::uint8_t> payload = touchedBuffer(kStreamBytes, 0x5a);
@@ -494,10 +519,10 @@ void stream(benchmark::State& state, StreamRoute route) {
   auto credits = win.on("stream-credit", [&](const Message&, const CallContext&) { credited += kCreditBatch; });
   const Target target("echo");
   std::shared_ptr<Port> port;
-  while (route == StreamRoute::Port && !port) {
-    auto p = win.openPort("echo", "bench-port");
-    if (p) port = std::move(*p);
-    else if (p.code() != ErrorCode::NoHandler) return state.SkipWithError(p.error().toString().c_str());
+  if (route == StreamRoute::Port) {
+    auto p = openBenchPort(win);
+    if (!p) return state.SkipWithError(p.error().toString().c_str());
+    port = std::move(*p);
   }
   bool failed = false;
   const std::uint64_t start = ticksNow();
@@ -531,6 +556,81 @@ void stream(benchmark::State& state, StreamRoute route) {
   if (routed) state.counters["credit_waits"] = static_cast<double>(creditWaits);
   port.reset();
   win.close();
+}
+
+/// Stream/port_stream/65536 and Stream/routed_stream/65536: a shmbus::Stream (docs/architecture.md
+/// §18) of state.max_iterations chunks of kChunkBytes from the benchmark process (CPU 0) to the
+/// target window (CPU 1), over a port or routed through the (unpinned) supervisor, with the
+/// default flow window; each chunk is copied once from a source buffer into the ring (the write's
+/// build) and checked in place by the receiver. The time runs from the first write until the
+/// receiver reports the last chunk. bytes_per_s is compared with Stream/memcpy (issue 13: a 1 GiB
+/// stream at least half the single-core memcpy bandwidth).
+constexpr std::size_t kChunkBytes = 64u << 10;
+
+void chunkStream(benchmark::State& state, bool routed) {
+  Watchdog dog(routed ? "Stream/routed_stream" : "Stream/port_stream", kWatchdogSeconds);
+  const auto spin = WindowOptions{}.spin;
+  const std::uint64_t n = static_cast<std::uint64_t>(state.max_iterations);
+  BusProcesses procs;
+  if (!procs.start(true, spin, n, false, kChunkBytes)) return state.SkipWithError(procs.error.c_str());
+  ScopedPin pin(kMainCpu);
+  if (!pin.ok()) return state.SkipWithError("cannot pin to CPU 0");
+  auto w = connectCaller(procs.bus, spin);
+  if (!w) return state.SkipWithError(w.error().toString().c_str());
+  Window& win = **w;
+  std::shared_ptr<Port> port;
+  if (!routed) {
+    // Rings of 1 MiB, as a window's: a 64 KiB chunk fits a ring record (on the default 64 KiB
+    // ring it would be a blob, docs/architecture.md §17).
+    auto p = openBenchPort(win, {.ringBytes = 1u << 20});
+    if (!p) return state.SkipWithError(p.error().toString().c_str());
+    port = std::move(*p);
+  }
+  Stream stream = routed ? Stream::to(win, Target("echo")) : Stream::to(*port);
+  std::vector<std::uint8_t> payload = touchedBuffer(kChunkBytes, 0x5a);
+  const BuildFn build = [&](Builder& b) {
+    b.initRoot<benchschema::Echo::EchoParams>().setData(kj::arrayPtr(payload.data(), kChunkBytes));
+  };
+  std::uint64_t seq = 0;
+  bool failed = false;
+  const std::uint64_t start = ticksNow();
+  for (auto _ : state) {
+    putSeq(payload.data(), ++seq);
+    if (!stream.write("chunk", build)) {
+      failed = true;
+      break;
+    }
+  }
+  if (failed || !stream.flush()) return state.SkipWithError(stream.status().error().toString().c_str());
+  const auto errors = procs.streamDone(true);
+  const std::uint64_t end = ticksNow();
+  if (!errors) return state.SkipWithError("the receiver exited before the last chunk");
+  if (*errors != 0) return state.SkipWithError("the receiver saw chunks lost, reordered or malformed");
+  const double seconds = static_cast<double>(end - start) * nsPerTick() * 1e-9;
+  state.SetIterationTime(seconds);
+  state.SetBytesProcessed(static_cast<std::int64_t>(n * kChunkBytes));
+  state.counters["msgs_per_s"] = seconds > 0 ? static_cast<double>(n) / seconds : 0;
+  state.counters["bytes_per_s"] = seconds > 0 ? static_cast<double>(n * kChunkBytes) / seconds : 0;
+  state.counters["credit_waits"] = static_cast<double>(stream.stats().waits);
+  port.reset();
+  win.close();
+}
+
+/// Stream/memcpy/67108864: the single-core memcpy bandwidth of this machine in the same run (64 MiB
+/// from one buffer to another, both touched first; bytes_per_s), the baseline of the chunk streams.
+void memcpyBandwidth(benchmark::State& state) {
+  constexpr std::size_t kBytes = 64u << 20;
+  ScopedPin pin(kMainCpu);
+  std::vector<std::uint8_t> from = touchedBuffer(kBytes, 0x5a), to = touchedBuffer(kBytes, 0);
+  const std::uint64_t start = ticksNow();
+  for (auto _ : state) {
+    std::memcpy(to.data(), from.data(), kBytes);
+    benchmark::DoNotOptimize(to.data());
+    benchmark::ClobberMemory();
+  }
+  const double seconds = static_cast<double>(ticksNow() - start) * nsPerTick() * 1e-9;
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * kBytes));
+  state.counters["bytes_per_s"] = seconds > 0 ? static_cast<double>(state.iterations() * kBytes) / seconds : 0;
 }
 
 // ---- the D-Bus peer (sd-bus through a private dbus-daemon)
@@ -751,6 +851,13 @@ void registerAll() {
                                       [](benchmark::State& s) { stream(s, StreamRoute::Routed); }));
   manual(benchmark::RegisterBenchmark("Stream/port/64", [](benchmark::State& s) { stream(s, StreamRoute::Port); }));
   manual(benchmark::RegisterBenchmark("Stream/dbus_signal/64", dbusSignals));
+  // 1 GiB per run in 64 KiB chunks, against memcpy's bandwidth in the same run.
+  for (const bool routed : {false, true}) {
+    benchmark::RegisterBenchmark(routed ? "Stream/routed_stream/65536" : "Stream/port_stream/65536",
+                                 [routed](benchmark::State& s) { chunkStream(s, routed); })
+        ->UseManualTime()->Iterations(16384)->Unit(benchmark::kMillisecond);
+  }
+  benchmark::RegisterBenchmark("Stream/memcpy/67108864", memcpyBandwidth)->Iterations(32)->UseRealTime()->Unit(benchmark::kMillisecond);
   for (std::size_t bytes : {std::size_t{64}, std::size_t{1024}}) {
     manual(benchmark::RegisterBenchmark(fmt::format("Invoke/window_to_main_untyped/{}/parked", bytes).c_str(),
                                         [=](benchmark::State& s) { invoke(s, Route::ToMain, bytes, kParkNow); }));

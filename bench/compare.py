@@ -29,14 +29,15 @@ import sys
 KINDS = ("PingPong", "Stream", "Invoke")
 # Display order; transports not listed here follow in name order.
 TRANSPORTS = ["floor_spin", "futex_floor", "pipe", "uds", "boost_mq", "ring_spin", "ring_parked", "ring_parked/1ms",
-              "window_to_main", "window_to_window_routed", "port", "dbus_signal"]
+              "window_to_main", "window_to_window_routed", "port", "dbus_signal", "port_stream", "routed_stream",
+              "memcpy"]
 ROUTES = ["window_to_main/spin", "window_to_main/parked", "window_to_main/learned", "port/spin", "port/parked",
           "port/learned", "port_blob/default", "window_to_window_routed/spin", "window_to_window_routed/parked",
           "window_to_window_routed/learned", "window_to_window_routed/learned_1ms",
           "window_to_window_routed/parked_1ms", "window_to_window_routed_traced/spin",
           "window_to_window_routed_traced/parked", "window_to_main_untyped/parked", "window_to_main_typed/parked",
           "dbus_method", "dbus_method/1ms"]
-COUNTERS = ["p50_ns", "p99_ns", "msgs_per_s", "full_retries", "credit_waits", "dbus_flushes"]
+COUNTERS = ["p50_ns", "p99_ns", "msgs_per_s", "bytes_per_s", "full_retries", "credit_waits", "dbus_flushes"]
 SENDER_WAITS = [("full_retries", "Full retries"), ("credit_waits", "credit waits"), ("dbus_flushes", "blocking flushes")]
 DBUS_CALL = "dbus_method"
 DBUS_STREAM = "dbus_signal"
@@ -110,6 +111,10 @@ def fmt_rate(v):
     if v >= 1e6:
         return f"{v / 1e6:.2f} M/s"
     return f"{v / 1e3:.1f} k/s"
+
+
+def fmt_bandwidth(v):
+    return "–" if v is None else f"{v / 1e9:.2f} GB/s"
 
 
 def fmt_ratio(a, b):
@@ -253,6 +258,13 @@ ISSUE13_TARGETS = [
         ("port invoke 64 MiB ÷ 64 B", ("Invoke", "port_blob/default", 64 << 20), ("Invoke", "port_blob/default", 64),
          "<=", 2.0),
     ]),
+    # A sixth element names the counter compared (default p50_ns).
+    ("Streams of 1 GiB in 64 KiB chunks: bytes/s ÷ single-core memcpy bytes/s", [
+        ("port stream ÷ memcpy", ("Stream", "port_stream", 65536), ("Stream", "memcpy", 64 << 20), ">=", 0.5,
+         "bytes_per_s"),
+        ("routed stream ÷ memcpy", ("Stream", "routed_stream", 65536), ("Stream", "memcpy", 64 << 20), None, None,
+         "bytes_per_s"),
+    ]),
 ]
 
 
@@ -260,15 +272,17 @@ def issue13_targets(out, data):
     """One table per ISSUE13_TARGETS group, with the rows this run has both sides of."""
     for title, rows in ISSUE13_TARGETS:
         lines = []
-        for label, num, den, op, threshold in rows:
-            a = get(data, num[0], num[1], num[2], "p50_ns")
-            b = get(data, den[0], den[1], den[2], "p50_ns")
+        for label, num, den, op, threshold, *counter in rows:
+            counter = counter[0] if counter else "p50_ns"
+            show = fmt_bandwidth if counter == "bytes_per_s" else fmt_ns
+            a = get(data, num[0], num[1], num[2], counter)
+            b = get(data, den[0], den[1], den[2], counter)
             if a is None or not b:
                 continue
             r = a / b
             met = "–" if threshold is None else ("yes" if (r <= threshold if op == "<=" else r >= threshold) else "**no**")
             goal = "–" if threshold is None else f"{op} {threshold}"
-            lines.append(f"| {label} | {fmt_ns(a)} | {fmt_ns(b)} | {r:.2f} | {goal} | {met} |")
+            lines.append(f"| {label} | {show(a)} | {show(b)} | {r:.2f} | {goal} | {met} |")
         if lines:
             out.append(f"### {title}\n")
             out.append("| ratio | numerator | denominator | ratio | target | met |")

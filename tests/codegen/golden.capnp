@@ -96,3 +96,11 @@ interface Versioned @0xb3100f7c0ebbaa0e {
   signal @6 (level :Int64) $Bus.oneway;
   # A one-way message whose field v2 retypes: refused.
 }
+
+interface Sink $Bus.target("sink") {
+  # A stream of chunks ended by an ordinary call (shmbus/stream.hpp, docs/architecture.md §18).
+  write @0 (seq :UInt32, chunk :Data) -> stream;
+  # One chunk; the handler's return is the sender's credit.
+  done @1 () -> (chunks :UInt32, bytes :UInt64, digest :UInt64, outOfOrder :UInt32);
+  # Ends the stream with what the receiver counted (and starts counting again).
+}

@@ -169,6 +169,10 @@ class Call {
   /// The caller-side request id (unique per endpoint).
   std::uint64_t requestId() const;
 
+  /// A call that has already failed with `error`: get() returns it at once, then() runs at once.
+  /// For layers that fail before anything is sent (Stream::finish after the stream ended).
+  static Call failed(Error error);
+
   /// Internal: a handle of the endpoint's call state.
   explicit Call(std::shared_ptr<detail::CallState> s) : state_(std::move(s)) {}
 

@@ -9,6 +9,7 @@
 #include "shmbus/message.hpp"
 #include "shmbus/policy.hpp"
 #include "shmbus/port.hpp"
+#include "shmbus/stream.hpp"
 #include "shmbus/supervisor.hpp"
 #include "shmbus/validate.hpp"
 #include "shmbus/window.hpp"

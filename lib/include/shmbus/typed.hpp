@@ -8,6 +8,7 @@
 //     static constexpr Channel channel();       // wire id + name + params/results fingerprints
 //     static constexpr std::chrono::milliseconds defaultTimeout;  // $timeoutMs, 0 = none
 //     static constexpr bool oneway;             // $oneway: a send/push/broadcast, no reply
+//     static constexpr bool streaming;          // `-> stream`: written to a Stream (shmbus/stream.hpp)
 //
 // and thin client and registration functions that forward to the templates below. Everything
 // here is a layer over the untyped API (Window / Supervisor / Port): the same records, the same
@@ -45,6 +46,7 @@
 #include "shmbus/message.hpp"
 #include "shmbus/port.hpp"
 #include "shmbus/schema.hpp"
+#include "shmbus/stream.hpp"
 #include "shmbus/supervisor.hpp"
 #include "shmbus/window.hpp"
 
@@ -132,6 +134,17 @@ Result<typename T::Reader> readChecked(const Message& m, std::uint64_t expected,
   }
   if (m.empty()) return typename T::Reader();
   return m.tryRoot<T>();
+}
+
+/// True for a streaming method (`-> stream`); false for a descriptor without `streaming`
+/// (written by hand, or by an older capnpc-shmbus).
+template <class M>
+constexpr bool isStreaming() noexcept {
+  if constexpr (requires { M::streaming; }) {
+    return M::streaming;
+  } else {
+    return false;
+  }
 }
 
 /// The layout of method descriptor M's params (`Params`) or results, or nullptr for a
@@ -387,6 +400,58 @@ Registration listen(E& endpoint, F&& fn, bool once) {
     }
   };
   return once ? endpoint.once(M::channel(), std::move(l)) : endpoint.on(M::channel(), std::move(l));
+}
+
+/// Registers a typed handler for a streaming method (`-> stream`, M::streaming): fn(Params::Reader,
+/// const CallContext&), or the same without the context. Returning acknowledges the write (the
+/// empty StreamResult reply), which is the sender's credit (shmbus/stream.hpp): a slow fn slows
+/// the sender down. A throw fails the write with HandlerError and ends the sender's stream.
+template <class M, Endpoint E, class F>
+Registration handleStream(E& endpoint, F&& fn) {
+  static_assert(isStreaming<M>(), "handleStream serves streaming methods (-> stream); handle the others");
+  using P = typename M::Params;
+  using Fn = std::decay_t<F>;
+  constexpr bool withContext = std::is_invocable_v<Fn&, typename P::Reader&, const CallContext&>;
+  static_assert(withContext || std::is_invocable_v<Fn&, typename P::Reader&>,
+                "a typed stream handler takes (Params::Reader[, const shmbus::CallContext&])");
+  return handle<M>(endpoint, [fn = Fn(std::forward<F>(fn))](typename P::Reader& params, typename M::Results::Builder&,
+                                                             const CallContext& ctx) mutable {
+    if constexpr (withContext) {
+      fn(params, ctx);
+    } else {
+      fn(params);
+    }
+  });
+}
+
+/// The Stream of a generated `<I>Stream` class: to the peer of a port, else to `target`; announces
+/// the contract of method descriptor M (any method of the interface) on a routed endpoint.
+template <class M, Endpoint E>
+Stream streamTo(E& endpoint, const Target& target, StreamOptions options) {
+  if constexpr (std::same_as<E, Port>) {
+    return Stream::to(endpoint, options);
+  } else {
+    announce<M>(endpoint);
+    return Stream::to(endpoint, target, options);
+  }
+}
+
+/// One typed write of streaming method M on `stream` (Stream::write; $timeoutMs applies when
+/// StreamOptions::timeout is 0).
+template <class M, class F>
+Result<void> streamWrite(Stream& stream, F& build) {
+  static_assert(isStreaming<M>(), "only streaming methods (-> stream) are written to a stream");
+  return stream.write(M::channel(), buildFn<M>(build), M::defaultTimeout);
+}
+
+/// The typed final call M of a stream (Stream::finish): made once every write was acknowledged;
+/// already failed with the stream's error when the stream ended.
+template <class M, class F>
+TypedCall<typename M::Results> streamFinish(Stream& stream, const Target& target, F& build, CallOptions options) {
+  static_assert(!M::oneway && !isStreaming<M>(), "a stream ends with an ordinary method that has a reply");
+  const Channel ch = M::channel();
+  return {stream.finish(ch, buildFn<M>(build), withTimeout(options, M::defaultTimeout)), ch, target,
+          resultsLayoutOf<M>()};
 }
 
 }  // namespace detail

@@ -100,6 +100,12 @@ void Call::cancel() {
   }
 }
 
+Call Call::failed(Error error) {
+  auto s = std::make_shared<detail::CallState>();
+  detail::completeCall(s, std::move(error));
+  return Call(std::move(s));
+}
+
 std::uint64_t Call::requestId() const { return state_ ? state_->requestId : 0; }
 
 std::string Target::describe() const {

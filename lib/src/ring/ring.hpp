@@ -201,6 +201,8 @@ class RingConsumer {
   WaitStatus waitPublished(std::int64_t deadlineNs, const SpinPolicy& policy, Stop&& stop);
 
   std::uint64_t readPos() const noexcept { return readPos_; }
+  /// The ring's geometry (capacity, maxRecord).
+  const RingGeometry& geometry() const noexcept { return geometry_; }
   std::uint64_t head() const noexcept { return head_; }
   bool valid() const noexcept { return control_ != nullptr; }
   RingControl* control() const noexcept { return control_; }

@@ -13,8 +13,9 @@
 // `Foo`'s FooPortClient and `FooPort`'s, and such a file is refused naming both: checkTypeNames).
 // The C++ namespace is the file's $Cxx.namespace.
 // Annotations (schemas/shmbus.capnp): $timeoutMs (method default timeout), $oneway (no reply),
-// $target (interface default role). Generic interfaces, generic methods and streaming methods
-// are skipped with a warning.
+// $target (interface default role). Streaming methods (`-> stream`) are written through
+// `Basic<I>Stream` (shmbus/stream.hpp, docs/architecture.md §18) and served by handle<Method>.
+// Generic interfaces and generic methods are skipped with a warning.
 #include "generator.hpp"
 
 #include <capnp/dynamic.h>
@@ -98,6 +99,7 @@ struct Method {
   Layout paramsLayout;    // the contract check (shmbus/contract.hpp)
   Layout resultsLayout;
   bool oneway = false;
+  bool streaming = false;  // `-> stream`: written to the interface's Stream class
   std::uint32_t timeoutMs = 0;  // 0 = none
   std::string doc;
 };
@@ -110,6 +112,13 @@ struct Interface {
   std::optional<std::string> target;
   std::string doc;
   std::vector<Method> methods;
+  /// True when a method is streaming: the interface then also gets `Basic<I>Stream`.
+  bool streams() const {
+    for (const auto& m : methods) {
+      if (m.streaming) return true;
+    }
+    return false;
+  }
 };
 
 class Generator {
@@ -246,10 +255,6 @@ class Generator {
         warn(file, "skipped generic method " + where);
         continue;
       }
-      if (m.isStreaming()) {
-        warn(file, "skipped streaming method " + where + " (use $oneway)");
-        continue;
-      }
       capnp::StructSchema params = m.getParamType(), results = m.getResultType();
       if (params.getProto().getIsGeneric() || results.getProto().getIsGeneric()) {
         warn(file, "skipped method " + where + ": generic params or results");
@@ -267,6 +272,11 @@ class Generator {
       out.paramsLayout = layoutOf(params, "params of " + where + named);
       out.resultsLayout = layoutOf(results, "results of " + where + namedResults);
       out.oneway = annotation(mp.getAnnotations(), kOneway).has_value();
+      out.streaming = m.isStreaming();
+      if (out.streaming && out.oneway) {
+        warn(file, "skipped method " + where + ": a streaming method cannot be $oneway");
+        continue;
+      }
       if (auto t = annotation(mp.getAnnotations(), kTimeoutMs); t && t->isUint32()) out.timeoutMs = t->getUint32();
       out.doc = memberDocOf(iface.id, m.getIndex());
       iface.methods.push_back(std::move(out));
@@ -292,6 +302,9 @@ class Generator {
     o += "// clients and handler registration (runtime: shmbus/typed.hpp; Cap'n Proto types: capnpc-c++).\n";
     o += "#pragma once\n\n";
     o += "#include <shmbus/typed.hpp>\n\n";
+    bool streams = false;
+    for (const auto& i : interfaces) streams = streams || i.streams();
+    if (streams) o += "#include <capnp/stream.capnp.h>  // capnp::StreamResult, the reply of a streaming method\n";
     o += "#include \"" + slash + ".h\"\n";
     if (interfaces.empty()) {
       o += "\n// " + slash + " declares no interface.\n";
@@ -307,8 +320,16 @@ class Generator {
   /// The C++ types generated for interface `i`, all in the file's namespace.
   static std::vector<std::string> typeNames(const Interface& i) {
     const std::string& n = i.flatName;
-    return {n + "Channels", n + "Contract", n + "Methods", "Basic" + n + "Client", n + "Client",
-            n + "MainClient", n + "PortClient", n + "Handlers"};
+    std::vector<std::string> names{n + "Channels",   n + "Contract",   n + "Methods",    "Basic" + n + "Client",
+                                   n + "Client",     n + "MainClient", n + "PortClient", n + "Handlers"};
+    if (i.streams()) {
+      for (const char* s : {"Basic%Stream", "%Stream", "%MainStream", "%PortStream"}) {
+        std::string name = s;
+        name.replace(name.find('%'), 1, n);
+        names.push_back(name);
+      }
+    }
+    return names;
   }
 
   /// Fails (naming both) when two interfaces would generate the same type name (interfaces `Foo`
@@ -339,6 +360,7 @@ class Generator {
     o += generateContract(i);
     o += generateMethods(i);
     o += generateClient(i);
+    if (i.streams()) o += generateStream(i);
     o += generateHandlers(i);
     return o;
   }
@@ -350,7 +372,8 @@ class Generator {
     o += "/// compiled from an incompatible version of the contract is refused with InvalidMessage.\n";
     o += "struct " + i.flatName + "Channels {\n";
     for (const auto& m : i.methods) {
-      o += "  /// " + i.capnpName + "." + m.name + " @" + std::to_string(m.ordinal) + (m.oneway ? ", $oneway" : "") + "\n";
+      o += "  /// " + i.capnpName + "." + m.name + " @" + std::to_string(m.ordinal) + (m.oneway ? ", $oneway" : "") +
+           (m.streaming ? ", streaming" : "") + "\n";
       o += "  static constexpr ::shmbus::Channel " + m.member + "() noexcept {\n";
       o += "    return {::shmbus::methodChannelId(" + hexLiteral(i.id) + ", " + std::to_string(m.ordinal) + "), \"" +
            i.capnpName + "." + m.name + "\",\n";
@@ -404,6 +427,7 @@ class Generator {
       o += "    static constexpr std::chrono::milliseconds defaultTimeout{" + std::to_string(m.timeoutMs) + "};" +
            (m.timeoutMs ? "  // $timeoutMs" : "") + "\n";
       o += "    static constexpr bool oneway = " + std::string(m.oneway ? "true" : "false") + ";\n";
+      o += "    static constexpr bool streaming = " + std::string(m.streaming ? "true" : "false") + ";\n";
       o += generateLayout(m.paramsLayout, "params");
       o += generateLayout(m.resultsLayout, "results");
       const std::string ch = i.flatName + "Channels::" + m.member + "()";
@@ -453,6 +477,7 @@ class Generator {
     o += " public:\n";
     o += "  explicit Basic" + n + "Client(E& endpoint) noexcept : endpoint_(endpoint) {}\n";
     for (const auto& m : i.methods) {
+      if (m.streaming) continue;  // written to Basic<I>Stream, with flow control
       const std::string desc = n + "Methods::" + m.title;
       // The requires-clause is parenthesised: a return type starting with `::` would otherwise
       // continue the concept-id as a nested-name-specifier.
@@ -504,6 +529,75 @@ class Generator {
     return o;
   }
 
+  /// `Basic<I>Stream<E>` for an interface with streaming methods: a shmbus::Stream to one
+  /// receiver; each streaming method writes (with flow control), each ordinary method with a
+  /// reply ends the stream (flush, then the call). $oneway methods stay on the client.
+  static std::string generateStream(const Interface& i) {
+    const std::string& n = i.flatName;
+    const std::string fallback = i.target ? "role \"" + *i.target + "\"" : "the main process";
+    const std::string fallbackTarget = i.target ? "::shmbus::Target(\"" + *i.target + "\")" : "::shmbus::Target::main()";
+    const std::string any = n + "Methods::" + i.methods.front().title;
+    std::string o;
+    o += "\n/// Typed stream to one receiver of " + i.capnpName + " (shmbus/stream.hpp): its streaming methods\n";
+    o += "/// are written with credit-based flow control (a write waits while StreamOptions::windowBytes\n";
+    o += "/// are unacknowledged); an ordinary method ends the stream: it is called once every write was\n";
+    o += "/// acknowledged, and fails with the error that ended the stream, if any. " + n + "Stream{window}\n";
+    o += "/// streams to " + fallback + " or to `target` (routed), " + n + "MainStream{supervisor, target} to a\n";
+    o += "/// window, " + n + "PortStream{port} to the peer of a port. One thread at a time.\n";
+    o += "template <::shmbus::Endpoint E>\n";
+    o += "class Basic" + n + "Stream {\n";
+    o += " public:\n";
+    o += "  /// A stream to " + fallback + " (on a port: its peer).\n";
+    o += "  explicit Basic" + n + "Stream(E& endpoint, ::shmbus::StreamOptions options = {})\n";
+    o += "    requires(!std::same_as<E, ::shmbus::Supervisor>)\n";
+    o += "      : target_(" + fallbackTarget + "), stream_(::shmbus::detail::streamTo<" + any +
+         ">(endpoint, target_, options)) {}\n";
+    o += "  /// A stream to `target` (routed by the supervisor from a window).\n";
+    o += "  Basic" + n + "Stream(E& endpoint, const ::shmbus::Target& target, ::shmbus::StreamOptions options = {})\n";
+    o += "    requires(::shmbus::RoutedEndpoint<E>)\n";
+    o += "      : target_(target), stream_(::shmbus::detail::streamTo<" + any + ">(endpoint, target_, options)) {}\n";
+    for (const auto& m : i.methods) {
+      if (m.oneway) continue;
+      const std::string desc = n + "Methods::" + m.title;
+      const std::string qualified = i.capnpName + "." + m.name;
+      const std::string builds = "    requires(::shmbus::ParamsBuilder<Build, " + desc + ">)\n";
+      o += "\n";
+      if (!m.doc.empty()) o += docLines(m.doc, "  ");
+      if (m.streaming) {
+        o += "  /// Writes " + qualified + " (waits while the window is full; Stream::write).\n";
+        o += "  template <class Build = ::shmbus::NoParams>\n" + builds;
+        o += "  ::shmbus::Result<void> " + m.member + "(Build&& build = {}) {\n";
+        o += "    return ::shmbus::detail::streamWrite<" + desc + ">(stream_, build);\n";
+        o += "  }\n";
+      } else {
+        o += "  /// Ends the stream with " + qualified + " (Stream::finish).\n";
+        o += "  template <class Build = ::shmbus::NoParams>\n" + builds;
+        o += "  ::shmbus::TypedCall<" + desc + "::Results>\n";
+        o += "  " + m.member + "(Build&& build = {}, ::shmbus::CallOptions options = {}) {\n";
+        o += "    return ::shmbus::detail::streamFinish<" + desc + ">(stream_, target_, build, options);\n";
+        o += "  }\n";
+      }
+    }
+    o += "\n  /// Waits until every write was acknowledged (Stream::flush).\n";
+    o += "  ::shmbus::Result<void> flush() { return stream_.flush(); }\n";
+    o += "  /// Cancels the writes in flight and ends the stream with Cancelled (Stream::cancel).\n";
+    o += "  void cancel() { stream_.cancel(); }\n";
+    o += "  /// The error that ended the stream, or ok (Stream::status).\n";
+    o += "  ::shmbus::Result<void> status() const { return stream_.status(); }\n";
+    o += "  /// Counts so far (Stream::stats).\n";
+    o += "  ::shmbus::StreamStats stats() const noexcept { return stream_.stats(); }\n";
+    o += "  /// The untyped stream.\n";
+    o += "  ::shmbus::Stream& untyped() noexcept { return stream_; }\n";
+    o += "\n private:\n";
+    o += "  ::shmbus::Target target_;\n";
+    o += "  ::shmbus::Stream stream_;\n";
+    o += "};\n";
+    o += "using " + n + "Stream = Basic" + n + "Stream<::shmbus::Window>;\n";
+    o += "using " + n + "MainStream = Basic" + n + "Stream<::shmbus::Supervisor>;\n";
+    o += "using " + n + "PortStream = Basic" + n + "Stream<::shmbus::Port>;\n";
+    return o;
+  }
+
   static std::string generateHandlers(const Interface& i) {
     const std::string& n = i.flatName;
     std::string o;
@@ -513,6 +607,10 @@ class Generator {
     o += "/// returns the Registration that undoes it.\n";
     o += "///   handle<Method>(endpoint, fn(Params::Reader, Results::Builder, const shmbus::CallContext&))\n";
     o += "///     the results builder is the reply's root; a throw fails the call with HandlerError.\n";
+    if (i.streams()) {
+      o += "///   handle<Method>(endpoint, fn(Params::Reader, const shmbus::CallContext&)) for a streaming method:\n";
+      o += "///     returning acknowledges the write (the sender's credit, shmbus/stream.hpp).\n";
+    }
     o += "///   on<Method> / once<Method>(endpoint, fn(Params::Reader, const shmbus::CallContext&))\n";
     o += "///     $oneway methods; once<Method> is removed before its first run.\n";
     o += "/// The CallContext parameter may be left out.\n";
@@ -524,7 +622,10 @@ class Generator {
       };
       std::vector<Form> forms;
       const std::string qualified = i.capnpName + "." + m.name;
-      if (!m.oneway) {
+      if (m.streaming) {
+        forms.push_back({"handle" + m.title, qualified + ", streaming",
+                         "::shmbus::detail::handleStream<" + desc + ">(endpoint, std::forward<F>(fn))"});
+      } else if (!m.oneway) {
         forms.push_back({"handle" + m.title, qualified, "::shmbus::detail::handle<" + desc + ">(endpoint, std::forward<F>(fn))"});
       } else {
         forms.push_back({"on" + m.title, qualified, "::shmbus::detail::listen<" + desc + ">(endpoint, std::forward<F>(fn), false)"});
@@ -555,6 +656,11 @@ class Generator {
         h = {"handle" + m.title};
       }
       if (!titles.insert(m.title).second) return m.title;
+      if (i.streams()) {
+        for (const char* reserved : {"flush", "cancel", "stats", "status", "untyped"}) {
+          if (m.member == reserved) return m.member + " (a member of the Stream class)";
+        }
+      }
       for (const auto& s : c) {
         if (!client.insert(s).second) return s;
       }

@@ -6,6 +6,7 @@
 
 #include <shmbus/typed.hpp>
 
+#include <capnp/stream.capnp.h>  // capnp::StreamResult, the reply of a streaming method
 #include "golden.capnp.h"
 
 namespace shmbus::golden {
@@ -93,6 +94,7 @@ struct StudioMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::echo(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    static constexpr bool streaming = false;
     /// Layout of params of Studio.echo (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
         // @0 text :Text ptr0
@@ -117,6 +119,7 @@ struct StudioMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::ping(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    static constexpr bool streaming = false;
     /// Layout of params of Studio.ping (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 0> paramsFields{{
     }};
@@ -135,6 +138,7 @@ struct StudioMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::describe(); }
     static constexpr std::chrono::milliseconds defaultTimeout{2500};  // $timeoutMs
     static constexpr bool oneway = false;
+    static constexpr bool streaming = false;
     /// Layout of params of Studio.describe (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
         // @0 shape :(@0 name :Text ptr0; @1 circle.center :(@0 x :Int32 data0; @1 y :Int32 data1) ptr1 when d4=0; @2 circle.radius :Float64 data0 when d4=0; @3 polygon :List((@0 x :Int32 data0; @1 y :Int32 data1)) ptr1 when d4=1; @4 empty :Void data0 when d4=2; @5 tags :List(Text) ptr2; @6 style :(@0 stroke :UInt8 data0; @1 color :Text ptr0) ptr3) ptr0
@@ -161,6 +165,7 @@ struct StudioMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::store(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    static constexpr bool streaming = false;
     /// Layout of params of Studio.store (Shape) (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 7> paramsFields{{
         // @0 name :Text ptr0
@@ -197,6 +202,7 @@ struct StudioMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::notify(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = true;
+    static constexpr bool streaming = false;
     /// Layout of params of Studio.notify (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 2> paramsFields{{
         // @0 message :Text ptr0
@@ -219,6 +225,7 @@ struct StudioMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::tick(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = true;
+    static constexpr bool streaming = false;
     /// Layout of params of Studio.tick (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 0> paramsFields{{
     }};
@@ -237,6 +244,7 @@ struct StudioMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::delete_(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    static constexpr bool streaming = false;
     /// Layout of params of Studio.delete (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
         // @0 key :Text ptr0
@@ -259,6 +267,7 @@ struct StudioMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return StudioChannels::slow(); }
     static constexpr std::chrono::milliseconds defaultTimeout{150};  // $timeoutMs
     static constexpr bool oneway = false;
+    static constexpr bool streaming = false;
     /// Layout of params of Studio.slow (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
         // @0 spinUntilCancelled :Bool data0
@@ -544,6 +553,7 @@ struct HubMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return HubChannels::report(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    static constexpr bool streaming = false;
     /// Layout of params of Hub.report (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 2> paramsFields{{
         // @0 value :Int64 data0
@@ -568,6 +578,7 @@ struct HubMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return HubChannels::status(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = true;
+    static constexpr bool streaming = false;
     /// Layout of params of Hub.status (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 2> paramsFields{{
         // @0 text :Text ptr0
@@ -708,6 +719,7 @@ struct Scope_InnerMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return Scope_InnerChannels::hello(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    static constexpr bool streaming = false;
     /// Layout of params of Scope.Inner.hello (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
         // @0 name :Text ptr0
@@ -816,6 +828,7 @@ struct Scope_Inner_DeeperMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return Scope_Inner_DeeperChannels::depth(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    static constexpr bool streaming = false;
     /// Layout of params of Scope.Inner.Deeper.depth (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 0> paramsFields{{
     }};
@@ -958,6 +971,7 @@ struct VersionedMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::check(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    static constexpr bool streaming = false;
     /// Layout of params of Versioned.check (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
         // @0 value :UInt32 data0
@@ -980,6 +994,7 @@ struct VersionedMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::reply(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    static constexpr bool streaming = false;
     /// Layout of params of Versioned.reply (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
         // @0 value :UInt32 data0
@@ -1002,6 +1017,7 @@ struct VersionedMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::report(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = true;
+    static constexpr bool streaming = false;
     /// Layout of params of Versioned.report (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 2> paramsFields{{
         // @0 ok :Bool data0
@@ -1024,6 +1040,7 @@ struct VersionedMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::note(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = true;
+    static constexpr bool streaming = false;
     /// Layout of params of Versioned.note (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
         // @0 text :Text ptr0
@@ -1044,6 +1061,7 @@ struct VersionedMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::add(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    static constexpr bool streaming = false;
     /// Layout of params of Versioned.add (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 2> paramsFields{{
         // @0 a :Int64 data0
@@ -1068,6 +1086,7 @@ struct VersionedMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::extend(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    static constexpr bool streaming = false;
     /// Layout of params of Versioned.extend (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
         // @0 value :UInt32 data0
@@ -1090,6 +1109,7 @@ struct VersionedMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::signal(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = true;
+    static constexpr bool streaming = false;
     /// Layout of params of Versioned.signal (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
         // @0 level :Int64 data0
@@ -1314,6 +1334,210 @@ struct VersionedHandlers {
   template <::shmbus::Endpoint E, class F>
   static ::shmbus::Registration onceSignal(E& endpoint, F&& fn) {
     return ::shmbus::detail::listen<VersionedMethods::Signal>(endpoint, std::forward<F>(fn), true);
+  }
+};
+
+// ---- interface Sink (0xbebc2fe8ee336b47), default role "sink"
+// A stream of chunks ended by an ordinary call (shmbus/stream.hpp, docs/architecture.md §18).
+
+/// Channels of Sink: id from the interface id and the method ordinal; schemaId and
+/// replySchemaId fingerprint the params and results layouts (shmbus/contract.hpp), so a peer
+/// compiled from an incompatible version of the contract is refused with InvalidMessage.
+struct SinkChannels {
+  /// Sink.write @0, streaming
+  static constexpr ::shmbus::Channel write() noexcept {
+    return {::shmbus::methodChannelId(0xbebc2fe8ee336b47ull, 0), "Sink.write",
+            0x028df636079a38aaull, 0x00c0b1e5d1000000ull};
+  }
+  /// Sink.done @1
+  static constexpr ::shmbus::Channel done() noexcept {
+    return {::shmbus::methodChannelId(0xbebc2fe8ee336b47ull, 1), "Sink.done",
+            0x00c0b1e5d1000000ull, 0x046f3b0c5d78d091ull};
+  }
+  /// Every channel of Sink, in ordinal order (e.g. for Supervisor::nameChannels).
+  static constexpr std::array<::shmbus::Channel, 2> all() noexcept {
+    return {write(), done()};
+  }
+};
+
+/// The schema typed stubs of Sink announce to the supervisor once per connection, so
+/// that inspectors decode its payloads without a schema file (shmbus/schema.hpp).
+struct SinkContract {
+  /// The methods the stubs serve: ordinal and channel id.
+  static constexpr std::array<::shmbus::MethodChannel, 2> methods{{
+      {0, SinkChannels::write().id},
+      {1, SinkChannels::done().id},
+  }};
+  /// The compiled schema nodes (capnpc-c++'s), the name and the methods.
+  static ::shmbus::ContractSchema schema() noexcept {
+    return {::capnp::Schema::from<::shmbus::golden::Sink>(), "Sink", methods};
+  }
+};
+
+/// Method descriptors of Sink for the helpers of shmbus/typed.hpp (defaultTimeout 0: the
+/// channel's timeout, else the bus default).
+struct SinkMethods {
+  struct Write {
+    using Contract = SinkContract;  // the schema its stubs announce
+    using Params = ::shmbus::golden::Sink::WriteParams;
+    using Results = ::capnp::StreamResult;
+    static constexpr ::shmbus::Channel channel() noexcept { return SinkChannels::write(); }
+    static constexpr std::chrono::milliseconds defaultTimeout{0};
+    static constexpr bool oneway = false;
+    static constexpr bool streaming = true;
+    /// Layout of params of Sink.write (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 2> paramsFields{{
+        // @0 seq :UInt32 data0
+        {"seq", 0, 0x8aad174c2f1b06e4ull},
+        // @1 chunk :Data ptr0
+        {"chunk", 1, 0x9a342ac68df63607ull},
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Sink.write", paramsFields};
+    /// Layout of results of Sink.write (StreamResult) (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 0> resultsFields{{
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Sink.write (StreamResult)", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == SinkChannels::write().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == SinkChannels::write().replySchemaId);
+  };
+  struct Done {
+    using Contract = SinkContract;  // the schema its stubs announce
+    using Params = ::shmbus::golden::Sink::DoneParams;
+    using Results = ::shmbus::golden::Sink::DoneResults;
+    static constexpr ::shmbus::Channel channel() noexcept { return SinkChannels::done(); }
+    static constexpr std::chrono::milliseconds defaultTimeout{0};
+    static constexpr bool oneway = false;
+    static constexpr bool streaming = false;
+    /// Layout of params of Sink.done (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 0> paramsFields{{
+    }};
+    static constexpr ::shmbus::ContractLayout paramsLayout{"params of Sink.done", paramsFields};
+    /// Layout of results of Sink.done (fields in ordinal order; shmbus/contract.hpp).
+    static constexpr std::array<::shmbus::ContractField, 4> resultsFields{{
+        // @0 chunks :UInt32 data0
+        {"chunks", 0, 0x450e88b4231eaebcull},
+        // @1 bytes :UInt64 data1
+        {"bytes", 1, 0x0802eb00b017b109ull},
+        // @2 digest :UInt64 data2
+        {"digest", 2, 0x3647043cf3d52e0full},
+        // @3 outOfOrder :UInt32 data1
+        {"outOfOrder", 3, 0x79c315466f3b0c5dull},
+    }};
+    static constexpr ::shmbus::ContractLayout resultsLayout{"results of Sink.done", resultsFields};
+    static_assert(::shmbus::contractFingerprint(paramsLayout) == SinkChannels::done().schemaId &&
+                  ::shmbus::contractFingerprint(resultsLayout) == SinkChannels::done().replySchemaId);
+  };
+};
+
+/// Typed client of Sink. SinkClient{window} calls the main process
+/// (Target::main()) or windows (routed by the supervisor) and sends one-way messages;
+/// SinkMainClient{supervisor} calls windows, pushes and broadcasts; SinkPortClient{port}
+/// calls and sends to the peer of a port (the overloads without a target). A build callable
+/// gets `Params::Builder` and fills the params in place (omit it to send the defaults); a
+/// reply is read in place (zero copy). The overloads without a target go to role "sink"
+/// (on a port: to its peer).
+template <::shmbus::Endpoint E>
+class BasicSinkClient {
+ public:
+  explicit BasicSinkClient(E& endpoint) noexcept : endpoint_(endpoint) {}
+
+  /// Ends the stream with what the receiver counted (and starts counting again).
+  /// Calls Sink.done on `target`.
+  template <class Build = ::shmbus::NoParams>
+    requires(::shmbus::RoutedEndpoint<E> && ::shmbus::ParamsBuilder<Build, SinkMethods::Done>)
+  ::shmbus::TypedCall<SinkMethods::Done::Results>
+  done(const ::shmbus::Target& target, Build&& build = {}, ::shmbus::CallOptions options = {}) {
+    return ::shmbus::detail::invoke<SinkMethods::Done>(endpoint_, target, build, options);
+  }
+  /// Calls Sink.done on role "sink" (on a port: its peer).
+  template <class Build = ::shmbus::NoParams>
+    requires(::shmbus::ParamsBuilder<Build, SinkMethods::Done>)
+  ::shmbus::TypedCall<SinkMethods::Done::Results>
+  done(Build&& build = {}, ::shmbus::CallOptions options = {}) {
+    return ::shmbus::detail::invokeDefault<SinkMethods::Done>(endpoint_, ::shmbus::Target("sink"), build, options);
+  }
+
+ private:
+  E& endpoint_;
+};
+using SinkClient = BasicSinkClient<::shmbus::Window>;
+using SinkMainClient = BasicSinkClient<::shmbus::Supervisor>;
+using SinkPortClient = BasicSinkClient<::shmbus::Port>;
+
+/// Typed stream to one receiver of Sink (shmbus/stream.hpp): its streaming methods
+/// are written with credit-based flow control (a write waits while StreamOptions::windowBytes
+/// are unacknowledged); an ordinary method ends the stream: it is called once every write was
+/// acknowledged, and fails with the error that ended the stream, if any. SinkStream{window}
+/// streams to role "sink" or to `target` (routed), SinkMainStream{supervisor, target} to a
+/// window, SinkPortStream{port} to the peer of a port. One thread at a time.
+template <::shmbus::Endpoint E>
+class BasicSinkStream {
+ public:
+  /// A stream to role "sink" (on a port: its peer).
+  explicit BasicSinkStream(E& endpoint, ::shmbus::StreamOptions options = {})
+    requires(!std::same_as<E, ::shmbus::Supervisor>)
+      : target_(::shmbus::Target("sink")), stream_(::shmbus::detail::streamTo<SinkMethods::Write>(endpoint, target_, options)) {}
+  /// A stream to `target` (routed by the supervisor from a window).
+  BasicSinkStream(E& endpoint, const ::shmbus::Target& target, ::shmbus::StreamOptions options = {})
+    requires(::shmbus::RoutedEndpoint<E>)
+      : target_(target), stream_(::shmbus::detail::streamTo<SinkMethods::Write>(endpoint, target_, options)) {}
+
+  /// One chunk; the handler's return is the sender's credit.
+  /// Writes Sink.write (waits while the window is full; Stream::write).
+  template <class Build = ::shmbus::NoParams>
+    requires(::shmbus::ParamsBuilder<Build, SinkMethods::Write>)
+  ::shmbus::Result<void> write(Build&& build = {}) {
+    return ::shmbus::detail::streamWrite<SinkMethods::Write>(stream_, build);
+  }
+
+  /// Ends the stream with what the receiver counted (and starts counting again).
+  /// Ends the stream with Sink.done (Stream::finish).
+  template <class Build = ::shmbus::NoParams>
+    requires(::shmbus::ParamsBuilder<Build, SinkMethods::Done>)
+  ::shmbus::TypedCall<SinkMethods::Done::Results>
+  done(Build&& build = {}, ::shmbus::CallOptions options = {}) {
+    return ::shmbus::detail::streamFinish<SinkMethods::Done>(stream_, target_, build, options);
+  }
+
+  /// Waits until every write was acknowledged (Stream::flush).
+  ::shmbus::Result<void> flush() { return stream_.flush(); }
+  /// Cancels the writes in flight and ends the stream with Cancelled (Stream::cancel).
+  void cancel() { stream_.cancel(); }
+  /// The error that ended the stream, or ok (Stream::status).
+  ::shmbus::Result<void> status() const { return stream_.status(); }
+  /// Counts so far (Stream::stats).
+  ::shmbus::StreamStats stats() const noexcept { return stream_.stats(); }
+  /// The untyped stream.
+  ::shmbus::Stream& untyped() noexcept { return stream_; }
+
+ private:
+  ::shmbus::Target target_;
+  ::shmbus::Stream stream_;
+};
+using SinkStream = BasicSinkStream<::shmbus::Window>;
+using SinkMainStream = BasicSinkStream<::shmbus::Supervisor>;
+using SinkPortStream = BasicSinkStream<::shmbus::Port>;
+
+/// Typed handlers and listeners of Sink on a window, on one end of a port (for its peer's
+/// calls and sends), or on the supervisor for calls and sends to the main process. Each
+/// returns the Registration that undoes it.
+///   handle<Method>(endpoint, fn(Params::Reader, Results::Builder, const shmbus::CallContext&))
+///     the results builder is the reply's root; a throw fails the call with HandlerError.
+///   handle<Method>(endpoint, fn(Params::Reader, const shmbus::CallContext&)) for a streaming method:
+///     returning acknowledges the write (the sender's credit, shmbus/stream.hpp).
+///   on<Method> / once<Method>(endpoint, fn(Params::Reader, const shmbus::CallContext&))
+///     $oneway methods; once<Method> is removed before its first run.
+/// The CallContext parameter may be left out.
+struct SinkHandlers {
+  /// Sink.write, streaming
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleWrite(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handleStream<SinkMethods::Write>(endpoint, std::forward<F>(fn));
+  }
+  /// Sink.done
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleDone(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handle<SinkMethods::Done>(endpoint, std::forward<F>(fn));
   }
 };
 

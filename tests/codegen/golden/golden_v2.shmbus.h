@@ -86,6 +86,7 @@ struct VersionedMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::check(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    static constexpr bool streaming = false;
     /// Layout of params of Versioned.check (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 2> paramsFields{{
         // @0 value :UInt64 data0
@@ -110,6 +111,7 @@ struct VersionedMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::reply(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    static constexpr bool streaming = false;
     /// Layout of params of Versioned.reply (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
         // @0 value :UInt32 data0
@@ -134,6 +136,7 @@ struct VersionedMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::report(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = true;
+    static constexpr bool streaming = false;
     /// Layout of params of Versioned.report (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 2> paramsFields{{
         // @0 ok :Bool data0
@@ -156,6 +159,7 @@ struct VersionedMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::note(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = true;
+    static constexpr bool streaming = false;
     /// Layout of params of Versioned.note (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 2> paramsFields{{
         // @0 text :Text ptr0
@@ -178,6 +182,7 @@ struct VersionedMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::add(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    static constexpr bool streaming = false;
     /// Layout of params of Versioned.add (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 2> paramsFields{{
         // @0 a :Float64 data0
@@ -202,6 +207,7 @@ struct VersionedMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::extend(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = false;
+    static constexpr bool streaming = false;
     /// Layout of params of Versioned.extend (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 2> paramsFields{{
         // @0 value :UInt32 data0
@@ -228,6 +234,7 @@ struct VersionedMethods {
     static constexpr ::shmbus::Channel channel() noexcept { return VersionedChannels::signal(); }
     static constexpr std::chrono::milliseconds defaultTimeout{0};
     static constexpr bool oneway = true;
+    static constexpr bool streaming = false;
     /// Layout of params of Versioned.signal (fields in ordinal order; shmbus/contract.hpp).
     static constexpr std::array<::shmbus::ContractField, 1> paramsFields{{
         // @0 level :Float64 data0

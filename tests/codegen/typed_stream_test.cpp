@@ -1,0 +1,314 @@
+// Typed streams (shmbus/stream.hpp, docs/architecture.md §18) across real processes, with the
+// generated Sink stubs of golden.capnp: over a port and routed through the supervisor, every
+// chunk arrives once and in order; a receiver that holds a chunk holds the sender to its flow
+// window; a handler's throw and the receiver's death end the stream with an Error. Nothing here
+// asserts a time; every wait is for an event a child reports.
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <csignal>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bus_test.hpp"
+#include "golden.shmbus.h"
+
+using namespace shmbus;
+using namespace shmbus::golden;
+using namespace shmbus::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+/// FNV-1a of `data`, continuing from `h` (both sides digest the chunks in stream order).
+std::uint64_t fnv(std::uint64_t h, capnp::Data::Reader data) {
+  for (const auto byte : data) h = (h ^ byte) * 0x100000001b3ull;
+  return h;
+}
+constexpr std::uint64_t kFnvBasis = 0xcbf29ce484222325ull;
+
+/// One window of a stream test, in a forked child, driven by the parent's command lines.
+/// The receiver (role "sink") serves Sink on its window (routed streams) and on every port
+/// opened to it on "sink-port":
+///   hold N   → "ok": the handler of chunk N tells the parent "holding N" and waits for
+///   release  → "ok" (lets it return)
+///   fail N   → "ok": the handler of chunk N throws "chunk N refused"
+/// Sink.done answers what it counted since the last done and starts again.
+/// The sender (role "source"):
+///   open     → "opened": a port to role "sink" on "sink-port"
+///   stream port|routed CHUNKS BYTES WINDOW → "started": a thread writes CHUNKS chunks of BYTES
+///            bytes (seq 0, 1, ...) with that flow window, checking after every write that no
+///            more than the window plus that write is unacknowledged, then calls Sink.done and
+///            tells the parent "result CHUNKS BYTES match|differ OUT_OF_ORDER WAITS"; or, when a
+///            write fails, "ended SEQ CODE; done CODE MESSAGE" (the error of the final call).
+///   progress → "progress WAITS WRITTEN" (Stream::stats from the command thread)
+/// Both: done → exits.
+class StreamPeer : public DrivenWindow {
+ public:
+  StreamPeer(TestBus& tb, std::string role) : DrivenWindow(std::move(role)) {
+    forkBody(tb, [this](const std::string& bus) { role_ == "sink" ? receive(bus) : send(bus); });
+  }
+
+ private:
+  struct Counts {
+    std::mutex mu;
+    std::condition_variable cv;
+    long holdAt = -1, failAt = -1;
+    bool released = false;
+    std::uint32_t chunks = 0, expected = 0, outOfOrder = 0;
+    std::uint64_t bytes = 0, digest = kFnvBasis;
+  };
+
+  std::vector<Registration> serve(Counts& c, auto& endpoint) {
+    std::vector<Registration> regs;
+    regs.push_back(SinkHandlers::handleWrite(endpoint, [this, &c](auto params) {
+      std::unique_lock lk(c.mu);
+      const long seq = params.getSeq();
+      if (seq == c.holdAt) {
+        link_.tellParent(fmt::format("holding {}", seq));
+        c.cv.wait(lk, [&] { return c.released; });
+      }
+      if (seq == c.failAt) throw std::runtime_error(fmt::format("chunk {} refused", seq));
+      if (params.getSeq() != c.expected) ++c.outOfOrder;
+      c.expected = params.getSeq() + 1;
+      ++c.chunks;
+      c.bytes += params.getChunk().size();
+      c.digest = fnv(c.digest, params.getChunk());
+    }));
+    regs.push_back(SinkHandlers::handleDone(endpoint, [&c](auto, auto results) {
+      std::lock_guard lk(c.mu);
+      results.setChunks(c.chunks);
+      results.setBytes(c.bytes);
+      results.setDigest(c.digest);
+      results.setOutOfOrder(c.outOfOrder);
+      c.chunks = c.expected = c.outOfOrder = 0;
+      c.bytes = 0;
+      c.digest = kFnvBasis;
+    }));
+    return regs;
+  }
+
+  void receive(const std::string& bus) {
+    auto w = connectWindow(bus, role_);
+    Counts c;
+    std::mutex portsMu;
+    std::vector<std::shared_ptr<Port>> ports;
+    std::vector<Registration> regs = serve(c, *w);
+    regs.push_back(w->onPort("sink-port", [&](std::shared_ptr<Port> p) {
+      std::lock_guard lk(portsMu);
+      for (auto& r : serve(c, *p)) regs.push_back(std::move(r));
+      p->start();
+      ports.push_back(std::move(p));
+    }));
+    announceReady(*w);
+    for (;;) {
+      const auto cmd = words(link_.hearParent(120s));
+      if (cmd.empty() || cmd[0] == "done") break;
+      std::lock_guard lk(c.mu);
+      if (cmd[0] == "hold") c.holdAt = std::stol(cmd.at(1)), c.released = false;
+      if (cmd[0] == "fail") c.failAt = std::stol(cmd.at(1));
+      if (cmd[0] == "release") c.released = true, c.cv.notify_all();
+      link_.tellParent("ok");
+    }
+    std::lock_guard lk(portsMu);
+    for (auto& p : ports) p->close();
+    regs.clear();
+  }
+
+  template <class S>
+  void writeAll(S stream, long chunks, std::size_t bytes, std::uint64_t window) {
+    {
+      std::lock_guard lk(liveMu_);
+      live_ = &stream.untyped();
+    }
+    writeChunks(stream, chunks, bytes, window);
+    std::lock_guard lk(liveMu_);
+    live_ = nullptr;
+  }
+
+  template <class S>
+  void writeChunks(S& stream, long chunks, std::size_t bytes, std::uint64_t window) {
+    std::uint64_t digest = kFnvBasis;
+    std::vector<capnp::byte> chunk(bytes);
+    for (long seq = 0; seq < chunks; ++seq) {
+      for (std::size_t j = 0; j < bytes; ++j) chunk[j] = static_cast<capnp::byte>(seq * 31 + j);
+      const std::uint64_t before = stream.stats().bytes;
+      auto r = stream.write([&](auto p) {
+        p.setSeq(static_cast<std::uint32_t>(seq));
+        p.setChunk(capnp::Data::Reader(chunk.data(), chunk.size()));
+      });
+      if (!r) {
+        auto done = stream.done().get();
+        link_.tellParent(fmt::format("ended {} {}; done {} {}", seq, errorCodeName(r.code()),
+                                     errorCodeName(done.code()), done ? "" : done.error().message));
+        return;
+      }
+      digest = fnv(digest, capnp::Data::Reader(chunk.data(), chunk.size()));
+      const StreamStats st = stream.stats();
+      childCheck(st.inFlightBytes <= window + (st.bytes - before), "more than the window and one write in flight");
+      written_.fetch_add(1, std::memory_order_relaxed);  // relaxed: a count the command thread reports
+    }
+    auto done = stream.done().get();
+    if (!done) {
+      link_.tellParent(fmt::format("done-error {} {}", errorCodeName(done.code()), done.error().message));
+      return;
+    }
+    link_.tellParent(fmt::format("result {} {} {} {} {}", done->reader().getChunks(), done->reader().getBytes(),
+                                 done->reader().getDigest() == digest ? "match" : "differ", done->reader().getOutOfOrder(),
+                                 stream.stats().waits));
+  }
+
+  void send(const std::string& bus) {
+    auto w = connectWindow(bus, role_);
+    std::shared_ptr<Port> port;
+    std::thread writer;
+    announceReady(*w);
+    for (;;) {
+      const auto cmd = words(link_.hearParent(120s));
+      if (cmd.empty() || cmd[0] == "done") break;
+      if (cmd[0] == "open") {
+        auto p = w->openPort("sink", "sink-port", {.timeout = 5000ms});
+        expectOk(p, "open sink-port");
+        port = *p;
+        port->start();
+        link_.tellParent("opened");
+      } else if (cmd[0] == "stream") {
+        const long chunks = std::stol(cmd.at(2));
+        const std::size_t bytes = std::stoul(cmd.at(3));
+        const StreamOptions options{.windowBytes = std::stoull(cmd.at(4))};
+        if (writer.joinable()) writer.join();
+        written_.store(0, std::memory_order_relaxed);  // relaxed: the writer starts after it (thread start)
+        writer = std::thread([=, this, &w] {
+          if (cmd[1] == "port") {
+            writeAll(SinkPortStream(*port, options), chunks, bytes, options.windowBytes);
+          } else {
+            writeAll(SinkStream(*w, options), chunks, bytes, options.windowBytes);
+          }
+        });
+        link_.tellParent("started");
+      } else if (cmd[0] == "progress") {
+        // Stream::stats may be read while the writer writes (shmbus/stream.hpp).
+        std::lock_guard lk(liveMu_);
+        const std::uint64_t waits = live_ != nullptr ? live_->stats().waits : 0;
+        link_.tellParent(fmt::format("progress {} {}", waits, written_.load(std::memory_order_relaxed)));
+      }
+    }
+    if (writer.joinable()) writer.join();
+    if (port) port->close();
+  }
+
+  std::atomic<long> written_{0};
+  std::mutex liveMu_;
+  Stream* live_ = nullptr;  // the writer's stream while it writes, guarded by liveMu_
+};
+
+/// A receiver and a sender, forked before the supervisor's dispatch thread runs.
+struct StreamPair {
+  explicit StreamPair(std::string_view tag) : tb(tag, {}, false), sink(tb, "sink"), source(tb, "source") {
+    tb->startDispatchThread();
+    sink.start(tb);
+    source.start(tb);
+  }
+  TestBus tb;
+  StreamPeer sink, source;
+};
+
+}  // namespace
+
+TEST_CASE("a typed stream over a port: a held chunk holds the sender to its window; then every chunk, in order") {
+  StreamPair sp("stream-port");
+  REQUIRE(sp.source.ask("open") == "opened");
+  REQUIRE(sp.sink.ask("hold 0") == "ok");
+  // 64 chunks of 8 KiB through a 64 KiB window, the first held by the receiver until released.
+  REQUIRE(sp.source.ask("stream port 64 8192 65536") == "started");
+  CHECK(sp.sink.hear() == "holding 0");
+  // The sender must come to wait for the held chunk's acknowledgement, having written about one
+  // window: a sender without flow control would write all 64 chunks instead.
+  for (;;) {
+    const std::string line = sp.source.ask("progress");
+    const auto p = words(line);
+    REQUIRE_MESSAGE(p.size() == 3, line);
+    REQUIRE_MESSAGE(std::stol(p[2]) < 64, "the sender wrote every chunk while the first was held");
+    if (std::stol(p[1]) >= 1) {
+      CHECK(std::stol(p[2]) <= 9);  // 8 chunks of 8 KiB and some words fill 64 KiB
+      break;
+    }
+    std::this_thread::yield();  // allowed: polls the sender's state, the event under test
+  }
+  REQUIRE(sp.sink.ask("release") == "ok");
+  const auto r = words(sp.source.hear(60s));
+  REQUIRE(r.size() == 6);
+  CHECK(r[0] == "result");
+  CHECK(r[1] == "64");
+  CHECK(r[2] == std::to_string(64 * 8192));
+  CHECK(r[3] == "match");
+  CHECK(r[4] == "0");
+  CHECK(std::stol(r[5]) >= 1);
+  CHECK(sp.source.finish() == 0);
+  CHECK(sp.sink.finish() == 0);
+}
+
+TEST_CASE("a typed stream routed through the supervisor: every chunk once and in order, the supervisor counts them") {
+  StreamPair sp("stream-routed");
+  REQUIRE(sp.source.ask("stream routed 300 4000 32768") == "started");
+  const auto r = words(sp.source.hear(60s));
+  REQUIRE(r.size() == 6);
+  CHECK(r[1] == "300");
+  CHECK(r[2] == std::to_string(300 * 4000));
+  CHECK(r[3] == "match");
+  CHECK(r[4] == "0");
+  // Every write is a routed call: the supervisor's statistics count them.
+  bool counted = false;
+  for (const auto& ch : sp.tb->stats().channels) {
+    if (ch.channel == "Sink.write") {
+      CHECK(ch.calls == 300);
+      counted = true;
+    }
+  }
+  CHECK(counted);
+  CHECK(sp.source.finish() == 0);
+  CHECK(sp.sink.finish() == 0);
+}
+
+TEST_CASE("a handler's throw ends the stream: later writes and the final call fail with HandlerError") {
+  for (const char* path : {"port", "routed"}) {
+    CAPTURE(path);
+    StreamPair sp(std::string("stream-fail-") + path);
+    if (std::string(path) == "port") REQUIRE(sp.source.ask("open") == "opened");
+    REQUIRE(sp.sink.ask("fail 10") == "ok");
+    REQUIRE(sp.source.ask(fmt::format("stream {} 200 1000 8192", path)) == "started");
+    const std::string line = sp.source.hear(60s);
+    const auto r = words(line);
+    REQUIRE(r.size() >= 5);
+    CHECK(r[0] == "ended");
+    CHECK(std::stol(r[1]) > 10);  // the error is seen after the failing chunk was written
+    CHECK(r[2] == "HandlerError;");
+    CHECK(r[4] == "HandlerError");
+    CHECK(line.find("chunk 10 refused") != std::string::npos);
+    CHECK(sp.source.finish() == 0);
+    CHECK(sp.sink.finish() == 0);
+  }
+}
+
+TEST_CASE("the receiver's death ends the stream with TargetGone; nothing is left in /dev/shm") {
+  for (const char* path : {"port", "routed"}) {
+    CAPTURE(path);
+    StreamPair sp(std::string("stream-kill-") + path);
+    if (std::string(path) == "port") REQUIRE(sp.source.ask("open") == "opened");
+    REQUIRE(sp.sink.ask("hold 5") == "ok");
+    REQUIRE(sp.source.ask(fmt::format("stream {} 500 2000 16384", path)) == "started");
+    CHECK(sp.sink.hear() == "holding 5");
+    REQUIRE(::kill(sp.sink.pid(), SIGKILL) == 0);
+    CHECK(sp.sink.join() == 128 + SIGKILL);
+    const auto r = words(sp.source.hear(60s));
+    REQUIRE(r.size() >= 5);
+    CHECK(r[0] == "ended");
+    CHECK(r[2] == "TargetGone;");
+    CHECK(r[4] == "TargetGone");
+    CHECK(sp.source.finish() == 0);
+  }  // ~TestBus checks that no segment name is left
+}
