@@ -86,7 +86,9 @@ class Stream {
   /// A stream from the main process to a window. `supervisor` must outlive the stream.
   static Stream to(Supervisor& supervisor, const Target& target, StreamOptions options = {});
 
+  /// Moves the stream (its writes in flight with it); the moved-from stream may only be destroyed.
   Stream(Stream&&) noexcept;
+  /// Moves `other` in; the writes this stream had in flight are abandoned (as by the destructor).
   Stream& operator=(Stream&&) noexcept;
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;

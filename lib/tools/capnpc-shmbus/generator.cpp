@@ -456,6 +456,16 @@ class Generator {
     return o;
   }
 
+  /// `<n><kind>`, `<n>Main<kind>` and `<n>Port<kind>`: Basic<n><kind> on a window, the
+  /// supervisor and a port.
+  static std::string endpointAliases(const std::string& n, const std::string& kind) {
+    std::string o;
+    for (const auto& [prefix, endpoint] : {std::pair{"", "Window"}, {"Main", "Supervisor"}, {"Port", "Port"}}) {
+      o += "using " + n + prefix + kind + " = Basic" + n + kind + "<::shmbus::" + endpoint + ">;\n";
+    }
+    return o;
+  }
+
   static std::string generateClient(const Interface& i) {
     const std::string& n = i.flatName;
     const std::string fallback = i.target ? "role \"" + *i.target + "\"" : "the main process";
@@ -523,9 +533,7 @@ class Generator {
     o += "\n private:\n";
     o += "  E& endpoint_;\n";
     o += "};\n";
-    o += "using " + n + "Client = Basic" + n + "Client<::shmbus::Window>;\n";
-    o += "using " + n + "MainClient = Basic" + n + "Client<::shmbus::Supervisor>;\n";
-    o += "using " + n + "PortClient = Basic" + n + "Client<::shmbus::Port>;\n";
+    o += endpointAliases(n, "Client");
     return o;
   }
 
@@ -592,9 +600,7 @@ class Generator {
     o += "  ::shmbus::Target target_;\n";
     o += "  ::shmbus::Stream stream_;\n";
     o += "};\n";
-    o += "using " + n + "Stream = Basic" + n + "Stream<::shmbus::Window>;\n";
-    o += "using " + n + "MainStream = Basic" + n + "Stream<::shmbus::Supervisor>;\n";
-    o += "using " + n + "PortStream = Basic" + n + "Stream<::shmbus::Port>;\n";
+    o += endpointAliases(n, "Stream");
     return o;
   }
 
