@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   app.add_option("--seed", opt.seed, "random seed (the run prints it)");
   app.add_option("--kills", opt.killsPerSecond, "kill -9 per second")->check(CLI::NonNegativeNumber);
   app.add_option("--rss-bound-mib", opt.rssBoundMiB, "allowed growth of the heap's resident memory, MiB");
+  app.add_option("--reply-spin-cap-us", opt.replySpinCapUs, "every window's learned reply spin cap, us (0: off)");
 
   WindowArgs win;
   auto* window = app.add_subcommand("window", "one window process (started by the soak itself)");
@@ -34,6 +35,7 @@ int main(int argc, char** argv) {
   window->add_option("--roles", win.roles, "number of roles")->required();
   window->add_option("--seed", win.seed, "random seed");
   window->add_flag("--spawned", win.spawned, "started by Supervisor::spawn");
+  window->add_option("--reply-spin-cap-us", win.replySpinCapUs, "learned reply spin cap, us (0: off)");
   CLI11_PARSE(app, argc, argv);
 
   if (*window) return runWindow(win);

@@ -159,7 +159,8 @@ class Soak {
     Slot& s = slots_[k];
     std::vector<std::string> argv{o_.exe, "window", "--slot", std::to_string(k), "--roles",
                                   std::to_string((o_.windows + kWindowsPerRole - 1) / kWindowsPerRole),
-                                  "--seed", std::to_string(o_.seed * 1000003u + ++report_.launches)};
+                                  "--seed", std::to_string(o_.seed * 1000003u + ++report_.launches),
+                                  "--reply-spin-cap-us", std::to_string(o_.replySpinCapUs)};
     s.id = 0;
     s.live = s.final = s.killed = false;
     s.since = Clock::now();

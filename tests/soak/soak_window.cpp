@@ -162,6 +162,7 @@ class Caller {
 int runWindow(const WindowArgs& args) {
   for (unsigned round = 0;; ++round) {
     WindowOptions options{.bus = args.bus, .role = args.role, .logLevel = LogLevel::Error};
+    options.replySpinCap = std::chrono::microseconds(args.replySpinCapUs);
     auto connected = args.spawned ? Window::fromSpawn(options) : Window::connect(options);
     if (!connected && round > 0 && connected.code() == ErrorCode::BusClosed) return 0;  // stopped meanwhile
     if (!connected) {

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <cstring>
+#include <utility>
 #include <typeinfo>
 
 #include "bus.capnp.h"
@@ -55,6 +56,51 @@ Result<void> writeFrame(RingProducer& p, const FrameHeader& header, const BuildF
   return {};
 }
 
+namespace {
+
+/// Writes the message table of `segments` at `out` and the segments after it (at
+/// out + kMinFrameBody - sizeof(FrameHeader)): a frame's payload.
+void encodeSegments(std::uint8_t* out, kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments) {
+  MessageTable table{};
+  table.segmentCount = static_cast<std::uint32_t>(segments.size());
+  std::uint8_t* at = out + (kMinFrameBody - sizeof(FrameHeader));
+  for (std::size_t i = 0; i < segments.size(); ++i) {
+    table.segmentWords[i] = static_cast<std::uint32_t>(segments[i].size());
+    std::memcpy(at, segments[i].begin(), segments[i].size() * sizeof(capnp::word));
+    at += segments[i].size() * sizeof(capnp::word);
+  }
+  std::memcpy(out, &table, sizeof table);
+}
+
+/// An Error frame's header, and its texts bounded for a ring whose largest record is `maxRecord`
+/// (a hostile or huge remote text cannot exceed a record).
+std::pair<FrameHeader, Error> errorFrameParts(FrameHeader header, const Error& error, std::size_t maxRecord) {
+  header.kind = static_cast<std::uint16_t>(FrameKind::Error);
+  header.status = static_cast<std::uint32_t>(error.code);
+  header.schemaId = 0;
+  Error bounded = error;
+  const std::size_t cap = std::max<std::size_t>(256, maxRecord / 8);
+  for (std::string* s : {&bounded.message, &bounded.remoteType, &bounded.remoteMessage, &bounded.remoteStack}) {
+    if (s->size() > cap) s->resize(cap);
+  }
+  return {header, std::move(bounded)};
+}
+
+}  // namespace
+
+HeldFrame heldFrame(const FrameHeader& header, kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments) {
+  HeldFrame f{header, std::vector<std::uint8_t>(kMinFrameBody - sizeof(FrameHeader) + messageBytes(segments))};
+  encodeSegments(f.payload.data(), segments);
+  return f;
+}
+
+HeldFrame heldErrorFrame(FrameHeader header, const Error& error, std::size_t maxRecord) {
+  auto [h, bounded] = errorFrameParts(header, error, maxRecord);
+  capnp::MallocMessageBuilder b;
+  buildErrorInfo(b, bounded);
+  return heldFrame(h, b.getSegmentsForOutput());
+}
+
 Result<void> writeFrameSegments(RingProducer& p, const FrameHeader& header,
                                 kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments, bool notify) {
   if (segments.size() > kMaxSegments) {
@@ -65,15 +111,7 @@ Result<void> writeFrameSegments(RingProducer& p, const FrameHeader& header,
   if (!claim) return claim.error();
   Claim& c = *claim;
   std::memcpy(c.body, &header, sizeof header);
-  MessageTable table{};
-  table.segmentCount = static_cast<std::uint32_t>(segments.size());
-  std::uint8_t* out = c.body + kMinFrameBody;
-  for (std::size_t i = 0; i < segments.size(); ++i) {
-    table.segmentWords[i] = static_cast<std::uint32_t>(segments[i].size());
-    std::memcpy(out, segments[i].begin(), segments[i].size() * sizeof(capnp::word));
-    out += segments[i].size() * sizeof(capnp::word);
-  }
-  std::memcpy(c.body + sizeof(FrameHeader), &table, sizeof table);
+  encodeSegments(c.body + sizeof(FrameHeader), segments);
   p.commit(c, body);
   if (notify) p.notifyConsumer();
   return {};
@@ -101,16 +139,8 @@ void buildErrorInfo(capnp::MessageBuilder& b, const Error& e) {
 }
 
 Result<void> writeErrorFrame(RingProducer& p, FrameHeader header, const Error& error, bool notify) {
-  header.kind = static_cast<std::uint16_t>(FrameKind::Error);
-  header.status = static_cast<std::uint32_t>(error.code);
-  header.schemaId = 0;
-  // Bound the message so a hostile or huge remote text cannot exceed a record.
-  Error bounded = error;
-  const std::size_t cap = std::max<std::size_t>(256, p.geometry().maxRecord / 8);
-  for (std::string* s : {&bounded.message, &bounded.remoteType, &bounded.remoteMessage, &bounded.remoteStack}) {
-    if (s->size() > cap) s->resize(cap);
-  }
-  return writeFrame(p, header, [&](capnp::MessageBuilder& b) { buildErrorInfo(b, bounded); }, 0, notify);
+  auto [h, bounded] = errorFrameParts(header, error, p.geometry().maxRecord);
+  return writeFrame(p, h, [&](capnp::MessageBuilder& b) { buildErrorInfo(b, bounded); }, 0, notify);
 }
 
 Error decodeError(const FrameHeader& header, InPlaceMessage& payload) {

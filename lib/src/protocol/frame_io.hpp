@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "message/message.hpp"
 #include "protocol/frame.hpp"
@@ -46,6 +47,19 @@ Result<void> writeFrameCopy(RingProducer& p, const FrameHeader& header, const st
 
 /// Writes an Error frame (kind Error, status = code) whose payload is bus.capnp ErrorInfo.
 Result<void> writeErrorFrame(RingProducer& p, FrameHeader header, const Error& error, bool notify = true);
+
+/// A frame as bytes, to be written later with writeFrameCopy (the router holds the outcome of a
+/// call whose caller's inbox is full: docs/architecture.md §5 "Outcomes are never dropped").
+struct HeldFrame {
+  FrameHeader header{};
+  std::vector<std::uint8_t> payload;  ///< what follows the header: the message table and segments
+};
+
+/// The frame writeFrameSegments writes, as a HeldFrame.
+HeldFrame heldFrame(const FrameHeader& header, kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments);
+
+/// The frame writeErrorFrame writes to a ring whose largest record is `maxRecord`, as a HeldFrame.
+HeldFrame heldErrorFrame(FrameHeader header, const Error& error, std::size_t maxRecord);
 
 /// Decodes an Error frame's payload into an Error (a malformed payload still yields an Error
 /// with the frame's status code).

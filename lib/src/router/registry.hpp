@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <string>
@@ -15,6 +16,7 @@
 #include <unordered_set>
 
 #include "control/socket.hpp"
+#include "protocol/frame_io.hpp"
 #include "ring/ring.hpp"
 #include "segment/segment.hpp"
 #include "shmbus/channel.hpp"
@@ -62,6 +64,10 @@ struct Conn {
   // oldest of them, and the Conn is not freed while any is held.
   int pinDepth = 0;
   std::uint64_t pinPos = 0;  // ring position of the oldest record in use
+  // Outcomes of this window's calls that found its inbox full, oldest first (Router::writeOutcome,
+  // flushHeld), and their bytes (headers included): at most the inbox's capacity.
+  std::deque<HeldFrame> held;
+  std::size_t heldBytes = 0;
 
   bool live() const noexcept { return state == State::Live && doomed.empty(); }
   /// "role 'x' (window n)", for messages.

@@ -407,9 +407,28 @@ void Router::drainClosing(Conn& c) {
   c.outbox.releaseAll();
 }
 
+void Router::flushHeld() {
+  if (holding_ == 0) return;
+  for (auto& [id, c] : registry_.all()) {
+    if (c->held.empty()) continue;
+    while (!c->held.empty()) {
+      const HeldFrame& f = c->held.front();
+      if (c->live()) {
+        auto r = writeToWindow(*c, [&] { return writeFrameCopy(c->inbox, f.header, f.payload.data(), f.payload.size()); });
+        if (!r && r.code() == ErrorCode::Full) break;  // still no room: the next round tries again
+      }
+      // Written; or the window is going (or its inbox is corrupt): its held frames go with it.
+      c->heldBytes -= sizeof(FrameHeader) + f.payload.size();
+      c->held.pop_front();
+    }
+    if (c->held.empty()) --holding_;
+  }
+}
+
 void Router::disconnect(std::uint32_t id) {
   std::unique_ptr<Conn> c = registry_.remove(id);
   if (!c) return;
+  if (!c->held.empty()) --holding_;
   const bool wasLive = c->state == Conn::State::Live;
   if (c->state == Conn::State::Inspector) {
     if (--inspectors_ == 0) setTraceWords();
@@ -526,6 +545,7 @@ void Router::dispatchOnce(std::int64_t deadline, bool mayInline) {
     endRound_ = false;
   };
   begin();
+  flushHeld();
   if (drain() > 0 || endRound_) return;
   if (spin_.spin.count() > 0) {
     // The clock costs more than a look at every outbox: read it every 16 looks (wait.hpp does
@@ -560,6 +580,9 @@ void Router::dispatchOnce(std::int64_t deadline, bool mayInline) {
   }
   constexpr int kFirstMarkParkMs = static_cast<int>(kFirstMarkParkNs / 1'000'000);
   if (newMark && (timeoutMs < 0 || timeoutMs > kFirstMarkParkMs)) timeoutMs = kFirstMarkParkMs;  // waiterBarrier()
+  // Held outcomes (flushHeld): a window does not tell the router when its inbox has room again,
+  // so look every millisecond while any is held (rare: a window that stopped reading its inbox).
+  if (holding_ > 0 && (timeoutMs < 0 || timeoutMs > 1)) timeoutMs = 1;
   epoll_event evs[32];
   int n = 0;
   if (!ready && !stopping()) {
@@ -593,6 +616,7 @@ void Router::dispatchOnce(std::int64_t deadline, bool mayInline) {
     }
   }
   if (!endRound_) reapDoomed();
+  if (!endRound_) flushHeld();
   if (!endRound_) drain();
 }
 

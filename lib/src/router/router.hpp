@@ -285,6 +285,16 @@ class Router {
   Error timeoutError(const Route& r);
   template <typename W>
   Result<void> writeToWindow(Conn& target, W&& write);
+  /// Writes the outcome (reply or error) of one of `caller`'s own calls with `write`; when its
+  /// inbox is full, or frames are already held for it, keeps `held()` (a HeldFrame) to be written
+  /// in order by flushHeld once it has room (docs/architecture.md §5 "Outcomes are never
+  /// dropped"). Errors: as writeToWindow, and Full when what is held for the window would exceed
+  /// its inbox's capacity (the outcome is then lost: the caller's own timer ends the call).
+  template <typename W, typename H>
+  Result<void> writeOutcome(Conn& caller, W&& write, H&& held);
+  /// Writes what is held for each window, oldest first, while its inbox has room. A few loads
+  /// when nothing is held.
+  void flushHeld();
   void internRole(Conn& target, std::uint64_t roleId);
   // ---- policy (router_policy.cpp, docs/architecture.md §15); all under mu_
   /// Whether `roleId` may do `a` on `channel`. When not: counted (RouterStats::policyDenials),
@@ -403,6 +413,7 @@ class Router {
   std::vector<WaitWord*> armed_;  // dispatchOnce: the outboxes armed for one park (reused)
   bool mayInline_ = false;        // the current round's thread runs main jobs in place
   bool endRound_ = false;         // a main job was taken in place: end the round
+  std::size_t holding_ = 0;       // windows with held outcomes (Conn::held non-empty)
   bool anyDoomed_ = false;        // doom() ran since reapDoomed() last found every doomed window gone
   std::atomic<bool> stopping_{false};
   std::optional<TraceProducer> trace_;   // created when the first inspector attaches

@@ -41,8 +41,9 @@ void Router::failCaller(const Route& r, Error e) {
   FrameHeader h{};
   h.channel = r.channel;
   h.requestId = r.callerReq;
-  auto w = writeToWindow(*caller, [&] { return writeErrorFrame(caller->inbox, h, e); });
-  // The caller's own fallback timer ends the call if its inbox cannot take the error now.
+  auto w = writeOutcome(*caller, [&] { return writeErrorFrame(caller->inbox, h, e); },
+                        [&] { return heldErrorFrame(h, e, caller->inbox.geometry().maxRecord); });
+  // The caller's own fallback timer ends the call if the error can be neither written nor held.
   if (!w) log_(LogLevel::Warn, "could not deliver '{}' to window {}: {}", e.toString(), r.callerId, w.error().message);
 }
 
@@ -385,7 +386,8 @@ void Router::replyFromMain(std::uint64_t routeId, kj::ArrayPtr<const kj::ArrayPt
     traceCall(*p, TraceKind::Invoke, ErrorCode::Ok, "", static_cast<std::uint32_t>(messageBytes(segments)),
               PayloadView{.segments = segments});
   }
-  auto wr = writeToWindow(*caller, [&] { return writeFrameSegments(caller->inbox, r, segments); });
+  auto wr = writeOutcome(*caller, [&] { return writeFrameSegments(caller->inbox, r, segments); },
+                         [&] { return heldFrame(r, segments); });
   if (!wr) {
     failCaller(*p, Error{wr.code(), fmt::format("invoke '{}' to main: the reply could not be written: {}",
                                                 registry_.nameOf(p->channel, p->callerId), wr.error().message)});
@@ -475,7 +477,8 @@ void Router::onReply(Conn& w, const FrameView& f) {
                 PayloadView{f.payload, f.payloadBytes});
     }
   }
-  auto r = writeToWindow(*caller, [&] { return writeFrameCopy(caller->inbox, out, f.payload, f.payloadBytes); });
+  auto r = writeOutcome(*caller, [&] { return writeFrameCopy(caller->inbox, out, f.payload, f.payloadBytes); },
+                        [&] { return HeldFrame{out, std::vector<std::uint8_t>(f.payload, f.payload + f.payloadBytes)}; });
   if (!r) {
     failCaller(p, Error{r.code(), fmt::format("invoke '{}' to {}: the reply could not be delivered: {}",
                                               registry_.nameOf(p.channel, p.callerId), w.describe(),

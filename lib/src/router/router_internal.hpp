@@ -36,6 +36,24 @@ Result<void> Router::writeToWindow(Conn& target, W&& write) {
   return r;
 }
 
+template <typename W, typename H>
+Result<void> Router::writeOutcome(Conn& caller, W&& write, H&& held) {
+  if (caller.held.empty()) {
+    auto r = writeToWindow(caller, write);
+    if (r || r.code() != ErrorCode::Full) return r;
+  }
+  HeldFrame f = held();
+  const std::size_t bytes = sizeof(FrameHeader) + f.payload.size();
+  if (caller.heldBytes + bytes > caller.inbox.geometry().capacity) {
+    return makeError(ErrorCode::Full, fmt::format("the inbox of {} is full, and so is what the supervisor holds for it",
+                                                  caller.describe()));
+  }
+  if (caller.held.empty()) ++holding_;
+  caller.heldBytes += bytes;
+  caller.held.push_back(std::move(f));
+  return {};
+}
+
 template <typename What>
 std::optional<Error> Router::denied(PolicyAction a, std::uint64_t channel, std::uint64_t roleId, std::string_view role,
                                     std::uint32_t callerId, What&& what) {

@@ -2,6 +2,9 @@
 // and the target, and its timing: fail-fast errors arrive in well under the call's timeout.
 #include <doctest/doctest.h>
 
+#include <future>
+#include <optional>
+
 #include <kj/debug.h>
 
 #include "bus_test.hpp"
@@ -315,6 +318,81 @@ TEST_CASE("a target whose inbox is full makes the call fail fast with Full, and 
   CHECK(a.join(30s) == 0);
   CHECK(dashboard.finish() == 0);
   CHECK(settings.finish() == 0);
+}
+
+TEST_CASE("a reply that finds its caller's inbox full is held and delivered once the caller reads again: none is lost") {
+  for (const bool routed : {false, true}) {
+    CAPTURE(routed);
+    TestBus tb(routed ? "held-routed" : "held-main", {}, /*dispatch=*/false);
+    Mailbox stuck(*tb.sup, "stuck");
+    std::promise<Responder> asked;
+    auto ping = tb->handleAsync("ping", [&](const Message&, Responder r, const CallContext&) { asked.set_value(r); });
+    Link serve, hold, link;
+    // The routed case's target: tells the parent it has the call, and answers when told.
+    ServedWindow server(ServedWindow::deferred, tb, "server", [&](Window& w, auto& regs) {
+      regs.push_back(w.handle("ping", [&serve](const Message&, Builder& reply, const CallContext&) {
+        serve.tellParent("serving");
+        serve.hearParent(30s);
+        reply.initRoot<TestMessage>().setText("pong");
+      }));
+    });
+    // The caller: a 4 KiB inbox, and a dispatch thread held in a listener while the main process
+    // fills that inbox; its call's reply then finds no room.
+    GatedChild caller([&] {
+      auto w = connectWindow(tb.bus, "caller", {.inboxBytes = 4096});
+      std::atomic<int> fillers{0};
+      auto block = w->on("block", [&](const Message&, const CallContext&) {
+        (void)w->send("stuck");
+        hold.hearParent(30s);  // held until the parent filled the inbox and answered the call
+      });
+      auto fill = w->on("filler", [&](const Message&, const CallContext&) {
+        fillers.fetch_add(1, std::memory_order_relaxed);  // relaxed: read on this thread after the reply
+      });
+      w->startDispatchThread();
+      link.tellParent("up");
+      link.hearParent(30s);  // "call": the dispatch thread is held now
+      Call call = routed ? w->invokeIn("server", "ping", {}, {.timeout = 20000ms}) : w->invoke("ping", {}, {.timeout = 20000ms});
+      auto r = call.get();
+      link.tellParent(r ? "result Ok " + textOf(*r) : "result " + r.error().toString());
+      link.tellParent(std::to_string(fillers.load(std::memory_order_relaxed)));  // relaxed: as above
+      link.hearParent(30s);
+    });
+    tb->startDispatchThread();
+    server.start();
+    caller.go();
+    REQUIRE(link.hearChild(30s) == "up");
+    REQUIRE(tb->send("caller", "block"));
+    stuck.next();
+    link.tellChild("call");
+    std::optional<Responder> responder;
+    if (routed) {
+      REQUIRE(serve.hearChild(30s) == "serving");
+    } else {
+      responder = asked.get_future().get();
+    }
+    // Fill the caller's inbox: pushes of 600 B until one is refused.
+    int pushed = 0;
+    for (Result<void> r; pushed < 64; ++pushed) {
+      r = tb->send("caller", "filler", text(std::string(600, 'f')));
+      if (!r) {
+        CHECK(r.code() == ErrorCode::Full);
+        break;
+      }
+    }
+    REQUIRE(pushed < 64);
+    // The reply finds the inbox full: the supervisor holds it.
+    if (routed) {
+      serve.tellChild("reply");
+    } else {
+      REQUIRE(responder->reply(text("pong")));
+    }
+    hold.tellChild("go");  // the caller reads its inbox again
+    CHECK(link.hearChild(30s) == "result Ok pong");
+    CHECK(link.hearChild(30s) == std::to_string(pushed));  // and every push before it
+    link.tellChild("done");
+    CHECK(caller.join(30s) == 0);
+    CHECK(server.finish() == 0);
+  }
 }
 
 TEST_CASE("a message larger than the ring's maximum record fails with TooLarge before anything is written") {
