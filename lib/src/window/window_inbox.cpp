@@ -17,7 +17,10 @@ void Window::Impl::dispatchOnce(std::int64_t deadline, CallState* waiting) {
   for (int pass = 0; pass < 2; ++pass) {
     if (portEnded()) return onPortEnded();
     int n = 0;
-    std::uint64_t from = 0;  // ring position of the first record not given back yet in this batch
+    // Ring position of the first record of this batch not given back yet, and how much a batch
+    // reads before it gives its records back (see below).
+    std::uint64_t from = link.inbox.readPos();
+    const std::uint64_t giveBackAt = link.inbox.geometry().capacity / 8;
     while (n < kBatch) {
       auto r = link.inbox.tryRead();
       if (!r) {
@@ -26,17 +29,16 @@ void Window::Impl::dispatchOnce(std::int64_t deadline, CallState* waiting) {
         return;
       }
       if (!*r) break;
-      const RecordView rec = **r;
-      if (from == 0) from = rec.pos;
+      const RecordView& rec = **r;
       handleRecord(rec);
       ++n;
       // A batch gives its records back at its end, except that once it has read an eighth of the
       // ring it gives them back at once: a producer pacing itself by our replies (a stream's
       // credits, docs/architecture.md §18) then finds the room the replies promised, not up to
       // kBatch large records still held behind them.
-      if (rec.end - from >= link.inbox.geometry().capacity / 8) {
+      if (rec.end - from >= giveBackAt) {
         advanceHead();
-        from = 0;
+        from = rec.end;
       }
       if (waiting != nullptr && isDone(*waiting)) break;
     }
