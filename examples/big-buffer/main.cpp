@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <future>
+#include <thread>
 
 #include "examples.capnp.h"
 #include "shmbus/shmbus.hpp"
@@ -94,7 +95,14 @@ int producer(Window& win) {
   const bool ok = d.getBytes() == kFrameBytes && d.getSum() == expected;
   fmt::print("[producer] sent {} MiB in one message; digest {}; round trip (building it included) {:.0f} ms\n",
              kFrameBytes >> 20, ok ? "matches" : "DIFFERS", ms);
-  const BlobStats held = (*port)->blobStats();
+  // The viewer releases the blob when its handler returns, just after its reply was written: the
+  // reply can arrive first. The release is a store in shared memory with no event to wait on
+  // outside a send, so look again (bounded) until it is seen.
+  BlobStats held = (*port)->blobStats();
+  for (const auto until = std::chrono::steady_clock::now() + 5s;
+       held.bytesHeld != 0 && std::chrono::steady_clock::now() < until; held = (*port)->blobStats()) {
+    std::this_thread::yield();
+  }
   fmt::print("[producer] blob arena after the reply: {} bytes held, high water {} MiB of {} MiB\n", held.bytesHeld,
              held.bytesHighWater >> 20, held.arenaBytes >> 20);
   (*port)->close();
