@@ -139,8 +139,10 @@ void buildErrorInfo(capnp::MessageBuilder& b, const Error& e) {
 }
 
 Result<void> writeErrorFrame(RingProducer& p, FrameHeader header, const Error& error, bool notify) {
-  auto [h, bounded] = errorFrameParts(header, error, p.geometry().maxRecord);
-  return writeFrame(p, h, [&](capnp::MessageBuilder& b) { buildErrorInfo(b, bounded); }, 0, notify);
+  // Not a structured binding: a lambda cannot capture one before clang 16 (P1091).
+  const std::pair<FrameHeader, Error> parts = errorFrameParts(header, error, p.geometry().maxRecord);
+  const Error& bounded = parts.second;
+  return writeFrame(p, parts.first, [&](capnp::MessageBuilder& b) { buildErrorInfo(b, bounded); }, 0, notify);
 }
 
 Error decodeError(const FrameHeader& header, InPlaceMessage& payload) {

@@ -409,7 +409,8 @@ void Router::drainClosing(Conn& c) {
 
 void Router::flushHeld() {
   if (holding_ == 0) return;
-  for (auto& [id, c] : registry_.all()) {
+  for (auto& [id, held] : registry_.all()) {
+    Conn* c = held.get();  // a lambda cannot capture a structured binding before clang 16 (P1091)
     if (c->held.empty()) continue;
     while (!c->held.empty()) {
       const HeldFrame& f = c->held.front();
