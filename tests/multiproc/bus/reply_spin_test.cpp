@@ -28,8 +28,8 @@ constexpr int kSlowHandlerMs = 60;
 void serveFastAndSlow(TestBus& tb, std::vector<Registration>& regs) {
   regs.push_back(tb->handle("fast", replyWith("ok")));
   regs.push_back(tb->handle("slow", textHandler([](const std::string&, const CallContext&) {
-    // allowed: the handler's own work (a slow handler is what the test is about), not a synchronisation
-    std::this_thread::sleep_for(std::chrono::milliseconds(kSlowHandlerMs));
+    // The handler's own work (a slow handler is what the test is about), not a synchronisation.
+    std::this_thread::sleep_for(std::chrono::milliseconds(kSlowHandlerMs));  // allowed: the slow handler's work
     return std::string("ok");
   })));
 }
