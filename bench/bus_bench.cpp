@@ -3,6 +3,10 @@
 //   PingPong/ring_spin|ring_parked/<bytes>         the foundation's ring round trip (baseline)
 //   Invoke/window_to_main/<bytes>/spin|parked      Window::invoke → Supervisor::handle (2 processes)
 //   Invoke/window_to_window_routed/<bytes>/spin|parked
+//   Invoke/window_to_window_direct/64/spin|parked|learned|learned_1ms|parked_1ms
+//                                                  invokeIn over a direct route (docs/architecture.md §19):
+//                                                  window to window, the supervisor out of the path
+//   Stream/window_to_window_direct/64              sendTo with direct routes on (the first message routed)
 //   Invoke/port/64/spin|parked                     Port::invoke → Port::handle, window to window over a
 //                                                  port (no supervisor in the path)
 //                                                  Window::invokeIn → supervisor → Window::handle (3 processes;
@@ -235,11 +239,12 @@ void sizeUntyped(const Message& req, Builder& reply, const CallContext&) {
 /// and, when `streamCount` > 0, again after the last stream message, with the number of bad ones.
 /// Runs until killed (Partner's destructor).
 Partner spawnSupervisor(const std::string& bus, std::chrono::nanoseconds spin, int cpu, const EventPipe& ev,
-                        std::uint64_t streamCount = 0) {
-  return Partner::spawn(cpu, [&, bus, spin, streamCount] {
+                        std::uint64_t streamCount = 0, bool direct = false) {
+  return Partner::spawn(cpu, [&, bus, spin, streamCount, direct] {
     SupervisorOptions o;
     o.bus = bus;
     o.spin = spin;
+    o.directRoutes = direct;
     o.logLevel = LogLevel::Error;
     auto sup = Supervisor::create(o);
     if (!sup) fatal("supervisor create failed");
@@ -346,9 +351,10 @@ struct BusProcesses {
   /// and, when `routed`, the target window on kPartnerCpu, waiting until each is ready.
   /// `streamCount` > 0 makes the receiving endpoint count that many stream messages. `traced`
   /// attaches an inspector (spawnInspector) before any window connects.
+  /// `direct`: SupervisorOptions::directRoutes (docs/architecture.md §19).
   bool start(bool routed, std::chrono::nanoseconds spin, std::uint64_t streamCount, bool traced = false,
-             std::size_t streamBytes = kStreamBytes) {
-    sup.emplace(spawnSupervisor(bus, spin, routed ? kUnpinned : kPartnerCpu, supEvents, routed ? 0 : streamCount));
+             std::size_t streamBytes = kStreamBytes, bool direct = false) {
+    sup.emplace(spawnSupervisor(bus, spin, routed ? kUnpinned : kPartnerCpu, supEvents, routed ? 0 : streamCount, direct));
     supEvents.closeWriter();
     if (!supEvents.wait()) {
       error = "supervisor failed to start";
@@ -403,7 +409,8 @@ Result<std::shared_ptr<Port>> openBenchPort(Window& win, PortOptions options = {
   }
 }
 
-enum class Route { ToMain, Routed, Typed, Port, PortBlob };
+/// Direct: routed with SupervisorOptions::directRoutes, warmed until the route is granted.
+enum class Route { ToMain, Routed, Direct, Typed, Port, PortBlob };
 
 /// One call round trip per iteration over `route`; `traced`: with an inspector reading every
 /// event the supervisor records (the cost of tracing, issue "The inspector" item 5).
@@ -413,8 +420,10 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
             bool traced = false, std::chrono::nanoseconds replySpinCap = {}, std::chrono::nanoseconds gap = {}) {
   Watchdog dog("Invoke", kWatchdogSeconds);
   BusProcesses procs;
-  const bool twoWindows = route == Route::Routed || route == Route::Port || route == Route::PortBlob;
-  if (!procs.start(twoWindows, spin, 0, traced)) return state.SkipWithError(procs.error.c_str());
+  const bool twoWindows = route == Route::Routed || route == Route::Direct || route == Route::Port || route == Route::PortBlob;
+  if (!procs.start(twoWindows, spin, 0, traced, kStreamBytes, route == Route::Direct)) {
+    return state.SkipWithError(procs.error.c_str());
+  }
   ScopedPin pin(kMainCpu);
   if (!pin.ok()) return state.SkipWithError("cannot pin to CPU 0");
   auto w = connectCaller(procs.bus, spin, replySpinCap);
@@ -428,9 +437,13 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
   bool failed = false;
   std::string firstError;  // the PortBlob rows report why a call failed
   // A routed call may race the target's handler registration: wait until it answers.
-  if (route == Route::Routed) {
+  if (route == Route::Routed || route == Route::Direct) {
     while (win.invokeIn("echo", "echo-untyped", build).get().code() == ErrorCode::NoHandler) {
     }
+  }
+  // The first call made the grant; the caller reads it while it waits for a reply.
+  if (route == Route::Direct) {
+    for (int i = 0; i < 16; ++i) (void)win.invokeIn("echo", "echo-untyped", build).get();
   }
   // A port's calls are dispatched by the thread waiting in get() (no start(): no hand-off).
   std::shared_ptr<Port> port;
@@ -446,7 +459,8 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
         failed |= !r;
         break;
       }
-      case Route::Routed: {
+      case Route::Routed:
+      case Route::Direct: {
         auto r = win.invokeIn("echo", "echo-untyped", build).get();
         failed |= !r;
         break;
@@ -489,7 +503,7 @@ void finishStream(benchmark::State& state, std::uint64_t n, std::uint64_t ticks)
   state.SetBytesProcessed(static_cast<std::int64_t>(n * kStreamBytes));
 }
 
-enum class StreamRoute { ToMain, Routed, Port };
+enum class StreamRoute { ToMain, Routed, Direct, Port };
 
 
 /// Stream/window_to_main/64, Stream/window_to_window_routed/64 and Stream/port/64: the benchmark
@@ -498,14 +512,21 @@ enum class StreamRoute { ToMain, Routed, Port };
 /// last one (EventPipe). Default spin budgets everywhere (what an application gets). A full port
 /// ring refuses with Full (nothing written), so the port stream needs no credits.
 void stream(benchmark::State& state, StreamRoute route) {
-  const bool routed = route == StreamRoute::Routed;
+  // A direct stream is a routed one on a bus with direct routes: its first message goes through
+  // the supervisor (and makes the grant), the following ones over the route once it is read.
+  const bool routed = route == StreamRoute::Routed || route == StreamRoute::Direct;
   const bool twoWindows = route != StreamRoute::ToMain;
-  Watchdog dog(routed ? "Stream/window_to_window_routed" : twoWindows ? "Stream/port" : "Stream/window_to_main",
+  Watchdog dog(route == StreamRoute::Direct ? "Stream/window_to_window_direct"
+               : routed                     ? "Stream/window_to_window_routed"
+               : twoWindows                 ? "Stream/port"
+                                            : "Stream/window_to_main",
                kWatchdogSeconds);
   const auto spin = WindowOptions{}.spin;
   const std::uint64_t n = static_cast<std::uint64_t>(state.max_iterations);
   BusProcesses procs;
-  if (!procs.start(twoWindows, spin, n)) return state.SkipWithError(procs.error.c_str());
+  if (!procs.start(twoWindows, spin, n, false, kStreamBytes, route == StreamRoute::Direct)) {
+    return state.SkipWithError(procs.error.c_str());
+  }
   ScopedPin pin(kMainCpu);
   if (!pin.ok()) return state.SkipWithError("cannot pin to CPU 0");
   auto w = connectCaller(procs.bus, spin);
@@ -796,6 +817,12 @@ void registerAll() {
       const auto rspin = spin ? detail::SpinPolicy{}.spin : kParkNow;
       manual(benchmark::RegisterBenchmark(fmt::format("Invoke/window_to_window_routed/{}/{}", bytes, mode).c_str(),
                                           [=](benchmark::State& s) { invoke(s, Route::Routed, bytes, rspin); }));
+      // The same call over a direct route (docs/architecture.md §19): the supervisor is idle and
+      // out of the path, so both pinned endpoints may spin.
+      if (bytes == 64) {
+        manual(benchmark::RegisterBenchmark(fmt::format("Invoke/window_to_window_direct/{}/{}", bytes, mode).c_str(),
+                                            [=](benchmark::State& s) { invoke(s, Route::Direct, bytes, wspin); }));
+      }
       // Window to window through a port (docs/architecture.md §16): two pinned endpoints, the
       // supervisor idle and out of the path, so both sides may spin.
       if (bytes == 64) {
@@ -818,7 +845,7 @@ void registerAll() {
   constexpr std::chrono::nanoseconds defCap = std::chrono::microseconds(50);
   constexpr auto kGap = std::chrono::milliseconds(1);
   for (auto [name, route] : {std::pair{"window_to_main", Route::ToMain}, std::pair{"window_to_window_routed", Route::Routed},
-                             std::pair{"port", Route::Port}}) {
+                             std::pair{"window_to_window_direct", Route::Direct}, std::pair{"port", Route::Port}}) {
     manual(benchmark::RegisterBenchmark(fmt::format("Invoke/{}/64/learned", name).c_str(),
                                         [=](benchmark::State& s) { invoke(s, route, 64, defSpin, false, defCap); }));
   }
@@ -837,6 +864,12 @@ void registerAll() {
   spaced(benchmark::RegisterBenchmark("Invoke/window_to_window_routed/64/parked_1ms", [=](benchmark::State& s) {
     invoke(s, Route::Routed, 64, kParkNow, false, {}, kGap);
   }));
+  spaced(benchmark::RegisterBenchmark("Invoke/window_to_window_direct/64/learned_1ms", [=](benchmark::State& s) {
+    invoke(s, Route::Direct, 64, defSpin, false, defCap, kGap);
+  }));
+  spaced(benchmark::RegisterBenchmark("Invoke/window_to_window_direct/64/parked_1ms", [=](benchmark::State& s) {
+    invoke(s, Route::Direct, 64, kParkNow, false, {}, kGap);
+  }));
   spaced(benchmark::RegisterBenchmark("PingPong/ring_parked/64/1ms", [=](benchmark::State& s) {
     ringPingPong(s, 64, detail::SpinPolicy{kParkNow}, kGap);
   }));
@@ -849,6 +882,8 @@ void registerAll() {
                                       [](benchmark::State& s) { stream(s, StreamRoute::ToMain); }));
   manual(benchmark::RegisterBenchmark("Stream/window_to_window_routed/64",
                                       [](benchmark::State& s) { stream(s, StreamRoute::Routed); }));
+  manual(benchmark::RegisterBenchmark("Stream/window_to_window_direct/64",
+                                      [](benchmark::State& s) { stream(s, StreamRoute::Direct); }));
   manual(benchmark::RegisterBenchmark("Stream/port/64", [](benchmark::State& s) { stream(s, StreamRoute::Port); }));
   manual(benchmark::RegisterBenchmark("Stream/dbus_signal/64", dbusSignals));
   // 1 GiB per run in 64 KiB chunks, against memcpy's bandwidth in the same run.

@@ -58,6 +58,7 @@ struct Welcome {
   blobOutOffset @14 :UInt64;  # a port's blob arenas (docs/architecture.md §17): this side's, written
   blobInOffset @15 :UInt64;   # by it, and the peer's, read in place; blobBytes 0 = no arenas
   blobBytes @16 :UInt64;
+  routeStatsOffset @17 :UInt64;  # a route port's RouteStatsTable (docs/architecture.md §19); 0 = none
   # A port (FrameKind::PortOffer / the PortOpen reply) is described by a Welcome too: windowId and
   # role are the peer's, the offsets are this side's inbox and outbox; 0 for a window's Welcome.
 }

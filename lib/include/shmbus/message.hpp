@@ -134,6 +134,10 @@ struct CallOptions {
   /// Optional size hint of the request in bytes (0 = claim as much contiguous ring space as is free,
   /// up to the maximum record). Only matters for rings that are nearly full.
   std::size_t sizeHint = 0;
+  /// Window::invokeIn only: whether the call may take a direct route to its target when the bus
+  /// has granted one (SupervisorOptions::directRoutes, docs/architecture.md §19). false: through
+  /// the supervisor, always.
+  bool direct = true;
 };
 
 /// The default call timeout (docs/architecture.md §3).

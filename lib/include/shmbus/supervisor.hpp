@@ -80,6 +80,16 @@ struct SupervisorOptions {
   std::uint64_t blobBytesPerWindow = 1ull << 30;
   /// Most blob arena bytes of all the bus's ports at once; as blobBytesPerWindow.
   std::uint64_t blobBytesPerBus = 4ull << 30;
+  /// Direct routes (docs/architecture.md §19): once a window's routed call or send of a channel
+  /// reached a window (by role or id), the supervisor opens a port between the two (a route port:
+  /// one ring pair of inboxBytes each way) and the caller's later calls and sends of that channel
+  /// to that target go over it without waking the supervisor. Per channel order is kept (a fence
+  /// marks the switch); deadlines, cancel and TargetGone work as routed; RouterStats counts the
+  /// calls (directCalls). Not granted to roles with policy limits (RoleRule maxPendingCalls,
+  /// maxBytesInFlight, maxMessageBytes), which the supervisor enforces per call. A policy change
+  /// closes every route port (calls in flight on them fail with TargetGone). Per call opt-out:
+  /// CallOptions::direct. Off by default while the feature settles.
+  bool directRoutes = false;
   /// Spin budget of the dispatch loop before it parks in epoll, ns. 0 = park at once.
   std::chrono::nanoseconds spin{std::chrono::microseconds(4)};
   /// Bytes of the trace ring inspectors read (shmbus/inspect.hpp; rounded up to a power of two,
@@ -142,6 +152,10 @@ struct PortInfo {
   std::uint32_t acceptor = 0;  ///< the window it was opened to
   std::string channel;         ///< the channel it was opened on ("#<hex id>" when unnamed)
   bool accepted = false;       ///< false while the acceptor's onPort listener has not taken it
+  /// A direct route's port (docs/architecture.md §19): opened by the supervisor itself between a
+  /// caller (`opener`) and the window its routed calls went to (`acceptor`); `channel` names the
+  /// first channel routed over it.
+  bool route = false;
 };
 
 /// Roles a broadcast goes to: all windows, or only `roles`, minus `excludeRoles`.
@@ -180,6 +194,11 @@ struct RouterStats {
     std::uint64_t messages = 0;     ///< one-way sends, pushes and broadcast deliveries
     std::map<std::string, std::uint64_t> errors;  ///< by error code name
     std::uint64_t lateReplies = 0;  ///< replies that came after the call ended (dropped)
+    /// Of `calls` and `messages`, those that went over a direct route (docs/architecture.md §19):
+    /// counted by the caller in shared memory and read here, without a wake-up per call; their
+    /// errors are in `errors`, their latency is not in p50Ms/p99Ms (routed calls only).
+    std::uint64_t directCalls = 0;
+    std::uint64_t directMessages = 0;  ///< one-way sends over a direct route
     double p50Ms = 0;               ///< latency of completed calls, over the last 4096
     double p99Ms = 0;               ///< 99th percentile of the same samples, ms
   };

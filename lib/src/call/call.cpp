@@ -133,6 +133,10 @@ bool completeCall(const std::shared_ptr<CallState>& s, Result<Message> r) {
       onEnd(*s, r);
       lk.lock();
     }
+    if (!r && s->routeErrors != nullptr) {
+      // relaxed: a counter the supervisor reads when asked (RouteStatsTable).
+      s->routeErrors[static_cast<std::size_t>(r.code()) & 15].fetch_add(1, std::memory_order_relaxed);
+    }
     s->result.emplace(std::move(r));
     s->done.store(true, std::memory_order_release);  // pairs with isDone()'s acquire load
     cb = std::move(s->then);

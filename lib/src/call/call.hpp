@@ -64,6 +64,9 @@ struct CallState {
   std::int64_t sentNs = 0;        ///< CLOCK_MONOTONIC ns when the request was written; 0 = not learning
   std::int64_t spinUntilNs = 0;   ///< a waiter may spin for the reply until this time (ns)
   bool ending = false;           // guarded by mu: onEnd is running (the call completes after it)
+  /// A direct route's call (docs/architecture.md §19): its stats slot's errors by ErrorCode
+  /// value (16 counters in the route port's segment), counted when it fails; null otherwise.
+  std::atomic<std::uint64_t>* routeErrors = nullptr;
 };
 
 /// How long after a call's deadline a waiter gives up by itself when nobody answers it (the

@@ -48,8 +48,20 @@ enum class FrameKind : std::uint16_t {
                     ///< (payload bus.capnp PortTrace; docs/architecture.md §14 "Ports")
   Schema = 18,      ///< window → supervisor: a typed contract's schema (bus.capnp SchemaAnnouncement),
                     ///< once per contract and connection (docs/architecture.md §6)
+  // Direct routes (docs/architecture.md §19): a port the supervisor opens between a caller and
+  // the window its routed calls of `channel` went to.
+  RouteOpen = 19,   ///< supervisor → target window: route port `requestId` (payload bus.capnp
+                    ///< Welcome the first time, empty after) now carries `channel` from window
+                    ///< `source` (role id `role`)
+  RouteGrant = 20,  ///< supervisor → caller: calls and sends of `channel` to (`target`, `role`) may
+                    ///< go over route port `requestId` (payload Welcome the first time);
+                    ///< `status` = the channel's default timeout, ms; `source` = the stats slot
+  RouteFence = 21,  ///< caller → supervisor → target (and on the route's own ring): the caller
+                    ///< switched to route `requestId` here; `status` = the fence number
+  RouteSync = 22,   ///< caller → supervisor → target: the caller wrote `status` records (mod 2^32)
+                    ///< on route `requestId` before this point: read them before what follows
 };
-inline constexpr std::uint16_t kMaxFrameKind = 18;
+inline constexpr std::uint16_t kMaxFrameKind = 22;
 
 /// Frame flags.
 enum FrameFlags : std::uint16_t {

@@ -17,6 +17,9 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
+#include <set>
+#include <tuple>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -104,6 +107,7 @@ struct RouterOptions {
   std::uint32_t maxRecordBytes = 1u << 18;
   std::uint64_t blobBytesPerWindow = 1ull << 30;  ///< SupervisorOptions::blobBytesPerWindow
   std::uint64_t blobBytesPerBus = 4ull << 30;     ///< SupervisorOptions::blobBytesPerBus
+  bool directRoutes = false;                      ///< SupervisorOptions::directRoutes
   std::chrono::nanoseconds spin{std::chrono::microseconds(4)};
   LogLevel logLevel = LogLevel::Warn;
   std::size_t traceRingBytes = kTraceDefaultCapacity;
@@ -362,6 +366,12 @@ class Router {
     bool accepted = false;
     WindowSegment seg;  // seg.blobBytes: the arena bytes per direction granted (§17)
     Fd fd;  // the segment's descriptor (its name is gone): sent to each end
+    // A direct route's port (router_routes.cpp, docs/architecture.md §19).
+    bool route = false;
+    bool openerMapped = false, acceptorMapped = false;  // a Welcome reached that end
+    RouteStatsTable* routeStats = nullptr;              // in seg; written by the opener
+    std::vector<std::uint64_t> slotChannels;            // slot i of routeStats: this channel
+    std::set<std::tuple<std::uint32_t, std::uint64_t, std::uint64_t>> grants;  // (target, role, channel)
   };
   void onPortOpen(Conn& w, const FrameView& f);
   void onPortAccept(Conn& w, const FrameHeader& h);
@@ -384,6 +394,24 @@ class Router {
   void closePortsOf(const Conn& c);
   /// Closes the offered ports whose opener's deadline passed (kPortOpenTimedOut). O(ports).
   void expirePortOffers();
+
+  // ---- direct routes (router_routes.cpp, docs/architecture.md §19); all under mu_
+  /// After `w`'s routed call or send `h` was written to `t`'s inbox: grants `w` a direct route of
+  /// h.channel to h's target (target, role) over the route port of (w, t), opened on first use.
+  /// Does nothing when routes are off, already granted, or not allowed (policy limits, caps);
+  /// a grant that cannot be written is simply not made (the call went routed anyway).
+  void grantRoute(Conn& w, const FrameHeader& h, Conn& t);
+  /// `w` switched to its route port h.requestId (RouteFence) or back (RouteSync): forwards the
+  /// frame to the target, held when its inbox is full (a lost fence would stall the route).
+  void onRouteFence(Conn& w, const FrameHeader& h);
+  /// Closes every route port (the policy changed): calls in flight on them fail with TargetGone.
+  void closeRoutes(std::string_view why);
+  /// Adds what a route port's caller counted (RouteStatsTable) to `into` (by channel).
+  void addRouteCounts(const PortLink& p, std::map<std::uint64_t, RouterStats::ChannelStats>& into) const;
+  /// route ports by (caller, target window)
+  std::map<std::pair<std::uint32_t, std::uint32_t>, std::uint64_t> routePorts_;
+  /// What closed route ports counted, by channel (RouterStats: calls, messages, errors).
+  std::map<std::uint64_t, RouterStats::ChannelStats> routeFolded_;
   std::map<std::uint64_t, PortLink> ports_;
   std::uint64_t nextPortId_ = 1;
   /// Ports ended lately, newest last, at most kRecentPorts: a window's port end flushes its last

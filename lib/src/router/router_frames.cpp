@@ -129,6 +129,10 @@ void Router::process(Conn& w, const RecordView& rec) {
     case FrameKind::PortOffer: return doom(w, "a PortOffer frame is not for the supervisor", true);
     case FrameKind::PortTrace: return onPortTrace(w, *f);
     case FrameKind::Schema: return onSchema(w, *f);
+    case FrameKind::RouteFence:
+    case FrameKind::RouteSync: return onRouteFence(w, h);
+    case FrameKind::RouteOpen:
+    case FrameKind::RouteGrant: return doom(w, "a route's RouteOpen or RouteGrant frame is not for the supervisor", true);
   }
   // Every kind above returns; parseFrame refuses numbers above kMaxFrameKind. This catches a
   // number that names no kind (a gap, should one ever be left) as bad as one above it.
@@ -249,6 +253,7 @@ void Router::onSend(Conn& w, const FrameView& f) {
   ++counters_.at(h.channel).messages;
   traceMessage(TraceKind::Send, w.id, out, t->id, static_cast<std::uint32_t>(f.payloadBytes), nullptr,
                PayloadView{f.payload, f.payloadBytes});
+  grantRoute(w, h, *t);
 }
 
 void Router::onInvoke(Conn& w, const FrameView& f) {
@@ -313,7 +318,9 @@ void Router::onInvoke(Conn& w, const FrameView& f) {
     Route gone = *routes_.take(rid);
     failCaller(gone, Error{r.code(), fmt::format("invoke '{}' to {}: {}", registry_.nameOf(h.channel, w.id),
                                                  t->describe(), r.error().message)});
+    return;
   }
+  grantRoute(w, h, *t);
 }
 
 void Router::invokeMain(Conn& w, const FrameView& f, std::int64_t now) {

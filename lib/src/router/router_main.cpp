@@ -218,6 +218,11 @@ RouterStats Router::statsLocked() const {
     s.pending.push_back({registry_.statName(p.channel), p.callerId, registry_.roleOf(p.callerId), p.targetId,
                          registry_.roleOf(p.targetId), static_cast<double>(now - p.start) / 1e6});
   });
+  // Direct routes' counts (docs/architecture.md §19): closed ports' folded, open ports' live.
+  std::map<std::uint64_t, RouterStats::ChannelStats> direct = routeFolded_;
+  for (auto& [id, p] : ports_) {
+    if (p.route) addRouteCounts(p, direct);
+  }
   for (auto& [ch, c] : counters_.channels()) {
     RouterStats::ChannelStats cs;
     cs.channel = registry_.statName(ch);
@@ -225,6 +230,13 @@ RouterStats Router::statsLocked() const {
     cs.messages = c.messages;
     cs.lateReplies = c.late;
     for (auto& [code, n] : c.errors) cs.errors[errorCodeName(code)] = n;
+    if (auto d = direct.find(ch); d != direct.end()) {
+      cs.directCalls = d->second.directCalls;
+      cs.directMessages = d->second.directMessages;
+      cs.calls += cs.directCalls;
+      cs.messages += cs.directMessages;
+      for (auto& [code, n] : d->second.errors) cs.errors[code] += n;
+    }
     if (!c.latencyMs.empty()) {
       std::vector<double> v = c.latencyMs;
       std::sort(v.begin(), v.end());

@@ -26,6 +26,7 @@ void Router::setPolicy(Policy policy) {
   std::lock_guard lk(mu_);
   const std::string change = diffPolicy(policy_.policy(), policy);
   policy_.set(std::move(policy));
+  closeRoutes("the policy changed");  // each route was granted under the old policy
   setSocketMode();
   if (!change.empty()) log_(LogLevel::Info, "policy replaced:\n{}", change);
 }
@@ -62,6 +63,7 @@ void Router::setChannelCallers(const Channel& channel, const std::vector<std::st
   r.invoke = roles;
   rules.insert(rules.begin(), std::move(r));
   policy_.set(std::move(p));
+  closeRoutes("the policy changed");
 }
 
 Policy Router::policy() const {

@@ -222,6 +222,11 @@ void Router::closePort(std::uint64_t id, std::uint32_t reason, const std::option
   if (it == ports_.end()) return;
   PortLink p = std::move(it->second);
   ports_.erase(it);
+  if (p.route) {
+    // What its caller counted stays in the stats (docs/architecture.md §19).
+    addRouteCounts(p, routeFolded_);
+    if (auto r = routePorts_.find({p.opener, p.acceptor}); r != routePorts_.end() && r->second == id) routePorts_.erase(r);
+  }
   std::uint32_t expected = kPortOpen;
   // SYNC POINT "port close" (window/port.cpp): release publishes the reason to both ends' acquire
   // loads; the first closer's reason stays. The acquire half reads the reason of an end that
@@ -287,7 +292,9 @@ std::vector<PortInfo> Router::portsLocked() {
   expirePortOffers();
   std::vector<PortInfo> out;
   out.reserve(ports_.size());
-  for (auto& [id, p] : ports_) out.push_back(PortInfo{id, p.opener, p.acceptor, registry_.nameOf(p.channel), p.accepted});
+  for (auto& [id, p] : ports_) {
+    out.push_back(PortInfo{id, p.opener, p.acceptor, registry_.nameOf(p.channel), p.accepted, p.route});
+  }
   return out;
 }
 

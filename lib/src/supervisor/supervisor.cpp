@@ -168,6 +168,7 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(SupervisorOptions options
   ro.maxRecordBytes = options.maxRecordBytes;
   ro.blobBytesPerWindow = options.blobBytesPerWindow;
   ro.blobBytesPerBus = options.blobBytesPerBus;
+  ro.directRoutes = options.directRoutes;
   ro.spin = options.spin;
   ro.traceRingBytes = options.traceRingBytes;
   if (auto c = checkPayloadCapture(options.payloadCapture); !c) return c.error();

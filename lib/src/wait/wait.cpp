@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <climits>
 #include <ctime>
 
@@ -87,6 +88,39 @@ int futexWait(std::atomic<std::uint32_t>* word, std::uint32_t expected, std::int
   const long r = syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAIT, expected, tsp,
                          nullptr, 0);
   return r == 0 ? 0 : errno;
+}
+
+int futexWaitAny(std::atomic<std::uint32_t>* const* words, const std::uint32_t* expected, std::size_t n,
+                 std::int64_t deadlineNs) noexcept {
+#ifdef __NR_futex_waitv
+  // struct futex_waitv of <linux/futex.h> (5.16); declared here so older headers still build.
+  struct WaitV {
+    std::uint64_t val;
+    std::uint64_t uaddr;
+    std::uint32_t flags;
+    std::uint32_t reserved;
+  };
+  constexpr std::uint32_t kFutex32 = 2;  // FUTEX2_SIZE_U32; no FUTEX2_PRIVATE: shared between processes
+  WaitV v[kMaxWaitWords];
+  n = n > kMaxWaitWords ? kMaxWaitWords : n;
+  for (std::size_t i = 0; i < n; ++i) {
+    v[i] = WaitV{expected[i], reinterpret_cast<std::uint64_t>(words[i]), kFutex32, 0};
+  }
+  timespec ts{};
+  timespec* tsp = nullptr;
+  if (deadlineNs != kNoDeadline) {
+    ts.tv_sec = static_cast<time_t>(deadlineNs / 1'000'000'000);
+    ts.tv_nsec = static_cast<long>(deadlineNs % 1'000'000'000);
+    tsp = &ts;
+  }
+  const long r = syscall(__NR_futex_waitv, v, static_cast<unsigned>(n), 0u, tsp, CLOCK_MONOTONIC);
+  if (r >= 0) return 0;
+  if (errno != ENOSYS) return errno;
+#endif
+  // No futex_waitv: the first word for at most 1 ms; the caller looks at every word again.
+  std::int64_t left = 1'000'000;
+  if (deadlineNs != kNoDeadline) left = std::min<std::int64_t>(left, std::max<std::int64_t>(0, deadlineNs - monotonicNowNs()));
+  return futexWait(words[0], expected[0], left);
 }
 
 int futexWake(std::atomic<std::uint32_t>* word, int count) noexcept {

@@ -159,6 +159,66 @@ WaitStatus spinThenPark(WaitWord& word, Ready&& ready, const SpinPolicy& policy,
   }
 }
 
+/// FUTEX_WAITV (Linux 5.16) on `n` (at most kMaxWaitWords) shared 32-bit futex words at once:
+/// returns when any of them is woken or no longer equals its `expected` value, or at the
+/// absolute CLOCK_MONOTONIC `deadlineNs` (kNoDeadline: never). Returns 0, or an errno value
+/// (EAGAIN: a word changed; ETIMEDOUT; EINTR). A kernel without futex_waitv (ENOSYS) gets a
+/// FUTEX_WAIT on the first word of at most 1 ms instead (the caller's loop then looks again).
+int futexWaitAny(std::atomic<std::uint32_t>* const* words, const std::uint32_t* expected, std::size_t n,
+                 std::int64_t deadlineNs) noexcept;
+/// The most words futexWaitAny and spinThenParkAny take (the kernel's limit is 128).
+inline constexpr std::size_t kMaxWaitWords = 64;
+
+/// spinThenPark over several words: waits until `ready()` (which covers what every word
+/// announces) returns true, spinning for `policy.spin`, then parking on all of `words` at once
+/// (futexWaitAny); any notify of any of them wakes it. The waiter protocol is spinThenPark's on
+/// each word (SYNC POINTs seq and W), so notifiers need no change. `n` in [1, kMaxWaitWords].
+/// A window dispatching its direct routes beside its inbox (docs/architecture.md §19).
+template <typename Ready>
+WaitStatus spinThenParkAny(WaitWord* const* words, std::size_t n, Ready&& ready, const SpinPolicy& policy,
+                           std::int64_t deadlineNs) {
+  if (n == 1) return spinThenPark(*words[0], ready, policy, deadlineNs);
+  if (ready()) return WaitStatus::Ready;
+  if (policy.spin.count() > 0) {
+    const std::int64_t spinEnd = monotonicNowNs() + policy.spin.count();
+    for (unsigned i = 1;; ++i) {
+      cpuRelax();
+      if (ready()) return WaitStatus::Ready;
+      if ((i & 15u) == 0 && monotonicNowNs() >= spinEnd) break;
+    }
+  }
+  std::atomic<std::uint32_t>* seqs[kMaxWaitWords];
+  std::uint32_t seen[kMaxWaitWords];
+  for (;;) {
+    for (std::size_t i = 0; i < n; ++i) {
+      seqs[i] = &words[i]->seq;
+      // SYNC POINT seq (per word, as in spinThenPark).
+      seen[i] = words[i]->seq.load(std::memory_order_acquire);
+      // SYNC POINT W: announce on every word, then one barrier for all of them.
+      words[i]->waiters.fetch_add(1, std::memory_order_seq_cst);
+    }
+    const bool newMark = waiterBarrier(words, n);
+    auto leave = [&] {
+      // relaxed: the counts are hints for notifiers (as in spinThenPark).
+      for (std::size_t i = 0; i < n; ++i) words[i]->waiters.fetch_sub(1, std::memory_order_relaxed);
+    };
+    if (ready()) {
+      leave();
+      return WaitStatus::Ready;
+    }
+    const std::int64_t now = monotonicNowNs();
+    if (deadlineNs != kNoDeadline && deadlineNs <= now) {
+      leave();
+      return ready() ? WaitStatus::Ready : WaitStatus::Timeout;
+    }
+    std::int64_t until = deadlineNs;
+    if (newMark && (until == kNoDeadline || until - now > kFirstMarkParkNs)) until = now + kFirstMarkParkNs;
+    futexWaitAny(seqs, seen, n, until);
+    leave();
+    if (ready()) return WaitStatus::Ready;
+  }
+}
+
 /// The slow half of notify(): bumps seq and wakes the parked waiters (FUTEX_WAKE, or an eventfd
 /// write when `eventFd >= 0`). Call only after notify()'s barrier found `waiters != 0`.
 void wakeWaiters(WaitWord& word, int eventFd) noexcept;

@@ -82,6 +82,15 @@ std::string portName(const Window::Impl& p) {
 
 }  // namespace
 
+Result<std::shared_ptr<Window::Impl>> mapPortEnd(Window::Impl& w, const WelcomeInfo& info, const Fd& fd, bool opener,
+                                                 std::string channel, std::chrono::milliseconds callTimeout) {
+  auto p = makePort(w, info, fd, opener, std::move(channel), callTimeout);
+  if (!p) return p.error();
+  return std::shared_ptr<Window::Impl>(std::move(*p));
+}
+
+Result<Fd> takePortFd(Window::Impl::PortHub& hub, std::uint64_t portId) { return takeFd(hub, portId); }
+
 // ---- the window's side
 
 void Window::Impl::endPort(std::uint32_t reason, ErrorCode code, const std::string& text, bool tell) {

@@ -16,6 +16,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "blob/blob.hpp"
 #include "call/call.hpp"
@@ -141,6 +142,24 @@ struct Window::Impl : CallOwner {
     BlobProducer blobOut;  // guarded by outMu
     std::uint8_t* blobIn = nullptr;
     std::size_t blobInBytes = 0;
+    // A direct route's end (docs/architecture.md §19; route.cpp): dispatched by its window's own
+    // dispatch loop (routeOwner), never by a thread of its own.
+    Impl* routeOwner = nullptr;
+    RouteStatsTable* routeStats = nullptr;  // the opener's: counters the supervisor reads
+    std::uint32_t fencesSent = 0;           // opener; guarded by the owner's outMu
+    std::uint32_t fenceSeen = 0;  // acceptor, owner's dispatch only: the newest fence read in the owner's inbox
+    std::uint32_t gateFence = 0;  // acceptor, owner's dispatch only: the newest fence marker read on the ring;
+                                  // while above fenceSeen, the ring's later records wait
+    std::unordered_set<std::uint64_t> allowed;  // acceptor, owner's dispatch only: channels granted
+    // The order of everything the caller sends the target, direct or routed (§19): the opener
+    // counts the records it commits on the route (`written`, mod 2^32) and whether it wrote
+    // direct since its last RouteSync (`directSince`: relaxed, a program-order flag of the
+    // writing thread) or routed since its last fence (`routedSince`, under the owner's outMu);
+    // the acceptor counts the records it read (`readCount`, owner's dispatch only).
+    std::atomic<std::uint32_t> written{0};
+    std::atomic<bool> directSince{false};
+    bool routedSince = false;
+    std::uint32_t readCount = 0;
     /// Whether an inspector is attached to the bus: the window segment's trace word.
     bool tracing() const noexcept {
       // relaxed: a hint (Router::setTraceWords); the records travel on the outbox, which orders
@@ -149,6 +168,61 @@ struct Window::Impl : CallOwner {
     }
   };
   std::unique_ptr<PortSide> port;  // set on a port's endpoint (Port::Impl)
+
+  // ---- direct routes (docs/architecture.md §19; route.cpp)
+
+  /// What a grant covers: the caller's target as its frames name it, and the channel.
+  struct RouteKey {
+    std::uint32_t target = 0;
+    std::uint64_t role = 0;
+    std::uint64_t channel = 0;
+    bool operator==(const RouteKey&) const = default;
+  };
+  struct RouteKeyHash {
+    std::size_t operator()(const RouteKey& k) const noexcept {
+      return std::hash<std::uint64_t>()(k.channel ^ (k.role * 0x9e3779b97f4a7c15ull) ^ k.target);
+    }
+  };
+  /// One channel granted over a route end: its default timeout, its stats slot, and whether
+  /// this window's fence for it was written (the first direct call or send writes it).
+  struct RouteGrantEntry {
+    std::shared_ptr<Impl> end;
+    std::chrono::milliseconds timeout{0};
+    RouteStatsSlot* slot = nullptr;
+    bool fenced = false;
+  };
+  std::unordered_map<RouteKey, RouteGrantEntry, RouteKeyHash> routeGrants;  // guarded by outMu
+  /// The route end of each target granted anything (key channel 0), guarded by outMu.
+  std::unordered_map<RouteKey, std::shared_ptr<Impl>, RouteKeyHash> routeByTarget;
+  /// routeGrants.size(), read without outMu (relaxed: a hint; the lookup under outMu decides).
+  std::atomic<std::size_t> routeGrantCount{0};
+  /// This window's route ends, both sides (guarded by gate: the dispatching thread).
+  std::vector<std::shared_ptr<Impl>> routeEnds;
+
+  /// The route end of port `portId`, or null (dispatching thread).
+  std::shared_ptr<Impl> routeEnd(std::uint64_t portId) const;
+  /// A RouteOpen (this window is the target) or RouteGrant (the caller) frame from the supervisor.
+  void onRouteOpen(const FrameView& f, InPlaceMessage& msg);
+  void onRouteGrant(const FrameView& f, InPlaceMessage& msg);
+  /// A caller's fence, forwarded by the supervisor into this window's inbox.
+  void onRouteFence(const FrameHeader& h);
+  /// Maps the route end of port `portId` from the Welcome in `msg` (the fd from the watchdog).
+  std::shared_ptr<Impl> attachRouteEnd(std::uint64_t portId, InPlaceMessage& msg, bool opener, std::uint64_t channel);
+  /// Reads what the route ends have (each up to kBatch records, behind its fence gate), ends
+  /// and drops the ended ones, expires their calls. Returns the records read.
+  int dispatchRoutes(CallState* waiting, std::int64_t now);
+  /// Parks on the inbox and every route end's ring at once (spinThenParkAny) until `until`.
+  WaitStatus waitAll(std::int64_t until, const SpinPolicy& policy);
+  /// The grant for (t, ch) when calls may go direct, its fence written (caller holds outMu).
+  RouteGrantEntry* grantLocked(const Target& t, const Channel& ch);
+  /// Before a routed Send or Invoke to `t` (caller holds outMu): when `t` has a route end with
+  /// direct records written since the last sync, a RouteSync goes first, so the target reads
+  /// them before this one; and the route's next direct record needs a new fence (§19).
+  Result<void> syncRouteLocked(const Target& t);
+  /// A caller's RouteSync in this window's inbox: reads its route up to the count it names.
+  void onRouteSync(const FrameHeader& h);
+  /// Drops `end`'s grants and the end itself (it ended).
+  void dropRoute(const std::shared_ptr<Impl>& end);
 
   /// A port's endpoint: the close word in its segment's header is not 0 (acquire: pairs with the
   /// compare-exchange of whoever closed it; SYNC POINT "port close").
@@ -232,6 +306,9 @@ struct Window::Impl : CallOwner {
       auto r = writeFrame(link.outbox, h, build, hint, true, payloadBytes);
       // Too large for a port's ring: built again in its blob arena (§17).
       if (!r && r.code() == ErrorCode::TooLarge && hasBlobs()) return writeBlobLocked(h, build, payloadBytes);
+      // relaxed: read by this window's own routed writes (RouteSync), ordered by its outMu or
+      // by program order (the writer's thread).
+      if (r && port && port->routeOwner != nullptr) port->written.fetch_add(1, std::memory_order_relaxed);
       if (r || r.code() != ErrorCode::Full || waitUntil == 0) return r;
       if (waitForSpace(waitUntil) == WaitStatus::Timeout) return r;
     }
@@ -346,18 +423,60 @@ struct Window::Impl : CallOwner {
   /// `payloadBytes` (optional): the message's payload size once written.
   Result<void> sendImpl(const Target& t, const Channel& ch, const BuildFn& build,
                         std::atomic<std::size_t>* payloadBytes = nullptr) {
+    // relaxed: a hint; a grant installed meanwhile is used from the next send on (§19).
+    if (!port && routeGrantCount.load(std::memory_order_relaxed) != 0) {
+      std::shared_ptr<Impl> end;
+      RouteStatsSlot* slot = nullptr;
+      {
+        std::lock_guard lk(outMu);
+        if (RouteGrantEntry* g = grantLocked(t, ch)) {
+          end = g->end;
+          slot = g->slot;
+        }
+      }
+      if (end) {
+        auto r = end->sendImpl(t, ch, build, payloadBytes);
+        end->port->directSince.store(true, std::memory_order_relaxed);  // relaxed: see PortSide
+        // relaxed: counters the supervisor reads when asked (RouteStatsTable).
+        if (r) slot->messages.fetch_add(1, std::memory_order_relaxed);
+        else slot->errors[static_cast<std::size_t>(r.code()) & 15].fetch_add(1, std::memory_order_relaxed);
+        return r;
+      }
+    }
     FrameHeader h = headerFor(FrameKind::Send, t, ch);
     std::lock_guard lk(outMu);
     if (auto r = internFor(t, ch, h.role); !r) return r;
+    if (!port && routeGrantCount.load(std::memory_order_relaxed) != 0) {  // relaxed: a hint
+      if (auto r = syncRouteLocked(t); !r) return r;
+    }
     return writeOutLocked(h, build, 0, 0, payloadBytes);
   }
 
+  /// `routeErrors` (a direct route's call, §19): the stats slot's errors, counted when it fails.
   Call invokeImpl(const Target& t, const Channel& ch, const BuildFn& build, const CallOptions& o,
-                  FrameKind kind = FrameKind::Invoke) {
+                  FrameKind kind = FrameKind::Invoke, std::atomic<std::uint64_t>* routeErrors = nullptr) {
+    // relaxed: a hint; a grant installed meanwhile is used from the next call on (§19).
+    if (!port && o.direct && kind == FrameKind::Invoke && routeGrantCount.load(std::memory_order_relaxed) != 0) {
+      std::shared_ptr<Impl> end;
+      RouteGrantEntry grant;
+      {
+        std::lock_guard lk(outMu);
+        if (RouteGrantEntry* g = grantLocked(t, ch)) grant = *g;
+      }
+      if (grant.end) {
+        CallOptions d = o;
+        if (d.timeout.count() == 0) d.timeout = grant.timeout;  // the channel's default, as routed
+        grant.slot->calls.fetch_add(1, std::memory_order_relaxed);  // relaxed: a counter (RouteStatsTable)
+        Call c = grant.end->invokeImpl(t, ch, build, d, kind, grant.slot->errors);
+        grant.end->port->directSince.store(true, std::memory_order_relaxed);  // relaxed: see PortSide
+        return c;
+      }
+    }
     auto s = std::make_shared<CallState>();
     s->owner = this;
     s->channelName = ch.name;
-    s->target = port ? Target(port->peerId) : t;
+    s->target = port && port->routeOwner == nullptr ? Target(port->peerId) : t;
+    s->routeErrors = routeErrors;
     auto checked = checkCallTimeout(o.timeout, {});
     if (!checked) {
       completeCall(s, inContext(checked.error(), s->what()));
@@ -400,6 +519,10 @@ struct Window::Impl : CallOwner {
     {
       std::lock_guard lk(outMu);
       r = internFor(t, ch, h.role);
+      // relaxed: a hint; under outMu the sync decides (§19).
+      if (r && !port && kind == FrameKind::Invoke && routeGrantCount.load(std::memory_order_relaxed) != 0) {
+        r = syncRouteLocked(t);
+      }
       // requestBytes is stored before the commit publishes the request, so the thread that reads
       // the reply and runs onEnd sees it (SYNC POINT "record", to the peer and back).
       if (r) r = writeOutLocked(h, build, o.sizeHint, 0, requestBytes);
@@ -419,30 +542,37 @@ struct Window::Impl : CallOwner {
     return makeError(ErrorCode::Timeout,
                      fmt::format("{} timed out after {} ms (no answer from {})", s.what(),
                                  s.timeoutMs > 0 ? s.timeoutMs : kUnknownDeadlineFallbackNs / 1'000'000,
-                                 port ? "the port's peer" : "the supervisor"));
+                                 !port ? "the supervisor"
+                                       : port->routeOwner != nullptr ? "the target over its direct route"
+                                                                     : "the port's peer"));
   }
 
   void expireLocal(std::int64_t now) {
     for (auto& s : pending.takeExpired(now)) completeCall(s, localTimeout(*s));
   }
 
-  // The waitForCall endpoint contract (endpoint/call_wait.hpp).
+  // The waitForCall endpoint contract (endpoint/call_wait.hpp) for a call of endpoint `end`,
+  // waited for by dispatching `owner`: the endpoint itself, or for a direct route's end the
+  // window that reads the end's ring beside its inbox (§19), so a waiting handler still serves
+  // calls to its window.
   struct WaitAdapter {
-    Impl& i;
-    std::recursive_mutex& gate() { return i.gate; }
+    Impl& end;
+    Impl& owner;
+    std::recursive_mutex& gate() { return owner.gate; }
     void dispatchRound(std::int64_t until, CallState* s) {
-      const auto prev = i.dispatchingThread.exchange(std::this_thread::get_id());
-      i.dispatchOnce(until, s);
-      i.dispatchingThread.store(prev);
+      const auto prev = owner.dispatchingThread.exchange(std::this_thread::get_id());
+      owner.dispatchOnce(until, s);
+      owner.dispatchingThread.store(prev);
     }
-    bool closed() const { return i.closed.load(std::memory_order_acquire); }
+    // acquire: pairs with markClosed's release store.
+    bool closed() const { return end.closed.load(std::memory_order_acquire) || owner.closed.load(std::memory_order_acquire); }
     Result<Message> closedResult(const std::shared_ptr<CallState>& s) {
-      return makeError(i.closeCode(), fmt::format("{}: {}", s->what(), i.busClosedMessage()));
+      return makeError(end.closeCode(), fmt::format("{}: {}", s->what(), end.busClosedMessage()));
     }
-    void giveUp(const std::shared_ptr<CallState>&) { i.expireLocal(monotonicNowNs()); }
+    void giveUp(const std::shared_ptr<CallState>&) { end.expireLocal(monotonicNowNs()); }
   };
   Result<Message> waitFor(const std::shared_ptr<CallState>& s) override {
-    WaitAdapter a{*this};
+    WaitAdapter a{*this, port && port->routeOwner != nullptr ? *port->routeOwner : *this};
     return waitForCall(s, a);
   }
 
@@ -655,5 +785,12 @@ struct Window::Impl : CallOwner {
   }
 };
 
+
+/// One end of port `info.portId` for window `w`, mapped from `fd` and listed in w's hub
+/// (port.cpp; a Port's, or a direct route's, §19). Errors: as Segment::map and attachLink.
+Result<std::shared_ptr<Window::Impl>> mapPortEnd(Window::Impl& w, const WelcomeInfo& info, const Fd& fd, bool opener,
+                                                 std::string channel, std::chrono::milliseconds callTimeout);
+/// The descriptor of port `portId` the watchdog filed (waits up to 1 s for it). Errors: SystemError.
+Result<Fd> takePortFd(Window::Impl::PortHub& hub, std::uint64_t portId);
 
 }  // namespace shmbus

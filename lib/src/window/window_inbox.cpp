@@ -44,11 +44,15 @@ void Window::Impl::dispatchOnce(std::int64_t deadline, CallState* waiting) {
     }
     advanceHead();
     const std::int64_t now = monotonicNowNs();
+    // A window's direct route ends are read in the same round (docs/architecture.md §19).
+    if (!routeEnds.empty()) n += dispatchRoutes(waiting, now);
     expireLocal(now);
     if (n > 0 || pass > 0 || closed.load(std::memory_order_acquire)) return;
-    const std::int64_t until = std::min(deadline, pending.nextExpiry());
+    std::int64_t until = std::min(deadline, pending.nextExpiry());
+    for (const auto& e : routeEnds) until = std::min(until, e->pending.nextExpiry());
     if (until <= now) return;
-    const WaitStatus st = link.inbox.wait(until, waitPolicy(waiting, now), [&] {
+    const WaitStatus st = !routeEnds.empty() ? waitAll(until, waitPolicy(waiting, now))
+                                             : link.inbox.wait(until, waitPolicy(waiting, now), [&] {
       // acquire: pairs with markClosed's / the lease release's release stores; a port's close word
       // is set before its closer's wakeAll (SYNC POINT "port close").
       return closed.load(std::memory_order_acquire) || lease->dirty.load(std::memory_order_acquire) || portEnded();
@@ -112,10 +116,23 @@ void Window::Impl::handleRecord(const RecordView& rec) {
     const auto kind = static_cast<FrameKind>(f->header.kind);
     if (!parsed) {
       if (kind == FrameKind::Invoke) replyError(f->header, parsed.error());
+    } else if (port && port->routeOwner != nullptr && !port->opener &&
+               (kind == FrameKind::Send || kind == FrameKind::Invoke) && port->allowed.count(f->header.channel) == 0) {
+      // A direct route carries only the channels the supervisor granted on it (§19): a caller
+      // that writes another one bypasses the policy.
+      if (kind == FrameKind::Invoke) {
+        replyError(f->header, makeError(ErrorCode::Denied, fmt::format("channel {:016x} was not granted on direct route {}",
+                                                                       f->header.channel, port->id)));
+      }
     } else if (port) {
       // A port's peer is another window: only the patterns travel here, anything else is ignored
       // (no names to learn, no offers, no undelivered reports: a peer cannot grow our tables).
       switch (kind) {
+        case FrameKind::RouteFence:
+          // A direct route's fence marker (§19): what follows waits for the caller's fence
+          // through the supervisor, so nothing sent direct overtakes what went routed before.
+          if (port->routeOwner != nullptr && !port->opener) port->gateFence = std::max(port->gateFence, f->header.status);
+          break;
         case FrameKind::Send: onPush(*f, msg); break;
         case FrameKind::Invoke: onInvoke(*f, msg); break;
         case FrameKind::Cancel: onCancelFrame(f->header.requestId); break;
@@ -128,6 +145,10 @@ void Window::Impl::handleRecord(const RecordView& rec) {
     } else {
       switch (kind) {
         case FrameKind::PortOffer: onPortOffer(*f, msg); break;
+        case FrameKind::RouteOpen: onRouteOpen(*f, msg); break;
+        case FrameKind::RouteGrant: onRouteGrant(*f, msg); break;
+        case FrameKind::RouteFence: onRouteFence(f->header); break;
+        case FrameKind::RouteSync: onRouteSync(f->header); break;
         case FrameKind::Intern: onIntern(msg); break;
         case FrameKind::Send: onPush(*f, msg); break;
         case FrameKind::Invoke: onInvoke(*f, msg); break;

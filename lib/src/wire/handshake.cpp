@@ -83,7 +83,8 @@ Result<void> checkRingSizes(std::uint32_t in, std::uint32_t out) {
                    fmt::format("ring sizes {} / {} bytes must be powers of two in [4 KiB, 64 MiB]", in, out));
 }
 
-SegmentLayout segmentLayout(std::uint32_t inCap, std::uint32_t outCap, std::uint64_t blobBytes) noexcept {
+SegmentLayout segmentLayout(std::uint32_t inCap, std::uint32_t outCap, std::uint64_t blobBytes,
+                            bool routeStats) noexcept {
   SegmentLayout l;
   l.boardOffset = sizeof(SegmentHeader);
   l.inboxOffset = l.boardOffset + sizeof(CancelBoard);
@@ -94,16 +95,22 @@ SegmentLayout segmentLayout(std::uint32_t inCap, std::uint32_t outCap, std::uint
     l.outboxBlobOffset = l.inboxBlobOffset + blobBytes;
     l.totalBytes = l.outboxBlobOffset + blobBytes;
   }
+  if (routeStats) {
+    l.routeStatsOffset = alignUp(l.totalBytes, 64);
+    l.totalBytes = l.routeStatsOffset + sizeof(RouteStatsTable);
+  }
   return l;
 }
 
 Result<WindowSegment> createWindowSegment(const std::string& bus, std::uint32_t id, std::uint32_t inCap,
-                                          std::uint32_t outCap, std::uint32_t maxRecordBytes, std::uint64_t blobBytes) {
+                                          std::uint32_t outCap, std::uint32_t maxRecordBytes, std::uint64_t blobBytes,
+                                          bool routeStats) {
   WindowSegment w;
   w.inboxBytes = inCap;
   w.outboxBytes = outCap;
   w.maxRecord = std::min<std::uint32_t>(maxRecordBytes, std::min(inCap, outCap) / 2);
-  const SegmentLayout l = segmentLayout(inCap, outCap, blobBytes);
+  const SegmentLayout l = segmentLayout(inCap, outCap, blobBytes, routeStats);
+  w.routeStatsOffset = l.routeStatsOffset;
   w.inboxBlobOffset = l.inboxBlobOffset;
   w.outboxBlobOffset = l.outboxBlobOffset;
   w.blobBytes = blobBytes;
@@ -147,6 +154,7 @@ void fillWelcome(capnp::MessageBuilder& mb, const std::string& bus, std::uint32_
   w.setBlobBytes(seg.blobBytes);
   w.setBlobOutOffset(swapped ? seg.inboxBlobOffset : seg.outboxBlobOffset);
   w.setBlobInOffset(swapped ? seg.outboxBlobOffset : seg.inboxBlobOffset);
+  w.setRouteStatsOffset(seg.routeStatsOffset);
 }
 
 Result<Fd> openSegmentFd(const std::string& name) {
@@ -258,6 +266,7 @@ Result<WelcomeInfo> readWelcome(capnp::MessageReader& reader) {
     info.blobOutOffset = w.getBlobOutOffset();
     info.blobInOffset = w.getBlobInOffset();
     info.blobBytes = w.getBlobBytes();
+    info.routeStatsOffset = w.getRouteStatsOffset();
     return info;
   } catch (const kj::Exception& e) {
     return makeError(ErrorCode::InvalidMessage, std::string("malformed welcome: ") + e.getDescription().cStr());
@@ -290,6 +299,9 @@ Result<void> checkWelcomeLayout(const WelcomeInfo& w, std::size_t size) {
   if (w.blobBytes != 0 && (w.blobBytes % kBlobPage != 0 || w.blobBytes <= kBlobOverhead ||
                            !fits(w.blobOutOffset, w.blobBytes) || !fits(w.blobInOffset, w.blobBytes))) {
     return makeError(ErrorCode::InvalidMessage, "welcome describes blob arenas outside the segment");
+  }
+  if (w.routeStatsOffset != 0 && !fits(w.routeStatsOffset, sizeof(RouteStatsTable))) {
+    return makeError(ErrorCode::InvalidMessage, "welcome describes route stats outside the segment");
   }
   return {};
 }

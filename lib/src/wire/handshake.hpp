@@ -16,6 +16,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -75,10 +76,30 @@ struct SegmentLayout {
   /// A port's blob arenas (docs/architecture.md §17), after the rings, page aligned: the one
   /// written by the inbox's producer first, then the outbox's; 0 when there are none.
   std::uint64_t inboxBlobOffset = 0, outboxBlobOffset = 0;
+  /// A route port's RouteStatsTable (docs/architecture.md §19), after everything else; 0 = none.
+  std::uint64_t routeStatsOffset = 0;
 };
 /// The layout of a segment with rings of `inboxBytes` and `outboxBytes` capacity and, for a port,
 /// two blob arenas of `blobBytes` each (a multiple of 4 KiB; 0 = none).
-SegmentLayout segmentLayout(std::uint32_t inboxBytes, std::uint32_t outboxBytes, std::uint64_t blobBytes = 0) noexcept;
+/// `routeStats`: a route port's, with a RouteStatsTable.
+SegmentLayout segmentLayout(std::uint32_t inboxBytes, std::uint32_t outboxBytes, std::uint64_t blobBytes = 0,
+                            bool routeStats = false) noexcept;
+
+/// Counters of one channel of a direct route (docs/architecture.md §19), in the route port's
+/// segment: written by the caller's end (relaxed increments, one writer thread at a time or
+/// several: each is an atomic add) and read by the supervisor when it reports stats. Untrusted:
+/// a hostile caller can only misreport its own calls.
+struct RouteStatsSlot {
+  std::atomic<std::uint64_t> calls;
+  std::atomic<std::uint64_t> messages;
+  std::atomic<std::uint64_t> errors[16];  ///< by ErrorCode value (1..kLastErrorCode)
+};
+/// The channels of one route port (slot i: the i-th channel granted on it).
+inline constexpr std::size_t kRouteSlots = 32;
+struct RouteStatsTable {
+  RouteStatsSlot slots[kRouteSlots];
+};
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 
 /// A window's segment, created and laid out by the supervisor.
 struct WindowSegment {
@@ -90,6 +111,7 @@ struct WindowSegment {
   std::uint64_t inboxOffset = 0, outboxOffset = 0, boardOffset = 0;
   std::uint32_t inboxBytes = 0, outboxBytes = 0, maxRecord = 0;
   std::uint64_t inboxBlobOffset = 0, outboxBlobOffset = 0, blobBytes = 0;  ///< a port's arenas (§17)
+  std::uint64_t routeStatsOffset = 0;  ///< a route port's RouteStatsTable (§19); 0 = none
 };
 
 /// Creates the segment of window `id` on `bus` (rings of the given capacities; records up to
@@ -98,7 +120,7 @@ struct WindowSegment {
 /// Errors: SystemError.
 Result<WindowSegment> createWindowSegment(const std::string& bus, std::uint32_t id, std::uint32_t inboxBytes,
                                           std::uint32_t outboxBytes, std::uint32_t maxRecordBytes,
-                                          std::uint64_t blobBytes = 0);
+                                          std::uint64_t blobBytes = 0, bool routeStats = false);
 
 /// Writes a Welcome describing `seg` into `mb`: for a window (`swapped` false, `portId` 0), or for
 /// one end of a port (docs/architecture.md §16): `id` and `role` are then the peer's, and the
@@ -152,6 +174,7 @@ struct WelcomeInfo {
   /// A port's blob arenas (§17): the one this side writes, the one the peer writes, and the size
   /// of each (0: none).
   std::uint64_t blobOutOffset = 0, blobInOffset = 0, blobBytes = 0;
+  std::uint64_t routeStatsOffset = 0;  ///< a route port's RouteStatsTable (§19); 0 = none
 };
 
 /// Decodes a Welcome message (untrusted: the caller's reader bounds it). A refusal comes back as

@@ -1,0 +1,229 @@
+// Direct routes (docs/architecture.md §19) across real processes: an "editor" window calls and
+// sends to role "dashboard"; after the first routed call of a channel the supervisor grants a
+// route port and the later ones go over it. What is checked: every answer comes from the right
+// window with the caller's context, the stats count every call (and which went direct), one-way
+// messages keep their order across the switch, cancel and deadlines reach the target, the
+// target's death gives TargetGone and the next call finds the window that took the role, and a
+// policy change closes the routes without losing a call. Every child is forked before the
+// supervisor's dispatch thread starts (TestBus); children report through mailboxes on main.
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+
+#include <csignal>
+
+#include "bus_test.hpp"
+
+using namespace shmbus;
+using namespace shmbus::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+SupervisorOptions routed() {
+  SupervisorOptions o;
+  o.directRoutes = true;
+  return o;
+}
+
+/// The dashboard's handlers: "echo" answers "TEXT SOURCE_ID SOURCE_ROLE MY_ID"; "slow" answers
+/// at once unless the text is "block": then it tells main "entered", polls its cancellation and
+/// tells main "left" once it turned true (caller's cancel, deadline or the port's end); "tick"
+/// listener checks the order of numbered one-way messages and "count" answers "N ORDERED".
+ServedWindow::Setup dashboardSetup() {
+  return [](Window& w, std::vector<Registration>& regs) {
+    auto next = std::make_shared<int>(0);
+    auto ordered = std::make_shared<bool>(true);
+    const std::uint32_t me = w.id();
+    regs.push_back(w.handle("echo", textHandler([me](const std::string& t, const CallContext& ctx) {
+      return fmt::format("{} {} {} {}", t, ctx.sourceWindowId, ctx.sourceRole, me);
+    })));
+    regs.push_back(w.handle("slow", textHandler([&w, me](const std::string& t, const CallContext& ctx) {
+      if (t != "block") return fmt::format("{} {}", t, me);
+      (void)w.send("entered", text("block"));
+      // Polls its own cancellation (no wait exists for it): the event under test.
+      while (!ctx.cancelled()) std::this_thread::sleep_for(200us);  // allowed: polls the event under test
+      (void)w.send("left", text("block"));
+      return std::string("late");
+    })));
+    regs.push_back(w.on("tick", [next, ordered](const Message& m, const CallContext&) {
+      // 10 µs of work per message: the dashboard falls behind, so routed messages queue in its
+      // inbox while direct ones queue on the route (a round reads at most 64 of each).
+      const auto until = nowNs() + 10'000;
+      while (nowNs() < until) {
+      }
+      if (std::stoi(textOf(m)) != *next) *ordered = false;
+      ++*next;
+    }));
+    regs.push_back(w.handle("count", textHandler([next, ordered](const std::string&, const CallContext&) {
+      return fmt::format("{} {}", *next, *ordered ? "ordered" : "REORDERED");
+    })));
+  };
+}
+
+const RouterStats::ChannelStats* channelStats(const RouterStats& s, const std::string& name) {
+  for (const auto& c : s.channels) {
+    if (c.channel == name) return &c;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+TEST_CASE("calls after the first go over a direct route, answered with the caller's context and counted") {
+  TestBus tb("route-calls", routed(), false);
+  Mailbox result(*tb.sup, "result");
+  Link link;
+  ServedWindow dashboard(ServedWindow::deferred, tb, "dashboard", dashboardSetup());
+  GatedChild editor([&] {
+    auto w = connectWindow(tb.bus, "editor");
+    auto round = [&](int from, int to) {
+      for (int i = from; i < to; ++i) {
+        const auto got = words(replyText(w->invokeIn("dashboard", "echo", text(std::to_string(i))), "echo"));
+        childCheck(got.size() == 4 && got[0] == std::to_string(i) && got[1] == std::to_string(w->id()) &&
+                       got[2] == "editor",
+                   "echo answered with the caller's context");
+      }
+    };
+    round(0, 200);
+    (void)w->send("result", text("round1"));
+    link.hearParent(120s);
+    round(200, 300);  // after the policy change: routed again, then a new route
+    (void)w->send("result", text("round2"));
+    link.hearParent(120s);
+  });
+  tb->startDispatchThread();
+  dashboard.start();
+  editor.go();
+  REQUIRE(result.next(30s).text == "round1");
+  RouterStats s = tb->stats();
+  const auto* echo = channelStats(s, "echo");
+  REQUIRE(echo != nullptr);
+  CHECK(echo->calls == 200);
+  // The first call went routed (it made the grant); the grant is read before the next reply.
+  CHECK(echo->directCalls >= 190);
+  CHECK(echo->directCalls < 200);
+  CHECK(echo->errors.empty());
+  auto ports = tb->ports();
+  REQUIRE(ports.size() == 1);
+  CHECK(ports[0].route);
+  CHECK(ports[0].acceptor == dashboard.id());
+  // A policy change closes every route (granted under the old policy); nothing is lost.
+  REQUIRE(tb->setPolicy(tb->policy()).ok());
+  CHECK(tb->ports().empty());
+  link.tellChild("go");
+  REQUIRE(result.next(30s).text == "round2");
+  s = tb->stats();
+  echo = channelStats(s, "echo");
+  REQUIRE(echo != nullptr);
+  CHECK(echo->calls == 300);
+  CHECK(echo->errors.empty());
+  CHECK(echo->directCalls >= 280);
+  link.tellChild("go");
+  CHECK(editor.join(10s) == 0);
+  CHECK(dashboard.finish() == 0);
+}
+
+TEST_CASE("one-way messages keep their order across the switch to a direct route") {
+  TestBus tb("route-order", routed(), false);
+  Mailbox result(*tb.sup, "result");
+  ServedWindow dashboard(ServedWindow::deferred, tb, "dashboard", dashboardSetup());
+  constexpr int kTicks = 5000;
+  GatedChild editor([&] {
+    auto w = connectWindow(tb.bus, "editor");
+    w->startDispatchThread();  // grants are read while the sends go on
+    for (int i = 0; i < kTicks;) {
+      auto r = w->sendTo("dashboard", "tick", text(std::to_string(i)));
+      if (r) {
+        // A pause now and then (pacing, not a synchronisation): the grant is read while routed
+        // messages still queue ahead of the dashboard, which is slower than this loop.
+        if (++i % 50 == 0) std::this_thread::sleep_for(50us);  // allowed: pacing
+      } else {
+        childCheck(r.code() == ErrorCode::Full, "send: " + r.error().toString());
+        std::this_thread::yield();  // the dashboard is behind: try the same message again
+      }
+    }
+    (void)w->send("result", text(replyText(w->invokeIn("dashboard", "count"), "count")));
+  });
+  tb->startDispatchThread();
+  dashboard.start();
+  editor.go();
+  CHECK(result.next(60s).text == fmt::format("{} ordered", kTicks));
+  const auto s = tb->stats();
+  const auto* tick = channelStats(s, "tick");
+  REQUIRE(tick != nullptr);
+  CHECK(tick->messages == kTicks);
+  CHECK(tick->directMessages > 0);
+  CHECK(editor.join(10s) == 0);
+  CHECK(dashboard.finish() == 0);
+}
+
+TEST_CASE("a direct call's cancel and deadline reach the target") {
+  TestBus tb("route-cancel", routed(), false);
+  Mailbox result(*tb.sup, "result"), entered(*tb.sup, "entered"), left(*tb.sup, "left");
+  Link link;
+  ServedWindow dashboard(ServedWindow::deferred, tb, "dashboard", dashboardSetup());
+  GatedChild editor([&] {
+    auto w = connectWindow(tb.bus, "editor");
+    w->startDispatchThread();
+    for (int i = 0; i < 3; ++i) replyText(w->invokeIn("dashboard", "slow", text("x")), "slow");  // the route
+    Call c = w->invokeIn("dashboard", "slow", text("block"), CallOptions{.timeout = 10s});
+    link.hearParent(120s);  // the handler entered
+    c.cancel();
+    auto r = c.get();
+    (void)w->send("result", text(r ? "ok" : errorCodeName(r.code())));
+    link.hearParent(120s);
+    const auto start = nowNs();
+    auto t = w->invokeIn("dashboard", "slow", text("block"), CallOptions{.timeout = 300ms}).get();
+    (void)w->send("result", text(fmt::format("{} {}", t ? "ok" : errorCodeName(t.code()), msSince(start) < 5000)));
+  });
+  tb->startDispatchThread();
+  dashboard.start();
+  editor.go();
+  REQUIRE(entered.next(30s).text == "block");
+  link.tellChild("cancel");
+  CHECK(result.next(30s).text == "Cancelled");
+  CHECK(left.next(30s).text == "block");  // the handler saw the caller's cancel
+  link.tellChild("deadline");
+  REQUIRE(entered.next(30s).text == "block");
+  CHECK(result.next(30s).text == "Timeout true");
+  CHECK(left.next(30s).text == "block");  // and the deadline
+  const auto s = tb->stats();
+  const auto* slow = channelStats(s, "slow");
+  REQUIRE(slow != nullptr);
+  CHECK(slow->directCalls >= 3);
+  CHECK(slow->errors.at("Cancelled") == 1);
+  CHECK(slow->errors.at("Timeout") == 1);
+  CHECK(editor.join(10s) == 0);
+  CHECK(dashboard.finish() == 0);
+}
+
+TEST_CASE("the target's death fails a direct call with TargetGone; the next call finds the new window") {
+  TestBus tb("route-death", routed(), false);
+  Mailbox result(*tb.sup, "result"), entered(*tb.sup, "entered");
+  Link link;
+  ServedWindow first(ServedWindow::deferred, tb, "dashboard", dashboardSetup());
+  ServedWindow second(ServedWindow::deferred, tb, "dashboard", dashboardSetup());
+  GatedChild editor([&] {
+    auto w = connectWindow(tb.bus, "editor");
+    w->startDispatchThread();
+    for (int i = 0; i < 3; ++i) replyText(w->invokeIn("dashboard", "slow", text("x")), "slow");  // the route
+    auto r = w->invokeIn("dashboard", "slow", text("block"), CallOptions{.timeout = 20s}).get();
+    (void)w->send("result", text(r ? "ok" : errorCodeName(r.code())));
+    link.hearParent(120s);  // the second dashboard is up
+    for (int i = 0; i < 3; ++i) {
+      const auto got = words(replyText(w->invokeIn("dashboard", "slow", text("y")), "slow after"));
+      (void)w->send("result", text(got.size() == 2 ? got[1] : "?"));
+    }
+  });
+  tb->startDispatchThread();
+  first.start();
+  editor.go();
+  REQUIRE(entered.next(30s).text == "block");
+  ::kill(first.pid(), SIGKILL);
+  CHECK(result.next(30s).text == "TargetGone");
+  second.start();
+  link.tellChild("go");
+  for (int i = 0; i < 3; ++i) CHECK(result.next(30s).text == std::to_string(second.id()));
+  CHECK(editor.join(10s) == 0);
+  CHECK(second.finish() == 0);
+}
