@@ -94,7 +94,9 @@ int main(int argc, char** argv) {
   app.add_option("--trace", tracePath, "write a Perfetto / chrome://tracing timeline of the whole scenario to FILE");
   CLI11_PARSE(app, argc, argv);
   const std::string bus = fmt::format("dashboard-demo-{}", ::getpid());
-  auto created = Supervisor::create({.bus = bus, .logLevel = LogLevel::Warn});
+  // Direct routes (docs/architecture.md §19): the main window's repeated dashboard queries go
+  // window to window once the first one was routed; the router's stats below show it.
+  auto created = Supervisor::create({.bus = bus, .directRoutes = true, .logLevel = LogLevel::Warn});
   if (!created) {
     fmt::print(stderr, "supervisor: {}\n", created.error().toString());
     return 2;
@@ -163,11 +165,20 @@ int main(int argc, char** argv) {
 
   const RouterStats st = sup.stats();
   fmt::print("\n[main process] router stats\n");
-  fmt::print("  {:<34} {:>6} {:>6} {:>9} {:>9}  {}\n", "channel", "calls", "msgs", "p50 ms", "p99 ms", "errors");
+  fmt::print("  {:<34} {:>6} {:>6} {:>6} {:>9} {:>9}  {}\n", "channel", "calls", "direct", "msgs", "p50 ms", "p99 ms",
+             "errors");
+  std::uint64_t directQueries = 0;
   for (const auto& c : st.channels) {
     std::string errs;
     for (const auto& [code, n] : c.errors) errs += fmt::format("{}={} ", code, n);
-    fmt::print("  {:<34} {:>6} {:>6} {:>9.3f} {:>9.3f}  {}\n", c.channel, c.calls, c.messages, c.p50Ms, c.p99Ms, errs);
+    fmt::print("  {:<34} {:>6} {:>6} {:>6} {:>9.3f} {:>9.3f}  {}\n", c.channel, c.calls, c.directCalls, c.messages,
+               c.p50Ms, c.p99Ms, errs);
+    if (c.channel == demo::DashboardChannels::getDashboardData().name) directQueries = c.directCalls;
+  }
+  fmt::print("  (direct: calls that went window to window over a direct route; p50/p99 are of routed calls)\n");
+  if (directQueries == 0) {
+    fmt::print("[main process] the repeated dashboard queries did not take a direct route\n");
+    ok = false;
   }
   fmt::print("  pending calls: {}, late replies: {}, spoofed replies: {}, undeliverable: {}, bad messages: {}\n",
              st.pending.size(), st.lateReplies, st.spoofedReplies, st.undeliverable, st.badMessages);

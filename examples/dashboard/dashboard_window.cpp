@@ -268,6 +268,18 @@ int runMain(Window& w) {
          d = r ? std::string("succeeded?") : r.error().toString();
          return !r && r.code() == ErrorCode::TargetGone;
        });
+  step("Dashboard.getDashboardData x 200 (repeated queries: a direct route)",
+       [&] {
+         auto query = [&] { return dashboard.getDashboardData([](auto p) { p.setQuery("sales"); p.setLimit(1); }).get(); };
+         auto last = query();
+         for (int i = 1; i < 200 && last; ++i) last = query();
+         return last;
+       },
+       [](auto& r, std::string& d) {
+         if (!r) return d = r.error().toString(), false;
+         d = fmt::format("total={} (the router's stats below count them as direct)", r->reader().getTotal());
+         return r->reader().getTotal() == 384;
+       });
   step("Dashboard.getDashboardData after all that",
        [&] { return dashboard.getDashboardData([](auto p) { p.setQuery("sales"); p.setLimit(1); }).get(); },
        [](auto& r, std::string& d) {

@@ -258,6 +258,9 @@ void Window::Impl::onInvoke(const FrameView& f, InPlaceMessage& msg) {
   CallContext ctx = contextFor(h, name);
   // Only error paths name the call: format it on demand, not once per call.
   auto what = [&] {
+    if (port && port->routeOwner != nullptr) {
+      return fmt::format("invoke '{}' on window {} (role '{}') over direct route {}", name, link.id, link.role, port->id);
+    }
     return port ? fmt::format("invoke '{}' on port {} of window {} (role '{}')", name, port->id, link.id, link.role)
                 : fmt::format("invoke '{}' on window {} (role '{}')", name, link.id, link.role);
   };
