@@ -14,6 +14,9 @@ namespace shmbus::detail {
 namespace {
 // Ports a window may hold as one end (router_ports.cpp's cap, counted the same way).
 constexpr std::size_t kMaxRoutePortsPerWindow = 64;
+// Route ports a window may have opened as the caller: each holds a ring pair per (caller,
+// target) pair, so a window that calls many others keeps the rest of its calls routed.
+constexpr std::size_t kMaxRoutesPerCaller = 16;
 }  // namespace
 
 void Router::grantRoute(Conn& w, const FrameHeader& h, Conn& t) {
@@ -33,16 +36,19 @@ void Router::grantRoute(Conn& w, const FrameHeader& h, Conn& t) {
   }
   if (p != nullptr && p->grants.count(grantKey) != 0) return;
   if (p == nullptr) {
-    std::size_t mine = 0, theirs = 0;
+    std::size_t mine = 0, theirs = 0, routes = 0;
     for (auto& [id, q] : ports_) {
       mine += q.opener == w.id || q.acceptor == w.id ? 1 : 0;
       theirs += q.opener == t.id || q.acceptor == t.id ? 1 : 0;
+      routes += q.route && q.opener == w.id ? 1 : 0;
     }
-    if (mine >= kMaxRoutePortsPerWindow || theirs >= kMaxRoutePortsPerWindow) return;
+    if (mine >= kMaxRoutePortsPerWindow || theirs >= kMaxRoutePortsPerWindow || routes >= kMaxRoutesPerCaller) return;
     const std::uint64_t id = nextPortId_++;
-    // Rings as large as a window's inbox: what fits routed fits direct.
-    auto seg = createWindowSegment(opts_.bus, static_cast<std::uint32_t>(id), opts_.inboxBytes, opts_.inboxBytes,
-                                   opts_.maxRecordBytes, 0, true);
+    // Each direction's ring as large as its receiver's inbox (the caller's for replies, the
+    // target's for requests): what a window chose to buffer stays what it buffers, and what
+    // fits routed fits direct. The segment's "inbox" is the opener's (the caller's).
+    auto seg = createWindowSegment(opts_.bus, static_cast<std::uint32_t>(id), w.inbox.geometry().capacity,
+                                   t.inbox.geometry().capacity, opts_.maxRecordBytes, 0, true);
     if (!seg) {
       log_(LogLevel::Warn, "no direct route {} → {}: {}", w.describe(), t.describe(), seg.error().message);
       return;
