@@ -7,6 +7,7 @@
 //                                                  invokeIn over a direct route (docs/architecture.md §19):
 //                                                  window to window, the supervisor out of the path
 //   Stream/window_to_window_direct/64              sendTo with direct routes on (the first message routed)
+//   Stream/direct_stream/65536                     the routed 1 GiB chunk stream with direct routes on
 //   Invoke/port/64/spin|parked                     Port::invoke → Port::handle, window to window over a
 //                                                  port (no supervisor in the path)
 //                                                  Window::invokeIn → supervisor → Window::handle (3 processes;
@@ -14,7 +15,7 @@
 //   Invoke/port_blob/<bytes>/default               a request of <bytes> (allocated, not filled) answered with
 //                                                  its size, over a port: larger than the ring, it is a blob
 //   Invoke/<route>/64/learned                      the default wait policy of every process (4 µs spin) and the
-//                                                  caller's learned reply spin (replySpinCap 50 µs; off by default)
+//                                                  caller's learned reply spin (replySpinCap 50 µs, the default)
 //   Invoke/window_to_window_routed/64/learned_1ms|parked_1ms, PingPong/ring_parked/64/1ms,
 //   Invoke/dbus_method/64/1ms                      calls spaced 1 ms apart (untimed): every process parks
 //                                                  between calls, the figure of sporadic desktop traffic
@@ -588,12 +589,14 @@ void stream(benchmark::State& state, StreamRoute route) {
 /// stream at least half the single-core memcpy bandwidth).
 constexpr std::size_t kChunkBytes = 64u << 10;
 
-void chunkStream(benchmark::State& state, bool routed) {
-  Watchdog dog(routed ? "Stream/routed_stream" : "Stream/port_stream", kWatchdogSeconds);
+/// `direct`: routed on a bus with direct routes (docs/architecture.md §19): the first write goes
+/// through the supervisor, the rest over the route once the grant is read.
+void chunkStream(benchmark::State& state, bool routed, bool direct = false) {
+  Watchdog dog(direct ? "Stream/direct_stream" : routed ? "Stream/routed_stream" : "Stream/port_stream", kWatchdogSeconds);
   const auto spin = WindowOptions{}.spin;
   const std::uint64_t n = static_cast<std::uint64_t>(state.max_iterations);
   BusProcesses procs;
-  if (!procs.start(true, spin, n, false, kChunkBytes)) return state.SkipWithError(procs.error.c_str());
+  if (!procs.start(true, spin, n, false, kChunkBytes, direct)) return state.SkipWithError(procs.error.c_str());
   ScopedPin pin(kMainCpu);
   if (!pin.ok()) return state.SkipWithError("cannot pin to CPU 0");
   auto w = connectCaller(procs.bus, spin);
@@ -839,7 +842,7 @@ void registerAll() {
     }
   }
   // The default wait policy of every process (WindowOptions{} and SupervisorOptions{}: 4 µs spin)
-  // with the caller's learned reply spin on (kLearnedCap; off by default, docs/architecture.md §4),
+  // with the caller's learned reply spin (50 µs, the default since 2026-12-07, docs/architecture.md §4),
   // calls back to back and spaced 1 ms apart (issue 13 item 3), the baselines spaced the same way.
   const auto defSpin = detail::SpinPolicy{}.spin;
   constexpr std::chrono::nanoseconds defCap = std::chrono::microseconds(50);
@@ -892,6 +895,8 @@ void registerAll() {
                                  [routed](benchmark::State& s) { chunkStream(s, routed); })
         ->UseManualTime()->Iterations(16384)->Unit(benchmark::kMillisecond);
   }
+  benchmark::RegisterBenchmark("Stream/direct_stream/65536", [](benchmark::State& s) { chunkStream(s, true, true); })
+      ->UseManualTime()->Iterations(16384)->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark("Stream/memcpy/67108864", memcpyBandwidth)->Iterations(32)->UseRealTime()->Unit(benchmark::kMillisecond);
   for (std::size_t bytes : {std::size_t{64}, std::size_t{1024}}) {
     manual(benchmark::RegisterBenchmark(fmt::format("Invoke/window_to_main_untyped/{}/parked", bytes).c_str(),

@@ -29,12 +29,14 @@ import sys
 KINDS = ("PingPong", "Stream", "Invoke")
 # Display order; transports not listed here follow in name order.
 TRANSPORTS = ["floor_spin", "futex_floor", "pipe", "uds", "boost_mq", "ring_spin", "ring_parked", "ring_parked/1ms",
-              "window_to_main", "window_to_window_routed", "port", "dbus_signal", "port_stream", "routed_stream",
-              "memcpy"]
+              "window_to_main", "window_to_window_routed", "window_to_window_direct", "port", "dbus_signal",
+              "port_stream", "routed_stream", "direct_stream", "memcpy"]
 ROUTES = ["window_to_main/spin", "window_to_main/parked", "window_to_main/learned", "port/spin", "port/parked",
           "port/learned", "port_blob/default", "window_to_window_routed/spin", "window_to_window_routed/parked",
           "window_to_window_routed/learned", "window_to_window_routed/learned_1ms",
-          "window_to_window_routed/parked_1ms", "window_to_window_routed_traced/spin",
+          "window_to_window_routed/parked_1ms", "window_to_window_direct/spin", "window_to_window_direct/parked",
+          "window_to_window_direct/learned", "window_to_window_direct/learned_1ms",
+          "window_to_window_direct/parked_1ms", "window_to_window_routed_traced/spin",
           "window_to_window_routed_traced/parked", "window_to_main_untyped/parked", "window_to_main_typed/parked",
           "dbus_method", "dbus_method/1ms"]
 COUNTERS = ["p50_ns", "p99_ns", "msgs_per_s", "bytes_per_s", "full_retries", "credit_waits", "dbus_flushes"]
@@ -240,13 +242,23 @@ def traced_ratios(out, data):
 # Issue 13's targets within one bus_bench run: (label, (kind, transport, bytes) numerator,
 # (kind, transport, bytes) denominator, comparison, threshold); threshold None = informational.
 ISSUE13_TARGETS = [
+    # Window to window with direct routes on (docs/architecture.md §19): the issue's targets;
+    # through the supervisor (direct routes off) for comparison.
     ("Wait policy at 64 B (p50 ÷ p50)", [
-        ("routed learned, back to back ÷ D-Bus", ("Invoke", "window_to_window_routed/learned", 64),
+        ("direct learned, back to back ÷ D-Bus", ("Invoke", "window_to_window_direct/learned", 64),
          ("Invoke", DBUS_CALL, 64), "<=", 0.1),
-        ("routed learned, 1 ms apart ÷ D-Bus 1 ms apart", ("Invoke", "window_to_window_routed/learned_1ms", 64),
+        ("direct learned, 1 ms apart ÷ D-Bus 1 ms apart", ("Invoke", "window_to_window_direct/learned_1ms", 64),
          ("Invoke", DBUS_CALL + "/1ms", 64), "<=", 0.75),
-        ("routed learned, 1 ms apart ÷ ring_parked 1 ms apart", ("Invoke", "window_to_window_routed/learned_1ms", 64),
+        ("direct learned, 1 ms apart ÷ ring_parked 1 ms apart", ("Invoke", "window_to_window_direct/learned_1ms", 64),
          ("PingPong", "ring_parked/1ms", 64), "<=", 1.2),
+        ("direct parked, 1 ms apart ÷ ring_parked 1 ms apart", ("Invoke", "window_to_window_direct/parked_1ms", 64),
+         ("PingPong", "ring_parked/1ms", 64), None, None),
+        ("routed learned, back to back ÷ D-Bus", ("Invoke", "window_to_window_routed/learned", 64),
+         ("Invoke", DBUS_CALL, 64), None, None),
+        ("routed learned, 1 ms apart ÷ D-Bus 1 ms apart", ("Invoke", "window_to_window_routed/learned_1ms", 64),
+         ("Invoke", DBUS_CALL + "/1ms", 64), None, None),
+        ("routed learned, 1 ms apart ÷ ring_parked 1 ms apart", ("Invoke", "window_to_window_routed/learned_1ms", 64),
+         ("PingPong", "ring_parked/1ms", 64), None, None),
         ("routed parked, 1 ms apart ÷ ring_parked 1 ms apart", ("Invoke", "window_to_window_routed/parked_1ms", 64),
          ("PingPong", "ring_parked/1ms", 64), None, None),
         ("window→main learned ÷ ring_spin", ("Invoke", "window_to_main/learned", 64), ("PingPong", "ring_spin", 64),
@@ -264,6 +276,13 @@ ISSUE13_TARGETS = [
          "bytes_per_s"),
         ("routed stream ÷ memcpy", ("Stream", "routed_stream", 65536), ("Stream", "memcpy", 64 << 20), None, None,
          "bytes_per_s"),
+        ("direct-route stream ÷ memcpy", ("Stream", "direct_stream", 65536), ("Stream", "memcpy", 64 << 20), None,
+         None, "bytes_per_s"),
+    ]),
+    ("One-way 64 B messages: messages/s ÷ D-Bus signals/s", [
+        ("sendTo over a direct route ÷ D-Bus signals", ("Stream", "window_to_window_direct", 64),
+         ("Stream", DBUS_STREAM, 64), ">=", 30, "msgs_per_s"),
+        ("port send ÷ D-Bus signals", ("Stream", "port", 64), ("Stream", DBUS_STREAM, 64), None, None, "msgs_per_s"),
     ]),
 ]
 
@@ -274,7 +293,7 @@ def issue13_targets(out, data):
         lines = []
         for label, num, den, op, threshold, *counter in rows:
             counter = counter[0] if counter else "p50_ns"
-            show = fmt_bandwidth if counter == "bytes_per_s" else fmt_ns
+            show = {"bytes_per_s": fmt_bandwidth, "msgs_per_s": fmt_rate}.get(counter, fmt_ns)
             a = get(data, num[0], num[1], num[2], counter)
             b = get(data, den[0], den[1], den[2], counter)
             if a is None or not b:

@@ -70,7 +70,7 @@ struct WindowArgs {
   unsigned roles = 1;    ///< how many roles the bus has (targets are role "r<k>", k < roles)
   unsigned seed = 1;     ///< this process's random seed
   bool spawned = false;  ///< started by Supervisor::spawn (else connects by path)
-  unsigned replySpinCapUs = 0;  ///< WindowOptions::replySpinCap, µs (0: off)
+  unsigned replySpinCapUs = 50;  ///< WindowOptions::replySpinCap, µs (0: off; 50: the library's default)
 };
 
 /// Runs one window process until the supervisor stops; the process's exit status.

@@ -13,7 +13,7 @@ struct SoakOptions {
   unsigned seed = 1;            ///< random seed of the supervisor and, derived, of every window
   double killsPerSecond = 5;    ///< kill -9 of a random window, per second (a quarter in the handshake)
   double rssBoundMiB = 4;       ///< allowed growth of RssAnon between the two settled snapshots, MiB
-  unsigned replySpinCapUs = 0;  ///< every window's WindowOptions::replySpinCap, µs (0: off, the default)
+  unsigned replySpinCapUs = 50;  ///< every window's WindowOptions::replySpinCap, µs (0: off; 50: the library's default)
   std::string exe;              ///< this program (the window processes run it with `window`)
 };
 

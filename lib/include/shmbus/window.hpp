@@ -42,12 +42,12 @@ struct WindowOptions {
   /// average, never more than the cap; a channel not known yet, and one call in 64 on a channel
   /// that earned no spin, spins for the cap once (a probe). Costs at most this much CPU per call,
   /// only while the caller waits anyway; an idle window still parks at once. Spinning longer than
-  /// a wake-up costs (tens of µs) saves nothing: 50 µs suits this project's 2-vCPU machine. 0 (the
-  /// default) = off: only `spin` applies. Off by default because, with many windows calling at
-  /// once on few CPUs, their spins took the supervisor's CPU and calls timed out (the soak, 64
-  /// windows on 2 vCPUs: 10-55 window → main Timeouts in 20 s with 50 µs, none with 0). Turn it on
-  /// for a few busy callers. Negative: InvalidArgument. Off by itself on a machine with one CPU.
-  std::chrono::nanoseconds replySpinCap{0};
+  /// a wake-up costs (tens of µs) saves nothing: 50 µs (the default) suits this project's 2-vCPU
+  /// machine. 0 = off: only `spin` applies. (The soak's window → main Timeouts once blamed on the
+  /// spin were replies lost to a full inbox, fixed by the router's held outcomes, docs §5; with
+  /// 64 windows on 2 vCPUs, idle and under compile load, 50 µs and 0 both end with no call
+  /// unexplained.) Negative: InvalidArgument. Off by itself on a machine with one CPU.
+  std::chrono::nanoseconds replySpinCap{std::chrono::microseconds(50)};
   /// Give up waiting for the supervisor's welcome after this long. Must be positive
   /// (InvalidArgument); longer than kMaxTimeout is clamped.
   std::chrono::milliseconds connectTimeout{5000};

@@ -76,7 +76,7 @@ TEST_CASE("a window learns to spin for a fast channel and parks at once for a sl
   CHECK(child.join(10s) == 0);
 }
 
-TEST_CASE("the learned spin is off by default and with replySpinCap 0; a negative cap is refused") {
+TEST_CASE("the learned spin is on by default (50 µs), off with replySpinCap 0; a negative cap is refused") {
   TestBus tb("reply-spin-off", {}, /*dispatch=*/false);
   std::vector<Registration> regs;
   serveFastAndSlow(tb, regs);
@@ -86,9 +86,9 @@ TEST_CASE("the learned spin is off by default and with replySpinCap 0; a negativ
     o.replySpinCap = 0ns;
     auto w = connectWindow(tb.bus, "caller", o);
     for (int i = 0; i < 30; ++i) childCheck(replyText(w->invoke("fast", {}), "fast") == "ok", "fast");
-    auto plain = connectWindow(tb.bus, "plain");  // WindowOptions{}: the default cap
-    for (int i = 0; i < 30; ++i) childCheck(replyText(plain->invoke("fast", {}), "fast") == "ok", "fast");
-    childCheck(plain->learnedReplySpin("fast").count() == 0, "the default learns no spin");
+    // The default cap (WindowOptions{}): 50 µs. Whether this machine's replies come within it is
+    // not asserted here (the learning cases above drive that); only the default itself.
+    childCheck(WindowOptions{}.replySpinCap == std::chrono::microseconds(50), "the default cap is 50 µs");
     WindowOptions bad;
     bad.bus = tb.bus;
     bad.role = "other";
