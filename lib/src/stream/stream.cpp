@@ -49,10 +49,17 @@ struct Stream::Impl {
 
   /// Takes the acknowledgements already there (in any order: an asynchronous handler may answer
   /// a later write first), then waits for the oldest while the window is full, or until none is
-  /// in flight (`drain`).
+  /// in flight (`drain`). A failure is taken only once every older write is settled, so the error
+  /// that ends the stream is its earliest failed write's, whatever order the outcomes came in
+  /// (a receiver's death: the writes it held fail with TargetGone, while a write made after the
+  /// death may already have come back NoTarget).
   void reap(bool drain) {
-    std::erase_if(inFlight, [this](InFlight& f) {
-      if (!f.call.ready()) return false;
+    bool older = false;  // an older write is still unsettled
+    std::erase_if(inFlight, [&](InFlight& f) {
+      if (!f.call.ready() || (older && !f.call.get().ok())) {
+        older = true;
+        return false;
+      }
       settle(f);
       return true;
     });
@@ -120,6 +127,7 @@ Result<void> Stream::write(const Channel& channel, const BuildFn& build, std::ch
         }
         // Refused before it was sent: the stream goes on.
         if (code == ErrorCode::Full || code == ErrorCode::TooLarge || code == ErrorCode::InvalidArgument) return r.error();
+        s.reap(true);  // an older write's failure, if any, is the one that ends the stream
         if (!s.ended) s.ended = r.error();
         return *s.ended;
       }
