@@ -457,7 +457,6 @@ struct Window::Impl : CallOwner {
                   FrameKind kind = FrameKind::Invoke, std::atomic<std::uint64_t>* routeErrors = nullptr) {
     // relaxed: a hint; a grant installed meanwhile is used from the next call on (§19).
     if (!port && o.direct && kind == FrameKind::Invoke && routeGrantCount.load(std::memory_order_relaxed) != 0) {
-      std::shared_ptr<Impl> end;
       RouteGrantEntry grant;
       {
         std::lock_guard lk(outMu);
