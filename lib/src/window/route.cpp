@@ -15,6 +15,15 @@ namespace shmbus {
 using namespace detail;
 using namespace window_detail;
 
+namespace {
+/// The key of `t` as the window's frames name it (headerFor: a role by its id, else the window
+/// id), with `channel` (0: the target's entry in routeByTarget).
+Window::Impl::RouteKey routeKey(const Target& t, std::uint64_t channel) {
+  return t.role.empty() ? Window::Impl::RouteKey{t.windowId, 0, channel}
+                        : Window::Impl::RouteKey{kTargetByRole, nameId(t.role), channel};
+}
+}  // namespace
+
 std::shared_ptr<Window::Impl> Window::Impl::routeEnd(std::uint64_t portId) const {
   for (const auto& e : routeEnds) {
     if (e->port->id == portId) return e;
@@ -82,8 +91,7 @@ void Window::Impl::onRouteFence(const FrameHeader& h) {
 
 Window::Impl::RouteGrantEntry* Window::Impl::grantLocked(const Target& t, const Channel& ch) {
   if (t.isMain()) return nullptr;
-  const RouteKey key = t.role.empty() ? RouteKey{t.windowId, 0, ch.id} : RouteKey{kTargetByRole, nameId(t.role), ch.id};
-  auto it = routeGrants.find(key);
+  auto it = routeGrants.find(routeKey(t, ch.id));
   if (it == routeGrants.end()) return nullptr;
   RouteGrantEntry& g = it->second;
   if (g.end->closed.load(std::memory_order_acquire) || g.end->portEnded()) {  // acquire: pairs with markClosed
@@ -120,8 +128,7 @@ Window::Impl::RouteGrantEntry* Window::Impl::grantLocked(const Target& t, const 
 
 Result<void> Window::Impl::syncRouteLocked(const Target& t) {
   if (t.isMain()) return {};
-  const RouteKey key = t.role.empty() ? RouteKey{t.windowId, 0, 0} : RouteKey{kTargetByRole, nameId(t.role), 0};
-  auto it = routeByTarget.find(key);
+  auto it = routeByTarget.find(routeKey(t, 0));
   if (it == routeByTarget.end()) return {};
   PortSide& ps = *it->second->port;
   ps.routedSince = true;
