@@ -91,6 +91,7 @@ struct BusSnapshot {
     acceptor @2 :UInt32;
     channel @3 :Text;
     accepted @4 :Bool;
+    route @5 :Bool;         # a direct route's port (docs/architecture.md §19), opened by the supervisor
   }
 
   struct WindowRow {

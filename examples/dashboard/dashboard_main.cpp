@@ -94,9 +94,9 @@ int main(int argc, char** argv) {
   app.add_option("--trace", tracePath, "write a Perfetto / chrome://tracing timeline of the whole scenario to FILE");
   CLI11_PARSE(app, argc, argv);
   const std::string bus = fmt::format("dashboard-demo-{}", ::getpid());
-  // Direct routes (docs/architecture.md §19): the main window's repeated dashboard queries go
-  // window to window once the first one was routed; the router's stats below show it.
-  auto created = Supervisor::create({.bus = bus, .directRoutes = true, .logLevel = LogLevel::Warn});
+  // Direct routes (on by default, docs/architecture.md §19): the main window's repeated dashboard
+  // queries go window to window once the first one was routed; the router's stats below show it.
+  auto created = Supervisor::create({.bus = bus, .logLevel = LogLevel::Warn});
   if (!created) {
     fmt::print(stderr, "supervisor: {}\n", created.error().toString());
     return 2;

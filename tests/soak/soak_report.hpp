@@ -29,6 +29,7 @@ struct Report {
   Tally tally{};                      ///< results by operation and code (windows' and main's)
   Snapshot start, end;                ///< the supervisor process in the two steady states
   bool compared = false;              ///< both snapshots taken (the run got to its end)
+  std::size_t routes = 0;             ///< direct routes' ports open at the end snapshot
   std::vector<std::string> failures;  ///< what failed, one line each
 
   /// Records a failure.
@@ -42,7 +43,9 @@ struct Report {
   /// Takes the router's counters; fails on bad messages, spoofed replies, unanswered calls.
   void router(const RouterStats& stats);
   /// Compares the snapshots: descriptors, mappings and /dev/shm names equal, memory within bounds.
-  void compare(const Snapshot& s0, const Snapshot& s1, const SoakOptions& o);
+  /// `routes`: the direct routes' ports open at the end (Supervisor::ports, docs/architecture.md
+  /// §19): each is one more /dev/shm mapping of the supervisor, a few pages of it touched.
+  void compare(const Snapshot& s0, const Snapshot& s1, const SoakOptions& o, std::size_t routes);
   /// Prints the tables, the failures and the summary line; the exit status (0 = pass).
   int print(const SoakOptions& o) const;
 };

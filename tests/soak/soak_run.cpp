@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <condition_variable>
@@ -136,13 +137,15 @@ class Soak {
     report_.bump(Op::Broadcast, sup_.broadcast(kQuiet));
     if (!failed() && settle(true, start.fds)) {
       const Snapshot end = takeSnapshot(sup_.bus());
+      const std::vector<PortInfo> ports = sup_.ports();
       const RouterStats stats = sup_.stats();
       report_.router(stats);
       {
         std::lock_guard lk(tallyMu_);
         report_.add(tally_);
       }
-      report_.compare(start, end, o_);
+      report_.compare(start, end, o_,
+                      static_cast<std::size_t>(std::count_if(ports.begin(), ports.end(), [](const PortInfo& p) { return p.route; })));
     }
     return finish();
   }

@@ -80,16 +80,20 @@ struct SupervisorOptions {
   std::uint64_t blobBytesPerWindow = 1ull << 30;
   /// Most blob arena bytes of all the bus's ports at once; as blobBytesPerWindow.
   std::uint64_t blobBytesPerBus = 4ull << 30;
-  /// Direct routes (docs/architecture.md §19): once a window's routed call or send of a channel
-  /// reached a window (by role or id), the supervisor opens a port between the two (a route port:
-  /// one ring pair of inboxBytes each way) and the caller's later calls and sends of that channel
-  /// to that target go over it without waking the supervisor. Per channel order is kept (a fence
-  /// marks the switch); deadlines, cancel and TargetGone work as routed; RouterStats counts the
-  /// calls (directCalls). Not granted to roles with policy limits (RoleRule maxPendingCalls,
-  /// maxBytesInFlight, maxMessageBytes), which the supervisor enforces per call. A policy change
-  /// closes every route port (calls in flight on them fail with TargetGone). Per call opt-out:
-  /// CallOptions::direct. Off by default while the feature settles.
-  bool directRoutes = false;
+  /// Direct routes (docs/architecture.md §19), on by default: once a window's routed call or send
+  /// of a channel reached a window (by role or id), the supervisor opens a port between the two
+  /// (a route port: a ring pair as large as the two windows' inboxes) and the caller's later calls
+  /// and sends of that channel to that target go over it without waking the supervisor. Order per
+  /// (caller, target) is kept across the switch (fence and sync records); deadlines, cancel and
+  /// TargetGone work as routed; a send the route cannot take goes routed; RouterStats counts the
+  /// calls (directCalls) and inspectors see them (batched by the caller's end, within ~50 ms).
+  /// Not granted to roles with policy limits (RoleRule maxPendingCalls, maxBytesInFlight,
+  /// maxMessageBytes), which the supervisor enforces per call, nor while an inspector captures
+  /// the channel's payloads; at most 16 per caller. A policy change closes every route port
+  /// (calls in flight on them fail with TargetGone). Memory: each route holds its ring pair until
+  /// one of its windows goes (up to 16 × 2 inboxes per window). false: every call passes the
+  /// supervisor; per call: CallOptions::direct.
+  bool directRoutes = true;
   /// Spin budget of the dispatch loop before it parks in epoll, ns. 0 = park at once.
   std::chrono::nanoseconds spin{std::chrono::microseconds(4)};
   /// Bytes of the trace ring inspectors read (shmbus/inspect.hpp; rounded up to a power of two,

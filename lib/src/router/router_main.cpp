@@ -172,6 +172,7 @@ void Router::invoke(const Target& target, const Channel& channel, const BuildFn&
   p.deadline = deadlineFor(h, p.start, p.timeoutMs);
   // The waiter's own give-up time, in case no thread dispatches (Call::get()).
   s->deadlineNs = p.deadline + kLocalGraceNs;
+  s->timeoutMs = p.timeoutMs;  // for the give-up's message
   p.state = s;
   h.deadlineNs = p.deadline;
   h.target = t->id;

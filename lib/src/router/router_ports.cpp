@@ -243,7 +243,9 @@ void Router::closePort(std::uint64_t id, std::uint32_t reason, const std::option
     wakeAll(c->spaceReady);
   }
   log_(LogLevel::Debug, "port {} closed: {}", id, portEndText(reason));
-  if (tracing()) {
+  // A direct route's port is the router's own path for calls the trace shows as such (§19): its
+  // opening and closing are not events of the application's.
+  if (tracing() && !p.route) {
     if (p.accepted) {
       std::string why = portEndText(reason);
       if (!detail.empty()) why += fmt::format(" ({})", detail);

@@ -23,6 +23,9 @@ void Router::grantRoute(Conn& w, const FrameHeader& h, Conn& t) {
   if (!opts_.directRoutes || &w == &t || h.target == kTargetMain) return;
   // Limits the router enforces per call (RoleRule) need every call to pass through it.
   if (policy_.limitsOf(w.roleId) != nullptr) return;
+  // Payloads are captured where the router sees them: while an inspector captures this channel's,
+  // it is granted no new route (routes granted before keep running, traced without payloads).
+  if (capturing(h.channel)) return;
   const auto grantKey = std::make_tuple(h.target, h.role, h.channel);
   PortLink* p = nullptr;
   bool fresh = false;

@@ -128,6 +128,7 @@ void Router::onSnapshot(Conn& c) {
     row.setAcceptor(ports[i].acceptor);
     row.setChannel(ports[i].channel);
     row.setAccepted(ports[i].accepted);
+    row.setRoute(ports[i].route);
   }
   auto channels = snap.initChannels(bounded(stats.channels.size()));
   for (unsigned i = 0; i < channels.size(); ++i) {

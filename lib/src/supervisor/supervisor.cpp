@@ -72,7 +72,9 @@ struct Supervisor::Impl final : CallOwner {
   void giveUp(const std::shared_ptr<CallState>& s) {
     // The dispatching thread may be the reason no answer comes (stuck in a callback that waits
     // for this thread). The route expires at the router later; its completion is then a no-op.
-    completeCall(s, makeError(ErrorCode::Timeout, s->what() + " timed out (the dispatching thread never got to the answer)"));
+    completeCall(s, makeError(ErrorCode::Timeout, fmt::format("{} timed out after {} ms (the dispatching thread never "
+                                                              "got to the answer)",
+                                                              s->what(), s->timeoutMs)));
   }
   struct WaitAdapter {
     Impl& i;

@@ -253,7 +253,7 @@ Result<BusSnapshot> Inspector::snapshot(std::chrono::milliseconds timeout) {
                              w.getInboxUsed(), w.getInboxBytes(), w.getPendingCalls()});
     }
     for (auto p : snap.getPorts()) {
-      out.ports.push_back({p.getId(), p.getOpener(), p.getAcceptor(), p.getChannel(), p.getAccepted()});
+      out.ports.push_back({p.getId(), p.getOpener(), p.getAcceptor(), p.getChannel(), p.getAccepted(), p.getRoute()});
     }
     for (auto c : snap.getChannels()) {
       RouterStats::ChannelStats cs;

@@ -483,32 +483,38 @@ std::uint32_t Port::peerId() const noexcept { return impl_->port->peerId; }
 const std::string& Port::peerRole() const noexcept { return impl_->port->peerRole; }
 bool Port::isOpener() const noexcept { return impl_->port->opener; }
 
+Result<void> Window::Impl::portSend(const Target& t, const Channel& channel, const BuildFn& build,
+                                    std::atomic<std::size_t>* payloadBytes) {
+  Result<void> r;
+  if (!port->tracing()) {
+    r = sendImpl(t, channel, build, payloadBytes);
+  } else {
+    // Traced (an inspector is attached): the same send, measured and recorded by this end.
+    PortTraceRecord rec;
+    rec.portId = port->id;
+    rec.channelId = channel.id;
+    rec.channel = std::string(channel.name);
+    rec.traceId = currentTraceId();
+    rec.startNs = rec.endNs = monotonicNowNs();
+    std::atomic<std::size_t> bytes{0};
+    std::atomic<std::size_t>* counted = payloadBytes != nullptr ? payloadBytes : &bytes;
+    r = sendImpl(t, channel, build, counted);
+    rec.requestBytes = static_cast<std::uint32_t>(counted->load(std::memory_order_relaxed));  // this thread's store
+    if (!r) {
+      rec.status = r.code();
+      rec.error = r.error().message;
+    }
+    tracePort(port->hub, std::move(rec));
+  }
+  if (!r && r.code() == ErrorCode::Corrupt) endPortCorrupt(r.error());
+  return r;
+}
+
 Result<void> Port::send(const Channel& channel, const BuildFn& build) {
   // Ended by the peer or the supervisor but not yet seen by a dispatcher: end it here, so the
   // message fails instead of going into a ring nobody reads.
   if (impl_->portEnded()) impl_->onPortEnded();
-  if (!impl_->port->tracing()) {
-    auto r = impl_->sendImpl(Target(impl_->port->peerId), channel, build);
-    if (!r && r.code() == ErrorCode::Corrupt) impl_->endPortCorrupt(r.error());
-    return r;
-  }
-  // Traced (an inspector is attached): the same send, measured and recorded by this end.
-  PortTraceRecord rec;
-  rec.portId = impl_->port->id;
-  rec.channelId = channel.id;
-  rec.channel = std::string(channel.name);
-  rec.traceId = currentTraceId();
-  rec.startNs = rec.endNs = monotonicNowNs();
-  std::atomic<std::size_t> bytes{0};
-  auto r = impl_->sendImpl(Target(impl_->port->peerId), channel, build, &bytes);
-  rec.requestBytes = static_cast<std::uint32_t>(bytes.load(std::memory_order_relaxed));  // this thread's own store
-  if (!r) {
-    rec.status = r.code();
-    rec.error = r.error().message;
-  }
-  Impl::tracePort(impl_->port->hub, std::move(rec));
-  if (!r && r.code() == ErrorCode::Corrupt) impl_->endPortCorrupt(r.error());
-  return r;
+  return impl_->portSend(Target(impl_->port->peerId), channel, build);
 }
 
 Call Port::invoke(const Channel& channel, const BuildFn& build, CallOptions options) {

@@ -172,12 +172,14 @@ void Window::Impl::dropRoute(const std::shared_ptr<Impl>& end) {
 
 int Window::Impl::dispatchRoutes(CallState* waiting, std::int64_t now) {
   int total = 0;
-  // A copy: a handler's nested dispatch may add or drop ends meanwhile.
-  const std::vector<std::shared_ptr<Impl>> ends = routeEnds;
-  for (const auto& e : ends) {
+  // By index, holding one end at a time: a handler's nested dispatch may add or drop ends
+  // meanwhile (an end dropped before index i makes this round skip one, which the next reads).
+  for (std::size_t i = 0; i < routeEnds.size(); ++i) {
+    const std::shared_ptr<Impl> e = routeEnds[i];
     if (e->portEnded() && !e->closed.load(std::memory_order_acquire)) e->onPortEnded();  // acquire: markClosed
     if (e->closed.load(std::memory_order_acquire)) {  // acquire: as above
       dropRoute(e);
+      --i;  // the next end moved into this index
       continue;
     }
     int n = 0;

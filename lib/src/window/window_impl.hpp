@@ -240,6 +240,10 @@ struct Window::Impl : CallOwner {
   /// Records a call or send of a port's end for the trace (kind Invoke or Send) in the batch of
   /// the window of `hub` (gone: dropped).
   static void tracePort(const std::weak_ptr<PortHub>& hub, PortTraceRecord rec);
+  /// A send on this port end (a port's, or a direct route's for its window), recorded for the
+  /// trace while an inspector is attached; a Corrupt ring ends the port. `payloadBytes` as sendImpl.
+  Result<void> portSend(const Target& t, const Channel& channel, const BuildFn& build,
+                        std::atomic<std::size_t>* payloadBytes = nullptr);
   /// The onEnd hook of a call made over this port's end while tracing (CallState::onEnd).
   std::function<void(const CallState&, const Result<Message>&)> portCallTracer(const FrameHeader& h,
                                                                                  std::string channel);
@@ -435,12 +439,16 @@ struct Window::Impl : CallOwner {
         }
       }
       if (end) {
-        auto r = end->sendImpl(t, ch, build, payloadBytes);
+        auto r = end->portSend(t, ch, build, payloadBytes);
         end->port->directSince.store(true, std::memory_order_relaxed);  // relaxed: see PortSide
         // relaxed: counters the supervisor reads when asked (RouteStatsTable).
-        if (r) slot->messages.fetch_add(1, std::memory_order_relaxed);
-        else slot->errors[static_cast<std::size_t>(r.code()) & 15].fetch_add(1, std::memory_order_relaxed);
-        return r;
+        if (r) {
+          slot->messages.fetch_add(1, std::memory_order_relaxed);
+          return r;
+        }
+        // Not written (the route's ring without room, the route ended meanwhile, ...): this
+        // message goes routed, behind a RouteSync, so in order, and with routed semantics: a
+        // full inbox or a target gone is reported through onSendFailed, never returned here.
       }
     }
     FrameHeader h = headerFor(FrameKind::Send, t, ch);
@@ -453,8 +461,12 @@ struct Window::Impl : CallOwner {
   }
 
   /// `routeErrors` (a direct route's call, §19): the stats slot's errors, counted when it fails.
+  /// `refused` (a direct route's call): when the request cannot be written (the route's ring
+  /// full, the route ended, ...), set to true and the call left incomplete, for the caller to
+  /// make routed instead; nothing was sent.
   Call invokeImpl(const Target& t, const Channel& ch, const BuildFn& build, const CallOptions& o,
-                  FrameKind kind = FrameKind::Invoke, std::atomic<std::uint64_t>* routeErrors = nullptr) {
+                  FrameKind kind = FrameKind::Invoke, std::atomic<std::uint64_t>* routeErrors = nullptr,
+                  bool* refused = nullptr) {
     // relaxed: a hint; a grant installed meanwhile is used from the next call on (§19).
     if (!port && o.direct && kind == FrameKind::Invoke && routeGrantCount.load(std::memory_order_relaxed) != 0) {
       RouteGrantEntry grant;
@@ -465,10 +477,16 @@ struct Window::Impl : CallOwner {
       if (grant.end) {
         CallOptions d = o;
         if (d.timeout.count() == 0) d.timeout = grant.timeout;  // the channel's default, as routed
-        grant.slot->calls.fetch_add(1, std::memory_order_relaxed);  // relaxed: a counter (RouteStatsTable)
-        Call c = grant.end->invokeImpl(t, ch, build, d, kind, grant.slot->errors);
-        grant.end->port->directSince.store(true, std::memory_order_relaxed);  // relaxed: see PortSide
-        return c;
+        bool refused = false;
+        Call c = grant.end->invokeImpl(t, ch, build, d, kind, grant.slot->errors, &refused);
+        if (!refused) {
+          grant.slot->calls.fetch_add(1, std::memory_order_relaxed);  // relaxed: a counter (RouteStatsTable)
+          grant.end->port->directSince.store(true, std::memory_order_relaxed);  // relaxed: see PortSide
+          return c;
+        }
+        // Not written (the route's ring full, the route ended meanwhile, ...): the call goes
+        // routed, behind a RouteSync, so in order, and the router's answer is the routed one
+        // (a full inbox is Full there, a window gone finds whichever holds the role).
       }
     }
     auto s = std::make_shared<CallState>();
@@ -528,6 +546,11 @@ struct Window::Impl : CallOwner {
     }
     if (!r) {
       pending.take(s->requestId);
+      if (refused != nullptr) {
+        if (r.code() == ErrorCode::Corrupt) endPortCorrupt(r.error());  // the route ends here
+        *refused = true;
+        return Call(s);
+      }
       Error err = r.error();
       err.message = fmt::format("{}: {}", s->what(), err.message);
       completeCall(s, std::move(err));

@@ -20,6 +20,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -221,8 +222,9 @@ int windows(const std::string& bus, const std::string& socket) {
     fmt::print("{:>4}  {:<16} {:>8} {:>6}  {:<8}  {:>6} / {:>6}  {:>7}\n", w.id, w.role, w.pid, w.uid,
                shmbus::toString(w.admission), w.inboxUsedBytes, w.inboxBytes, w.pendingCalls);
     // Its ports, from either end: "port 3 on 'chan' → editor#4" (opened by it) or "← ..." (to it).
+    // A direct route's port is the router's own path for routed calls (§19): counted below.
     for (const auto& p : s->ports) {
-      if (p.opener != w.id && p.acceptor != w.id) continue;
+      if (p.route || (p.opener != w.id && p.acceptor != w.id)) continue;
       const bool opener = p.opener == w.id;
       const std::uint32_t peer = opener ? p.acceptor : p.opener;
       std::string peerName = fmt::format("window {}", peer);
@@ -233,8 +235,9 @@ int windows(const std::string& bus, const std::string& socket) {
                  p.accepted ? "" : " (offered)");
     }
   }
-  fmt::print("{} windows, {} port(s), {} inspector(s){}\n", s->windows.size(), s->ports.size(), s->inspectors,
-             s->truncated ? " (list cut)" : "");
+  const auto routes = std::count_if(s->ports.begin(), s->ports.end(), [](const auto& p) { return p.route; });
+  fmt::print("{} windows, {} port(s), {} direct route(s), {} inspector(s){}\n", s->windows.size(),
+             s->ports.size() - static_cast<std::size_t>(routes), routes, s->inspectors, s->truncated ? " (list cut)" : "");
   return 0;
 }
 

@@ -493,6 +493,7 @@ TEST_CASE("a call without a reply fails with Timeout naming the channel, the tar
   auto r = tb->invoke("dashboard", "GetDashboardData", {}, {.timeout = 100ms}).get();
   CHECK(r.code() == ErrorCode::Timeout);
   CHECK(msSince(t0) >= 100);
+  INFO(r.error().message);
   CHECK(r.error().message.find("100 ms") != std::string::npos);
   CHECK(r.error().message.find("GetDashboardData") != std::string::npos);
   CHECK(dashboard.finish() == 0);

@@ -60,7 +60,15 @@ TEST_CASE("sends into a full inbox are reported Full, and every other send is he
   GatedChild dashboard([&] {
     auto w = connectWindow(tb.bus, "dashboard", {.inboxBytes = 4096});
     Inbox heard;
-    auto reg = w->on("UpdateChart", [&](const Message& m, const CallContext&) { heard.add(textOf(m)); });
+    // The number of each message, checked for its 600-byte pad (the report must fit one Link
+    // message: with direct routes the route's ring buffers as much again as the inbox).
+    auto reg = w->on("UpdateChart", [&](const Message& m, const CallContext&) {
+      const std::string t = textOf(m);
+      const auto pad = t.find('x');
+      const bool padded = pad != std::string::npos && t.size() - pad == 600 &&
+                          t.find_first_not_of('x', pad) == std::string::npos;
+      heard.add(pad == std::string::npos ? t : padded ? t.substr(0, pad) : "BAD PAD " + t.substr(0, pad));
+    });
     dash.tellParent("connected");
     const std::size_t expected = std::stoul(dash.hearParent(30s));
     w->startDispatchThread();
@@ -93,7 +101,8 @@ TEST_CASE("sends into a full inbox are reported Full, and every other send is he
   const int sent = std::stoi(report[0]);
   CHECK(report[1] == "UpdateChart");
   CHECK(report[2] == "Full");
-  MESSAGE("the inbox took " << sent - 1 << " sends of 600 B; send " << sent << " was reported Full");
+  MESSAGE("the dashboard (its inbox, and the route from the editor) took " << sent - 1 << " sends of 600 B; send "
+                                                                           << sent << " was reported Full");
   // Every send but the reported one reaches the dashboard, in order, and nothing else: a push
   // from main written after all of them (the router handled every send before the editor's last
   // round trip returned) must come right after them. The main push is not reported to anyone:
@@ -107,7 +116,7 @@ TEST_CASE("sends into a full inbox are reported Full, and every other send is he
   REQUIRE(pushed.ok());
   const std::string all = dash.hearChild(30s);
   std::string expected;
-  for (int i = 0; i + 1 < sent; ++i) expected += std::to_string(i) + std::string(600, 'x') + ",";
+  for (int i = 0; i + 1 < sent; ++i) expected += std::to_string(i) + ",";
   CHECK(all == expected + "end");
   CHECK(dashboard.join(10s) == 0);
   CHECK(tb->stats().undeliverable == 1);

@@ -3,13 +3,15 @@
 // route port and the later ones go over it. What is checked: every answer comes from the right
 // window with the caller's context, the stats count every call (and which went direct), one-way
 // messages keep their order across the switch, cancel and deadlines reach the target, the
-// target's death gives TargetGone and the next call finds the window that took the role, and a
-// policy change closes the routes without losing a call. Every child is forked before the
+// target's death gives TargetGone and the next call finds the window that took the role, a newer
+// window taking the role while calls stream (the first closing gracefully) loses none and gets
+// none meant for the first, and a policy change closes the routes without losing a call. Every child is forked before the
 // supervisor's dispatch thread starts (TestBus); children report through mailboxes on main.
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
 #include <csignal>
+#include <deque>
 
 #include "bus_test.hpp"
 
@@ -225,5 +227,124 @@ TEST_CASE("the target's death fails a direct call with TargetGone; the next call
   link.tellChild("go");
   for (int i = 0; i < 3; ++i) CHECK(result.next(30s).text == std::to_string(second.id()));
   CHECK(editor.join(10s) == 0);
+  CHECK(second.finish() == 0);
+}
+
+TEST_CASE("a newer window takes the role mid-stream of direct calls: none lost, none answered by the wrong window") {
+  TestBus tb("route-handover", routed(), false);
+  Mailbox result(*tb.sup, "result");
+  // The first dashboard closes its window (handlers still registered) when told: a graceful end.
+  Link firstLink;
+  GatedChild first([&] {
+    auto w = connectWindow(tb.bus, "dashboard");
+    std::vector<Registration> regs;
+    dashboardSetup()(*w, regs);
+    w->startDispatchThread();
+    firstLink.tellParent(std::to_string(w->id()));
+    firstLink.hearParent(120s);
+    w->close();
+    firstLink.tellParent("closed");
+    firstLink.hearParent(120s);
+  });
+  ServedWindow second(ServedWindow::deferred, tb, "dashboard", dashboardSetup());
+  // The editor keeps 8 calls in flight to role "dashboard" and writes down, in the order it made
+  // them, who answered each (its window id) or how it failed; it stops 300 outcomes after the
+  // parent said the first dashboard closed.
+  Link editorLink;
+  GatedChild editor([&] {
+    auto w = connectWindow(tb.bus, "editor");
+    w->startDispatchThread();
+    std::deque<std::pair<int, Call>> inFlight;
+    std::vector<std::string> outcomes;
+    std::string firstId;
+    std::size_t closedAt = SIZE_MAX;  // calls made from here on must not reach the first window
+    bool steady = false;
+    int next = 0;
+    while (closedAt == SIZE_MAX || outcomes.size() < closedAt + 300 || !inFlight.empty()) {
+      const bool more = closedAt == SIZE_MAX || static_cast<std::size_t>(next) < closedAt + 300;
+      if (more && inFlight.size() < 8) {
+        inFlight.emplace_back(next, w->invokeIn("dashboard", "echo", text(std::to_string(next)), {.timeout = 20s}));
+        ++next;
+      } else {
+        auto [i, call] = std::move(inFlight.front());
+        inFlight.pop_front();
+        auto r = call.get();
+        if (!r) {
+          outcomes.emplace_back(errorCodeName(r.code()));
+        } else {
+          const auto got = words(textOf(*r));
+          childCheck(got.size() == 4 && got[0] == std::to_string(i), "each answer is its own call's");
+          childCheck(static_cast<std::size_t>(i) < closedAt || got[3] != firstId,
+                     "a call made after the first window closed was answered by it");
+          outcomes.push_back(got.size() == 4 ? got[3] : "?");
+        }
+      }
+      if (!steady && outcomes.size() >= 300) {
+        steady = true;
+        (void)w->send("result", text("steady"));
+      }
+      if (closedAt == SIZE_MAX && editorLink.parentSpoke()) {
+        firstId = words(editorLink.hearParent())[1];
+        closedAt = static_cast<std::size_t>(next);
+      }
+    }
+    // Runs of equal outcomes: "12:1500 TargetGone:3 13:300".
+    std::string runs;
+    for (std::size_t k = 0; k < outcomes.size();) {
+      std::size_t n = 1;
+      while (k + n < outcomes.size() && outcomes[k + n] == outcomes[k]) ++n;
+      runs += fmt::format("{}{}:{}", runs.empty() ? "" : " ", outcomes[k], n);
+      k += n;
+    }
+    (void)w->send("result", text(runs));
+    editorLink.hearParent(120s);
+  });
+  tb->startDispatchThread();
+  first.go();
+  const std::string firstId = firstLink.hearChild(30s);
+  editor.go();
+  REQUIRE(result.next(30s).text == "steady");
+  second.start();  // registered: the role still resolves to the first window, the older one
+  firstLink.tellChild("close");
+  REQUIRE(firstLink.hearChild(30s) == "closed");
+  editorLink.tellChild("closed " + firstId);
+  const std::string runs = result.next(60s).text;
+  INFO("outcomes in call order: " << runs);
+  // The first window answered every call until it closed, the calls in flight then (at most the
+  // 8) failed with TargetGone, and the second answered every later one: nothing lost, nothing
+  // answered twice or by the wrong window.
+  std::vector<std::pair<std::string, std::size_t>> seq;
+  for (const auto& r : words(runs)) {
+    const auto colon = r.rfind(':');
+    seq.emplace_back(r.substr(0, colon), std::stoul(r.substr(colon + 1)));
+  }
+  REQUIRE(seq.size() >= 2);
+  CHECK(seq.front().first == firstId);
+  CHECK(seq.front().second >= 300);
+  CHECK(seq.back().first == std::to_string(second.id()));
+  CHECK(seq.back().second >= 300 - 8);
+  CHECK(seq.size() <= 3);
+  if (seq.size() == 3) {
+    CHECK(seq[1].first == "TargetGone");
+    CHECK(seq[1].second <= 8);
+  }
+  std::size_t total = 0;
+  for (const auto& [who, n] : seq) total += n;
+  const auto s = tb->stats();
+  const auto* echo = channelStats(s, "echo");
+  REQUIRE(echo != nullptr);
+  CHECK(echo->calls == total);  // every call counted once, direct or routed
+  // All but the failures and, for each of the two windows, the calls made before the grant came
+  // back (at most the 8 in flight).
+  CHECK(echo->directCalls + 8 + 2 * 8 >= total);
+  // The second window's route is the one left.
+  const auto ports = tb->ports();
+  REQUIRE(ports.size() == 1);
+  CHECK(ports[0].route);
+  CHECK(ports[0].acceptor == second.id());
+  editorLink.tellChild("done");
+  firstLink.tellChild("exit");
+  CHECK(editor.join(10s) == 0);
+  CHECK(first.join(10s) == 0);
   CHECK(second.finish() == 0);
 }
