@@ -799,6 +799,12 @@ struct Window::Impl : CallOwner {
   }
 
   void close(const std::string& reason) {
+    if (hub && !closed.load(std::memory_order_acquire)) {  // acquire: pairs with markClosed
+      // What its ports and direct routes recorded for the trace goes out while the outbox is
+      // still written (§14 "Ports"): a window that closes within the batch's 50 ms loses nothing.
+      std::lock_guard lk(hub->mu);
+      flushPortTraceLocked(*hub);
+    }
     markClosed(reason);
     closePorts();
     if (sock) ::shutdown(sock.get(), SHUT_RDWR);

@@ -5,7 +5,8 @@
 // messages keep their order across the switch, cancel and deadlines reach the target, the
 // target's death gives TargetGone and the next call finds the window that took the role, a newer
 // window taking the role while calls stream (the first closing gracefully) loses none and gets
-// none meant for the first, and a policy change closes the routes without losing a call. Every child is forked before the
+// none meant for the first, a policy change closes the routes without losing a call, and an
+// inspector sees direct calls and sends as the routed ones they stand for. Every child is forked before the
 // supervisor's dispatch thread starts (TestBus); children report through mailboxes on main.
 #include <doctest/doctest.h>
 #include <fmt/format.h>
@@ -14,6 +15,7 @@
 #include <deque>
 
 #include "bus_test.hpp"
+#include "shmbus/inspect.hpp"
 
 using namespace shmbus;
 using namespace shmbus::test;
@@ -347,4 +349,57 @@ TEST_CASE("a newer window takes the role mid-stream of direct calls: none lost, 
   CHECK(editor.join(10s) == 0);
   CHECK(first.join(10s) == 0);
   CHECK(second.finish() == 0);
+}
+
+TEST_CASE("an inspector sees every direct call and send as the routed one it stands for, and no route port") {
+  TestBus tb("route-trace", routed(), false);
+  Mailbox result(*tb.sup, "result");
+  ServedWindow dashboard(ServedWindow::deferred, tb, "dashboard", dashboardSetup());
+  GatedChild editor([&] {
+    auto w = connectWindow(tb.bus, "editor");
+    for (int i = 0; i < 5; ++i) {
+      childCheck(words(replyText(w->invokeIn("dashboard", "echo", text(std::to_string(i))), "echo")).size() == 4, "echo");
+      expectOk(w->sendTo("dashboard", "tick", text(std::to_string(i))), "tick");
+    }
+    (void)w->send("result", text(replyText(w->invokeIn("dashboard", "count"), "count")));
+  });
+  tb->startDispatchThread();
+  auto in = Inspector::attach(tb.bus);
+  REQUIRE(in.ok());
+  dashboard.start();
+  editor.go();
+  CHECK(result.next(30s).text == "5 ordered");
+  CHECK(editor.join(10s) == 0);
+  // The editor's end batches its direct records (flushed at its close at the latest).
+  std::size_t calls = 0, sends = 0, directCalls = 0, directSends = 0;
+  while (calls < 6 || sends < 5) {
+    auto e = (*in)->next(10s);
+    REQUIRE(e.ok());
+    REQUIRE_MESSAGE(e->has_value(), "the trace ended after " << calls << " calls and " << sends << " sends");
+    const TraceEvent& ev = **e;
+    INFO(toText(ev));
+    CHECK(ev.kind != TraceKind::PortOpen);  // a route port is the router's path, not an event
+    CHECK(ev.kind != TraceKind::PortClose);
+    if (ev.channel != "echo" && ev.channel != "tick" && ev.channel != "count") continue;
+    CHECK(ev.sourceRole == "editor");
+    CHECK(ev.targetId == dashboard.id());
+    CHECK(ev.targetRole == "dashboard");
+    CHECK(ev.status == ErrorCode::Ok);
+    CHECK(ev.requestBytes > 0);
+    if (ev.kind == TraceKind::Send) {
+      ++sends;
+      directSends += ev.portId != 0 ? 1 : 0;
+    } else {
+      CHECK(ev.kind == TraceKind::Invoke);
+      ++calls;
+      directCalls += ev.portId != 0 ? 1 : 0;
+      CHECK(ev.replyBytes > 0);
+    }
+  }
+  CHECK(calls == 6);
+  CHECK(sends == 5);
+  // The first call and the first send of each channel went routed (they made the grants).
+  CHECK(directCalls >= 4);
+  CHECK(directSends >= 4);
+  CHECK(dashboard.finish() == 0);
 }
