@@ -1,6 +1,7 @@
 // Typed streams (shmbus/stream.hpp, docs/architecture.md §18) across real processes, with the
-// generated Sink stubs of golden.capnp: over a port and routed through the supervisor, every
-// chunk arrives once and in order; a receiver that holds a chunk holds the sender to its flow
+// generated Sink stubs of golden.capnp: over a port and routed through the supervisor, written
+// with blocking writes or from a coroutine (co_await writeAsync), every chunk arrives once and in
+// order; a receiver that holds a chunk holds the sender to its flow
 // window; a handler's throw and the receiver's death end the stream with an Error. Nothing here
 // asserts a time; every wait is for an event a child reports.
 #include <doctest/doctest.h>
@@ -9,6 +10,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <csignal>
+#include <future>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -40,7 +42,7 @@ constexpr std::uint64_t kFnvBasis = 0xcbf29ce484222325ull;
 /// Sink.done answers what it counted since the last done and starts again.
 /// The sender (role "source"):
 ///   open     → "opened": a port to role "sink" on "sink-port"
-///   stream port|routed CHUNKS BYTES WINDOW → "started": a thread writes CHUNKS chunks of BYTES
+///   stream port|routed|routed-co CHUNKS BYTES WINDOW → "started": a thread writes CHUNKS chunks of BYTES
 ///            bytes (seq 0, 1, ...) with that flow window, checking after every write that no
 ///            more than the window plus that write is unacknowledged, then calls Sink.done and
 ///            tells the parent "result CHUNKS BYTES match|differ OUT_OF_ORDER WAITS"; or, when a
@@ -130,36 +132,74 @@ class StreamPeer : public DrivenWindow {
     live_ = nullptr;
   }
 
+  /// Chunk `seq` of `bytes` bytes: a pattern the receiver's digest checks.
+  static void fillChunk(std::vector<capnp::byte>& chunk, long seq) {
+    for (std::size_t j = 0; j < chunk.size(); ++j) chunk[j] = static_cast<capnp::byte>(seq * 31 + j);
+  }
+  /// The params of chunk `seq`.
+  static auto chunkParams(const std::vector<capnp::byte>& chunk, long seq) {
+    return [&chunk, seq](auto p) {
+      p.setSeq(static_cast<std::uint32_t>(seq));
+      p.setChunk(capnp::Data::Reader(chunk.data(), chunk.size()));
+    };
+  }
+  /// After a written chunk: at most the window and one write in flight.
+  void checkWindow(const StreamStats& st, std::uint64_t before, std::uint64_t window) {
+    childCheck(st.inFlightBytes <= window + (st.bytes - before), "more than the window and one write in flight");
+    written_.fetch_add(1, std::memory_order_relaxed);  // relaxed: a count the command thread reports
+  }
+  /// Tells the parent how the stream ended: at write `seq` with `code`, or (`done`) its result.
+  template <class Done>
+  void report(long seq, ErrorCode code, const Done& done, std::uint64_t digest, std::uint64_t waits) {
+    if (code != ErrorCode::Ok) {
+      link_.tellParent(fmt::format("ended {} {}; done {} {}", seq, errorCodeName(code), errorCodeName(done.code()),
+                                   done ? "" : done.error().message));
+    } else if (!done) {
+      link_.tellParent(fmt::format("done-error {} {}", errorCodeName(done.code()), done.error().message));
+    } else {
+      link_.tellParent(fmt::format("result {} {} {} {} {}", done->reader().getChunks(), done->reader().getBytes(),
+                                   done->reader().getDigest() == digest ? "match" : "differ",
+                                   done->reader().getOutOfOrder(), waits));
+    }
+  }
+
   template <class S>
   void writeChunks(S& stream, long chunks, std::size_t bytes, std::uint64_t window) {
     std::uint64_t digest = kFnvBasis;
     std::vector<capnp::byte> chunk(bytes);
     for (long seq = 0; seq < chunks; ++seq) {
-      for (std::size_t j = 0; j < bytes; ++j) chunk[j] = static_cast<capnp::byte>(seq * 31 + j);
+      fillChunk(chunk, seq);
       const std::uint64_t before = stream.stats().bytes;
-      auto r = stream.write([&](auto p) {
-        p.setSeq(static_cast<std::uint32_t>(seq));
-        p.setChunk(capnp::Data::Reader(chunk.data(), chunk.size()));
-      });
+      auto r = stream.write(chunkParams(chunk, seq));
+      if (!r) return report(seq, r.code(), stream.done().get(), digest, 0);
+      digest = fnv(digest, capnp::Data::Reader(chunk.data(), chunk.size()));
+      checkWindow(stream.stats(), before, window);
+    }
+    report(chunks, ErrorCode::Ok, stream.done().get(), digest, stream.stats().waits);
+  }
+
+  /// writeChunks from a coroutine (co_await writeAsync, flushAsync, the final call): the waits
+  /// suspend the coroutine instead of blocking a thread.
+  /// True when every chunk was written.
+  template <class S>
+  Task<bool> writeChunksCo(S& stream, long chunks, std::size_t bytes, std::uint64_t window) {
+    std::uint64_t digest = kFnvBasis;
+    std::vector<capnp::byte> chunk(bytes);
+    for (long seq = 0; seq < chunks; ++seq) {
+      fillChunk(chunk, seq);
+      const std::uint64_t before = stream.stats().bytes;
+      auto r = co_await stream.writeAsync(chunkParams(chunk, seq));
       if (!r) {
-        auto done = stream.done().get();
-        link_.tellParent(fmt::format("ended {} {}; done {} {}", seq, errorCodeName(r.code()),
-                                     errorCodeName(done.code()), done ? "" : done.error().message));
-        return;
+        report(seq, r.code(), co_await stream.done(), digest, 0);
+        co_return false;
       }
       digest = fnv(digest, capnp::Data::Reader(chunk.data(), chunk.size()));
-      const StreamStats st = stream.stats();
-      childCheck(st.inFlightBytes <= window + (st.bytes - before), "more than the window and one write in flight");
-      written_.fetch_add(1, std::memory_order_relaxed);  // relaxed: a count the command thread reports
+      checkWindow(stream.stats(), before, window);
     }
-    auto done = stream.done().get();
-    if (!done) {
-      link_.tellParent(fmt::format("done-error {} {}", errorCodeName(done.code()), done.error().message));
-      return;
-    }
-    link_.tellParent(fmt::format("result {} {} {} {} {}", done->reader().getChunks(), done->reader().getBytes(),
-                                 done->reader().getDigest() == digest ? "match" : "differ", done->reader().getOutOfOrder(),
-                                 stream.stats().waits));
+    const auto flushed = co_await stream.flushAsync();
+    childCheck(flushed.ok() && stream.stats().inFlightBytes == 0, "flushAsync left writes in flight");
+    report(chunks, ErrorCode::Ok, co_await stream.done(), digest, stream.stats().waits);
+    co_return true;
   }
 
   void send(const std::string& bus) {
@@ -185,6 +225,16 @@ class StreamPeer : public DrivenWindow {
         writer = std::thread([=, this, &w] {
           if (cmd[1] == "port") {
             writeAll(SinkPortStream(*port, options), chunks, bytes, options.windowBytes);
+          } else if (cmd[1] == "routed-co") {
+            // Started on this thread; after its first wait it resumes on the window's dispatch
+            // thread (where then-callbacks run), and this thread waits for its end.
+            SinkStream stream(*w, options);
+            std::promise<bool> ended;
+            auto run = [&]() -> Task<void> {
+              ended.set_value(co_await writeChunksCo(stream, chunks, bytes, options.windowBytes));
+            };
+            detach(run());
+            (void)ended.get_future().get();
           } else {
             writeAll(SinkStream(*w, options), chunks, bytes, options.windowBytes);
           }
@@ -252,15 +302,21 @@ TEST_CASE("a typed stream over a port: a held chunk holds the sender to its wind
   CHECK(sp.sink.finish() == 0);
 }
 
-TEST_CASE("a typed stream routed through the supervisor: every chunk once and in order, the supervisor counts them") {
-  StreamPair sp("stream-routed");
-  REQUIRE(sp.source.ask("stream routed 300 4000 32768") == "started");
+// Streams 300 chunks of 4000 bytes with a 32 KiB window in `mode` and checks the sink's result:
+// every chunk once, the digest matching, no failure.
+static void streamAllDelivered(StreamPair& sp, const std::string& mode) {
+  REQUIRE(sp.source.ask("stream " + mode + " 300 4000 32768") == "started");
   const auto r = words(sp.source.hear(60s));
   REQUIRE(r.size() == 6);
   CHECK(r[1] == "300");
   CHECK(r[2] == std::to_string(300 * 4000));
   CHECK(r[3] == "match");
   CHECK(r[4] == "0");
+}
+
+TEST_CASE("a typed stream routed through the supervisor: every chunk once and in order, the supervisor counts them") {
+  StreamPair sp("stream-routed");
+  streamAllDelivered(sp, "routed");
   // Every write is a routed call: the supervisor's statistics count them.
   bool counted = false;
   for (const auto& ch : sp.tb->stats().channels) {
@@ -271,6 +327,13 @@ TEST_CASE("a typed stream routed through the supervisor: every chunk once and in
   }
   CHECK(counted);
   CHECK(sp.source.finish() == 0);
+  CHECK(sp.sink.finish() == 0);
+}
+
+TEST_CASE("a typed stream written from a coroutine (co_await writeAsync, flushAsync): every chunk once and in order") {
+  StreamPair sp("stream-co");
+  streamAllDelivered(sp, "routed-co");
+  CHECK(sp.source.finish() == 0);  // the writer checked the window after every write
   CHECK(sp.sink.finish() == 0);
 }
 

@@ -1,5 +1,6 @@
 // Unit tests of streams (shmbus/stream.hpp, lib/src/stream): the flow window, the end of a stream
-// on the first failed write, a write the ring refuses, finish and cancel, against a fake endpoint
+// on the first failed write, a write the ring refuses, finish and cancel, the same driven by
+// coroutines (writeAsync, flushAsync: shmbus/coro.hpp), against a fake endpoint
 // whose "receiver" acknowledges a write only when the stream waits for it (so every wait the
 // stream makes is visible and nothing here depends on timing).
 #include "shmbus/stream.hpp"
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "call/call.hpp"
+#include "shmbus/coro.hpp"
 #include "test.capnp.h"
 
 using namespace shmbus;
@@ -182,4 +184,78 @@ TEST_CASE("a negative write timeout is InvalidArgument; a zero window is the def
   for (int i = 0; i < 100; ++i) REQUIRE(s.write(kWrite, chunk(1000)).ok());
   CHECK(r.waitedFor.empty());  // 100 KiB is within the 256 KiB default
   CHECK(s.stats().inFlightBytes == s.stats().bytes);
+}
+
+TEST_CASE("co_await writeAsync suspends on the oldest acknowledgement while the window is full, blocking no thread") {
+  FakeReceiver r;
+  Stream s = r.stream({.windowBytes = 1000});
+  int written = 0;
+  bool flushed = false;
+  Result<void> last = makeError(ErrorCode::InvalidArgument, "not flushed");
+  auto body = [&]() -> Task<void> {
+    for (int i = 0; i < 12; ++i) {
+      auto w = co_await writeAsync(s, kWrite, chunk(200));
+      CHECK(w.ok());
+      ++written;
+    }
+    last = co_await flushAsync(s);
+    flushed = true;
+  };
+  detach(body());
+  // The window filled and the coroutine suspended on the oldest write's acknowledgement: nothing
+  // blocked (the receiver was never waited for), the writes so far are in flight.
+  const std::size_t first = r.calls.size();
+  CHECK(written == static_cast<int>(first));
+  CHECK(first >= 4);
+  CHECK(first < 12);
+  CHECK(r.waitedFor.empty());
+  // Each acknowledgement of the oldest lets it go on; it never writes past the window (+ one).
+  for (std::size_t acked = 0; acked < r.calls.size(); ++acked) {
+    CHECK(r.calls.size() - acked <= first);
+    r.answer(r.calls[acked]);
+  }
+  CHECK(written == 12);
+  CHECK(flushed);
+  CHECK(last.ok());
+  CHECK(r.waitedFor.empty());
+  const StreamStats st = s.stats();
+  CHECK(st.writes == 12);
+  CHECK(st.acknowledged == 12);
+  CHECK(st.inFlightBytes == 0);
+  CHECK(st.waits >= 12 - first);
+}
+
+TEST_CASE("co_await writeAsync: a refused write waits for the oldest; the first failure ends the stream") {
+  FakeReceiver r;
+  r.failAt = 1;
+  Stream s = r.stream({.windowBytes = 1u << 20});
+  std::vector<ErrorCode> codes;
+  bool done = false;
+  auto body = [&]() -> Task<void> {
+    codes.push_back((co_await writeAsync(s, kWrite, chunk(100))).code());
+    codes.push_back((co_await writeAsync(s, kWrite, chunk(100))).code());
+    r.fullFor = 1;  // the third finds the ring full: it waits for the first's acknowledgement
+    codes.push_back((co_await writeAsync(s, kWrite, chunk(100))).code());
+    codes.push_back((co_await writeAsync(s, kWrite, chunk(100))).code());
+    codes.push_back((co_await flushAsync(s)).code());
+    codes.push_back((co_await writeAsync(s, kWrite, chunk(100))).code());  // after the failure
+    done = true;
+  };
+  detach(body());
+  CHECK(codes == std::vector<ErrorCode>{ErrorCode::Ok, ErrorCode::Ok});  // suspended on the first write
+  CHECK(r.calls.size() == 2);
+  r.answer(r.calls[0]);
+  // The third was written again, the fourth went (the window is wide), the flush waits.
+  CHECK(codes == std::vector<ErrorCode>{ErrorCode::Ok, ErrorCode::Ok, ErrorCode::Ok, ErrorCode::Ok});
+  CHECK(r.calls.size() == 4);
+  r.answer(r.calls[1]);  // fails (failAt 1); the flush still waits for the writes after it
+  CHECK_FALSE(done);
+  r.answer(r.calls[2]);
+  r.answer(r.calls[3]);
+  REQUIRE(done);
+  CHECK(codes[4] == ErrorCode::HandlerError);
+  CHECK(codes[5] == ErrorCode::HandlerError);
+  CHECK(r.calls.size() == 4);  // nothing sent after the failure was seen
+  CHECK(r.waitedFor.empty());
+  CHECK(s.stats().waits == 1);  // the refused write's
 }

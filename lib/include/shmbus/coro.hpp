@@ -279,6 +279,38 @@ Registration handleCo(Endpoint& endpoint, const Channel& channel, F fn) {
   });
 }
 
+/// Stream::write() as a coroutine (docs/architecture.md §18): suspends, blocking no thread, while
+/// the stream's window is full (or the ring refused the write while earlier ones are in flight)
+/// on the oldest write's acknowledgement, and resumes where `co_await call` resumes (the
+/// endpoint's dispatch thread, the supervisor's lane). Returns what write() returns. `channel`
+/// and `build` are kept by the coroutine (a Channel's name must outlive it, as for any call);
+/// `stream` must outlive it, and nothing else may use the stream until it ends (one sequence).
+inline Task<Result<void>> writeAsync(Stream& stream, Channel channel, BuildFn build,
+                                     std::chrono::milliseconds methodDefault = std::chrono::milliseconds(0)) {
+  for (;;) {
+    while (auto ack = stream.nextAck(Stream::Wait::Window)) (void)co_await std::move(*ack);
+    if (auto r = stream.tryWrite(channel, build, methodDefault)) co_return std::move(*r);
+    if (auto ack = stream.nextAck(Stream::Wait::Oldest)) (void)co_await std::move(*ack);
+  }
+}
+
+/// Stream::flush() as a coroutine: suspends until every write was acknowledged (as writeAsync).
+/// Errors: the error that ended the stream.
+inline Task<Result<void>> flushAsync(Stream& stream) {
+  while (auto ack = stream.nextAck(Stream::Wait::All)) (void)co_await std::move(*ack);
+  co_return stream.status();
+}
+
+namespace detail {
+/// A typed stream's write of streaming method M from a coroutine (generated `<method>Async`):
+/// a coroutine itself, so `build` lives in its frame until the write is made.
+template <class M, class F>
+Task<Result<void>> streamWriteAsync(Stream& stream, F build) {
+  static_assert(isStreaming<M>(), "only streaming methods (-> stream) are written to a stream");
+  co_return co_await writeAsync(stream, M::channel(), buildFn<M>(build), M::defaultTimeout);
+}
+}  // namespace detail
+
 /// Starts `task` and lets it run to its end on its own (exceptions are swallowed: catch inside).
 inline void detach(Task<void> task) { detail::driveDetached(std::move(task)); }
 

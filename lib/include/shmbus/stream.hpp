@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 
 #include "shmbus/channel.hpp"
 #include "shmbus/error.hpp"
@@ -107,6 +108,24 @@ class Stream {
 
   /// Waits until every write was acknowledged. Errors: the error that ended the stream.
   Result<void> flush();
+
+  /// What a write or a flush waits for (nextAck).
+  enum class Wait : std::uint8_t {
+    Window,  ///< the oldest write, while the unacknowledged bytes fill the window (before a write)
+    Oldest,  ///< the oldest write, whatever the window (a write the ring refused: tryWrite)
+    All,     ///< the oldest write, while any is in flight (flush)
+  };
+  /// The building blocks of write() and flush() that never wait, for code that waits its own way
+  /// (shmbus/coro.hpp: `co_await writeAsync(stream, ...)`). First takes the acknowledgements
+  /// already there; then returns the call of the oldest write still in flight when `what` says
+  /// to wait for it (counted in StreamStats::waits, except for All), else nullopt. Awaiting or
+  /// getting that call and asking again settles it.
+  std::optional<Call> nextAck(Wait what);
+  /// write() without its waits: nullopt when the ring refused the write while writes of this
+  /// stream are in flight (wait for nextAck(Wait::Oldest), then try again); else write()'s result.
+  /// Call it once nextAck(Wait::Window) is nullopt, or the window is exceeded (by one write).
+  std::optional<Result<void>> tryWrite(const Channel& channel, const BuildFn& build,
+                                       std::chrono::milliseconds methodDefault = std::chrono::milliseconds(0));
 
   /// flush(), then the final call on `channel` (an ordinary method: its reply is the stream's
   /// result). When the stream ended with an error the returned call has already failed with it

@@ -32,7 +32,7 @@ struct Stream::Impl {
 
   void add(std::atomic<std::uint64_t>& c, std::uint64_t n) { c.fetch_add(n, std::memory_order_relaxed); }  // relaxed: see above
 
-  /// Waits for `f`'s acknowledgement (at once when ready) and counts it; its error ends the stream.
+  /// Counts `f`'s acknowledgement, which is there (ready, or waited for); its error ends the stream.
   void settle(InFlight& f) {
     Result<Message> r = f.call.get();
     inFlightBytes.fetch_sub(f.bytes, std::memory_order_relaxed);  // relaxed: see above
@@ -40,20 +40,12 @@ struct Stream::Impl {
     if (!r && !ended) ended = r.error();
   }
 
-  /// Settles the oldest write in flight; `counted`: a write waits for it (StreamStats::waits).
-  void waitOldest(bool counted = true) {
-    if (counted) add(waits, 1);
-    settle(inFlight.front());
-    inFlight.pop_front();
-  }
-
   /// Takes the acknowledgements already there (in any order: an asynchronous handler may answer
-  /// a later write first), then waits for the oldest while the window is full, or until none is
-  /// in flight (`drain`). A failure is taken only once every older write is settled, so the error
-  /// that ends the stream is its earliest failed write's, whatever order the outcomes came in
-  /// (a receiver's death: the writes it held fail with TargetGone, while a write made after the
-  /// death may already have come back NoTarget).
-  void reap(bool drain) {
+  /// a later write first). A failure is taken only once every older write is settled, so the
+  /// error that ends the stream is its earliest failed write's, whatever order the outcomes came
+  /// in (a receiver's death: the writes it held fail with TargetGone, while a write made after
+  /// the death may already have come back NoTarget).
+  void takeReady() {
     bool older = false;  // an older write is still unsettled
     std::erase_if(inFlight, [&](InFlight& f) {
       if (!f.call.ready() || (older && !f.call.get().ok())) {
@@ -63,10 +55,23 @@ struct Stream::Impl {
       settle(f);
       return true;
     });
-    while (!inFlight.empty() &&
-           (drain || inFlightBytes.load(std::memory_order_relaxed) >= options.windowBytes)) {  // relaxed: see above
-      waitOldest(!drain);
+  }
+
+  /// See Stream::nextAck.
+  std::optional<Call> nextAck(Stream::Wait what) {
+    takeReady();
+    if (inFlight.empty()) return std::nullopt;
+    // relaxed: see above (only this thread writes inFlightBytes).
+    if (what == Stream::Wait::Window && inFlightBytes.load(std::memory_order_relaxed) < options.windowBytes) {
+      return std::nullopt;
     }
+    if (what != Stream::Wait::All) add(waits, 1);
+    return inFlight.front().call;
+  }
+
+  /// Waits (dispatching, Call::get) until nextAck(what) has nothing more to wait for (Window or All).
+  void waitAcks(Stream::Wait what) {
+    while (auto c = nextAck(what)) (void)c->get();
   }
 };
 
@@ -102,53 +107,59 @@ Stream& Stream::operator=(Stream&&) noexcept = default;
 Stream::~Stream() = default;
 
 Result<void> Stream::write(const Channel& channel, const BuildFn& build, std::chrono::milliseconds methodDefault) {
+  for (;;) {
+    impl_->waitAcks(Wait::Window);
+    if (auto r = tryWrite(channel, build, methodDefault)) return std::move(*r);
+    // The ring holds this stream's earlier writes: the oldest first (the next try takes it).
+    if (auto c = nextAck(Wait::Oldest)) (void)c->get();
+  }
+}
+
+std::optional<Call> Stream::nextAck(Wait what) { return impl_->nextAck(what); }
+
+std::optional<Result<void>> Stream::tryWrite(const Channel& channel, const BuildFn& build,
+                                             std::chrono::milliseconds methodDefault) {
   Impl& s = *impl_;
   if (s.options.timeout.count() < 0) return makeError(ErrorCode::InvalidArgument, "stream: negative write timeout");
-  s.reap(false);
+  s.takeReady();
   if (s.ended) return *s.ended;
   std::uint64_t bytes = 0;
-  // The build may run more than once (a port blob; a write again below): the last run counts.
+  // The build may run more than once (a port blob; a write again after Full): the last run counts.
   const BuildFn counted = [&](Builder& b) {
     if (build) build(b);
     bytes = b.sizeInWords() * sizeof(capnp::word);
   };
   const CallOptions options{s.options.timeout.count() != 0 ? s.options.timeout : methodDefault, 0};
-  for (;;) {
-    Call call = s.invoker(channel, counted, options);
-    if (call.ready()) {
-      Result<Message> r = call.get();
-      if (!r) {
-        const ErrorCode code = r.error().code;
-        if (code == ErrorCode::Full && !s.inFlight.empty()) {
-          // The ring holds this stream's earlier writes: wait for the oldest, then write again.
-          s.waitOldest();
-          if (s.ended) return *s.ended;
-          continue;
-        }
-        // Refused before it was sent: the stream goes on.
-        if (code == ErrorCode::Full || code == ErrorCode::TooLarge || code == ErrorCode::InvalidArgument) return r.error();
-        s.reap(true);  // an older write's failure, if any, is the one that ends the stream
-        if (!s.ended) s.ended = r.error();
-        return *s.ended;
-      }
-      // Acknowledged at once (the reply was there before the invoke returned).
-      s.add(s.writes, 1);
-      s.add(s.acknowledged, 1);
-      s.add(s.bytes, bytes);
-      return {};
+  Call call = s.invoker(channel, counted, options);
+  if (call.ready()) {
+    Result<Message> r = call.get();
+    if (!r) {
+      const ErrorCode code = r.error().code;
+      // The ring holds this stream's earlier writes: the caller waits for the oldest and tries again.
+      if (code == ErrorCode::Full && !s.inFlight.empty()) return std::nullopt;
+      // Refused before it was sent: the stream goes on.
+      if (code == ErrorCode::Full || code == ErrorCode::TooLarge || code == ErrorCode::InvalidArgument) return r.error();
+      s.waitAcks(Wait::All);  // an older write's failure, if any, is the one that ends the stream
+      if (!s.ended) s.ended = r.error();
+      return *s.ended;
     }
+    // Acknowledged at once (the reply was there before the invoke returned).
     s.add(s.writes, 1);
+    s.add(s.acknowledged, 1);
     s.add(s.bytes, bytes);
-    // relaxed: see Impl; only this thread writes inFlightBytes and highWater.
-    const std::uint64_t now = s.inFlightBytes.fetch_add(bytes, std::memory_order_relaxed) + bytes;
-    if (now > s.highWater.load(std::memory_order_relaxed)) s.highWater.store(now, std::memory_order_relaxed);
-    s.inFlight.push_back({std::move(call), bytes});
-    return {};
+    return Result<void>{};
   }
+  s.add(s.writes, 1);
+  s.add(s.bytes, bytes);
+  // relaxed: see Impl; only this thread writes inFlightBytes and highWater.
+  const std::uint64_t now = s.inFlightBytes.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+  if (now > s.highWater.load(std::memory_order_relaxed)) s.highWater.store(now, std::memory_order_relaxed);
+  s.inFlight.push_back({std::move(call), bytes});
+  return Result<void>{};
 }
 
 Result<void> Stream::flush() {
-  impl_->reap(true);
+  impl_->waitAcks(Wait::All);
   if (impl_->ended) return *impl_->ended;
   return {};
 }
@@ -160,7 +171,7 @@ Call Stream::finish(const Channel& channel, const BuildFn& build, CallOptions op
 
 void Stream::cancel() {
   for (auto& f : impl_->inFlight) f.call.cancel();
-  impl_->reap(true);
+  impl_->waitAcks(Wait::All);
   if (!impl_->ended) impl_->ended = makeError(ErrorCode::Cancelled, "stream: cancelled");
 }
 

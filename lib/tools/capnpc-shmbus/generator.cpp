@@ -301,6 +301,7 @@ class Generator {
     o += "// Typed shmbus contracts for the interfaces of " + slash + ": channels, method descriptors,\n";
     o += "// clients and handler registration (runtime: shmbus/typed.hpp; Cap'n Proto types: capnpc-c++).\n";
     o += "#pragma once\n\n";
+    o += "#include <shmbus/coro.hpp>\n";
     o += "#include <shmbus/typed.hpp>\n\n";
     bool streams = false;
     for (const auto& i : interfaces) streams = streams || i.streams();
@@ -577,6 +578,12 @@ class Generator {
         o += "  ::shmbus::Result<void> " + m.member + "(Build&& build = {}) {\n";
         o += "    return ::shmbus::detail::streamWrite<" + desc + ">(stream_, build);\n";
         o += "  }\n";
+        o += "  /// Writes " + qualified + " from a coroutine: `co_await` suspends, blocking no thread, while\n";
+        o += "  /// the window is full (shmbus::writeAsync). `build` is kept until the write is made.\n";
+        o += "  template <class Build = ::shmbus::NoParams>\n" + builds;
+        o += "  ::shmbus::Task<::shmbus::Result<void>> " + m.member + "Async(Build build = {}) {\n";
+        o += "    return ::shmbus::detail::streamWriteAsync<" + desc + ">(stream_, std::move(build));\n";
+        o += "  }\n";
       } else {
         o += "  /// Ends the stream with " + qualified + " (Stream::finish).\n";
         o += "  template <class Build = ::shmbus::NoParams>\n" + builds;
@@ -588,6 +595,8 @@ class Generator {
     }
     o += "\n  /// Waits until every write was acknowledged (Stream::flush).\n";
     o += "  ::shmbus::Result<void> flush() { return stream_.flush(); }\n";
+    o += "  /// Waits until every write was acknowledged, from a coroutine (shmbus::flushAsync).\n";
+    o += "  ::shmbus::Task<::shmbus::Result<void>> flushAsync() { return ::shmbus::flushAsync(stream_); }\n";
     o += "  /// Cancels the writes in flight and ends the stream with Cancelled (Stream::cancel).\n";
     o += "  void cancel() { stream_.cancel(); }\n";
     o += "  /// The error that ended the stream, or ok (Stream::status).\n";

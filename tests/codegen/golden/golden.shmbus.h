@@ -4,6 +4,7 @@
 // clients and handler registration (runtime: shmbus/typed.hpp; Cap'n Proto types: capnpc-c++).
 #pragma once
 
+#include <shmbus/coro.hpp>
 #include <shmbus/typed.hpp>
 
 #include <capnp/stream.capnp.h>  // capnp::StreamResult, the reply of a streaming method
@@ -1489,6 +1490,13 @@ class BasicSinkStream {
   ::shmbus::Result<void> write(Build&& build = {}) {
     return ::shmbus::detail::streamWrite<SinkMethods::Write>(stream_, build);
   }
+  /// Writes Sink.write from a coroutine: `co_await` suspends, blocking no thread, while
+  /// the window is full (shmbus::writeAsync). `build` is kept until the write is made.
+  template <class Build = ::shmbus::NoParams>
+    requires(::shmbus::ParamsBuilder<Build, SinkMethods::Write>)
+  ::shmbus::Task<::shmbus::Result<void>> writeAsync(Build build = {}) {
+    return ::shmbus::detail::streamWriteAsync<SinkMethods::Write>(stream_, std::move(build));
+  }
 
   /// Ends the stream with what the receiver counted (and starts counting again).
   /// Ends the stream with Sink.done (Stream::finish).
@@ -1501,6 +1509,8 @@ class BasicSinkStream {
 
   /// Waits until every write was acknowledged (Stream::flush).
   ::shmbus::Result<void> flush() { return stream_.flush(); }
+  /// Waits until every write was acknowledged, from a coroutine (shmbus::flushAsync).
+  ::shmbus::Task<::shmbus::Result<void>> flushAsync() { return ::shmbus::flushAsync(stream_); }
   /// Cancels the writes in flight and ends the stream with Cancelled (Stream::cancel).
   void cancel() { stream_.cancel(); }
   /// The error that ended the stream, or ok (Stream::status).
