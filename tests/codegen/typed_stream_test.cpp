@@ -10,7 +10,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <csignal>
-#include <future>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -227,14 +226,9 @@ class StreamPeer : public DrivenWindow {
             writeAll(SinkPortStream(*port, options), chunks, bytes, options.windowBytes);
           } else if (cmd[1] == "routed-co") {
             // Started on this thread; after its first wait it resumes on the window's dispatch
-            // thread (where then-callbacks run), and this thread waits for its end.
+            // thread (where then-callbacks run), and syncWait sees its end there.
             SinkStream stream(*w, options);
-            std::promise<bool> ended;
-            auto run = [&]() -> Task<void> {
-              ended.set_value(co_await writeChunksCo(stream, chunks, bytes, options.windowBytes));
-            };
-            detach(run());
-            (void)ended.get_future().get();
+            (void)syncWait(*w, writeChunksCo(stream, chunks, bytes, options.windowBytes));
           } else {
             writeAll(SinkStream(*w, options), chunks, bytes, options.windowBytes);
           }

@@ -14,7 +14,7 @@
 // callback lane). So the library's loop drives them; to drive them from your own loop, call
 // `endpoint.poll(0ms)` whenever your loop is idle (or from a timer), or run the endpoint's
 // startDispatchThread() and hop back to your loop in the coroutine yourself. syncWait() runs
-// one task to completion by dispatching on the calling thread.
+// one task to completion, dispatching on the calling thread unless a dispatch thread does.
 //
 // Task<T> is lazy (it starts when awaited, detached, or run by syncWait) and single-owner.
 // Thread contract: a Task is resumed on one thread at a time; it may move between threads.
@@ -22,6 +22,7 @@
 
 #include <capnp/message.h>
 
+#include <atomic>
 #include <chrono>
 #include <coroutine>
 #include <exception>
@@ -314,29 +315,48 @@ Task<Result<void>> streamWriteAsync(Stream& stream, F build) {
 /// Starts `task` and lets it run to its end on its own (exceptions are swallowed: catch inside).
 inline void detach(Task<void> task) { detail::driveDetached(std::move(task)); }
 
-/// Runs `task` to its end, dispatching `endpoint` on this thread meanwhile (poll), and returns
-/// its value (or rethrows). Not from inside a callback of `endpoint`'s dispatch thread when
-/// another thread dispatches it (the task would resume there and this loop polls in vain).
-template <typename Endpoint, typename T>
-T syncWait(Endpoint& endpoint, Task<T> task) {
+namespace detail {
+/// What syncWait shares with the task it runs: owned by both (the task may resume, on the
+/// dispatch thread, after syncWait gave up because the endpoint closed).
+template <typename T>
+struct SyncWaitState {
   std::optional<T> out;
   std::exception_ptr error;
-  bool finished = false;
-  auto body = [&]() -> Task<void> {
-    try {
-      out.emplace(co_await std::move(task));
-    } catch (...) {
-      error = std::current_exception();
-    }
-    finished = true;
-  };
-  detach(body());
-  while (!finished) {
+  // Set by the task's last step, on whichever thread resumed it. The release store publishes
+  // `out`/`error`; it pairs with syncWait's acquire loads (SYNC POINT "syncWait finished").
+  std::atomic<bool> finished{false};
+};
+
+/// syncWait's task: runs `task` and stores its outcome into `st` (parameters live in the frame).
+template <typename T>
+Task<void> syncWaitBody(std::shared_ptr<SyncWaitState<T>> st, Task<T> task) {
+  try {
+    st->out.emplace(co_await std::move(task));
+  } catch (...) {
+    st->error = std::current_exception();
+  }
+  st->finished.store(true, std::memory_order_release);  // pairs with syncWait's acquire load
+}
+}  // namespace detail
+
+/// Runs `task` to its end and returns its value (or rethrows what it threw). Meanwhile this
+/// thread dispatches `endpoint` (poll, 10 ms rounds) when nobody else does; when another thread
+/// dispatches it (its dispatch thread), the task resumes there and this thread notices its end
+/// within 10 ms. Errors: UsageError when the endpoint closed before the task finished.
+/// Thread contract: any thread, a callback of `endpoint` included (the gate is re-entrant).
+template <typename Endpoint, typename T>
+T syncWait(Endpoint& endpoint, Task<T> task) {
+  auto st = std::make_shared<detail::SyncWaitState<T>>();
+  detach(detail::syncWaitBody(st, std::move(task)));
+  // acquire: pairs with syncWaitBody's release store; `out` and `error` are then complete.
+  while (!st->finished.load(std::memory_order_acquire)) {
     if (!endpoint.poll(std::chrono::milliseconds(10))) break;
   }
-  if (error) std::rethrow_exception(error);
-  if (!out) throw UsageError("syncWait: the endpoint closed before the task finished");
-  return std::move(*out);
+  if (!st->finished.load(std::memory_order_acquire)) {
+    throw UsageError("syncWait: the endpoint closed before the task finished");
+  }
+  if (st->error) std::rethrow_exception(st->error);
+  return std::move(*st->out);
 }
 
 }  // namespace shmbus

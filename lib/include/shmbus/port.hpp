@@ -121,7 +121,9 @@ class Port {
   /// thread dispatches. Call once; not from inside a callback of this port.
   void start();
   /// Dispatches what is ready, waiting up to `timeout` for the first message (0: do not wait).
-  /// Errors: the port's end (its code), InvalidArgument (negative timeout).
+  /// While another thread dispatches (start(), another poll()), it waits up to `timeout` for
+  /// that thread to stop and returns without dispatching if it does not. Errors: the port's end
+  /// (its code), InvalidArgument (negative timeout).
   Result<void> poll(std::chrono::milliseconds timeout);
 
   /// What this side's outgoing blob arena holds now (releases the peer made are reclaimed

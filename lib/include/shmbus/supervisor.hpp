@@ -398,7 +398,9 @@ class Supervisor {
   /// Dispatches until stop().
   void run();
   /// Dispatches what is ready, waiting up to `timeout` for the first event (0: do not wait;
-  /// clamped to kMaxTimeout). Errors: BusClosed; InvalidArgument (negative timeout).
+  /// clamped to kMaxTimeout). While another thread dispatches (startDispatchThread(), run(),
+  /// another poll()), it waits up to `timeout` for that thread to stop and returns without
+  /// dispatching if it does not. Errors: BusClosed; InvalidArgument (negative timeout).
   Result<void> poll(std::chrono::milliseconds timeout);
   /// Runs run() on a background thread until stop(). Returns once that thread dispatches: from
   /// then on callbacks run on it only. Not from inside a callback.

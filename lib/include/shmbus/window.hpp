@@ -170,7 +170,9 @@ class Window {
   void run();
 
   /// Dispatches what is ready, waiting up to `timeout` for the first message (0: do not wait;
-  /// clamped to kMaxTimeout). Errors: BusClosed; InvalidArgument (negative timeout).
+  /// clamped to kMaxTimeout). While another thread dispatches (startDispatchThread(), run(),
+  /// another poll()), it waits up to `timeout` for that thread to stop and returns without
+  /// dispatching if it does not. Errors: BusClosed; InvalidArgument (negative timeout).
   Result<void> poll(std::chrono::milliseconds timeout);
 
   /// Starts a background thread that runs run(). Stops at close(). Returns once that thread

@@ -152,7 +152,7 @@ bool completeCall(const std::shared_ptr<CallState>& s, Result<Message> r) {
   return true;
 }
 
-std::thread startDispatcher(std::recursive_mutex& gate, std::function<void()> run) {
+std::thread startDispatcher(DispatchGate& gate, std::function<void()> run) {
   std::promise<void> started;
   auto isStarted = started.get_future();
   // The thread owns the promise: the caller may return (and drop the future) the moment it is set.

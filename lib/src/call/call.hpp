@@ -93,12 +93,18 @@ struct HeldMessage {
   virtual ~HeldMessage() = default;
 };
 
+/// An endpoint's dispatch gate: held by whichever thread dispatches (the dispatch thread, run(),
+/// poll(), a Call::get() while nobody else dispatches); recursive so that a callback may dispatch
+/// again (re-entrant Call::get), timed so that poll() waits at most its timeout for a dispatching
+/// thread to let go.
+using DispatchGate = std::recursive_timed_mutex;
+
 /// Starts the dispatch thread of an endpoint: a thread that takes `gate` (the endpoint's dispatch
 /// gate, recursive, so `run` may take it again) and then runs `run`. Returns once the thread holds
 /// the gate: otherwise a Call::get() right after the start could take the gate first and run
 /// callbacks on the calling thread (and a handler needing a lock that caller holds would deadlock
 /// there instead of timing the call out). Not from a thread that holds `gate`.
-std::thread startDispatcher(std::recursive_mutex& gate, std::function<void()> run);
+std::thread startDispatcher(DispatchGate& gate, std::function<void()> run);
 
 /// Builds a HeldMessage that owns a copy of `bytes` (a MessageTable + segments span).
 /// Errors: InvalidMessage.

@@ -21,7 +21,7 @@
 namespace shmbus::detail {
 
 /// `Endpoint` provides:
-///   std::recursive_mutex& gate();                      the dispatch gate
+///   DispatchGate& gate();                              the dispatch gate
 ///   void dispatchRound(std::int64_t until, CallState* waiting);   one round, parks until `until`
 ///   bool closed() const;                               no more dispatching will happen
 ///   Result<Message> closedResult(const std::shared_ptr<CallState>&);  result when closed

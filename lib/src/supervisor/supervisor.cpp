@@ -46,7 +46,7 @@ struct Supervisor::Impl final : CallOwner {
   MainEndpoint main;
   std::unique_ptr<Router> router;
   std::unique_ptr<Lane> lane;
-  std::recursive_mutex gate;  // held by the thread that dispatches (run, poll, Call::get)
+  DispatchGate gate;  // held by the thread that dispatches (run, poll, Call::get)
   std::thread dispatcher;
   std::atomic<bool> stopped{false};
   std::mutex schemaMu;
@@ -64,7 +64,7 @@ struct Supervisor::Impl final : CallOwner {
 
   // ---- CallOwner (calls made by the main process) and the waitForCall endpoint contract
 
-  std::recursive_mutex& gateRef() { return gate; }
+  DispatchGate& gateRef() { return gate; }
   bool closed() const { return router->stopping(); }
   Result<Message> closedResult(const std::shared_ptr<CallState>& s) {
     return makeError(ErrorCode::BusClosed, s->what() + ": the supervisor stopped");
@@ -78,7 +78,7 @@ struct Supervisor::Impl final : CallOwner {
   }
   struct WaitAdapter {
     Impl& i;
-    std::recursive_mutex& gate() { return i.gate; }
+    DispatchGate& gate() { return i.gate; }
     void dispatchRound(std::int64_t until, CallState* s) { i.dispatchRound(until, s); }
     bool closed() const { return i.closed(); }
     Result<Message> closedResult(const std::shared_ptr<CallState>& s) { return i.closedResult(s); }
@@ -352,8 +352,10 @@ Result<void> Supervisor::poll(std::chrono::milliseconds timeout) {
   if (impl_->router->stopping()) return makeError(ErrorCode::BusClosed, "the supervisor stopped");
   auto wait = checkWaitTimeout(timeout, "Supervisor::poll");
   if (!wait) return wait.error();
-  std::lock_guard g(impl_->gate);
-  impl_->dispatchRound(deadlineAfter(monotonicNowNs(), *wait));
+  const std::int64_t until = deadlineAfter(monotonicNowNs(), *wait);
+  // Another thread dispatching (the dispatch thread holds the gate for good): wait for the gate
+  // up to `timeout`, then return without dispatching.
+  if (std::unique_lock g(impl_->gate, *wait); g.owns_lock()) impl_->dispatchRound(until);
   return {};
 }
 

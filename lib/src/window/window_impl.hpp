@@ -87,7 +87,7 @@ struct Window::Impl : CallOwner {
   std::thread watchdog;
   std::thread dispatcher;
 
-  std::recursive_mutex gate;  // held by whichever thread dispatches
+  DispatchGate gate;  // held by whichever thread dispatches
   std::atomic<std::thread::id> dispatchingThread{};
   std::shared_ptr<CallbackTable> callbacks = std::make_shared<CallbackTable>();
   PendingCalls pending;
@@ -439,13 +439,15 @@ struct Window::Impl : CallOwner {
         }
       }
       if (end) {
+        // Counted before the write (taken back if the route refuses it), so that the count is
+        // in the table before the target can see the message, and so before a close of the
+        // route the target's end starts: the supervisor folds the table into its statistics
+        // then. relaxed: a counter; the ring write's release store and the socket carry it.
+        slot->messages.fetch_add(1, std::memory_order_relaxed);
         auto r = end->portSend(t, ch, build, payloadBytes);
         end->port->directSince.store(true, std::memory_order_relaxed);  // relaxed: see PortSide
-        // relaxed: counters the supervisor reads when asked (RouteStatsTable).
-        if (r) {
-          slot->messages.fetch_add(1, std::memory_order_relaxed);
-          return r;
-        }
+        if (r) return r;
+        slot->messages.fetch_sub(1, std::memory_order_relaxed);  // relaxed: a counter, as above
         // Not written (the route's ring without room, the route ended meanwhile, ...): this
         // message goes routed, behind a RouteSync, so in order, and with routed semantics: a
         // full inbox or a target gone is reported through onSendFailed, never returned here.
@@ -478,12 +480,14 @@ struct Window::Impl : CallOwner {
         CallOptions d = o;
         if (d.timeout.count() == 0) d.timeout = grant.timeout;  // the channel's default, as routed
         bool refused = false;
+        // Counted before the write, as a direct send is (above): relaxed, a counter.
+        grant.slot->calls.fetch_add(1, std::memory_order_relaxed);
         Call c = grant.end->invokeImpl(t, ch, build, d, kind, grant.slot->errors, &refused);
         if (!refused) {
-          grant.slot->calls.fetch_add(1, std::memory_order_relaxed);  // relaxed: a counter (RouteStatsTable)
           grant.end->port->directSince.store(true, std::memory_order_relaxed);  // relaxed: see PortSide
           return c;
         }
+        grant.slot->calls.fetch_sub(1, std::memory_order_relaxed);  // relaxed: a counter
         // Not written (the route's ring full, the route ended meanwhile, ...): the call goes
         // routed, behind a RouteSync, so in order, and the router's answer is the routed one
         // (a full inbox is Full there, a window gone finds whichever holds the role).
@@ -580,7 +584,7 @@ struct Window::Impl : CallOwner {
   struct WaitAdapter {
     Impl& end;
     Impl& owner;
-    std::recursive_mutex& gate() { return owner.gate; }
+    DispatchGate& gate() { return owner.gate; }
     void dispatchRound(std::int64_t until, CallState* s) {
       const auto prev = owner.dispatchingThread.exchange(std::this_thread::get_id());
       owner.dispatchOnce(until, s);
@@ -740,16 +744,18 @@ struct Window::Impl : CallOwner {
     dispatchingThread.store(prev);
   }
 
-  /// One dispatch round of at most `timeout` (Window::poll, Port::poll). Errors: the end's code,
-  /// InvalidArgument (negative timeout).
+  /// One dispatch round of at most `timeout` (Window::poll, Port::poll). When another thread
+  /// dispatches, waits up to `timeout` for the gate and returns without dispatching if it stays
+  /// taken (a dispatch thread holds it for good). Errors: the end's code, InvalidArgument
+  /// (negative timeout).
   Result<void> pollFor(std::chrono::milliseconds timeout, const char* what) {
     if (closed.load(std::memory_order_acquire)) return makeError(closeCode(), busClosedMessage());
     auto wait = checkWaitTimeout(timeout, what);
     if (!wait) return wait.error();
-    {
-      std::lock_guard g(gate);
+    const std::int64_t until = deadlineAfter(monotonicNowNs(), *wait);
+    if (std::unique_lock g(gate, *wait); g.owns_lock()) {
       const auto prev = dispatchingThread.exchange(std::this_thread::get_id());
-      dispatchOnce(deadlineAfter(monotonicNowNs(), *wait));
+      dispatchOnce(until);
       dispatchingThread.store(prev);
     }
     if (closed.load(std::memory_order_acquire)) return makeError(closeCode(), busClosedMessage());

@@ -101,7 +101,7 @@ TEST_CASE("main's async handler replies from another thread; a dropped Responder
   CHECK(tb->stats().unansweredCalls == 1);
 }
 
-TEST_CASE("a coroutine handler co_awaits another window and its co_return value is the reply") {
+TEST_CASE("a coroutine handler co_awaits another window and its co_return value is the reply; syncWait with or without a dispatch thread") {
   TestBus tb("coro", {}, /*dispatch=*/false);
   ServedWindow back(ServedWindow::deferred, tb, "back", [](Window& win, auto& regs) {
     regs.push_back(win.handle("echo", echoHandler()));
@@ -134,9 +134,26 @@ TEST_CASE("a coroutine handler co_awaits another window and its co_return value 
     };
     toC.tellParent(syncWait(*w, task()));
   });
+  // The same from a window whose dispatch thread runs: the task resumes there, syncWait (and a
+  // poll on the caller's thread meanwhile) must not wait for the gate the dispatch thread holds.
+  Link toD;
+  GatedChild d([&] {
+    auto w = connectWindow(tb.bus, "client2");
+    w->startDispatchThread();
+    const auto polled = w->poll(20ms);  // returns without dispatching
+    childCheck(polled.ok(), "poll beside the dispatch thread: " + (polled ? std::string() : polled.error().toString()));
+    auto task = [&]() -> Task<std::string> {
+      auto a = co_await w->invokeIn("front", "relay", text("z"), {.timeout = 5000ms});
+      co_return a ? textOf(*a) : a.error().toString();
+    };
+    toD.tellParent(syncWait(*w, task()));
+  });
   tb->startDispatchThread();
   back.start();
   front.start();
+  d.go();
+  CHECK(toD.hearChild() == "z again via client2");
+  CHECK(d.join(10s) == 0);
   auto r = tb->invoke("front", "relay", text("x"), {.timeout = 5000ms}).get();
   REQUIRE_MESSAGE(r.ok(), r.error().toString());
   CHECK(textOf(*r) == "x again via main");

@@ -312,9 +312,11 @@ TEST_CASE("a newer window takes the role mid-stream of direct calls: none lost, 
   editorLink.tellChild("closed " + firstId);
   const std::string runs = result.next(60s).text;
   INFO("outcomes in call order: " << runs);
-  // The first window answered every call until it closed, the calls in flight then (at most the
-  // 8) failed with TargetGone, and the second answered every later one: nothing lost, nothing
-  // answered twice or by the wrong window.
+  // The first window answered every call until it closed, and the second answered every later
+  // one: nothing lost, nothing answered twice or by the wrong window. Between the two, failing
+  // with TargetGone: the direct calls in flight when the first window closed (at most the 8),
+  // and then the routed calls the supervisor still routed to it until it saw it gone (at most 8
+  // more: as without direct routes).
   std::vector<std::pair<std::string, std::size_t>> seq;
   for (const auto& r : words(runs)) {
     const auto colon = r.rfind(':');
@@ -324,11 +326,11 @@ TEST_CASE("a newer window takes the role mid-stream of direct calls: none lost, 
   CHECK(seq.front().first == firstId);
   CHECK(seq.front().second >= 300);
   CHECK(seq.back().first == std::to_string(second.id()));
-  CHECK(seq.back().second >= 300 - 8);
+  CHECK(seq.back().second >= 300 - 16);
   CHECK(seq.size() <= 3);
   if (seq.size() == 3) {
     CHECK(seq[1].first == "TargetGone");
-    CHECK(seq[1].second <= 8);
+    CHECK(seq[1].second <= 16);
   }
   std::size_t total = 0;
   for (const auto& [who, n] : seq) total += n;
