@@ -375,3 +375,32 @@ TEST_CASE("once reset returns, no run of a listener dispatched from several thre
   CHECK(insideAtReset == 0);
   CHECK(afterReset.load() == 0);
 }
+
+TEST_CASE("the dispatch gate: try_lock_for gives up while another thread holds it and takes it when released") {
+  DispatchGate gate;
+  std::promise<void> held, release;
+  std::thread holder([&] {
+    std::lock_guard g(gate);
+    gate.lock();  // recursive: the outer unlock below frees it, not this one
+    gate.unlock();
+    held.set_value();
+    release.get_future().wait();
+  });
+  held.get_future().wait();
+  CHECK_FALSE(gate.try_lock());
+  CHECK_FALSE(gate.try_lock_for(std::chrono::milliseconds(20)));  // the holder keeps it: timed out
+  // A waiter with a long timeout gets the gate as soon as the holder lets go (the unlock signals
+  // it): the release happens while it waits, or before, and either way it returns true.
+  std::future<bool> waiter = std::async(std::launch::async, [&] {
+    const bool got = gate.try_lock_for(std::chrono::seconds(60));
+    if (got) gate.unlock();
+    return got;
+  });
+  release.set_value();
+  CHECK(waiter.get());
+  holder.join();
+  CHECK(gate.try_lock());  // free again, and re-entrant
+  CHECK(gate.try_lock_for(std::chrono::milliseconds(0)));
+  gate.unlock();
+  gate.unlock();
+}

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -95,9 +96,46 @@ struct HeldMessage {
 
 /// An endpoint's dispatch gate: held by whichever thread dispatches (the dispatch thread, run(),
 /// poll(), a Call::get() while nobody else dispatches); recursive so that a callback may dispatch
-/// again (re-entrant Call::get), timed so that poll() waits at most its timeout for a dispatching
-/// thread to let go.
-using DispatchGate = std::recursive_timed_mutex;
+/// again (re-entrant Call::get), and timed (try_lock_for) so that poll() waits at most its timeout
+/// for a dispatching thread to let go. A recursive mutex plus a condition variable that unlock()
+/// signals while someone waits, rather than std::recursive_timed_mutex: libstdc++ locks that one
+/// with pthread_mutex_clocklock, which GCC 12's ThreadSanitizer does not intercept (it then
+/// reports every unlock as one of an unlocked mutex). Meets Lockable (std::lock_guard,
+/// std::unique_lock with a duration).
+class DispatchGate {
+ public:
+  void lock() { m_.lock(); }
+  bool try_lock() { return m_.try_lock(); }
+  void unlock() {
+    m_.unlock();
+    // seq_cst: with try_lock_for's increment, a store-load pair (Dekker): either the waiter's
+    // try_lock sees the gate free, or this load sees the waiter and signals under waitMu_.
+    if (waiters_.load(std::memory_order_seq_cst) != 0) {
+      std::lock_guard lk(waitMu_);
+      freed_.notify_all();
+    }
+  }
+  /// Takes the gate, waiting at most `d` for the thread that holds it. False when it stayed taken.
+  template <class Rep, class Period>
+  bool try_lock_for(const std::chrono::duration<Rep, Period>& d) {
+    if (m_.try_lock()) return true;
+    const auto until = std::chrono::steady_clock::now() + d;
+    waiters_.fetch_add(1, std::memory_order_seq_cst);  // seq_cst: pairs with unlock's load
+    std::unique_lock lk(waitMu_);
+    bool got = false;
+    while (!(got = m_.try_lock()) && freed_.wait_until(lk, until) != std::cv_status::timeout) {
+    }
+    if (!got) got = m_.try_lock();  // the last chance after the timeout
+    waiters_.fetch_sub(1, std::memory_order_relaxed);  // relaxed: only ever over-signals
+    return got;
+  }
+
+ private:
+  std::recursive_mutex m_;
+  std::mutex waitMu_;
+  std::condition_variable freed_;
+  std::atomic<int> waiters_{0};
+};
 
 /// Starts the dispatch thread of an endpoint: a thread that takes `gate` (the endpoint's dispatch
 /// gate, recursive, so `run` may take it again) and then runs `run`. Returns once the thread holds
