@@ -2,14 +2,17 @@
 // generated Sink stubs of golden.capnp: over a port and routed through the supervisor, written
 // with blocking writes or from a coroutine (co_await writeAsync), every chunk arrives once and in
 // order; a receiver that holds a chunk holds the sender to its flow
-// window; a handler's throw and the receiver's death end the stream with an Error. Nothing here
+// window, and so does a coroutine handler that acknowledges later while its dispatch thread serves
+// other calls; a handler's throw and the receiver's death end the stream with an Error. Nothing here
 // asserts a time; every wait is for an event a child reports.
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
 #include <atomic>
 #include <condition_variable>
+#include <coroutine>
 #include <csignal>
+#include <deque>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -34,9 +37,12 @@ constexpr std::uint64_t kFnvBasis = 0xcbf29ce484222325ull;
 
 /// One window of a stream test, in a forked child, driven by the parent's command lines.
 /// The receiver (role "sink") serves Sink on its window (routed streams) and on every port
-/// opened to it on "sink-port":
+/// opened to it on "sink-port", with a blocking handler or (`Sink::coroutine`) a coroutine one
+/// (handleWriteCo), and answers "ping" on its window with "pong":
 ///   hold N   → "ok": the handler of chunk N tells the parent "holding N" and waits for
-///   release  → "ok" (lets it return)
+///   release  → "ok" (lets it return); the coroutine handler suspends chunk N and every later one
+///            instead, without blocking its thread, and release resumes them in order and
+///            answers "ok HELD" (how many it resumed)
 ///   fail N   → "ok": the handler of chunk N throws "chunk N refused"
 /// Sink.done answers what it counted since the last done and starts again.
 /// The sender (role "source"):
@@ -50,7 +56,8 @@ constexpr std::uint64_t kFnvBasis = 0xcbf29ce484222325ull;
 /// Both: done → exits.
 class StreamPeer : public DrivenWindow {
  public:
-  StreamPeer(TestBus& tb, std::string role) : DrivenWindow(std::move(role)) {
+  enum class Sink { blocking, coroutine };
+  StreamPeer(TestBus& tb, std::string role, Sink sink = Sink::blocking) : DrivenWindow(std::move(role)), sink_(sink) {
     forkBody(tb, [this](const std::string& bus) { role_ == "sink" ? receive(bus) : send(bus); });
   }
 
@@ -60,26 +67,62 @@ class StreamPeer : public DrivenWindow {
     std::condition_variable cv;
     long holdAt = -1, failAt = -1;
     bool released = false;
+    std::deque<std::coroutine_handle<>> parked;  // the coroutine handler's held writes, in order
+    bool draining = false;  // release resumes the parked writes; arrivals meanwhile park behind
     std::uint32_t chunks = 0, expected = 0, outOfOrder = 0;
     std::uint64_t bytes = 0, digest = kFnvBasis;
   };
 
+  /// Counts chunk `params` (caller holds c.mu); throws for the chunk `fail` named.
+  static void count(Counts& c, SinkMethods::Write::Params::Reader params) {
+    const long seq = params.getSeq();
+    if (seq == c.failAt) throw std::runtime_error(fmt::format("chunk {} refused", seq));
+    if (params.getSeq() != c.expected) ++c.outOfOrder;
+    c.expected = params.getSeq() + 1;
+    ++c.chunks;
+    c.bytes += params.getChunk().size();
+    c.digest = fnv(c.digest, params.getChunk());
+  }
+
+  /// The coroutine handler's wait: chunk `seq` suspends while it is at or after the held one and
+  /// release has not come; "release" resumes the parked chunks in order (on the command thread).
+  struct HeldAwaiter {
+    StreamPeer& peer;
+    Counts& c;
+    long seq;
+    bool held() const { return c.holdAt >= 0 && seq >= c.holdAt && (!c.released || c.draining); }
+    bool await_ready() {
+      std::lock_guard lk(c.mu);
+      return !held();
+    }
+    bool await_suspend(std::coroutine_handle<> h) {
+      std::lock_guard lk(c.mu);
+      if (!held()) return false;
+      if (c.parked.empty()) peer.link_.tellParent(fmt::format("holding {}", seq));
+      c.parked.push_back(h);
+      return true;
+    }
+    void await_resume() const noexcept {}
+  };
+
   std::vector<Registration> serve(Counts& c, auto& endpoint) {
     std::vector<Registration> regs;
-    regs.push_back(SinkHandlers::handleWrite(endpoint, [this, &c](auto params) {
-      std::unique_lock lk(c.mu);
-      const long seq = params.getSeq();
-      if (seq == c.holdAt) {
-        link_.tellParent(fmt::format("holding {}", seq));
-        c.cv.wait(lk, [&] { return c.released; });
-      }
-      if (seq == c.failAt) throw std::runtime_error(fmt::format("chunk {} refused", seq));
-      if (params.getSeq() != c.expected) ++c.outOfOrder;
-      c.expected = params.getSeq() + 1;
-      ++c.chunks;
-      c.bytes += params.getChunk().size();
-      c.digest = fnv(c.digest, params.getChunk());
-    }));
+    if (sink_ == Sink::coroutine) {
+      regs.push_back(SinkHandlers::handleWriteCo(endpoint, [this, &c](TypedRequest<SinkMethods::Write> req) -> Task<void> {
+        co_await HeldAwaiter{*this, c, static_cast<long>(req.params().getSeq())};
+        std::lock_guard lk(c.mu);
+        count(c, req.params());
+      }));
+    } else {
+      regs.push_back(SinkHandlers::handleWrite(endpoint, [this, &c](auto params) {
+        std::unique_lock lk(c.mu);
+        if (static_cast<long>(params.getSeq()) == c.holdAt) {
+          link_.tellParent(fmt::format("holding {}", params.getSeq()));
+          c.cv.wait(lk, [&] { return c.released; });
+        }
+        count(c, params);
+      }));
+    }
     regs.push_back(SinkHandlers::handleDone(endpoint, [&c](auto, auto results) {
       std::lock_guard lk(c.mu);
       results.setChunks(c.chunks);
@@ -99,6 +142,7 @@ class StreamPeer : public DrivenWindow {
     std::mutex portsMu;
     std::vector<std::shared_ptr<Port>> ports;
     std::vector<Registration> regs = serve(c, *w);
+    regs.push_back(w->handle("ping", [](const Message&, Builder& b, const CallContext&) { text("pong")(b); }));
     regs.push_back(w->onPort("sink-port", [&](std::shared_ptr<Port> p) {
       std::lock_guard lk(portsMu);
       for (auto& r : serve(c, *p)) regs.push_back(std::move(r));
@@ -109,11 +153,30 @@ class StreamPeer : public DrivenWindow {
     for (;;) {
       const auto cmd = words(link_.hearParent(120s));
       if (cmd.empty() || cmd[0] == "done") break;
-      std::lock_guard lk(c.mu);
-      if (cmd[0] == "hold") c.holdAt = std::stol(cmd.at(1)), c.released = false;
-      if (cmd[0] == "fail") c.failAt = std::stol(cmd.at(1));
-      if (cmd[0] == "release") c.released = true, c.cv.notify_all();
-      link_.tellParent("ok");
+      std::size_t held = 0;
+      {
+        std::lock_guard lk(c.mu);
+        if (cmd[0] == "hold") c.holdAt = std::stol(cmd.at(1)), c.released = false;
+        if (cmd[0] == "fail") c.failAt = std::stol(cmd.at(1));
+        if (cmd[0] == "release") c.released = true, c.cv.notify_all(), held = c.parked.size(), c.draining = held != 0;
+      }
+      // Resumes the parked writes oldest first, each counting its chunk and acknowledging it
+      // within resume(); writes that arrive meanwhile (the acknowledgements free credit) park
+      // behind them until none is left, so the chunks are counted in order.
+      while (held != 0) {
+        std::coroutine_handle<> h;
+        {
+          std::lock_guard lk(c.mu);
+          if (c.parked.empty()) {
+            c.draining = false;
+            break;
+          }
+          h = c.parked.front();
+          c.parked.pop_front();
+        }
+        h.resume();
+      }
+      link_.tellParent(held == 0 ? std::string("ok") : fmt::format("ok {}", held));
     }
     std::lock_guard lk(portsMu);
     for (auto& p : ports) p->close();
@@ -245,6 +308,7 @@ class StreamPeer : public DrivenWindow {
     if (port) port->close();
   }
 
+  const Sink sink_;
   std::atomic<long> written_{0};
   std::mutex liveMu_;
   Stream* live_ = nullptr;  // the writer's stream while it writes, guarded by liveMu_
@@ -252,7 +316,8 @@ class StreamPeer : public DrivenWindow {
 
 /// A receiver and a sender, forked before the supervisor's dispatch thread runs.
 struct StreamPair {
-  explicit StreamPair(std::string_view tag) : tb(tag, {}, false), sink(tb, "sink"), source(tb, "source") {
+  explicit StreamPair(std::string_view tag, StreamPeer::Sink kind = StreamPeer::Sink::blocking)
+      : tb(tag, {}, false), sink(tb, "sink", kind), source(tb, "source") {
     tb->startDispatchThread();
     sink.start(tb);
     source.start(tb);
@@ -260,6 +325,35 @@ struct StreamPair {
   TestBus tb;
   StreamPeer sink, source;
 };
+
+/// 64 chunks of 8 KiB through a 64 KiB window, the first held by the receiver: waits until the
+/// sender waits for an acknowledgement, having written about one window (a sender without flow
+/// control would write all 64 chunks instead).
+void awaitSenderAtWindow(StreamPair& sp) {
+  for (;;) {
+    const std::string line = sp.source.ask("progress");
+    const auto p = words(line);
+    REQUIRE_MESSAGE(p.size() == 3, line);
+    REQUIRE_MESSAGE(std::stol(p[2]) < 64, "the sender wrote every chunk while the receiver acknowledged none");
+    if (std::stol(p[1]) >= 1) {
+      CHECK(std::stol(p[2]) <= 9);  // 8 chunks of 8 KiB and some words fill 64 KiB
+      break;
+    }
+    std::this_thread::yield();  // allowed: polls the sender's state, the event under test
+  }
+}
+
+/// After the release: all 64 chunks arrived once and in order, and the sender waited.
+void checkHeldStreamResult(StreamPair& sp) {
+  const auto r = words(sp.source.hear(60s));
+  REQUIRE(r.size() == 6);
+  CHECK(r[0] == "result");
+  CHECK(r[1] == "64");
+  CHECK(r[2] == std::to_string(64 * 8192));
+  CHECK(r[3] == "match");
+  CHECK(r[4] == "0");
+  CHECK(std::stol(r[5]) >= 1);
+}
 
 }  // namespace
 
@@ -270,28 +364,9 @@ TEST_CASE("a typed stream over a port: a held chunk holds the sender to its wind
   // 64 chunks of 8 KiB through a 64 KiB window, the first held by the receiver until released.
   REQUIRE(sp.source.ask("stream port 64 8192 65536") == "started");
   CHECK(sp.sink.hear() == "holding 0");
-  // The sender must come to wait for the held chunk's acknowledgement, having written about one
-  // window: a sender without flow control would write all 64 chunks instead.
-  for (;;) {
-    const std::string line = sp.source.ask("progress");
-    const auto p = words(line);
-    REQUIRE_MESSAGE(p.size() == 3, line);
-    REQUIRE_MESSAGE(std::stol(p[2]) < 64, "the sender wrote every chunk while the first was held");
-    if (std::stol(p[1]) >= 1) {
-      CHECK(std::stol(p[2]) <= 9);  // 8 chunks of 8 KiB and some words fill 64 KiB
-      break;
-    }
-    std::this_thread::yield();  // allowed: polls the sender's state, the event under test
-  }
+  awaitSenderAtWindow(sp);
   REQUIRE(sp.sink.ask("release") == "ok");
-  const auto r = words(sp.source.hear(60s));
-  REQUIRE(r.size() == 6);
-  CHECK(r[0] == "result");
-  CHECK(r[1] == "64");
-  CHECK(r[2] == std::to_string(64 * 8192));
-  CHECK(r[3] == "match");
-  CHECK(r[4] == "0");
-  CHECK(std::stol(r[5]) >= 1);
+  checkHeldStreamResult(sp);
   CHECK(sp.source.finish() == 0);
   CHECK(sp.sink.finish() == 0);
 }
@@ -328,6 +403,33 @@ TEST_CASE("a typed stream written from a coroutine (co_await writeAsync, flushAs
   StreamPair sp("stream-co");
   streamAllDelivered(sp, "routed-co");
   CHECK(sp.source.finish() == 0);  // the writer checked the window after every write
+  CHECK(sp.sink.finish() == 0);
+}
+
+TEST_CASE("a coroutine stream handler acknowledges later: the sender waits at its window, the receiver's dispatch thread serves on") {
+  StreamPair sp("stream-ack-later", StreamPeer::Sink::coroutine);
+  REQUIRE(sp.sink.ask("hold 0") == "ok");
+  // Routed: the writes reach the sink's window, whose dispatch thread starts every write's
+  // coroutine; each suspends (held) without blocking it.
+  REQUIRE(sp.source.ask("stream routed 64 8192 65536") == "started");
+  CHECK(sp.sink.hear() == "holding 0");
+  awaitSenderAtWindow(sp);
+  // The held writes block no thread: the sink's window answers a call meanwhile (a blocking
+  // handler would hold its dispatch thread, and this call would time out).
+  auto pong = sp.tb->invoke("sink", "ping", {}, {.timeout = 10000ms}).get();
+  REQUIRE_MESSAGE(pong.ok(), pong.error().toString());
+  CHECK(textOf(*pong) == "pong");
+  // The sender stays at one window, and the receiver holds at most that many writes (some may
+  // still be on their way), however long it held them: a write acknowledged when its coroutine
+  // first suspends would let the sender write all 64.
+  const auto after = words(sp.source.ask("progress"));
+  REQUIRE(after.size() == 3);
+  CHECK(std::stol(after[2]) <= 9);  // still one window, after the ping's round trip
+  const auto held = words(sp.sink.ask("release"));
+  REQUIRE(held.size() == 2);
+  CHECK(std::stol(held[1]) <= 9);
+  checkHeldStreamResult(sp);  // resumed in order: counted in order
+  CHECK(sp.source.finish() == 0);
   CHECK(sp.sink.finish() == 0);
 }
 

@@ -280,6 +280,67 @@ Registration handleCo(Endpoint& endpoint, const Channel& channel, F fn) {
   });
 }
 
+/// A typed coroutine handler's request of method M: its params, read in an owned copy of the
+/// request (checked against M's contract as the typed handlers check it), and the call's context.
+/// Copyable; the params stay valid while a copy lives.
+template <class M>
+class TypedRequest {
+ public:
+  /// `params` must point into `request`'s message.
+  TypedRequest(Request request, typename M::Params::Reader params) : request_(std::move(request)), params_(params) {}
+  /// The params (zero copy from the request's owned copy).
+  typename M::Params::Reader params() const noexcept { return params_; }
+  /// The call's context (Request::context).
+  const CallContext& context() const noexcept { return request_.context(); }
+  /// True once the caller cancelled, the deadline passed or the bus closed.
+  bool cancelled() const noexcept { return request_.cancelled(); }
+
+ private:
+  Request request_;
+  typename M::Params::Reader params_;
+};
+
+namespace detail {
+/// Runs a coroutine stream handler's task to its end, then acknowledges the write (an empty
+/// reply), or fails it with what the task threw. `keep` as in driveReply.
+inline Detached driveAck([[maybe_unused]] std::shared_ptr<const void> keep, Task<void> task, Responder r) {
+  try {
+    co_await std::move(task);
+    (void)r.reply();
+  } catch (...) {
+    (void)r.fail(std::current_exception());
+  }
+}
+
+/// Registers a coroutine handler for streaming method M (`-> stream`; generated
+/// `handle<Method>Co`): fn(TypedRequest<M>) -> Task<void>, started on the dispatch thread. The
+/// write is acknowledged when the coroutine co_returns, not when it first suspends: the sender's
+/// credit (shmbus/stream.hpp), so a receiver that awaits (a disk, a database, another window)
+/// holds the sender to its flow window without blocking its dispatch thread, which serves other
+/// calls and the next writes meanwhile (each write's coroutine runs on its own: they finish in
+/// the order the handler lets them). A throw fails the write (CallFailure: its code; others
+/// HandlerError) and ends the sender's stream; a request that does not match M's contract fails
+/// it with InvalidMessage before fn runs. Lifetime: as handleCo.
+template <class M, Endpoint E, class F>
+Registration handleStreamCo(E& endpoint, F&& fn) {
+  static_assert(isStreaming<M>(), "handleStreamCo serves streaming methods (-> stream)");
+  using Fn = std::decay_t<F>;
+  static_assert(std::is_invocable_r_v<Task<void>, Fn&, TypedRequest<M>>,
+                "a typed coroutine stream handler is fn(shmbus::TypedRequest<M>) -> shmbus::Task<void>");
+  announce<M>(endpoint);
+  auto shared = std::make_shared<Fn>(std::forward<F>(fn));
+  return endpoint.handleAsync(handledChannel<M>(), [shared](const Message& m, Responder r, const CallContext& ctx) {
+    Request req(m, ctx, r);
+    auto params = readParams<M>(req.message());
+    if (!params) {
+      (void)r.fail(params.error());
+      return;
+    }
+    driveAck(shared, (*shared)(TypedRequest<M>(std::move(req), *params)), r);
+  });
+}
+}  // namespace detail
+
 /// Stream::write() as a coroutine (docs/architecture.md §18): suspends, blocking no thread, while
 /// the stream's window is full (or the ring refused the write while earlier ones are in flight)
 /// on the oldest write's acknowledgement, and resumes where `co_await call` resumes (the

@@ -349,6 +349,24 @@ Result<BroadcastReport> broadcast(Supervisor& s, F& build, const BroadcastOption
 /// results fingerprint. A request whose root is malformed fails the call
 /// with InvalidMessage; an exception fn throws (a kj::Exception from a malformed field included)
 /// fails it with HandlerError.
+/// The channel a typed handler of method M registers: M's, with the params fingerprint left out
+/// (0) when M has a layout, so that the library's exact-match check leaves the decision to the
+/// contract rule of readParams.
+template <class M>
+Channel handledChannel() noexcept {
+  constexpr Channel ch = M::channel();
+  return Channel(ch.id, ch.name, paramsLayoutOf<M>() != nullptr ? 0 : ch.schemaId, ch.replySchemaId);
+}
+
+/// The params of method M in request `req`, checked against M's contract (readChecked).
+/// Errors: InvalidMessage naming the request's channel.
+template <class M>
+Result<typename M::Params::Reader> readParams(const Message& req) {
+  auto read = readChecked<typename M::Params>(req, M::channel().schemaId, paramsLayoutOf<M>());
+  if (!read) return inContext(read.error(), "request of '" + std::string(M::channel().name) + "'");
+  return *read;
+}
+
 template <class M, Endpoint E, class F>
 Registration handle(E& endpoint, F&& fn) {
   using P = typename M::Params;
@@ -358,14 +376,12 @@ Registration handle(E& endpoint, F&& fn) {
   static_assert(withContext || std::is_invocable_v<Fn&, typename P::Reader&, typename R::Builder&>,
                 "a typed handler takes (Params::Reader, Results::Builder[, const shmbus::CallContext&])");
   announce<M>(endpoint);
-  constexpr Channel ch = M::channel();
-  const Channel registered(ch.id, ch.name, paramsLayoutOf<M>() != nullptr ? 0 : ch.schemaId, ch.replySchemaId);
-  return endpoint.handle(registered, [fn = Fn(std::forward<F>(fn))](const Message& req, Builder& reply,
-                                                                    const CallContext& ctx) mutable {
+  return endpoint.handle(handledChannel<M>(), [fn = Fn(std::forward<F>(fn))](const Message& req, Builder& reply,
+                                                                             const CallContext& ctx) mutable {
     // A contract mismatch or a malformed payload fails the call with InvalidMessage (not
     // HandlerError: the handler never ran).
-    auto read = readChecked<P>(req, M::channel().schemaId, paramsLayoutOf<M>());
-    if (!read) throw CallFailure(inContext(read.error(), "request of '" + std::string(M::channel().name) + "'"));
+    auto read = readParams<M>(req);
+    if (!read) throw CallFailure(read.error());
     typename P::Reader params = *read;
     typename R::Builder results = reply.initRoot<R>();
     if constexpr (withContext) {

@@ -625,6 +625,8 @@ class Generator {
     if (i.streams()) {
       o += "///   handle<Method>(endpoint, fn(Params::Reader, const shmbus::CallContext&)) for a streaming method:\n";
       o += "///     returning acknowledges the write (the sender's credit, shmbus/stream.hpp).\n";
+      o += "///   handle<Method>Co(endpoint, fn(shmbus::TypedRequest<M>) -> shmbus::Task<void>) for a streaming\n";
+      o += "///     method: the coroutine's end acknowledges the write; it may co_await meanwhile.\n";
     }
     o += "///   on<Method> / once<Method>(endpoint, fn(Params::Reader, const shmbus::CallContext&))\n";
     o += "///     $oneway methods; once<Method> is removed before its first run.\n";
@@ -640,6 +642,8 @@ class Generator {
       if (m.streaming) {
         forms.push_back({"handle" + m.title, qualified + ", streaming",
                          "::shmbus::detail::handleStream<" + desc + ">(endpoint, std::forward<F>(fn))"});
+        forms.push_back({"handle" + m.title + "Co", qualified + ", streaming, from a coroutine",
+                         "::shmbus::detail::handleStreamCo<" + desc + ">(endpoint, std::forward<F>(fn))"});
       } else if (!m.oneway) {
         forms.push_back({"handle" + m.title, qualified, "::shmbus::detail::handle<" + desc + ">(endpoint, std::forward<F>(fn))"});
       } else {

@@ -1535,6 +1535,8 @@ using SinkPortStream = BasicSinkStream<::shmbus::Port>;
 ///     the results builder is the reply's root; a throw fails the call with HandlerError.
 ///   handle<Method>(endpoint, fn(Params::Reader, const shmbus::CallContext&)) for a streaming method:
 ///     returning acknowledges the write (the sender's credit, shmbus/stream.hpp).
+///   handle<Method>Co(endpoint, fn(shmbus::TypedRequest<M>) -> shmbus::Task<void>) for a streaming
+///     method: the coroutine's end acknowledges the write; it may co_await meanwhile.
 ///   on<Method> / once<Method>(endpoint, fn(Params::Reader, const shmbus::CallContext&))
 ///     $oneway methods; once<Method> is removed before its first run.
 /// The CallContext parameter may be left out.
@@ -1543,6 +1545,11 @@ struct SinkHandlers {
   template <::shmbus::Endpoint E, class F>
   static ::shmbus::Registration handleWrite(E& endpoint, F&& fn) {
     return ::shmbus::detail::handleStream<SinkMethods::Write>(endpoint, std::forward<F>(fn));
+  }
+  /// Sink.write, streaming, from a coroutine
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleWriteCo(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handleStreamCo<SinkMethods::Write>(endpoint, std::forward<F>(fn));
   }
   /// Sink.done
   template <::shmbus::Endpoint E, class F>
