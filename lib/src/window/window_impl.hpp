@@ -586,9 +586,11 @@ struct Window::Impl : CallOwner {
     Impl& owner;
     DispatchGate& gate() { return owner.gate; }
     void dispatchRound(std::int64_t until, CallState* s) {
-      const auto prev = owner.dispatchingThread.exchange(std::this_thread::get_id());
+      // seq_cst: pairs with a dropped reply's load (window_inbox.cpp, LeasedReply): a thread that
+      // stopped dispatching must not read its own id back and skip the wake-up.
+      const auto prev = owner.dispatchingThread.exchange(std::this_thread::get_id(), std::memory_order_seq_cst);
       owner.dispatchOnce(until, s);
-      owner.dispatchingThread.store(prev);
+      owner.dispatchingThread.store(prev, std::memory_order_seq_cst);  // seq_cst: as the exchange
     }
     // acquire: pairs with markClosed's release store.
     bool closed() const { return end.closed.load(std::memory_order_acquire) || owner.closed.load(std::memory_order_acquire); }
@@ -739,9 +741,10 @@ struct Window::Impl : CallOwner {
   /// Dispatches until closed (Window::run, the port's start()).
   void runLoop() {
     std::lock_guard g(gate);
-    const auto prev = dispatchingThread.exchange(std::this_thread::get_id());
+    // seq_cst: see WaitAdapter::dispatchRound
+    const auto prev = dispatchingThread.exchange(std::this_thread::get_id(), std::memory_order_seq_cst);
     while (!closed.load(std::memory_order_acquire)) dispatchOnce(kNoDeadline);
-    dispatchingThread.store(prev);
+    dispatchingThread.store(prev, std::memory_order_seq_cst);  // seq_cst: see WaitAdapter
   }
 
   /// One dispatch round of at most `timeout` (Window::poll, Port::poll). When another thread
@@ -754,9 +757,10 @@ struct Window::Impl : CallOwner {
     if (!wait) return wait.error();
     const std::int64_t until = deadlineAfter(monotonicNowNs(), *wait);
     if (std::unique_lock g(gate, *wait); g.owns_lock()) {
-      const auto prev = dispatchingThread.exchange(std::this_thread::get_id());
+      // seq_cst: see WaitAdapter::dispatchRound
+      const auto prev = dispatchingThread.exchange(std::this_thread::get_id(), std::memory_order_seq_cst);
       dispatchOnce(until);
-      dispatchingThread.store(prev);
+      dispatchingThread.store(prev, std::memory_order_seq_cst);  // seq_cst: see WaitAdapter
     }
     if (closed.load(std::memory_order_acquire)) return makeError(closeCode(), busClosedMessage());
     return {};
