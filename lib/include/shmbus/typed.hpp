@@ -341,14 +341,6 @@ Result<BroadcastReport> broadcast(Supervisor& s, F& build, const BroadcastOption
   return s.broadcast(M::channel(), buildFn<M>(build), options);
 }
 
-/// Registers a typed handler: fn(Params::Reader, Results::Builder, const CallContext&), or the
-/// same without the context. The results builder is the root of the reply message. The request's
-/// fingerprint is checked against M's params layout before fn runs (InvalidMessage reply when
-/// incompatible; the handler is registered with schemaId 0 so that the library's exact-match
-/// check leaves the decision to the contract rule), and the library stamps the reply with the
-/// results fingerprint. A request whose root is malformed fails the call
-/// with InvalidMessage; an exception fn throws (a kj::Exception from a malformed field included)
-/// fails it with HandlerError.
 /// The channel a typed handler of method M registers: M's, with the params fingerprint left out
 /// (0) when M has a layout, so that the library's exact-match check leaves the decision to the
 /// contract rule of readParams.
@@ -367,6 +359,14 @@ Result<typename M::Params::Reader> readParams(const Message& req) {
   return *read;
 }
 
+/// Registers a typed handler: fn(Params::Reader, Results::Builder, const CallContext&), or the
+/// same without the context. The results builder is the root of the reply message. The request's
+/// fingerprint is checked against M's params layout before fn runs (InvalidMessage reply when
+/// incompatible; the handler is registered with schemaId 0 so that the library's exact-match
+/// check leaves the decision to the contract rule), and the library stamps the reply with the
+/// results fingerprint. A request whose root is malformed fails the call
+/// with InvalidMessage; an exception fn throws (a kj::Exception from a malformed field included)
+/// fails it with HandlerError.
 template <class M, Endpoint E, class F>
 Registration handle(E& endpoint, F&& fn) {
   using P = typename M::Params;

@@ -89,6 +89,19 @@ struct Window::Impl : CallOwner {
 
   DispatchGate gate;  // held by whichever thread dispatches
   std::atomic<std::thread::id> dispatchingThread{};
+  /// Names the calling thread as `w`'s dispatching thread for its scope (the gate held), and
+  /// restores the previous one after. seq_cst: pairs with a dropped reply's load
+  /// (window_inbox.cpp, LeasedReply), a store-load pair: a thread that stopped dispatching must
+  /// not read its own id back and skip the wake-up.
+  struct DispatchingAs {
+    explicit DispatchingAs(Impl& w)
+        : w(w), prev(w.dispatchingThread.exchange(std::this_thread::get_id(), std::memory_order_seq_cst)) {}
+    ~DispatchingAs() { w.dispatchingThread.store(prev, std::memory_order_seq_cst); }  // seq_cst: as above
+    DispatchingAs(const DispatchingAs&) = delete;
+    DispatchingAs& operator=(const DispatchingAs&) = delete;
+    Impl& w;
+    const std::thread::id prev;
+  };
   std::shared_ptr<CallbackTable> callbacks = std::make_shared<CallbackTable>();
   PendingCalls pending;
   std::unordered_map<std::uint64_t, std::string> roleNames;  // dispatcher only
@@ -586,11 +599,8 @@ struct Window::Impl : CallOwner {
     Impl& owner;
     DispatchGate& gate() { return owner.gate; }
     void dispatchRound(std::int64_t until, CallState* s) {
-      // seq_cst: pairs with a dropped reply's load (window_inbox.cpp, LeasedReply): a thread that
-      // stopped dispatching must not read its own id back and skip the wake-up.
-      const auto prev = owner.dispatchingThread.exchange(std::this_thread::get_id(), std::memory_order_seq_cst);
+      DispatchingAs as(owner);
       owner.dispatchOnce(until, s);
-      owner.dispatchingThread.store(prev, std::memory_order_seq_cst);  // seq_cst: as the exchange
     }
     // acquire: pairs with markClosed's release store.
     bool closed() const { return end.closed.load(std::memory_order_acquire) || owner.closed.load(std::memory_order_acquire); }
@@ -741,10 +751,8 @@ struct Window::Impl : CallOwner {
   /// Dispatches until closed (Window::run, the port's start()).
   void runLoop() {
     std::lock_guard g(gate);
-    // seq_cst: see WaitAdapter::dispatchRound
-    const auto prev = dispatchingThread.exchange(std::this_thread::get_id(), std::memory_order_seq_cst);
+    DispatchingAs as(*this);
     while (!closed.load(std::memory_order_acquire)) dispatchOnce(kNoDeadline);
-    dispatchingThread.store(prev, std::memory_order_seq_cst);  // seq_cst: see WaitAdapter
   }
 
   /// One dispatch round of at most `timeout` (Window::poll, Port::poll). When another thread
@@ -757,10 +765,8 @@ struct Window::Impl : CallOwner {
     if (!wait) return wait.error();
     const std::int64_t until = deadlineAfter(monotonicNowNs(), *wait);
     if (std::unique_lock g(gate, *wait); g.owns_lock()) {
-      // seq_cst: see WaitAdapter::dispatchRound
-      const auto prev = dispatchingThread.exchange(std::this_thread::get_id(), std::memory_order_seq_cst);
+      DispatchingAs as(*this);
       dispatchOnce(until);
-      dispatchingThread.store(prev, std::memory_order_seq_cst);  // seq_cst: see WaitAdapter
     }
     if (closed.load(std::memory_order_acquire)) return makeError(closeCode(), busClosedMessage());
     return {};

@@ -301,10 +301,11 @@ class Generator {
     o += "// Typed shmbus contracts for the interfaces of " + slash + ": channels, method descriptors,\n";
     o += "// clients and handler registration (runtime: shmbus/typed.hpp; Cap'n Proto types: capnpc-c++).\n";
     o += "#pragma once\n\n";
-    o += "#include <shmbus/coro.hpp>\n";
-    o += "#include <shmbus/typed.hpp>\n\n";
     bool streams = false;
     for (const auto& i : interfaces) streams = streams || i.streams();
+    // Streams only: their <method>Async members and handle<Method>Co need the coroutine runtime.
+    if (streams) o += "#include <shmbus/coro.hpp>\n";
+    o += "#include <shmbus/typed.hpp>\n\n";
     if (streams) o += "#include <capnp/stream.capnp.h>  // capnp::StreamResult, the reply of a streaming method\n";
     o += "#include \"" + slash + ".h\"\n";
     if (interfaces.empty()) {

@@ -4,7 +4,6 @@
 // clients and handler registration (runtime: shmbus/typed.hpp; Cap'n Proto types: capnpc-c++).
 #pragma once
 
-#include <shmbus/coro.hpp>
 #include <shmbus/typed.hpp>
 
 #include "golden_v2.capnp.h"
