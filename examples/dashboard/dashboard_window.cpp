@@ -140,16 +140,17 @@ int runEditor(Window& w) {
     results.setSuccess(true);
     results.setUpdatedAt(demo::nowMs());
   });
-  // A coroutine handler that itself calls another window: while it awaits the dashboard, the
-  // editor's dispatch thread serves other calls (no blocking get(), no re-entrant dispatch).
+  // A typed coroutine handler that itself calls another window: while it awaits the dashboard,
+  // the editor's dispatch thread serves other calls (no blocking get(), no re-entrant dispatch).
   using Refresh = demo::EditorMethods::RefreshFromDashboard;
-  auto refresh = handleCo(w, Refresh::channel(), [&w](Request req) -> Task<Reply> {
-    auto params = req.root<Refresh::Params>();
-    auto r = co_await demo::DashboardClient(w).getDashboardData([&](auto p) { p.setQuery(params.getQuery()); });
-    Reply reply;
-    reply.initRoot<Refresh::Results>().setOutcome(r ? std::string("ok") : r.error().toString());
-    co_return reply;
-  });
+  auto refresh = demo::EditorHandlers::handleRefreshFromDashboardCo(
+      w, [&w](TypedRequest<Refresh> req) -> Task<TypedReply<Refresh>> {
+        auto r = co_await demo::DashboardClient(w).getDashboardData(
+            [&](auto p) { p.setQuery(req.params().getQuery()); });
+        TypedReply<Refresh> reply;
+        reply.results().setOutcome(r ? std::string("ok") : r.error().toString());
+        co_return reply;
+      });
   w.run();
   return 0;
 }

@@ -36,8 +36,8 @@ std::string errorLine(const Error& e) { return fmt::format("error {} {}", errorC
 ///   co-echo TEXT        → "echo TEXT LENGTH": a coroutine co_awaits the typed call, driven by
 ///                         syncWait polling the port (before "start")
 ///   start               → "started" (the port's dispatch thread)
-///   echo TEXT | delete KEY | store TAGS... → the typed reply ("echo ...", "removed 0|1",
-///                         "point X Y") or "error CODE MESSAGE"
+///   echo TEXT | delete KEY | store TAGS... | describe NAME TAGS... → the typed reply ("echo ...",
+///                         "removed 0|1", "point X Y", "described AREA SUMMARY") or "error CODE MESSAGE"
 ///   notify TEXT         → "sent";  heard N → "heard" + the first N notes this side's listener got
 ///   slow [MS]           → "calling ID" (Studio.slow, spinning; MS: the timeout, default 30 s);
 ///                         later, from a waiter thread: "result CODE"
@@ -90,6 +90,20 @@ class TypedPortPeer : public DrivenWindow {
       link.tellParent(fmt::format("slow-ended {}", ctx.requestId));
       results.setDone(true);
     }));
+    // A coroutine handler (handle<Method>Co): it co_awaits a typed call back to its caller over
+    // the same port, and its co_return value is the typed reply.
+    st.regs.push_back(StudioHandlers::handleDescribeCo(
+        port, [&port](TypedRequest<StudioMethods::Describe> req) -> Task<TypedReply<StudioMethods::Describe>> {
+          const std::string name = req.params().getShape().getName();
+          if (name == "boom") throw std::runtime_error("cannot describe boom");
+          StudioPortClient back(port);
+          auto echoed = co_await back.echo([&](auto p) { p.setText(name); });
+          if (!echoed) throw CallFailure(echoed.error());
+          TypedReply<StudioMethods::Describe> reply;
+          reply.results().setArea(static_cast<double>(req.params().getShape().getTags().size()));
+          reply.results().setSummary(fmt::format("{} via {}", echoed->reader().getText().cStr(), req.context().sourceRole));
+          co_return reply;
+        }));
     st.regs.push_back(StudioHandlers::onNotify(port, [&st](auto params) {
       st.notes.add(fmt::format("{}:{}", params.getMessage().cStr(), params.getSeq()));
     }));
@@ -150,6 +164,14 @@ class TypedPortPeer : public DrivenWindow {
           s.initStyle().setStroke(7);
         }).get();
         answer(r, [](const auto& t) { return fmt::format("point {} {}", t->getX(), t->getY()); });
+      } else if (cmd[0] == "describe") {
+        auto r = StudioPortClient(port()).describe([&](auto p) {
+          auto shape = p.initShape();
+          shape.setName(arg);
+          auto tags = shape.initTags(static_cast<unsigned>(cmd.size() - 2));
+          for (unsigned i = 2; i < cmd.size(); ++i) tags.set(i - 2, cmd[i]);
+        }).get();
+        answer(r, [](const auto& t) { return fmt::format("described {} {}", t->getArea(), t->getSummary().cStr()); });
       } else if (cmd[0] == "notify") {
         auto r = StudioPortClient(port()).notify([&](auto p) {
           p.setMessage(arg);
@@ -223,6 +245,12 @@ TEST_CASE("generated stubs call, send and serve over a port both ways: typed rep
   CHECK(boom.starts_with("error HandlerError "));
   CHECK(boom.find("cannot delete boom") != std::string::npos);
   CHECK(pp.acceptor.ask("delete boom").starts_with("error HandlerError "));
+  // A typed coroutine handler: it called the opener back (the opener's echo names its caller,
+  // the acceptor) before it replied with the typed results; its throw is the caller's HandlerError.
+  CHECK(pp.opener.ask("describe plan a b") == fmt::format("described 2 plan from acceptor#{} via opener", pp.acceptorId));
+  const std::string noDescribe = pp.opener.ask("describe boom");
+  CHECK(noDescribe.starts_with("error HandlerError "));
+  CHECK(noDescribe.find("cannot describe boom") != std::string::npos);
   // A $oneway method: the generated send, heard by the generated listener on the other end.
   CHECK(pp.opener.ask("notify one") == "sent");
   CHECK(pp.opener.ask("notify two") == "sent");

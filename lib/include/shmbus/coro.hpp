@@ -206,6 +206,27 @@ class Reply {
   std::unique_ptr<capnp::MallocMessageBuilder> mb_;
 };
 
+/// The reply a typed coroutine handler of method M co_returns (generated `handle<Method>Co`): an
+/// owned message whose root is M's results. results() initialises the root on its first call and
+/// returns the same root after; a reply whose results() was never called is the empty reply, which
+/// the caller reads as the results' defaults. The library stamps it with M's results fingerprint.
+/// Move-only; one thread at a time.
+template <class M>
+class TypedReply {
+ public:
+  /// The results builder, the reply's root (initialised on first use).
+  typename M::Results::Builder results() {
+    if (!results_) results_.emplace(reply_.template initRoot<typename M::Results>());
+    return *results_;
+  }
+  /// The untyped reply (empty until results() was called).
+  Reply& untyped() noexcept { return reply_; }
+
+ private:
+  Reply reply_;
+  std::optional<typename M::Results::Builder> results_;
+};
+
 /// The request a coroutine handler gets: an owned copy of the message and of its context (the
 /// strings live here), valid across suspensions. cancelled() asks the call's Responder.
 class Request {
@@ -242,12 +263,22 @@ class Request {
 };
 
 namespace detail {
-/// Runs a coroutine handler's task to its end and replies with its outcome. `keep` holds the
-/// handler object (a lambda's captures live there) until the coroutine finished, so unregistering
-/// the handler while a call is suspended leaves no dangling capture.
-inline Detached driveReply([[maybe_unused]] std::shared_ptr<const void> keep, Task<Reply> task, Responder r) {
+/// The untyped reply of a coroutine handler's result: a Reply itself, or a TypedReply<M>'s.
+inline Reply& untypedReply(Reply& r) noexcept { return r; }
+/// See untypedReply(Reply&).
+template <class M>
+Reply& untypedReply(TypedReply<M>& r) noexcept {
+  return r.untyped();
+}
+/// Runs a coroutine handler's task to its end and replies with its outcome (R: Reply for
+/// handleCo, TypedReply<M> for handleMethodCo). `keep` holds the handler object (a lambda's
+/// captures live there) until the coroutine finished, so unregistering the handler while a call
+/// is suspended leaves no dangling capture.
+template <class R>
+Detached driveReply([[maybe_unused]] std::shared_ptr<const void> keep, Task<R> task, Responder r) {
   try {
-    Reply reply = co_await std::move(task);
+    R result = co_await std::move(task);
+    Reply& reply = untypedReply(result);
     if (reply.empty()) {
       (void)r.reply();
     } else {
@@ -312,6 +343,29 @@ inline Detached driveAck([[maybe_unused]] std::shared_ptr<const void> keep, Task
   }
 }
 
+/// The registration of handleStreamCo and handleMethodCo: on each call, reads M's params from the
+/// request's owned copy (readParams; a mismatch fails the call with InvalidMessage before fn runs)
+/// and drives fn's coroutine to its end on the dispatch thread: a streaming method's write is
+/// acknowledged then (driveAck), another method's reply is the coroutine's value (driveReply).
+template <class M, Endpoint E, class F>
+Registration handleTypedCo(E& endpoint, F&& fn) {
+  announce<M>(endpoint);
+  auto shared = std::make_shared<std::decay_t<F>>(std::forward<F>(fn));
+  return endpoint.handleAsync(handledChannel<M>(), [shared](const Message& m, Responder r, const CallContext& ctx) {
+    Request req(m, ctx, r);
+    auto params = readParams<M>(req.message());
+    if (!params) {
+      (void)r.fail(params.error());
+      return;
+    }
+    if constexpr (isStreaming<M>()) {
+      driveAck(shared, (*shared)(TypedRequest<M>(std::move(req), *params)), r);
+    } else {
+      driveReply(shared, (*shared)(TypedRequest<M>(std::move(req), *params)), r);
+    }
+  });
+}
+
 /// Registers a coroutine handler for streaming method M (`-> stream`; generated
 /// `handle<Method>Co`): fn(TypedRequest<M>) -> Task<void>, started on the dispatch thread. The
 /// write is acknowledged when the coroutine co_returns, not when it first suspends: the sender's
@@ -324,20 +378,25 @@ inline Detached driveAck([[maybe_unused]] std::shared_ptr<const void> keep, Task
 template <class M, Endpoint E, class F>
 Registration handleStreamCo(E& endpoint, F&& fn) {
   static_assert(isStreaming<M>(), "handleStreamCo serves streaming methods (-> stream)");
-  using Fn = std::decay_t<F>;
-  static_assert(std::is_invocable_r_v<Task<void>, Fn&, TypedRequest<M>>,
+  static_assert(std::is_invocable_r_v<Task<void>, std::decay_t<F>&, TypedRequest<M>>,
                 "a typed coroutine stream handler is fn(shmbus::TypedRequest<M>) -> shmbus::Task<void>");
-  announce<M>(endpoint);
-  auto shared = std::make_shared<Fn>(std::forward<F>(fn));
-  return endpoint.handleAsync(handledChannel<M>(), [shared](const Message& m, Responder r, const CallContext& ctx) {
-    Request req(m, ctx, r);
-    auto params = readParams<M>(req.message());
-    if (!params) {
-      (void)r.fail(params.error());
-      return;
-    }
-    driveAck(shared, (*shared)(TypedRequest<M>(std::move(req), *params)), r);
-  });
+  return handleTypedCo<M>(endpoint, std::forward<F>(fn));
+}
+
+/// Registers a coroutine handler for method M with a reply (generated `handle<Method>Co`):
+/// fn(TypedRequest<M>) -> Task<TypedReply<M>>, started on the dispatch thread; its co_return value
+/// is the reply (stamped with M's results fingerprint), and the dispatch thread serves other calls
+/// whenever it is suspended. A throw fails the call (CallFailure: its code; others HandlerError);
+/// a request that does not match M's contract fails it with InvalidMessage before fn runs.
+/// Lifetime: as handleCo.
+template <class M, Endpoint E, class F>
+Registration handleMethodCo(E& endpoint, F&& fn) {
+  static_assert(!M::oneway && !isStreaming<M>(),
+                "handleMethodCo serves methods with a reply; $oneway methods are listened to, streaming ones "
+                "handled with handleStreamCo");
+  static_assert(std::is_invocable_r_v<Task<TypedReply<M>>, std::decay_t<F>&, TypedRequest<M>>,
+                "a typed coroutine handler is fn(shmbus::TypedRequest<M>) -> shmbus::Task<shmbus::TypedReply<M>>");
+  return handleTypedCo<M>(endpoint, std::forward<F>(fn));
 }
 }  // namespace detail
 

@@ -301,10 +301,14 @@ class Generator {
     o += "// Typed shmbus contracts for the interfaces of " + slash + ": channels, method descriptors,\n";
     o += "// clients and handler registration (runtime: shmbus/typed.hpp; Cap'n Proto types: capnpc-c++).\n";
     o += "#pragma once\n\n";
-    bool streams = false;
-    for (const auto& i : interfaces) streams = streams || i.streams();
-    // Streams only: their <method>Async members and handle<Method>Co need the coroutine runtime.
-    if (streams) o += "#include <shmbus/coro.hpp>\n";
+    bool streams = false, replies = false;
+    for (const auto& i : interfaces) {
+      streams = streams || i.streams();
+      for (const auto& m : i.methods) replies = replies || !m.oneway;
+    }
+    // The coroutine runtime: handle<Method>Co of every method with a reply (streaming ones
+    // included) and a stream's <method>Async members.
+    if (replies) o += "#include <shmbus/coro.hpp>\n";
     o += "#include <shmbus/typed.hpp>\n\n";
     if (streams) o += "#include <capnp/stream.capnp.h>  // capnp::StreamResult, the reply of a streaming method\n";
     o += "#include \"" + slash + ".h\"\n";
@@ -623,6 +627,8 @@ class Generator {
     o += "/// returns the Registration that undoes it.\n";
     o += "///   handle<Method>(endpoint, fn(Params::Reader, Results::Builder, const shmbus::CallContext&))\n";
     o += "///     the results builder is the reply's root; a throw fails the call with HandlerError.\n";
+    o += "///   handle<Method>Co(endpoint, fn(shmbus::TypedRequest<M>) -> shmbus::Task<shmbus::TypedReply<M>>)\n";
+    o += "///     a coroutine: its co_return value is the reply; it may co_await meanwhile.\n";
     if (i.streams()) {
       o += "///   handle<Method>(endpoint, fn(Params::Reader, const shmbus::CallContext&)) for a streaming method:\n";
       o += "///     returning acknowledges the write (the sender's credit, shmbus/stream.hpp).\n";
@@ -647,6 +653,8 @@ class Generator {
                          "::shmbus::detail::handleStreamCo<" + desc + ">(endpoint, std::forward<F>(fn))"});
       } else if (!m.oneway) {
         forms.push_back({"handle" + m.title, qualified, "::shmbus::detail::handle<" + desc + ">(endpoint, std::forward<F>(fn))"});
+        forms.push_back({"handle" + m.title + "Co", qualified + ", from a coroutine",
+                         "::shmbus::detail::handleMethodCo<" + desc + ">(endpoint, std::forward<F>(fn))"});
       } else {
         forms.push_back({"on" + m.title, qualified, "::shmbus::detail::listen<" + desc + ">(endpoint, std::forward<F>(fn), false)"});
         forms.push_back({"once" + m.title, qualified + ", once", "::shmbus::detail::listen<" + desc + ">(endpoint, std::forward<F>(fn), true)"});
@@ -673,7 +681,7 @@ class Generator {
         c.push_back("broadcast" + m.title);
         h = {"on" + m.title, "once" + m.title};
       } else {
-        h = {"handle" + m.title};
+        h = {"handle" + m.title, "handle" + m.title + "Co"};
       }
       if (!titles.insert(m.title).second) return m.title;
       if (i.streams()) {

@@ -451,6 +451,8 @@ using StudioPortClient = BasicStudioClient<::shmbus::Port>;
 /// returns the Registration that undoes it.
 ///   handle<Method>(endpoint, fn(Params::Reader, Results::Builder, const shmbus::CallContext&))
 ///     the results builder is the reply's root; a throw fails the call with HandlerError.
+///   handle<Method>Co(endpoint, fn(shmbus::TypedRequest<M>) -> shmbus::Task<shmbus::TypedReply<M>>)
+///     a coroutine: its co_return value is the reply; it may co_await meanwhile.
 ///   on<Method> / once<Method>(endpoint, fn(Params::Reader, const shmbus::CallContext&))
 ///     $oneway methods; once<Method> is removed before its first run.
 /// The CallContext parameter may be left out.
@@ -460,20 +462,40 @@ struct StudioHandlers {
   static ::shmbus::Registration handleEcho(E& endpoint, F&& fn) {
     return ::shmbus::detail::handle<StudioMethods::Echo>(endpoint, std::forward<F>(fn));
   }
+  /// Studio.echo, from a coroutine
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleEchoCo(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handleMethodCo<StudioMethods::Echo>(endpoint, std::forward<F>(fn));
+  }
   /// Studio.ping
   template <::shmbus::Endpoint E, class F>
   static ::shmbus::Registration handlePing(E& endpoint, F&& fn) {
     return ::shmbus::detail::handle<StudioMethods::Ping>(endpoint, std::forward<F>(fn));
+  }
+  /// Studio.ping, from a coroutine
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handlePingCo(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handleMethodCo<StudioMethods::Ping>(endpoint, std::forward<F>(fn));
   }
   /// Studio.describe
   template <::shmbus::Endpoint E, class F>
   static ::shmbus::Registration handleDescribe(E& endpoint, F&& fn) {
     return ::shmbus::detail::handle<StudioMethods::Describe>(endpoint, std::forward<F>(fn));
   }
+  /// Studio.describe, from a coroutine
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleDescribeCo(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handleMethodCo<StudioMethods::Describe>(endpoint, std::forward<F>(fn));
+  }
   /// Studio.store
   template <::shmbus::Endpoint E, class F>
   static ::shmbus::Registration handleStore(E& endpoint, F&& fn) {
     return ::shmbus::detail::handle<StudioMethods::Store>(endpoint, std::forward<F>(fn));
+  }
+  /// Studio.store, from a coroutine
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleStoreCo(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handleMethodCo<StudioMethods::Store>(endpoint, std::forward<F>(fn));
   }
   /// Studio.notify
   template <::shmbus::Endpoint E, class F>
@@ -500,10 +522,20 @@ struct StudioHandlers {
   static ::shmbus::Registration handleDelete(E& endpoint, F&& fn) {
     return ::shmbus::detail::handle<StudioMethods::Delete>(endpoint, std::forward<F>(fn));
   }
+  /// Studio.delete, from a coroutine
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleDeleteCo(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handleMethodCo<StudioMethods::Delete>(endpoint, std::forward<F>(fn));
+  }
   /// Studio.slow
   template <::shmbus::Endpoint E, class F>
   static ::shmbus::Registration handleSlow(E& endpoint, F&& fn) {
     return ::shmbus::detail::handle<StudioMethods::Slow>(endpoint, std::forward<F>(fn));
+  }
+  /// Studio.slow, from a coroutine
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleSlowCo(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handleMethodCo<StudioMethods::Slow>(endpoint, std::forward<F>(fn));
   }
 };
 
@@ -658,6 +690,8 @@ using HubPortClient = BasicHubClient<::shmbus::Port>;
 /// returns the Registration that undoes it.
 ///   handle<Method>(endpoint, fn(Params::Reader, Results::Builder, const shmbus::CallContext&))
 ///     the results builder is the reply's root; a throw fails the call with HandlerError.
+///   handle<Method>Co(endpoint, fn(shmbus::TypedRequest<M>) -> shmbus::Task<shmbus::TypedReply<M>>)
+///     a coroutine: its co_return value is the reply; it may co_await meanwhile.
 ///   on<Method> / once<Method>(endpoint, fn(Params::Reader, const shmbus::CallContext&))
 ///     $oneway methods; once<Method> is removed before its first run.
 /// The CallContext parameter may be left out.
@@ -666,6 +700,11 @@ struct HubHandlers {
   template <::shmbus::Endpoint E, class F>
   static ::shmbus::Registration handleReport(E& endpoint, F&& fn) {
     return ::shmbus::detail::handle<HubMethods::Report>(endpoint, std::forward<F>(fn));
+  }
+  /// Hub.report, from a coroutine
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleReportCo(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handleMethodCo<HubMethods::Report>(endpoint, std::forward<F>(fn));
   }
   /// Hub.status
   template <::shmbus::Endpoint E, class F>
@@ -777,6 +816,8 @@ using Scope_InnerPortClient = BasicScope_InnerClient<::shmbus::Port>;
 /// returns the Registration that undoes it.
 ///   handle<Method>(endpoint, fn(Params::Reader, Results::Builder, const shmbus::CallContext&))
 ///     the results builder is the reply's root; a throw fails the call with HandlerError.
+///   handle<Method>Co(endpoint, fn(shmbus::TypedRequest<M>) -> shmbus::Task<shmbus::TypedReply<M>>)
+///     a coroutine: its co_return value is the reply; it may co_await meanwhile.
 ///   on<Method> / once<Method>(endpoint, fn(Params::Reader, const shmbus::CallContext&))
 ///     $oneway methods; once<Method> is removed before its first run.
 /// The CallContext parameter may be left out.
@@ -785,6 +826,11 @@ struct Scope_InnerHandlers {
   template <::shmbus::Endpoint E, class F>
   static ::shmbus::Registration handleHello(E& endpoint, F&& fn) {
     return ::shmbus::detail::handle<Scope_InnerMethods::Hello>(endpoint, std::forward<F>(fn));
+  }
+  /// Scope.Inner.hello, from a coroutine
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleHelloCo(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handleMethodCo<Scope_InnerMethods::Hello>(endpoint, std::forward<F>(fn));
   }
 };
 
@@ -884,6 +930,8 @@ using Scope_Inner_DeeperPortClient = BasicScope_Inner_DeeperClient<::shmbus::Por
 /// returns the Registration that undoes it.
 ///   handle<Method>(endpoint, fn(Params::Reader, Results::Builder, const shmbus::CallContext&))
 ///     the results builder is the reply's root; a throw fails the call with HandlerError.
+///   handle<Method>Co(endpoint, fn(shmbus::TypedRequest<M>) -> shmbus::Task<shmbus::TypedReply<M>>)
+///     a coroutine: its co_return value is the reply; it may co_await meanwhile.
 ///   on<Method> / once<Method>(endpoint, fn(Params::Reader, const shmbus::CallContext&))
 ///     $oneway methods; once<Method> is removed before its first run.
 /// The CallContext parameter may be left out.
@@ -892,6 +940,11 @@ struct Scope_Inner_DeeperHandlers {
   template <::shmbus::Endpoint E, class F>
   static ::shmbus::Registration handleDepth(E& endpoint, F&& fn) {
     return ::shmbus::detail::handle<Scope_Inner_DeeperMethods::Depth>(endpoint, std::forward<F>(fn));
+  }
+  /// Scope.Inner.Deeper.depth, from a coroutine
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleDepthCo(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handleMethodCo<Scope_Inner_DeeperMethods::Depth>(endpoint, std::forward<F>(fn));
   }
 };
 
@@ -1282,6 +1335,8 @@ using VersionedPortClient = BasicVersionedClient<::shmbus::Port>;
 /// returns the Registration that undoes it.
 ///   handle<Method>(endpoint, fn(Params::Reader, Results::Builder, const shmbus::CallContext&))
 ///     the results builder is the reply's root; a throw fails the call with HandlerError.
+///   handle<Method>Co(endpoint, fn(shmbus::TypedRequest<M>) -> shmbus::Task<shmbus::TypedReply<M>>)
+///     a coroutine: its co_return value is the reply; it may co_await meanwhile.
 ///   on<Method> / once<Method>(endpoint, fn(Params::Reader, const shmbus::CallContext&))
 ///     $oneway methods; once<Method> is removed before its first run.
 /// The CallContext parameter may be left out.
@@ -1291,10 +1346,20 @@ struct VersionedHandlers {
   static ::shmbus::Registration handleCheck(E& endpoint, F&& fn) {
     return ::shmbus::detail::handle<VersionedMethods::Check>(endpoint, std::forward<F>(fn));
   }
+  /// Versioned.check, from a coroutine
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleCheckCo(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handleMethodCo<VersionedMethods::Check>(endpoint, std::forward<F>(fn));
+  }
   /// Versioned.reply
   template <::shmbus::Endpoint E, class F>
   static ::shmbus::Registration handleReply(E& endpoint, F&& fn) {
     return ::shmbus::detail::handle<VersionedMethods::Reply>(endpoint, std::forward<F>(fn));
+  }
+  /// Versioned.reply, from a coroutine
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleReplyCo(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handleMethodCo<VersionedMethods::Reply>(endpoint, std::forward<F>(fn));
   }
   /// Versioned.report
   template <::shmbus::Endpoint E, class F>
@@ -1321,10 +1386,20 @@ struct VersionedHandlers {
   static ::shmbus::Registration handleAdd(E& endpoint, F&& fn) {
     return ::shmbus::detail::handle<VersionedMethods::Add>(endpoint, std::forward<F>(fn));
   }
+  /// Versioned.add, from a coroutine
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleAddCo(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handleMethodCo<VersionedMethods::Add>(endpoint, std::forward<F>(fn));
+  }
   /// Versioned.extend
   template <::shmbus::Endpoint E, class F>
   static ::shmbus::Registration handleExtend(E& endpoint, F&& fn) {
     return ::shmbus::detail::handle<VersionedMethods::Extend>(endpoint, std::forward<F>(fn));
+  }
+  /// Versioned.extend, from a coroutine
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleExtendCo(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handleMethodCo<VersionedMethods::Extend>(endpoint, std::forward<F>(fn));
   }
   /// Versioned.signal
   template <::shmbus::Endpoint E, class F>
@@ -1533,6 +1608,8 @@ using SinkPortStream = BasicSinkStream<::shmbus::Port>;
 /// returns the Registration that undoes it.
 ///   handle<Method>(endpoint, fn(Params::Reader, Results::Builder, const shmbus::CallContext&))
 ///     the results builder is the reply's root; a throw fails the call with HandlerError.
+///   handle<Method>Co(endpoint, fn(shmbus::TypedRequest<M>) -> shmbus::Task<shmbus::TypedReply<M>>)
+///     a coroutine: its co_return value is the reply; it may co_await meanwhile.
 ///   handle<Method>(endpoint, fn(Params::Reader, const shmbus::CallContext&)) for a streaming method:
 ///     returning acknowledges the write (the sender's credit, shmbus/stream.hpp).
 ///   handle<Method>Co(endpoint, fn(shmbus::TypedRequest<M>) -> shmbus::Task<void>) for a streaming
@@ -1555,6 +1632,11 @@ struct SinkHandlers {
   template <::shmbus::Endpoint E, class F>
   static ::shmbus::Registration handleDone(E& endpoint, F&& fn) {
     return ::shmbus::detail::handle<SinkMethods::Done>(endpoint, std::forward<F>(fn));
+  }
+  /// Sink.done, from a coroutine
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleDoneCo(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handleMethodCo<SinkMethods::Done>(endpoint, std::forward<F>(fn));
   }
 };
 

@@ -4,6 +4,7 @@
 // clients and handler registration (runtime: shmbus/typed.hpp; Cap'n Proto types: capnpc-c++).
 #pragma once
 
+#include <shmbus/coro.hpp>
 #include <shmbus/typed.hpp>
 
 #include "golden_v2.capnp.h"
@@ -406,6 +407,8 @@ using VersionedPortClient = BasicVersionedClient<::shmbus::Port>;
 /// returns the Registration that undoes it.
 ///   handle<Method>(endpoint, fn(Params::Reader, Results::Builder, const shmbus::CallContext&))
 ///     the results builder is the reply's root; a throw fails the call with HandlerError.
+///   handle<Method>Co(endpoint, fn(shmbus::TypedRequest<M>) -> shmbus::Task<shmbus::TypedReply<M>>)
+///     a coroutine: its co_return value is the reply; it may co_await meanwhile.
 ///   on<Method> / once<Method>(endpoint, fn(Params::Reader, const shmbus::CallContext&))
 ///     $oneway methods; once<Method> is removed before its first run.
 /// The CallContext parameter may be left out.
@@ -415,10 +418,20 @@ struct VersionedHandlers {
   static ::shmbus::Registration handleCheck(E& endpoint, F&& fn) {
     return ::shmbus::detail::handle<VersionedMethods::Check>(endpoint, std::forward<F>(fn));
   }
+  /// Versioned.check, from a coroutine
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleCheckCo(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handleMethodCo<VersionedMethods::Check>(endpoint, std::forward<F>(fn));
+  }
   /// Versioned.reply
   template <::shmbus::Endpoint E, class F>
   static ::shmbus::Registration handleReply(E& endpoint, F&& fn) {
     return ::shmbus::detail::handle<VersionedMethods::Reply>(endpoint, std::forward<F>(fn));
+  }
+  /// Versioned.reply, from a coroutine
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleReplyCo(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handleMethodCo<VersionedMethods::Reply>(endpoint, std::forward<F>(fn));
   }
   /// Versioned.report
   template <::shmbus::Endpoint E, class F>
@@ -445,10 +458,20 @@ struct VersionedHandlers {
   static ::shmbus::Registration handleAdd(E& endpoint, F&& fn) {
     return ::shmbus::detail::handle<VersionedMethods::Add>(endpoint, std::forward<F>(fn));
   }
+  /// Versioned.add, from a coroutine
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleAddCo(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handleMethodCo<VersionedMethods::Add>(endpoint, std::forward<F>(fn));
+  }
   /// Versioned.extend
   template <::shmbus::Endpoint E, class F>
   static ::shmbus::Registration handleExtend(E& endpoint, F&& fn) {
     return ::shmbus::detail::handle<VersionedMethods::Extend>(endpoint, std::forward<F>(fn));
+  }
+  /// Versioned.extend, from a coroutine
+  template <::shmbus::Endpoint E, class F>
+  static ::shmbus::Registration handleExtendCo(E& endpoint, F&& fn) {
+    return ::shmbus::detail::handleMethodCo<VersionedMethods::Extend>(endpoint, std::forward<F>(fn));
   }
   /// Versioned.signal
   template <::shmbus::Endpoint E, class F>
