@@ -109,6 +109,11 @@ void Router::onPortOpen(Conn& w, const FrameView& f) {
   if (blobAsked == 0) {
     blob = std::min(kDefaultPortBlobBytes, left);
     if (blob <= kBlobOverhead) blob = 0;  // nothing left: large messages are TooLarge on this port
+    if (blob < kDefaultPortBlobBytes) {
+      log_(LogLevel::Info, "{} to {}: blob arenas of {} bytes per direction instead of {} (what blobBytesPerWindow {} and "
+           "blobBytesPerBus {} leave)", what(), t->describe(), blob, kDefaultPortBlobBytes, opts_.blobBytesPerWindow,
+           opts_.blobBytesPerBus);
+    }
   } else {
     if (blobAsked > kMaxPortBlobBytes) {
       return refuse(makeError(ErrorCode::InvalidArgument, fmt::format("{}: blob arenas of {} bytes asked, at most {}",

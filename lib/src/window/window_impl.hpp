@@ -321,8 +321,11 @@ struct Window::Impl : CallOwner {
     for (;;) {
       if (closed.load(std::memory_order_acquire)) return makeError(closeCode(), busClosedMessage());
       auto r = writeFrame(link.outbox, h, build, hint, true, payloadBytes);
-      // Too large for a port's ring: built again in its blob arena (§17).
-      if (!r && r.code() == ErrorCode::TooLarge && hasBlobs()) return writeBlobLocked(h, build, payloadBytes);
+      if (!r && r.code() == ErrorCode::TooLarge) {
+        // Too large for a port's ring: built again in its blob arena (§17).
+        if (hasBlobs()) return writeBlobLocked(h, build, payloadBytes);
+        return tooLargeHint(r.error());
+      }
       // relaxed: read by this window's own routed writes (RouteSync), ordered by its outMu or
       // by program order (the writer's thread).
       if (r && port && port->routeOwner != nullptr) port->written.fetch_add(1, std::memory_order_relaxed);
@@ -332,6 +335,19 @@ struct Window::Impl : CallOwner {
   }
 
   // ---- blobs (docs/architecture.md §17; port.cpp)
+
+  /// `e` (TooLarge from the ring) with where a message of that size can go: a window's rings and
+  /// a direct route's carry no blobs (ports do); a port without an arena got none from the
+  /// supervisor's limits when it opened.
+  Error tooLargeHint(Error e) const {
+    if (!port || port->routeOwner != nullptr) {
+      e.message += "; larger messages travel as blobs on a port (Window::openPort, docs/architecture.md §17)";
+    } else {
+      e.message += "; this port has no blob arena (PortOptions::blobBytes: the supervisor's limits "
+                   "SupervisorOptions::blobBytesPerWindow and blobBytesPerBus left none when it opened)";
+    }
+    return e;
+  }
 
   /// A port's end with blob arenas.
   bool hasBlobs() const noexcept { return port && port->blobIn != nullptr; }

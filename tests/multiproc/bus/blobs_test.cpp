@@ -74,7 +74,8 @@ std::string checkBig(const Message& m, std::size_t expected) {
 /// One window of a blob test, in a forked child (DrivenWindow). Commands, one line each:
 ///   listen CHANNEL              → "listening" (accepts ports on CHANNEL)
 ///   open TARGET CHANNEL [BLOB]  → "opened ID" | "error CODE MESSAGE" (BLOB: PortOptions::blobBytes)
-///   send N SEED                 → "sent" | "error CODE" (a TestMessage with N blob bytes, on "big")
+///   send N SEED [why]           → "sent" | "error CODE" (a TestMessage with N blob bytes, on "big";
+///                                 why: "error CODE MESSAGE")
 ///   heard                       → the check of the next "big" message heard (checkBig)
 ///   invoke N SEED               → "reply " + checkBig of the reply | "error CODE"; the "big-echo"
 ///                                 handler checks the request and answers N bytes of SEED + 1
@@ -187,7 +188,9 @@ class BlobPeer : public DrivenWindow {
                    [&](const std::shared_ptr<Port>& p) { setup(st, p); });
       } else if (cmd[0] == "send") {
         auto r = port()->send("big", bigMessage(std::stoull(cmd[1]), std::stoull(cmd[2])));
-        link_.tellParent(r ? "sent" : "error " + std::string(errorCodeName(r.code())));
+        // "why": the whole error ("error CODE MESSAGE").
+        link_.tellParent(r ? "sent" : "error " + std::string(errorCodeName(r.code())) +
+                                          (cmd.size() > 3 && cmd[3] == "why" ? " " + r.error().message : ""));
       } else if (cmd[0] == "heard") {
         std::unique_lock lk(st.mu);
         st.cv.wait_for(lk, 20s, [&] { return !st.heard.empty(); });
@@ -329,6 +332,20 @@ TEST_CASE("the supervisor's blob limits: an explicit size past them fails with T
   CHECK(words(bp.opener.ask("stats"))[4] == std::to_string(32u << 20));
   CHECK(bp.opener.ask("send 16777216 41") == "sent");
   CHECK(bp.acceptor.ask("heard", 30s) == "ok 16777216 inplace");
+  bp.finish();
+}
+
+TEST_CASE("a port the blob limits left no arena: a large message is TooLarge and says why, small ones go on") {
+  SupervisorOptions o;
+  o.blobBytesPerWindow = 4u << 10;  // half a page per direction: arenas are whole pages, so none
+  BlobPair bp("blob-none", o);
+  REQUIRE(words(bp.open())[0] == "opened");
+  CHECK(words(bp.opener.ask("stats"))[4] == "0");
+  const std::string refused = bp.opener.ask("send 2097152 61 why");
+  CHECK(refused.starts_with("error TooLarge "));
+  CHECK(refused.find("this port has no blob arena") != std::string::npos);
+  CHECK(bp.opener.ask("send 1024 62") == "sent");
+  CHECK(bp.acceptor.ask("heard") == "ok 1024 inplace");
   bp.finish();
 }
 
