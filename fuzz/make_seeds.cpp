@@ -17,6 +17,7 @@
 #include "fuzz_util.hpp"
 #include "payload_layout.hpp"
 #include "protocol/frame_io.hpp"
+#include "trace/trace_event.hpp"
 #include "wire/handshake.hpp"
 
 #include "bus.capnp.h"
@@ -196,6 +197,43 @@ void blobSeeds(const fs::path& corpus) {
   ++stale.generation;
   save(corpus / "blob", "stale", seed(stale));
 }
+/// The trace harness's seeds: events as the router encodes them (a routed call, a port send with
+/// its port tail, a window event with an error text at its bound).
+void traceSeeds(const fs::path& corpus) {
+  auto seed = [&](const std::string& name, const TraceEvent& e) {
+    std::vector<std::uint8_t> out;
+    encodeTraceEvent(e, out);
+    save(corpus / "trace", name, out);
+  };
+  TraceEvent call;
+  call.kind = TraceKind::Invoke;
+  call.channel = "echo";
+  call.channelId = 0x1234;
+  call.sourceId = 3;
+  call.sourceRole = "editor";
+  call.targetId = 4;
+  call.targetRole = "dashboard";
+  call.startNs = 1000;
+  call.endNs = 5000;
+  call.requestId = 9;
+  call.traceId = 2;
+  call.requestBytes = 64;
+  call.replyBytes = 32;
+  seed("invoke", call);
+  TraceEvent send = call;
+  send.kind = TraceKind::Send;
+  send.portId = 77;
+  send.status = ErrorCode::Full;
+  send.error = "ring full";
+  seed("port-send", send);
+  TraceEvent closed;
+  closed.kind = TraceKind::WindowClose;
+  closed.sourceId = 5;
+  closed.sourceRole = "worker";
+  closed.pid = 4242;
+  closed.error = std::string(kTraceErrorMax, 'x');
+  seed("window-close", closed);
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -208,6 +246,7 @@ int main(int argc, char** argv) {
   payloadSeeds(corpus, contractFingerprint(fuzz::kPayloadLayout));
   controlSeeds(corpus);
   blobSeeds(corpus);
+  traceSeeds(corpus);
   std::printf("seeds written under %s\n", corpus.c_str());
   return 0;
 }

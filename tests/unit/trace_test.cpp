@@ -165,6 +165,17 @@ TEST_CASE("trace events round-trip; malformed bodies are InvalidMessage; JSON es
   auto cut = decodeTraceEvent(buf, 1);
   REQUIRE(cut.ok());
   CHECK(cut->channel.size() == kTraceChannelMax);
+  // A body whose string is longer than its bound (written by no encoder) is InvalidMessage,
+  // naming the string: the role of 65 bytes here, with the body's size matching it.
+  std::vector<std::uint8_t> longRole(72 + 65, 0);
+  longRole[0] = static_cast<std::uint8_t>(TraceKind::Send);
+  longRole[6] = 65;  // the source role's length
+  auto tooLong = decodeTraceEvent(longRole, 1);
+  CHECK(tooLong.code() == ErrorCode::InvalidMessage);
+  CHECK(tooLong.error().message.find("source role of 65 bytes (at most 64)") != std::string::npos);
+  longRole[6] = 64;
+  longRole.pop_back();
+  CHECK(decodeTraceEvent(longRole, 1).ok());
 }
 
 TEST_CASE("port events carry their port id in an optional tail; a body with a bad tail is InvalidMessage") {

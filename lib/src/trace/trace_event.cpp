@@ -162,7 +162,16 @@ Result<TraceEvent> decodeTraceEvent(std::span<const std::uint8_t> body, std::uin
   e.status = status > static_cast<std::uint16_t>(kLastErrorCode) ? ErrorCode::InvalidMessage : static_cast<ErrorCode>(status);
   std::size_t lens[4];
   std::size_t total = kFixed;
-  for (int i = 0; i < 4; ++i) total += lens[i] = getField<std::uint16_t>(p + 4 + 2 * i);
+  constexpr std::size_t kBounds[4] = {kTraceChannelMax, kTraceRoleMax, kTraceRoleMax, kTraceErrorMax};
+  constexpr const char* kNames[4] = {"channel", "source role", "target role", "error"};
+  for (int i = 0; i < 4; ++i) {
+    total += lens[i] = getField<std::uint16_t>(p + 4 + 2 * i);
+    // The writer cuts every string to its bound: a longer one is not an event it wrote.
+    if (lens[i] > kBounds[i]) {
+      return makeError(ErrorCode::InvalidMessage,
+                       fmt::format("trace event {} of {} bytes (at most {})", kNames[i], lens[i], kBounds[i]));
+    }
+  }
   const bool hasPort = total + kPortTail == body.size();
   if (total != body.size() && !hasPort) {
     return makeError(ErrorCode::InvalidMessage, fmt::format("trace event strings of {} bytes in a body of {}",

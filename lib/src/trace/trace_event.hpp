@@ -52,8 +52,9 @@ inline constexpr std::size_t kTraceErrorMax = 1024;
 void encodeTraceEvent(const TraceEvent& e, std::vector<std::uint8_t>& out);
 
 /// Decodes a record body written by encodeTraceEvent; `seq` is the record's sequence number.
-/// Errors: InvalidMessage (short body, string lengths that do not add up to it with or without
-/// the port tail, a port tail of 0, an unknown kind).
+/// Errors: InvalidMessage (short body, a string longer than its bound, string lengths that do not
+/// add up to it with or without the port tail, a port tail of 0, an unknown kind). What it accepts,
+/// encodeTraceEvent writes back unchanged (the trace fuzz harness checks it).
 Result<TraceEvent> decodeTraceEvent(std::span<const std::uint8_t> body, std::uint64_t seq);
 
 }  // namespace shmbus::detail
