@@ -409,7 +409,8 @@ TEST_CASE("peers compiled from an incompatible version of a contract get Invalid
   CHECK(signals == 0);
 }
 
-TEST_CASE("shmbus-inspect call invokes a typed method from the shell and prints the reply as Cap'n Proto text") {
+TEST_CASE("shmbus-inspect call invokes a typed method from the shell and prints the reply as Cap'n Proto text, "
+          "with or without --schema") {
   TestBus tb("typed-cli");
   StudioWindow studio(tb);
   const std::string schema = toolPath("SHMBUS_GOLDEN_SCHEMA"), imports = toolPath("SHMBUS_SCHEMA_DIR");
@@ -439,6 +440,18 @@ TEST_CASE("shmbus-inspect call invokes a typed method from the shell and prints 
     INFO(err);
     CHECK(err.find("NoTarget") != std::string::npos);
     CHECK(p->wait() == 1);
+  }
+  {  // no --schema: the method is found among the contracts the studio's typed stubs announced
+    std::vector<std::string> args{tb.bus, "call", "studio", "Studio.echo", "(text = \"announced\")"};
+    ToolProcess p(toolPath("SHMBUS_INSPECT"), args);
+    CHECK(p.line() == "(text = \"announced from shmbus-inspect\", length = 9)");
+    CHECK(p.wait() == 0);
+    ToolProcess q(toolPath("SHMBUS_INSPECT"), {tb.bus, "call", "studio", "Studio.nosuch"});
+    const std::string err = stderrOf(q);
+    INFO(err);
+    CHECK(err.find("no window announced 'Studio.nosuch'") != std::string::npos);
+    CHECK(err.find("Studio") != std::string::npos);
+    CHECK(q.wait() == 2);
   }
   {  // a method the schema does not declare, params that are not its fields: exit 2
     auto p = run({"call", "studio", "Studio.nosuch"});

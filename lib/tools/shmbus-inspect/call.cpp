@@ -1,7 +1,8 @@
-// shmbus-inspect BUS call TARGET Interface.method '(capnp text)' --schema FILE: invokes a typed
+// shmbus-inspect BUS call TARGET Interface.method '(capnp text)' [--schema FILE]: invokes a typed
 // method from the shell and prints the reply as Cap'n Proto text, like `busctl call`.
 //
-// The method comes from the schema parsed at run time (capnp::SchemaParser); the channel id and
+// The method comes from the schema parsed at run time (capnp::SchemaParser), or without --schema
+// from the contracts the bus's typed stubs announced (Inspector::schemas); the channel id and
 // the params/results fingerprints are computed as capnpc-shmbus computes them (methodChannelId,
 // the plugin's own layout code: lib/tools/capnpc-shmbus/layout.cpp), so the handler's typed stub
 // accepts the request. The params are read with capnp::TextCodec (Cap'n Proto's text format, as in
@@ -12,6 +13,7 @@
 #include <capnp/message.h>
 #include <capnp/serialize-text.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <cstdio>
 #include <memory>
@@ -21,6 +23,7 @@
 #include "../capnpc-shmbus/layout.hpp"
 #include "schema.hpp"
 #include "shmbus/contract.hpp"
+#include "shmbus/inspect.hpp"
 #include "shmbus/window.hpp"
 
 namespace shmbus::inspect {
@@ -57,33 +60,74 @@ std::optional<capnp::InterfaceSchema::Method> findMethod(const capnp::ParsedSche
   return std::nullopt;
 }
 
+/// The method `qualified` among the contracts the bus's typed stubs announced (Inspector::schemas,
+/// docs/architecture.md §6): its channel id and structs, kept alive by `keep`. Returns 0, or the
+/// exit status after printing why not: 1 when the bus cannot be asked, 2 when no contract (or more
+/// than one, with different channel ids) announced the method.
+int announcedMethod(const CallRequest& rq, AnnouncedSchemas& keep, std::uint64_t& channelId,
+                    capnp::StructSchema& params, capnp::StructSchema& results) {
+  auto inspector = Inspector::attach(rq.bus, rq.socketPath);
+  if (!inspector) {
+    fmt::print(stderr, "shmbus-inspect: {}\n", inspector.error().toString());
+    return 1;
+  }
+  auto schemas = (*inspector)->schemas();
+  if (!schemas) {
+    fmt::print(stderr, "shmbus-inspect: {}\n", schemas.error().toString());
+    return 1;
+  }
+  keep = std::move(*schemas);
+  std::size_t matches = 0;
+  for (const auto& [id, m] : keep.methods) {
+    if (m.name != rq.channel) continue;
+    ++matches;
+    channelId = id;
+    params = m.params;
+    results = m.results;
+  }
+  if (matches == 1) return 0;
+  if (matches == 0) {
+    fmt::print(stderr, "shmbus-inspect: no window announced '{}' (announced contracts: {}); give --schema FILE\n",
+               rq.channel, keep.contracts.empty() ? std::string("none") : fmt::format("{}", fmt::join(keep.contracts, ", ")));
+  } else {
+    fmt::print(stderr, "shmbus-inspect: '{}' was announced by {} contracts with different channel ids (versions); "
+               "give --schema FILE\n", rq.channel, matches);
+  }
+  return 2;
+}
+
 }  // namespace
 
 int call(const CallRequest& rq) {
   std::unique_ptr<SchemaFile> schema;
+  AnnouncedSchemas announced;  // keeps the announced structs' loaders alive
   capnp::MallocMessageBuilder request;
-  capnp::StructSchema resultsSchema;
+  capnp::StructSchema params, resultsSchema;
+  std::uint64_t channelId = 0;
   Channel channel("");
+  const std::string source = rq.schemaFile.empty() ? std::string("announced schema") : rq.schemaFile;
+  if (rq.schemaFile.empty()) {
+    if (const int status = announcedMethod(rq, announced, channelId, params, resultsSchema); status != 0) return status;
+  }
   try {
-    schema = std::make_unique<SchemaFile>(rq.schemaFile, rq.importDirs);
-    const capnp::ParsedSchema& file = schema->root();
-    std::string why;
-    const auto found = findMethod(file, rq.channel, why);
-    if (!found) {
-      fmt::print(stderr, "shmbus-inspect: {}: {}\n", rq.schemaFile, why);
-      return 2;
+    if (!rq.schemaFile.empty()) {
+      schema = std::make_unique<SchemaFile>(rq.schemaFile, rq.importDirs);
+      std::string why;
+      const auto found = findMethod(schema->root(), rq.channel, why);
+      if (!found) {
+        fmt::print(stderr, "shmbus-inspect: {}: {}\n", rq.schemaFile, why);
+        return 2;
+      }
+      params = found->getParamType();
+      resultsSchema = found->getResultType();
+      channelId = methodChannelId(found->getContainingInterface().getProto().getId(), found->getOrdinal());
     }
-    const auto& method = *found;
-    const capnp::StructSchema params = method.getParamType();
-    resultsSchema = method.getResultType();
-    const std::uint64_t interfaceId = method.getContainingInterface().getProto().getId();
     const auto paramsLayout = codegen::layoutOf(params, "params of " + rq.channel);
     const auto resultsLayout = codegen::layoutOf(resultsSchema, "results of " + rq.channel);
-    channel = Channel(methodChannelId(interfaceId, method.getOrdinal()), rq.channel, paramsLayout.fingerprint,
-                      resultsLayout.fingerprint);
+    channel = Channel(channelId, rq.channel, paramsLayout.fingerprint, resultsLayout.fingerprint);
     capnp::TextCodec().decode(kj::StringPtr(rq.params.c_str()), request.initRoot<capnp::DynamicStruct>(params));
   } catch (const kj::Exception& e) {
-    fmt::print(stderr, "shmbus-inspect: {}: {}\n", rq.schemaFile, e.getDescription().cStr());
+    fmt::print(stderr, "shmbus-inspect: {}: {}\n", source, e.getDescription().cStr());
     return 2;
   }
 

@@ -9,7 +9,7 @@
 //   shmbus-inspect BUS record -o FILE [--channel C] [--role R] [--count N] [--duration S]
 //     the same events as a Chrome trace-event JSON file (ChromeTrace: ui.perfetto.dev,
 //     chrome://tracing), written when recording ends; prints the events per kind;
-//   shmbus-inspect BUS call TARGET Interface.method '(capnp text)' --schema FILE [-I DIR]...
+//   shmbus-inspect BUS call TARGET Interface.method '(capnp text)' [--schema FILE [-I DIR]...]
 //     invokes a typed method of role TARGET ("main": the main process) and prints the reply as
 //     Cap'n Proto text (call.hpp; exit 1 when the call fails, 2 for a bad schema or params);
 //   shmbus-inspect BUS windows          the registry: id, role, pid, uid, how it got its role (open,
@@ -312,7 +312,8 @@ int main(int argc, char** argv) {
   callCmd->add_option("channel", callRq.channel, "Interface.method, as in the schema")->required();
   callCmd->add_option("params", callRq.params, "the params in Cap'n Proto text, e.g. '(a = 1, b = 2)'")
       ->default_val("()");
-  callCmd->add_option("--schema", callRq.schemaFile, "the .capnp file that declares the interface")->required();
+  callCmd->add_option("--schema", callRq.schemaFile,
+                      "the .capnp file that declares the interface (default: the contracts the bus's typed stubs announced)");
   callCmd->add_option("-I,--import-path", callRq.importDirs, "a directory searched for absolute imports");
   callCmd->add_option("--as", callRq.role, "the role this tool's window registers with (default shmbus-inspect)");
   callCmd->add_option("-t,--timeout", timeoutMs, "ms (default: the method's $timeoutMs, else 5000)")
