@@ -239,6 +239,159 @@ void Window::startDispatchThread() {
   impl_->dispatcher = startDispatcher(impl_->gate, [this] { run(); });
 }
 
+// ---- the outbox's sends and calls (window_impl.hpp)
+
+Result<void> Window::Impl::internLocked(std::uint64_t nameIdValue, std::string_view name, bool isRole) {
+  if (interned.count(nameIdValue) != 0) return {};
+  if (auto v = validateName(isRole ? NameKind::Role : NameKind::Channel, name); !v) return v;
+  // Nothing is written once closed: the supervisor reads this ring no more.
+  if (closed.load(std::memory_order_acquire)) return {};  // acquire: pairs with markClosed
+  interned.try_emplace(nameIdValue, name);
+  FrameHeader h{};
+  h.kind = static_cast<std::uint16_t>(FrameKind::Intern);
+  h.channel = nameIdValue;
+  auto r = writeFrame(link.outbox, h, [&](Builder& b) {
+    auto i = b.initRoot<schema::Intern>();
+    i.setId(nameIdValue);
+    i.setName(interned[nameIdValue]);
+    i.setIsRole(isRole);
+  }, 512);
+  if (!r) interned.erase(nameIdValue);  // try again with the next message
+  return {};
+}
+
+Result<void> Window::Impl::sendImpl(const Target& t, const Channel& ch, const BuildFn& build,
+                                    std::atomic<std::size_t>* payloadBytes) {
+  // relaxed: a hint; a grant installed meanwhile is used from the next send on (§19).
+  if (!port && routeGrantCount.load(std::memory_order_relaxed) != 0) {
+    std::shared_ptr<Impl> end;
+    RouteStatsSlot* slot = nullptr;
+    {
+      std::lock_guard lk(outMu);
+      if (RouteGrantEntry* g = grantLocked(t, ch)) {
+        end = g->end;
+        slot = g->slot;
+      }
+    }
+    if (end) {
+      // Counted before the write (taken back if the route refuses it), so that the count is
+      // in the table before the target can see the message, and so before a close of the
+      // route the target's end starts: the supervisor folds the table into its statistics
+      // then. relaxed: a counter; the ring write's release store and the socket carry it.
+      slot->messages.fetch_add(1, std::memory_order_relaxed);
+      auto r = end->portSend(t, ch, build, payloadBytes);
+      end->port->directSince.store(true, std::memory_order_relaxed);  // relaxed: see PortSide
+      if (r) return r;
+      slot->messages.fetch_sub(1, std::memory_order_relaxed);  // relaxed: a counter, as above
+      // Not written (the route's ring without room, the route ended meanwhile, ...): this
+      // message goes routed, behind a RouteSync, so in order, and with routed semantics: a
+      // full inbox or a target gone is reported through onSendFailed, never returned here.
+    }
+  }
+  FrameHeader h = headerFor(FrameKind::Send, t, ch);
+  std::lock_guard lk(outMu);
+  if (auto r = internFor(t, ch, h.role); !r) return r;
+  if (!port && routeGrantCount.load(std::memory_order_relaxed) != 0) {  // relaxed: a hint
+    if (auto r = syncRouteLocked(t); !r) return r;
+  }
+  return writeOutLocked(h, build, 0, 0, payloadBytes);
+}
+
+Call Window::Impl::invokeImpl(const Target& t, const Channel& ch, const BuildFn& build, const CallOptions& o,
+                              FrameKind kind, std::atomic<std::uint64_t>* routeErrors, bool* refused) {
+  // relaxed: a hint; a grant installed meanwhile is used from the next call on (§19).
+  if (!port && o.direct && kind == FrameKind::Invoke && routeGrantCount.load(std::memory_order_relaxed) != 0) {
+    RouteGrantEntry grant;
+    {
+      std::lock_guard lk(outMu);
+      if (RouteGrantEntry* g = grantLocked(t, ch)) grant = *g;
+    }
+    if (grant.end) {
+      CallOptions d = o;
+      if (d.timeout.count() == 0) d.timeout = grant.timeout;  // the channel's default, as routed
+      bool refused = false;
+      // Counted before the write, as a direct send is (above): relaxed, a counter.
+      grant.slot->calls.fetch_add(1, std::memory_order_relaxed);
+      Call c = grant.end->invokeImpl(t, ch, build, d, kind, grant.slot->errors, &refused);
+      if (!refused) {
+        grant.end->port->directSince.store(true, std::memory_order_relaxed);  // relaxed: see PortSide
+        return c;
+      }
+      grant.slot->calls.fetch_sub(1, std::memory_order_relaxed);  // relaxed: a counter
+      // Not written (the route's ring full, the route ended meanwhile, ...): the call goes
+      // routed, behind a RouteSync, so in order, and the router's answer is the routed one
+      // (a full inbox is Full there, a window gone finds whichever holds the role).
+    }
+  }
+  auto s = std::make_shared<CallState>();
+  s->owner = this;
+  s->channelName = ch.name;
+  s->target = port && port->routeOwner == nullptr ? Target(port->peerId) : t;
+  s->routeErrors = routeErrors;
+  auto checked = checkCallTimeout(o.timeout, {});
+  if (!checked) {
+    completeCall(s, inContext(checked.error(), s->what()));
+    return Call(s);
+  }
+  // 0 = the channel's default (a port's: its callTimeout, checked positive when it opened).
+  const std::chrono::milliseconds timeout = port && checked->count() == 0 ? port->callTimeout : *checked;
+  s->timeoutMs = timeout.count();
+  FrameHeader h = headerFor(kind, t, ch);
+  h.traceId = currentTraceId();  // a call made inside a handler continues its flow (0: a new one)
+  // A zero timeout asks the supervisor for the channel's default (Supervisor::setChannelTimeout),
+  // which this window does not know; its local fallback then waits kUnknownDeadlineFallbackNs.
+  const std::int64_t now = monotonicNowNs();
+  // kMaxTimeout fits the 32-bit status field and keeps the sum far from overflowing.
+  h.deadlineNs = timeout.count() > 0 ? deadlineAfter(now, timeout) : 0;
+  h.status = static_cast<std::uint32_t>(timeout.count());
+  // A port has no supervisor in the path: its own deadline is the call's (always given: the
+  // port's callTimeout default is positive).
+  s->deadlineNs = port ? h.deadlineNs
+                       : (h.deadlineNs != 0 ? h.deadlineNs : now + kUnknownDeadlineFallbackNs) + kLocalGraceNs;
+  // A port's call is traced by this end while an inspector is attached (one load otherwise).
+  if (port && kind == FrameKind::Invoke && port->tracing()) s->onEnd = portCallTracer(h, std::string(ch.name));
+  // Read before pending.add: the reply's completeCall (another thread, after pending.take)
+  // moves onEnd out, and the PendingCalls mutex orders this read before it; read after the
+  // publish, the only order is through the peer's process, which ThreadSanitizer cannot see.
+  std::atomic<std::size_t>* requestBytes = s->onEnd ? &s->requestBytes : nullptr;
+  if (replySpin.capNs() > 0) {
+    // Learned reply spin (docs/architecture.md §4): a waiter may spin until spinUntilNs.
+    s->spinChannel = ch.id;
+    s->sentNs = now;
+    s->spinUntilNs = now + replySpin.spinFor(ch.id);
+  }
+  h.requestId = pending.add(s);
+  if (h.requestId == 0) {
+    completeCall(s, makeError(ErrorCode::Full, fmt::format("{}: {} calls are in flight already", s->what(),
+                                                           std::uint64_t{1} << PendingCalls::kSlotBits)));
+    return Call(s);
+  }
+  Result<void> r;
+  {
+    std::lock_guard lk(outMu);
+    r = internFor(t, ch, h.role);
+    // relaxed: a hint; under outMu the sync decides (§19).
+    if (r && !port && kind == FrameKind::Invoke && routeGrantCount.load(std::memory_order_relaxed) != 0) {
+      r = syncRouteLocked(t);
+    }
+    // requestBytes is stored before the commit publishes the request, so the thread that reads
+    // the reply and runs onEnd sees it (SYNC POINT "record", to the peer and back).
+    if (r) r = writeOutLocked(h, build, o.sizeHint, 0, requestBytes);
+  }
+  if (!r) {
+    pending.take(s->requestId);
+    if (refused != nullptr) {
+      if (r.code() == ErrorCode::Corrupt) endPortCorrupt(r.error());  // the route ends here
+      *refused = true;
+      return Call(s);
+    }
+    Error err = r.error();
+    err.message = fmt::format("{}: {}", s->what(), err.message);
+    completeCall(s, std::move(err));
+  }
+  return Call(s);
+}
+
 void Window::close() { impl_->close(fmt::format("window {} is closed", impl_->link.id)); }
 
 bool Window::closed() const noexcept { return impl_->closed.load(std::memory_order_acquire); }

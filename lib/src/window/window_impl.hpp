@@ -1,6 +1,7 @@
 // The Window's state shared by its source files (window.cpp: handshake, facade, outbox, calls;
 // window_inbox.cpp: the dispatch loop and what arrives in the inbox; port.cpp: ports, whose ends
-// are this same state over a port's rings). docs/architecture.md §9, §16.
+// are this same state over a port's rings; route.cpp: direct routes). Its port parts are in
+// port_side.hpp, its route grants in route_grants.hpp. docs/architecture.md §9, §16, §19.
 #pragma once
 
 #include <poll.h>
@@ -33,6 +34,8 @@
 #include "shmbus/window.hpp"
 #include "wait/reply_spin.hpp"
 #include "wire/handshake.hpp"
+#include "window/port_side.hpp"
+#include "window/route_grants.hpp"
 
 namespace shmbus {
 
@@ -52,20 +55,6 @@ inline constexpr std::int64_t kPortTraceDelayNs = 50'000'000;
 // use the library internals throughout, so it opens them here once.
 using namespace detail;
 using namespace window_detail;
-
-/// One call or send of a port's end, waiting in its window's batch (PortHub::traceBatch) for
-/// the PortTrace frame; the fields of bus.capnp PortTrace.Record.
-struct PortTraceRecord {
-  std::uint64_t portId = 0;
-  TraceKind kind = TraceKind::Send;
-  std::uint64_t channelId = 0;
-  std::string channel;
-  std::uint64_t requestId = 0, traceId = 0;
-  std::int64_t startNs = 0, endNs = 0;
-  ErrorCode status = ErrorCode::Ok;
-  std::string error;
-  std::uint32_t requestBytes = 0, replyBytes = 0;
-};
 
 struct Window::Impl : CallOwner {
   using FrameHeader = detail::FrameHeader;
@@ -108,102 +97,17 @@ struct Window::Impl : CallOwner {
 
   // ---- ports (docs/architecture.md §16; port.cpp)
 
-  /// A window's side of its ports: descriptors the supervisor sent, onPort listeners, open ports.
-  struct PortHub {
-    std::mutex mu;
-    std::condition_variable cv;  // a descriptor arrived
-    Impl* window = nullptr;      // guarded by mu: the owning window, null once it closed
-    std::unordered_map<std::uint64_t, Fd> fds;  // guarded by mu: PortFd descriptors by port id
-    struct Acceptor {
-      std::uint64_t token = 0;
-      PortListener fn;
-    };
-    std::unordered_map<std::uint64_t, Acceptor> acceptors;  // guarded by mu: onPort, by channel id
-    std::uint64_t nextToken = 1;                            // guarded by mu
-    std::unordered_map<std::uint64_t, std::weak_ptr<Impl>> ports;  // guarded by mu: this window's
-    // The trace of its ports' calls and sends (docs/architecture.md §14 "Ports"), batched here
-    // and sent as one PortTrace frame (flushPortTrace) when kPortTraceBatch records wait, when
-    // a port ends, or by the watchdog kPortTraceDelayNs after a batch's first record.
-    std::mutex traceMu;
-    std::vector<PortTraceRecord> traceBatch;  // guarded by traceMu
-    std::int64_t traceSince = 0;              // guarded by traceMu: when the batch's first came
-    Fd traceKick;  // eventfd: a batch's first record wakes the watchdog, which then flushes it
-  };
+  using PortHub = window_detail::PortHub;
   std::shared_ptr<PortHub> hub;  // a window's; null on a port's endpoint
 
-  /// What makes an endpoint a port's: its peer, its close word, its close listeners.
-  struct PortSide {
-    std::uint64_t id = 0;
-    std::string channel;  // the channel it was opened on
-    std::uint32_t peerId = 0;
-    std::string peerRole;
-    bool opener = false;
-    std::chrono::milliseconds callTimeout{0};
-    // The port's two cancel boards (wire/cancel_board.hpp, §11): this end posts the calls it
-    // cancels on its own (under outMu, its one writer) and its handlers read the peer's.
-    PortCancelBoard* ownCancels = nullptr;
-    const PortCancelBoard* peerCancels = nullptr;
-    std::weak_ptr<PortHub> hub;  // the owning window's (tells the supervisor of a close)
-    std::mutex mu;
-    std::vector<std::pair<std::uint64_t, PortCloseListener>> closeListeners;  // guarded by mu
-    std::uint64_t nextListener = 1;                                           // guarded by mu
-    std::optional<Error> ended;                                               // guarded by mu
-    std::mutex joinMu;  // Port::close: one thread joins the dispatch thread
-    std::shared_ptr<Segment> windowSegment;  // the owning window's: its trace word (kept mapped)
-    // The blob arenas (blob/blob.hpp, docs/architecture.md §17): the one this end writes (its
-    // one producer holds outMu) and the peer's, read in place; none when blobIn is null.
-    BlobProducer blobOut;  // guarded by outMu
-    std::uint8_t* blobIn = nullptr;
-    std::size_t blobInBytes = 0;
-    // A direct route's end (docs/architecture.md §19; route.cpp): dispatched by its window's own
-    // dispatch loop (routeOwner), never by a thread of its own.
-    Impl* routeOwner = nullptr;
-    RouteStatsTable* routeStats = nullptr;  // the opener's: counters the supervisor reads
-    std::uint32_t fencesSent = 0;           // opener; guarded by the owner's outMu
-    std::uint32_t fenceSeen = 0;  // acceptor, owner's dispatch only: the newest fence read in the owner's inbox
-    std::uint32_t gateFence = 0;  // acceptor, owner's dispatch only: the newest fence marker read on the ring;
-                                  // while above fenceSeen, the ring's later records wait
-    std::unordered_set<std::uint64_t> allowed;  // acceptor, owner's dispatch only: channels granted
-    // The order of everything the caller sends the target, direct or routed (§19): the opener
-    // counts the records it commits on the route (`written`, mod 2^32) and whether it wrote
-    // direct since its last RouteSync (`directSince`: relaxed, a program-order flag of the
-    // writing thread) or routed since its last fence (`routedSince`, under the owner's outMu);
-    // the acceptor counts the records it read (`readCount`, owner's dispatch only).
-    std::atomic<std::uint32_t> written{0};
-    std::atomic<bool> directSince{false};
-    bool routedSince = false;
-    std::uint32_t readCount = 0;
-    /// Whether an inspector is attached to the bus: the window segment's trace word.
-    bool tracing() const noexcept {
-      // relaxed: a hint (Router::setTraceWords); the records travel on the outbox, which orders
-      // them itself (SYNC POINT "record"), and the router checks that it still traces.
-      return traceWord(windowSegment->base()).load(std::memory_order_relaxed) != 0;
-    }
-  };
+  using PortSide = window_detail::PortSide;
   std::unique_ptr<PortSide> port;  // set on a port's endpoint (Port::Impl)
 
   // ---- direct routes (docs/architecture.md §19; route.cpp)
 
-  /// What a grant covers: the caller's target as its frames name it, and the channel.
-  struct RouteKey {
-    std::uint32_t target = 0;
-    std::uint64_t role = 0;
-    std::uint64_t channel = 0;
-    bool operator==(const RouteKey&) const = default;
-  };
-  struct RouteKeyHash {
-    std::size_t operator()(const RouteKey& k) const noexcept {
-      return std::hash<std::uint64_t>()(k.channel ^ (k.role * 0x9e3779b97f4a7c15ull) ^ k.target);
-    }
-  };
-  /// One channel granted over a route end: its default timeout, its stats slot, and whether
-  /// this window's fence for it was written (the first direct call or send writes it).
-  struct RouteGrantEntry {
-    std::shared_ptr<Impl> end;
-    std::chrono::milliseconds timeout{0};
-    RouteStatsSlot* slot = nullptr;
-    bool fenced = false;
-  };
+  using RouteKey = window_detail::RouteKey;
+  using RouteKeyHash = window_detail::RouteKeyHash;
+  using RouteGrantEntry = window_detail::RouteGrantEntry;
   std::unordered_map<RouteKey, RouteGrantEntry, RouteKeyHash> routeGrants;  // guarded by outMu
   /// The route end of each target granted anything (key channel 0), guarded by outMu.
   std::unordered_map<RouteKey, std::shared_ptr<Impl>, RouteKeyHash> routeByTarget;
@@ -394,24 +298,7 @@ struct Window::Impl : CallOwner {
 
   /// Sends the name behind `id` once (caller holds outMu). A name is checked (NameKind::Role or
   /// Channel) the first time only: once interned, it passed. Errors: InvalidArgument.
-  Result<void> internLocked(std::uint64_t nameIdValue, std::string_view name, bool isRole) {
-    if (interned.count(nameIdValue) != 0) return {};
-    if (auto v = validateName(isRole ? NameKind::Role : NameKind::Channel, name); !v) return v;
-    // Nothing is written once closed: the supervisor reads this ring no more.
-    if (closed.load(std::memory_order_acquire)) return {};  // acquire: pairs with markClosed
-    interned.try_emplace(nameIdValue, name);
-    FrameHeader h{};
-    h.kind = static_cast<std::uint16_t>(FrameKind::Intern);
-    h.channel = nameIdValue;
-    auto r = writeFrame(link.outbox, h, [&](Builder& b) {
-      auto i = b.initRoot<schema::Intern>();
-      i.setId(nameIdValue);
-      i.setName(interned[nameIdValue]);
-      i.setIsRole(isRole);
-    }, 512);
-    if (!r) interned.erase(nameIdValue);  // try again with the next message
-    return {};
-  }
+  Result<void> internLocked(std::uint64_t nameIdValue, std::string_view name, bool isRole);
 
   /// Interns the channel and the target's role of a message (caller holds outMu).
   Result<void> internFor(const Target& t, const Channel& ch, std::uint64_t roleId) {
@@ -455,41 +342,7 @@ struct Window::Impl : CallOwner {
 
   /// `payloadBytes` (optional): the message's payload size once written.
   Result<void> sendImpl(const Target& t, const Channel& ch, const BuildFn& build,
-                        std::atomic<std::size_t>* payloadBytes = nullptr) {
-    // relaxed: a hint; a grant installed meanwhile is used from the next send on (§19).
-    if (!port && routeGrantCount.load(std::memory_order_relaxed) != 0) {
-      std::shared_ptr<Impl> end;
-      RouteStatsSlot* slot = nullptr;
-      {
-        std::lock_guard lk(outMu);
-        if (RouteGrantEntry* g = grantLocked(t, ch)) {
-          end = g->end;
-          slot = g->slot;
-        }
-      }
-      if (end) {
-        // Counted before the write (taken back if the route refuses it), so that the count is
-        // in the table before the target can see the message, and so before a close of the
-        // route the target's end starts: the supervisor folds the table into its statistics
-        // then. relaxed: a counter; the ring write's release store and the socket carry it.
-        slot->messages.fetch_add(1, std::memory_order_relaxed);
-        auto r = end->portSend(t, ch, build, payloadBytes);
-        end->port->directSince.store(true, std::memory_order_relaxed);  // relaxed: see PortSide
-        if (r) return r;
-        slot->messages.fetch_sub(1, std::memory_order_relaxed);  // relaxed: a counter, as above
-        // Not written (the route's ring without room, the route ended meanwhile, ...): this
-        // message goes routed, behind a RouteSync, so in order, and with routed semantics: a
-        // full inbox or a target gone is reported through onSendFailed, never returned here.
-      }
-    }
-    FrameHeader h = headerFor(FrameKind::Send, t, ch);
-    std::lock_guard lk(outMu);
-    if (auto r = internFor(t, ch, h.role); !r) return r;
-    if (!port && routeGrantCount.load(std::memory_order_relaxed) != 0) {  // relaxed: a hint
-      if (auto r = syncRouteLocked(t); !r) return r;
-    }
-    return writeOutLocked(h, build, 0, 0, payloadBytes);
-  }
+                        std::atomic<std::size_t>* payloadBytes = nullptr);
 
   /// `routeErrors` (a direct route's call, §19): the stats slot's errors, counted when it fails.
   /// `refused` (a direct route's call): when the request cannot be written (the route's ring
@@ -497,99 +350,7 @@ struct Window::Impl : CallOwner {
   /// make routed instead; nothing was sent.
   Call invokeImpl(const Target& t, const Channel& ch, const BuildFn& build, const CallOptions& o,
                   FrameKind kind = FrameKind::Invoke, std::atomic<std::uint64_t>* routeErrors = nullptr,
-                  bool* refused = nullptr) {
-    // relaxed: a hint; a grant installed meanwhile is used from the next call on (§19).
-    if (!port && o.direct && kind == FrameKind::Invoke && routeGrantCount.load(std::memory_order_relaxed) != 0) {
-      RouteGrantEntry grant;
-      {
-        std::lock_guard lk(outMu);
-        if (RouteGrantEntry* g = grantLocked(t, ch)) grant = *g;
-      }
-      if (grant.end) {
-        CallOptions d = o;
-        if (d.timeout.count() == 0) d.timeout = grant.timeout;  // the channel's default, as routed
-        bool refused = false;
-        // Counted before the write, as a direct send is (above): relaxed, a counter.
-        grant.slot->calls.fetch_add(1, std::memory_order_relaxed);
-        Call c = grant.end->invokeImpl(t, ch, build, d, kind, grant.slot->errors, &refused);
-        if (!refused) {
-          grant.end->port->directSince.store(true, std::memory_order_relaxed);  // relaxed: see PortSide
-          return c;
-        }
-        grant.slot->calls.fetch_sub(1, std::memory_order_relaxed);  // relaxed: a counter
-        // Not written (the route's ring full, the route ended meanwhile, ...): the call goes
-        // routed, behind a RouteSync, so in order, and the router's answer is the routed one
-        // (a full inbox is Full there, a window gone finds whichever holds the role).
-      }
-    }
-    auto s = std::make_shared<CallState>();
-    s->owner = this;
-    s->channelName = ch.name;
-    s->target = port && port->routeOwner == nullptr ? Target(port->peerId) : t;
-    s->routeErrors = routeErrors;
-    auto checked = checkCallTimeout(o.timeout, {});
-    if (!checked) {
-      completeCall(s, inContext(checked.error(), s->what()));
-      return Call(s);
-    }
-    // 0 = the channel's default (a port's: its callTimeout, checked positive when it opened).
-    const std::chrono::milliseconds timeout = port && checked->count() == 0 ? port->callTimeout : *checked;
-    s->timeoutMs = timeout.count();
-    FrameHeader h = headerFor(kind, t, ch);
-    h.traceId = currentTraceId();  // a call made inside a handler continues its flow (0: a new one)
-    // A zero timeout asks the supervisor for the channel's default (Supervisor::setChannelTimeout),
-    // which this window does not know; its local fallback then waits kUnknownDeadlineFallbackNs.
-    const std::int64_t now = monotonicNowNs();
-    // kMaxTimeout fits the 32-bit status field and keeps the sum far from overflowing.
-    h.deadlineNs = timeout.count() > 0 ? deadlineAfter(now, timeout) : 0;
-    h.status = static_cast<std::uint32_t>(timeout.count());
-    // A port has no supervisor in the path: its own deadline is the call's (always given: the
-    // port's callTimeout default is positive).
-    s->deadlineNs = port ? h.deadlineNs
-                         : (h.deadlineNs != 0 ? h.deadlineNs : now + kUnknownDeadlineFallbackNs) + kLocalGraceNs;
-    // A port's call is traced by this end while an inspector is attached (one load otherwise).
-    if (port && kind == FrameKind::Invoke && port->tracing()) s->onEnd = portCallTracer(h, std::string(ch.name));
-    // Read before pending.add: the reply's completeCall (another thread, after pending.take)
-    // moves onEnd out, and the PendingCalls mutex orders this read before it; read after the
-    // publish, the only order is through the peer's process, which ThreadSanitizer cannot see.
-    std::atomic<std::size_t>* requestBytes = s->onEnd ? &s->requestBytes : nullptr;
-    if (replySpin.capNs() > 0) {
-      // Learned reply spin (docs/architecture.md §4): a waiter may spin until spinUntilNs.
-      s->spinChannel = ch.id;
-      s->sentNs = now;
-      s->spinUntilNs = now + replySpin.spinFor(ch.id);
-    }
-    h.requestId = pending.add(s);
-    if (h.requestId == 0) {
-      completeCall(s, makeError(ErrorCode::Full, fmt::format("{}: {} calls are in flight already", s->what(),
-                                                             std::uint64_t{1} << PendingCalls::kSlotBits)));
-      return Call(s);
-    }
-    Result<void> r;
-    {
-      std::lock_guard lk(outMu);
-      r = internFor(t, ch, h.role);
-      // relaxed: a hint; under outMu the sync decides (§19).
-      if (r && !port && kind == FrameKind::Invoke && routeGrantCount.load(std::memory_order_relaxed) != 0) {
-        r = syncRouteLocked(t);
-      }
-      // requestBytes is stored before the commit publishes the request, so the thread that reads
-      // the reply and runs onEnd sees it (SYNC POINT "record", to the peer and back).
-      if (r) r = writeOutLocked(h, build, o.sizeHint, 0, requestBytes);
-    }
-    if (!r) {
-      pending.take(s->requestId);
-      if (refused != nullptr) {
-        if (r.code() == ErrorCode::Corrupt) endPortCorrupt(r.error());  // the route ends here
-        *refused = true;
-        return Call(s);
-      }
-      Error err = r.error();
-      err.message = fmt::format("{}: {}", s->what(), err.message);
-      completeCall(s, std::move(err));
-    }
-    return Call(s);
-  }
+                  bool* refused = nullptr);
 
   // ---- calls
 
