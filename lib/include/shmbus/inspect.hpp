@@ -87,8 +87,13 @@ struct TraceEvent {
   /// A call's reply payload (successful calls), when captured and readable; else empty.
   std::optional<TracePayload> reply;
 
-  /// Duration of a call, ms (0 for one-way messages and window events).
-  double durationMs() const noexcept { return static_cast<double>(endNs - startNs) / 1e6; }
+  /// Duration of a call, ms (0 for one-way messages and window events). The difference wraps
+  /// around instead of overflowing: times read from a corrupt trace record give a wrong figure,
+  /// never undefined behaviour (found by the trace fuzz harness).
+  double durationMs() const noexcept {
+    return static_cast<double>(static_cast<std::int64_t>(static_cast<std::uint64_t>(endNs) -
+                                                         static_cast<std::uint64_t>(startNs))) / 1e6;
+  }
 };
 
 /// One line of human-readable text for `e` (what `shmbus-inspect tail` prints), e.g.

@@ -55,7 +55,8 @@ std::uint32_t trackOf(std::uint32_t window) { return window + 1; }
 
 /// Microseconds from `t0`, with the nanoseconds kept (the format's unit is µs).
 std::string micros(std::int64_t ns, std::int64_t t0) {
-  const std::int64_t d = ns - t0;
+  // Wraps around instead of overflowing (the times come from trace records: see durationMs).
+  const auto d = static_cast<std::int64_t>(static_cast<std::uint64_t>(ns) - static_cast<std::uint64_t>(t0));
   return fmt::format("{}.{:03}", d / 1000, d % 1000);
 }
 
