@@ -216,15 +216,14 @@ class TypedReply {
  public:
   /// The results builder, the reply's root (initialised on first use).
   typename M::Results::Builder results() {
-    if (!results_) results_.emplace(reply_.template initRoot<typename M::Results>());
-    return *results_;
+    using R = typename M::Results;
+    return reply_.empty() ? reply_.template initRoot<R>() : reply_.builder().template getRoot<R>();
   }
   /// The untyped reply (empty until results() was called).
   Reply& untyped() noexcept { return reply_; }
 
  private:
   Reply reply_;
-  std::optional<typename M::Results::Builder> results_;
 };
 
 /// The request a coroutine handler gets: an owned copy of the message and of its context (the
@@ -358,10 +357,11 @@ Registration handleTypedCo(E& endpoint, F&& fn) {
       (void)r.fail(params.error());
       return;
     }
+    auto task = (*shared)(TypedRequest<M>(std::move(req), *params));
     if constexpr (isStreaming<M>()) {
-      driveAck(shared, (*shared)(TypedRequest<M>(std::move(req), *params)), r);
+      driveAck(shared, std::move(task), r);
     } else {
-      driveReply(shared, (*shared)(TypedRequest<M>(std::move(req), *params)), r);
+      driveReply(shared, std::move(task), r);
     }
   });
 }

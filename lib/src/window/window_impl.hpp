@@ -340,7 +340,9 @@ struct Window::Impl : CallOwner {
     return h;
   }
 
-  /// `payloadBytes` (optional): the message's payload size once written.
+  /// Sends one message on `ch` to `t` (the supervisor's main process when `t` is main): over a
+  /// granted direct route when there is one (§19), else routed through the outbox. Errors: as
+  /// Window::send and sendTo. `payloadBytes` (optional): the message's payload size once written.
   Result<void> sendImpl(const Target& t, const Channel& ch, const BuildFn& build,
                         std::atomic<std::size_t>* payloadBytes = nullptr);
 
