@@ -12,8 +12,10 @@
 //                                                  port (no supervisor in the path)
 //                                                  Window::invokeIn → supervisor → Window::handle (3 processes;
 //                                                  "spin" = the default 4 µs budget: 3 spinners on 2 cores starve)
-//   Invoke/port_blob/<bytes>/default               a request of <bytes> (allocated, not filled) answered with
-//                                                  its size, over a port: larger than the ring, it is a blob
+//   Invoke/port_blob/<bytes>/default|spin          a request of <bytes> (allocated, not filled) answered with
+//                                                  its size, over a port: larger than the ring, it is a blob;
+//                                                  "default": every wait policy the default (4 µs spin, the
+//                                                  caller's learned reply spin); "spin": both ends never park
 //   Invoke/<route>/64/learned                      the default wait policy of every process (4 µs spin) and the
 //                                                  caller's learned reply spin (replySpinCap 50 µs, the default)
 //   Invoke/window_to_window_routed/64/learned_1ms|parked_1ms, PingPong/ring_parked/64/1ms,
@@ -856,7 +858,9 @@ void registerAll() {
   // Large requests over a port (blobs, issue 13 item 4: RTT of 1 MiB and 64 MiB ÷ RTT of 64 B).
   for (std::size_t bytes : {std::size_t{64}, std::size_t{1} << 20, std::size_t{64} << 20}) {
     manual(benchmark::RegisterBenchmark(fmt::format("Invoke/port_blob/{}/default", bytes).c_str(),
-                                        [=](benchmark::State& s) { invoke(s, Route::PortBlob, bytes, defSpin); }));
+                                        [=](benchmark::State& s) { invoke(s, Route::PortBlob, bytes, defSpin, false, defCap); }));
+    manual(benchmark::RegisterBenchmark(fmt::format("Invoke/port_blob/{}/spin", bytes).c_str(),
+                                        [=](benchmark::State& s) { invoke(s, Route::PortBlob, bytes, kSpinLong); }));
   }
   auto spaced = [](benchmark::internal::Benchmark* b) {
     b->UseManualTime()->Iterations(2000)->Unit(benchmark::kMicrosecond);

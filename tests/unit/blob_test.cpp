@@ -5,6 +5,7 @@
 #include "blob/blob.hpp"
 
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -21,14 +22,22 @@ using shmbus::test::TestMessage;
 
 namespace {
 
-/// A shared anonymous mapping of `bytes`, unmapped on destruction.
+/// A shared anonymous mapping of `bytes`, unmapped on destruction; with `withFile`, a mapping of a
+/// memfd (tmpfs, as a port segment's /dev/shm file is) whose descriptor file() hands out.
 struct Arena {
-  explicit Arena(std::size_t n) : bytes(n) {
-    void* p = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  explicit Arena(std::size_t n, bool withFile = false) : bytes(n) {
+    if (withFile) {
+      fd = Fd(::memfd_create("blob_test", MFD_CLOEXEC));
+      REQUIRE(fd);
+      REQUIRE(::ftruncate(fd.get(), static_cast<off_t>(n)) == 0);
+    }
+    void* p = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED | (withFile ? 0 : MAP_ANONYMOUS), fd.get(), 0);
     REQUIRE(p != MAP_FAILED);
     base = static_cast<std::uint8_t*>(p);
   }
   ~Arena() { ::munmap(base, bytes); }
+  /// A descriptor of the arena's file, for a BlobProducer.
+  Fd file() const { return Fd(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0)); }
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
   BlobControl* control() const { return reinterpret_cast<BlobControl*>(base); }
@@ -41,6 +50,7 @@ struct Arena {
     for (unsigned char c : v) r += c & 1;
     return r;
   }
+  Fd fd;
   std::uint8_t* base = nullptr;
   std::size_t bytes = 0;
 };
@@ -157,6 +167,43 @@ TEST_CASE("the pages of a large released record go back to the kernel") {
   release(a, d);
   p.reclaim();
   CHECK(a.resident(a.base + kBlobPage, 4u << 20) <= 2);
+  CHECK(body[12345] == 0);
+}
+
+TEST_CASE("with the segment's file, a released record in the warm front keeps its pages; the next build reads zero") {
+  Arena a(4u << 20, true);
+  BlobProducer p(a.base, a.bytes, a.file());  // the default warm front spans this arena
+  const auto d = put(p, 1u << 20);            // a 0x5a pattern over 1 MiB
+  release(a, d);
+  CHECK(p.reclaim() == 1);
+  CHECK(a.resident(a.base + kBlobPage, 1u << 20) >= 250);  // kept, not punched out
+  // The peer scribbles into free space further on (its own mapping is writable too).
+  std::memset(a.base + (2u << 20), 0x77, 3 * kBlobPage);
+  auto c = p.claim(sizeof(MessageTable));
+  REQUIRE(c.ok());
+  BlobMessageBuilder mb(*c, p.maxMessage());
+  auto root = mb.initRoot<TestMessage>();
+  auto blob = root.initBlob(3u << 20);  // over the kept pages and the scribbles
+  bool zero = true;
+  for (std::size_t i = 0; i < blob.size(); ++i) zero = zero && blob[i] == 0;
+  CHECK(zero);
+  CHECK(root.getSeq() == 0);
+  CHECK(root.getText().size() == 0);
+  CHECK(!root.hasChildren());
+}
+
+TEST_CASE("with the segment's file, a released record past the warm front gives its pages back") {
+  Arena a(8u << 20, true);
+  BlobProducer p(a.base, a.bytes, a.file(), 0, 1u << 20);  // a warm front of 1 MiB
+  const auto small = put(p, 100'000);                      // inside the warm front
+  const auto large = put(p, 4u << 20);                     // ends past it
+  const std::uint8_t* body = a.base + large.offset + sizeof(BlobRecordHeader);
+  CHECK(a.resident(a.base + (1u << 20), 3u << 20) >= 700);
+  release(a, small);
+  release(a, large);
+  CHECK(p.reclaim() == 2);
+  CHECK(a.resident(a.base + (1u << 20), 3u << 20) <= 2);
+  CHECK(a.resident(a.base + kBlobPage, 64u << 10) >= 10);  // the small record's pages stay
   CHECK(body[12345] == 0);
 }
 

@@ -76,7 +76,8 @@ struct SupervisorOptions {
   /// of one window may hold at once, as opener or acceptor. A port whose PortOptions::blobBytes
   /// is 0 (the default) gets what is left, clamped (0 left: no arenas, and a message larger than
   /// the ring is TooLarge as without blobs); one that asks more than is left fails to open with
-  /// TooLarge naming the limit. The arenas are sparse: only bytes of blobs in flight use memory.
+  /// TooLarge naming the limit. The arenas are sparse: memory goes to the pages blobs touched
+  /// (PortOptions::blobBytes says which stay until the port closes).
   std::uint64_t blobBytesPerWindow = 1ull << 30;
   /// Most blob arena bytes of all the bus's ports at once; as blobBytesPerWindow.
   std::uint64_t blobBytesPerBus = 4ull << 30;

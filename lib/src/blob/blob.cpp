@@ -1,10 +1,12 @@
 #include "blob/blob.hpp"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 
 namespace shmbus::detail {
@@ -55,9 +57,56 @@ void releaseBlob(BlobRecordHeader* record, BlobControl* control) noexcept {
   notify(control->released);
 }
 
-BlobProducer::BlobProducer(std::uint8_t* arena, std::size_t arenaBytes)
-    : arena_(arena), bytes_(arenaBytes), span_(arenaBytes - sizeof(BlobControl)) {
+BlobProducer::BlobProducer(std::uint8_t* arena, std::size_t arenaBytes, Fd file, std::uint64_t fileOffset,
+                           std::size_t warmBytes)
+    : arena_(arena),
+      bytes_(arenaBytes),
+      span_(arenaBytes - sizeof(BlobControl)),
+      file_(std::move(file)),
+      fileOffset_(fileOffset),
+      warmBytes_(file_ ? warmBytes : 0) {
   SHMBUS_ASSERT(arenaBytes > kBlobOverhead && arenaBytes % kBlobPage == 0, "bad blob arena size");
+  SHMBUS_ASSERT(fileOffset % kBlobPage == 0, "blob arena not page aligned in its file");
+}
+
+void BlobProducer::zeroFree(std::uint8_t* p, std::size_t n) const noexcept {
+  if (n == 0) return;
+  if (!file_) {
+    zero(p, n);
+    return;
+  }
+  // The pages holding the range's first and last bytes are memset without asking: they are the
+  // ones a builder writes first (a segment's head, the end of a filled blob), and two lseeks cost
+  // more than a page's memset. Only the pages between them are looked up.
+  const auto begin = reinterpret_cast<std::uintptr_t>(p);
+  const std::uintptr_t headEnd = std::min<std::uintptr_t>(alignUp64(begin + 1, kBlobPage), begin + n);
+  const std::uintptr_t tailBegin = std::max<std::uintptr_t>((begin + n - 1) / kBlobPage * kBlobPage, headEnd);
+  std::memset(p, 0, headEnd - begin);
+  std::memset(reinterpret_cast<void*>(tailBegin), 0, begin + n - tailBegin);
+  const auto fileAt = [&](std::uintptr_t q) {
+    return static_cast<off_t>(fileOffset_ + (q - reinterpret_cast<std::uintptr_t>(arena_)));
+  };
+  const off_t end = fileAt(tailBegin);
+  off_t pos = fileAt(headEnd);
+  while (pos < end) {
+    const off_t data = ::lseek(file_.get(), pos, SEEK_DATA);
+    if (data < 0 && errno == ENXIO) return;  // no data from pos to the end of the file
+    if (data < 0) {                          // a file system without SEEK_DATA: treat all as data
+      std::memset(arena_ + (pos - static_cast<off_t>(fileOffset_)), 0, static_cast<std::size_t>(end - pos));
+      return;
+    }
+    if (data >= end) return;
+    off_t hole = ::lseek(file_.get(), data, SEEK_HOLE);
+    if (hole < 0 || hole > end) hole = end;
+    std::memset(arena_ + (data - static_cast<off_t>(fileOffset_)), 0, static_cast<std::size_t>(hole - data));
+    pos = hole;
+  }
+}
+
+void BlobProducer::retire(std::uint64_t pos, std::size_t n) noexcept {
+  if (n == 0) return;
+  if (pos % span_ + n <= warmBytes_) return;  // kept: zeroFree clears it when it is claimed again
+  zero(at(pos), n);
 }
 
 void BlobProducer::zero(std::uint8_t* p, std::size_t n) noexcept {
@@ -86,7 +135,7 @@ std::size_t BlobProducer::reclaim() noexcept {
       // acquire: SYNC POINT "blob release" (pairs with releaseBlob's release store).
       if (record->released.load(std::memory_order_acquire) == 0) break;
     }
-    if (h.touched != 0) zero(at(h.pos), h.touched);
+    retire(h.pos, h.touched);
     if (h.touched != 0) --messages_;
     head_ = h.end;
     held_.pop_front();
@@ -118,6 +167,7 @@ Result<BlobClaim> BlobProducer::claim(std::size_t minBody) {
                                                   sizeof(BlobRecordHeader) + minBody, bytesHeld()));
   }
   BlobClaim c;
+  c.owner = this;
   c.pos = wrap ? tail_ + skip : tail_;
   c.skip = wrap ? skip : 0;
   c.body = at(c.pos) + sizeof(BlobRecordHeader);
@@ -143,7 +193,9 @@ BlobDescriptor BlobProducer::commit(const BlobClaim& c, std::size_t usedBytes) {
   return BlobDescriptor{c.pos % span_ + sizeof(BlobControl), usedBytes, generation_, 0, 0};
 }
 
-void BlobProducer::abort(const BlobClaim& c, std::size_t touched) noexcept { zero(c.body, touched); }
+void BlobProducer::abort(const BlobClaim& c, std::size_t touched) noexcept {
+  retire(c.pos + sizeof(BlobRecordHeader), touched);
+}
 
 void BlobProducer::dropLast() noexcept {
   if (held_.empty()) return;
@@ -171,7 +223,7 @@ kj::ArrayPtr<capnp::word> BlobMessageBuilder::allocateSegment(capnp::uint minimu
     words = available;
   }
   auto* start = claim_.body + cursor_;
-  BlobProducer::zero(start, words * kWord);  // the peer may have written into free space
+  claim_.owner->zeroFree(start, words * kWord);  // kept pages, and the peer may have written there
   sizes_[count_++] = static_cast<std::uint32_t>(words);
   cursor_ += words * kWord;
   return kj::arrayPtr(reinterpret_cast<capnp::word*>(start), words);

@@ -15,9 +15,11 @@
 // monotonic position, wrapping to offset 64 when a record does not fit before the end (the skipped
 // tail counts as held until the records before it are reclaimed). The receiver releases a record
 // by storing 1 into its header's `released` (release) and bumping BlobControl::releases (release,
-// then a futex wake); the sender reclaims released records oldest first (acquire), zeroes what
-// they used (MADV_REMOVE for whole pages, so a large blob's memory goes back to the kernel; memset
-// for the edges) and can then reuse the space. Nothing the receiver reads is trusted: a
+// then a futex wake); the sender reclaims released records oldest first (acquire) and can then
+// reuse the space. A record inside the arena's warm front (kBlobWarmBytes) keeps its pages: the
+// next claim over them zeroes only the pages holding data (SEEK_DATA on the segment's file), so a
+// blob sent again and again costs no system call that touches pages. Past the warm front the
+// pages go back to the kernel (MADV_REMOVE). Nothing the receiver reads is trusted: a
 // descriptor is checked against the arena's bounds and the record's generation
 // (checkBlobDescriptor), then its message is parsed like a ring payload (InPlaceMessage::parse).
 #pragma once
@@ -30,6 +32,7 @@
 #include <cstdint>
 #include <deque>
 
+#include "control/socket.hpp"
 #include "message/message.hpp"
 #include "shmbus/error.hpp"
 #include "wait/wait.hpp"
@@ -74,6 +77,13 @@ inline constexpr std::size_t kBlobAlign = 64;
 inline constexpr std::size_t kBlobPage = 4096;
 /// Default arena size per direction (PortOptions::blobBytes 0).
 inline constexpr std::uint64_t kDefaultPortBlobBytes = 256ull << 20;
+/// The front of an arena whose pages a sender with the segment's file keeps after a release (per
+/// direction, bytes; half the default arena): records that end inside it keep their pages, which
+/// the next claim over them zeroes where they hold data, instead of being punched out (MADV_REMOVE:
+/// about 50 µs per record here, 2026-12-07) and faulted back in page by page when written again.
+/// Records past it give their pages back to the kernel. So a port keeps at most this much memory
+/// per direction for blobs no longer held, and only as much of it as its blobs touched.
+inline constexpr std::size_t kBlobWarmBytes = 128u << 20;
 /// Largest arena size a port may ask for (PortOptions::blobBytes).
 inline constexpr std::uint64_t kMaxPortBlobBytes = 64ull << 30;
 /// Bytes of an arena no message can use: the control block and one record header.
@@ -101,8 +111,13 @@ Result<BlobView> checkBlobDescriptor(const BlobDescriptor& d, std::uint8_t* aren
 void releaseBlob(BlobRecordHeader* record, BlobControl* control) noexcept;
 
 /// A contiguous run of free arena space for one record, from BlobProducer::claim.
+class BlobProducer;
 struct BlobClaim {
-  std::uint8_t* body = nullptr;  ///< first byte after the record header (8-byte aligned, zero)
+  /// The arena the claim is in (BlobMessageBuilder zeroes segments through it).
+  const BlobProducer* owner = nullptr;
+  /// First byte after the record header (8-byte aligned). Not zeroed: a builder zeroes what it
+  /// hands out (BlobProducer::zeroFree).
+  std::uint8_t* body = nullptr;
   std::size_t capacity = 0;      ///< body bytes available
   std::uint64_t pos = 0;         ///< arena position of the record header
   std::uint64_t skip = 0;        ///< bytes skipped at the end of the arena to start at its front
@@ -114,8 +129,12 @@ class BlobProducer {
  public:
   BlobProducer() = default;
   /// `arena` points at `arenaBytes` (a multiple of 4 KiB, > kBlobOverhead) of mapped shared
-  /// memory whose free space is zero (a fresh ftruncate'd file).
-  BlobProducer(std::uint8_t* arena, std::size_t arenaBytes);
+  /// memory whose free space is zero (a fresh ftruncate'd file). With `file` (the segment's
+  /// file, tmpfs; `fileOffset` the arena's offset in it, a multiple of 4 KiB), released records
+  /// inside the first `warmBytes` keep their pages and claims zero only pages that hold data;
+  /// without it every released record is zeroed (whole pages punched out) when reclaimed.
+  BlobProducer(std::uint8_t* arena, std::size_t arenaBytes, Fd file = Fd(), std::uint64_t fileOffset = 0,
+               std::size_t warmBytes = kBlobWarmBytes);
 
   bool valid() const noexcept { return arena_ != nullptr; }
   /// The largest message (table + segments) the arena can ever hold.
@@ -128,13 +147,15 @@ class BlobProducer {
   /// Publishes the claim as a record of `usedBytes` body bytes (<= capacity) and returns the
   /// descriptor for the peer. The record is held until the receiver releases it.
   BlobDescriptor commit(const BlobClaim& c, std::size_t usedBytes);
-  /// Gives up a claim: the `touched` body bytes written are zeroed again.
+  /// Gives up a claim whose first `touched` body bytes were handed out (retired as a reclaimed
+  /// record's are).
   void abort(const BlobClaim& c, std::size_t touched) noexcept;
   /// Forgets the last committed record (its descriptor could not be sent): reclaimed as if
   /// released.
   void dropLast() noexcept;
 
-  /// Reclaims the released records at the front (zeroing what they used). Returns how many.
+  /// Reclaims the released records at the front (retiring what they used: kept for the next
+  /// claim in the warm front, else zeroed with the pages given back). Returns how many.
   std::size_t reclaim() noexcept;
   /// Spins, then parks on the control word until the receiver releases something, `stop()` is
   /// true, or `deadlineNs` (CLOCK_MONOTONIC). Returns Ready when a release may have happened.
@@ -163,8 +184,18 @@ class BlobProducer {
   /// Zeroes `n` bytes at `p` (inside an arena): the whole pages of a large range go back to the
   /// kernel (madvise MADV_REMOVE punches them out of the shared file), the edges are memset.
   static void zero(std::uint8_t* p, std::size_t n) noexcept;
+  /// Makes `n` free bytes at `p` (inside this arena) read as zero before a builder hands them
+  /// out. With the segment's file: memsets only the pages that hold data (lseek SEEK_DATA /
+  /// SEEK_HOLE; tmpfs counts a swapped-out page as data), so pages never touched cost nothing
+  /// and a kept page a memset; without it, zero(). The peer may have written anywhere in the
+  /// free space: this is what keeps a builder's memory what Cap'n Proto expects.
+  void zeroFree(std::uint8_t* p, std::size_t n) const noexcept;
 
  private:
+  // What a reclaimed or aborted range becomes: nothing (warm front, zeroFree runs at the next
+  // claim), or zeroed with its whole pages given back.
+  void retire(std::uint64_t pos, std::size_t n) noexcept;
+
   struct Held {
     std::uint64_t pos = 0;     // arena position of the header (after any skip)
     std::uint64_t end = 0;     // position after the record
@@ -180,13 +211,16 @@ class BlobProducer {
   std::uint64_t messages_ = 0;
   std::uint64_t highWater_ = 0;
   std::deque<Held> held_;
+  Fd file_;                   // the segment's file, or none (then every retire zeroes)
+  std::uint64_t fileOffset_ = 0;
+  std::size_t warmBytes_ = 0;
 };
 
 /// A capnp::MessageBuilder over one BlobClaim: a MessageTable at the start of the claim's body
 /// and up to kMaxSegments contiguous segments after it, each of what Cap'n Proto asks or a chunk
 /// growing from 256 KiB fourfold (the last slot takes the rest of the claim). Each segment is
-/// zeroed as it is handed out (BlobProducer::zero: pages already returned cost a page-table walk,
-/// not a memset), since the peer could have written into the free space. A message that
+/// zeroed as it is handed out (BlobProducer::zeroFree: only pages holding data are written), since
+/// kept pages hold old records and the peer could have written into the free space. A message that
 /// outgrows the claim throws ClaimExhausted: TooLarge when it exceeds `maxMessage` or the claim
 /// already spans it, else Full.
 /// Thread contract: single thread. Lifetime: must not outlive the claim.

@@ -3,6 +3,7 @@
 // calls, handlers, cancels, deadlines and the dispatch loop are the window's own code.
 #include "shmbus/port.hpp"
 
+#include <fcntl.h>
 #include <sys/sysinfo.h>
 
 #include <fmt/format.h>
@@ -65,7 +66,10 @@ Result<std::shared_ptr<Port::Impl>> makePort(Window::Impl& w, const WelcomeInfo&
   p->port->hub = w.hub;
   p->port->windowSegment = w.link.segment;
   if (info.blobBytes != 0) {  // checkWelcomeLayout (attachLink) checked both arenas lie inside the segment
-    p->port->blobOut = BlobProducer(p->link.segment->base() + info.blobOutOffset, info.blobBytes);
+    // The arena keeps a descriptor of the segment's file to find the pages that hold data
+    // (BlobProducer::zeroFree); without one (dup failed) it zeroes every released record.
+    p->port->blobOut = BlobProducer(p->link.segment->base() + info.blobOutOffset, info.blobBytes,
+                                    Fd(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0)), info.blobOutOffset);
     p->port->blobIn = p->link.segment->base() + info.blobInOffset;
     p->port->blobInBytes = info.blobBytes;
   }
@@ -202,6 +206,8 @@ Result<void> Window::Impl::writeBlobLocked(const FrameHeader& h, const BuildFn& 
   if (!d) return d.error();
   // relaxed: the ring's commit (SYNC POINT "record") publishes it with the frame, as writeFrame's.
   if (payloadBytes != nullptr) payloadBytes->store(d->bytes, std::memory_order_relaxed);
+  // The ring's frame would have held the table, the segments and the two headers.
+  port->noteBlob(h.channel, kRecordHeaderBytes + sizeof(FrameHeader) + d->bytes > link.outbox.geometry().maxRecord);
   return sendBlob(*this, h, *d, deadline);
 }
 

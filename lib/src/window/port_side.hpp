@@ -4,6 +4,7 @@
 // (window_impl.hpp, as Impl::PortHub and Impl::PortSide); port.cpp and route.cpp use them.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -88,6 +89,35 @@ struct PortSide {
   // The blob arenas (blob/blob.hpp, docs/architecture.md §17): the one this end writes (its
   // one producer holds outMu) and the peer's, read in place; none when blobIn is null.
   BlobProducer blobOut;  // guarded by outMu
+  // Channels whose last message went as a blob (the newest few): their next message is built in
+  // the arena first instead of in the ring first, whose TooLarge is an exception thrown through
+  // Cap'n Proto's frames (about half of a 1 MiB blob call's instructions, 2026-12-07). A
+  // message of such a channel that would have fitted the ring still travels as a blob, once.
+  std::array<std::uint64_t, 4> blobChannels{};  // guarded by outMu; the first blobChannelCount used
+  std::uint8_t blobChannelCount = 0;            // guarded by outMu
+  std::uint8_t blobChannelNext = 0;             // guarded by outMu: the entry replaced next
+  /// Whether `channel`'s last message went as a blob (caller holds outMu).
+  bool blobFirst(std::uint64_t channel) const noexcept {
+    for (std::uint8_t i = 0; i < blobChannelCount; ++i) {
+      if (blobChannels[i] == channel) return true;
+    }
+    return false;
+  }
+  /// Remembers (`large`) or forgets whether `channel`'s message needed a blob (caller holds outMu).
+  void noteBlob(std::uint64_t channel, bool large) noexcept {
+    for (std::uint8_t i = 0; i < blobChannelCount; ++i) {
+      if (blobChannels[i] != channel) continue;
+      if (!large) blobChannels[i] = blobChannels[--blobChannelCount];
+      return;
+    }
+    if (!large) return;
+    if (blobChannelCount < blobChannels.size()) {
+      blobChannels[blobChannelCount++] = channel;
+      return;
+    }
+    blobChannels[blobChannelNext] = channel;
+    blobChannelNext = static_cast<std::uint8_t>((blobChannelNext + 1) % blobChannels.size());
+  }
   std::uint8_t* blobIn = nullptr;
   std::size_t blobInBytes = 0;
   // A direct route's end (docs/architecture.md §19; route.cpp): dispatched by its window's own
