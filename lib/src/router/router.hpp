@@ -406,11 +406,27 @@ class Router {
   void onRouteFence(Conn& w, const FrameHeader& h);
   /// Closes every route port (the policy changed): calls in flight on them fail with TargetGone.
   void closeRoutes(std::string_view why);
-  /// Adds what a route port's caller counted (RouteStatsTable) to `into` (by channel).
-  void addRouteCounts(const PortLink& p, std::map<std::uint64_t, RouterStats::ChannelStats>& into) const;
+  /// Adds what a route port's caller counted (`table`, slot i for `slotChannels[i]`) to `into`
+  /// (by channel).
+  static void addRouteCounts(const RouteStatsTable& table, const std::vector<std::uint64_t>& slotChannels,
+                             std::map<std::uint64_t, RouterStats::ChannelStats>& into);
+  /// A route port that ended while its caller may still count on it: calls in flight on it fail
+  /// at the caller after the close (TargetGone) and count their errors into its table then, so
+  /// the table stays mapped and is read live until the caller goes (closePortsOf) or more than
+  /// kRetiredRoutes are kept (the oldest first); then it is folded into routeFolded_.
+  struct RetiredRoute {
+    std::uint32_t opener = 0;
+    std::shared_ptr<Segment> segment;  // keeps `table` mapped
+    const RouteStatsTable* table = nullptr;
+    std::vector<std::uint64_t> slotChannels;
+  };
+  static constexpr std::size_t kRetiredRoutes = 64;
+  std::deque<RetiredRoute> retiredRoutes_;
+  /// Folds the retired routes whose caller is `opener` (all when 0) into routeFolded_.
+  void foldRetiredRoutes(std::uint32_t opener);
   /// route ports by (caller, target window)
   std::map<std::pair<std::uint32_t, std::uint32_t>, std::uint64_t> routePorts_;
-  /// What closed route ports counted, by channel (RouterStats: calls, messages, errors).
+  /// What closed route ports counted once folded, by channel (RouterStats: calls, messages, errors).
   std::map<std::uint64_t, RouterStats::ChannelStats> routeFolded_;
   std::map<std::uint64_t, PortLink> ports_;
   std::uint64_t nextPortId_ = 1;

@@ -222,8 +222,9 @@ RouterStats Router::statsLocked() const {
   // Direct routes' counts (docs/architecture.md §19): closed ports' folded, open ports' live.
   std::map<std::uint64_t, RouterStats::ChannelStats> direct = routeFolded_;
   for (auto& [id, p] : ports_) {
-    if (p.route) addRouteCounts(p, direct);
+    if (p.route && p.routeStats != nullptr) addRouteCounts(*p.routeStats, p.slotChannels, direct);
   }
+  for (const RetiredRoute& r : retiredRoutes_) addRouteCounts(*r.table, r.slotChannels, direct);
   for (auto& [ch, c] : counters_.channels()) {
     RouterStats::ChannelStats cs;
     cs.channel = registry_.statName(ch);

@@ -227,9 +227,14 @@ void Router::closePort(std::uint64_t id, std::uint32_t reason, const std::option
   if (it == ports_.end()) return;
   PortLink p = std::move(it->second);
   ports_.erase(it);
-  if (p.route) {
-    // What its caller counted stays in the stats (docs/architecture.md §19).
-    addRouteCounts(p, routeFolded_);
+  if (p.route && p.routeStats != nullptr) {
+    // What its caller counted stays in the stats (docs/architecture.md §19), and so does what it
+    // counts from now on for its calls in flight, which fail at its end after this close.
+    retiredRoutes_.push_back(RetiredRoute{p.opener, p.seg.segment, p.routeStats, p.slotChannels});
+    if (retiredRoutes_.size() > kRetiredRoutes) {
+      addRouteCounts(*retiredRoutes_.front().table, retiredRoutes_.front().slotChannels, routeFolded_);
+      retiredRoutes_.pop_front();
+    }
     if (auto r = routePorts_.find({p.opener, p.acceptor}); r != routePorts_.end() && r->second == id) routePorts_.erase(r);
   }
   std::uint32_t expected = kPortOpen;
@@ -288,6 +293,7 @@ void Router::closePortsOf(const Conn& c) {
                                                            c.bad ? "was disconnected" : "closed")),
               c.doomed);
   }
+  foldRetiredRoutes(c.id);  // it counts on them no more
 }
 
 std::vector<PortInfo> Router::ports() {

@@ -145,10 +145,11 @@ void Router::closeRoutes(std::string_view why) {
   for (auto id : ids) closePort(id, kPortRevoked, std::nullopt, why);
 }
 
-void Router::addRouteCounts(const PortLink& p, std::map<std::uint64_t, RouterStats::ChannelStats>& into) const {
-  for (std::size_t i = 0; i < p.slotChannels.size(); ++i) {
-    const RouteStatsSlot& s = p.routeStats->slots[i];
-    RouterStats::ChannelStats& c = into[p.slotChannels[i]];
+void Router::addRouteCounts(const RouteStatsTable& table, const std::vector<std::uint64_t>& slotChannels,
+                            std::map<std::uint64_t, RouterStats::ChannelStats>& into) {
+  for (std::size_t i = 0; i < slotChannels.size(); ++i) {
+    const RouteStatsSlot& s = table.slots[i];
+    RouterStats::ChannelStats& c = into[slotChannels[i]];
     // relaxed: counters, read as they are; the caller's increments need no order with anything.
     c.directCalls += s.calls.load(std::memory_order_relaxed);
     c.directMessages += s.messages.load(std::memory_order_relaxed);
@@ -157,6 +158,14 @@ void Router::addRouteCounts(const PortLink& p, std::map<std::uint64_t, RouterSta
       if (n != 0) c.errors[errorCodeName(static_cast<ErrorCode>(code))] += n;
     }
   }
+}
+
+void Router::foldRetiredRoutes(std::uint32_t opener) {
+  std::erase_if(retiredRoutes_, [&](const RetiredRoute& r) {
+    if (opener != 0 && r.opener != opener) return false;
+    addRouteCounts(*r.table, r.slotChannels, routeFolded_);
+    return true;
+  });
 }
 
 }  // namespace shmbus::detail

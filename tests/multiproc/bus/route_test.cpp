@@ -225,11 +225,20 @@ TEST_CASE("the target's death fails a direct call with TargetGone; the next call
   REQUIRE(entered.next(30s).text == "block");
   ::kill(first.pid(), SIGKILL);
   CHECK(result.next(30s).text == "TargetGone");
+  // The direct call that failed counts in the stats, though it failed at the caller after the
+  // route ended: its table is read until the caller goes, then folded.
+  auto goneCount = [&] {
+    const auto s = channelStats(tb->stats(), "slow");
+    REQUIRE(s != nullptr);
+    return s->errors.count("TargetGone") != 0 ? s->errors.at("TargetGone") : 0;
+  };
+  CHECK(goneCount() == 1);
   second.start();
   link.tellChild("go");
   for (int i = 0; i < 3; ++i) CHECK(result.next(30s).text == std::to_string(second.id()));
   CHECK(editor.join(10s) == 0);
   CHECK(second.finish() == 0);
+  CHECK(goneCount() == 1);
 }
 
 TEST_CASE("a newer window takes the role mid-stream of direct calls: none lost, none answered by the wrong window") {
