@@ -188,7 +188,9 @@ class BlobProducer {
   /// out. With the segment's file: memsets only the pages that hold data (lseek SEEK_DATA /
   /// SEEK_HOLE; tmpfs counts a swapped-out page as data), so pages never touched cost nothing
   /// and a kept page a memset; without it, zero(). The peer may have written anywhere in the
-  /// free space: this is what keeps a builder's memory what Cap'n Proto expects.
+  /// free space: this is what keeps a builder's memory what Cap'n Proto expects. Both ends'
+  /// descriptors share one open file (SCM_RIGHTS, dup), so its file position is shared: only
+  /// lseek's results are used, never the position it leaves.
   void zeroFree(std::uint8_t* p, std::size_t n) const noexcept;
 
  private:

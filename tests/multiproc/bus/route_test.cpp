@@ -228,7 +228,8 @@ TEST_CASE("the target's death fails a direct call with TargetGone; the next call
   // The direct call that failed counts in the stats, though it failed at the caller after the
   // route ended: its table is read until the caller goes, then folded.
   auto goneCount = [&] {
-    const auto s = channelStats(tb->stats(), "slow");
+    const RouterStats all = tb->stats();
+    const auto s = channelStats(all, "slow");
     REQUIRE(s != nullptr);
     return s->errors.count("TargetGone") != 0 ? s->errors.at("TargetGone") : 0;
   };
