@@ -190,6 +190,26 @@ TEST_CASE("with the segment's file, a released record in the warm front keeps it
   CHECK(root.getSeq() == 0);
   CHECK(root.getText().size() == 0);
   CHECK(!root.hasChildren());
+  // Twice more: the sender fills the blob, the peer scribbles into a kept page, and the next
+  // build reads zero. The first round's fill wrote new pages (the claim maps the file's data
+  // again); the second's did not (the claim keeps its map, which has the page).
+  std::memset(blob.begin(), 0x5a, blob.size());
+  BlobDescriptor held = p.commit(*c, mb.finish());
+  for (int round = 0; round < 2; ++round) {
+    CAPTURE(round);
+    release(a, held);
+    CHECK(p.reclaim() == 1);
+    std::memset(a.base + (3u << 20), 0x77, 100);
+    auto again = p.claim(sizeof(MessageTable));
+    REQUIRE(again.ok());
+    BlobMessageBuilder mb2(*again, p.maxMessage());
+    auto blob2 = mb2.initRoot<TestMessage>().initBlob(3u << 20);
+    zero = true;
+    for (std::size_t i = 0; i < blob2.size(); ++i) zero = zero && blob2[i] == 0;
+    CHECK(zero);
+    std::memset(blob2.begin(), 0x5a, blob2.size());
+    held = p.commit(*again, mb2.finish());
+  }
 }
 
 TEST_CASE("with the segment's file, a released record past the warm front gives its pages back") {

@@ -1,6 +1,7 @@
 #include "blob/blob.hpp"
 
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -83,30 +84,45 @@ void BlobProducer::zeroFree(std::uint8_t* p, std::size_t n) const noexcept {
   const std::uintptr_t tailBegin = std::max<std::uintptr_t>((begin + n - 1) / kBlobPage * kBlobPage, headEnd);
   std::memset(p, 0, headEnd - begin);
   std::memset(reinterpret_cast<void*>(tailBegin), 0, begin + n - tailBegin);
-  const auto fileAt = [&](std::uintptr_t q) {
-    return static_cast<off_t>(fileOffset_ + (q - reinterpret_cast<std::uintptr_t>(arena_)));
-  };
-  const off_t end = fileAt(tailBegin);
-  off_t pos = fileAt(headEnd);
-  while (pos < end) {
+  const auto base = reinterpret_cast<std::uintptr_t>(arena_);
+  const std::uint64_t from = headEnd - base, to = tailBegin - base;
+  if (from >= to) return;
+  if (!refreshDataRuns()) {  // no map of the file's data: every byte may be
+    std::memset(arena_ + from, 0, to - from);
+    return;
+  }
+  for (const auto& [a, b] : dataRuns_) {  // few runs: the arena is sparse
+    const std::uint64_t lo = std::max(a, from), hi = std::min(b, to);
+    if (lo < hi) std::memset(arena_ + lo, 0, hi - lo);
+  }
+}
+
+bool BlobProducer::refreshDataRuns() const noexcept {
+  struct stat st {};
+  if (::fstat(file_.get(), &st) != 0) return false;
+  if (dataRunsBlocks_ == st.st_blocks) return true;
+  // Blocks counted before the scan: a page allocated meanwhile makes the next look scan again.
+  dataRuns_.clear();
+  const off_t first = static_cast<off_t>(fileOffset_), last = static_cast<off_t>(fileOffset_ + bytes_);
+  for (off_t pos = first; pos < last;) {
     const off_t data = ::lseek(file_.get(), pos, SEEK_DATA);
-    if (data < 0 && errno == ENXIO) return;  // no data from pos to the end of the file
-    if (data < 0) {                          // a file system without SEEK_DATA: treat all as data
-      std::memset(arena_ + (pos - static_cast<off_t>(fileOffset_)), 0, static_cast<std::size_t>(end - pos));
-      return;
-    }
-    if (data >= end) return;
+    if (data < 0 && errno == ENXIO) break;  // no data from pos to the end of the file
+    if (data < 0) return false;             // a file system without SEEK_DATA
+    if (data >= last) break;
     off_t hole = ::lseek(file_.get(), data, SEEK_HOLE);
-    if (hole < 0 || hole > end) hole = end;
-    std::memset(arena_ + (data - static_cast<off_t>(fileOffset_)), 0, static_cast<std::size_t>(hole - data));
+    if (hole < 0 || hole > last) hole = last;
+    dataRuns_.emplace_back(static_cast<std::uint64_t>(data - first), static_cast<std::uint64_t>(hole - first));
     pos = hole;
   }
+  dataRunsBlocks_ = st.st_blocks;
+  return true;
 }
 
 void BlobProducer::retire(std::uint64_t pos, std::size_t n) noexcept {
   if (n == 0) return;
   if (pos % span_ + n <= warmBytes_) return;  // kept: zeroFree clears it when it is claimed again
   zero(at(pos), n);
+  dataRunsBlocks_ = -1;  // pages punched out: the map of the file's data is stale
 }
 
 void BlobProducer::zero(std::uint8_t* p, std::size_t n) noexcept {

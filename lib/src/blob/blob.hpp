@@ -31,6 +31,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <utility>
+#include <vector>
 
 #include "control/socket.hpp"
 #include "message/message.hpp"
@@ -185,10 +187,17 @@ class BlobProducer {
   /// kernel (madvise MADV_REMOVE punches them out of the shared file), the edges are memset.
   static void zero(std::uint8_t* p, std::size_t n) noexcept;
   /// Makes `n` free bytes at `p` (inside this arena) read as zero before a builder hands them
-  /// out. With the segment's file: memsets only the pages that hold data (lseek SEEK_DATA /
-  /// SEEK_HOLE; tmpfs counts a swapped-out page as data), so pages never touched cost nothing
-  /// and a kept page a memset; without it, zero(). The peer may have written anywhere in the
-  /// free space: this is what keeps a builder's memory what Cap'n Proto expects. Both ends'
+  /// out. With the segment's file: memsets the range's first and last pages and, between them,
+  /// only the pages that hold data, from a map of the arena's data runs (lseek SEEK_DATA /
+  /// SEEK_HOLE; tmpfs counts a swapped-out page as data) made again whenever the file's
+  /// allocated block count (fstat) differs from the map's: a page written where there was none,
+  /// by this end or the peer, changes the count, and this end's own punches drop the map. So
+  /// pages never touched cost nothing, a kept page a memset, and a claim in a steady state one
+  /// fstat. Without the file: zero(). The peer may have written anywhere in the free space:
+  /// this is what keeps a builder's memory what Cap'n Proto expects. (A hostile peer that punches
+  /// a page out and writes another in between two claims keeps the count and can leave garbage
+  /// in this end's builder; it can as well truncate the shared file under both ends: a peer's
+  /// mapping of the segment is trusted with its size, docs/architecture.md §17.) Both ends'
   /// descriptors share one open file (SCM_RIGHTS, dup), so its file position is shared: only
   /// lseek's results are used, never the position it leaves.
   void zeroFree(std::uint8_t* p, std::size_t n) const noexcept;
@@ -197,6 +206,8 @@ class BlobProducer {
   // What a reclaimed or aborted range becomes: nothing (warm front, zeroFree runs at the next
   // claim), or zeroed with its whole pages given back.
   void retire(std::uint64_t pos, std::size_t n) noexcept;
+  // Makes dataRuns_ current (see zeroFree); false when the file cannot tell (then all is data).
+  bool refreshDataRuns() const noexcept;
 
   struct Held {
     std::uint64_t pos = 0;     // arena position of the header (after any skip)
@@ -214,6 +225,10 @@ class BlobProducer {
   std::uint64_t highWater_ = 0;
   std::deque<Held> held_;
   Fd file_;                   // the segment's file, or none (then every retire zeroes)
+  // The arena's data runs [from, to) in arena bytes, as of the file's block count dataRunsBlocks_
+  // (-1: none yet, or stale after a punch). Single producer: guarded as the producer is.
+  mutable std::vector<std::pair<std::uint64_t, std::uint64_t>> dataRuns_;
+  mutable std::int64_t dataRunsBlocks_ = -1;
   std::uint64_t fileOffset_ = 0;
   std::size_t warmBytes_ = 0;
 };
