@@ -57,7 +57,9 @@ void Report::compare(const Snapshot& s0, const Snapshot& s1, const SoakOptions& 
   };
   same("open descriptors", s0.fds, s1.fds);
   // A direct route's port lives as long as both its windows, which are live in both snapshots
-  // (none at the start, before any call): one mapping each, whatever churn came before.
+  // (none at the start, before any call), and one that ended as long as its caller
+  // (RouterStats::retiredRoutes, counted in `openRoutes`): one mapping each, whatever churn came
+  // before.
   same("mappings", s0.maps + routes, s1.maps);
   same("/dev/shm mappings", s0.shmMaps + routes, s1.shmMaps);
   same("/dev/shm names of the bus", s0.shmNames, s1.shmNames);
@@ -103,8 +105,8 @@ int Report::print(const SoakOptions& o) const {
       fmt::print("{:<28} {:>10} {:>10} {:>+8}  {}\n", what, a, b, static_cast<long long>(b) - static_cast<long long>(a), rule);
     };
     row("open descriptors", start.fds, end.fds, "equal");
-    row("mappings", start.maps, end.maps, fmt::format("+ {} direct routes' ports", routes));
-    row("  of /dev/shm", start.shmMaps, end.shmMaps, fmt::format("+ {} direct routes' ports", routes));
+    row("mappings", start.maps, end.maps, fmt::format("+ {} direct routes' ports (open or retired)", routes));
+    row("  of /dev/shm", start.shmMaps, end.shmMaps, fmt::format("+ {} direct routes' ports (open or retired)", routes));
     row("/dev/shm names of the bus", start.shmNames, end.shmNames, "equal");
     row("threads", start.threads, end.threads, "equal");
     row("child processes", start.children, end.children, "equal");

@@ -144,8 +144,10 @@ class Soak {
         std::lock_guard lk(tallyMu_);
         report_.add(tally_);
       }
+      // Route ports open, and those ended whose caller lives (their segments stay mapped).
       report_.compare(start, end, o_,
-                      static_cast<std::size_t>(std::count_if(ports.begin(), ports.end(), [](const PortInfo& p) { return p.route; })));
+                      static_cast<std::size_t>(std::count_if(ports.begin(), ports.end(), [](const PortInfo& p) { return p.route; })) +
+                          static_cast<std::size_t>(stats.retiredRoutes));
     }
     return finish();
   }

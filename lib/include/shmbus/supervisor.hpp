@@ -228,6 +228,11 @@ struct RouterStats {
   /// deliveries and handler registrations (each reported Denied to whoever made it), and messages
   /// over their role's RoleRule::maxMessageBytes (TooLarge).
   std::uint64_t policyDenials = 0;
+  /// Direct routes' ports that ended while their caller lives (at most 64): the supervisor keeps
+  /// each one's segment mapped to read the counters of the calls that were in flight on it, which
+  /// its caller counts when they fail after the end (docs/architecture.md §19), until the caller
+  /// goes.
+  std::uint64_t retiredRoutes = 0;
 };
 
 /// SupervisorOptions' admission fields as a Policy: default admission "invited" when inviteOnly or

@@ -422,7 +422,7 @@ class Router {
   };
   static constexpr std::size_t kRetiredRoutes = 64;
   std::deque<RetiredRoute> retiredRoutes_;
-  /// Folds the retired routes whose caller is `opener` (all when 0) into routeFolded_.
+  /// Folds the retired routes whose caller is `opener` into routeFolded_.
   void foldRetiredRoutes(std::uint32_t opener);
   /// route ports by (caller, target window)
   std::map<std::pair<std::uint32_t, std::uint32_t>, std::uint64_t> routePorts_;

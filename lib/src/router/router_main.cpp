@@ -225,6 +225,7 @@ RouterStats Router::statsLocked() const {
     if (p.route && p.routeStats != nullptr) addRouteCounts(*p.routeStats, p.slotChannels, direct);
   }
   for (const RetiredRoute& r : retiredRoutes_) addRouteCounts(*r.table, r.slotChannels, direct);
+  s.retiredRoutes = retiredRoutes_.size();
   for (auto& [ch, c] : counters_.channels()) {
     RouterStats::ChannelStats cs;
     cs.channel = registry_.statName(ch);

@@ -162,7 +162,7 @@ void Router::addRouteCounts(const RouteStatsTable& table, const std::vector<std:
 
 void Router::foldRetiredRoutes(std::uint32_t opener) {
   std::erase_if(retiredRoutes_, [&](const RetiredRoute& r) {
-    if (opener != 0 && r.opener != opener) return false;
+    if (r.opener != opener) return false;
     addRouteCounts(*r.table, r.slotChannels, routeFolded_);
     return true;
   });
