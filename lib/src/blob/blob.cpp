@@ -87,7 +87,7 @@ void BlobProducer::zeroFree(std::uint8_t* p, std::size_t n) const noexcept {
   const auto base = reinterpret_cast<std::uintptr_t>(arena_);
   const std::uint64_t from = headEnd - base, to = tailBegin - base;
   if (from >= to) return;
-  if (!refreshDataRuns()) {  // no map of the file's data: every byte may be
+  if (!dataRunsValid_) {  // no map of the file's data: every byte may be
     std::memset(arena_ + from, 0, to - from);
     return;
   }
@@ -167,6 +167,9 @@ Result<BlobClaim> BlobProducer::claim(std::size_t minBody) {
                                                       minBody, maxMessage()));
   }
   reclaim();
+  // The map of the file's data, once per claim (after reclaim's punches): what is written into
+  // the claim's range after this look is the peer's concurrent doing, which no look could stop.
+  if (file_) dataRunsValid_ = refreshDataRuns();
   if (held_.empty()) {
     // Empty: start over at the arena's front, so the whole arena is one run.
     tail_ = head_ = alignUp64(tail_, span_);

@@ -187,17 +187,18 @@ class BlobProducer {
   /// kernel (madvise MADV_REMOVE punches them out of the shared file), the edges are memset.
   static void zero(std::uint8_t* p, std::size_t n) noexcept;
   /// Makes `n` free bytes at `p` (inside this arena) read as zero before a builder hands them
-  /// out. With the segment's file: memsets the range's first and last pages and, between them,
-  /// only the pages that hold data, from a map of the arena's data runs (lseek SEEK_DATA /
-  /// SEEK_HOLE; tmpfs counts a swapped-out page as data) made again whenever the file's
-  /// allocated block count (fstat) differs from the map's: a page written where there was none,
-  /// by this end or the peer, changes the count, and this end's own punches drop the map. So
-  /// pages never touched cost nothing, a kept page a memset, and a claim in a steady state one
-  /// fstat. Without the file: zero(). The peer may have written anywhere in the free space:
-  /// this is what keeps a builder's memory what Cap'n Proto expects. (A hostile peer that punches
-  /// a page out and writes another in between two claims keeps the count and can leave garbage
-  /// in this end's builder; it can as well truncate the shared file under both ends: a peer's
-  /// mapping of the segment is trusted with its size, docs/architecture.md §17.) Both ends'
+  /// out; `p` lies in the range of the last claim(). With the segment's file: memsets the range's
+  /// first and last pages and, between them, only the pages that hold data, from the map of the
+  /// arena's data runs that claim() brought up to date (lseek SEEK_DATA / SEEK_HOLE; tmpfs counts
+  /// a swapped-out page as data), made again whenever the file's allocated block count (fstat)
+  /// differs from the map's: a page written where there was none, by this end or the peer,
+  /// changes the count, and this end's own punches drop the map. So pages never touched cost
+  /// nothing, a kept page a memset, and a claim in a steady state one fstat. Without the file:
+  /// zero(). The peer may have written anywhere in the free space before the claim: this is what
+  /// keeps a builder's memory what Cap'n Proto expects. What a hostile peer writes into the
+  /// claim's range during the build, or a punch and a write of it that keep the count, no look
+  /// can stop; nor can one stop it truncating the shared file under both ends: a port trusts
+  /// its peer with its arena and the segment's size (docs/architecture.md §17). Both ends'
   /// descriptors share one open file (SCM_RIGHTS, dup), so its file position is shared: only
   /// lseek's results are used, never the position it leaves.
   void zeroFree(std::uint8_t* p, std::size_t n) const noexcept;
@@ -229,6 +230,7 @@ class BlobProducer {
   // (-1: none yet, or stale after a punch). Single producer: guarded as the producer is.
   mutable std::vector<std::pair<std::uint64_t, std::uint64_t>> dataRuns_;
   mutable std::int64_t dataRunsBlocks_ = -1;
+  bool dataRunsValid_ = false;  // claim() made dataRuns_ current (else zeroFree memsets all)
   std::uint64_t fileOffset_ = 0;
   std::size_t warmBytes_ = 0;
 };
