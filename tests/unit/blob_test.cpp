@@ -9,6 +9,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -61,6 +62,11 @@ BlobDescriptor put(BlobProducer& p, std::size_t body) {
   REQUIRE(c.ok());
   std::memset(c->body, 0x5a, body);
   return p.commit(*c, body);
+}
+
+/// Whether every byte of `data` is zero.
+bool allZero(capnp::Data::Builder data) {
+  return std::all_of(data.begin(), data.end(), [](std::uint8_t b) { return b == 0; });
 }
 
 /// The receiver's release of the record `d` names.
@@ -184,9 +190,7 @@ TEST_CASE("with the segment's file, a released record in the warm front keeps it
   BlobMessageBuilder mb(*c, p.maxMessage());
   auto root = mb.initRoot<TestMessage>();
   auto blob = root.initBlob(3u << 20);  // over the kept pages and the scribbles
-  bool zero = true;
-  for (std::size_t i = 0; i < blob.size(); ++i) zero = zero && blob[i] == 0;
-  CHECK(zero);
+  CHECK(allZero(blob));
   CHECK(root.getSeq() == 0);
   CHECK(root.getText().size() == 0);
   CHECK(!root.hasChildren());
@@ -204,9 +208,7 @@ TEST_CASE("with the segment's file, a released record in the warm front keeps it
     REQUIRE(again.ok());
     BlobMessageBuilder mb2(*again, p.maxMessage());
     auto blob2 = mb2.initRoot<TestMessage>().initBlob(3u << 20);
-    zero = true;
-    for (std::size_t i = 0; i < blob2.size(); ++i) zero = zero && blob2[i] == 0;
-    CHECK(zero);
+    CHECK(allZero(blob2));
     std::memset(blob2.begin(), 0x5a, blob2.size());
     held = p.commit(*again, mb2.finish());
   }

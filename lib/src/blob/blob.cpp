@@ -97,7 +97,7 @@ void BlobProducer::zeroFree(std::uint8_t* p, std::size_t n) const noexcept {
   }
 }
 
-bool BlobProducer::refreshDataRuns() const noexcept {
+bool BlobProducer::refreshDataRuns() noexcept {
   struct stat st {};
   if (::fstat(file_.get(), &st) != 0) return false;
   if (dataRunsBlocks_ == st.st_blocks) return true;

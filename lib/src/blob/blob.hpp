@@ -183,9 +183,6 @@ class BlobProducer {
   std::uint8_t* at(std::uint64_t pos) const noexcept { return arena_ + sizeof(BlobControl) + (pos % span_); }
 
  public:
-  /// Zeroes `n` bytes at `p` (inside an arena): the whole pages of a large range go back to the
-  /// kernel (madvise MADV_REMOVE punches them out of the shared file), the edges are memset.
-  static void zero(std::uint8_t* p, std::size_t n) noexcept;
   /// Makes `n` free bytes at `p` (inside this arena) read as zero before a builder hands them
   /// out; `p` lies in the range of the last claim(). With the segment's file: memsets the range's
   /// first and last pages and, between them, only the pages that hold data, from the map of the
@@ -204,11 +201,14 @@ class BlobProducer {
   void zeroFree(std::uint8_t* p, std::size_t n) const noexcept;
 
  private:
+  // Zeroes `n` bytes at `p` (inside the arena): the whole pages of a large range go back to the
+  // kernel (madvise MADV_REMOVE punches them out of the shared file), the edges are memset.
+  static void zero(std::uint8_t* p, std::size_t n) noexcept;
   // What a reclaimed or aborted range becomes: nothing (warm front, zeroFree runs at the next
   // claim), or zeroed with its whole pages given back.
   void retire(std::uint64_t pos, std::size_t n) noexcept;
   // Makes dataRuns_ current (see zeroFree); false when the file cannot tell (then all is data).
-  bool refreshDataRuns() const noexcept;
+  bool refreshDataRuns() noexcept;
 
   struct Held {
     std::uint64_t pos = 0;     // arena position of the header (after any skip)
@@ -228,8 +228,8 @@ class BlobProducer {
   Fd file_;                   // the segment's file, or none (then every retire zeroes)
   // The arena's data runs [from, to) in arena bytes, as of the file's block count dataRunsBlocks_
   // (-1: none yet, or stale after a punch). Single producer: guarded as the producer is.
-  mutable std::vector<std::pair<std::uint64_t, std::uint64_t>> dataRuns_;
-  mutable std::int64_t dataRunsBlocks_ = -1;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> dataRuns_;
+  std::int64_t dataRunsBlocks_ = -1;
   bool dataRunsValid_ = false;  // claim() made dataRuns_ current (else zeroFree memsets all)
   std::uint64_t fileOffset_ = 0;
   std::size_t warmBytes_ = 0;

@@ -222,7 +222,7 @@ RouterStats Router::statsLocked() const {
   // Direct routes' counts (docs/architecture.md §19): closed ports' folded, open ports' live.
   std::map<std::uint64_t, RouterStats::ChannelStats> direct = routeFolded_;
   for (auto& [id, p] : ports_) {
-    if (p.route && p.routeStats != nullptr) addRouteCounts(*p.routeStats, p.slotChannels, direct);
+    if (p.route) addRouteCounts(*p.routeStats, p.slotChannels, direct);
   }
   for (const RetiredRoute& r : retiredRoutes_) addRouteCounts(*r.table, r.slotChannels, direct);
   s.retiredRoutes = retiredRoutes_.size();

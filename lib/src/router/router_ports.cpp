@@ -227,7 +227,7 @@ void Router::closePort(std::uint64_t id, std::uint32_t reason, const std::option
   if (it == ports_.end()) return;
   PortLink p = std::move(it->second);
   ports_.erase(it);
-  if (p.route && p.routeStats != nullptr) {
+  if (p.route) {  // grantRoute set routeStats
     // What its caller counted stays in the stats (docs/architecture.md §19), and so does what it
     // counts from now on for its calls in flight, which fail at its end after this close.
     retiredRoutes_.push_back(RetiredRoute{p.opener, p.seg.segment, p.routeStats, p.slotChannels});

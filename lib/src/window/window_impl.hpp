@@ -222,11 +222,9 @@ struct Window::Impl : CallOwner {
 
   Result<void> writeOutLocked(const FrameHeader& h, const BuildFn& build, std::size_t hint, std::int64_t waitUntil,
                               std::atomic<std::size_t>* payloadBytes = nullptr) {
-    // A channel whose last message needed a blob skips the ring's attempt (PortSide::blobFirst).
-    if (hasBlobs() && port->blobFirst(h.channel)) {
-      if (closed.load(std::memory_order_acquire)) return makeError(closeCode(), busClosedMessage());
-      return writeBlobLocked(h, build, payloadBytes);
-    }
+    // A channel whose last message needed a blob skips the ring's attempt (PortSide::blobFirst);
+    // writeBlobLocked checks for a closed end itself.
+    if (hasBlobs() && port->blobFirst(h.channel)) return writeBlobLocked(h, build, payloadBytes);
     for (;;) {
       if (closed.load(std::memory_order_acquire)) return makeError(closeCode(), busClosedMessage());
       auto r = writeFrame(link.outbox, h, build, hint, true, payloadBytes);
