@@ -26,15 +26,11 @@ using namespace std::chrono_literals;
 
 namespace {
 
-/// True when `p` lies in a mapping of a shmbus segment (/dev/shm/shmbus.*; unlinked once
-/// mapped, so /proc/self/maps shows it "(deleted)").
+/// True when `p` lies in a mapping of a bus segment (segment_probe.hpp).
 bool inSharedSegment(const void* p) {
   const auto a = reinterpret_cast<std::uintptr_t>(p);
-  std::ifstream maps("/proc/self/maps");
-  for (std::string line; std::getline(maps, line);) {
-    if (line.find("/dev/shm/shmbus.") == std::string::npos) continue;
-    unsigned long lo = 0, hi = 0;
-    if (std::sscanf(line.c_str(), "%lx-%lx", &lo, &hi) == 2 && a >= lo && a < hi) return true;
+  for (const auto& m : segmentMappings()) {
+    if (a >= m.from && a < m.to) return true;
   }
   return false;
 }

@@ -455,7 +455,7 @@ TEST_CASE("a handler's throw ends the stream: later writes and the final call fa
   }
 }
 
-TEST_CASE("the receiver's death ends the stream with TargetGone; nothing is left in /dev/shm") {
+TEST_CASE("the receiver's death ends the stream with TargetGone; the supervisor holds nothing of it") {
   for (const char* path : {"port", "routed"}) {
     CAPTURE(path);
     StreamPair sp(std::string("stream-kill-") + path);
@@ -471,5 +471,8 @@ TEST_CASE("the receiver's death ends the stream with TargetGone; nothing is left
     CHECK(r[2] == "TargetGone;");
     CHECK(r[4] == "TargetGone");
     CHECK(sp.source.finish() == 0);
-  }  // ~TestBus checks that no segment name is left
+    // The source's window, the sink's and the port (if any) are gone: the supervisor maps none.
+    REQUIRE(awaitCondition([&] { return sp.tb->windows().empty() && sp.tb->ports().empty(); }));
+    CHECK(segmentsHeld(sp.tb.bus) == SegmentsHeld{});
+  }
 }

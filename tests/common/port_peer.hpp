@@ -45,17 +45,12 @@ struct PortHolder {
   }
 };
 
-/// In a child: where this process maps port `id` of `bus` (found by the segment's name in
-/// /proc/self/maps; the name itself is unlinked). Fails the child when it is not mapped.
+/// In a child: where this process maps port `id` of `bus` (found by the segment's memfd name in
+/// /proc/self/maps, segment_probe.hpp). Fails the child when it is not mapped.
 inline std::uint8_t* portMapping(const std::string& bus, std::uint64_t id) {
-  std::ifstream maps("/proc/self/maps");
-  const std::string name = fmt::format("/dev/shm/shmbus.{}.{}.", bus, id);
-  for (std::string line; std::getline(maps, line);) {
-    if (line.find(name) == std::string::npos) continue;
-    return reinterpret_cast<std::uint8_t*>(std::stoull(line.substr(0, line.find('-')), nullptr, 16));
-  }
-  childCheck(false, "the port's mapping was not found");
-  return nullptr;
+  const std::uintptr_t base = segmentBase(bus, id);
+  childCheck(base != 0, "the port's mapping was not found");
+  return reinterpret_cast<std::uint8_t*>(base);
 }
 
 /// In a child: opens a port to `target` on `channel` with `options`, lets `setup` take it and

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <capnp/message.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -17,14 +18,15 @@
 #include "message/message.hpp"
 #include "protocol/frame.hpp"
 #include "ring/ring.hpp"
+#include "segment_probe.hpp"
 #include "shm_test.hpp"
 #include "wire/handshake.hpp"
 
 namespace shmbus::test {
 
 /// Writes raw records into a window's outbox through this process's own mapping of its segment,
-/// as a hostile window would: found as the `/dev/shm/shmbus.<bus>.<id>.*` entry of
-/// /proc/self/maps. Layout: wire/handshake.hpp's segmentLayout. Use only while the Window itself writes nothing (no
+/// as a hostile window would: found as the `/memfd:shmbus.<bus>.<id>.*` entry of
+/// /proc/self/maps (segment_probe.hpp). Layout: wire/handshake.hpp's segmentLayout. Use only while the Window itself writes nothing (no
 /// dispatch thread, no sends): the raw producer starts at the outbox's published tail.
 class RawOutbox {
  public:
@@ -32,16 +34,8 @@ class RawOutbox {
   /// computed it (min(its maximum, the smaller ring / 2)).
   RawOutbox(const std::string& bus, std::uint32_t windowId, std::size_t inboxBytes, std::size_t outboxBytes,
             std::size_t maxRecord) {
-    const std::string needle = "/dev/shm/shmbus." + bus + "." + std::to_string(windowId) + ".";
-    std::ifstream maps("/proc/self/maps");
-    std::uintptr_t base = 0;
-    for (std::string line; std::getline(maps, line);) {
-      if (line.find(needle) != std::string::npos) {
-        base = std::stoull(line.substr(0, line.find('-')), nullptr, 16);
-        break;
-      }
-    }
-    childCheck(base != 0, "no mapping of " + needle + "* in /proc/self/maps");
+    const std::uintptr_t base = segmentBase(bus, windowId);
+    childCheck(base != 0, fmt::format("no mapping of window {}'s segment in /proc/self/maps", windowId));
     auto* seg = reinterpret_cast<std::uint8_t*>(base);
     const std::size_t outOff = detail::segmentLayout(static_cast<std::uint32_t>(inboxBytes),
                                                      static_cast<std::uint32_t>(outboxBytes)).outboxOffset;

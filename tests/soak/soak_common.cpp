@@ -7,6 +7,7 @@
 
 #include "soak.hpp"
 #include "soak_probe.hpp"
+#include "../common/segment_probe.hpp"
 #include "test.capnp.h"
 
 namespace shmbus::soak {
@@ -56,12 +57,12 @@ char processState(const std::string& pid) {
   return close != std::string::npos && close + 2 < stat.size() ? stat[close + 2] : '?';
 }
 
-std::size_t countEntries(const std::string& dir, const std::string& prefix = {}) {
+std::size_t countEntries(const std::string& dir) {
   std::size_t n = 0;
   if (DIR* d = ::opendir(dir.c_str())) {
     while (dirent* e = ::readdir(d)) {
       const std::string name = e->d_name;
-      if (name != "." && name != ".." && name.starts_with(prefix)) ++n;
+      if (name != "." && name != "..") ++n;
     }
     ::closedir(d);
   }
@@ -85,12 +86,11 @@ Snapshot takeSnapshot(const std::string& bus) {
     }
     ::closedir(d);
   }
-  s.shmNames = countEntries("/dev/shm", "shmbus." + bus + ".");
+  const test::SegmentsHeld held = test::segmentsHeld(bus);
+  s.shmMaps = held.mappings;
+  s.segFds = held.descriptors;
   std::ifstream maps("/proc/self/maps");
-  for (std::string line; std::getline(maps, line);) {
-    ++s.maps;
-    if (line.find(" /dev/shm/") != std::string::npos) ++s.shmMaps;
-  }
+  for (std::string line; std::getline(maps, line);) ++s.maps;
   std::ifstream status("/proc/self/status");
   for (std::string line; std::getline(status, line);) {
     std::istringstream in(line);

@@ -17,7 +17,7 @@ using namespace shmbus::soak;
 
 int main(int argc, char** argv) {
   CLI::App app("libshmbus soak: windows connect, call each other and main, get killed with kill -9 and come "
-               "back; the supervisor process must end with the descriptors, mappings and /dev/shm names it "
+               "back; the supervisor process must end with the descriptors, mappings and segments it "
                "started with, and its memory within a bound");
   SoakOptions opt;
   app.add_option("--duration", opt.seconds, "seconds of churn")->check(CLI::PositiveNumber);

@@ -1,4 +1,4 @@
-// The soak's view of its own process: descriptors, mappings, /dev/shm names of the bus, memory.
+// The soak's view of its own process: descriptors, mappings, the bus's segments it holds, memory.
 #pragma once
 
 #include <cstddef>
@@ -6,12 +6,12 @@
 
 namespace shmbus::soak {
 
-/// What the supervisor process holds at one moment (read from /proc/self and /dev/shm).
+/// What the supervisor process holds at one moment (read from /proc/self).
 struct Snapshot {
   std::size_t fds = 0;        ///< open descriptors (/proc/self/fd, without the reading one)
   std::size_t maps = 0;       ///< mappings (lines of /proc/self/maps)
-  std::size_t shmMaps = 0;    ///< of which are /dev/shm files (the windows' segments)
-  std::size_t shmNames = 0;   ///< /dev/shm entries named after the bus (shmbus.<bus>.*)
+  std::size_t shmMaps = 0;    ///< of which map the bus's segments (memfds: the windows', the routes')
+  std::size_t segFds = 0;     ///< descriptors of the bus's segments (0 once each end has its own)
   std::size_t threads = 0;    ///< threads (/proc/self/task)
   std::size_t children = 0;   ///< child processes (/proc/self/task/*/children), zombies included
   std::size_t zombies = 0;    ///< of which have exited and are not reaped yet

@@ -42,9 +42,9 @@ struct Report {
   void add(const Tally& windows);
   /// Takes the router's counters; fails on bad messages, spoofed replies, unanswered calls.
   void router(const RouterStats& stats);
-  /// Compares the snapshots: descriptors, mappings and /dev/shm names equal, memory within bounds.
+  /// Compares the snapshots: descriptors, mappings and the bus's segments held equal, memory within bounds.
   /// `routes`: the direct routes' ports open at the end (Supervisor::ports, docs/architecture.md
-  /// §19): each is one more /dev/shm mapping of the supervisor, a few pages of it touched.
+  /// §19): each is one more segment mapping of the supervisor, a few pages of it touched.
   void compare(const Snapshot& s0, const Snapshot& s1, const SoakOptions& o, std::size_t routes);
   /// Prints the tables, the failures and the summary line; the exit status (0 = pass).
   int print(const SoakOptions& o) const;

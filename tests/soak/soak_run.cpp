@@ -350,10 +350,13 @@ class Soak {
 
   int finish() {
     sup_.stop();
-    const std::size_t shmLeft = takeSnapshot(sup_.bus()).shmNames;
+    const Snapshot left = takeSnapshot(sup_.bus());
     reap(true);
     regs_.clear();
-    if (shmLeft != 0) report_.fail(fmt::format("{} /dev/shm names of the bus left after stop()", shmLeft));
+    if (left.shmMaps != 0 || left.segFds != 0) {
+      report_.fail(fmt::format("{} mappings and {} descriptors of the bus's segments left after stop()", left.shmMaps,
+                               left.segFds));
+    }
     return report_.print(o_);
   }
 

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <set>
 #include <string>
@@ -53,6 +54,34 @@ TEST_CASE("a created segment is zero filled, mode 0600, and starts with its head
   REQUIRE(::stat(("/dev/shm/" + g.name).c_str(), &st) == 0);
   CHECK((st.st_mode & 07777) == 0600);
   CHECK(st.st_uid == ::getuid());
+}
+
+TEST_CASE("a sealed segment has no name, keeps its descriptor until closed, and no one can resize it") {
+  const std::string name = Segment::makeName(uniqueBus("sealed"), 3);
+  auto made = Segment::createSealed(name, 64 * 1024);
+  REQUIRE_MESSAGE(made.ok(), made.error().toString());
+  Segment& s = *made;
+  CHECK(s.size() == 64 * 1024);
+  const auto* h = reinterpret_cast<const SegmentHeader*>(s.base());
+  CHECK(h->magic == kSegmentMagic);
+  CHECK(h->creatorPid == ::getpid());
+  CHECK(h->totalBytes == 64 * 1024);
+  for (std::size_t i = sizeof(SegmentHeader); i < s.size(); ++i) REQUIRE(s.base()[i] == 0);
+  CHECK(::access(("/dev/shm/" + name).c_str(), F_OK) != 0);
+  REQUIRE(s.fd() >= 0);
+  CHECK(::fcntl(s.fd(), F_GET_SEALS) == kSegmentSeals);
+  CHECK(::ftruncate(s.fd(), 4096) == -1);
+  CHECK(errno == EPERM);
+  CHECK(::ftruncate(s.fd(), 1 << 20) == -1);
+  CHECK(errno == EPERM);
+  CHECK(::fcntl(s.fd(), F_ADD_SEALS, F_SEAL_WRITE) == -1);  // F_SEAL_SEAL: no more seals
+  // Another mapping of the descriptor sees the same memory; closing the descriptor keeps both.
+  auto other = Segment::map(s.fd(), name);
+  REQUIRE(other.ok());
+  s.closeFd();
+  CHECK(s.fd() == -1);
+  s.base()[100] = 42;
+  CHECK(other->base()[100] == 42);
 }
 
 TEST_CASE("the mode is 0600 whatever the umask") {

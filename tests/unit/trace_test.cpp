@@ -2,12 +2,16 @@
 // counts what it lost, torn copies are never returned (a forked reader checks every body while the
 // producer overwrites), the event codec round-trips and rejects malformed bodies, JSON escaping.
 #include <doctest/doctest.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 
 #include "bus_test.hpp"
 #include "trace/trace_event.hpp"
+#include "segment/segment.hpp"
 #include "trace/trace_ring.hpp"
 
 using namespace shmbus;
@@ -49,6 +53,17 @@ TEST_CASE("records come out in order, across the ring's end, with sequence numbe
   }
   CHECK_FALSE(r->next(got));
   CHECK(r->lost() == 0);
+}
+
+TEST_CASE("an inspector cannot resize the trace ring it was handed (its size is sealed)") {
+  auto p = TraceProducer::create(kTraceMinCapacity);
+  REQUIRE(p.ok());
+  CHECK(::fcntl(p->fd(), F_GET_SEALS) == detail::kSegmentSeals);
+  CHECK(::ftruncate(p->fd(), 0) == -1);
+  CHECK(errno == EPERM);
+  p->write(bodyFor(1, 16));  // the producer's mapping is whole
+  auto r = TraceReader::attach(p->fd());
+  REQUIRE(r.ok());
 }
 
 TEST_CASE("a reader attached later starts at the newest record; a lapped reader counts what it lost") {

@@ -18,16 +18,6 @@
 
 namespace shmbus::detail {
 
-Fd& Fd::operator=(Fd&& o) noexcept {
-  if (this != &o) reset(o.release());
-  return *this;
-}
-Fd::~Fd() { reset(); }
-void Fd::reset(int fd) noexcept {
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = fd;
-}
-
 namespace {
 Error sysError(const std::string& what) {
   return makeError(ErrorCode::SystemError, fmt::format("{}: {}", what, std::strerror(errno)));

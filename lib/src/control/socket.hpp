@@ -10,28 +10,10 @@
 #include <string>
 #include <vector>
 
+#include "common/fd.hpp"
 #include "shmbus/error.hpp"
 
 namespace shmbus::detail {
-
-/// An owned file descriptor (closes on destruction). Move-only.
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) noexcept : fd_(fd) {}
-  Fd(Fd&& o) noexcept : fd_(o.release()) {}
-  Fd& operator=(Fd&& o) noexcept;
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd();
-  int get() const noexcept { return fd_; }
-  int release() noexcept { int f = fd_; fd_ = -1; return f; }
-  explicit operator bool() const noexcept { return fd_ >= 0; }
-  void reset(int fd = -1) noexcept;
-
- private:
-  int fd_ = -1;
-};
 
 /// Directory of bus sockets: $XDG_RUNTIME_DIR, else /tmp/shmbus-<uid>/ (created mode 0700; an
 /// existing one must be ours and not accessible by others). Errors: SystemError.

@@ -41,7 +41,6 @@ struct Conn {
   enum class State { AwaitHello, AwaitMapped, Live, Inspector } state = State::AwaitHello;
   bool payloadReader = false;  // an inspector given the payload ring (Router::payloadReaders_)
   Fd sock;
-  std::string segName;  // non-empty until unlinked
   std::shared_ptr<Segment> seg;
   RingProducer inbox;   // router → window (under the router mutex)
   RingConsumer outbox;  // window → router (the routing thread, under the router mutex)

@@ -301,24 +301,22 @@ void Router::onHello(Conn& c, const Packet& pkt) {
   if (auto ok = checkRingSizes(inCap, outCap); !ok) return refuse(ok.error(), "bad ring sizes");
   auto seg = createWindowSegment(opts_.bus, c.id, inCap, outCap, opts_.maxRecordBytes);
   if (!seg) return refuse(seg.error(), "segment creation failed");
-  c.segName = seg->name;
   c.seg = seg->segment;
   c.inbox = std::move(seg->inbox);
   c.outbox = std::move(seg->outbox);
   c.cancels = seg->cancels;
   // relaxed: as in setTraceWords; the Welcome's sendmsg orders it before the window maps it.
   traceWord(c.seg->base()).store(tracing() ? 1 : 0, std::memory_order_relaxed);
-  // A failed Welcome leaves the window nothing to map: refused (disconnect() unlinks the segment).
+  // A failed Welcome leaves the window nothing to map: refused (disconnect() drops the segment).
   if (auto sent = sendWelcome(c.sock.get(), opts_.bus, c.id, c.role, *seg, doorbellFd_.get()); !sent) {
     return refuse(sent.error(), "welcome failed");
   }
+  c.seg->closeFd();  // the window has its own now; the mapping is all the supervisor keeps
   c.state = Conn::State::AwaitMapped;
 }
 
 void Router::onMapped(Conn& c) {
   if (c.state != Conn::State::AwaitMapped) return doom(c, "unexpected mapped", true);
-  Segment::unlink(c.segName);
-  c.segName.clear();
   c.state = Conn::State::Live;
   registry_.addName(c.roleId, c.role);
   log_(LogLevel::Info, "window {} connected: role '{}', pid {}, uid {} ({})", c.id, c.role, c.pid,
@@ -446,7 +444,6 @@ void Router::disconnect(std::uint32_t id) {
     log_(LogLevel::Info, "window {} ({}) disconnected: {}", c->id, c->role, c->doomed);
   }
   ::epoll_ctl(epollFd_.get(), EPOLL_CTL_DEL, c->sock.get(), nullptr);
-  if (!c->segName.empty()) Segment::unlink(c->segName);
   closePortsOf(*c);
   auto gone = routes_.takeIf([&](const Route& r) { return r.targetId == id || r.callerId == id; });
   for (const Route& r : gone) {

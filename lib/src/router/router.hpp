@@ -364,8 +364,7 @@ class Router {
     std::uint64_t openerReq = 0;  // the PortOpen's request id, answered when accepted
     std::int64_t deadline = 0;    // the opener's deadline for the answer
     bool accepted = false;
-    WindowSegment seg;  // seg.blobBytes: the arena bytes per direction granted (§17)
-    Fd fd;  // the segment's descriptor (its name is gone): sent to each end
+    WindowSegment seg;  // seg.segment->fd() until both ends have it; seg.blobBytes: arena bytes per direction (§17)
     // A direct route's port (router_routes.cpp, docs/architecture.md §19).
     bool route = false;
     bool openerMapped = false, acceptorMapped = false;  // a Welcome reached that end

@@ -133,10 +133,6 @@ void Router::onPortOpen(Conn& w, const FrameView& f) {
   // "outbox" are the port's two directions; the acceptor sees them swapped.
   auto seg = createWindowSegment(opts_.bus, static_cast<std::uint32_t>(id), ring, ring, opts_.maxRecordBytes, blob);
   if (!seg) return refuse(makeError(seg.code(), what() + ": " + seg.error().message), t);
-  auto fd = openSegmentFd(seg->name);
-  // Both ends map the descriptor, never the name: it goes at once, so no crash can leave it.
-  Segment::unlink(seg->name);
-  if (!fd) return refuse(makeError(fd.code(), what() + ": " + fd.error().message), t);
   PortLink p;
   p.id = id;
   p.opener = w.id;
@@ -148,9 +144,8 @@ void Router::onPortOpen(Conn& w, const FrameView& f) {
   std::int64_t timeoutMs = 0;
   p.deadline = deadlineFor(h, monotonicNowNs(), timeoutMs);
   p.seg = std::move(*seg);
-  p.fd = std::move(*fd);
-  // The descriptor before the frame that names it (the window's watchdog files it by id).
-  if (auto s = sendControl(t->sock.get(), ControlType::PortFd, id, nullptr, p.fd.get()); !s) {
+  // The sealed memfd before the frame that names it (the window's watchdog files it by id).
+  if (auto s = sendControl(t->sock.get(), ControlType::PortFd, id, nullptr, p.seg.segment->fd()); !s) {
     return refuse(makeError(s.code(), fmt::format("{} to {}: {}", what(), t->describe(), s.error().message)), t);
   }
   FrameHeader offer = frameHeader(FrameKind::PortOffer, h.channel);
@@ -185,7 +180,7 @@ void Router::onPortAccept(Conn& w, const FrameHeader& h) {
   reply.requestId = p.openerReq;
   reply.source = w.id;
   reply.role = w.roleId;
-  Result<void> r = sendControl(opener->sock.get(), ControlType::PortFd, p.id, nullptr, p.fd.get());
+  Result<void> r = sendControl(opener->sock.get(), ControlType::PortFd, p.id, nullptr, p.seg.segment->fd());
   if (r) {
     r = writeToWindow(*opener, [&] {
       return writeFrame(opener->inbox, reply, [&](Builder& b) { fillWelcome(b, opts_.bus, w.id, w.role, p.seg, false, p.id); },
@@ -197,7 +192,7 @@ void Router::onPortAccept(Conn& w, const FrameHeader& h) {
     return closePort(p.id, kPortOpenerGone, std::nullopt);
   }
   p.accepted = true;
-  p.fd.reset();  // both ends have it
+  p.seg.segment->closeFd();  // both ends have their own
   log_(LogLevel::Debug, "port {}: {} ↔ {}", p.id, opener->describe(), w.describe());
   if (tracing()) record(portEvent(TraceKind::PortOpen, p, ErrorCode::Ok, ""));
 }

@@ -56,14 +56,13 @@ void Router::grantRoute(Conn& w, const FrameHeader& h, Conn& t) {
       log_(LogLevel::Warn, "no direct route {} → {}: {}", w.describe(), t.describe(), seg.error().message);
       return;
     }
-    auto fd = openSegmentFd(seg->name);
-    Segment::unlink(seg->name);  // both ends map the descriptor, never the name
-    if (!fd) return;
-    // The descriptor goes before the frame that names it (each window's watchdog files it).
-    if (!sendControl(t.sock.get(), ControlType::PortFd, id, nullptr, fd->get()) ||
-        !sendControl(w.sock.get(), ControlType::PortFd, id, nullptr, fd->get())) {
+    // The sealed memfd goes before the frame that names it (each window's watchdog files it).
+    const int fd = seg->segment->fd();
+    if (!sendControl(t.sock.get(), ControlType::PortFd, id, nullptr, fd) ||
+        !sendControl(w.sock.get(), ControlType::PortFd, id, nullptr, fd)) {
       return;
     }
+    seg->segment->closeFd();  // both ends have their own
     PortLink link;
     link.id = id;
     link.opener = w.id;

@@ -18,6 +18,41 @@ namespace bip = boost::interprocess;
 
 namespace shmbus::detail {
 
+namespace {
+void writeHeader(std::uint8_t* base, std::size_t bytes) {
+  auto* h = reinterpret_cast<SegmentHeader*>(base);
+  h->magic = kSegmentMagic;
+  h->version = kSegmentVersion;
+  h->creatorPid = static_cast<std::int32_t>(::getpid());
+  h->totalBytes = bytes;
+}
+
+Error sysError(const std::string& what) {
+  return makeError(ErrorCode::SystemError, fmt::format("{}: {}", what, std::strerror(errno)));
+}
+}  // namespace
+
+Result<Fd> sealedMemfd(const std::string& name, std::size_t bytes) {
+  Fd fd(::memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!fd) return sysError(fmt::format("memfd_create '{}'", name));
+  if (::ftruncate(fd.get(), static_cast<off_t>(bytes)) != 0) {
+    return sysError(fmt::format("cannot size segment '{}' to {} bytes", name, bytes));
+  }
+  if (::fcntl(fd.get(), F_ADD_SEALS, kSegmentSeals) != 0) return sysError(fmt::format("sealing segment '{}'", name));
+  return fd;
+}
+
+Result<Segment> Segment::createSealed(const std::string& name, std::size_t bytes) {
+  SHMBUS_REQUIRE(bytes >= sizeof(SegmentHeader), "segment smaller than its header");
+  auto fd = sealedMemfd(name, bytes);
+  if (!fd) return fd.error();
+  auto s = map(fd->get(), name);
+  if (!s) return s.error();
+  s->fd_ = std::move(*fd);
+  writeHeader(s->base(), bytes);
+  return s;
+}
+
 Result<Segment> Segment::create(const std::string& name, std::size_t bytes) {
   SHMBUS_REQUIRE(bytes >= sizeof(SegmentHeader), "segment smaller than its header");
   bool created = false;
@@ -29,11 +64,7 @@ Result<Segment> Segment::create(const std::string& name, std::size_t bytes) {
     Segment s;
     s.name_ = name;
     s.region_ = bip::mapped_region(shm, bip::read_write, 0, bytes);
-    auto* h = reinterpret_cast<SegmentHeader*>(s.base());
-    h->magic = kSegmentMagic;
-    h->version = kSegmentVersion;
-    h->creatorPid = static_cast<std::int32_t>(::getpid());
-    h->totalBytes = bytes;
+    writeHeader(s.base(), bytes);
     return s;
   } catch (const bip::interprocess_exception& e) {
     // Only a name this call created: when it already existed (EEXIST) it is someone else's segment.

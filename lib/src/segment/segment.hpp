@@ -1,13 +1,24 @@
-// Shared memory segments: Boost.Interprocess `shared_memory_object` + `mapped_region`.
+// Shared memory segments: a descriptor mapped with Boost.Interprocess `mapped_region`.
 //
-// Naming: `shmbus.<bus>.<id>.<nonce>` (docs/architecture.md §4). The supervisor creates a segment with mode
-// 0600, the one window it is for opens and maps it, and the name is unlinked as soon as it is
-// mapped, so a crash leaves no name behind. Every segment starts with a SegmentHeader naming the
-// creating process, so start-up can remove names left by dead creators (removeStale).
+// The bus's segments (a window's, a port's, a direct route's) are sealed memfds
+// (docs/architecture.md §4): the supervisor creates one, seals its size, and hands its descriptor
+// over the control socket (SCM_RIGHTS) to the processes that map it. No name exists in /dev/shm,
+// so no crash can leave one; the memory goes when the last mapping and descriptor go. The seals
+// matter because every mapper gets a read/write descriptor: a window that shrank an unsealed file
+// (ftruncate) would make every other mapper's access past the new end raise SIGBUS, the
+// supervisor's included. The memfd's name (`shmbus.<bus>.<id>.<nonce>`) shows in /proc/<pid>/maps
+// as `/memfd:<name> (deleted)`, for diagnostics and tests only.
+//
+// Named POSIX objects (`create`/`open` by name, Boost `shared_memory_object`) remain for rings
+// shared by unrelated processes outside a bus (tests, ring_bench). Every segment starts with a
+// SegmentHeader naming the creating process, so start-up can remove names left by dead creators
+// (removeStale).
 #pragma once
 
 #include <boost/interprocess/mapped_region.hpp>
 #include <boost/interprocess/shared_memory_object.hpp>
+
+#include <fcntl.h>
 
 #include <atomic>
 #include <cstddef>
@@ -15,6 +26,7 @@
 #include <string>
 #include <string_view>
 
+#include "common/fd.hpp"
 #include "shmbus/error.hpp"
 
 namespace shmbus::detail {
@@ -56,12 +68,27 @@ inline std::atomic_ref<std::uint32_t> traceWord(std::uint8_t* base) noexcept {
 inline constexpr std::uint64_t kSegmentMagic = 0x314742'4d48'53ull;  // "SHMBG1" little endian
 inline constexpr std::uint32_t kSegmentVersion = 1;
 
+/// The seals every bus segment carries (fcntl F_ADD_SEALS): its size can change no more, nor its
+/// seals. Writes and hole punching stay allowed (a blob arena punches released records, §17).
+inline constexpr int kSegmentSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+
+/// A memfd named `name` (close-on-exec) of `bytes` bytes (zero filled by the kernel), its size
+/// sealed with kSegmentSeals: what the bus hands to processes that must not be able to resize
+/// memory the supervisor maps (segments, trace rings). Errors: SystemError (memfd_create,
+/// ftruncate, F_ADD_SEALS: out of memory or descriptors).
+Result<Fd> sealedMemfd(const std::string& name, std::size_t bytes);
+
 /// A mapped shared memory segment. Move-only; unmaps on destruction (never unlinks: names are
 /// unlinked explicitly, as early as possible).
 /// Thread contract: the object is not thread-safe; the mapped memory is shared by design.
 class Segment {
  public:
   Segment() = default;
+
+  /// Creates a sealed memfd segment (sealedMemfd, named `name`) of `bytes` bytes, maps it, writes
+  /// the SegmentHeader and keeps the descriptor (fd()) for the creator to hand out until it
+  /// closes it (closeFd()). Errors: SystemError (out of memory or descriptors, mmap).
+  static Result<Segment> createSealed(const std::string& name, std::size_t bytes);
 
   /// Creates `name` (exclusive, mode 0600) of `bytes` bytes (zero filled by the kernel), maps it
   /// and writes the SegmentHeader. Errors: SystemError (exists, permissions, no memory).
@@ -90,6 +117,11 @@ class Segment {
   /// Counts the names `shmbus.<bus>.*` currently present (tests use it to prove no leak).
   static std::size_t countNames(std::string_view bus);
 
+  /// The descriptor kept by createSealed (-1 when none: opened or mapped by another's, or closed).
+  int fd() const noexcept { return fd_.get(); }
+  /// Closes the kept descriptor (the mapping stays): once every mapper has its own.
+  void closeFd() noexcept { fd_.reset(); }
+
   std::uint8_t* base() const noexcept { return static_cast<std::uint8_t*>(region_.get_address()); }
   std::size_t size() const noexcept { return region_.get_size(); }
   const std::string& name() const noexcept { return name_; }
@@ -98,6 +130,7 @@ class Segment {
  private:
   std::string name_;
   boost::interprocess::mapped_region region_;
+  Fd fd_;
 };
 
 }  // namespace shmbus::detail

@@ -12,6 +12,8 @@
 #include <cstring>
 #include <utility>
 
+#include "segment/segment.hpp"
+
 namespace shmbus::detail {
 
 namespace {
@@ -76,10 +78,11 @@ Result<TraceProducer> TraceProducer::create(std::size_t capacity) {
     return makeError(ErrorCode::InvalidArgument, fmt::format("trace ring of {} bytes: at most 1 GiB", capacity));
   }
   TraceProducer p;
-  p.fd_.reset(::memfd_create("shmbus-trace", MFD_CLOEXEC));
-  if (!p.fd_) return systemError("memfd_create (trace ring)");
+  // Sealed: an inspector gets this descriptor, and a shrunk file would SIGBUS the supervisor.
   const std::size_t bytes = sizeof(TraceRingHeader) + cap;
-  if (::ftruncate(p.fd_.get(), static_cast<off_t>(bytes)) != 0) return systemError("ftruncate (trace ring)");
+  auto fd = sealedMemfd("shmbus-trace", bytes);
+  if (!fd) return fd.error();
+  p.fd_ = std::move(*fd);
   auto m = TraceMapping::map(p.fd_.get(), bytes);
   if (!m) return m.error();
   p.map_ = std::move(*m);

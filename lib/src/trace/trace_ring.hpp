@@ -119,8 +119,10 @@ class TraceMapping {
 class TraceProducer {
  public:
 
-  /// Creates a memfd named `trace` of sizeof(TraceRingHeader) + `capacity` bytes (rounded up to a
-  /// power of two, at least kTraceMinCapacity) and maps it. Errors: SystemError.
+  /// Creates a memfd named `shmbus-trace` of sizeof(TraceRingHeader) + `capacity` bytes (rounded
+  /// up to a power of two, at least kTraceMinCapacity), its size sealed (segment/segment.hpp's
+  /// sealedMemfd: an inspector cannot shrink it under the producer), and maps it.
+  /// Errors: InvalidArgument (over 1 GiB), SystemError.
   static Result<TraceProducer> create(std::size_t capacity);
 
   /// Appends one record of `body` (at most kTraceMaxBody bytes; longer bodies are cut) and wakes

@@ -119,7 +119,7 @@ Result<WindowSegment> createWindowSegment(const std::string& bus, std::uint32_t 
   w.outboxOffset = l.outboxOffset;
   const std::size_t total = l.totalBytes;
   w.name = Segment::makeName(bus, id);
-  auto seg = Segment::create(w.name, total);
+  auto seg = Segment::createSealed(w.name, total);
   if (!seg) return seg.error();
   w.segment = std::make_shared<Segment>(std::move(*seg));
   std::uint8_t* base = w.segment->base();
@@ -157,25 +157,15 @@ void fillWelcome(capnp::MessageBuilder& mb, const std::string& bus, std::uint32_
   w.setRouteStatsOffset(seg.routeStatsOffset);
 }
 
-Result<Fd> openSegmentFd(const std::string& name) {
-  Fd segFd(::shm_open(name.c_str(), O_RDWR | O_CLOEXEC, 0));
-  if (!segFd) {
-    return makeError(ErrorCode::SystemError, fmt::format("cannot open segment '{}': {}", name, std::strerror(errno)));
-  }
-  return segFd;
-}
-
 Result<void> sendWelcome(int sock, const std::string& bus, std::uint32_t id, const std::string& role,
                          const WindowSegment& seg, int doorbellFd) {
   capnp::MallocMessageBuilder mb;
   fillWelcome(mb, bus, id, role, seg, false, 0);
-  // The segment's own descriptor, opened here just for the window: the creator's mapping kept none.
-  // It travels second, after the doorbell (a window that predates it uses the first only); with no
-  // doorbell to send (a test of that refusal) nothing is sent.
+  // The segment's sealed memfd travels second, after the doorbell; with no doorbell to send (a
+  // test of that refusal) nothing is sent. The segment has no other name to open it by.
   if (doorbellFd < 0) return sendControl(sock, ControlType::Welcome, 0, &mb);
-  auto segFd = openSegmentFd(seg.name);
-  if (!segFd) return segFd.error();
-  return sendControl(sock, ControlType::Welcome, 0, &mb, doorbellFd, segFd->get());
+  SHMBUS_REQUIRE(seg.segment->fd() >= 0, "sendWelcome: the segment's descriptor was closed");
+  return sendControl(sock, ControlType::Welcome, 0, &mb, doorbellFd, seg.segment->fd());
 }
 
 void sendWelcomeError(int sock, const Error& e) {
@@ -219,12 +209,12 @@ Result<WindowLink> helloAndWelcome(int sock, const HelloParams& p, const std::st
   if (!pkt) return pkt.error();
   auto welcome = parseWelcome(*pkt, bus);  // a hang-up has no bytes: BusClosed
   if (!welcome) return welcome.error();
-  if (pkt->fds.empty()) return makeError(ErrorCode::InvalidMessage, "welcome without a doorbell descriptor");
+  if (pkt->fds.size() < 2) {
+    return makeError(ErrorCode::InvalidMessage, "welcome without the doorbell and segment descriptors");
+  }
   WindowLink link;
   link.doorbell = std::move(pkt->fds[0]);
-  // The segment's descriptor when the supervisor sent one (any uid can map it), else its name.
-  auto seg = pkt->fds.size() >= 2 ? Segment::map(pkt->fds[1].get(), welcome->segmentName)
-                                  : Segment::open(welcome->segmentName);
+  auto seg = Segment::map(pkt->fds[1].get(), welcome->segmentName);  // any uid can map it
   if (!seg) return seg.error();
   // The supervisor zeroes what it consumed, so the outbox's free space is zero: no memset.
   if (auto ok = attachLink(link, *welcome, std::move(*seg), false, link.doorbell.get()); !ok) return ok.error();

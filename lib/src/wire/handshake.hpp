@@ -103,8 +103,8 @@ static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 
 /// A window's segment, created and laid out by the supervisor.
 struct WindowSegment {
-  std::string name;
-  std::shared_ptr<Segment> segment;
+  std::string name;                  ///< the memfd's name (diagnostics, /proc/<pid>/maps)
+  std::shared_ptr<Segment> segment;  ///< sealed memfd; segment->fd() until the creator closes it
   RingProducer inbox;
   RingConsumer outbox;
   CancelBoard* cancels = nullptr;
@@ -117,7 +117,8 @@ struct WindowSegment {
 /// Creates the segment of window `id` on `bus` (rings of the given capacities; records up to
 /// min(maxRecordBytes, capacity / 2)) and, for a port, two sparse blob arenas of `blobBytes`
 /// each (a multiple of 4 KiB; the file is ftruncate'd, so untouched arena pages use no memory).
-/// Errors: SystemError.
+/// The segment is a sealed memfd (segment/segment.hpp) whose descriptor it keeps for sendWelcome
+/// or a PortFd packet. Errors: SystemError.
 Result<WindowSegment> createWindowSegment(const std::string& bus, std::uint32_t id, std::uint32_t inboxBytes,
                                           std::uint32_t outboxBytes, std::uint32_t maxRecordBytes,
                                           std::uint64_t blobBytes = 0, bool routeStats = false);
@@ -128,13 +129,9 @@ Result<WindowSegment> createWindowSegment(const std::string& bus, std::uint32_t 
 void fillWelcome(capnp::MessageBuilder& mb, const std::string& bus, std::uint32_t id, const std::string& role,
                  const WindowSegment& seg, bool swapped, std::uint64_t portId);
 
-/// A new descriptor of segment `name` (read/write, close-on-exec), to hand to a window.
-/// Errors: SystemError.
-Result<Fd> openSegmentFd(const std::string& name);
-
-/// Sends the Welcome for `seg` with the doorbell eventfd and a descriptor of the segment (the
-/// window maps that one, so the segment's mode 0600 does not keep a window of another uid out;
-/// a window that predates it opens the segment by name).
+/// Sends the Welcome for `seg` with the doorbell eventfd and the segment's sealed memfd (the
+/// window maps that one: any uid can). `seg.segment->fd()` must still be open (the caller closes
+/// it once sent). Errors: as sendControl (BusClosed when the window hung up, SystemError).
 Result<void> sendWelcome(int sock, const std::string& bus, std::uint32_t id, const std::string& role,
                          const WindowSegment& seg, int doorbellFd);
 

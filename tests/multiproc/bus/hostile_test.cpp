@@ -3,7 +3,9 @@
 // The hostile child is a normal Window that then writes raw bytes into its own outbox through its
 // mapping of the segment (RawOutbox).
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <array>
 #include <atomic>
@@ -281,4 +283,46 @@ TEST_CASE("a spawned window that writes a malformed payload is killed") {
   // supervisor's SIGKILL ends it, and the supervisor's reaper then reaps it.
   CHECK(awaitCondition([&] { return processGone(info->pid); }, 10s));
   CHECK(tb->stats().badMessages == 1);
+}
+
+TEST_CASE("a window cannot resize its segment: ftruncate on the descriptor it was handed fails, the supervisor serves on") {
+  // Every mapper of a segment gets a read/write descriptor. Were the file not sealed, a window
+  // that shrank it would make the supervisor's next access to its rings (the push below) raise
+  // SIGBUS in this process: the test dies instead of failing one check.
+  TestBus tb("hostile-resize");
+  Link link;
+  Child resizer = Child::fork([&] {
+    // The handshake by hand, keeping what a Window closes once mapped: the segment's descriptor.
+    auto sock = detail::connectSeqpacket(tb->socketPath());
+    childCheck(sock.ok(), "connect");
+    capnp::MallocMessageBuilder mb;
+    auto hello = mb.initRoot<schema::Hello>();
+    hello.setRole("resizer");
+    hello.setPid(static_cast<std::int32_t>(::getpid()));
+    childCheck(detail::sendControl(sock->get(), detail::ControlType::Hello, 0, &mb).ok(), "hello");
+    auto pkt = detail::recvPacket(sock->get());
+    childCheck(pkt.ok() && pkt->fds.size() == 2, "a welcome with the doorbell and the segment");
+    const int seg = pkt->fds[1].get();
+    struct stat before {}, after {};
+    childCheck(::fstat(seg, &before) == 0 && before.st_size > 0, "fstat");
+    const int grow = ::ftruncate(seg, before.st_size * 2) == 0 ? 0 : errno;
+    const int seal = ::fcntl(seg, F_ADD_SEALS, F_SEAL_WRITE) == 0 ? 0 : errno;  // no more seals either
+    const int shrink = ::ftruncate(seg, 0) == 0 ? 0 : errno;  // last: an unsealed file stays empty
+    childCheck(::fstat(seg, &after) == 0, "fstat");
+    childCheck(detail::sendControl(sock->get(), detail::ControlType::Mapped, 0).ok(), "mapped");
+    link.tellParent(fmt::format("{} {} {} {}", shrink, grow, seal, after.st_size == before.st_size ? "same" : "resized"));
+    link.hearParent(30s);
+  });
+  CHECK(link.hearChild(30s) == fmt::format("{} {} {} same", EPERM, EPERM, EPERM));
+  REQUIRE(awaitCondition([&] { return tb->windows().size() == 1; }));
+  const std::uint32_t id = tb->windows()[0].id;
+  // The supervisor writes into the window's inbox and still serves other windows.
+  for (int i = 0; i < 100; ++i) REQUIRE(tb->send(Target(id), "note", text("still here")).ok());
+  auto other = connectWindow(tb.bus, "other");
+  auto h = tb->handle("echo", echoHandler());
+  auto back = other->invoke("echo", text("x")).get();
+  REQUIRE_MESSAGE(back.ok(), back.error().toString());
+  CHECK(textOf(*back) == "x");
+  link.tellChild("done");
+  CHECK(resizer.join(10s) == 0);
 }

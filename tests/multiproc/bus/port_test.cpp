@@ -213,7 +213,8 @@ TEST_CASE("a port carries send/on and invoke/handle both ways, and the superviso
   CHECK(ports[0].acceptor == pp.acceptorId);
   CHECK(ports[0].channel == "chat");
   CHECK(ports[0].accepted);
-  CHECK(detail::Segment::countNames(pp.tb.bus) == 0);  // a port's name goes as soon as it is made
+  // The supervisor maps the two windows' segments and the port's, and keeps no descriptor of any.
+  CHECK(segmentsHeld(pp.tb.bus) == SegmentsHeld{3, 0});
   CHECK(pp.opener.finish() == 0);
   CHECK(pp.acceptor.finish() == 0);
 }
@@ -288,11 +289,13 @@ TEST_CASE("a port closed by either side fails the other side's pending call with
   });
 }
 
-TEST_CASE("kill -9 of either side fails the survivor's pending call with TargetGone and leaves no name") {
+TEST_CASE("kill -9 of either side fails the survivor's pending call with TargetGone; the supervisor lets go of the port") {
   eachSideEnds("port-kill", [](PortPair& pp, PortPeer& survivor, PortPeer& victim) {
     endDuringCall(survivor, victim, "kill -9", [&] { REQUIRE(::kill(victim.pid(), SIGKILL) == 0); });
     CHECK(victim.join() == 128 + SIGKILL);
-    CHECK(detail::Segment::countNames(pp.tb.bus) == 0);
+    // The port's mappings went with it: the supervisor and the survivor keep their window segments.
+    REQUIRE(awaitCondition([&] { return pp.tb->ports().empty(); }));
+    CHECK(segmentsHeld(pp.tb.bus) == SegmentsHeld{1, 0});
     // The survivor's window is unharmed: the supervisor still answers it.
     CHECK(survivor.ask("open nobody chat").starts_with("error NoTarget"));
     CHECK(pp.tb->ports().empty());

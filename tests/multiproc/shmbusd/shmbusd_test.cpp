@@ -150,7 +150,6 @@ TEST_CASE("shmbusd admits allowed roles, denies others, and closes the bus on SI
   CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
   auto after = editor->invokeIn("viewer", "ping", text("late")).get();
   CHECK(after.code() == ErrorCode::BusClosed);
-  CHECK(detail::Segment::countNames(bus) == 0);
 }
 
 TEST_CASE("a second shmbusd for a running bus exits non-zero naming the bus and the first one's pid") {

@@ -68,7 +68,7 @@ TEST_CASE("64 processes connecting, calling and disconnecting windows at once le
                                  << seconds << " s");
   CHECK(opened.load() == kProcesses * kRounds);
   CHECK(pings.load() == kProcesses * kRounds);
-  CHECK(detail::Segment::countNames(tb.bus) == 0);
+  CHECK(segmentsHeld(tb.bus) == SegmentsHeld{});
   CHECK(openFdCount() == fds);
   const RouterStats s = tb->stats();
   CHECK(s.pending.empty());
