@@ -45,7 +45,7 @@ struct Welcome {
   error @1 :ErrorInfo;
   windowId @2 :UInt32;
   role @3 :Text;
-  segmentName @4 :Text;     # unlinked by the supervisor once the window confirms it mapped it
+  segmentName @4 :Text;     # the memfd's name, for messages only (the segment travels as a descriptor)
   segmentBytes @5 :UInt64;
   inboxOffset @6 :UInt64;
   inboxCapacity @7 :UInt32;

@@ -194,8 +194,8 @@ class BlobProducer {
   /// zero(). The peer may have written anywhere in the free space before the claim: this is what
   /// keeps a builder's memory what Cap'n Proto expects. What a hostile peer writes into the
   /// claim's range during the build, or a punch and a write of it that keep the count, no look
-  /// can stop; nor can one stop it truncating the shared file under both ends: a port trusts
-  /// its peer with its arena and the segment's size (docs/architecture.md §17). Both ends'
+  /// can stop: a port trusts its peer with its arena's contents (not with the file's size: the
+  /// segment is a sealed memfd, docs/architecture.md §4, §17). Both ends'
   /// descriptors share one open file (SCM_RIGHTS, dup), so its file position is shared: only
   /// lseek's results are used, never the position it leaves.
   void zeroFree(std::uint8_t* p, std::size_t n) const noexcept;

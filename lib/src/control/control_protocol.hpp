@@ -11,7 +11,7 @@ namespace shmbus::detail {
 enum class ControlType : std::uint32_t {
   Hello = 1,    ///< window → supervisor: bus.capnp Hello
   Welcome = 2,  ///< supervisor → window: bus.capnp Welcome (+ the doorbell eventfd)
-  Mapped = 3,   ///< window → supervisor: segment mapped; the supervisor unlinks its name
+  Mapped = 3,   ///< window → supervisor: segment mapped; the window is live
   Cancel = 4,   ///< supervisor → window: `value` = request id whose caller gave up (or timed out)
   Inspect = 5,  ///< inspector → supervisor (instead of Hello): attach to the bus's trace ring;
                 ///< `value`: flags (kInspectPayloads)

@@ -2,11 +2,11 @@
 //
 //   window                                   supervisor (router)
 //   Hello{role, pid, ring sizes,  ────────▶  checks uid, role (policy, token) and sizes, creates
-//         invitation token}                  the segment (0600)
+//         invitation token}                  the segment (a sealed memfd, segment/segment.hpp)
 //                                 ◀────────  Welcome{id, role, segment name, layout} + doorbell fd
-//                                            + segment fd
+//                                            + segment fd (then closed by the supervisor)
 //   maps the segment (from its fd)
-//   Mapped                        ────────▶  unlinks the segment name; the window is live
+//   Mapped                        ────────▶  the window is live
 //
 // Segment layout, computed here for both sides:
 //   [SegmentHeader 64 B][CancelBoard 512 B][inbox RingControl + data][outbox RingControl + data]
