@@ -6,7 +6,6 @@
 
 #include <condition_variable>
 #include <cstdint>
-#include <fstream>
 #include <functional>
 #include <memory>
 #include <mutex>

@@ -65,6 +65,10 @@ inline std::ostream& operator<<(std::ostream& os, const SegmentsHeld& h) {
   return os << "{mappings " << h.mappings << ", descriptors " << h.descriptors << "}";
 }
 
+/// What process `pid` (this one by default) holds of `bus`'s segments: its mappings of them and
+/// its descriptors of them (a descriptor's /proc/<pid>/fd link names the memfd). Reads /proc;
+/// another process's needs the same uid (or root). Not atomic: a process mapping or closing
+/// meanwhile may be counted before or after.
 inline SegmentsHeld segmentsHeld(const std::string& bus, pid_t pid = ::getpid()) {
   SegmentsHeld h;
   h.mappings = segmentMappings(bus, pid).size();

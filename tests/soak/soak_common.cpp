@@ -87,7 +87,7 @@ Snapshot takeSnapshot(const std::string& bus) {
     ::closedir(d);
   }
   const test::SegmentsHeld held = test::segmentsHeld(bus);
-  s.shmMaps = held.mappings;
+  s.segMaps = held.mappings;
   s.segFds = held.descriptors;
   std::ifstream maps("/proc/self/maps");
   for (std::string line; std::getline(maps, line);) ++s.maps;

@@ -10,7 +10,7 @@ namespace shmbus::soak {
 struct Snapshot {
   std::size_t fds = 0;        ///< open descriptors (/proc/self/fd, without the reading one)
   std::size_t maps = 0;       ///< mappings (lines of /proc/self/maps)
-  std::size_t shmMaps = 0;    ///< of which map the bus's segments (memfds: the windows', the routes')
+  std::size_t segMaps = 0;    ///< of which map the bus's segments (memfds: the windows', the routes')
   std::size_t segFds = 0;     ///< descriptors of the bus's segments (0 once each end has its own)
   std::size_t threads = 0;    ///< threads (/proc/self/task)
   std::size_t children = 0;   ///< child processes (/proc/self/task/*/children), zombies included

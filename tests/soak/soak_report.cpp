@@ -61,7 +61,7 @@ void Report::compare(const Snapshot& s0, const Snapshot& s1, const SoakOptions& 
   // (RouterStats::retiredRoutes, counted in `openRoutes`): one mapping each, whatever churn came
   // before.
   same("mappings", s0.maps + routes, s1.maps);
-  same("segment mappings", s0.shmMaps + routes, s1.shmMaps);
+  same("segment mappings", s0.segMaps + routes, s1.segMaps);
   same("segment descriptors", s0.segFds, s1.segFds);
   same("threads", s0.threads, s1.threads);
   same("child processes", s0.children, s1.children);
@@ -106,7 +106,7 @@ int Report::print(const SoakOptions& o) const {
     };
     row("open descriptors", start.fds, end.fds, "equal");
     row("mappings", start.maps, end.maps, fmt::format("+ {} direct routes' ports (open or retired)", routes));
-    row("  of the bus's segments", start.shmMaps, end.shmMaps, fmt::format("+ {} direct routes' ports (open or retired)", routes));
+    row("  of the bus's segments", start.segMaps, end.segMaps, fmt::format("+ {} direct routes' ports (open or retired)", routes));
     row("segment descriptors", start.segFds, end.segFds, "equal");
     row("threads", start.threads, end.threads, "equal");
     row("child processes", start.children, end.children, "equal");
@@ -119,9 +119,9 @@ int Report::print(const SoakOptions& o) const {
   for (const auto& f : failures) fmt::print(stderr, "soak FAIL: {}\n", f);
   const bool pass = failures.empty() && compared;
   fmt::print("\nsoak {}: {:.1f} s, {} windows, seed {}: {} calls ({} ok, {} explained by churn, {} not), {} kill -9; "
-             "fds {}→{}, maps {}→{}, shm maps {}→{}, segment fds {}→{}, RssAnon {:.1f}→{:.1f} MiB\n",
+             "fds {}→{}, maps {}→{}, segment maps {}→{}, segment fds {}→{}, RssAnon {:.1f}→{:.1f} MiB\n",
              pass ? "PASS" : "FAIL", seconds, o.windows, o.seed, calls, ok, explained, unexplained,
-             kills + handshakeKills, start.fds, end.fds, start.maps, end.maps, start.shmMaps, end.shmMaps,
+             kills + handshakeKills, start.fds, end.fds, start.maps, end.maps, start.segMaps, end.segMaps,
              start.segFds, end.segFds, start.anonKiB / 1024.0, end.anonKiB / 1024.0);
   return pass ? 0 : 1;
 }

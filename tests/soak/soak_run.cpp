@@ -353,8 +353,8 @@ class Soak {
     const Snapshot left = takeSnapshot(sup_.bus());
     reap(true);
     regs_.clear();
-    if (left.shmMaps != 0 || left.segFds != 0) {
-      report_.fail(fmt::format("{} mappings and {} descriptors of the bus's segments left after stop()", left.shmMaps,
+    if (left.segMaps != 0 || left.segFds != 0) {
+      report_.fail(fmt::format("{} mappings and {} descriptors of the bus's segments left after stop()", left.segMaps,
                                left.segFds));
     }
     return report_.print(o_);

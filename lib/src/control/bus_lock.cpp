@@ -11,6 +11,8 @@
 #include <map>
 #include <mutex>
 
+#include "common/errno_error.hpp"
+
 namespace shmbus::detail {
 
 namespace {
@@ -25,10 +27,6 @@ struct HeldLocks {
 HeldLocks& held() {
   static HeldLocks h;
   return h;
-}
-
-Error sysError(const std::string& what) {
-  return makeError(ErrorCode::SystemError, fmt::format("{}: {}", what, std::strerror(errno)));
 }
 
 Error alreadyRunning(const std::string& bus, pid_t pid, const std::string& socketPath) {
@@ -72,22 +70,22 @@ Result<BusLock> BusLock::acquire(const std::string& bus, const std::string& sock
   // our open and our lock, or between a refusal and F_GETLK.
   for (int round = 0; round < 16; ++round) {
     Fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
-    if (!fd) return sysError("open " + path);
+    if (!fd) return errnoError("open " + path);
     struct flock fl = wholeFile(F_WRLCK);
     if (::fcntl(fd.get(), F_SETLK, &fl) != 0) {
-      if (errno != EACCES && errno != EAGAIN) return sysError("lock " + path);
+      if (errno != EACCES && errno != EAGAIN) return errnoError("lock " + path);
       struct flock who = wholeFile(F_WRLCK);
-      if (::fcntl(fd.get(), F_GETLK, &who) != 0) return sysError("F_GETLK " + path);
+      if (::fcntl(fd.get(), F_GETLK, &who) != 0) return errnoError("F_GETLK " + path);
       if (who.l_type == F_UNLCK) continue;  // released meanwhile
       return alreadyRunning(bus, who.l_pid, socketPath);
     }
     struct stat mine {}, now {};
-    if (::fstat(fd.get(), &mine) != 0) return sysError("fstat " + path);
+    if (::fstat(fd.get(), &mine) != 0) return errnoError("fstat " + path);
     if (::stat(path.c_str(), &now) != 0 || mine.st_ino != now.st_ino || mine.st_dev != now.st_dev) continue;
     // The pid in the file is for people (`cat`); the refusal message takes it from F_GETLK.
     const std::string pidText = fmt::format("{}\n", ::getpid());
     if (::ftruncate(fd.get(), 0) != 0 || ::pwrite(fd.get(), pidText.data(), pidText.size(), 0) < 0) {
-      return sysError("write " + path);
+      return errnoError("write " + path);
     }
     held().byPath[path] = ::getpid();
     BusLock lock;
@@ -113,7 +111,7 @@ Result<void> removeStaleSocket(const std::string& bus, const std::string& path) 
   struct stat st {};
   if (::lstat(path.c_str(), &st) != 0) {
     if (errno == ENOENT) return {};
-    return sysError("stat " + path);
+    return errnoError("stat " + path);
   }
   if (!S_ISSOCK(st.st_mode)) {
     return makeError(ErrorCode::SystemError, fmt::format("{} exists and is not a socket: not replacing it", path));
@@ -123,7 +121,7 @@ Result<void> removeStaleSocket(const std::string& bus, const std::string& path) 
   auto listener = probeListener(path);
   if (!listener) return listener.error();
   if (*listener) return alreadyRunning(bus, (*listener)->pid, path);
-  if (::unlink(path.c_str()) != 0 && errno != ENOENT) return sysError("unlink stale socket " + path);
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) return errnoError("unlink stale socket " + path);
   return {};
 }
 

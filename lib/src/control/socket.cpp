@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "wait/wait.hpp"
+#include "common/errno_error.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -19,9 +20,6 @@
 namespace shmbus::detail {
 
 namespace {
-Error sysError(const std::string& what) {
-  return makeError(ErrorCode::SystemError, fmt::format("{}: {}", what, std::strerror(errno)));
-}
 
 Result<sockaddr_un> makeAddr(const std::string& path) {
   sockaddr_un a{};
@@ -40,9 +38,9 @@ Result<std::string> runtimeDir() {
     if (::stat(x, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == ::getuid()) return std::string(x);
   }
   std::string dir = fmt::format("/tmp/shmbus-{}", ::getuid());
-  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return sysError("mkdir " + dir);
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return errnoError("mkdir " + dir);
   struct stat st {};
-  if (::lstat(dir.c_str(), &st) != 0) return sysError("stat " + dir);
+  if (::lstat(dir.c_str(), &st) != 0) return errnoError("stat " + dir);
   if (!S_ISDIR(st.st_mode) || st.st_uid != ::getuid() || (st.st_mode & 077) != 0) {
     return makeError(ErrorCode::SystemError,
                      fmt::format("{} must be a directory owned by uid {} with mode 0700", dir, ::getuid()));
@@ -60,12 +58,12 @@ Result<Fd> listenSeqpacket(const std::string& path) {
   auto addr = makeAddr(path);
   if (!addr) return addr.error();
   Fd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  if (!fd) return sysError("socket");
+  if (!fd) return errnoError("socket");
   // No unlink here: a file at `path` may be a live supervisor's socket. Only the holder of the
   // path's BusLock removes a stale one (removeStaleSocket) before calling this.
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof(sockaddr_un)) != 0) return sysError("bind " + path);
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof(sockaddr_un)) != 0) return errnoError("bind " + path);
   ::chmod(path.c_str(), 0600);
-  if (::listen(fd.get(), 128) != 0) return sysError("listen " + path);
+  if (::listen(fd.get(), 128) != 0) return errnoError("listen " + path);
   return fd;
 }
 
@@ -73,11 +71,11 @@ Result<std::optional<PeerCred>> probeListener(const std::string& path) {
   auto addr = makeAddr(path);
   if (!addr) return addr.error();
   Fd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  if (!fd) return sysError("socket");
+  if (!fd) return errnoError("socket");
   if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof(sockaddr_un)) != 0) {
     if (errno == ENOENT || errno == ECONNREFUSED) return std::optional<PeerCred>();
     if (errno == EAGAIN) return std::optional<PeerCred>(PeerCred{0, 0});  // listening, backlog full
-    return sysError("connect " + path);
+    return errnoError("connect " + path);
   }
   // On the connecting side SO_PEERCRED names the process that called listen().
   auto cred = peerCred(fd.get());
@@ -89,26 +87,26 @@ Result<Fd> connectSeqpacket(const std::string& path) {
   auto addr = makeAddr(path);
   if (!addr) return addr.error();
   Fd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  if (!fd) return sysError("socket");
+  if (!fd) return errnoError("socket");
   if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof(sockaddr_un)) != 0) {
     if (errno == ENOENT || errno == ECONNREFUSED) {
       return makeError(ErrorCode::BusClosed, fmt::format("no supervisor listens on {}", path));
     }
-    return sysError("connect " + path);
+    return errnoError("connect " + path);
   }
   return fd;
 }
 
 Result<std::pair<Fd, Fd>> seqpacketPair() {
   int sv[2];
-  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) return sysError("socketpair");
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) return errnoError("socketpair");
   return std::pair<Fd, Fd>{Fd(sv[0]), Fd(sv[1])};
 }
 
 Result<PeerCred> peerCred(int fd) {
   ucred c{};
   socklen_t len = sizeof c;
-  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c, &len) != 0) return sysError("SO_PEERCRED");
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c, &len) != 0) return errnoError("SO_PEERCRED");
   return PeerCred{c.pid, c.uid};
 }
 
@@ -135,7 +133,7 @@ Result<void> sendPacket(int fd, const void* data, std::size_t bytes, const std::
     if (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN) {
       return makeError(ErrorCode::BusClosed, "control socket peer has gone");
     }
-    return sysError("sendmsg");
+    return errnoError("sendmsg");
   }
 }
 
@@ -160,7 +158,7 @@ Result<Packet> recvPacket(int fd) {
       p.bytes.clear();
       return p;
     }
-    return sysError("recvmsg");
+    return errnoError("recvmsg");
   }
   for (cmsghdr* c = CMSG_FIRSTHDR(&m); c != nullptr; c = CMSG_NXTHDR(&m, c)) {
     if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
@@ -184,7 +182,7 @@ Result<bool> waitReadable(int fd, std::int64_t deadlineNs) {
     const int pr = ::poll(&pfd, 1, static_cast<int>(std::min<std::int64_t>(leftMs, 1 << 30)));
     if (pr > 0) return true;
     if (pr == 0) return false;
-    if (errno != EINTR) return makeError(ErrorCode::SystemError, std::string("poll: ") + std::strerror(errno));
+    if (errno != EINTR) return errnoError("poll");
   }
 }
 

@@ -14,6 +14,8 @@
 #include <cstring>
 #include <random>
 
+#include "common/errno_error.hpp"
+
 namespace bip = boost::interprocess;
 
 namespace shmbus::detail {
@@ -26,19 +28,15 @@ void writeHeader(std::uint8_t* base, std::size_t bytes) {
   h->creatorPid = static_cast<std::int32_t>(::getpid());
   h->totalBytes = bytes;
 }
-
-Error sysError(const std::string& what) {
-  return makeError(ErrorCode::SystemError, fmt::format("{}: {}", what, std::strerror(errno)));
-}
 }  // namespace
 
 Result<Fd> sealedMemfd(const std::string& name, std::size_t bytes) {
   Fd fd(::memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
-  if (!fd) return sysError(fmt::format("memfd_create '{}'", name));
+  if (!fd) return errnoError(fmt::format("memfd_create '{}'", name));
   if (::ftruncate(fd.get(), static_cast<off_t>(bytes)) != 0) {
-    return sysError(fmt::format("cannot size segment '{}' to {} bytes", name, bytes));
+    return errnoError(fmt::format("cannot size segment '{}' to {} bytes", name, bytes));
   }
-  if (::fcntl(fd.get(), F_ADD_SEALS, kSegmentSeals) != 0) return sysError(fmt::format("sealing segment '{}'", name));
+  if (::fcntl(fd.get(), F_ADD_SEALS, kSegmentSeals) != 0) return errnoError(fmt::format("sealing segment '{}'", name));
   return fd;
 }
 
@@ -100,7 +98,7 @@ struct FdMapping {
 Result<Segment> Segment::map(int fd, const std::string& name) {
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
-    return makeError(ErrorCode::SystemError, fmt::format("cannot stat segment '{}': {}", name, std::strerror(errno)));
+    return errnoError(fmt::format("cannot stat segment '{}'", name));
   }
   if (st.st_size < static_cast<off_t>(sizeof(SegmentHeader))) {
     return makeError(ErrorCode::SystemError, fmt::format("segment '{}' is too small ({} bytes)", name, st.st_size));

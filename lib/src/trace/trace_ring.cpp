@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "segment/segment.hpp"
+#include "common/errno_error.hpp"
 
 namespace shmbus::detail {
 
@@ -40,14 +41,13 @@ void storeRecordHeader(std::uint8_t* at, std::uint32_t length, std::uint32_t typ
   storeWord<std::uint64_t>(at + 8, seq);
 }
 
-Error systemError(const char* what) { return makeError(ErrorCode::SystemError, fmt::format("{}: {}", what, std::strerror(errno))); }
 }  // namespace
 
 // ---- mapping
 
 Result<TraceMapping> TraceMapping::map(int fd, std::size_t bytes) {
   void* m = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (m == MAP_FAILED) return systemError("mmap (trace ring)");
+  if (m == MAP_FAILED) return errnoError("mmap (trace ring)");
   TraceMapping t;
   t.header_ = static_cast<TraceRingHeader*>(m);
   t.bytes_ = bytes;
@@ -144,7 +144,7 @@ void TraceProducer::write(std::span<const std::uint8_t> body) noexcept {
 
 Result<TraceReader> TraceReader::attach(int fd) {
   struct stat st {};
-  if (::fstat(fd, &st) != 0) return systemError("fstat (trace ring)");
+  if (::fstat(fd, &st) != 0) return errnoError("fstat (trace ring)");
   const auto bytes = static_cast<std::size_t>(st.st_size);
   if (bytes < sizeof(TraceRingHeader) + kTraceMinCapacity || bytes > sizeof(TraceRingHeader) + (std::size_t{1} << 30)) {
     return makeError(ErrorCode::InvalidMessage, fmt::format("not a trace ring: {} bytes", bytes));

@@ -118,8 +118,7 @@ Result<WindowSegment> createWindowSegment(const std::string& bus, std::uint32_t 
   w.inboxOffset = l.inboxOffset;
   w.outboxOffset = l.outboxOffset;
   const std::size_t total = l.totalBytes;
-  w.name = Segment::makeName(bus, id);
-  auto seg = Segment::createSealed(w.name, total);
+  auto seg = Segment::createSealed(Segment::makeName(bus, id), total);
   if (!seg) return seg.error();
   w.segment = std::make_shared<Segment>(std::move(*seg));
   std::uint8_t* base = w.segment->base();
@@ -138,7 +137,7 @@ void fillWelcome(capnp::MessageBuilder& mb, const std::string& bus, std::uint32_
   w.setOk(true);
   w.setWindowId(id);
   w.setRole(role);
-  w.setSegmentName(seg.name);
+  w.setSegmentName(seg.segment->name());
   w.setSegmentBytes(seg.segment->size());
   // A port's acceptor reads what the opener writes: the two rings trade places (§16).
   w.setInboxOffset(swapped ? seg.outboxOffset : seg.inboxOffset);

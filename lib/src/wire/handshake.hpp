@@ -103,8 +103,9 @@ static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 
 /// A window's segment, created and laid out by the supervisor.
 struct WindowSegment {
-  std::string name;                  ///< the memfd's name (diagnostics, /proc/<pid>/maps)
-  std::shared_ptr<Segment> segment;  ///< sealed memfd; segment->fd() until the creator closes it
+  /// A sealed memfd (segment->name(): diagnostics, /proc/<pid>/maps); segment->fd() until the
+  /// creator closes it.
+  std::shared_ptr<Segment> segment;
   RingProducer inbox;
   RingConsumer outbox;
   CancelBoard* cancels = nullptr;

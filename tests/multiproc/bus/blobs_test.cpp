@@ -8,10 +8,7 @@
 #include <fmt/format.h>
 
 #include <csignal>
-#include <dirent.h>
-#include <fstream>
 #include <mutex>
-#include <set>
 #include <thread>
 
 #include "blob/blob.hpp"

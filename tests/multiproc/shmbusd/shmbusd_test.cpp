@@ -9,7 +9,6 @@
 #include <vector>
 
 #include "bus_test.hpp"
-#include "segment/segment.hpp"
 
 using namespace shmbus;
 using namespace shmbus::test;
@@ -150,6 +149,10 @@ TEST_CASE("shmbusd admits allowed roles, denies others, and closes the bus on SI
   CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
   auto after = editor->invokeIn("viewer", "ping", text("late")).get();
   CHECK(after.code() == ErrorCode::BusClosed);
+  // The windows of this process map their segments and keep no descriptor of any: with the
+  // daemon gone, nothing of the bus outlives them (sealed memfds have no name to leave behind).
+  CHECK(segmentsHeld(bus).descriptors == 0);
+  CHECK(segmentsHeld(bus).mappings >= 2);
 }
 
 TEST_CASE("a second shmbusd for a running bus exits non-zero naming the bus and the first one's pid") {
