@@ -164,7 +164,6 @@ void controlSeeds(const fs::path& corpus) {
   if (seg) {
     (void)sendWelcome(a.get(), "fuzzseeds", 1, "renderer", *seg, -1);
     capture("welcome");
-    Segment::unlink(seg->name);
   }
   sendWelcomeError(a.get(), makeError(ErrorCode::Denied, "role 'renderer' may not connect to bus 'fuzzseeds'"));
   capture("welcome_refused");
