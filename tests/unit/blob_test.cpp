@@ -317,6 +317,31 @@ TEST_CASE("segments copied into the arena read back as the original message") {
   CHECK(std::string(msg.reader().getRoot<TestMessage>().getText()) == "copied");
 }
 
+TEST_CASE("tryBuildBlob and tryCopyBlob commit a record, or say TooLarge or Full and give the claim back") {
+  Arena a(1u << 20);
+  BlobProducer p(a.base, a.bytes);
+  auto build = [](unsigned n) { return [n](capnp::MessageBuilder& b) { b.initRoot<TestMessage>().initBlob(n); }; };
+  CHECK(tryBuildBlob(p, build(2u << 20)).code() == ErrorCode::TooLarge);
+  CHECK(p.messagesHeld() == 0);
+  auto held = tryBuildBlob(p, build(600'000));
+  REQUIRE(held.ok());
+  CHECK(tryBuildBlob(p, build(500'000)).code() == ErrorCode::Full);
+  capnp::MallocMessageBuilder src;
+  src.initRoot<TestMessage>().initBlob(500'000);
+  CHECK(tryCopyBlob(p, src.getSegmentsForOutput()).code() == ErrorCode::Full);
+  // A build that throws something else gives its claim back and lets the exception through.
+  CHECK_THROWS_AS(tryBuildBlob(p, [](capnp::MessageBuilder&) { throw std::runtime_error("user"); }), std::runtime_error);
+  CHECK(p.messagesHeld() == 1);
+  release(a, *held);
+  auto copied = tryCopyBlob(p, src.getSegmentsForOutput());  // room again after the release
+  REQUIRE(copied.ok());
+  auto v = checkBlobDescriptor(*copied, a.base, a.bytes);
+  REQUIRE(v.ok());
+  InPlaceMessage msg;
+  REQUIRE(msg.parse(v->message, v->bytes).ok());
+  CHECK(msg.reader().getRoot<TestMessage>().getBlob().size() == 500'000);
+}
+
 TEST_CASE("checkBlobDescriptor refuses hostile descriptors with InvalidMessage") {
   Arena a(64u << 10);
   BlobProducer p(a.base, a.bytes);

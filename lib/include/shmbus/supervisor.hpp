@@ -81,6 +81,14 @@ struct SupervisorOptions {
   std::uint64_t blobBytesPerWindow = 1ull << 30;
   /// Most blob arena bytes of all the bus's ports at once; as blobBytesPerWindow.
   std::uint64_t blobBytesPerBus = 4ull << 30;
+  /// Size in bytes of each of the two blob arenas in every window's own segment (rounded up to
+  /// 4 KiB; 0 = none; at most 64 GiB, else InvalidArgument): a window's send or invoke to main
+  /// larger than its outbox ring is built there and read in place by the main process's listener
+  /// or handler, which releases it when it returns (docs/architecture.md §17). Larger is
+  /// TooLarge. The arenas are sparse: memory goes to the pages blobs touched, and a window keeps
+  /// at most half an arena of them for blobs no longer held. Not counted in blobBytesPerWindow
+  /// or blobBytesPerBus (port arenas). Replies and pushes from main use the ring (for now).
+  std::uint64_t windowBlobBytes = 64ull << 20;
   /// Direct routes (docs/architecture.md §19), on by default: once a window's routed call or send
   /// of a channel reached a window (by role or id), the supervisor opens a port between the two
   /// (a route port: a ring pair as large as the two windows' inboxes) and the caller's later calls
@@ -258,7 +266,7 @@ class Supervisor {
   /// Errors: Denied when another live supervisor (of any process, this one included) runs the bus
   /// on that socket path: the message names the bus, that supervisor's pid and the socket;
   /// InvalidArgument (bus name, allowedRoles, invitedRoles, ring sizes, handshakeTimeout,
-  /// maxWindows: the message states the rule); SystemError.
+  /// maxWindows, windowBlobBytes: the message states the rule); SystemError.
   static Result<std::unique_ptr<Supervisor>> create(SupervisorOptions options);
 
   ~Supervisor();

@@ -179,6 +179,13 @@ class Window {
   /// dispatches: from then on callbacks run on it only. Not from inside a callback.
   void startDispatchThread();
 
+  /// What this window's outgoing blob arena holds now: its sends and invokes to main larger than
+  /// its outbox ring travel there (SupervisorOptions::windowBlobBytes, docs/architecture.md §17)
+  /// until the main process's listener or handler returns. Releases main made are reclaimed
+  /// first. All zero when the supervisor gave the window no arenas. For tests and diagnostics.
+  /// Thread contract: any thread (takes the send lock).
+  BlobStats blobStats() const;
+
   /// Closes the connection: pending calls fail with BusClosed, run() returns. Idempotent.
   void close();
 

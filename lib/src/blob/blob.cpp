@@ -278,4 +278,31 @@ std::size_t copyBlobSegments(const BlobClaim& claim, kj::ArrayPtr<const kj::Arra
   return static_cast<std::size_t>(out - claim.body);
 }
 
+Result<BlobDescriptor> tryBuildBlob(BlobProducer& arena, const std::function<void(capnp::MessageBuilder&)>& build) {
+  auto c = arena.claim(sizeof(MessageTable));
+  if (!c) return c.error();
+  BlobMessageBuilder mb(*c, arena.maxMessage());
+  try {
+    if (build) build(mb);
+  } catch (const ClaimExhausted& e) {
+    arena.abort(*c, mb.touched());
+    return makeError(e.code, e.what());
+  } catch (...) {
+    arena.abort(*c, mb.touched());
+    throw;
+  }
+  return arena.commit(*c, mb.finish());
+}
+
+Result<BlobDescriptor> tryCopyBlob(BlobProducer& arena, kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments) {
+  if (segments.size() > kMaxSegments) {
+    return makeError(ErrorCode::TooLarge, fmt::format("message of {} segments (max {})", segments.size(), kMaxSegments));
+  }
+  std::size_t bytes = sizeof(MessageTable);
+  for (const auto& seg : segments) bytes += seg.size() * kWord;
+  auto c = arena.claim(bytes);
+  if (!c) return c.error();
+  return arena.commit(*c, copyBlobSegments(*c, segments));
+}
+
 }  // namespace shmbus::detail

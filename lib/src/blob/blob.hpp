@@ -31,6 +31,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <utility>
 #include <vector>
 
@@ -267,5 +268,16 @@ class BlobMessageBuilder final : public capnp::MessageBuilder {
 /// used. Requires claim.capacity >= sizeof(MessageTable) + messageBytes and <= kMaxSegments
 /// segments (the caller checked).
 std::size_t copyBlobSegments(const BlobClaim& claim, kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments);
+
+/// One attempt to put `build`'s message into `arena`, without waiting: claims the largest free
+/// run, builds the message there (BlobMessageBuilder) and commits it; returns the record's
+/// descriptor for the peer. Errors: TooLarge (more than the arena can ever hold), Full (no room
+/// now: the receiver still holds the rest). Anything else `build` throws gives the claim back and
+/// propagates. Thread contract: the arena's one producer (the caller serialises).
+Result<BlobDescriptor> tryBuildBlob(BlobProducer& arena, const std::function<void(capnp::MessageBuilder&)>& build);
+
+/// The same for a message given as its `segments` (copied once). Errors: TooLarge (more than
+/// kMaxSegments segments, or more than the arena can ever hold), Full.
+Result<BlobDescriptor> tryCopyBlob(BlobProducer& arena, kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments);
 
 }  // namespace shmbus::detail

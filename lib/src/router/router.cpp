@@ -46,6 +46,10 @@ std::uint64_t tag(EpollTag t, std::uint32_t id = 0) { return (static_cast<std::u
 
 Result<void> MainJob::detach() {
   if (held) return {};
+  if (blob) {
+    pinnedConn = 0;  // the payload is in the window's arena, which the blob keeps mapped
+    return {};
+  }
   auto copy = copyMessage(payload, payloadBytes);
   if (!copy) return copy.error();
   held = std::move(*copy);
@@ -299,9 +303,14 @@ void Router::onHello(Conn& c, const Packet& pkt) {
   const std::uint32_t inCap = hello->inboxBytes != 0 ? hello->inboxBytes : opts_.inboxBytes;
   const std::uint32_t outCap = hello->outboxBytes != 0 ? hello->outboxBytes : opts_.outboxBytes;
   if (auto ok = checkRingSizes(inCap, outCap); !ok) return refuse(ok.error(), "bad ring sizes");
-  auto seg = createWindowSegment(opts_.bus, c.id, inCap, outCap, opts_.maxRecordBytes);
+  auto seg = createWindowSegment(opts_.bus, c.id, inCap, outCap, opts_.maxRecordBytes, opts_.windowBlobBytes);
   if (!seg) return refuse(seg.error(), "segment creation failed");
   c.seg = seg->segment;
+  if (seg->blobBytes != 0) {
+    c.blobIn = c.seg->base() + seg->outboxBlobOffset;  // written by the outbox's producer: the window
+    c.blobInBytes = seg->blobBytes;
+    c.blobOut = BlobProducer(c.seg->base() + seg->inboxBlobOffset, seg->blobBytes);
+  }
   c.inbox = std::move(seg->inbox);
   c.outbox = std::move(seg->outbox);
   c.cancels = seg->cancels;

@@ -28,6 +28,7 @@
 #include <string_view>
 #include <vector>
 
+#include "blob/blob.hpp"
 #include "call/call.hpp"
 #include "control/bus_lock.hpp"
 #include "log/log.hpp"
@@ -55,6 +56,20 @@ class CallbackTable;
 /// set: the router keeps that record until Router::unpin) or owned by `held`.
 struct HandlerSlot;
 
+/// A record of a window's blob arena that the main process reads in place (docs/architecture.md
+/// §17): released to the window (releaseBlob) when the last holder drops it; holds the window's
+/// segment mapped until then, even after the window is gone. Thread contract: any thread.
+struct HeldBlob {
+  HeldBlob(BlobRecordHeader* r, BlobControl* c, std::shared_ptr<Segment> s)
+      : record(r), control(c), segment(std::move(s)) {}
+  ~HeldBlob() { releaseBlob(record, control); }
+  HeldBlob(const HeldBlob&) = delete;
+  HeldBlob& operator=(const HeldBlob&) = delete;
+  BlobRecordHeader* const record;
+  BlobControl* const control;
+  const std::shared_ptr<Segment> segment;
+};
+
 struct MainJob {
   enum class Kind : std::uint8_t { Listen, Invoke };
   Kind kind = Kind::Listen;
@@ -73,9 +88,13 @@ struct MainJob {
   std::int64_t deadlineNs = 0;    ///< Invoke: absolute CLOCK_MONOTONIC ns
   std::int64_t timeoutMs = 0;     ///< Invoke: the caller's timeout, for messages
   std::uint32_t pinnedConn = 0;   ///< in place: the window whose outbox record holds the payload
+  /// A blob (docs/architecture.md §17): the record of the window's arena that holds the payload,
+  /// read in place whether the job runs in place or queued; released when the job's last copy
+  /// goes.
+  std::shared_ptr<HeldBlob> blob;
 
-  /// Copies the payload out of the ring into `held` (for a job that is queued). Errors:
-  /// InvalidMessage.
+  /// Makes the job independent of the window's ring record (for a job that is queued): copies the
+  /// payload into `held`, unless it is a blob (kept in place). Errors: InvalidMessage.
   Result<void> detach();
 };
 
@@ -107,6 +126,7 @@ struct RouterOptions {
   std::uint32_t maxRecordBytes = 1u << 18;
   std::uint64_t blobBytesPerWindow = 1ull << 30;  ///< SupervisorOptions::blobBytesPerWindow
   std::uint64_t blobBytesPerBus = 4ull << 30;     ///< SupervisorOptions::blobBytesPerBus
+  std::uint64_t windowBlobBytes = 64ull << 20;    ///< SupervisorOptions::windowBlobBytes (4 KiB multiple)
   bool directRoutes = false;                      ///< SupervisorOptions::directRoutes
   std::chrono::nanoseconds spin{std::chrono::microseconds(4)};
   LogLevel logLevel = LogLevel::Warn;
@@ -289,6 +309,18 @@ class Router {
   Error timeoutError(const Route& r);
   template <typename W>
   Result<void> writeToWindow(Conn& target, W&& write);
+  // ---- main → window blobs (router_main.cpp, docs/architecture.md §17); under mu_
+  /// Writes `build`'s message to `t`'s inbox as frame `h`: in the ring, or, when too large for
+  /// it, built again in `t`'s blob arena (no wait) and sent as its descriptor (kFlagBlob).
+  /// Errors: as writeFrame; TooLarge (the window has no arena, or the message is larger than it),
+  /// Full (the window has not released enough of what main sent it there).
+  Result<void> writeBuilt(Conn& t, FrameHeader h, const BuildFn& build, std::size_t hint = 0);
+  /// For the message `segments` to `t`: none when it fits `t`'s inbox ring; else it is copied
+  /// into `t`'s blob arena and `h` becomes its descriptor frame (kFlagBlob). Errors: as writeBuilt.
+  Result<std::optional<BlobDescriptor>> blobForWindow(Conn& t, FrameHeader& h,
+                                                      kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments);
+  /// `e` (TooLarge or Full from `t`'s blob arena) said as the window's.
+  Error windowBlobError(const Conn& t, Error e) const;
   /// Writes the outcome (reply or error) of one of `caller`'s own calls with `write`; when its
   /// inbox is full, or frames are already held for it, keeps `held()` (a HeldFrame) to be written
   /// in order by flushHeld once it has room (docs/architecture.md §5 "Outcomes are never
@@ -322,6 +354,13 @@ class Router {
   /// Answers request `req` of `w` with `e` (counted; traced as an Invoke when `traced`).
   void replyError(Conn& w, const FrameHeader& req, Error e, bool traced = true);
   void process(Conn& w, const RecordView& rec);
+  /// The frame kinds process() handles, for `f` as parsed (or with a blob's payload).
+  void processFrame(Conn& w, const FrameView& f);
+  /// A kFlagBlob frame of `w` (docs/architecture.md §17): a send or invoke to main whose
+  /// descriptor names a valid record of `w`'s arena; points `f`'s payload at the record's
+  /// message and sets frameBlob_. Anything else cuts `w` off (false): its own code sends no
+  /// other blob frame, so a bad one was written by something else.
+  bool openBlob(Conn& w, FrameView& f);
   void onIntern(Conn& w, const FrameView& f);
 
   // ---- announced schemas (router_schemas.cpp, docs/architecture.md §6); all under mu_
@@ -455,6 +494,9 @@ class Router {
   std::unordered_map<std::uint64_t, std::int64_t> channelTimeoutMs_;
   std::vector<WaitWord*> armed_;  // dispatchOnce: the outboxes armed for one park (reused)
   bool mayInline_ = false;        // the current round's thread runs main jobs in place
+  // The blob of the frame process() handles now (openBlob): shared with the main job made of it
+  // (jobFor); released when the frame and the job are done with it.
+  std::shared_ptr<HeldBlob> frameBlob_;
   bool endRound_ = false;         // a main job was taken in place: end the round
   std::size_t holding_ = 0;       // windows with held outcomes (Conn::held non-empty)
   bool anyDoomed_ = false;        // doom() ran since reapDoomed() last found every doomed window gone

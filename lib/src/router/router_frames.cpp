@@ -20,6 +20,19 @@ namespace shmbus::detail {
 
 namespace {
 constexpr std::size_t kMaxOwnNames = 1u << 12;  // per window (Conn::ownNames)
+
+/// A reply to a call of the main process read in place from the replier's blob arena, which it
+/// keeps (and the record unreleased) for as long as the reply's Message lives (§17).
+struct BlobMessage final : HeldMessage {
+  std::shared_ptr<HeldBlob> blob;
+};
+
+Result<std::shared_ptr<HeldMessage>> heldInPlace(const FrameView& f, std::shared_ptr<HeldBlob> blob) {
+  auto m = std::make_shared<BlobMessage>();
+  if (auto r = m->msg.parse(f.payload, f.payloadBytes); !r) return r.error();
+  m->blob = std::move(blob);
+  return std::shared_ptr<HeldMessage>(std::move(m));
+}
 }  // namespace
 
 void Router::expireDeadlines() {
@@ -109,26 +122,71 @@ void Router::replyError(Conn& w, const FrameHeader& req, Error e, bool traced) {
 void Router::process(Conn& w, const RecordView& rec) {
   auto f = parseFrame(rec);
   if (!f) return doom(w, f.error().message, true);
-  const FrameHeader& h = f->header;
+  if ((f->header.flags & kFlagBlob) == 0) return processFrame(w, *f);
+  if (!openBlob(w, *f)) return;
+  processFrame(w, *f);
+  frameBlob_.reset();  // released here unless a main job shares it
+}
+
+bool Router::openBlob(Conn& w, FrameView& f) {
+  const FrameHeader& h = f.header;
+  // A reply travels as a blob only to a call the main process made (its route has a state).
+  const Route* route = h.kind == static_cast<std::uint16_t>(FrameKind::Reply) ? routes_.find(h.requestId) : nullptr;
+  const bool toMain = h.target == kTargetMain && (h.kind == static_cast<std::uint16_t>(FrameKind::Send) ||
+                                                  h.kind == static_cast<std::uint16_t>(FrameKind::Invoke) ||
+                                                  (h.kind == static_cast<std::uint16_t>(FrameKind::Reply) &&
+                                                   (route == nullptr || route->state)));
+  if (!toMain || w.blobIn == nullptr) {
+    doom(w, fmt::format("a blob frame (kind {}) to {}: {}", h.kind,
+                        h.target == kTargetMain ? std::string("main") : registry_.describeTarget(h.target, h.role),
+                        w.blobIn == nullptr ? "the window has no blob arena"
+                                            : "only a window's sends, invokes and replies to main travel as blobs"),
+         true);
+    return false;
+  }
+  if (f.payloadBytes != sizeof(BlobDescriptor)) {
+    doom(w, fmt::format("a blob frame of {} payload bytes (a descriptor is {})", f.payloadBytes, sizeof(BlobDescriptor)),
+         true);
+    return false;
+  }
+  BlobDescriptor d;
+  std::memcpy(&d, f.payload, sizeof d);  // copied before use: the window may write it meanwhile
+  auto v = checkBlobDescriptor(d, w.blobIn, w.blobInBytes);
+  if (!v) {
+    if (h.kind == static_cast<std::uint16_t>(FrameKind::Invoke)) {
+      replyError(w, h, Error{ErrorCode::InvalidMessage, fmt::format("invoke '{}' from {}: {}", registry_.nameOf(h.channel, w.id),
+                                                                    w.describe(), v.error().message)});
+    }
+    doom(w, "blob frame: " + v.error().message, true);
+    return false;
+  }
+  f.payload = v->message;
+  f.payloadBytes = v->bytes;
+  frameBlob_ = std::make_shared<HeldBlob>(v->record, reinterpret_cast<BlobControl*>(w.blobIn), w.seg);
+  return true;
+}
+
+void Router::processFrame(Conn& w, const FrameView& f) {
+  const FrameHeader& h = f.header;
   switch (static_cast<FrameKind>(h.kind)) {
-    case FrameKind::Intern: return onIntern(w, *f);
+    case FrameKind::Intern: return onIntern(w, f);
     case FrameKind::HandlerAdd: return onHandlerAdd(w, h);
     case FrameKind::HandlerRemove: w.handled.erase(h.channel); return;
     case FrameKind::Listen: w.listens.insert(h.channel); return;
-    case FrameKind::Send: return onSend(w, *f);
-    case FrameKind::Invoke: return onInvoke(w, *f);
+    case FrameKind::Send: return onSend(w, f);
+    case FrameKind::Invoke: return onInvoke(w, f);
     case FrameKind::Reply:
-    case FrameKind::Error: return onReply(w, *f);
+    case FrameKind::Error: return onReply(w, f);
     case FrameKind::Cancel: return onCancel(w, h);
-    case FrameKind::PortOpen: return onPortOpen(w, *f);
+    case FrameKind::PortOpen: return onPortOpen(w, f);
     case FrameKind::PortAccept: return onPortAccept(w, h);
-    case FrameKind::PortReject: return onPortReject(w, *f);
+    case FrameKind::PortReject: return onPortReject(w, f);
     case FrameKind::PortClose: return onPortClose(w, h);
     case FrameKind::PortListen: w.portChannels.insert(h.channel); return;
     case FrameKind::PortUnlisten: w.portChannels.erase(h.channel); return;
     case FrameKind::PortOffer: return doom(w, "a PortOffer frame is not for the supervisor", true);
-    case FrameKind::PortTrace: return onPortTrace(w, *f);
-    case FrameKind::Schema: return onSchema(w, *f);
+    case FrameKind::PortTrace: return onPortTrace(w, f);
+    case FrameKind::Schema: return onSchema(w, f);
     case FrameKind::RouteFence:
     case FrameKind::RouteSync: return onRouteFence(w, h);
     case FrameKind::RouteOpen:
@@ -175,6 +233,7 @@ MainJob Router::jobFor(Conn& w, const FrameView& f, MainJob::Kind kind) {
   job.payload = f.payload;
   job.payloadBytes = f.payloadBytes;
   job.pinnedConn = w.id;
+  job.blob = frameBlob_;
   return job;
 }
 
@@ -393,8 +452,18 @@ void Router::replyFromMain(std::uint64_t routeId, kj::ArrayPtr<const kj::ArrayPt
     traceCall(*p, TraceKind::Invoke, ErrorCode::Ok, "", static_cast<std::uint32_t>(messageBytes(segments)),
               PayloadView{.segments = segments});
   }
-  auto wr = writeOutcome(*caller, [&] { return writeFrameSegments(caller->inbox, r, segments); },
-                         [&] { return heldFrame(r, segments); });
+  // Too large for the caller's ring: copied into its blob arena, the descriptor is the outcome.
+  auto blob = blobForWindow(*caller, r, segments);
+  if (!blob) {
+    return failCaller(*p, Error{blob.code(), fmt::format("invoke '{}' to main: the reply could not be written: {}",
+                                                         registry_.nameOf(p->channel, p->callerId), blob.error().message)});
+  }
+  const auto* desc = *blob ? reinterpret_cast<const std::uint8_t*>(&**blob) : nullptr;
+  auto wr = *blob ? writeOutcome(*caller, [&] { return writeFrameCopy(caller->inbox, r, desc, sizeof(BlobDescriptor)); },
+                                 [&] { return HeldFrame{r, std::vector<std::uint8_t>(desc, desc + sizeof(BlobDescriptor))}; })
+                  : writeOutcome(*caller, [&] { return writeFrameSegments(caller->inbox, r, segments); },
+                                 [&] { return heldFrame(r, segments); });
+  if (!wr && *blob) caller->blobOut.dropLast();  // never sent: the window will not release it
   if (!wr) {
     failCaller(*p, Error{wr.code(), fmt::format("invoke '{}' to main: the reply could not be written: {}",
                                                 registry_.nameOf(p->channel, p->callerId), wr.error().message)});
@@ -458,7 +527,8 @@ void Router::onReply(Conn& w, const FrameView& f) {
   counters_.at(p.channel).sample(static_cast<double>(now - p.start) / 1e6);
   const bool isError = h.kind == static_cast<std::uint16_t>(FrameKind::Error);
   if (p.state) {  // a call made by the main process
-    auto held = copyMessage(f.payload, f.payloadBytes);
+    // A blob is read in place, held for as long as the reply's Message lives; else a copy.
+    auto held = frameBlob_ ? heldInPlace(f, frameBlob_) : copyMessage(f.payload, f.payloadBytes);
     if (!held) return failCaller(p, held.error());
     if (isError) return failCaller(p, decodeError(h, (*held)->msg));
     traceCall(p, TraceKind::Invoke, ErrorCode::Ok, "", static_cast<std::uint32_t>(f.payloadBytes));

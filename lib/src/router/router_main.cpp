@@ -49,6 +49,50 @@ void Router::awaitRegistryChange(std::chrono::nanoseconds ns) {
   registryCv_.wait_for(lk, ns);
 }
 
+Error Router::windowBlobError(const Conn& t, Error e) const {
+  if (e.code == ErrorCode::Full) {
+    e.message = fmt::format("{}: the blob arena of {} holds {} bytes of earlier messages it has not released", e.message,
+                            t.describe(), t.blobOut.bytesHeld());
+  } else if (e.code == ErrorCode::TooLarge) {
+    e.message += t.blobOut.valid() ? fmt::format(" (the blob arena of {} is {} bytes: SupervisorOptions::windowBlobBytes)",
+                                                 t.describe(), t.blobOut.arenaBytes())
+                                   : std::string(" (windows have no blob arena: SupervisorOptions::windowBlobBytes is 0)");
+  }
+  return e;
+}
+
+Result<void> Router::writeBuilt(Conn& t, FrameHeader h, const BuildFn& build, std::size_t hint) {
+  auto r = writeFrame(t.inbox, h, build, hint);
+  if (r || r.code() != ErrorCode::TooLarge) return r;
+  if (!t.blobOut.valid()) return windowBlobError(t, r.error());
+  auto d = tryBuildBlob(t.blobOut, build);  // the build runs again, in the arena (as a port's, §17)
+  if (!d) return windowBlobError(t, d.error());
+  h.flags |= kFlagBlob;
+  auto w = writeFrameCopy(t.inbox, h, reinterpret_cast<const std::uint8_t*>(&*d), sizeof *d);
+  if (!w) t.blobOut.dropLast();  // never sent: the window will not release it
+  return w;
+}
+
+Result<std::optional<BlobDescriptor>> Router::blobForWindow(Conn& t, FrameHeader& h,
+                                                            kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments) {
+  // What writeFrameSegments would put in one record: the record's and the frame's headers, the
+  // segment table and the segments.
+  if (kRecordHeaderBytes + sizeof(FrameHeader) + sizeof(MessageTable) + messageBytes(segments) <=
+      t.inbox.geometry().maxRecord) {
+    return std::optional<BlobDescriptor>();
+  }
+  if (!t.blobOut.valid()) {
+    return windowBlobError(t, makeError(ErrorCode::TooLarge, fmt::format("message of {} bytes is larger than the inbox "
+                                                                          "ring's largest record ({} bytes)",
+                                                                          messageBytes(segments),
+                                                                          t.inbox.geometry().maxRecord)));
+  }
+  auto d = tryCopyBlob(t.blobOut, segments);
+  if (!d) return windowBlobError(t, d.error());
+  h.flags |= kFlagBlob;
+  return std::optional<BlobDescriptor>(*d);
+}
+
 Result<void> Router::send(const Target& target, const Channel& channel, const BuildFn& build) {
   std::lock_guard lk(mu_);
   if (stopping()) return makeError(ErrorCode::BusClosed, "the supervisor stopped");
@@ -70,7 +114,7 @@ Result<void> Router::send(const Target& target, const Channel& channel, const Bu
     return std::move(*e);
   }
   ++counters_.at(channel.id).messages;
-  auto r = writeToWindow(*t, [&] { return writeFrame(t->inbox, h, build); });
+  auto r = writeToWindow(*t, [&] { return writeBuilt(*t, h, build); });
   traceMessage(TraceKind::Push, 0, h, t->id, 0, r ? nullptr : &r.error());
   return r;
 }
@@ -105,13 +149,22 @@ Result<BroadcastReport> Router::broadcast(const Channel& channel, const BuildFn&
       report.failed.emplace_back(c->id, std::move(*e));
       continue;
     }
-    h.target = c->id;
-    auto& inbox = c->inbox;  // a lambda cannot capture a structured binding before clang 16 (P1091)
-    auto r = writeToWindow(*c, [&] { return writeFrameSegments(inbox, h, segs); });
+    FrameHeader out = h;
+    out.target = c->id;
+    // Too large for the window's ring: a copy in its blob arena (each window has its own).
+    auto blob = blobForWindow(conn, out, segs);
+    auto r = !blob ? Result<void>(blob.error())
+                   : writeToWindow(conn, [&] {
+                       if (!*blob) return writeFrameSegments(conn.inbox, out, segs);
+                       auto w = writeFrameCopy(conn.inbox, out, reinterpret_cast<const std::uint8_t*>(&**blob),
+                                               sizeof(BlobDescriptor));
+                       if (!w) conn.blobOut.dropLast();  // never sent
+                       return w;
+                     });
     if (r) {
       ++report.delivered;
-    } else if (r.code() == ErrorCode::TooLarge) {
-      return r.error();
+    } else if (r.code() == ErrorCode::TooLarge && !conn.blobOut.valid()) {
+      return r.error();  // too large for every window alike
     } else {
       report.failed.emplace_back(c->id, r.error());
     }
@@ -181,7 +234,7 @@ void Router::invoke(const Target& target, const Channel& channel, const BuildFn&
   const std::uint64_t rid = routes_.add(std::move(p));
   s->requestId = rid;
   h.requestId = rid;
-  auto r = writeToWindow(*t, [&] { return writeFrame(t->inbox, h, build, options.sizeHint); });
+  auto r = writeToWindow(*t, [&] { return writeBuilt(*t, h, build, options.sizeHint); });
   if (!r) {
     Route gone = *routes_.take(rid);
     failCaller(gone, Error{r.code(), s->what() + ": " + r.error().message});

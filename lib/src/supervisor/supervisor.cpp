@@ -7,6 +7,7 @@
 #include <mutex>
 #include <thread>
 
+#include "blob/blob.hpp"
 #include "call/call.hpp"
 #include "call/callbacks.hpp"
 #include "common/grow_only_ids.hpp"
@@ -158,6 +159,13 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(SupervisorOptions options
     return makeError(ErrorCode::InvalidArgument, "ring sizes must be powers of two >= 4 KiB and the maximum record a "
                                                  "multiple of 8 bytes >= 256");
   }
+  if (options.windowBlobBytes > kMaxPortBlobBytes) {
+    return makeError(ErrorCode::InvalidArgument, fmt::format("windowBlobBytes {} is more than {}",
+                                                             options.windowBlobBytes, kMaxPortBlobBytes));
+  }
+  // Whole pages; a size too small for one message's header is none.
+  options.windowBlobBytes = (options.windowBlobBytes + kBlobPage - 1) / kBlobPage * kBlobPage;
+  if (options.windowBlobBytes <= kBlobOverhead) options.windowBlobBytes = 0;
   SHMBUS_REQUIRE(options.callbackThreads >= 1, "SupervisorOptions::callbackThreads must be at least 1");
   auto impl = std::make_unique<Impl>(options);
   RouterOptions ro;
@@ -170,6 +178,7 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(SupervisorOptions options
   ro.maxRecordBytes = options.maxRecordBytes;
   ro.blobBytesPerWindow = options.blobBytesPerWindow;
   ro.blobBytesPerBus = options.blobBytesPerBus;
+  ro.windowBlobBytes = options.windowBlobBytes;
   ro.directRoutes = options.directRoutes;
   ro.spin = options.spin;
   ro.traceRingBytes = options.traceRingBytes;

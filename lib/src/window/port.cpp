@@ -68,10 +68,8 @@ Result<std::shared_ptr<Port::Impl>> makePort(Window::Impl& w, const WelcomeInfo&
   if (info.blobBytes != 0) {  // checkWelcomeLayout (attachLink) checked both arenas lie inside the segment
     // The arena keeps a descriptor of the segment's file to find the pages that hold data
     // (BlobProducer::zeroFree); without one (dup failed) it zeroes every released record.
-    p->port->blobOut = BlobProducer(p->link.segment->base() + info.blobOutOffset, info.blobBytes,
-                                    Fd(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0)), info.blobOutOffset);
-    p->port->blobIn = p->link.segment->base() + info.blobInOffset;
-    p->port->blobInBytes = info.blobBytes;
+    p->blobs = blobLinkOf(*p->link.segment, info.blobOutOffset, info.blobInOffset, info.blobBytes,
+                          Fd(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0)), kBlobWarmBytes, callTimeout);
   }
   p->log = Logger{"port", fmt::format("{}/{}#{} port {}", w.bus, w.link.role, w.link.id, info.portId), w.opts.logLevel};
   std::lock_guard lk(w.hub->mu);
@@ -139,24 +137,16 @@ void Window::Impl::endPort(std::uint32_t reason, ErrorCode code, const std::stri
 // ---- blobs (docs/architecture.md §17)
 
 namespace {
-/// Claims arena room for a message of at least `minBody` bytes and lets `fill` write it (returns
-/// the bytes used, or ClaimExhausted's code: Full retries after the peer's next release, until
-/// `deadline`); commits the record and returns its descriptor. Caller holds outMu.
-template <typename Fill>
-Result<BlobDescriptor> claimBlob(Window::Impl& w, std::size_t minBody, std::int64_t deadline, Fill&& fill) {
-  BlobProducer& arena = w.port->blobOut;
+/// Runs `attempt` (tryBuildBlob or tryCopyBlob on the end's arena) until it is not Full, waiting
+/// for the peer's releases until `deadline`: the committed record's descriptor. Caller holds outMu.
+template <typename Attempt>
+Result<BlobDescriptor> claimBlob(Window::Impl& w, std::int64_t deadline, Attempt&& attempt) {
   for (;;) {
     if (w.closed.load(std::memory_order_acquire)) return makeError(w.closeCode(), w.busClosedMessage());  // pairs with markClosed
-    Error why;
-    if (auto c = arena.claim(minBody); c) {
-      Result<std::size_t> used = fill(*c);
-      if (used) return arena.commit(*c, *used);
-      why = used.error();
-    } else {
-      why = c.error();
-    }
-    if (why.code != ErrorCode::Full) return why;
-    const auto st = arena.waitForRelease(deadline, w.spin, [&] {
+    Result<BlobDescriptor> d = attempt();
+    if (d || d.code() != ErrorCode::Full) return d;
+    Error why = d.error();
+    const auto st = w.blobs.out.waitForRelease(deadline, w.spin, [&] {
       // acquire: pairs with markClosed; a port's close word: SYNC POINT "port close".
       return w.closed.load(std::memory_order_acquire) || w.portEnded();
     });
@@ -167,9 +157,9 @@ Result<BlobDescriptor> claimBlob(Window::Impl& w, std::size_t minBody, std::int6
   }
 }
 
-/// The deadline of a blob's waits: the frame's, else the port's call timeout from now.
+/// The deadline of a blob's waits: the frame's, else the end's blob timeout from now.
 std::int64_t blobDeadline(const Window::Impl& w, const FrameHeader& h) {
-  return h.deadlineNs != 0 ? h.deadlineNs : deadlineAfter(monotonicNowNs(), w.port->callTimeout);
+  return h.deadlineNs != 0 ? h.deadlineNs : deadlineAfter(monotonicNowNs(), w.blobs.timeout);
 }
 
 /// Sends the descriptor of a committed blob in a kFlagBlob frame, waiting for ring room until
@@ -180,7 +170,7 @@ Result<void> sendBlob(Window::Impl& w, FrameHeader h, const BlobDescriptor& d, s
     auto r = writeFrameCopy(w.link.outbox, h, reinterpret_cast<const std::uint8_t*>(&d), sizeof d);
     if (r || r.code() != ErrorCode::Full || w.waitForSpace(deadline) == WaitStatus::Timeout ||
         w.closed.load(std::memory_order_acquire)) {  // acquire: pairs with markClosed
-      if (!r) w.port->blobOut.dropLast();
+      if (!r) w.blobs.out.dropLast();
       return r;
     }
   }
@@ -190,37 +180,19 @@ Result<void> sendBlob(Window::Impl& w, FrameHeader h, const BlobDescriptor& d, s
 Result<void> Window::Impl::writeBlobLocked(const FrameHeader& h, const BuildFn& build,
                                            std::atomic<std::size_t>* payloadBytes) {
   const std::int64_t deadline = blobDeadline(*this, h);
-  auto d = claimBlob(*this, sizeof(MessageTable), deadline, [&](const BlobClaim& c) -> Result<std::size_t> {
-    BlobMessageBuilder mb(c, port->blobOut.maxMessage());
-    try {
-      if (build) build(mb);
-    } catch (const ClaimExhausted& e) {
-      port->blobOut.abort(c, mb.touched());
-      return makeError(e.code, e.what());
-    } catch (...) {
-      port->blobOut.abort(c, mb.touched());
-      throw;
-    }
-    return mb.finish();
-  });
+  auto d = claimBlob(*this, deadline, [&] { return tryBuildBlob(blobs.out, build); });
   if (!d) return d.error();
   // relaxed: the ring's commit (SYNC POINT "record") publishes it with the frame, as writeFrame's.
   if (payloadBytes != nullptr) payloadBytes->store(d->bytes, std::memory_order_relaxed);
   // The ring's frame would have held the table, the segments and the two headers.
-  port->noteBlob(h.channel, kRecordHeaderBytes + sizeof(FrameHeader) + d->bytes > link.outbox.geometry().maxRecord);
+  blobs.note(h.channel, kRecordHeaderBytes + sizeof(FrameHeader) + d->bytes > link.outbox.geometry().maxRecord);
   return sendBlob(*this, h, *d, deadline);
 }
 
 Result<void> Window::Impl::writeBlobSegmentsLocked(const FrameHeader& h,
                                                    kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments) {
-  if (segments.size() > kMaxSegments) {
-    return makeError(ErrorCode::TooLarge, fmt::format("message of {} segments (max {})", segments.size(), kMaxSegments));
-  }
-  const std::size_t bytes = sizeof(MessageTable) + messageBytes(segments);
   const std::int64_t deadline = blobDeadline(*this, h);
-  auto d = claimBlob(*this, bytes, deadline, [&](const BlobClaim& c) -> Result<std::size_t> {
-    return copyBlobSegments(c, segments);
-  });
+  auto d = claimBlob(*this, deadline, [&] { return tryCopyBlob(blobs.out, segments); });
   if (!d) return d.error();
   return sendBlob(*this, h, *d, deadline);
 }
@@ -236,9 +208,9 @@ Result<std::pair<const std::uint8_t*, std::size_t>> Window::Impl::payloadOf(cons
   }
   BlobDescriptor d;
   std::memcpy(&d, f.payload, sizeof d);  // copy before use: the peer may be hostile
-  auto v = checkBlobDescriptor(d, port->blobIn, port->blobInBytes);
+  auto v = checkBlobDescriptor(d, blobs.in, blobs.inBytes);
   if (!v) {
-    log(LogLevel::Warn, "{}: {}", portName(*this), v.error().message);
+    log(LogLevel::Warn, "{}: {}", port ? portName(*this) : std::string("a frame from the supervisor"), v.error().message);
     return v.error();
   }
   blob = v->record;
@@ -593,9 +565,11 @@ void Port::close() {
   }
 }
 
-BlobStats Port::blobStats() const {
-  std::lock_guard lk(impl_->outMu);
-  BlobProducer& a = impl_->port->blobOut;
+BlobStats Port::blobStats() const { return impl_->blobStats(); }
+
+BlobStats Window::Impl::blobStats() {
+  std::lock_guard lk(outMu);
+  BlobProducer& a = blobs.out;
   if (!a.valid()) return {};
   a.reclaim();
   return BlobStats{a.bytesHeld(), a.messagesHeld(), a.bytesHighWater(), a.arenaBytes()};

@@ -67,6 +67,61 @@ struct PortHub {
   Fd traceKick;  // eventfd: a batch's first record wakes the watchdog, which then flushes it
 };
 
+/// An endpoint's blob arenas (blob/blob.hpp, docs/architecture.md §17): the one this end writes
+/// (its one producer holds the endpoint's outMu) and the peer's, read in place; none when `in`
+/// is null. A port's end has the port segment's two; a window the two of its own segment, between
+/// it and the supervisor (SupervisorOptions::windowBlobBytes).
+struct BlobLink {
+  BlobProducer out;  // guarded by outMu
+  std::uint8_t* in = nullptr;
+  std::size_t inBytes = 0;
+  /// How long a send without a deadline of its own waits for the peer's releases and ring room.
+  std::chrono::milliseconds timeout{0};
+  // Channels whose last message went as a blob (the newest few): their next message is built in
+  // the arena first instead of in the ring first, whose TooLarge is an exception thrown through
+  // Cap'n Proto's frames (about half of a 1 MiB blob call's instructions, 2026-12-07). A
+  // message of such a channel that would have fitted the ring still travels as a blob, once.
+  std::array<std::uint64_t, 4> channels{};  // guarded by outMu; the first channelCount used
+  std::uint8_t channelCount = 0;            // guarded by outMu
+  std::uint8_t channelNext = 0;             // guarded by outMu: the entry replaced next
+  /// Whether `channel`'s last message went as a blob (caller holds outMu).
+  bool first(std::uint64_t channel) const noexcept {
+    for (std::uint8_t i = 0; i < channelCount; ++i) {
+      if (channels[i] == channel) return true;
+    }
+    return false;
+  }
+  /// Remembers (`large`) or forgets whether `channel`'s message needed a blob (caller holds outMu).
+  void note(std::uint64_t channel, bool large) noexcept {
+    for (std::uint8_t i = 0; i < channelCount; ++i) {
+      if (channels[i] != channel) continue;
+      if (!large) channels[i] = channels[--channelCount];
+      return;
+    }
+    if (!large) return;
+    if (channelCount < channels.size()) {
+      channels[channelCount++] = channel;
+      return;
+    }
+    channels[channelNext] = channel;
+    channelNext = static_cast<std::uint8_t>((channelNext + 1) % channels.size());
+  }
+};
+
+/// The blob arenas of an end over `seg` whose Welcome names them (`outOffset`: the one this end
+/// writes, `inOffset`: the peer's, `bytes` each; checkWelcomeLayout checked they lie in `seg`).
+/// `file`: a descriptor of the segment's file for the producer (BlobProducer: may be none);
+/// `warmBytes`: the producer's warm front; `timeout`: BlobLink::timeout.
+inline BlobLink blobLinkOf(const Segment& seg, std::uint64_t outOffset, std::uint64_t inOffset, std::uint64_t bytes,
+                           Fd file, std::size_t warmBytes, std::chrono::milliseconds timeout) {
+  BlobLink b;
+  b.out = BlobProducer(seg.base() + outOffset, bytes, std::move(file), outOffset, warmBytes);
+  b.in = seg.base() + inOffset;
+  b.inBytes = bytes;
+  b.timeout = timeout;
+  return b;
+}
+
 /// What makes an endpoint a port's: its peer, its close word, its close listeners.
 struct PortSide {
   std::uint64_t id = 0;
@@ -86,40 +141,6 @@ struct PortSide {
   std::optional<Error> ended;                                               // guarded by mu
   std::mutex joinMu;  // Port::close: one thread joins the dispatch thread
   std::shared_ptr<Segment> windowSegment;  // the owning window's: its trace word (kept mapped)
-  // The blob arenas (blob/blob.hpp, docs/architecture.md §17): the one this end writes (its
-  // one producer holds outMu) and the peer's, read in place; none when blobIn is null.
-  BlobProducer blobOut;  // guarded by outMu
-  // Channels whose last message went as a blob (the newest few): their next message is built in
-  // the arena first instead of in the ring first, whose TooLarge is an exception thrown through
-  // Cap'n Proto's frames (about half of a 1 MiB blob call's instructions, 2026-12-07). A
-  // message of such a channel that would have fitted the ring still travels as a blob, once.
-  std::array<std::uint64_t, 4> blobChannels{};  // guarded by outMu; the first blobChannelCount used
-  std::uint8_t blobChannelCount = 0;            // guarded by outMu
-  std::uint8_t blobChannelNext = 0;             // guarded by outMu: the entry replaced next
-  /// Whether `channel`'s last message went as a blob (caller holds outMu).
-  bool blobFirst(std::uint64_t channel) const noexcept {
-    for (std::uint8_t i = 0; i < blobChannelCount; ++i) {
-      if (blobChannels[i] == channel) return true;
-    }
-    return false;
-  }
-  /// Remembers (`large`) or forgets whether `channel`'s message needed a blob (caller holds outMu).
-  void noteBlob(std::uint64_t channel, bool large) noexcept {
-    for (std::uint8_t i = 0; i < blobChannelCount; ++i) {
-      if (blobChannels[i] != channel) continue;
-      if (!large) blobChannels[i] = blobChannels[--blobChannelCount];
-      return;
-    }
-    if (!large) return;
-    if (blobChannelCount < blobChannels.size()) {
-      blobChannels[blobChannelCount++] = channel;
-      return;
-    }
-    blobChannels[blobChannelNext] = channel;
-    blobChannelNext = static_cast<std::uint8_t>((blobChannelNext + 1) % blobChannels.size());
-  }
-  std::uint8_t* blobIn = nullptr;
-  std::size_t blobInBytes = 0;
   // A direct route's end (docs/architecture.md §19; route.cpp): dispatched by its window's own
   // dispatch loop (routeOwner), never by a thread of its own.
   Window::Impl* routeOwner = nullptr;

@@ -85,6 +85,14 @@ Result<std::unique_ptr<Window::Impl>> handshake(Fd sock, WindowOptions opts, con
                               bus, opts.connectTimeout);
   if (!link) return link.error();
   impl->link = std::move(*link);
+  if (impl->link.blobBytes != 0) {
+    // The window's arenas between it and main (§17): it writes the outbox's; a send without a
+    // deadline waits kDefaultTimeout for main's releases. Its warm front is half the arena.
+    const WindowLink& l = impl->link;
+    impl->blobs = blobLinkOf(*l.segment, l.blobOutOffset, l.blobInOffset, l.blobBytes,
+                             std::move(impl->link.segmentFd), std::min<std::size_t>(kBlobWarmBytes, l.blobBytes / 2),
+                             kDefaultTimeout);
+  }
   impl->log = Logger{"window", fmt::format("{}/{}#{}", bus, impl->link.role, impl->link.id), opts.logLevel};
   impl->roleNames[nameId("main")] = "main";
   Window::Impl* raw = impl.get();
@@ -391,6 +399,8 @@ Call Window::Impl::invokeImpl(const Target& t, const Channel& ch, const BuildFn&
   }
   return Call(s);
 }
+
+BlobStats Window::blobStats() const { return impl_->blobStats(); }
 
 void Window::close() { impl_->close(fmt::format("window {} is closed", impl_->link.id)); }
 

@@ -103,6 +103,9 @@ struct Window::Impl : CallOwner {
   using PortSide = window_detail::PortSide;
   std::unique_ptr<PortSide> port;  // set on a port's endpoint (Port::Impl)
 
+  /// The blob arenas: a port's end's, or the window's own between it and the supervisor (§17).
+  window_detail::BlobLink blobs;
+
   // ---- direct routes (docs/architecture.md §19; route.cpp)
 
   using RouteKey = window_detail::RouteKey;
@@ -222,16 +225,16 @@ struct Window::Impl : CallOwner {
 
   Result<void> writeOutLocked(const FrameHeader& h, const BuildFn& build, std::size_t hint, std::int64_t waitUntil,
                               std::atomic<std::size_t>* payloadBytes = nullptr) {
-    // A channel whose last message needed a blob skips the ring's attempt (PortSide::blobFirst);
+    // A channel whose last message needed a blob skips the ring's attempt (BlobLink::first);
     // writeBlobLocked checks for a closed end itself.
-    if (hasBlobs() && port->blobFirst(h.channel)) return writeBlobLocked(h, build, payloadBytes);
+    if (blobsFor(h) && blobs.first(h.channel)) return writeBlobLocked(h, build, payloadBytes);
     for (;;) {
       if (closed.load(std::memory_order_acquire)) return makeError(closeCode(), busClosedMessage());
       auto r = writeFrame(link.outbox, h, build, hint, true, payloadBytes);
       if (!r && r.code() == ErrorCode::TooLarge) {
-        // Too large for a port's ring: built again in its blob arena (§17).
-        if (hasBlobs()) return writeBlobLocked(h, build, payloadBytes);
-        return tooLargeHint(r.error());
+        // Too large for the ring: built again in the blob arena (§17).
+        if (blobsFor(h)) return writeBlobLocked(h, build, payloadBytes);
+        return tooLargeHint(h, r.error());
       }
       // relaxed: read by this window's own routed writes (RouteSync), ordered by its outMu or
       // by program order (the writer's thread).
@@ -243,21 +246,35 @@ struct Window::Impl : CallOwner {
 
   // ---- blobs (docs/architecture.md §17; port.cpp)
 
-  /// `e` (TooLarge from the ring) with where a message of that size can go: a window's rings and
-  /// a direct route's carry no blobs (ports do); a port without an arena got none from the
-  /// supervisor's limits when it opened.
-  Error tooLargeHint(Error e) const {
-    if (!port || port->routeOwner != nullptr) {
-      e.message += "; larger messages travel as blobs on a port (Window::openPort, docs/architecture.md §17)";
-    } else {
+  /// `e` (TooLarge from the ring for frame `h`) with where a message of that size can go: a
+  /// direct route's ring and a window's ring to another window carry no blobs (ports do); a
+  /// window's frames to main do when the supervisor gave the window arenas; a port without an
+  /// arena got none from the supervisor's limits when it opened.
+  Error tooLargeHint(const FrameHeader& h, Error e) const {
+    if (port && port->routeOwner == nullptr) {
       e.message += "; this port has no blob arena (PortOptions::blobBytes: the supervisor's limits "
                    "SupervisorOptions::blobBytesPerWindow and blobBytesPerBus left none when it opened)";
+    } else if (!port && h.target == kTargetMain) {
+      e.message += "; this window has no blob arena (SupervisorOptions::windowBlobBytes is 0)";
+    } else {
+      e.message += "; larger messages between windows travel as blobs on a port (Window::openPort, "
+                   "docs/architecture.md §17)";
     }
     return e;
   }
 
-  /// A port's end with blob arenas.
-  bool hasBlobs() const noexcept { return port && port->blobIn != nullptr; }
+  /// An end with blob arenas: a port's, or a window's (its frames to main).
+  bool hasBlobs() const noexcept { return blobs.in != nullptr; }
+  /// Whether frame `h` may travel as a blob: any frame of a port's end with arenas; a window's
+  /// sends, invokes and replies to main when the window has arenas (a target window does not
+  /// map them).
+  bool blobsFor(const FrameHeader& h) const noexcept {
+    if (!hasBlobs()) return false;
+    if (port) return true;
+    return h.target == kTargetMain && (h.kind == static_cast<std::uint16_t>(FrameKind::Send) ||
+                                       h.kind == static_cast<std::uint16_t>(FrameKind::Invoke) ||
+                                       h.kind == static_cast<std::uint16_t>(FrameKind::Reply));
+  }
   /// Builds `build`'s message in this end's blob arena and sends its descriptor (caller holds
   /// outMu). Waits for the peer's releases, and then for ring room for the descriptor, until the
   /// frame's deadline or the port's callTimeout. Errors: TooLarge, Full, the end's close code.
@@ -270,9 +287,11 @@ struct Window::Impl : CallOwner {
   /// its descriptor names in the peer's arena (`blob` then set to its record, which the caller
   /// releases when done). Errors: InvalidMessage (a bad descriptor, or kFlagBlob off a port).
   Result<std::pair<const std::uint8_t*, std::size_t>> payloadOf(const FrameView& f, BlobRecordHeader*& blob);
+  /// What the outgoing arena holds, after reclaiming (Port::blobStats, Window::blobStats; takes outMu).
+  BlobStats blobStats();
   /// Releases a record of the peer's arena read through payloadOf.
   void releaseBlobIn(BlobRecordHeader* blob) noexcept {
-    releaseBlob(blob, reinterpret_cast<BlobControl*>(port->blobIn));
+    releaseBlob(blob, reinterpret_cast<BlobControl*>(blobs.in));
   }
 
   Result<void> writeOut(const FrameHeader& h, const BuildFn& build, std::size_t hint, std::int64_t waitUntil) {
@@ -462,6 +481,10 @@ struct Window::Impl : CallOwner {
       h_.channel = req.channel;
       h_.requestId = req.requestId;
       h_.schemaId = replySchemaId;
+      // The outcome's target is the caller: kTargetMain (0) for the main process's calls (the
+      // supervisor sends them from source 0), else a window's id (routed). Only replies to main
+      // may travel as blobs (blobsFor); the supervisor reads nothing else of it.
+      h_.target = req.source;
       deadline_ = req.deadlineNs;
     }
     Result<void> reply(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segs) override {
@@ -471,7 +494,7 @@ struct Window::Impl : CallOwner {
       for (;;) {
         if (w_.closed.load(std::memory_order_acquire)) return makeError(ErrorCode::BusClosed, w_.busClosedMessage());
         auto wr = writeFrameSegments(w_.link.outbox, r, segs);
-        if (!wr && wr.code() == ErrorCode::TooLarge && w_.hasBlobs()) wr = w_.writeBlobSegmentsLocked(r, segs);
+        if (!wr && wr.code() == ErrorCode::TooLarge && w_.blobsFor(r)) wr = w_.writeBlobSegmentsLocked(r, segs);
         if (wr) return wr;
         if (wr.code() != ErrorCode::Full ||
             w_.waitForSpace(deadline_ != 0 ? deadline_ : monotonicNowNs() + 1'000'000'000) == WaitStatus::Timeout) {

@@ -379,7 +379,7 @@ bool Window::Impl::onReply(const FrameView& f, const RecordView& rec,
   }
   if (blob != nullptr) {
     held->blob = std::exchange(blob, nullptr);
-    held->blobControl = reinterpret_cast<BlobControl*>(port->blobIn);
+    held->blobControl = reinterpret_cast<BlobControl*>(blobs.in);
   }
   held->lease = lease;
   held->end = rec.end;

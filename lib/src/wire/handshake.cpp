@@ -217,6 +217,7 @@ Result<WindowLink> helloAndWelcome(int sock, const HelloParams& p, const std::st
   if (!seg) return seg.error();
   // The supervisor zeroes what it consumed, so the outbox's free space is zero: no memset.
   if (auto ok = attachLink(link, *welcome, std::move(*seg), false, link.doorbell.get()); !ok) return ok.error();
+  if (link.blobBytes != 0) link.segmentFd = std::move(pkt->fds[1]);  // the arena's producer keeps it
   if (auto r = sendControl(sock, ControlType::Mapped, 0); !r) return r.error();
   return link;
 }
@@ -232,6 +233,9 @@ Result<void> attachLink(WindowLink& link, const WelcomeInfo& w, Segment seg, boo
                             base + w.inboxOffset + sizeof(RingControl), w.inbox);
   link.outbox = RingProducer(reinterpret_cast<RingControl*>(base + w.outboxOffset),
                              base + w.outboxOffset + sizeof(RingControl), w.outbox, zeroOnClaim, doorbellFd);
+  link.blobOutOffset = w.blobOutOffset;
+  link.blobInOffset = w.blobInOffset;
+  link.blobBytes = w.blobBytes;
   return {};
 }
 

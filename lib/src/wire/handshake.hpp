@@ -159,6 +159,11 @@ struct WindowLink {
   RingConsumer inbox;
   RingProducer outbox;
   const CancelBoard* cancels = nullptr;
+  /// The blob arenas the Welcome named (docs/architecture.md §17; 0: none): the one this side
+  /// writes, the peer's, and the size of each. For a window's own segment, `segmentFd` is then
+  /// the segment's descriptor, kept for the producer of its arena (helloAndWelcome).
+  std::uint64_t blobOutOffset = 0, blobInOffset = 0, blobBytes = 0;
+  Fd segmentFd;
 };
 
 /// What a Welcome says, decoded but not yet checked against the mapped segment.

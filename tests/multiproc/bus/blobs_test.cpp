@@ -68,6 +68,14 @@ std::string checkBig(const Message& m, std::size_t expected) {
 ///   handled                     → the handler's check of the last request
 ///   stats                       → "stats HELD MESSAGES HIGHWATER ARENA" (Port::blobStats)
 ///   await-free                  → "free" once blobStats holds nothing (bounded poll, 10 s), else "held N"
+///   main-send N SEED [why]      → as send, to main on "big" (Window::send)
+///   main-invoke N SEED          → "reply TEXT" (the main handler "big-check" answers its check of
+///                                 the request as text) | "error CODE"
+///   main-echo N SEED            → as invoke, to main's "big-echo" (answers N bytes of SEED + 1)
+///   send-to ROLE N SEED         → "sent" | "error CODE MESSAGE" (Window::sendTo, routed)
+/// The window itself serves main as a port's end does ("big", "big-echo", "big-echo-async"):
+/// "heard" and "handled" report those too.
+///   wstats, await-wfree         → stats and await-free of the window's own arena (Window::blobStats)
 ///   await-close                 → "closed CODE" once the port ended
 ///   hostile                     → "written": as a hostile peer, writes kFlagBlob frames with bad
 ///                                 descriptors on "big" into the port's ring to the peer, then a
@@ -90,13 +98,26 @@ class BlobPeer : public DrivenWindow {
   void setup(State& st, const std::shared_ptr<Port>& p) {
     std::lock_guard lk(st.mu);
     st.port = p;
-    st.regs.push_back(p->on("big", [&st](const Message& m, const CallContext&) {
+    serve(st, *p, st.regs);
+    st.regs.push_back(p->onClose([&st](const Error& why) {
+      std::lock_guard lk2(st.mu);
+      st.closed = errorCodeName(why.code);
+      st.cv.notify_all();
+    }));
+    p->start();
+  }
+
+  /// The listener on "big" and the handlers "big-echo" and "big-echo-async" of a port's end or a
+  /// window (its messages from main), recording into `st`.
+  template <typename Endpoint>
+  static void serve(State& st, Endpoint& p, std::vector<Registration>& regs) {
+    regs.push_back(p.on("big", [&st](const Message& m, const CallContext&) {
       const std::string c = checkBig(m, m.root<TestMessage>().getBlob().size());
       std::lock_guard lk2(st.mu);
       st.heard.push_back(c);
       st.cv.notify_all();
     }));
-    st.regs.push_back(p->handle("big-echo", [&st](const Message& req, Builder& reply, const CallContext&) {
+    regs.push_back(p.handle("big-echo", [&st](const Message& req, Builder& reply, const CallContext&) {
       const auto r = req.root<TestMessage>();
       const std::size_t n = r.getBlob().size();
       {
@@ -106,7 +127,7 @@ class BlobPeer : public DrivenWindow {
       bigMessage(n, r.getSeq() + 1)(reply);
     }));
     // The same from an async handler: its Responder replies from another thread.
-    st.regs.push_back(p->handleAsync("big-echo-async", [&st](const Message& req, Responder r, const CallContext&) {
+    regs.push_back(p.handleAsync("big-echo-async", [&st](const Message& req, Responder r, const CallContext&) {
       const auto m = req.root<TestMessage>();
       const std::size_t n = m.getBlob().size();
       const std::uint64_t seed = m.getSeq() + 1;
@@ -116,12 +137,6 @@ class BlobPeer : public DrivenWindow {
       }
       std::thread([r, n, seed]() mutable { (void)r.reply(bigMessage(n, seed)); }).detach();
     }));
-    st.regs.push_back(p->onClose([&st](const Error& why) {
-      std::lock_guard lk2(st.mu);
-      st.closed = errorCodeName(why.code);
-      st.cv.notify_all();
-    }));
-    p->start();
   }
 
   /// The "hostile" command: a second producer over this side's ring of port `id` (found by the
@@ -158,6 +173,7 @@ class BlobPeer : public DrivenWindow {
     auto w = connectWindow(bus, role_);
     State st;
     std::vector<Registration> regs;
+    serve(st, *w, regs);  // what main sends and invokes here
     announceReady(*w);
     auto port = [&] { return st.get(); };
     for (;;) {
@@ -190,17 +206,33 @@ class BlobPeer : public DrivenWindow {
       } else if (cmd[0] == "handled") {
         std::lock_guard lk(st.mu);
         link_.tellParent(st.handled);
-      } else if (cmd[0] == "stats") {
-        const BlobStats s = port()->blobStats();
+      } else if (cmd[0] == "main-send") {
+        auto r = w->send("big", bigMessage(std::stoull(cmd[1]), std::stoull(cmd[2])));
+        link_.tellParent(r ? "sent" : "error " + std::string(errorCodeName(r.code())) +
+                                          (cmd.size() > 3 && cmd[3] == "why" ? " " + r.error().message : ""));
+      } else if (cmd[0] == "main-invoke") {
+        auto r = w->invoke("big-check", bigMessage(std::stoull(cmd[1]), std::stoull(cmd[2])), {.timeout = 20000ms}).get();
+        link_.tellParent(r ? "reply " + std::string(r->root<TestMessage>().getText().cStr())
+                           : "error " + std::string(errorCodeName(r.code())));
+      } else if (cmd[0] == "main-echo") {
+        const std::size_t n = std::stoull(cmd[1]);
+        auto r = w->invoke("big-echo", bigMessage(n, std::stoull(cmd[2])), {.timeout = 20000ms}).get();
+        link_.tellParent(r ? "reply " + checkBig(*r, n) : "error " + std::string(errorCodeName(r.code())));
+      } else if (cmd[0] == "send-to") {
+        auto r = w->sendTo(cmd[1], "big", bigMessage(std::stoull(cmd[2]), std::stoull(cmd[3])));
+        link_.tellParent(r ? "sent" : "error " + std::string(errorCodeName(r.code())) + " " + r.error().message);
+      } else if (cmd[0] == "stats" || cmd[0] == "wstats") {
+        const BlobStats s = cmd[0] == "stats" ? port()->blobStats() : w->blobStats();
         link_.tellParent(fmt::format("stats {} {} {} {}", s.bytesHeld, s.messagesHeld, s.bytesHighWater, s.arenaBytes));
-      } else if (cmd[0] == "await-free") {
+      } else if (cmd[0] == "await-free" || cmd[0] == "await-wfree") {
         // The event is the peer's release store in shared memory, which has no notification this
         // process can wait on outside a send: a bounded poll of that condition.
+        auto stats = [&] { return cmd[0] == "await-free" ? port()->blobStats() : w->blobStats(); };
         const std::int64_t until = nowNs() + 10'000'000'000;
-        BlobStats s = port()->blobStats();
+        BlobStats s = stats();
         while (s.messagesHeld != 0 && nowNs() < until) {
           std::this_thread::sleep_for(1ms);  // allowed: bounded poll of the condition under test
-          s = port()->blobStats();
+          s = stats();
         }
         link_.tellParent(s.messagesHeld == 0 ? "free" : fmt::format("held {}", s.messagesHeld));
       } else if (cmd[0] == "hostile") {
@@ -323,6 +355,120 @@ TEST_CASE("a port the blob limits left no arena: a large message is TooLarge and
   CHECK(refused.find("this port has no blob arena") != std::string::npos);
   CHECK(bp.opener.ask("send 1024 62") == "sent");
   CHECK(bp.acceptor.ask("heard") == "ok 1024 inplace");
+  bp.finish();
+}
+
+/// The main process's side of the window → main blob cases: a listener on "big" and a handler
+/// "big-check" (answers its check of the request as text), each recording checkBig of what it
+/// got, read where the window wrote it.
+struct MainBlobs {
+  explicit MainBlobs(TestBus& tb) {
+    regs.push_back(tb->on("big", [this](const Message& m, const CallContext&) {
+      const std::string c = checkBig(m, m.root<TestMessage>().getBlob().size());
+      std::lock_guard lk(mu);
+      heard.push_back(c);
+      cv.notify_all();
+    }));
+    regs.push_back(tb->handle("big-check", [](const Message& req, Builder& reply, const CallContext&) {
+      const std::string c = checkBig(req, req.root<TestMessage>().getBlob().size());
+      reply.initRoot<TestMessage>().setText(c);
+    }));
+    regs.push_back(tb->handle("big-echo", [](const Message& req, Builder& reply, const CallContext&) {
+      const auto r = req.root<TestMessage>();
+      bigMessage(r.getBlob().size(), r.getSeq() + 1)(reply);
+    }));
+  }
+  /// The check of the next message heard on "big" ("nothing" after 30 s).
+  std::string next() {
+    std::unique_lock lk(mu);
+    cv.wait_for(lk, 30s, [&] { return !heard.empty(); });
+    if (heard.empty()) return "nothing";
+    std::string c = heard.front();
+    heard.pop_front();
+    return c;
+  }
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::string> heard;
+  std::vector<Registration> regs;
+};
+
+TEST_CASE("a window's send and invoke to main larger than its ring travel as blobs, read in place by main and freed when done") {
+  BlobPair bp("blob-main");
+  MainBlobs main(bp.tb);
+  // The window's outbox ring is 64 KiB by default (its largest message 32 KiB): these are blobs.
+  const auto st = words(bp.opener.ask("wstats"));
+  REQUIRE(st.size() == 5);
+  CHECK(std::stoull(st[4]) == SupervisorOptions{}.windowBlobBytes);
+  CHECK(bp.opener.ask("main-send 16777216 71", 30s) == "sent");
+  CHECK(main.next() == "ok 16777216 inplace");
+  CHECK(bp.opener.ask("await-wfree", 15s) == "free");
+  CHECK(bp.opener.ask("main-invoke 8388608 72", 30s) == "reply ok 8388608 inplace");
+  CHECK(bp.opener.ask("await-wfree", 15s) == "free");
+  // Again and again over the kept pages (the warm front), small and large on the same channel.
+  for (int i = 0; i < 3; ++i) {
+    CHECK(bp.opener.ask(fmt::format("main-send 4194304 {}", 73 + i), 30s) == "sent");
+    CHECK(main.next() == "ok 4194304 inplace");
+    CHECK(bp.opener.ask(fmt::format("main-send 1000 {}", 80 + i)) == "sent");
+    CHECK(main.next() == "ok 1000 inplace");
+  }
+  CHECK(bp.opener.ask("main-invoke 100 76") == "reply ok 100 inplace");
+  // Larger than the arena: TooLarge, and the window goes on.
+  CHECK(bp.opener.ask("main-send 134217728 77", 30s) == "error TooLarge");
+  CHECK(bp.opener.ask("main-invoke 2097152 78", 30s) == "reply ok 2097152 inplace");
+  CHECK(bp.opener.ask("await-wfree", 15s) == "free");
+  // A routed message to another window larger than the ring is TooLarge, naming the way that works.
+  const std::string routed = bp.opener.ask("send-to acceptor 1048576 79");
+  CHECK(routed.starts_with("error TooLarge "));
+  CHECK(routed.find("travel as blobs on a port") != std::string::npos);
+  CHECK(bp.opener.ask("main-send 1000 83") == "sent");
+  CHECK(main.next() == "ok 1000 inplace");
+  bp.finish();
+}
+
+TEST_CASE("main's replies, sends, invokes and broadcasts to a window larger than its ring travel as blobs in the window's segment") {
+  BlobPair bp("blob-from-main");
+  MainBlobs main(bp.tb);
+  // A large reply from main's handler, read in place by the caller.
+  CHECK(bp.opener.ask("main-echo 8388608 101", 30s) == "reply ok 8388608 inplace");
+  // A push and a broadcast (a copy into each window's own arena), heard in place.
+  REQUIRE(bp.tb->send("opener", "big", bigMessage(16u << 20, 102)));
+  CHECK(bp.opener.ask("heard", 30s) == "ok 16777216 inplace");
+  auto report = bp.tb->broadcast("big", bigMessage(4u << 20, 103));
+  REQUIRE(report);
+  CHECK(report->delivered == 2);
+  CHECK(report->failed.empty());
+  CHECK(bp.opener.ask("heard", 30s) == "ok 4194304 inplace");
+  CHECK(bp.acceptor.ask("heard", 30s) == "ok 4194304 inplace");
+  // A call from main with a large request and a large reply (the window's, read in place here).
+  for (const char* channel : {"big-echo", "big-echo-async"}) {
+    CAPTURE(channel);
+    auto r = bp.tb->invoke("opener", channel, bigMessage(6u << 20, 104), {.timeout = 20000ms}).get();
+    REQUIRE_MESSAGE(r.ok(), r.error().toString());
+    CHECK(checkBig(*r, 6u << 20) == "ok 6291456 inplace");
+    CHECK(bp.opener.ask("handled") == "ok 6291456 inplace");
+  }
+  CHECK(bp.opener.ask("await-wfree", 15s) == "free");  // main dropped the replies: released
+  // Larger than the window's arena: TooLarge, and main goes on.
+  const auto tooLarge = bp.tb->send("opener", "big", bigMessage(100u << 20, 105));
+  CHECK(tooLarge.code() == ErrorCode::TooLarge);
+  CHECK(tooLarge.error().message.find("windowBlobBytes") != std::string::npos);
+  REQUIRE(bp.tb->send("opener", "big", bigMessage(1000, 106)));
+  CHECK(bp.opener.ask("heard") == "ok 1000 inplace");
+  bp.finish();
+}
+
+TEST_CASE("a supervisor with windowBlobBytes 0 gives windows no arena: a large send to main is TooLarge and says why") {
+  SupervisorOptions o;
+  o.windowBlobBytes = 0;
+  BlobPair bp("blob-main-none", o);
+  MainBlobs main(bp.tb);
+  CHECK(words(bp.opener.ask("wstats"))[4] == "0");
+  const std::string refused = bp.opener.ask("main-send 1048576 91 why");
+  CHECK(refused.starts_with("error TooLarge "));
+  CHECK(refused.find("windowBlobBytes is 0") != std::string::npos);
+  CHECK(bp.opener.ask("main-send 1000 92") == "sent");
+  CHECK(main.next() == "ok 1000 inplace");
   bp.finish();
 }
 

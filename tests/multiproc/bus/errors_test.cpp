@@ -395,8 +395,9 @@ TEST_CASE("a reply that finds its caller's inbox full is held and delivered once
   }
 }
 
-TEST_CASE("a message larger than the ring's maximum record fails with TooLarge before anything is written") {
-  TestBus tb("too-large", {.maxRecordBytes = 64 * 1024}, /*dispatch=*/false);
+TEST_CASE("a message larger than the ring's maximum record and no blob arena fails with TooLarge before anything is written") {
+  // Windows without blob arenas (docs/architecture.md §17): nowhere else a large message can go.
+  TestBus tb("too-large", {.maxRecordBytes = 64 * 1024, .windowBlobBytes = 0}, /*dispatch=*/false);
   auto h = tb->handle("echo", echoHandler());
   const std::string huge(100 * 1024, 'z');
   ServedWindow editor(ServedWindow::deferred, tb, "editor",
