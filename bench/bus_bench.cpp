@@ -12,6 +12,7 @@
 //                                                  port (no supervisor in the path)
 //                                                  Window::invokeIn → supervisor → Window::handle (3 processes;
 //                                                  "spin" = the default 4 µs budget: 3 spinners on 2 cores starve)
+//   Invoke/window_to_main_blob/<bytes>/default     the same to a Supervisor::handle (the window's own arena)
 //   Invoke/port_blob/<bytes>/default|spin          a request of <bytes> (allocated, not filled) answered with
 //                                                  its size, over a port: larger than the ring, it is a blob;
 //                                                  "default": every wait policy the default (4 µs spin, the
@@ -144,6 +145,18 @@ void timeLoop(benchmark::State& state, F&& roundTrip, std::chrono::nanoseconds g
 
 // ---- baseline: the foundation's ring ping-pong (one record each way)
 
+/// The next record of `in`, waiting with `policy`. hasData() is also true for the padding a
+/// producer commits at the ring's end before the record itself (ring.hpp), which tryRead skips:
+/// then it finds nothing yet, and the wait goes on.
+detail::RecordView nextRecord(RingConsumer& in, const detail::SpinPolicy& policy, const char* who) {
+  for (;;) {
+    while (!in.hasData()) in.wait(detail::kNoDeadline, policy, [] { return false; });
+    auto r = in.tryRead();
+    if (!r) fatal(fmt::format("{}: read failed: {}", who, r.error().message).c_str());
+    if (*r) return **r;
+  }
+}
+
 void ringPingPong(benchmark::State& state, std::size_t bytes, detail::SpinPolicy policy,
                   std::chrono::nanoseconds gap = {}) {
   const RingGeometry g{1u << 20, 1u << 18};
@@ -161,13 +174,11 @@ void ringPingPong(benchmark::State& state, std::size_t bytes, detail::SpinPolicy
     RingConsumer in(ctlA, dataA, g);
     RingProducer out(ctlB, dataB, g);
     for (std::int64_t i = 0; i < total; ++i) {
-      while (!in.hasData()) in.wait(detail::kNoDeadline, policy, [] { return false; });
-      auto r = in.tryRead();
-      if (!r || !*r) fatal("ring echo: read failed");
-      auto c = out.tryClaim((*r)->bodyBytes);
+      const detail::RecordView r = nextRecord(in, policy, "ring echo");
+      auto c = out.tryClaim(r.bodyBytes);
       if (!c) fatal("ring echo: claim failed");
-      std::memcpy(c->body, (*r)->body, (*r)->bodyBytes);
-      out.publish(*c, (*r)->bodyBytes);
+      std::memcpy(c->body, r.body, r.bodyBytes);
+      out.publish(*c, r.bodyBytes);
       in.releaseAll();
     }
   });
@@ -180,10 +191,8 @@ void ringPingPong(benchmark::State& state, std::size_t bytes, detail::SpinPolicy
     if (!c) fatal("ring ping: claim failed");
     std::memcpy(c->body, payload.data(), bytes);
     out.publish(*c, bytes);
-    while (!in.hasData()) in.wait(detail::kNoDeadline, policy, [] { return false; });
-    auto r = in.tryRead();
-    if (!r || !*r) fatal("ring ping: read failed");
-    benchmark::DoNotOptimize((*r)->body[0]);
+    const detail::RecordView r = nextRecord(in, policy, "ring ping");
+    benchmark::DoNotOptimize(r.body[0]);
     in.releaseAll();
   }, gap);
 }
@@ -252,6 +261,7 @@ Partner spawnSupervisor(const std::string& bus, std::chrono::nanoseconds spin, i
     auto sup = Supervisor::create(o);
     if (!sup) fatal("supervisor create failed");
     auto untyped = (*sup)->handle("echo-untyped", echoUntyped);
+    auto sized = (*sup)->handle("size-untyped", sizeUntyped);
     auto typed = benchschema::EchoHandlers::handleEcho(**sup, [](auto params, auto results) {
       results.setData(params.getData());
     });
@@ -413,7 +423,8 @@ Result<std::shared_ptr<Port>> openBenchPort(Window& win, PortOptions options = {
 }
 
 /// Direct: routed with SupervisorOptions::directRoutes, warmed until the route is granted.
-enum class Route { ToMain, Routed, Direct, Typed, Port, PortBlob };
+/// MainBlob: large requests to main (blobs in the window's own arena, docs/architecture.md §17).
+enum class Route { ToMain, Routed, Direct, Typed, Port, PortBlob, MainBlob };
 
 /// One call round trip per iteration over `route`; `traced`: with an inspector reading every
 /// event the supervisor records (the cost of tracing, issue "The inspector" item 5).
@@ -473,14 +484,17 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
         failed |= !r;
         break;
       }
-      case Route::PortBlob: {
+      case Route::PortBlob:
+      case Route::MainBlob: {
         // The request's data is allocated, not filled (two bytes touched): what is timed is the
         // bus's cost for a large message (docs/architecture.md §17), not the caller's writing.
-        auto r = port->invoke("size-untyped", [&](Builder& b) {
+        auto large = [&](Builder& b) {
           auto d = b.initRoot<benchschema::Echo::EchoParams>().initData(static_cast<unsigned>(bytes));
           d[0] = 1;
           d[bytes - 1] = 1;
-        }).get();
+        };
+        auto r = route == Route::PortBlob ? port->invoke("size-untyped", large).get()
+                                          : win.invoke("size-untyped", large).get();
         failed |= !r;
         if (!r && firstError.empty()) firstError = r.error().toString();
         break;
@@ -861,6 +875,13 @@ void registerAll() {
                                         [=](benchmark::State& s) { invoke(s, Route::PortBlob, bytes, defSpin, false, defCap); }));
     manual(benchmark::RegisterBenchmark(fmt::format("Invoke/port_blob/{}/spin", bytes).c_str(),
                                         [=](benchmark::State& s) { invoke(s, Route::PortBlob, bytes, kSpinLong); }));
+  }
+  // Large requests to main (blobs in the window's arena, 64 MiB by default): the same ratio, up
+  // to the arena's warm front (half of it; a record ending past it has its pages punched out when
+  // released: a 32 MiB request took 62 µs here, 2026-12-08).
+  for (std::size_t bytes : {std::size_t{64}, std::size_t{1} << 20, std::size_t{16} << 20}) {
+    manual(benchmark::RegisterBenchmark(fmt::format("Invoke/window_to_main_blob/{}/default", bytes).c_str(),
+                                        [=](benchmark::State& s) { invoke(s, Route::MainBlob, bytes, defSpin, false, defCap); }));
   }
   auto spaced = [](benchmark::internal::Benchmark* b) {
     b->UseManualTime()->Iterations(2000)->Unit(benchmark::kMicrosecond);
