@@ -305,4 +305,11 @@ Result<BlobDescriptor> tryCopyBlob(BlobProducer& arena, kj::ArrayPtr<const kj::A
   return arena.commit(*c, copyBlobSegments(*c, segments));
 }
 
+Result<BlobDescriptor> tryCopyBlob(BlobProducer& arena, const std::uint8_t* message, std::size_t bytes) {
+  auto c = arena.claim(bytes);
+  if (!c) return c.error();
+  std::memcpy(c->body, message, bytes);
+  return arena.commit(*c, bytes);
+}
+
 }  // namespace shmbus::detail

@@ -280,4 +280,8 @@ Result<BlobDescriptor> tryBuildBlob(BlobProducer& arena, const std::function<voi
 /// kMaxSegments segments, or more than the arena can ever hold), Full.
 Result<BlobDescriptor> tryCopyBlob(BlobProducer& arena, kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments);
 
+/// The same for a message given flat, as a ring payload is (`bytes` of MessageTable + segments,
+/// checked by the caller: validatePayload), copied once. Errors: TooLarge, Full.
+Result<BlobDescriptor> tryCopyBlob(BlobProducer& arena, const std::uint8_t* message, std::size_t bytes);
+
 }  // namespace shmbus::detail

@@ -309,16 +309,25 @@ class Router {
   Error timeoutError(const Route& r);
   template <typename W>
   Result<void> writeToWindow(Conn& target, W&& write);
-  // ---- main → window blobs (router_main.cpp, docs/architecture.md §17); under mu_
+  // ---- blobs into a window's arena (router_main.cpp, docs/architecture.md §17); under mu_
   /// Writes `build`'s message to `t`'s inbox as frame `h`: in the ring, or, when too large for
   /// it, built again in `t`'s blob arena (no wait) and sent as its descriptor (kFlagBlob).
   /// Errors: as writeFrame; TooLarge (the window has no arena, or the message is larger than it),
-  /// Full (the window has not released enough of what main sent it there).
+  /// Full (the window has not released enough of what it was sent there).
   Result<void> writeBuilt(Conn& t, FrameHeader h, const BuildFn& build, std::size_t hint = 0);
-  /// For the message `segments` to `t`: none when it fits `t`'s inbox ring; else it is copied
-  /// into `t`'s blob arena and `h` becomes its descriptor frame (kFlagBlob). Errors: as writeBuilt.
-  Result<std::optional<BlobDescriptor>> blobForWindow(Conn& t, FrameHeader& h,
-                                                      kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments);
+  /// Writes the message `payload` (`bytes` of table + segments, as a ring payload) to `t`'s
+  /// inbox as frame `h`: in the ring, or a copy in `t`'s blob arena when too large for it (a
+  /// window's large message to another window: the target maps only its own segment). Errors:
+  /// as writeBuilt.
+  Result<void> writeCopy(Conn& t, FrameHeader h, const std::uint8_t* payload, std::size_t bytes);
+  /// For a message of `bytes` (table + segments) to `t`: none when it fits `t`'s inbox ring;
+  /// else `copy()` (tryCopyBlob into t.blobOut) and `h` becomes its descriptor frame (kFlagBlob).
+  /// Errors: as writeBuilt.
+  template <typename Copy>
+  Result<std::optional<BlobDescriptor>> blobIfLarge(Conn& t, FrameHeader& h, std::size_t bytes, Copy&& copy);
+  /// Writes the descriptor frame `h` of `d` (just committed in `t`'s arena) into `t`'s inbox; a
+  /// descriptor not written gives its record back. Errors: as writeFrameCopy.
+  Result<void> writeDescriptor(Conn& t, const FrameHeader& h, const BlobDescriptor& d);
   /// `e` (TooLarge or Full from `t`'s blob arena) said as the window's.
   Error windowBlobError(const Conn& t, Error e) const;
   /// Writes the outcome (reply or error) of one of `caller`'s own calls with `write`; when its
@@ -356,10 +365,10 @@ class Router {
   void process(Conn& w, const RecordView& rec);
   /// The frame kinds process() handles, for `f` as parsed (or with a blob's payload).
   void processFrame(Conn& w, const FrameView& f);
-  /// A kFlagBlob frame of `w` (docs/architecture.md §17): a send or invoke to main whose
+  /// A kFlagBlob frame of `w` (docs/architecture.md §17): a send, invoke or reply whose
   /// descriptor names a valid record of `w`'s arena; points `f`'s payload at the record's
-  /// message and sets frameBlob_. Anything else cuts `w` off (false): its own code sends no
-  /// other blob frame, so a bad one was written by something else.
+  /// message, clears the flag and sets frameBlob_. Anything else cuts `w` off (false): its own
+  /// code sends no other blob frame, so a bad one was written by something else.
   bool openBlob(Conn& w, FrameView& f);
   void onIntern(Conn& w, const FrameView& f);
 

@@ -130,17 +130,13 @@ void Router::process(Conn& w, const RecordView& rec) {
 
 bool Router::openBlob(Conn& w, FrameView& f) {
   const FrameHeader& h = f.header;
-  // A reply travels as a blob only to a call the main process made (its route has a state).
-  const Route* route = h.kind == static_cast<std::uint16_t>(FrameKind::Reply) ? routes_.find(h.requestId) : nullptr;
-  const bool toMain = h.target == kTargetMain && (h.kind == static_cast<std::uint16_t>(FrameKind::Send) ||
-                                                  h.kind == static_cast<std::uint16_t>(FrameKind::Invoke) ||
-                                                  (h.kind == static_cast<std::uint16_t>(FrameKind::Reply) &&
-                                                   (route == nullptr || route->state)));
-  if (!toMain || w.blobIn == nullptr) {
-    doom(w, fmt::format("a blob frame (kind {}) to {}: {}", h.kind,
-                        h.target == kTargetMain ? std::string("main") : registry_.describeTarget(h.target, h.role),
+  const bool message = h.kind == static_cast<std::uint16_t>(FrameKind::Send) ||
+                       h.kind == static_cast<std::uint16_t>(FrameKind::Invoke) ||
+                       h.kind == static_cast<std::uint16_t>(FrameKind::Reply);
+  if (!message || w.blobIn == nullptr) {
+    doom(w, fmt::format("a blob frame of kind {}: {}", h.kind,
                         w.blobIn == nullptr ? "the window has no blob arena"
-                                            : "only a window's sends, invokes and replies to main travel as blobs"),
+                                            : "only a window's sends, invokes and replies travel as blobs"),
          true);
     return false;
   }
@@ -162,6 +158,9 @@ bool Router::openBlob(Conn& w, FrameView& f) {
   }
   f.payload = v->message;
   f.payloadBytes = v->bytes;
+  // From here on the frame is its message, wherever it lies: what the router forwards is flagged
+  // again only if it goes as a blob again (blobIfLarge), into the receiver's own arena.
+  f.header.flags &= static_cast<std::uint16_t>(~kFlagBlob);
   frameBlob_ = std::make_shared<HeldBlob>(v->record, reinterpret_cast<BlobControl*>(w.blobIn), w.seg);
   return true;
 }
@@ -303,7 +302,7 @@ void Router::onSend(Conn& w, const FrameView& f) {
   out.target = t->id;
   out.requestId = 0;
   internRole(*t, w.roleId);
-  auto r = writeToWindow(*t, [&] { return writeFrameCopy(t->inbox, out, f.payload, f.payloadBytes); });
+  auto r = writeToWindow(*t, [&] { return writeCopy(*t, out, f.payload, f.payloadBytes); });
   if (!r) {
     return undelivered(w, h, makeError(r.code(), fmt::format("send '{}' from {} to {} not delivered: {}",
                                                              registry_.nameOf(h.channel, w.id), w.describe(),
@@ -372,7 +371,7 @@ void Router::onInvoke(Conn& w, const FrameView& f) {
   out.requestId = rid;
   capturePayload(PayloadPart::Request, w.id, h.requestId, h.channel, PayloadView{f.payload, f.payloadBytes});
   internRole(*t, w.roleId);
-  auto r = writeToWindow(*t, [&] { return writeFrameCopy(t->inbox, out, f.payload, f.payloadBytes); });
+  auto r = writeToWindow(*t, [&] { return writeCopy(*t, out, f.payload, f.payloadBytes); });
   if (!r) {
     Route gone = *routes_.take(rid);
     failCaller(gone, Error{r.code(), fmt::format("invoke '{}' to {}: {}", registry_.nameOf(h.channel, w.id),
@@ -453,7 +452,8 @@ void Router::replyFromMain(std::uint64_t routeId, kj::ArrayPtr<const kj::ArrayPt
               PayloadView{.segments = segments});
   }
   // Too large for the caller's ring: copied into its blob arena, the descriptor is the outcome.
-  auto blob = blobForWindow(*caller, r, segments);
+  auto blob = blobIfLarge(*caller, r, sizeof(MessageTable) + messageBytes(segments),
+                          [&] { return tryCopyBlob(caller->blobOut, segments); });
   if (!blob) {
     return failCaller(*p, Error{blob.code(), fmt::format("invoke '{}' to main: the reply could not be written: {}",
                                                          registry_.nameOf(p->channel, p->callerId), blob.error().message)});
@@ -554,8 +554,18 @@ void Router::onReply(Conn& w, const FrameView& f) {
                 PayloadView{f.payload, f.payloadBytes});
     }
   }
-  auto r = writeOutcome(*caller, [&] { return writeFrameCopy(caller->inbox, out, f.payload, f.payloadBytes); },
-                        [&] { return HeldFrame{out, std::vector<std::uint8_t>(f.payload, f.payload + f.payloadBytes)}; });
+  // Too large for the caller's ring (the replier's blob): a copy in the caller's arena.
+  auto blob = blobIfLarge(*caller, out, f.payloadBytes, [&] { return tryCopyBlob(caller->blobOut, f.payload, f.payloadBytes); });
+  if (!blob) {
+    return failCaller(p, Error{blob.code(), fmt::format("invoke '{}' to {}: the reply could not be delivered: {}",
+                                                        registry_.nameOf(p.channel, p.callerId), w.describe(),
+                                                        blob.error().message)});
+  }
+  const auto* bytes = *blob ? reinterpret_cast<const std::uint8_t*>(&**blob) : f.payload;
+  const std::size_t n = *blob ? sizeof(BlobDescriptor) : f.payloadBytes;
+  auto r = writeOutcome(*caller, [&] { return writeFrameCopy(caller->inbox, out, bytes, n); },
+                        [&] { return HeldFrame{out, std::vector<std::uint8_t>(bytes, bytes + n)}; });
+  if (!r && *blob) caller->blobOut.dropLast();  // never sent: the caller will not release it
   if (!r) {
     failCaller(p, Error{r.code(), fmt::format("invoke '{}' to {}: the reply could not be delivered: {}",
                                               registry_.nameOf(p.channel, p.callerId), w.describe(),

@@ -36,6 +36,24 @@ Result<void> Router::writeToWindow(Conn& target, W&& write) {
   return r;
 }
 
+template <typename Copy>
+Result<std::optional<BlobDescriptor>> Router::blobIfLarge(Conn& t, FrameHeader& h, std::size_t bytes, Copy&& copy) {
+  // What one record of the ring would hold: the record's and the frame's headers, the message.
+  if (kRecordHeaderBytes + sizeof(FrameHeader) + bytes <= t.inbox.geometry().maxRecord) {
+    return std::optional<BlobDescriptor>();
+  }
+  if (!t.blobOut.valid()) {
+    return windowBlobError(t, makeError(ErrorCode::TooLarge,
+                                        fmt::format("message of {} bytes is larger than the largest record of the "
+                                                    "inbox ring of {} ({} bytes)",
+                                                    bytes, t.describe(), t.inbox.geometry().maxRecord)));
+  }
+  Result<BlobDescriptor> d = copy();
+  if (!d) return windowBlobError(t, d.error());
+  h.flags |= kFlagBlob;
+  return std::optional<BlobDescriptor>(*d);
+}
+
 template <typename W, typename H>
 Result<void> Router::writeOutcome(Conn& caller, W&& write, H&& held) {
   if (caller.held.empty()) {

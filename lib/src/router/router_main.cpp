@@ -61,6 +61,12 @@ Error Router::windowBlobError(const Conn& t, Error e) const {
   return e;
 }
 
+Result<void> Router::writeDescriptor(Conn& t, const FrameHeader& h, const BlobDescriptor& d) {
+  auto w = writeFrameCopy(t.inbox, h, reinterpret_cast<const std::uint8_t*>(&d), sizeof d);
+  if (!w) t.blobOut.dropLast();  // never sent: the window will not release it
+  return w;
+}
+
 Result<void> Router::writeBuilt(Conn& t, FrameHeader h, const BuildFn& build, std::size_t hint) {
   auto r = writeFrame(t.inbox, h, build, hint);
   if (r || r.code() != ErrorCode::TooLarge) return r;
@@ -68,29 +74,13 @@ Result<void> Router::writeBuilt(Conn& t, FrameHeader h, const BuildFn& build, st
   auto d = tryBuildBlob(t.blobOut, build);  // the build runs again, in the arena (as a port's, §17)
   if (!d) return windowBlobError(t, d.error());
   h.flags |= kFlagBlob;
-  auto w = writeFrameCopy(t.inbox, h, reinterpret_cast<const std::uint8_t*>(&*d), sizeof *d);
-  if (!w) t.blobOut.dropLast();  // never sent: the window will not release it
-  return w;
+  return writeDescriptor(t, h, *d);
 }
 
-Result<std::optional<BlobDescriptor>> Router::blobForWindow(Conn& t, FrameHeader& h,
-                                                            kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments) {
-  // What writeFrameSegments would put in one record: the record's and the frame's headers, the
-  // segment table and the segments.
-  if (kRecordHeaderBytes + sizeof(FrameHeader) + sizeof(MessageTable) + messageBytes(segments) <=
-      t.inbox.geometry().maxRecord) {
-    return std::optional<BlobDescriptor>();
-  }
-  if (!t.blobOut.valid()) {
-    return windowBlobError(t, makeError(ErrorCode::TooLarge, fmt::format("message of {} bytes is larger than the inbox "
-                                                                          "ring's largest record ({} bytes)",
-                                                                          messageBytes(segments),
-                                                                          t.inbox.geometry().maxRecord)));
-  }
-  auto d = tryCopyBlob(t.blobOut, segments);
-  if (!d) return windowBlobError(t, d.error());
-  h.flags |= kFlagBlob;
-  return std::optional<BlobDescriptor>(*d);
+Result<void> Router::writeCopy(Conn& t, FrameHeader h, const std::uint8_t* payload, std::size_t bytes) {
+  auto blob = blobIfLarge(t, h, bytes, [&] { return tryCopyBlob(t.blobOut, payload, bytes); });
+  if (!blob) return blob.error();
+  return *blob ? writeDescriptor(t, h, **blob) : writeFrameCopy(t.inbox, h, payload, bytes);
 }
 
 Result<void> Router::send(const Target& target, const Channel& channel, const BuildFn& build) {
@@ -152,15 +142,11 @@ Result<BroadcastReport> Router::broadcast(const Channel& channel, const BuildFn&
     FrameHeader out = h;
     out.target = c->id;
     // Too large for the window's ring: a copy in its blob arena (each window has its own).
-    auto blob = blobForWindow(conn, out, segs);
-    auto r = !blob ? Result<void>(blob.error())
-                   : writeToWindow(conn, [&] {
-                       if (!*blob) return writeFrameSegments(conn.inbox, out, segs);
-                       auto w = writeFrameCopy(conn.inbox, out, reinterpret_cast<const std::uint8_t*>(&**blob),
-                                               sizeof(BlobDescriptor));
-                       if (!w) conn.blobOut.dropLast();  // never sent
-                       return w;
-                     });
+    auto blob = blobIfLarge(conn, out, sizeof(MessageTable) + messageBytes(segs),
+                            [&] { return tryCopyBlob(conn.blobOut, segs); });
+    auto r = !blob ? Result<void>(blob.error()) : writeToWindow(conn, [&] {
+      return *blob ? writeDescriptor(conn, out, **blob) : writeFrameSegments(conn.inbox, out, segs);
+    });
     if (r) {
       ++report.delivered;
     } else if (r.code() == ErrorCode::TooLarge && !conn.blobOut.valid()) {

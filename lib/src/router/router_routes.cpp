@@ -49,9 +49,11 @@ void Router::grantRoute(Conn& w, const FrameHeader& h, Conn& t) {
     const std::uint64_t id = nextPortId_++;
     // Each direction's ring as large as its receiver's inbox (the caller's for replies, the
     // target's for requests): what a window chose to buffer stays what it buffers, and what
-    // fits routed fits direct. The segment's "inbox" is the opener's (the caller's).
+    // fits routed fits direct. The segment's "inbox" is the opener's (the caller's). Blob arenas
+    // as large as a window's own (windowBlobBytes, not counted in the ports' limits): a message
+    // too large for the ring goes direct too, zero copy (docs/architecture.md §17).
     auto seg = createWindowSegment(opts_.bus, static_cast<std::uint32_t>(id), w.inbox.geometry().capacity,
-                                   t.inbox.geometry().capacity, opts_.maxRecordBytes, 0, true);
+                                   t.inbox.geometry().capacity, opts_.maxRecordBytes, opts_.windowBlobBytes, true);
     if (!seg) {
       log_(LogLevel::Warn, "no direct route {} → {}: {}", w.describe(), t.describe(), seg.error().message);
       return;

@@ -246,35 +246,32 @@ struct Window::Impl : CallOwner {
 
   // ---- blobs (docs/architecture.md §17; port.cpp)
 
-  /// `e` (TooLarge from the ring for frame `h`) with where a message of that size can go: a
-  /// direct route's ring and a window's ring to another window carry no blobs (ports do); a
-  /// window's frames to main do when the supervisor gave the window arenas; a port without an
-  /// arena got none from the supervisor's limits when it opened.
-  Error tooLargeHint(const FrameHeader& h, Error e) const {
+  /// `e` (TooLarge from the ring) with why no blob arena took it: a port's end or a window the
+  /// supervisor gave none (a window's frames and its direct routes' have them unless
+  /// SupervisorOptions::windowBlobBytes is 0).
+  Error tooLargeHint(const FrameHeader&, Error e) const {
     if (port && port->routeOwner == nullptr) {
       e.message += "; this port has no blob arena (PortOptions::blobBytes: the supervisor's limits "
                    "SupervisorOptions::blobBytesPerWindow and blobBytesPerBus left none when it opened)";
-    } else if (!port && h.target == kTargetMain) {
-      e.message += "; this window has no blob arena (SupervisorOptions::windowBlobBytes is 0)";
     } else {
-      e.message += "; larger messages between windows travel as blobs on a port (Window::openPort, "
-                   "docs/architecture.md §17)";
+      e.message += "; this window has no blob arena (SupervisorOptions::windowBlobBytes is 0)";
     }
     return e;
   }
 
-  /// An end with blob arenas: a port's, or a window's (its frames to main).
+  /// An end with blob arenas: a port's, or a window's.
   bool hasBlobs() const noexcept { return blobs.in != nullptr; }
   /// Whether frame `h` may travel as a blob: any frame of a port's end with arenas; a window's
-  /// sends, invokes and replies to main when the window has arenas (a target window does not
-  /// map them).
+  /// sends, invokes and replies when the window has arenas (to another window the supervisor
+  /// copies the message into the target's arena: the target maps only its own segment).
   bool blobsFor(const FrameHeader& h) const noexcept {
     if (!hasBlobs()) return false;
     if (port) return true;
-    return h.target == kTargetMain && (h.kind == static_cast<std::uint16_t>(FrameKind::Send) ||
-                                       h.kind == static_cast<std::uint16_t>(FrameKind::Invoke) ||
-                                       h.kind == static_cast<std::uint16_t>(FrameKind::Reply));
+    return h.kind == static_cast<std::uint16_t>(FrameKind::Send) ||
+           h.kind == static_cast<std::uint16_t>(FrameKind::Invoke) ||
+           h.kind == static_cast<std::uint16_t>(FrameKind::Reply);
   }
+
   /// Builds `build`'s message in this end's blob arena and sends its descriptor (caller holds
   /// outMu). Waits for the peer's releases, and then for ring room for the descriptor, until the
   /// frame's deadline or the port's callTimeout. Errors: TooLarge, Full, the end's close code.
@@ -481,10 +478,7 @@ struct Window::Impl : CallOwner {
       h_.channel = req.channel;
       h_.requestId = req.requestId;
       h_.schemaId = replySchemaId;
-      // The outcome's target is the caller: kTargetMain (0) for the main process's calls (the
-      // supervisor sends them from source 0), else a window's id (routed). Only replies to main
-      // may travel as blobs (blobsFor); the supervisor reads nothing else of it.
-      h_.target = req.source;
+
       deadline_ = req.deadlineNs;
     }
     Result<void> reply(kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segs) override {

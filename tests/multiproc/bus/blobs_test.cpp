@@ -73,6 +73,7 @@ std::string checkBig(const Message& m, std::size_t expected) {
 ///                                 the request as text) | "error CODE"
 ///   main-echo N SEED            → as invoke, to main's "big-echo" (answers N bytes of SEED + 1)
 ///   send-to ROLE N SEED         → "sent" | "error CODE MESSAGE" (Window::sendTo, routed)
+///   invoke-to ROLE N SEED       → as invoke, to window ROLE's "big-echo" (Window::invokeIn, routed)
 /// The window itself serves main as a port's end does ("big", "big-echo", "big-echo-async"):
 /// "heard" and "handled" report those too.
 ///   wstats, await-wfree         → stats and await-free of the window's own arena (Window::blobStats)
@@ -218,6 +219,10 @@ class BlobPeer : public DrivenWindow {
         const std::size_t n = std::stoull(cmd[1]);
         auto r = w->invoke("big-echo", bigMessage(n, std::stoull(cmd[2])), {.timeout = 20000ms}).get();
         link_.tellParent(r ? "reply " + checkBig(*r, n) : "error " + std::string(errorCodeName(r.code())));
+      } else if (cmd[0] == "invoke-to") {
+        const std::size_t n = std::stoull(cmd[2]);
+        auto r = w->invokeIn(cmd[1], "big-echo", bigMessage(n, std::stoull(cmd[3])), {.timeout = 20000ms}).get();
+        link_.tellParent(r ? "reply " + checkBig(*r, n) : "error " + std::string(errorCodeName(r.code())) + " " + r.error().message);
       } else if (cmd[0] == "send-to") {
         auto r = w->sendTo(cmd[1], "big", bigMessage(std::stoull(cmd[2]), std::stoull(cmd[3])));
         link_.tellParent(r ? "sent" : "error " + std::string(errorCodeName(r.code())) + " " + r.error().message);
@@ -417,10 +422,6 @@ TEST_CASE("a window's send and invoke to main larger than its ring travel as blo
   CHECK(bp.opener.ask("main-send 134217728 77", 30s) == "error TooLarge");
   CHECK(bp.opener.ask("main-invoke 2097152 78", 30s) == "reply ok 2097152 inplace");
   CHECK(bp.opener.ask("await-wfree", 15s) == "free");
-  // A routed message to another window larger than the ring is TooLarge, naming the way that works.
-  const std::string routed = bp.opener.ask("send-to acceptor 1048576 79");
-  CHECK(routed.starts_with("error TooLarge "));
-  CHECK(routed.find("travel as blobs on a port") != std::string::npos);
   CHECK(bp.opener.ask("main-send 1000 83") == "sent");
   CHECK(main.next().starts_with("ok 1000 "));  // a ring message: copied when main's job is queued
   bp.finish();
@@ -458,6 +459,31 @@ TEST_CASE("main's replies, sends, invokes and broadcasts to a window larger than
   bp.finish();
 }
 
+TEST_CASE("a window's large send and invoke to another window: routed (one copy into the target's arena), then over the direct route (none)") {
+  for (const bool direct : {true, false}) {
+    CAPTURE(direct);
+    SupervisorOptions o;
+    o.directRoutes = direct;
+    BlobPair bp(direct ? "blob-routed" : "blob-routed-only", o);
+    // The first of a channel goes through the supervisor; with direct routes the next ones go
+    // over the route port it opened then (its own arenas). Either way, read in place.
+    for (int i = 0; i < 3; ++i) {
+      CHECK(bp.opener.ask(fmt::format("send-to acceptor 8388608 {}", 111 + i), 30s) == "sent");
+      CHECK(bp.acceptor.ask("heard", 30s) == "ok 8388608 inplace");
+      CHECK(bp.opener.ask(fmt::format("invoke-to acceptor 4194304 {}", 121 + i), 30s) == "reply ok 4194304 inplace");
+      CHECK(bp.acceptor.ask("handled") == "ok 4194304 inplace");
+    }
+    // Small ones in between keep their order with the large ones.
+    CHECK(bp.opener.ask("send-to acceptor 1000 131") == "sent");
+    CHECK(bp.acceptor.ask("heard") == "ok 1000 inplace");
+    const auto routes = bp.tb->ports();
+    const bool routePort = std::any_of(routes.begin(), routes.end(), [](const PortInfo& p) { return p.route; });
+    CHECK(routePort == direct);
+    CHECK(bp.opener.ask("await-wfree", 15s) == "free");
+    bp.finish();
+  }
+}
+
 TEST_CASE("a supervisor with windowBlobBytes 0 gives windows no arena: a large send to main is TooLarge and says why") {
   SupervisorOptions o;
   o.windowBlobBytes = 0;
@@ -467,6 +493,9 @@ TEST_CASE("a supervisor with windowBlobBytes 0 gives windows no arena: a large s
   const std::string refused = bp.opener.ask("main-send 1048576 91 why");
   CHECK(refused.starts_with("error TooLarge "));
   CHECK(refused.find("windowBlobBytes is 0") != std::string::npos);
+  const std::string routed = bp.opener.ask("send-to acceptor 1048576 93");
+  CHECK(routed.starts_with("error TooLarge "));
+  CHECK(routed.find("windowBlobBytes is 0") != std::string::npos);
   CHECK(bp.opener.ask("main-send 1000 92") == "sent");
   CHECK(main.next().starts_with("ok 1000 "));  // a ring message: copied when main's job is queued
   bp.finish();

@@ -63,7 +63,7 @@ void goodCaller(const std::string& bus, const char* role, const Link& link, cons
 }
 
 enum class Attack {
-  Garbage, UnknownKind, ShortFrame, MalformedPayload, BadPointerSend, BadPointerInvoke, BadBlobDescriptor, BlobToWindow
+  Garbage, UnknownKind, ShortFrame, MalformedPayload, BadPointerSend, BadPointerInvoke, BadBlobDescriptor, BlobIntern
 };
 
 const char* attackName(Attack a) {
@@ -74,8 +74,8 @@ const char* attackName(Attack a) {
     case Attack::MalformedPayload: return "a send whose message table overruns the record";
     case Attack::BadPointerSend: return "a send to main whose root pointer is out of bounds";
     case Attack::BadPointerInvoke: return "a routed invoke whose root pointer is out of bounds";
-    case Attack::BadBlobDescriptor: return "an invoke to main whose blob descriptor lies past the window's arena";
-    case Attack::BlobToWindow: return "a blob frame sent to another window";
+    case Attack::BadBlobDescriptor: return "an invoke whose blob descriptor lies past the window's arena";
+    case Attack::BlobIntern: return "a blob frame of a kind that is not a message (an Intern)";
   }
   return "";
 }
@@ -119,18 +119,16 @@ void attack(RawOutbox& out, Attack a, unsigned seed) {
       out.frameWithBadPointer(f);
       break;
     case Attack::BadBlobDescriptor:
-    case Attack::BlobToWindow: {
-      // docs/architecture.md §17: only a send or invoke to main may be a blob, and its
-      // descriptor must name a record of the window's own arena.
-      f.kind = static_cast<std::uint16_t>(a == Attack::BlobToWindow ? detail::FrameKind::Send : detail::FrameKind::Invoke);
-      f.channel = nameId(a == Attack::BlobToWindow ? "note" : "echo");
+    case Attack::BlobIntern: {
+      // docs/architecture.md §17: only a send, invoke or reply may be a blob, and its descriptor
+      // must name a record of the window's own arena.
+      f.kind = static_cast<std::uint16_t>(a == Attack::BlobIntern ? detail::FrameKind::Intern : detail::FrameKind::Invoke);
+      f.channel = nameId("echo");
       f.requestId = 1;
       f.flags = detail::kFlagBlob;
-      if (a == Attack::BlobToWindow) {
-        f.target = detail::kTargetByRole;
-        f.role = nameId("dashboard");
-      }
-      const detail::BlobDescriptor d{a == Attack::BlobToWindow ? 64u : std::uint64_t{1} << 40, 64, 1, 0, 0};
+      f.target = detail::kTargetByRole;
+      f.role = nameId("dashboard");
+      const detail::BlobDescriptor d{a == Attack::BlobIntern ? 64u : std::uint64_t{1} << 40, 64, 1, 0, 0};
       std::uint8_t body[sizeof f + sizeof d];
       std::memcpy(body, &f, sizeof f);
       std::memcpy(body + sizeof f, &d, sizeof d);
@@ -184,7 +182,7 @@ TEST_CASE("a window writing garbage or malformed frames into its outbox is disco
   GatedChild g2([&] { goodCaller(tb.bus, "editor", toG2, Target("dashboard"), "echo", &counts->calls[1]); });
   constexpr std::array kAttacks{Attack::Garbage,        Attack::UnknownKind,      Attack::ShortFrame,
                                 Attack::MalformedPayload, Attack::BadPointerSend, Attack::BadPointerInvoke,
-                                Attack::BadBlobDescriptor, Attack::BlobToWindow, Attack::Garbage, Attack::Garbage};
+                                Attack::BadBlobDescriptor, Attack::BlobIntern, Attack::Garbage, Attack::Garbage};
   std::array<Link, kAttacks.size()> toH;
   std::deque<GatedChild> intruders;
   for (std::size_t i = 0; i < kAttacks.size(); ++i) {
