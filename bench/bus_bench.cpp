@@ -13,6 +13,7 @@
 //                                                  Window::invokeIn → supervisor → Window::handle (3 processes;
 //                                                  "spin" = the default 4 µs budget: 3 spinners on 2 cores starve)
 //   Invoke/window_to_main_blob/<bytes>/default     the same to a Supervisor::handle (the window's own arena)
+//   Invoke/window_to_window_direct_blob/<bytes>/default  the same over a direct route (the route port's arenas)
 //   Invoke/port_blob/<bytes>/default|spin          a request of <bytes> (allocated, not filled) answered with
 //                                                  its size, over a port: larger than the ring, it is a blob;
 //                                                  "default": every wait policy the default (4 µs spin, the
@@ -293,6 +294,7 @@ Partner spawnTarget(const std::string& bus, std::chrono::nanoseconds spin, const
     }
     if (!w) fatal("target window connect failed");
     auto h = w->handle("echo-untyped", echoUntyped);
+    auto sized = w->handle("size-untyped", sizeUntyped);  // Invoke/window_to_window_direct_blob
     // Invoke/port rows: the caller opens a port on "bench-port"; its calls are echoed on the
     // port's own dispatch thread (this process, so this CPU), with no supervisor in the path.
     StreamCheck check{streamCount, streamBytes};
@@ -423,8 +425,9 @@ Result<std::shared_ptr<Port>> openBenchPort(Window& win, PortOptions options = {
 }
 
 /// Direct: routed with SupervisorOptions::directRoutes, warmed until the route is granted.
-/// MainBlob: large requests to main (blobs in the window's own arena, docs/architecture.md §17).
-enum class Route { ToMain, Routed, Direct, Typed, Port, PortBlob, MainBlob };
+/// MainBlob: large requests to main (blobs in the window's own arena, docs/architecture.md §17);
+/// DirectBlob: large requests over a direct route (blobs in the route port's arenas).
+enum class Route { ToMain, Routed, Direct, Typed, Port, PortBlob, MainBlob, DirectBlob };
 
 /// One call round trip per iteration over `route`; `traced`: with an inspector reading every
 /// event the supervisor records (the cost of tracing, issue "The inspector" item 5).
@@ -434,8 +437,9 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
             bool traced = false, std::chrono::nanoseconds replySpinCap = {}, std::chrono::nanoseconds gap = {}) {
   Watchdog dog("Invoke", kWatchdogSeconds);
   BusProcesses procs;
-  const bool twoWindows = route == Route::Routed || route == Route::Direct || route == Route::Port || route == Route::PortBlob;
-  if (!procs.start(twoWindows, spin, 0, traced, kStreamBytes, route == Route::Direct)) {
+  const bool direct = route == Route::Direct || route == Route::DirectBlob;
+  const bool twoWindows = route == Route::Routed || direct || route == Route::Port || route == Route::PortBlob;
+  if (!procs.start(twoWindows, spin, 0, traced, kStreamBytes, direct)) {
     return state.SkipWithError(procs.error.c_str());
   }
   ScopedPin pin(kMainCpu);
@@ -450,14 +454,22 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
   benchschema::EchoClient client(win);
   bool failed = false;
   std::string firstError;  // the PortBlob rows report why a call failed
-  // A routed call may race the target's handler registration: wait until it answers.
-  if (route == Route::Routed || route == Route::Direct) {
-    while (win.invokeIn("echo", "echo-untyped", build).get().code() == ErrorCode::NoHandler) {
+  // A routed call may race the target's handler registration: wait until it answers. The
+  // DirectBlob rows warm their route with small requests: a large one written in full would
+  // leave the arena's pages holding data, which each later claim zeroes (§17), where the timed
+  // requests touch two bytes.
+  const char* routedChannel = route == Route::DirectBlob ? "size-untyped" : "echo-untyped";
+  auto small = [&](Builder& b) {
+    b.initRoot<benchschema::Echo::EchoParams>().setData(kj::arrayPtr(payload.data(), std::min<std::size_t>(bytes, 64)));
+  };
+  const BuildFn warm = route == Route::DirectBlob ? BuildFn(small) : BuildFn(build);
+  if (route == Route::Routed || direct) {
+    while (win.invokeIn("echo", routedChannel, warm).get().code() == ErrorCode::NoHandler) {
     }
   }
   // The first call made the grant; the caller reads it while it waits for a reply.
-  if (route == Route::Direct) {
-    for (int i = 0; i < 16; ++i) (void)win.invokeIn("echo", "echo-untyped", build).get();
+  if (direct) {
+    for (int i = 0; i < 16; ++i) (void)win.invokeIn("echo", routedChannel, warm).get();
   }
   // A port's calls are dispatched by the thread waiting in get() (no start(): no hand-off).
   std::shared_ptr<Port> port;
@@ -485,7 +497,8 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
         break;
       }
       case Route::PortBlob:
-      case Route::MainBlob: {
+      case Route::MainBlob:
+      case Route::DirectBlob: {
         // The request's data is allocated, not filled (two bytes touched): what is timed is the
         // bus's cost for a large message (docs/architecture.md §17), not the caller's writing.
         auto large = [&](Builder& b) {
@@ -493,8 +506,9 @@ void invoke(benchmark::State& state, Route route, std::size_t bytes, std::chrono
           d[0] = 1;
           d[bytes - 1] = 1;
         };
-        auto r = route == Route::PortBlob ? port->invoke("size-untyped", large).get()
-                                          : win.invoke("size-untyped", large).get();
+        auto r = route == Route::PortBlob   ? port->invoke("size-untyped", large).get()
+                 : route == Route::MainBlob ? win.invoke("size-untyped", large).get()
+                                            : win.invokeIn("echo", "size-untyped", large).get();
         failed |= !r;
         if (!r && firstError.empty()) firstError = r.error().toString();
         break;
@@ -882,6 +896,8 @@ void registerAll() {
   for (std::size_t bytes : {std::size_t{64}, std::size_t{1} << 20, std::size_t{16} << 20}) {
     manual(benchmark::RegisterBenchmark(fmt::format("Invoke/window_to_main_blob/{}/default", bytes).c_str(),
                                         [=](benchmark::State& s) { invoke(s, Route::MainBlob, bytes, defSpin, false, defCap); }));
+    manual(benchmark::RegisterBenchmark(fmt::format("Invoke/window_to_window_direct_blob/{}/default", bytes).c_str(),
+                                        [=](benchmark::State& s) { invoke(s, Route::DirectBlob, bytes, defSpin, false, defCap); }));
   }
   auto spaced = [](benchmark::internal::Benchmark* b) {
     b->UseManualTime()->Iterations(2000)->Unit(benchmark::kMicrosecond);

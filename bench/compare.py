@@ -33,6 +33,7 @@ TRANSPORTS = ["floor_spin", "futex_floor", "pipe", "uds", "boost_mq", "ring_spin
               "port_stream", "routed_stream", "direct_stream", "memcpy"]
 ROUTES = ["window_to_main/spin", "window_to_main/parked", "window_to_main/learned", "port/spin", "port/parked",
           "port/learned", "port_blob/default", "port_blob/spin", "window_to_main_blob/default",
+          "window_to_window_direct_blob/default",
           "window_to_window_routed/spin", "window_to_window_routed/parked",
           "window_to_window_routed/learned", "window_to_window_routed/learned_1ms",
           "window_to_window_routed/parked_1ms", "window_to_window_direct/spin", "window_to_window_direct/parked",
@@ -275,11 +276,15 @@ ISSUE13_TARGETS = [
         ("port invoke 64 MiB ÷ 64 B, both ends spinning", ("Invoke", "port_blob/spin", 64 << 20),
          ("Invoke", "port_blob/spin", 64), None, None),
     ]),
-    ("Large requests to main (blobs in the window's arena): p50 ÷ p50 of the 64 B request", [
+    ("Large requests to main and over a direct route (blobs): p50 ÷ p50 of the 64 B request", [
         ("window → main invoke 1 MiB ÷ 64 B", ("Invoke", "window_to_main_blob/default", 1 << 20),
          ("Invoke", "window_to_main_blob/default", 64), None, None),
         ("window → main invoke 16 MiB ÷ 64 B", ("Invoke", "window_to_main_blob/default", 16 << 20),
          ("Invoke", "window_to_main_blob/default", 64), None, None),
+        ("direct-route invoke 1 MiB ÷ 64 B", ("Invoke", "window_to_window_direct_blob/default", 1 << 20),
+         ("Invoke", "window_to_window_direct_blob/default", 64), None, None),
+        ("direct-route invoke 16 MiB ÷ 64 B", ("Invoke", "window_to_window_direct_blob/default", 16 << 20),
+         ("Invoke", "window_to_window_direct_blob/default", 64), None, None),
     ]),
     # A sixth element names the counter compared (default p50_ns).
     ("Streams of 1 GiB in 64 KiB chunks: bytes/s ÷ single-core memcpy bytes/s", [

@@ -27,7 +27,7 @@ struct PortOptions {
   /// messages are TooLarge). Given explicitly, it is rounded up to a multiple of 4 KiB, must be
   /// at most 64 GiB (else InvalidArgument), and an open that the limits cannot grant fails with
   /// TooLarge. The arenas are sparse: memory goes to blobs in flight and, once released, to the
-  /// pages blobs touched in the arena's first 128 MiB (kept for the next blobs, so that a blob
+  /// pages blobs touched in the arena's first half, at most 128 MiB (kept for the next blobs, so that a blob
   /// sent again and again costs no page faults) until the port closes; pages further on go back
   /// to the kernel when released. The largest blob is the arena's size minus 128 bytes.
   std::uint64_t blobBytes = 0;

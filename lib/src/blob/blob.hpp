@@ -85,7 +85,8 @@ inline constexpr std::uint64_t kDefaultPortBlobBytes = 256ull << 20;
 /// the next claim over them zeroes where they hold data, instead of being punched out (MADV_REMOVE:
 /// about 50 µs per record here, 2026-12-07) and faulted back in page by page when written again.
 /// Records past it give their pages back to the kernel. So a port keeps at most this much memory
-/// per direction for blobs no longer held, and only as much of it as its blobs touched.
+/// per direction for blobs no longer held, and only as much of it as its blobs touched. An
+/// endpoint's arenas use half the arena, at most this (window/port_side.hpp blobLinkOf).
 inline constexpr std::size_t kBlobWarmBytes = 128u << 20;
 /// Largest arena size a port may ask for (PortOptions::blobBytes).
 inline constexpr std::uint64_t kMaxPortBlobBytes = 64ull << 30;

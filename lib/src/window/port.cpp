@@ -69,7 +69,7 @@ Result<std::shared_ptr<Port::Impl>> makePort(Window::Impl& w, const WelcomeInfo&
     // The arena keeps a descriptor of the segment's file to find the pages that hold data
     // (BlobProducer::zeroFree); without one (dup failed) it zeroes every released record.
     p->blobs = blobLinkOf(*p->link.segment, info.blobOutOffset, info.blobInOffset, info.blobBytes,
-                          Fd(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0)), kBlobWarmBytes, callTimeout);
+                          Fd(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0)), callTimeout);
   }
   p->log = Logger{"port", fmt::format("{}/{}#{} port {}", w.bus, w.link.role, w.link.id, info.portId), w.opts.logLevel};
   std::lock_guard lk(w.hub->mu);

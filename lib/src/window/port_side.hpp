@@ -4,6 +4,7 @@
 // (window_impl.hpp, as Impl::PortHub and Impl::PortSide); port.cpp and route.cpp use them.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -111,11 +112,13 @@ struct BlobLink {
 /// The blob arenas of an end over `seg` whose Welcome names them (`outOffset`: the one this end
 /// writes, `inOffset`: the peer's, `bytes` each; checkWelcomeLayout checked they lie in `seg`).
 /// `file`: a descriptor of the segment's file for the producer (BlobProducer: may be none);
-/// `warmBytes`: the producer's warm front; `timeout`: BlobLink::timeout.
+/// `timeout`: BlobLink::timeout. The producer's warm front is half the arena, at most
+/// kBlobWarmBytes: what an end keeps of pages blobs touched once released.
 inline BlobLink blobLinkOf(const Segment& seg, std::uint64_t outOffset, std::uint64_t inOffset, std::uint64_t bytes,
-                           Fd file, std::size_t warmBytes, std::chrono::milliseconds timeout) {
+                           Fd file, std::chrono::milliseconds timeout) {
   BlobLink b;
-  b.out = BlobProducer(seg.base() + outOffset, bytes, std::move(file), outOffset, warmBytes);
+  b.out = BlobProducer(seg.base() + outOffset, bytes, std::move(file), outOffset,
+                       std::min<std::size_t>(kBlobWarmBytes, bytes / 2));
   b.in = seg.base() + inOffset;
   b.inBytes = bytes;
   b.timeout = timeout;
