@@ -69,6 +69,7 @@ std::string checkBig(const Message& m, std::size_t expected) {
 ///   stats                       → "stats HELD MESSAGES HIGHWATER ARENA" (Port::blobStats)
 ///   await-free                  → "free" once blobStats holds nothing (bounded poll, 10 s), else "held N"
 ///   main-send N SEED [why]      → as send, to main on "big" (Window::send)
+///   main-send-on CHANNEL N SEED → as main-send, on CHANNEL
 ///   main-invoke N SEED          → "reply TEXT" (the main handler "big-check" answers its check of
 ///                                 the request as text) | "error CODE"
 ///   main-echo N SEED            → as invoke, to main's "big-echo" (answers N bytes of SEED + 1)
@@ -211,6 +212,9 @@ class BlobPeer : public DrivenWindow {
         auto r = w->send("big", bigMessage(std::stoull(cmd[1]), std::stoull(cmd[2])));
         link_.tellParent(r ? "sent" : "error " + std::string(errorCodeName(r.code())) +
                                           (cmd.size() > 3 && cmd[3] == "why" ? " " + r.error().message : ""));
+      } else if (cmd[0] == "main-send-on") {
+        auto r = w->send(cmd[1], bigMessage(std::stoull(cmd[2]), std::stoull(cmd[3])));
+        link_.tellParent(r ? "sent" : "error " + std::string(errorCodeName(r.code())));
       } else if (cmd[0] == "main-invoke") {
         auto r = w->invoke("big-check", bigMessage(std::stoull(cmd[1]), std::stoull(cmd[2])), {.timeout = 20000ms}).get();
         link_.tellParent(r ? "reply " + std::string(r->root<TestMessage>().getText().cStr())
@@ -522,6 +526,48 @@ TEST_CASE("kill -9 of either side of a port holding blobs: the supervisor lets g
     CHECK(segmentsHeld(bp.tb.bus) == SegmentsHeld{1, 0});
     CHECK(survivor.finish() == 0);
   }
+}
+
+TEST_CASE("kill -9 of a window while main reads its blob: the read completes, then the supervisor lets go of the window's segment") {
+  BlobPair bp("blob-main-kill");
+  std::mutex mu;
+  std::condition_variable cv;
+  bool entered = false, go = false;
+  std::string check;
+  // Main's listener holds the blob (in the window's arena) until the test lets it go on.
+  auto hold = bp.tb->on("big-hold", [&](const Message& m, const CallContext&) {
+    {
+      std::unique_lock lk(mu);
+      entered = true;
+      cv.notify_all();
+      cv.wait_for(lk, 30s, [&] { return go; });
+    }
+    const std::string c = checkBig(m, m.root<TestMessage>().getBlob().size());
+    std::lock_guard lk(mu);
+    check = c;
+    cv.notify_all();
+  });
+  CHECK(bp.opener.ask("main-send-on big-hold 16777216 141", 30s) == "sent");
+  {
+    std::unique_lock lk(mu);
+    REQUIRE(cv.wait_for(lk, 30s, [&] { return entered; }));
+  }
+  ::kill(bp.opener.pid(), SIGKILL);
+  CHECK(bp.opener.join() == 128 + SIGKILL);
+  // The supervisor sees the death while the listener blocks (another thread dispatches), and
+  // still maps the dead window's segment: the blob main reads is in it.
+  REQUIRE(awaitCondition([&] { return bp.tb->windows().size() == 1; }));
+  CHECK(segmentsHeld(bp.tb.bus) == SegmentsHeld{2, 0});
+  {
+    std::unique_lock lk(mu);
+    go = true;
+    cv.notify_all();
+    REQUIRE(cv.wait_for(lk, 30s, [&] { return !check.empty(); }));
+  }
+  CHECK(check == "ok 16777216 inplace");
+  // The listener returned: only the survivor's window segment is left.
+  CHECK(awaitCondition([&] { return segmentsHeld(bp.tb.bus) == SegmentsHeld{1, 0}; }));
+  CHECK(bp.acceptor.finish() == 0);
 }
 
 TEST_CASE("bad blob descriptors from a hostile peer are dropped as InvalidMessage and the port keeps serving") {
