@@ -446,7 +446,10 @@ TEST_CASE("a handler's throw ends the stream: later writes and the final call fa
     const auto r = words(line);
     REQUIRE(r.size() >= 5);
     CHECK(r[0] == "ended");
-    CHECK(std::stol(r[1]) > 10);  // the error is seen after the failing chunk was written
+    // The error is seen once the failing chunk was written: at its own write when its reply was
+    // there before the invoke returned (Stream::tryWrite's "acknowledged at once": CI's TSan run
+    // saw 10), else at a later one.
+    CHECK(std::stol(r[1]) >= 10);
     CHECK(r[2] == "HandlerError;");
     CHECK(r[4] == "HandlerError");
     CHECK(line.find("chunk 10 refused") != std::string::npos);
