@@ -81,13 +81,18 @@ struct SupervisorOptions {
   std::uint64_t blobBytesPerWindow = 1ull << 30;
   /// Most blob arena bytes of all the bus's ports at once; as blobBytesPerWindow.
   std::uint64_t blobBytesPerBus = 4ull << 30;
-  /// Size in bytes of each of the two blob arenas in every window's own segment (rounded up to
-  /// 4 KiB; 0 = none; at most 64 GiB, else InvalidArgument): a window's send or invoke to main
-  /// larger than its outbox ring is built there and read in place by the main process's listener
-  /// or handler, which releases it when it returns (docs/architecture.md §17). Larger is
-  /// TooLarge. The arenas are sparse: memory goes to the pages blobs touched, and a window keeps
-  /// at most half an arena of them for blobs no longer held. Not counted in blobBytesPerWindow
-  /// or blobBytesPerBus (port arenas). Replies and pushes from main use the ring (for now).
+  /// Size in bytes of each of the two blob arenas in every window's own segment, and in every
+  /// direct route's port (rounded up to 4 KiB; 0 = none; at most 64 GiB, else InvalidArgument).
+  /// A message larger than the ring it would take is built or copied there and read in place by
+  /// its receiver, which releases it when its listener or handler returns (a reply: when its
+  /// Message is dropped): a window's send, invoke and reply, main's send, invoke, broadcast and
+  /// reply to a window (docs/architecture.md §17). A window's large message to another window is
+  /// copied once by the supervisor into the target's arena, then goes over the direct route's
+  /// arenas. Larger than the arena is TooLarge; an arena the receiver has not released enough of
+  /// is Full for the supervisor (it never waits) and waited for by a window. The arenas are
+  /// sparse: memory goes to the pages blobs touched, and a sender keeps at most half an arena of
+  /// them for blobs no longer held. Not counted in blobBytesPerWindow or blobBytesPerBus (ports'
+  /// arenas).
   std::uint64_t windowBlobBytes = 64ull << 20;
   /// Direct routes (docs/architecture.md §19), on by default: once a window's routed call or send
   /// of a channel reached a window (by role or id), the supervisor opens a port between the two

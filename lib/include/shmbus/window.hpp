@@ -179,11 +179,12 @@ class Window {
   /// dispatches: from then on callbacks run on it only. Not from inside a callback.
   void startDispatchThread();
 
-  /// What this window's outgoing blob arena holds now: its sends and invokes to main larger than
+  /// What this window's outgoing blob arena holds now: its sends, invokes and replies larger than
   /// its outbox ring travel there (SupervisorOptions::windowBlobBytes, docs/architecture.md §17)
-  /// until the main process's listener or handler returns. Releases main made are reclaimed
-  /// first. All zero when the supervisor gave the window no arenas. For tests and diagnostics.
-  /// Thread contract: any thread (takes the send lock).
+  /// until the supervisor is done with them (main's listener or handler returned; a routed one
+  /// was copied into the target's arena). Releases are reclaimed first. A direct route's blobs
+  /// are in its port's arenas, not counted here. All zero when the supervisor gave the window no
+  /// arenas. For tests and diagnostics. Thread contract: any thread (takes the send lock).
   BlobStats blobStats() const;
 
   /// Closes the connection: pending calls fail with BusClosed, run() returns. Idempotent.
