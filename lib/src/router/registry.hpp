@@ -46,13 +46,14 @@ struct Conn {
   RingProducer inbox;   // router → window (under the router mutex)
   RingConsumer outbox;  // window → router (the routing thread, under the router mutex)
   CancelBoard* cancels = nullptr;  // in the window's segment (wire/cancel_board.hpp)
-  // The window's outgoing blob arena in its segment (docs/architecture.md §17): its sends and
-  // invokes to main larger than its outbox ring, read in place; null when it has none.
+  // The window's outgoing blob arena in its segment (docs/architecture.md §17): its sends,
+  // invokes and replies larger than its outbox ring, read in place (openBlob); null when it has
+  // none.
   std::uint8_t* blobIn = nullptr;
   std::size_t blobInBytes = 0;
-  // The arena of the window's segment that main writes (its replies, sends and invokes to the
-  // window larger than the inbox ring; router_main.cpp). No file: every reclaimed record is
-  // zeroed (BlobProducer), so the supervisor keeps no descriptor of the segment.
+  // The arena of the window's segment that the router writes: whatever reaches the window larger
+  // than its inbox ring (main's messages, routed copies; router_main.cpp). No file: every
+  // reclaimed record is zeroed (BlobProducer), so the supervisor keeps no descriptor of the segment.
   BlobProducer blobOut;  // under the router mutex, like the inbox
   std::unordered_set<std::uint64_t> handled;
   std::unordered_set<std::uint64_t> listens;

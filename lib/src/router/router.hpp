@@ -328,6 +328,10 @@ class Router {
   /// Writes the descriptor frame `h` of `d` (just committed in `t`'s arena) into `t`'s inbox; a
   /// descriptor not written gives its record back. Errors: as writeFrameCopy.
   Result<void> writeDescriptor(Conn& t, const FrameHeader& h, const BlobDescriptor& d);
+  /// Writes the outcome `h` of one of `caller`'s calls whose payload is the descriptor `d` (just
+  /// committed in `caller`'s arena; `h` flagged kFlagBlob) as writeOutcome does: written, or held
+  /// for flushHeld; one neither written nor held gives its record back. Errors: as writeOutcome.
+  Result<void> writeOutcomeBlob(Conn& caller, const FrameHeader& h, const BlobDescriptor& d);
   /// `e` (TooLarge or Full from `t`'s blob arena) said as the window's.
   Error windowBlobError(const Conn& t, Error e) const;
   /// Writes the outcome (reply or error) of one of `caller`'s own calls with `write`; when its
@@ -504,7 +508,8 @@ class Router {
   std::vector<WaitWord*> armed_;  // dispatchOnce: the outboxes armed for one park (reused)
   bool mayInline_ = false;        // the current round's thread runs main jobs in place
   // The blob of the frame process() handles now (openBlob): shared with the main job made of it
-  // (jobFor); released when the frame and the job are done with it.
+  // (jobFor); released when the frame and the job are done with it. process() never nests (main
+  // jobs run after the round, other threads' rounds wait for mu_), so one slot serves.
   std::shared_ptr<HeldBlob> frameBlob_;
   bool endRound_ = false;         // a main job was taken in place: end the round
   std::size_t holding_ = 0;       // windows with held outcomes (Conn::held non-empty)

@@ -458,12 +458,9 @@ void Router::replyFromMain(std::uint64_t routeId, kj::ArrayPtr<const kj::ArrayPt
     return failCaller(*p, Error{blob.code(), fmt::format("invoke '{}' to main: the reply could not be written: {}",
                                                          registry_.nameOf(p->channel, p->callerId), blob.error().message)});
   }
-  const auto* desc = *blob ? reinterpret_cast<const std::uint8_t*>(&**blob) : nullptr;
-  auto wr = *blob ? writeOutcome(*caller, [&] { return writeFrameCopy(caller->inbox, r, desc, sizeof(BlobDescriptor)); },
-                                 [&] { return HeldFrame{r, std::vector<std::uint8_t>(desc, desc + sizeof(BlobDescriptor))}; })
+  auto wr = *blob ? writeOutcomeBlob(*caller, r, **blob)
                   : writeOutcome(*caller, [&] { return writeFrameSegments(caller->inbox, r, segments); },
                                  [&] { return heldFrame(r, segments); });
-  if (!wr && *blob) caller->blobOut.dropLast();  // never sent: the window will not release it
   if (!wr) {
     failCaller(*p, Error{wr.code(), fmt::format("invoke '{}' to main: the reply could not be written: {}",
                                                 registry_.nameOf(p->channel, p->callerId), wr.error().message)});
@@ -561,11 +558,9 @@ void Router::onReply(Conn& w, const FrameView& f) {
                                                         registry_.nameOf(p.channel, p.callerId), w.describe(),
                                                         blob.error().message)});
   }
-  const auto* bytes = *blob ? reinterpret_cast<const std::uint8_t*>(&**blob) : f.payload;
-  const std::size_t n = *blob ? sizeof(BlobDescriptor) : f.payloadBytes;
-  auto r = writeOutcome(*caller, [&] { return writeFrameCopy(caller->inbox, out, bytes, n); },
-                        [&] { return HeldFrame{out, std::vector<std::uint8_t>(bytes, bytes + n)}; });
-  if (!r && *blob) caller->blobOut.dropLast();  // never sent: the caller will not release it
+  auto r = *blob ? writeOutcomeBlob(*caller, out, **blob)
+                 : writeOutcome(*caller, [&] { return writeFrameCopy(caller->inbox, out, f.payload, f.payloadBytes); },
+                                [&] { return HeldFrame{out, std::vector<std::uint8_t>(f.payload, f.payload + f.payloadBytes)}; });
   if (!r) {
     failCaller(p, Error{r.code(), fmt::format("invoke '{}' to {}: the reply could not be delivered: {}",
                                               registry_.nameOf(p.channel, p.callerId), w.describe(),

@@ -67,6 +67,14 @@ Result<void> Router::writeDescriptor(Conn& t, const FrameHeader& h, const BlobDe
   return w;
 }
 
+Result<void> Router::writeOutcomeBlob(Conn& caller, const FrameHeader& h, const BlobDescriptor& d) {
+  const auto* bytes = reinterpret_cast<const std::uint8_t*>(&d);
+  auto w = writeOutcome(caller, [&] { return writeFrameCopy(caller.inbox, h, bytes, sizeof d); },
+                        [&] { return HeldFrame{h, std::vector<std::uint8_t>(bytes, bytes + sizeof d)}; });
+  if (!w) caller.blobOut.dropLast();  // neither written nor held: the window will not release it
+  return w;
+}
+
 Result<void> Router::writeBuilt(Conn& t, FrameHeader h, const BuildFn& build, std::size_t hint) {
   auto r = writeFrame(t.inbox, h, build, hint);
   if (r || r.code() != ErrorCode::TooLarge) return r;

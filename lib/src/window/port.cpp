@@ -65,11 +65,10 @@ Result<std::shared_ptr<Port::Impl>> makePort(Window::Impl& w, const WelcomeInfo&
   p->port->peerCancels = opener ? &boards->byAcceptor : &boards->byOpener;
   p->port->hub = w.hub;
   p->port->windowSegment = w.link.segment;
-  if (info.blobBytes != 0) {  // checkWelcomeLayout (attachLink) checked both arenas lie inside the segment
+  if (p->link.blobBytes != 0) {
     // The arena keeps a descriptor of the segment's file to find the pages that hold data
     // (BlobProducer::zeroFree); without one (dup failed) it zeroes every released record.
-    p->blobs = blobLinkOf(*p->link.segment, info.blobOutOffset, info.blobInOffset, info.blobBytes,
-                          Fd(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0)), callTimeout);
+    p->blobs = blobLinkOf(p->link, Fd(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0)), callTimeout);
   }
   p->log = Logger{"port", fmt::format("{}/{}#{} port {}", w.bus, w.link.role, w.link.id, info.portId), w.opts.logLevel};
   std::lock_guard lk(w.hub->mu);

@@ -109,18 +109,17 @@ struct BlobLink {
   }
 };
 
-/// The blob arenas of an end over `seg` whose Welcome names them (`outOffset`: the one this end
-/// writes, `inOffset`: the peer's, `bytes` each; checkWelcomeLayout checked they lie in `seg`).
-/// `file`: a descriptor of the segment's file for the producer (BlobProducer: may be none);
-/// `timeout`: BlobLink::timeout. The producer's warm front is half the arena, at most
-/// kBlobWarmBytes: what an end keeps of pages blobs touched once released.
-inline BlobLink blobLinkOf(const Segment& seg, std::uint64_t outOffset, std::uint64_t inOffset, std::uint64_t bytes,
-                           Fd file, std::chrono::milliseconds timeout) {
+/// The blob arenas of the end `link` whose Welcome named them (link.blobBytes != 0; attachLink
+/// checked they lie in its segment). `file`: a descriptor of the segment's file for the producer
+/// (BlobProducer: may be none); `timeout`: BlobLink::timeout. The producer's warm front is half
+/// the arena, at most kBlobWarmBytes: what an end keeps of pages blobs touched once released.
+inline BlobLink blobLinkOf(const WindowLink& link, Fd file, std::chrono::milliseconds timeout) {
   BlobLink b;
-  b.out = BlobProducer(seg.base() + outOffset, bytes, std::move(file), outOffset,
-                       std::min<std::size_t>(kBlobWarmBytes, bytes / 2));
-  b.in = seg.base() + inOffset;
-  b.inBytes = bytes;
+  std::uint8_t* base = link.segment->base();
+  b.out = BlobProducer(base + link.blobOutOffset, link.blobBytes, std::move(file), link.blobOutOffset,
+                       std::min<std::size_t>(kBlobWarmBytes, link.blobBytes / 2));
+  b.in = base + link.blobInOffset;
+  b.inBytes = link.blobBytes;
   b.timeout = timeout;
   return b;
 }

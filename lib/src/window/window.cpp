@@ -88,9 +88,7 @@ Result<std::unique_ptr<Window::Impl>> handshake(Fd sock, WindowOptions opts, con
   if (impl->link.blobBytes != 0) {
     // The window's arenas between it and the supervisor (§17): it writes the outbox's; a send
     // without a deadline waits kDefaultTimeout for the receiver's releases.
-    const WindowLink& l = impl->link;
-    impl->blobs = blobLinkOf(*l.segment, l.blobOutOffset, l.blobInOffset, l.blobBytes,
-                             std::move(impl->link.segmentFd), kDefaultTimeout);
+    impl->blobs = blobLinkOf(impl->link, std::move(impl->link.segmentFd), kDefaultTimeout);
   }
   impl->log = Logger{"window", fmt::format("{}/{}#{}", bus, impl->link.role, impl->link.id), opts.logLevel};
   impl->roleNames[nameId("main")] = "main";

@@ -234,7 +234,7 @@ struct Window::Impl : CallOwner {
       if (!r && r.code() == ErrorCode::TooLarge) {
         // Too large for the ring: built again in the blob arena (§17).
         if (blobsFor(h)) return writeBlobLocked(h, build, payloadBytes);
-        return tooLargeHint(h, r.error());
+        return tooLargeHint(r.error());
       }
       // relaxed: read by this window's own routed writes (RouteSync), ordered by its outMu or
       // by program order (the writer's thread).
@@ -249,7 +249,7 @@ struct Window::Impl : CallOwner {
   /// `e` (TooLarge from the ring) with why no blob arena took it: a port's end or a window the
   /// supervisor gave none (a window's frames and its direct routes' have them unless
   /// SupervisorOptions::windowBlobBytes is 0).
-  Error tooLargeHint(const FrameHeader&, Error e) const {
+  Error tooLargeHint(Error e) const {
     if (port && port->routeOwner == nullptr) {
       e.message += "; this port has no blob arena (PortOptions::blobBytes: the supervisor's limits "
                    "SupervisorOptions::blobBytesPerWindow and blobBytesPerBus left none when it opened)";
@@ -261,15 +261,14 @@ struct Window::Impl : CallOwner {
 
   /// An end with blob arenas: a port's, or a window's.
   bool hasBlobs() const noexcept { return blobs.in != nullptr; }
-  /// Whether frame `h` may travel as a blob: any frame of a port's end with arenas; a window's
-  /// sends, invokes and replies when the window has arenas (to another window the supervisor
-  /// copies the message into the target's arena: the target maps only its own segment).
+  /// Whether frame `h` may travel as a blob: a send, invoke or reply of an end with arenas (a
+  /// port's, a direct route's, a window's; to another window the supervisor copies the message
+  /// into the target's arena: the target maps only its own segment). Control frames (fences,
+  /// cancels, names) never do, even on a channel whose last message was a blob (BlobLink::first).
   bool blobsFor(const FrameHeader& h) const noexcept {
-    if (!hasBlobs()) return false;
-    if (port) return true;
-    return h.kind == static_cast<std::uint16_t>(FrameKind::Send) ||
-           h.kind == static_cast<std::uint16_t>(FrameKind::Invoke) ||
-           h.kind == static_cast<std::uint16_t>(FrameKind::Reply);
+    return hasBlobs() && (h.kind == static_cast<std::uint16_t>(FrameKind::Send) ||
+                          h.kind == static_cast<std::uint16_t>(FrameKind::Invoke) ||
+                          h.kind == static_cast<std::uint16_t>(FrameKind::Reply));
   }
 
   /// Builds `build`'s message in this end's blob arena and sends its descriptor (caller holds
